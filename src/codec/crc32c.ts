@@ -1,0 +1,64 @@
+/**
+ * CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init 0xFFFFFFFF, final XOR),
+ * slicing-by-8 with tables built once at load.
+ */
+const TABLES: Uint32Array[] = (() => {
+  const t: Uint32Array[] = [];
+  const t0 = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    t0[i] = c >>> 0;
+  }
+  t.push(t0);
+  for (let s = 1; s < 8; s++) {
+    const prev = t[s - 1]!;
+    const cur = new Uint32Array(256);
+    for (let i = 0; i < 256; i++) cur[i] = (prev[i]! >>> 8) ^ t0[prev[i]! & 0xff]!;
+    t.push(cur);
+  }
+  return t;
+})();
+
+/** Continue a CRC-32C over `data`. `crc` is a previous result (0 to start). */
+export function crc32cUpdate(crc: number, data: Uint8Array): number {
+  const [t0, t1, t2, t3, t4, t5, t6, t7] = TABLES as [
+    Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array,
+  ];
+  let c = ~crc >>> 0;
+  let i = 0;
+  const n = data.length;
+  while (n - i >= 8) {
+    const a = (c ^ (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24))) >>> 0;
+    c =
+      t7[a & 0xff]! ^
+      t6[(a >>> 8) & 0xff]! ^
+      t5[(a >>> 16) & 0xff]! ^
+      t4[a >>> 24]! ^
+      t3[data[i + 4]!]! ^
+      t2[data[i + 5]!]! ^
+      t1[data[i + 6]!]! ^
+      t0[data[i + 7]!]!;
+    i += 8;
+  }
+  while (i < n) {
+    c = t0[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+    i++;
+  }
+  return ~c >>> 0;
+}
+
+export function crc32c(data: Uint8Array): number {
+  return crc32cUpdate(0, data);
+}
+
+/**
+ * CRC-32C of `data` as if the 4 bytes at `fieldAt` were zero, without copying the buffer.
+ * This is how every VHDX checksum is defined.
+ */
+export function crc32cWithZeroField(data: Uint8Array, fieldAt: number): number {
+  let c = crc32cUpdate(0, data.subarray(0, fieldAt));
+  c = crc32cUpdate(c, ZERO4);
+  return crc32cUpdate(c, data.subarray(fieldAt + 4));
+}
+const ZERO4 = new Uint8Array(4);

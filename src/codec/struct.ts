@@ -1,0 +1,245 @@
+/**
+ * Binary structures declared once as a table of typed fields. `defineStruct` derives `decode`
+ * (checks signatures and the checksum, throws a VhdxError naming the structure and file offset)
+ * and `encode` (zero-fills every byte no field covers, computes the checksum) from the table, and
+ * the TypeScript type of the decoded value from the same table.
+ */
+import { VhdxError, corrupt } from '../errors.js';
+import { crc32cWithZeroField } from './crc32c.js';
+import { decodeGuid, encodeGuid } from './guid.js';
+
+export interface FieldType<T> {
+  readonly size: number;
+  readonly kind: string;
+  decode(view: DataView, bytes: Uint8Array, at: number, where: FieldPlace): T;
+  encode(view: DataView, bytes: Uint8Array, at: number, value: T): void;
+}
+
+/** Where a field sits, for error messages. */
+export interface FieldPlace {
+  structure: string;
+  field: string;
+  offset: number;
+}
+
+export const u8: FieldType<number> = {
+  size: 1,
+  kind: 'u8',
+  decode: (v, _b, at) => v.getUint8(at),
+  encode: (v, _b, at, x) => v.setUint8(at, x),
+};
+
+export const u16: FieldType<number> = {
+  size: 2,
+  kind: 'u16',
+  decode: (v, _b, at) => v.getUint16(at, true),
+  encode: (v, _b, at, x) => v.setUint16(at, x, true),
+};
+
+export const u32: FieldType<number> = {
+  size: 4,
+  kind: 'u32',
+  decode: (v, _b, at) => v.getUint32(at, true),
+  encode: (v, _b, at, x) => v.setUint32(at, x >>> 0, true),
+};
+
+/** A u64 that must fit a JavaScript number exactly (byte offsets and sizes). */
+export const u64: FieldType<number> = {
+  size: 8,
+  kind: 'u64',
+  decode: (v, _b, at, where) => {
+    const hi = v.getUint32(at + 4, true);
+    if (hi > 0x1fffff) {
+      throw new VhdxError(
+        'EOVERFLOW',
+        'NUMBER_TOO_LARGE',
+        `${where.field} is 0x${v.getBigUint64(at, true).toString(16)}, beyond 2^53`,
+        { structure: where.structure, offset: where.offset },
+      );
+    }
+    return hi * 0x100000000 + v.getUint32(at, true);
+  },
+  encode: (v, _b, at, x) => {
+    if (!Number.isSafeInteger(x) || x < 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `u64 value out of range: ${x}`);
+    v.setUint32(at, x % 0x100000000, true);
+    v.setUint32(at + 4, Math.floor(x / 0x100000000), true);
+  },
+};
+
+/** A full-range u64 (sequence numbers). */
+export const u64big: FieldType<bigint> = {
+  size: 8,
+  kind: 'u64big',
+  decode: (v, _b, at) => v.getBigUint64(at, true),
+  encode: (v, _b, at, x) => v.setBigUint64(at, x, true),
+};
+
+export const guid: FieldType<string> = {
+  size: 16,
+  kind: 'guid',
+  decode: (_v, b, at) => decodeGuid(b, at),
+  encode: (_v, b, at, x) => encodeGuid(x, b, at),
+};
+
+/** Fixed-length ASCII text such as a signature. */
+export function ascii(size: number): FieldType<string> {
+  return {
+    size,
+    kind: `ascii(${size})`,
+    decode: (_v, b, at) => String.fromCharCode(...b.subarray(at, at + size)),
+    encode: (_v, b, at, x) => {
+      for (let i = 0; i < size; i++) b[at + i] = i < x.length ? x.charCodeAt(i) & 0xff : 0;
+    },
+  };
+}
+
+/** UTF-16LE text in a fixed field, ending at the first NUL character or the field's end. */
+export function utf16(size: number): FieldType<string> {
+  return {
+    size,
+    kind: `utf16(${size})`,
+    decode: (v, _b, at) => {
+      let s = '';
+      for (let i = 0; i + 1 < size; i += 2) {
+        const c = v.getUint16(at + i, true);
+        if (c === 0) break;
+        s += String.fromCharCode(c);
+      }
+      return s;
+    },
+    encode: (v, b, at, x) => {
+      b.fill(0, at, at + size);
+      const n = Math.min(x.length, Math.floor(size / 2));
+      for (let i = 0; i < n; i++) v.setUint16(at + i * 2, x.charCodeAt(i), true);
+    },
+  };
+}
+
+/** Raw bytes, copied out on decode. */
+export function bytes(size: number): FieldType<Uint8Array> {
+  return {
+    size,
+    kind: `bytes(${size})`,
+    decode: (_v, b, at) => b.slice(at, at + size),
+    encode: (_v, b, at, x) => {
+      b.fill(0, at, at + size);
+      b.set(x.subarray(0, size), at);
+    },
+  };
+}
+
+export interface FieldSpec<T> {
+  readonly at: number;
+  readonly type: FieldType<T>;
+  /** A constant the field must hold (signatures); checked on decode, written when encode omits it. */
+  readonly expect?: T;
+  /** This field holds the CRC-32C of the whole structure, computed with the field zeroed. */
+  readonly crc32c?: true;
+}
+
+type Fields = Record<string, FieldSpec<any>>;
+type ValueOf<S> = S extends FieldSpec<infer T> ? T : never;
+type AutoKeys<F extends Fields> = {
+  [K in keyof F]: F[K] extends { expect: unknown } ? K : F[K] extends { crc32c: true } ? K : never;
+}[keyof F];
+
+export type Decoded<F extends Fields> = { -readonly [K in keyof F]: ValueOf<F[K]> };
+export type Encodable<F extends Fields> = { [K in Exclude<keyof F, AutoKeys<F>>]: ValueOf<F[K]> } & {
+  [K in AutoKeys<F>]?: ValueOf<F[K]>;
+};
+
+export interface DecodeOptions {
+  /** File offset of the structure's first byte, for error messages. */
+  fileOffset?: number;
+  /** Name to use in messages instead of the declared one (e.g. "header 2"). */
+  name?: string;
+  /** Skip signature and checksum checks (check tools decode damaged copies). */
+  lenient?: boolean;
+}
+
+export interface Struct<F extends Fields> {
+  readonly name: string;
+  readonly size: number;
+  readonly fields: F;
+  decode(bytes: Uint8Array, opts?: DecodeOptions): Decoded<F>;
+  /** Encode into a new buffer of `size` bytes (or into `into` at `at`). */
+  encode(value: Encodable<F>, into?: Uint8Array, at?: number): Uint8Array;
+  /** True when the checksum field matches the bytes (structures without one: true). */
+  checksumOk(bytes: Uint8Array): boolean;
+  /** Recompute the checksum field in place over the first `size` bytes (after writing entries). */
+  seal(bytes: Uint8Array): void;
+}
+
+export function viewOf(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+export function defineStruct<F extends Fields>(name: string, size: number, fields: F): Struct<F> {
+  const entries = Object.entries(fields) as [string, FieldSpec<unknown>][];
+  for (const [k, f] of entries) {
+    if (f.at < 0 || f.at + f.type.size > size) throw new Error(`struct ${name}: field ${k} outside ${size} bytes`);
+  }
+  const checksumField = entries.find(([, f]) => f.crc32c);
+  const checksumAt = checksumField?.[1].at;
+
+  const checksumOk = (b: Uint8Array): boolean => {
+    if (checksumAt === undefined) return true;
+    return viewOf(b).getUint32(checksumAt, true) === crc32cWithZeroField(b.subarray(0, size), checksumAt);
+  };
+
+  const seal = (b: Uint8Array): void => {
+    if (checksumAt === undefined) return;
+    const view = viewOf(b);
+    view.setUint32(checksumAt, crc32cWithZeroField(b.subarray(0, size), checksumAt), true);
+  };
+
+  return {
+    name,
+    size,
+    fields,
+    checksumOk,
+    seal,
+    decode(b, opts = {}) {
+      const label = opts.name ?? name;
+      const base = opts.fileOffset ?? 0;
+      if (b.length < size) {
+        throw new VhdxError('EIO', 'SHORT_READ', `${label} needs ${size} bytes, got ${b.length}`, {
+          structure: label,
+          offset: base,
+        });
+      }
+      const view = viewOf(b);
+      const out: Record<string, unknown> = {};
+      for (const [k, f] of entries) {
+        const place = { structure: label, field: k, offset: base + f.at };
+        const value = f.type.decode(view, b, f.at, place);
+        if (!opts.lenient && f.expect !== undefined && value !== f.expect) {
+          throw corrupt('BAD_SIGNATURE', `${label} has ${k} ${JSON.stringify(value)}, expected ${JSON.stringify(f.expect)}`, {
+            structure: label,
+            offset: base,
+          });
+        }
+        out[k] = value;
+      }
+      if (!opts.lenient && checksumAt !== undefined && !checksumOk(b)) {
+        throw corrupt('BAD_CHECKSUM', `${label} checksum mismatch`, { structure: label, offset: base });
+      }
+      return out as Decoded<F>;
+    },
+    encode(value, into, at = 0) {
+      const b = into ? into.subarray(at, at + size) : new Uint8Array(size);
+      if (b.length < size) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${name}: buffer too small`);
+      b.fill(0);
+      const view = viewOf(b);
+      const v = value as Record<string, unknown>;
+      for (const [k, f] of entries) {
+        if (f.crc32c) continue;
+        const x = v[k] !== undefined ? v[k] : f.expect;
+        if (x === undefined) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${name}: field ${k} missing`);
+        f.type.encode(view, b, f.at, x);
+      }
+      seal(b);
+      return b;
+    },
+  };
+}

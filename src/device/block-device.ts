@@ -1,0 +1,52 @@
+/**
+ * The block-device interface every format offers (VHDX, raw). Offsets and lengths are bytes.
+ * Many requests may be in flight at once.
+ */
+
+/** What a range of the virtual disk holds, as block status reports it. */
+export type ExtentType =
+  /** Data stored in the image (may still be zeros). */
+  | 'data'
+  /** Allocated as zeros in the image (ZERO, UNMAPPED, UNDEFINED states): reads return zeros. */
+  | 'zero'
+  /** Not allocated in this image: zeros, or the parent's data for a differencing disk. */
+  | 'unallocated';
+
+export interface Extent {
+  offset: number;
+  length: number;
+  type: ExtentType;
+  /** File offset of the first byte, for 'data' extents whose bytes are contiguous in the file. */
+  fileOffset?: number;
+}
+
+export interface DeviceCapabilities {
+  zero: boolean;
+  fastZero: boolean;
+  discard: boolean;
+  extents: boolean;
+  fua: boolean;
+}
+
+export interface BlockDevice {
+  readonly size: number;
+  readonly logicalSectorSize: number;
+  readonly readOnly: boolean;
+  readonly can: DeviceCapabilities;
+  /** Fill `into` with the bytes at `offset`. The range must lie inside the disk. */
+  read(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Extents covering [offset, offset + length) in order, without reading payload. The last
+   * extent may end past the range (never past the disk).
+   */
+  blockStatus(offset: number, length: number): Promise<Extent[]>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Options every long operation accepts. */
+export interface ProgressOptions {
+  /** Called with bytes done and bytes in all, now and then. */
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}

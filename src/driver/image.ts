@@ -1,0 +1,277 @@
+/**
+ * A VHDX image opened for reading: the layout validated at open, the BAT through a bounded
+ * cache, reads at any offset and length, block status, and a streaming BAT scan for statistics.
+ */
+import { VhdxError } from '../errors.js';
+import { readExact, type RandomAccessSource } from '../io/source.js';
+import { MiB } from '../format/constants.js';
+import { BAT_ENTRY_SIZE, PayloadState, payloadBatIndex } from '../format/bat.js';
+import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
+import { BatCache, type BatCacheOptions } from './bat-cache.js';
+import { openLayout, type Layout } from './open.js';
+import { viewOf } from '../codec/struct.js';
+
+export interface OpenOptions extends BatCacheOptions {
+  /** Only read-only opens exist so far; writable opens arrive with the writer. */
+  readOnly?: true;
+}
+
+/** Bytes of the virtual disk per payload block state, and how scattered the allocated blocks are. */
+export interface AllocationStats {
+  /** Bytes of the virtual disk in each state (keys: notPresent, undefined, zero, unmapped, fullyPresent, partiallyPresent). */
+  bytesByState: Record<string, number>;
+  /** Payload blocks stored in the file (fully or partially present). */
+  allocatedBlocks: number;
+  /** Sector bitmap blocks present (differencing disks). */
+  bitmapBlocks: number;
+  /**
+   * Percentage of allocated blocks, after the first in virtual-disk order, that do not directly
+   * follow the previous allocated block in the file. 0 for a disk written front to back.
+   */
+  fragmentationPercentage: number;
+}
+
+const STATE_KEYS: Record<number, string> = {
+  0: 'notPresent',
+  1: 'undefined',
+  2: 'zero',
+  3: 'unmapped',
+  5: 'unmapped',
+  6: 'fullyPresent',
+  7: 'partiallyPresent',
+};
+
+export class VhdxImage implements BlockDevice {
+  readonly readOnly = true;
+  readonly can: DeviceCapabilities = { zero: false, fastZero: false, discard: false, extents: true, fua: false };
+  private readonly bat: BatCache;
+  private readonly src: RandomAccessSource;
+  private closed = false;
+
+  private constructor(
+    readonly layout: Layout,
+    private readonly file: RandomAccessSource,
+    opts: OpenOptions,
+  ) {
+    this.src = layout.source;
+    this.bat = new BatCache(
+      this.src,
+      layout.batRegion.fileOffset,
+      layout.batEntries,
+      layout.geometry,
+      layout.hasParent,
+      this.src.size,
+      opts,
+    );
+  }
+
+  /** Open and validate an image. A dirty log is replayed in memory; the file is never written. */
+  static async open(source: RandomAccessSource, opts: OpenOptions = {}): Promise<VhdxImage> {
+    const layout = await openLayout(source, { readOnly: true });
+    return new VhdxImage(layout, source, opts);
+  }
+
+  get size(): number {
+    return this.layout.virtualSize;
+  }
+  get logicalSectorSize(): number {
+    return this.layout.logicalSectorSize;
+  }
+  get physicalSectorSize(): number {
+    return this.layout.physicalSectorSize;
+  }
+  get blockSize(): number {
+    return this.layout.blockSize;
+  }
+  get type(): Layout['type'] {
+    return this.layout.type;
+  }
+
+  /** Fill `into` with the virtual disk's bytes at `offset`. */
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange(offset, into.length);
+    this.assertReadable();
+    const bs = this.layout.blockSize;
+    let pos = 0;
+    // Walk block by block, merging runs of blocks that are contiguous in the file into one read.
+    let runFile = -1;
+    let runStart = 0;
+    let runLen = 0;
+    const pending: Promise<void>[] = [];
+    const flushRun = (): void => {
+      if (runLen > 0) {
+        pending.push(readExact(this.src, runFile, into.subarray(runStart, runStart + runLen), 'payload block'));
+        runLen = 0;
+      }
+    };
+    while (pos < into.length) {
+      const vo = offset + pos;
+      const blockIndex = Math.floor(vo / bs);
+      const inBlock = vo - blockIndex * bs;
+      const n = Math.min(bs - inBlock, into.length - pos);
+      const e = await this.bat.entry(payloadBatIndex(this.layout.geometry, blockIndex));
+      if (e.state === PayloadState.FULLY_PRESENT) {
+        const fo = e.fileOffsetMB * MiB + inBlock;
+        if (runLen > 0 && runFile + runLen === fo && runLen < 64 * MiB) runLen += n;
+        else {
+          flushRun();
+          runFile = fo;
+          runStart = pos;
+          runLen = n;
+        }
+      } else {
+        flushRun();
+        into.fill(0, pos, pos + n);
+      }
+      pos += n;
+    }
+    flushRun();
+    await Promise.all(pending);
+  }
+
+  /** Extents of [offset, offset + length), merged, from the BAT alone. */
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    this.assertReadable();
+    const bs = this.layout.blockSize;
+    const out: Extent[] = [];
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const blockIndex = Math.floor(pos / bs);
+      const blockEnd = Math.min((blockIndex + 1) * bs, this.size);
+      const e = await this.bat.entry(payloadBatIndex(this.layout.geometry, blockIndex));
+      const type: Extent['type'] =
+        e.state === PayloadState.FULLY_PRESENT ? 'data' : e.state === PayloadState.NOT_PRESENT ? 'unallocated' : 'zero';
+      const fileOffset = type === 'data' ? e.fileOffsetMB * MiB + (pos - blockIndex * bs) : undefined;
+      const last = out[out.length - 1];
+      if (
+        last &&
+        last.type === type &&
+        (type !== 'data' || (last.fileOffset !== undefined && last.fileOffset + last.length === fileOffset))
+      ) {
+        last.length += blockEnd - pos;
+      } else {
+        const x: Extent = { offset: pos, length: blockEnd - pos, type };
+        if (fileOffset !== undefined) x.fileOffset = fileOffset;
+        out.push(x);
+      }
+      pos = blockEnd;
+    }
+    return out;
+  }
+
+  /**
+   * Scan the whole BAT once, streaming (bounded memory), and count bytes per block state.
+   * Validates every entry as the cache does. Runs of identical chunks are counted in bulk.
+   */
+  async allocationStats(opts: ProgressOptions = {}): Promise<AllocationStats> {
+    const g = this.layout.geometry;
+    const period = g.chunkRatio + 1; // entries per chunk, bitmap entry included
+    const bytesByState: Record<string, number> = {};
+    const add = (state: number, bytes: number): void => {
+      const k = STATE_KEYS[state] ?? `state${state}`;
+      bytesByState[k] = (bytesByState[k] ?? 0) + bytes;
+    };
+    let allocatedBlocks = 0;
+    let bitmapBlocks = 0;
+    let breaks = 0;
+    let prevEnd = -1;
+    const total = this.layout.batEntries;
+    // Windows of whole chunks, about 8 MiB each.
+    const chunksPerWindow = Math.max(1, Math.floor((8 * MiB) / (period * BAT_ENTRY_SIZE)));
+    const windowEntries = chunksPerWindow * period;
+    const buf = new Uint8Array(windowEntries * BAT_ENTRY_SIZE);
+    const validator = new BatCache(this.src, this.layout.batRegion.fileOffset, total, g, this.layout.hasParent, this.src.size);
+    for (let first = 0; first < total; first += windowEntries) {
+      if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'BAT scan cancelled', { cause: opts.signal.reason });
+      const count = Math.min(windowEntries, total - first);
+      const bytes = buf.subarray(0, count * BAT_ENTRY_SIZE);
+      await readExact(this.src, this.layout.batRegion.fileOffset + first * BAT_ENTRY_SIZE, bytes, 'BAT');
+      const view = viewOf(bytes);
+      // Fast path: a window made of one chunk repeated, whose payload entries all hold one
+      // non-present state and no file offset (fresh dynamic disks of any size).
+      const chunkBytes = period * BAT_ENTRY_SIZE;
+      if (count === windowEntries && chunksPerWindow > 1 && uniformWindow(bytes, view, chunkBytes, g.chunkRatio)) {
+        const state = view.getUint32(0, true) & 7;
+        const blocks = Math.min(g.chunkRatio * chunksPerWindow, g.payloadBlocks - (first / period) * g.chunkRatio);
+        if (blocks > 0) {
+          const firstBlock = (first / period) * g.chunkRatio;
+          add(state, Math.min(this.size, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
+        }
+      } else {
+        validator.validate(view, first, count);
+        for (let i = 0; i < count; i++) {
+          const index = first + i;
+          const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
+          const state = lo & 7;
+          if ((index + 1) % period === 0) {
+            if (state !== 0) bitmapBlocks++;
+            continue;
+          }
+          const blockIndex = index - Math.floor(index / period);
+          if (blockIndex >= g.payloadBlocks) continue;
+          const blockBytes = Math.min(g.blockSize, this.size - blockIndex * g.blockSize);
+          add(state, blockBytes);
+          if (state === PayloadState.FULLY_PRESENT || state === PayloadState.PARTIALLY_PRESENT) {
+            const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
+            const fo = (hi * 4096 + (lo >>> 20)) * MiB;
+            if (allocatedBlocks > 0 && fo !== prevEnd) breaks++;
+            prevEnd = fo + g.blockSize;
+            allocatedBlocks++;
+          }
+        }
+      }
+      opts.onProgress?.(Math.min(total, first + count), total);
+    }
+    const fragmentationPercentage = allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
+    return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage };
+  }
+
+  async flush(): Promise<void> {}
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.file.close();
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `range ${offset}+${length} is outside the ${this.size}-byte disk`);
+    }
+  }
+
+  private assertReadable(): void {
+    if (this.layout.hasParent) {
+      throw new VhdxError('ENOTSUP', 'DIFFERENCING_NOT_SUPPORTED', 'reading differencing images is not supported yet');
+    }
+  }
+}
+
+/**
+ * True when `bytes` is one chunk of entries repeated, and that chunk's payload entries all equal
+ * its first entry, which is a non-present state with a zero offset field and clear reserved bits,
+ * and its bitmap entry is zero.
+ */
+function uniformWindow(bytes: Uint8Array, view: DataView, chunkBytes: number, chunkRatio: number): boolean {
+  const lo = view.getUint32(0, true);
+  const hi = view.getUint32(4, true);
+  const state = lo & 7;
+  if (hi !== 0 || lo !== state || !(state <= 3 || state === 5)) return false;
+  for (let i = 1; i < chunkRatio; i++) {
+    if (view.getUint32(i * 8, true) !== lo || view.getUint32(i * 8 + 4, true) !== 0) return false;
+  }
+  if (view.getUint32(chunkRatio * 8, true) !== 0 || view.getUint32(chunkRatio * 8 + 4, true) !== 0) return false;
+  return bytesEqual(bytes.subarray(chunkBytes), bytes.subarray(0, bytes.length - chunkBytes));
+}
+
+/** Byte equality, native where the platform offers it. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  const B = (globalThis as { Buffer?: { compare(x: Uint8Array, y: Uint8Array): number } }).Buffer;
+  if (B) return B.compare(a, b) === 0;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -1,0 +1,81 @@
+/** The description `vhdx info` prints: stable camelCase keys, plain JSON values. */
+import type { VhdxImage, AllocationStats } from './image.js';
+import type { ProgressOptions } from '../device/block-device.js';
+
+export interface ImageInfo {
+  format: 'vhdx';
+  type: 'dynamic' | 'fixed' | 'differencing';
+  virtualSize: number;
+  fileSize: number;
+  blockSize: number;
+  logicalSectorSize: number;
+  physicalSectorSize: number;
+  diskId: string;
+  creator: string;
+  header: { slot: number; sequenceNumber: string; fileWriteGuid: string; dataWriteGuid: string; logGuid: string; version: number };
+  log: { state: 'clean' | 'dirty'; offset: number; length: number; entries: number; replayedInMemory: boolean };
+  regionTable: { copyUsed: number; copiesValid: [boolean, boolean]; regions: { guid: string; name: string; fileOffset: number; length: number; required: boolean }[] };
+  metadata: { itemId: string; name: string; offset: number; length: number; isUser: boolean; isVirtualDisk: boolean; isRequired: boolean }[];
+  parentLocator: { locatorType: string; entries: { key: string; value: string }[] } | null;
+  allocation: { bytesByState: Record<string, number>; allocatedBlocks: number; bitmapBlocks: number };
+  fragmentationPercentage: number;
+}
+
+const REGION_NAMES: Record<string, string> = {
+  '2dc27766-f623-4200-9d64-115e9bfd4a08': 'bat',
+  '8b7ca206-4790-4b9a-b8fe-575f050f886e': 'metadata',
+};
+
+export async function describe(img: VhdxImage, opts: ProgressOptions = {}): Promise<ImageInfo> {
+  const l = img.layout;
+  const stats: AllocationStats = await img.allocationStats(opts);
+  return {
+    format: 'vhdx',
+    type: l.type,
+    virtualSize: l.virtualSize,
+    fileSize: l.fileSize,
+    blockSize: l.blockSize,
+    logicalSectorSize: l.logicalSectorSize,
+    physicalSectorSize: l.physicalSectorSize,
+    diskId: l.diskId,
+    creator: l.creator,
+    header: {
+      slot: l.current.slot,
+      sequenceNumber: l.current.sequenceNumber.toString(),
+      fileWriteGuid: l.current.fileWriteGuid,
+      dataWriteGuid: l.current.dataWriteGuid,
+      logGuid: l.current.logGuid,
+      version: l.current.version,
+    },
+    log: {
+      state: l.log.dirty ? 'dirty' : 'clean',
+      offset: l.log.logOffset,
+      length: l.log.logLength,
+      entries: l.log.entries,
+      replayedInMemory: l.log.replayedInMemory,
+    },
+    regionTable: {
+      copyUsed: l.regionTableCopy,
+      copiesValid: l.regionTableCopiesValid,
+      regions: l.regions.map((r) => ({
+        guid: r.guid,
+        name: REGION_NAMES[r.guid] ?? 'unknown',
+        fileOffset: r.fileOffset,
+        length: r.length,
+        required: (r.flags & 1) !== 0,
+      })),
+    },
+    metadata: l.metadataItems.map((m) => ({
+      itemId: m.itemId,
+      name: m.name,
+      offset: m.offset,
+      length: m.length,
+      isUser: m.isUser,
+      isVirtualDisk: m.isVirtualDisk,
+      isRequired: m.isRequired,
+    })),
+    parentLocator: l.parentLocator,
+    allocation: { bytesByState: stats.bytesByState, allocatedBlocks: stats.allocatedBlocks, bitmapBlocks: stats.bitmapBlocks },
+    fragmentationPercentage: stats.fragmentationPercentage,
+  };
+}

@@ -1,0 +1,183 @@
+/**
+ * Finding the active log sequence (§2.3.3). Pure logic over the log's bytes: the caller reads
+ * the ring and applies the result (to an overlay on read-only opens, to the file otherwise).
+ */
+import { crc32cWithZeroField } from '../codec/crc32c.js';
+import { viewOf } from '../codec/struct.js';
+import { corrupt } from '../errors.js';
+import { HEADER_OFFSETS, LOG_SECTOR_SIZE, REGION_TABLE_OFFSETS } from '../format/constants.js';
+import {
+  LOG_DATA_DESCRIPTOR,
+  LOG_DATA_SECTOR,
+  LOG_DESCRIPTOR_SIZE,
+  LOG_ENTRY_HEADER,
+  LOG_ZERO_DESCRIPTOR,
+  descriptorSectors,
+  type LogEntryHeader,
+} from '../format/log.js';
+
+/** One change an entry makes to the file. */
+export type LogWrite =
+  | { kind: 'zero'; fileOffset: number; length: number }
+  | { kind: 'data'; fileOffset: number; data: Uint8Array };
+
+export interface LogEntry {
+  /** Offset of the entry inside the log. */
+  logOffset: number;
+  header: LogEntryHeader;
+  writes: LogWrite[];
+}
+
+export interface LogSequence {
+  entries: LogEntry[];
+  head: LogEntry;
+}
+
+/** Bytes of the ring from `offset`, wrapping at the end. */
+function ringSlice(log: Uint8Array, offset: number, length: number): Uint8Array {
+  if (offset + length <= log.length) return log.subarray(offset, offset + length);
+  const out = new Uint8Array(length);
+  const first = log.length - offset;
+  out.set(log.subarray(offset), 0);
+  out.set(log.subarray(0, length - first), first);
+  return out;
+}
+
+/**
+ * Parse and fully validate the entry at `offset` of the ring, or return null when it is not a
+ * valid entry of log `logGuid`.
+ */
+export function parseLogEntry(log: Uint8Array, offset: number, logGuid: string): LogEntry | null {
+  const L = log.length;
+  const first = log.subarray(offset, offset + LOG_SECTOR_SIZE);
+  if (first.length < LOG_SECTOR_SIZE) return null;
+  if (first[0] !== 0x6c || first[1] !== 0x6f || first[2] !== 0x67 || first[3] !== 0x65) return null; // "loge"
+  let h: LogEntryHeader;
+  try {
+    h = LOG_ENTRY_HEADER.decode(first);
+  } catch {
+    return null;
+  }
+  if (h.logGuid !== logGuid) return null;
+  if (h.entryLength < LOG_SECTOR_SIZE || h.entryLength % LOG_SECTOR_SIZE !== 0 || h.entryLength > L) return null;
+  if (h.tail % LOG_SECTOR_SIZE !== 0 || h.tail >= L) return null;
+  if (h.sequenceNumber === 0n) return null;
+  const sectors = h.entryLength / LOG_SECTOR_SIZE;
+  // Each descriptor takes 32 bytes; at most one data sector per descriptor. Bound before looping.
+  if (h.descriptorCount > sectors * (LOG_SECTOR_SIZE / LOG_DESCRIPTOR_SIZE)) return null;
+  const descSectors = descriptorSectors(h.descriptorCount);
+  if (descSectors > sectors) return null;
+  const entry = ringSlice(log, offset, h.entryLength);
+  if (viewOf(entry).getUint32(4, true) !== crc32cWithZeroField(entry, 4)) return null;
+
+  const writes: LogWrite[] = [];
+  let dataSector = descSectors;
+  for (let i = 0; i < h.descriptorCount; i++) {
+    const at = 64 + i * LOG_DESCRIPTOR_SIZE;
+    const d = entry.subarray(at, at + LOG_DESCRIPTOR_SIZE);
+    const sig = String.fromCharCode(d[0]!, d[1]!, d[2]!, d[3]!);
+    try {
+      if (sig === 'zero') {
+        const z = LOG_ZERO_DESCRIPTOR.decode(d);
+        if (z.sequenceNumber !== h.sequenceNumber) return null;
+        if (z.fileOffset % LOG_SECTOR_SIZE !== 0 || z.zeroLength % LOG_SECTOR_SIZE !== 0) return null;
+        writes.push({ kind: 'zero', fileOffset: z.fileOffset, length: z.zeroLength });
+      } else if (sig === 'desc') {
+        const dd = LOG_DATA_DESCRIPTOR.decode(d);
+        if (dd.sequenceNumber !== h.sequenceNumber || dd.fileOffset % LOG_SECTOR_SIZE !== 0) return null;
+        if (dataSector >= sectors) return null;
+        const ds = entry.subarray(dataSector * LOG_SECTOR_SIZE, (dataSector + 1) * LOG_SECTOR_SIZE);
+        const s = LOG_DATA_SECTOR.decode(ds);
+        const seq = (BigInt(s.sequenceHigh) << 32n) | BigInt(s.sequenceLow);
+        if (seq !== h.sequenceNumber) return null;
+        // The 4 KiB written: leading 8 bytes and trailing 4 from the descriptor, the middle from the sector.
+        const data = new Uint8Array(LOG_SECTOR_SIZE);
+        data.set(dd.leadingBytes, 0);
+        data.set(s.data, 8);
+        data.set(dd.trailingBytes, LOG_SECTOR_SIZE - 4);
+        writes.push({ kind: 'data', fileOffset: dd.fileOffset, data });
+        dataSector++;
+      } else {
+        return null;
+      }
+    } catch {
+      return null;
+    }
+  }
+  return { logOffset: offset, header: h, writes };
+}
+
+/**
+ * Find the active sequence: the valid sequence whose head has the highest sequence number.
+ * Returns null when the log holds no valid sequence.
+ */
+export function findActiveSequence(log: Uint8Array, logGuid: string): LogSequence | null {
+  const L = log.length;
+  const memo = new Map<number, LogEntry | null>();
+  const entryAt = (o: number): LogEntry | null => {
+    let e = memo.get(o);
+    if (e === undefined) {
+      e = parseLogEntry(log, o, logGuid);
+      memo.set(o, e);
+    }
+    return e;
+  };
+  let best: LogSequence | null = null;
+  // An entry reached inside an earlier chain that ended on an invalid successor starts only a
+  // suffix of that chain, with the same head: skipping it keeps the search linear.
+  const covered = new Set<number>();
+  for (let start = 0; start < L; start += LOG_SECTOR_SIZE) {
+    if (covered.has(start)) continue;
+    const first = entryAt(start);
+    if (!first) continue;
+    const chain: LogEntry[] = [first];
+    let used = first.header.entryLength;
+    let endedOnInvalid = true;
+    for (;;) {
+      const last = chain[chain.length - 1]!;
+      const nextOffset = (last.logOffset + last.header.entryLength) % L;
+      const next = entryAt(nextOffset);
+      if (!next || next.header.sequenceNumber !== last.header.sequenceNumber + 1n) break;
+      if (used + next.header.entryLength > L) {
+        endedOnInvalid = false;
+        break;
+      }
+      used += next.header.entryLength;
+      chain.push(next);
+    }
+    if (endedOnInvalid) for (let i = 1; i < chain.length; i++) covered.add(chain[i]!.logOffset);
+    const head = chain[chain.length - 1]!;
+    const tailIndex = chain.findIndex((e) => e.logOffset === head.header.tail);
+    if (tailIndex < 0) continue;
+    if (!best || head.header.sequenceNumber > best.head.header.sequenceNumber) {
+      best = { entries: chain.slice(tailIndex), head };
+    }
+  }
+  return best;
+}
+
+/**
+ * Check that a sequence only writes where the log may write: never the file identifier or the
+ * headers (region tables, at 192 KiB and 256 KiB, and everything after 1 MiB are allowed).
+ */
+export function checkSequenceTargets(seq: LogSequence, logOffset: number): void {
+  const forbiddenEnd = REGION_TABLE_OFFSETS[0];
+  for (const e of seq.entries) {
+    for (const w of e.writes) {
+      const len = w.kind === 'zero' ? w.length : w.data.length;
+      if (w.fileOffset < forbiddenEnd) {
+        throw corrupt(
+          'LOG_REPLAY_FAILED',
+          `log entry ${e.header.sequenceNumber} writes to file offset ${w.fileOffset}, inside the identifier or headers (${HEADER_OFFSETS.join(', ')})`,
+          { structure: 'log', offset: logOffset + e.logOffset },
+        );
+      }
+      if (!Number.isSafeInteger(w.fileOffset + len)) {
+        throw corrupt('LOG_REPLAY_FAILED', `log entry ${e.header.sequenceNumber} writes beyond 2^53`, {
+          structure: 'log',
+          offset: logOffset + e.logOffset,
+        });
+      }
+    }
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * Block allocation table entries and the chunk interleave (§2.5). The BAT stays raw bytes in the
+ * cache; these functions convert one entry at a time.
+ */
+import { SECTORS_PER_CHUNK, MiB } from './constants.js';
+
+/** Payload block states (§2.5.1.1). 5 is the draft-0.95 value of UNMAPPED. */
+export const PayloadState = {
+  NOT_PRESENT: 0,
+  UNDEFINED: 1,
+  ZERO: 2,
+  UNMAPPED: 3,
+  UNMAPPED_DRAFT: 5,
+  FULLY_PRESENT: 6,
+  PARTIALLY_PRESENT: 7,
+} as const;
+
+/** Sector bitmap block states (§2.5.1.2). */
+export const BitmapState = {
+  NOT_PRESENT: 0,
+  PRESENT: 6,
+} as const;
+
+export const PAYLOAD_STATE_NAMES: Record<number, string> = {
+  0: 'notPresent',
+  1: 'undefined',
+  2: 'zero',
+  3: 'unmapped',
+  5: 'unmapped',
+  6: 'fullyPresent',
+  7: 'partiallyPresent',
+};
+
+export const BAT_ENTRY_SIZE = 8;
+const RESERVED_MASK = 0x000ffff8; // bits 3..19 of the low word
+
+/** A decoded BAT entry. `fileOffsetMB` is in units of 1 MiB. */
+export interface BatEntry {
+  state: number;
+  fileOffsetMB: number;
+}
+
+/** Decode the entry at byte `at` of `bytes` (which holds raw BAT bytes). */
+export function decodeBatEntry(view: DataView, at: number): BatEntry {
+  const lo = view.getUint32(at, true);
+  const hi = view.getUint32(at + 4, true);
+  // FileOffsetMB is bits 20..63: 12 bits from the low word, 32 from the high word.
+  return { state: lo & 7, fileOffsetMB: hi * 4096 + (lo >>> 20) };
+}
+
+/** True when reserved bits 3..19 are zero, as the specification requires. */
+export function batEntryReservedClear(view: DataView, at: number): boolean {
+  return (view.getUint32(at, true) & RESERVED_MASK) === 0;
+}
+
+export function encodeBatEntry(view: DataView, at: number, entry: BatEntry): void {
+  const lo = ((entry.fileOffsetMB % 4096) * 2 ** 20 + entry.state) >>> 0;
+  view.setUint32(at, lo, true);
+  view.setUint32(at + 4, Math.floor(entry.fileOffsetMB / 4096), true);
+}
+
+/** The geometry every BAT computation needs, derived once at open. */
+export interface BatGeometry {
+  blockSize: number;
+  logicalSectorSize: number;
+  virtualSize: number;
+  /** Payload blocks per chunk (C). */
+  chunkRatio: number;
+  /** Payload blocks in the disk (P). */
+  payloadBlocks: number;
+  /** Sector bitmap entries the BAT interleaves (one per started chunk). */
+  bitmapBlocks: number;
+  /** Entries a BAT must hold for every payload and bitmap entry we may index. */
+  entriesNeeded: number;
+}
+
+export function batGeometry(virtualSize: number, blockSize: number, logicalSectorSize: number, hasParent: boolean): BatGeometry {
+  const chunkRatio = (SECTORS_PER_CHUNK * logicalSectorSize) / blockSize;
+  const payloadBlocks = Math.ceil(virtualSize / blockSize);
+  const bitmapBlocks = Math.ceil(payloadBlocks / chunkRatio);
+  // The last payload entry sits at index (P-1) + floor((P-1)/C). Readers need that many; a
+  // differencing disk also needs the sector bitmap entry after its last (possibly partial) chunk.
+  const lastPayload = payloadBlocks === 0 ? -1 : payloadBlocks - 1 + Math.floor((payloadBlocks - 1) / chunkRatio);
+  const entriesNeeded = hasParent ? bitmapBlocks * (chunkRatio + 1) : lastPayload + 1;
+  return { blockSize, logicalSectorSize, virtualSize, chunkRatio, payloadBlocks, bitmapBlocks, entriesNeeded };
+}
+
+/** Entries a writer gives the BAT: P + ceil(P / C) for fixed and dynamic disks, whole chunks for differencing. */
+export function batEntriesToWrite(g: BatGeometry, hasParent: boolean): number {
+  return hasParent ? g.bitmapBlocks * (g.chunkRatio + 1) : g.payloadBlocks + Math.ceil(g.payloadBlocks / g.chunkRatio);
+}
+
+/** BAT index of payload block `blockIndex`. */
+export function payloadBatIndex(g: BatGeometry, blockIndex: number): number {
+  return blockIndex + Math.floor(blockIndex / g.chunkRatio);
+}
+
+/** BAT index of the sector bitmap entry of chunk `chunkIndex`. */
+export function bitmapBatIndex(g: BatGeometry, chunkIndex: number): number {
+  return chunkIndex * (g.chunkRatio + 1) + g.chunkRatio;
+}
+
+export function fileOffsetOf(entry: BatEntry): number {
+  return entry.fileOffsetMB * MiB;
+}

@@ -1,0 +1,88 @@
+/** Parent locator metadata item (§2.6.2.6). */
+import { defineStruct, u16, u32, guid, type Decoded } from '../codec/struct.js';
+import { corrupt } from '../errors.js';
+
+export const PARENT_LOCATOR_HEADER = defineStruct('parent locator header', 20, {
+  locatorType: { at: 0, type: guid },
+  reserved: { at: 16, type: u16 },
+  keyValueCount: { at: 18, type: u16 },
+});
+
+export const PARENT_LOCATOR_ENTRY = defineStruct('parent locator entry', 12, {
+  keyOffset: { at: 0, type: u32 },
+  valueOffset: { at: 4, type: u32 },
+  keyLength: { at: 8, type: u16 },
+  valueLength: { at: 10, type: u16 },
+});
+export type ParentLocatorEntry = Decoded<typeof PARENT_LOCATOR_ENTRY.fields>;
+
+export interface ParentLocator {
+  locatorType: string;
+  /** Key/value pairs in file order; keys are unique. */
+  entries: { key: string; value: string }[];
+}
+
+function utf16le(b: Uint8Array, at: number, length: number): string {
+  let s = '';
+  for (let i = 0; i + 1 < length; i += 2) s += String.fromCharCode(b[at + i]! | (b[at + i + 1]! << 8));
+  return s;
+}
+
+/** Decode the item from its bytes. `fileOffset` names the item's place in errors. */
+export function decodeParentLocator(item: Uint8Array, fileOffset = 0): ParentLocator {
+  const where = { structure: 'parent locator', offset: fileOffset };
+  const h = PARENT_LOCATOR_HEADER.decode(item, { fileOffset });
+  const tableEnd = PARENT_LOCATOR_HEADER.size + h.keyValueCount * PARENT_LOCATOR_ENTRY.size;
+  if (tableEnd > item.length) {
+    throw corrupt('BAD_PARENT_LOCATOR', `${h.keyValueCount} key/value entries do not fit in ${item.length} bytes`, where);
+  }
+  const entries: { key: string; value: string }[] = [];
+  const seen = new Set<string>();
+  for (let i = 0; i < h.keyValueCount; i++) {
+    const e = PARENT_LOCATOR_ENTRY.decode(item.subarray(PARENT_LOCATOR_HEADER.size + i * PARENT_LOCATOR_ENTRY.size), {
+      fileOffset: fileOffset + PARENT_LOCATOR_HEADER.size + i * PARENT_LOCATOR_ENTRY.size,
+    });
+    for (const [off, len, what] of [
+      [e.keyOffset, e.keyLength, 'key'],
+      [e.valueOffset, e.valueLength, 'value'],
+    ] as const) {
+      if (len === 0 || len % 2 !== 0 || off < tableEnd || off + len > item.length) {
+        throw corrupt('BAD_PARENT_LOCATOR', `entry ${i} ${what} (offset ${off}, length ${len}) is out of bounds or malformed`, where);
+      }
+    }
+    const key = utf16le(item, e.keyOffset, e.keyLength);
+    if (seen.has(key)) throw corrupt('BAD_PARENT_LOCATOR', `duplicate key ${JSON.stringify(key)}`, where);
+    seen.add(key);
+    entries.push({ key, value: utf16le(item, e.valueOffset, e.valueLength) });
+  }
+  return { locatorType: h.locatorType, entries };
+}
+
+/** Encode a locator: header, entry table, then keys and values packed in order. */
+export function encodeParentLocator(loc: ParentLocator): Uint8Array {
+  const tableEnd = PARENT_LOCATOR_HEADER.size + loc.entries.length * PARENT_LOCATOR_ENTRY.size;
+  let size = tableEnd;
+  for (const e of loc.entries) size += (e.key.length + e.value.length) * 2;
+  const b = new Uint8Array(size);
+  PARENT_LOCATOR_HEADER.encode({ locatorType: loc.locatorType, reserved: 0, keyValueCount: loc.entries.length }, b, 0);
+  let at = tableEnd;
+  const put = (s: string): number => {
+    const start = at;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      b[at++] = c & 0xff;
+      b[at++] = c >>> 8;
+    }
+    return start;
+  };
+  loc.entries.forEach((e, i) => {
+    const keyOffset = put(e.key);
+    const valueOffset = put(e.value);
+    PARENT_LOCATOR_ENTRY.encode(
+      { keyOffset, valueOffset, keyLength: e.key.length * 2, valueLength: e.value.length * 2 },
+      b,
+      PARENT_LOCATOR_HEADER.size + i * PARENT_LOCATOR_ENTRY.size,
+    );
+  });
+  return b;
+}

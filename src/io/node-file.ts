@@ -1,0 +1,102 @@
+/** A random-access source over a file, through Node's promise FileHandle API. */
+import { open, type FileHandle } from 'node:fs/promises';
+import { VhdxError } from '../errors.js';
+import type { RandomAccessSource } from './source.js';
+
+export class NodeFileSource implements RandomAccessSource {
+  private closed = false;
+  private constructor(
+    private readonly fh: FileHandle,
+    private length: number,
+    readonly readOnly: boolean,
+    readonly path: string,
+  ) {}
+
+  static async open(path: string, opts: { readOnly?: boolean; create?: boolean } = {}): Promise<NodeFileSource> {
+    const readOnly = opts.readOnly ?? true;
+    const flags = readOnly ? 'r' : opts.create ? 'wx+' : 'r+';
+    let fh: FileHandle;
+    try {
+      fh = await open(path, flags);
+    } catch (e) {
+      throw fsError(e, `cannot open ${path}`);
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile() && !st.isBlockDevice()) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path} is not a regular file`);
+      }
+      return new NodeFileSource(fh, st.size, readOnly, path);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  get size(): number {
+    return this.length;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<number> {
+    this.assertOpen();
+    try {
+      const { bytesRead } = await this.fh.read(into, 0, into.length, offset);
+      return bytesRead;
+    } catch (e) {
+      throw fsError(e, `read of ${into.length} bytes at ${offset} from ${this.path} failed`);
+    }
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.assertOpen();
+    if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', `${this.path} is open read-only`);
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
+        if (bytesWritten <= 0) throw new Error('write returned 0 bytes');
+        done += bytesWritten;
+      }
+    } catch (e) {
+      throw fsError(e, `write of ${data.length} bytes at ${offset} to ${this.path} failed`);
+    }
+    if (offset + data.length > this.length) this.length = offset + data.length;
+  }
+
+  async flush(): Promise<void> {
+    this.assertOpen();
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      throw fsError(e, `flush of ${this.path} failed`);
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.assertOpen();
+    try {
+      await this.fh.truncate(size);
+    } catch (e) {
+      throw fsError(e, `truncate of ${this.path} to ${size} failed`);
+    }
+    this.length = size;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.fh.close();
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', `${this.path} is closed`);
+  }
+}
+
+function fsError(e: unknown, message: string): VhdxError {
+  const code = (e as { code?: string }).code;
+  const errno =
+    code === 'ENOSPC' ? 'ENOSPC' : code === 'EROFS' ? 'EROFS' : code === 'EACCES' || code === 'EPERM' ? 'EPERM' : 'EIO';
+  const detail = e instanceof Error ? `: ${e.message}` : '';
+  return new VhdxError(errno, 'IO_ERROR', message + detail, { cause: e });
+}

@@ -1,0 +1,114 @@
+/**
+ * Random-access byte sources: the only thing the format code needs from storage.
+ * Backends: Node file (./node-file.ts, Node only), memory, Blob (browsers, read-only).
+ */
+import { VhdxError } from '../errors.js';
+
+export interface RandomAccessSource {
+  /** Current size in bytes. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /**
+   * Read up to `into.length` bytes at `offset`; resolves to the count read, short only at the end
+   * of the source. Many reads may be in flight at once.
+   */
+  read(offset: number, into: Uint8Array): Promise<number>;
+  write?(offset: number, data: Uint8Array): Promise<void>;
+  flush?(): Promise<void>;
+  truncate?(size: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Read exactly `into.length` bytes or fail with SHORT_READ naming what was being read. */
+export async function readExact(src: RandomAccessSource, offset: number, into: Uint8Array, what: string): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const n = await src.read(offset + done, into.subarray(done));
+    if (n <= 0) {
+      throw new VhdxError('EIO', 'SHORT_READ', `short read of ${what}: ${done} of ${into.length} bytes`, {
+        structure: what,
+        offset,
+      });
+    }
+    done += n;
+  }
+}
+
+/** Allocate and read `length` bytes exactly. */
+export async function readBytes(src: RandomAccessSource, offset: number, length: number, what: string): Promise<Uint8Array> {
+  const b = new Uint8Array(length);
+  await readExact(src, offset, b, what);
+  return b;
+}
+
+/** A source over bytes in memory. Writes past the end grow it. */
+export class MemorySource implements RandomAccessSource {
+  private buf: Uint8Array;
+  private length: number;
+  readonly readOnly: boolean;
+
+  constructor(bytes: Uint8Array = new Uint8Array(0), opts: { readOnly?: boolean } = {}) {
+    this.buf = bytes;
+    this.length = bytes.length;
+    this.readOnly = opts.readOnly ?? false;
+  }
+
+  get size(): number {
+    return this.length;
+  }
+
+  /** The current content (a view, not a copy). */
+  bytes(): Uint8Array {
+    return this.buf.subarray(0, this.length);
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<number> {
+    if (offset >= this.length) return 0;
+    const n = Math.min(into.length, this.length - offset);
+    into.set(this.buf.subarray(offset, offset + n));
+    return n;
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', 'memory source is read-only');
+    this.ensure(offset + data.length);
+    this.buf.set(data, offset);
+  }
+
+  async flush(): Promise<void> {}
+
+  async truncate(size: number): Promise<void> {
+    if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', 'memory source is read-only');
+    this.ensure(size);
+    if (size < this.length) this.buf.fill(0, size, this.length);
+    this.length = size;
+  }
+
+  async close(): Promise<void> {}
+
+  private ensure(end: number): void {
+    if (end > this.buf.length) {
+      const grown = new Uint8Array(Math.max(end, Math.min(this.buf.length * 2, end + 64 * 1024 * 1024)));
+      grown.set(this.buf.subarray(0, this.length));
+      this.buf = grown;
+    }
+    if (end > this.length) this.length = end;
+  }
+}
+
+/** A read-only source over a Blob or File (browsers, and Node's Blob). */
+export class BlobSource implements RandomAccessSource {
+  readonly readOnly = true;
+  constructor(private readonly blob: Blob) {}
+  get size(): number {
+    return this.blob.size;
+  }
+  async read(offset: number, into: Uint8Array): Promise<number> {
+    if (offset >= this.blob.size) return 0;
+    const end = Math.min(this.blob.size, offset + into.length);
+    const ab = await this.blob.slice(offset, end).arrayBuffer();
+    into.set(new Uint8Array(ab));
+    return ab.byteLength;
+  }
+  async close(): Promise<void> {}
+}
