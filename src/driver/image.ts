@@ -10,6 +10,7 @@ import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '.
 import { BatCache, type BatCacheOptions } from './bat-cache.js';
 import { openLayout, type Layout } from './open.js';
 import { viewOf } from '../codec/struct.js';
+import { bytesEqual } from '../codec/bytes.js';
 
 export interface OpenOptions extends BatCacheOptions {
   /** Only read-only opens exist so far; writable opens arrive with the writer. */
@@ -178,16 +179,34 @@ export class VhdxImage implements BlockDevice {
     let breaks = 0;
     let prevEnd = -1;
     const total = this.layout.batEntries;
-    // Windows of whole chunks, about 8 MiB each.
-    const chunksPerWindow = Math.max(1, Math.floor((8 * MiB) / (period * BAT_ENTRY_SIZE)));
+    // Windows of whole chunks, about 1 MiB each: small enough that the bytes just read are still
+    // in the CPU cache when the uniform-window check compares them.
+    const chunksPerWindow = Math.max(1, Math.floor(MiB / (period * BAT_ENTRY_SIZE)));
     const windowEntries = chunksPerWindow * period;
-    const buf = new Uint8Array(windowEntries * BAT_ENTRY_SIZE);
     const validator = new BatCache(this.src, this.layout.batRegion.fileOffset, total, g, this.layout.hasParent, this.src.size);
+    // Keep a few window reads in flight: copying the BAT out of the page cache is the cost, and
+    // parallel reads spread it over the I/O threads.
+    const AHEAD = 2;
+    const pool = Array.from({ length: AHEAD + 1 }, () => new Uint8Array(windowEntries * BAT_ENTRY_SIZE));
+    let poolNext = 0;
+    const inFlight: Promise<Uint8Array>[] = [];
+    let nextRead = 0;
+    const issue = (): void => {
+      if (nextRead >= total) return;
+      const count = Math.min(windowEntries, total - nextRead);
+      const b = pool[poolNext++ % pool.length]!.subarray(0, count * BAT_ENTRY_SIZE);
+      inFlight.push(readExact(this.src, this.layout.batRegion.fileOffset + nextRead * BAT_ENTRY_SIZE, b, 'BAT').then(() => b));
+      nextRead += count;
+    };
+    for (let k = 0; k < AHEAD; k++) issue();
     for (let first = 0; first < total; first += windowEntries) {
-      if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'BAT scan cancelled', { cause: opts.signal.reason });
+      if (opts.signal?.aborted) {
+        await Promise.allSettled(inFlight);
+        throw new VhdxError('ECANCELED', 'ABORTED', 'BAT scan cancelled', { cause: opts.signal.reason });
+      }
       const count = Math.min(windowEntries, total - first);
-      const bytes = buf.subarray(0, count * BAT_ENTRY_SIZE);
-      await readExact(this.src, this.layout.batRegion.fileOffset + first * BAT_ENTRY_SIZE, bytes, 'BAT');
+      const bytes = await inFlight.shift()!;
+      issue();
       const view = viewOf(bytes);
       // Fast path: a window made of one chunk repeated, whose payload entries all hold one
       // non-present state and no file offset (fresh dynamic disks of any size).
@@ -265,13 +284,4 @@ function uniformWindow(bytes: Uint8Array, view: DataView, chunkBytes: number, ch
   }
   if (view.getUint32(chunkRatio * 8, true) !== 0 || view.getUint32(chunkRatio * 8 + 4, true) !== 0) return false;
   return bytesEqual(bytes.subarray(chunkBytes), bytes.subarray(0, bytes.length - chunkBytes));
-}
-
-/** Byte equality, native where the platform offers it. */
-export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  const B = (globalThis as { Buffer?: { compare(x: Uint8Array, y: Uint8Array): number } }).Buffer;
-  if (B) return B.compare(a, b) === 0;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }

@@ -171,12 +171,16 @@ export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptio
   const ident = FILE_IDENTIFIER.decode(head, { fileOffset: 0 });
 
   // Headers: valid = signature and checksum; current = greater sequence number.
+  const headerErrors: VhdxError[] = [];
   const headers = HEADER_OFFSETS.map((off, i): HeaderInfo | null => {
     const bytes = head.subarray(off, off + HEADER.size);
     try {
       return { ...HEADER.decode(bytes, { fileOffset: off, name: `header ${i + 1}` }), slot: (i + 1) as 1 | 2, valid: true };
     } catch (e) {
-      if (e instanceof VhdxError) return null;
+      if (e instanceof VhdxError) {
+        headerErrors.push(e);
+        return null;
+      }
       throw e;
     }
   }) as [HeaderInfo | null, HeaderInfo | null];
@@ -196,9 +200,18 @@ export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptio
     } else current = h1.sequenceNumber > h2.sequenceNumber ? h1 : h2;
   } else if (h1 || h2) current = (h1 ?? h2)!;
   else {
-    // Say why the first one failed: that is the more useful message.
-    const reason = HEADER.checksumOk(head.subarray(HEADER_OFFSETS[0])) ? 'bad signature' : 'bad signature or checksum';
-    throw corrupt('NO_VALID_HEADER', `neither header is valid (${reason})`, { structure: 'header 1', offset: HEADER_OFFSETS[0] });
+    // A header that has its signature but fails later (checksum, a number beyond 2^53) is the
+    // precise finding; when neither even has the signature, there is no header at all.
+    const precise = headerErrors.find((e) => e.reason !== 'BAD_SIGNATURE');
+    if (precise) {
+      const what = precise.reason === 'BAD_CHECKSUM' ? 'its checksum does not match' : `it fails with ${precise.reason}`;
+      throw new VhdxError(precise.code, precise.reason, `neither header is valid; ${precise.structure} has its signature but ${what}`, {
+        structure: precise.structure,
+        offset: precise.offset,
+        cause: precise,
+      });
+    }
+    throw corrupt('NO_VALID_HEADER', 'neither header has the "head" signature', { structure: 'header 1', offset: HEADER_OFFSETS[0] });
   }
   const hdrWhere = { structure: `header ${current.slot}`, offset: HEADER_OFFSETS[current.slot - 1] };
   if (current.version !== 1) throw corrupt('BAD_VERSION', `header version ${current.version}, expected 1`, hdrWhere);

@@ -12,9 +12,13 @@ export class NodeFileSource implements RandomAccessSource {
     readonly path: string,
   ) {}
 
-  static async open(path: string, opts: { readOnly?: boolean; create?: boolean } = {}): Promise<NodeFileSource> {
+  /**
+   * Open `path`. Read-only unless `readOnly: false`; `create` makes a new file and fails when one
+   * exists, unless `truncate` is also set (then an existing file is emptied, as `qemu-img convert` does).
+   */
+  static async open(path: string, opts: { readOnly?: boolean; create?: boolean; truncate?: boolean } = {}): Promise<NodeFileSource> {
     const readOnly = opts.readOnly ?? true;
-    const flags = readOnly ? 'r' : opts.create ? 'wx+' : 'r+';
+    const flags = readOnly ? 'r' : opts.create ? (opts.truncate ? 'w+' : 'wx+') : 'r+';
     let fh: FileHandle;
     try {
       fh = await open(path, flags);

@@ -1,0 +1,54 @@
+/** What every subcommand shares: argument parsing, sizes, output, errors. */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { VhdxError } from '../errors.js';
+
+export class UsageError extends Error {}
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  /** True when stderr is a terminal (progress bars go there). */
+  errIsTTY: boolean;
+}
+
+export interface Parsed {
+  values: Record<string, string | boolean | (string | boolean)[] | undefined>;
+  positionals: string[];
+}
+
+export function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>, usage: string): Parsed {
+  try {
+    const r = parseArgs({ args, options, allowPositionals: true, strict: true });
+    return { values: r.values as Parsed['values'], positionals: r.positionals };
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\nusage: ${usage}`);
+  }
+}
+
+export function outputFormat(value: unknown): 'human' | 'json' {
+  const v = value ?? 'human';
+  if (v !== 'human' && v !== 'json') throw new UsageError(`--output must be human or json, not ${String(v)}`);
+  return v;
+}
+
+const UNITS = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+/** 1073741824 -> "1 GiB", 1536 -> "1.5 KiB" (as qemu-img prints sizes). */
+export function humanSize(n: number): string {
+  let u = 0;
+  let v = n;
+  while (v >= 1024 && u < UNITS.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  if (u === 0) return `${n} bytes`;
+  const s = v >= 100 || Number.isInteger(v) ? String(Math.round(v * 100) / 100) : v.toFixed(2).replace(/0+$/, '').replace(/\.$/, '');
+  return `${s} ${UNITS[u]}`;
+}
+
+/** Map errors to exit codes: usage 1, everything else 1 too (as qemu-img), after one line on stderr. */
+export function describeError(e: unknown): string {
+  if (e instanceof VhdxError) return e.message;
+  if (e instanceof UsageError) return e.message;
+  if (e instanceof Error) return e.message;
+  return String(e);
+}

@@ -1,0 +1,63 @@
+/** `vhdx map [--output=human|json] FILE`: the disk's extents, in the shape of `qemu-img map`. */
+import { openFile } from '../node.js';
+import { outputFormat, parse, UsageError, type Io } from './common.js';
+import type { Extent } from '../device/block-device.js';
+
+export const MAP_USAGE = 'vhdx map [--output=human|json] FILE';
+const WINDOW = 1024 * 1024 * 1024;
+
+export async function mapCommand(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse(args, { output: { type: 'string' } }, MAP_USAGE);
+  const format = outputFormat(values.output);
+  if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${MAP_USAGE}`);
+  const path = positionals[0]!;
+  const img = await openFile(path);
+  try {
+    let pending: Extent | null = null;
+    let first = true;
+    const emit = (e: Extent): void => {
+      if (format === 'json') {
+        const present = e.type !== 'unallocated';
+        const rec: Record<string, unknown> = {
+          start: e.offset,
+          length: e.length,
+          depth: 0,
+          present,
+          zero: e.type !== 'data',
+          data: e.type === 'data',
+        };
+        if (e.fileOffset !== undefined) rec.offset = e.fileOffset;
+        io.out((first ? '[' : ',\n') + JSON.stringify(rec));
+      } else if (e.type === 'data') {
+        if (first) io.out(`${'Offset'.padEnd(20)}${'Length'.padEnd(20)}${'Mapped to'.padEnd(20)}File\n`);
+        io.out(`${hex(e.offset).padEnd(20)}${hex(e.length).padEnd(20)}${hex(e.fileOffset ?? 0).padEnd(20)}${path}\n`);
+      } else return;
+      first = false;
+    };
+    // Windows bound memory; extents that continue across a window boundary are joined.
+    for (let w = 0; w < img.size; w += WINDOW) {
+      for (const e of await img.blockStatus(w, Math.min(WINDOW, img.size - w))) {
+        if (
+          pending &&
+          pending.type === e.type &&
+          pending.offset + pending.length === e.offset &&
+          (e.type !== 'data' || pending.fileOffset! + pending.length === e.fileOffset)
+        ) {
+          pending.length += e.length;
+        } else {
+          if (pending) emit(pending);
+          pending = { ...e };
+        }
+      }
+    }
+    if (pending) emit(pending);
+    if (format === 'json') io.out(first ? '[]\n' : ']\n');
+  } finally {
+    await img.close();
+  }
+  return 0;
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}

@@ -1,0 +1,170 @@
+// Annotated hex fixtures for structure tests.
+//
+//   const HEADER_FIXTURE = hex.padTo(4096)`
+//     68 65 61 64                    # signature "head"
+//     xx xx xx xx                    # checksum (filled by the fixture builder)
+//     0e 00 00 00 00 00 00 00        # sequence number 14
+//     00*16                          # a run: 16 zero bytes
+//     ${someBytes}                   # an interpolated Uint8Array
+//   `;
+//
+// Syntax: `#` starts a comment that runs to the end of the line; whitespace is ignored; every
+// other token is a pair of hex digits (a byte), `xx` (a placeholder byte, 00, that a builder
+// such as patchCrc32c fills in) or `HH*N` (byte HH repeated N times, N decimal). A `${}` value
+// may be a Uint8Array (its bytes) or a string (more hex text). Anything else throws, so a typo in
+// a fixture fails loudly instead of shifting every later field.
+//
+// This file also holds a reference CRC-32C (bitwise, no tables) that is independent of the
+// library's slicing-by-8 code, so fixtures never take their checksums from the code under test.
+import assert from 'node:assert/strict';
+
+function parse(strings, values) {
+  const out = [];
+  const pushText = (text) => {
+    const clean = text.replace(/#[^\n]*/g, ' ');
+    for (const tok of clean.split(/\s+/)) {
+      if (tok === '') continue;
+      const m = /^([0-9a-fA-F]{2}|xx)(?:\*(\d+))?$/.exec(tok);
+      if (!m) throw new Error(`hex fixture: bad token ${JSON.stringify(tok)}`);
+      const byte = m[1] === 'xx' ? 0 : parseInt(m[1], 16);
+      const count = m[2] === undefined ? 1 : Number(m[2]);
+      for (let i = 0; i < count; i++) out.push(byte);
+    }
+  };
+  strings.raw.forEach((s, i) => {
+    pushText(s);
+    if (i < values.length) {
+      const v = values[i];
+      if (v instanceof Uint8Array) out.push(...v);
+      else if (typeof v === 'string') pushText(v);
+      else throw new Error(`hex fixture: cannot interpolate ${typeof v}`);
+    }
+  });
+  return Uint8Array.from(out);
+}
+
+/** Tagged template: annotated hex text to bytes. */
+export function hex(strings, ...values) {
+  return parse(strings, values);
+}
+
+/** hex.padTo(n)`...`: the same, zero-padded to exactly n bytes (throws when longer). */
+hex.padTo = (size) => (strings, ...values) => padTo(parse(strings, values), size);
+
+/** A copy of `bytes` zero-padded to `size` bytes; throws when `bytes` is longer. */
+export function padTo(bytes, size) {
+  if (bytes.length > size) throw new Error(`fixture is ${bytes.length} bytes, more than ${size}`);
+  const out = new Uint8Array(size);
+  out.set(bytes);
+  return out;
+}
+
+/** Concatenate byte arrays. */
+export function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Lowercase hex of bytes, space separated. */
+export function toHex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(' ');
+}
+
+/** UTF-16LE bytes of a string (no terminator). */
+export function utf16le(s) {
+  const out = new Uint8Array(s.length * 2);
+  for (let i = 0; i < s.length; i++) {
+    out[i * 2] = s.charCodeAt(i) & 0xff;
+    out[i * 2 + 1] = s.charCodeAt(i) >>> 8;
+  }
+  return out;
+}
+
+/** Little-endian u32 / u64 bytes (u64 takes a number or a bigint). */
+export function le32(n) {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n >>> 0, true);
+  return b;
+}
+export function le64(n) {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
+  return b;
+}
+
+/** Reference CRC-32C, bit by bit (Castagnoli, reflected 0x82F63B78, init and final XOR ~0). */
+export function crc32cRef(bytes) {
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) {
+    c ^= bytes[i];
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+  }
+  return ~c >>> 0;
+}
+
+/**
+ * Fill the checksum field at `at` in place: CRC-32C (reference implementation) of the first
+ * `length` bytes with that field taken as zero, stored little-endian. Returns `bytes`.
+ */
+export function patchCrc32c(bytes, at, length = bytes.length) {
+  bytes.fill(0, at, at + 4);
+  const crc = crc32cRef(bytes.subarray(0, length));
+  new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).setUint32(at, crc, true);
+  return bytes;
+}
+
+/**
+ * Byte-for-byte equality with a readable failure: the first differing offset and the bytes
+ * around it, instead of a diff of thousands of array elements.
+ */
+export function assertBytesEqual(actual, expected, what = 'bytes') {
+  assert.ok(actual instanceof Uint8Array, `${what}: expected a Uint8Array`);
+  const n = Math.min(actual.length, expected.length);
+  let i = 0;
+  while (i < n && actual[i] === expected[i]) i++;
+  if (i === n && actual.length === expected.length) return;
+  const from = Math.max(0, i - 8);
+  assert.fail(
+    `${what} differ at offset ${i} (0x${i.toString(16)}; lengths ${actual.length} and ${expected.length})\n` +
+      `  actual   @${from}: ${toHex(actual.subarray(from, i + 8))}\n` +
+      `  expected @${from}: ${toHex(expected.subarray(from, i + 8))}`,
+  );
+}
+
+/** Assert that fn throws a VhdxError with the given reason (and code, when given); returns it. */
+export function assertVhdxError(fn, reason, code) {
+  let caught;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught, `expected a VhdxError with reason ${reason}, nothing was thrown`);
+  assert.equal(caught.name, 'VhdxError', `expected a VhdxError, got ${caught}`);
+  assert.equal(caught.reason, reason, `wrong reason; message: ${caught.message}`);
+  if (code !== undefined) assert.equal(caught.code, code);
+  return caught;
+}
+
+/** A deterministic pseudo-random generator (mulberry32): returns a function giving [0, 1). */
+export function seededRandom(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `n` deterministic pseudo-random bytes. */
+export function seededBytes(seed, n) {
+  const rnd = seededRandom(seed);
+  return Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
+}
