@@ -1,0 +1,55 @@
+// Shared benchmark helpers: scratch on tmpfs, timing commands with peak RSS, medians.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const cli = join(repoRoot, 'bin', 'vhdx.js');
+export const scratchDir = process.env.VHDX_BENCH_DIR ?? (existsSync('/dev/shm') ? '/dev/shm/vhdx-bench' : '/tmp/vhdx-bench');
+mkdirSync(scratchDir, { recursive: true });
+
+export function have(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
+export function sh(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 << 20, ...opts });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Run a command once; wall seconds and (with GNU time) peak RSS in MB. */
+export function timeCmd(cmd, args, { before } = {}) {
+  if (before) before();
+  const useTime = existsSync('/usr/bin/time');
+  const t0 = process.hrtime.bigint();
+  const r = useTime
+    ? spawnSync('/usr/bin/time', ['-f', '%M', cmd, ...args], { encoding: 'utf8', maxBuffer: 256 << 20 })
+    : spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 << 20 });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  const rssMB = useTime ? Number(r.stderr.trim().split('\n').pop()) / 1024 : NaN;
+  return { wall, rssMB, stdout: r.stdout };
+}
+
+/** Best-of and median of n alternating runs of two commands (alternation spreads machine noise). */
+export function compare(n, a, b) {
+  const ra = [];
+  const rb = [];
+  for (let i = 0; i < n; i++) {
+    ra.push(timeCmd(...a));
+    rb.push(timeCmd(...b));
+  }
+  return { a: summarise(ra), b: summarise(rb) };
+}
+
+export function summarise(runs) {
+  const w = runs.map((r) => r.wall).sort((x, y) => x - y);
+  const rss = Math.max(...runs.map((r) => r.rssMB));
+  return { median: w[Math.floor(w.length / 2)], best: w[0], rssMB: rss, runs: w.length };
+}
+
+export function fmt(s) {
+  return `${(s * 1000).toFixed(0)} ms`;
+}

@@ -1,0 +1,17 @@
+// Runs every benchmark, each beside its peer tool in the same run, and prints ratios.
+// Usage: npm run bench [-- convert|info|read]
+import * as convert from './convert-raw.js';
+import * as info from './info-64t.js';
+import * as read from './random-read.js';
+
+const all = { convert, info, read };
+const pick = process.argv.slice(2);
+for (const [key, b] of Object.entries(all)) {
+  if (pick.length && !pick.includes(key)) continue;
+  const r = await b.run();
+  if (r.skipped) {
+    console.log(`${r.name}: skipped (${r.skipped})`);
+    continue;
+  }
+  console.log(`${r.name}\n  ${r.peer}\n  ${r.ours}\n  ratio ${r.ratio.toFixed(3)} (target ${r.target})${r.target === 'report' ? '' : r.ok ? '  MET' : '  NOT MET'}`);
+}
