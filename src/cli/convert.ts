@@ -2,7 +2,6 @@
 import { openFile, NodeFileSource } from '../node.js';
 import { copyDevice } from '../device/copy.js';
 import { parse, UsageError, type Io } from './common.js';
-import { progressBar } from './progress.js';
 
 export const CONVERT_USAGE = 'vhdx convert [-p] [-f vhdx] [-O raw] SRC DST';
 
@@ -23,7 +22,8 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   if (outFmt !== 'raw') throw new UsageError(`output format ${outFmt} is not supported yet (only raw)`);
   const [srcPath, dstPath] = positionals as [string, string];
   const img = await openFile(srcPath);
-  const bar = progressBar(values.progress === true, 'converting');
+  // The progress bar's package loads only when asked for.
+  const bar = values.progress === true ? (await import('./progress.js')).progressBar(true, 'converting') : { update() {}, stop() {} };
   try {
     const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true });
     try {

@@ -75,17 +75,21 @@ export async function copyDevice(src: BlockDevice, sink: RandomAccessSource, opt
         await write(offset, data);
         result.bytesWritten += length;
       } else {
-        // Write the runs of non-zero grains.
+        // Write the runs of non-zero grains; the last grain may be short.
         let runStart = -1;
-        for (let g = 0; g <= length; g += ZERO_GRAIN) {
-          const zero = g === length || isZero(data.subarray(g, Math.min(length, g + ZERO_GRAIN)));
-          if (!zero && runStart < 0) runStart = g;
-          if (zero && runStart >= 0) {
-            const end = Math.min(g, length);
-            await write(offset + runStart, data.subarray(runStart, end));
-            result.bytesWritten += end - runStart;
+        for (let g = 0; g < length; g += ZERO_GRAIN) {
+          const grainEnd = Math.min(length, g + ZERO_GRAIN);
+          if (!isZero(data.subarray(g, grainEnd))) {
+            if (runStart < 0) runStart = g;
+          } else if (runStart >= 0) {
+            await write(offset + runStart, data.subarray(runStart, g));
+            result.bytesWritten += g - runStart;
             runStart = -1;
           }
+        }
+        if (runStart >= 0) {
+          await write(offset + runStart, data.subarray(runStart, length));
+          result.bytesWritten += length - runStart;
         }
       }
       done += length;

@@ -8,10 +8,16 @@ import { VhdxError, corrupt } from '../errors.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { HEADER_SECTION_SIZE, MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, BitmapState, PayloadState, batEntryReservedClear, type BatGeometry } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, BitmapState, PayloadState, batEntryReservedClear, type BatEntry, type BatGeometry } from '../format/bat.js';
 
 export const BAT_PAGE_BYTES = 64 * 1024;
 const ENTRIES_PER_PAGE = BAT_PAGE_BYTES / BAT_ENTRY_SIZE;
+
+function decodeAt(page: DataView, index: number): BatEntry {
+  const at = (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE;
+  const lo = page.getUint32(at, true);
+  return { state: lo & 7, fileOffsetMB: page.getUint32(at + 4, true) * 4096 + (lo >>> 20) };
+}
 
 export interface BatCacheOptions {
   /** Bytes of BAT pages kept in memory (default 16 MiB). */
@@ -38,18 +44,15 @@ export class BatCache {
     this.maxPages = Math.max(2, Math.floor((opts.cacheBytes ?? 16 * MiB) / BAT_PAGE_BYTES));
   }
 
-  /** The raw 64-bit entry at `index` as [low word, high word] through `visit`, loading its page. */
-  async entry(index: number): Promise<{ state: number; fileOffsetMB: number }> {
-    const page = Math.floor(index / ENTRIES_PER_PAGE);
-    const view = this.pages.get(page) ?? (await this.load(page));
-    const at = (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE;
-    const lo = view.getUint32(at, true);
-    return { state: lo & 7, fileOffsetMB: view.getUint32(at + 4, true) * 4096 + (lo >>> 20) };
+  /** The entry at BAT index `index`, loading (and validating) its page when not cached. */
+  async entry(index: number): Promise<BatEntry> {
+    return this.cached(index) ?? decodeAt(await this.load(Math.floor(index / ENTRIES_PER_PAGE)), index);
   }
 
-  /** A cached page without touching the LRU order, or undefined. */
-  peekPage(page: number): DataView | undefined {
-    return this.pages.get(page);
+  /** The entry at `index` when its page is cached, else undefined: lets hot paths skip an await. */
+  cached(index: number): BatEntry | undefined {
+    const view = this.pages.get(Math.floor(index / ENTRIES_PER_PAGE));
+    return view && decodeAt(view, index);
   }
 
   private load(page: number): Promise<DataView> {

@@ -110,7 +110,8 @@ export class VhdxImage implements BlockDevice {
       const blockIndex = Math.floor(vo / bs);
       const inBlock = vo - blockIndex * bs;
       const n = Math.min(bs - inBlock, into.length - pos);
-      const e = await this.bat.entry(payloadBatIndex(this.layout.geometry, blockIndex));
+      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
       if (e.state === PayloadState.FULLY_PRESENT) {
         const fo = e.fileOffsetMB * MiB + inBlock;
         if (runLen > 0 && runFile + runLen === fo && runLen < 64 * MiB) runLen += n;
@@ -141,7 +142,8 @@ export class VhdxImage implements BlockDevice {
     while (pos < end) {
       const blockIndex = Math.floor(pos / bs);
       const blockEnd = Math.min((blockIndex + 1) * bs, this.size);
-      const e = await this.bat.entry(payloadBatIndex(this.layout.geometry, blockIndex));
+      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
       const type: Extent['type'] =
         e.state === PayloadState.FULLY_PRESENT ? 'data' : e.state === PayloadState.NOT_PRESENT ? 'unallocated' : 'zero';
       const fileOffset = type === 'data' ? e.fileOffsetMB * MiB + (pos - blockIndex * bs) : undefined;
