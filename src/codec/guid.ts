@@ -8,7 +8,12 @@ export const NIL_GUID = '00000000-0000-0000-0000-000000000000';
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 /** Byte i of the text form comes from stored byte ORDER[i]. */
 const ORDER = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15] as const;
-const GUID_RE = /^\{?([0-9a-fA-F]{8})-([0-9a-fA-F]{4})-([0-9a-fA-F]{4})-([0-9a-fA-F]{4})-([0-9a-fA-F]{12})\}?$/;
+const GUID_RE = /^([0-9a-fA-F]{8})-([0-9a-fA-F]{4})-([0-9a-fA-F]{4})-([0-9a-fA-F]{4})-([0-9a-fA-F]{12})$/;
+
+/** The text inside balanced braces, or the text itself. */
+function unbrace(text: string): string {
+  return text.startsWith('{') && text.endsWith('}') ? text.slice(1, -1) : text;
+}
 
 export function decodeGuid(bytes: Uint8Array, at = 0): string {
   let s = '';
@@ -20,12 +25,12 @@ export function decodeGuid(bytes: Uint8Array, at = 0): string {
 }
 
 export function isGuid(text: string): boolean {
-  return GUID_RE.test(text);
+  return GUID_RE.test(unbrace(text));
 }
 
 /** Parse "{xxxxxxxx-...}" or "xxxxxxxx-..." (any case) to the canonical lowercase form. */
 export function normalizeGuid(text: string): string {
-  const m = GUID_RE.exec(text);
+  const m = GUID_RE.exec(unbrace(text));
   if (!m) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `not a GUID: ${JSON.stringify(text)}`);
   return `${m[1]}-${m[2]}-${m[3]}-${m[4]}-${m[5]}`.toLowerCase();
 }

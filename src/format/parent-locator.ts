@@ -1,6 +1,6 @@
 /** Parent locator metadata item (§2.6.2.6). */
 import { defineStruct, u16, u32, guid, type Decoded } from '../codec/struct.js';
-import { corrupt } from '../errors.js';
+import { VhdxError, corrupt } from '../errors.js';
 
 export const PARENT_LOCATOR_HEADER = defineStruct('parent locator header', 20, {
   locatorType: { at: 0, type: guid },
@@ -60,6 +60,16 @@ export function decodeParentLocator(item: Uint8Array, fileOffset = 0): ParentLoc
 
 /** Encode a locator: header, entry table, then keys and values packed in order. */
 export function encodeParentLocator(loc: ParentLocator): Uint8Array {
+  const keys = new Set<string>();
+  for (const e of loc.entries) {
+    for (const s of [e.key, e.value]) {
+      if (s.length === 0 || s.length * 2 > 0xffff) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `parent locator key or value of ${s.length} characters (1 to 32767 allowed)`);
+      }
+    }
+    if (keys.has(e.key)) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `parent locator key ${JSON.stringify(e.key)} given twice`);
+    keys.add(e.key);
+  }
   const tableEnd = PARENT_LOCATOR_HEADER.size + loc.entries.length * PARENT_LOCATOR_ENTRY.size;
   let size = tableEnd;
   for (const e of loc.entries) size += (e.key.length + e.value.length) * 2;

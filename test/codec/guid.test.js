@@ -85,6 +85,8 @@ test('bad GUID text throws VhdxError EINVAL / BAD_ARGUMENT', () => {
     '2dc27766-f623-4200-9d64-115e9bfd4a0g', // not hex
     ' 2dc27766-f623-4200-9d64-115e9bfd4a08', // whitespace
     '{{2dc27766-f623-4200-9d64-115e9bfd4a08}}',
+    '{2dc27766-f623-4200-9d64-115e9bfd4a08', // unbalanced braces
+    '2dc27766-f623-4200-9d64-115e9bfd4a08}',
   ]) {
     const e = assertVhdxError(() => normalizeGuid(bad), 'BAD_ARGUMENT', 'EINVAL');
     assert.ok(e instanceof VhdxError);

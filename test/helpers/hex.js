@@ -168,3 +168,18 @@ export function seededBytes(seed, n) {
   const rnd = seededRandom(seed);
   return Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
 }
+
+/**
+ * The two facts every structure fixture must show: decode gives `expected` (when given; fields
+ * not listed in `expected` are not compared) and encode(decode(bytes)) gives back `bytes`, byte
+ * for byte. Returns the decoded value.
+ */
+export function assertRoundTrip(struct, bytes, expected) {
+  assert.equal(bytes.length, struct.size, `${struct.name} fixture length`);
+  const value = struct.decode(bytes);
+  if (expected !== undefined) {
+    for (const [k, v] of Object.entries(expected)) assert.deepEqual(value[k], v, `${struct.name}.${k}`);
+  }
+  assertBytesEqual(struct.encode(value), bytes, `encode(decode(${struct.name} fixture))`);
+  return value;
+}
