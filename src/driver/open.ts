@@ -264,19 +264,15 @@ export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptio
   const rtValid = copies.map((c) => REGION_TABLE_HEADER.checksumOk(c) && c[0] === 0x72 && c[1] === 0x65 && c[2] === 0x67 && c[3] === 0x69) as [boolean, boolean];
   const copyIndex = rtValid[0] ? 0 : rtValid[1] ? 1 : -1;
   if (copyIndex < 0) {
-    // Decode copy 1 for the precise reason (signature or checksum).
-    try {
-      REGION_TABLE_HEADER.decode(copies[0]!, { fileOffset: REGION_TABLE_OFFSETS[0], name: 'region table 1' });
-    } catch (e) {
-      if (e instanceof VhdxError) {
-        throw corrupt(e.reason === 'BAD_SIGNATURE' ? 'NO_VALID_REGION_TABLE' : e.reason, `neither region table copy is valid: ${e.message}`, {
-          structure: 'region table 1',
-          offset: REGION_TABLE_OFFSETS[0],
-        });
-      }
-      throw e;
+    // A copy that has its signature but a wrong checksum is the precise finding, as for headers.
+    const signed = copies.findIndex((c) => c[0] === 0x72 && c[1] === 0x65 && c[2] === 0x67 && c[3] === 0x69);
+    if (signed >= 0) {
+      throw corrupt('BAD_CHECKSUM', `neither region table copy is valid; region table ${signed + 1} has its signature but its checksum does not match`, {
+        structure: `region table ${signed + 1}`,
+        offset: REGION_TABLE_OFFSETS[signed],
+      });
     }
-    throw corrupt('NO_VALID_REGION_TABLE', 'neither region table copy is valid', { structure: 'region table 1', offset: REGION_TABLE_OFFSETS[0] });
+    throw corrupt('NO_VALID_REGION_TABLE', 'neither region table copy has the "regi" signature', { structure: 'region table 1', offset: REGION_TABLE_OFFSETS[0] });
   }
   const rt = copies[copyIndex]!;
   const rtName = `region table ${copyIndex + 1}`;

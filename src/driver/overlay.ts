@@ -2,6 +2,10 @@
  * A read-only view of a source with replayed log writes laid over it. Used on read-only opens
  * of an image whose log is dirty: the log's descriptors become segments here instead of writes
  * to the file. Segments never overlap; a later write replaces what it covers.
+ *
+ * Writes are collected as they come and resolved into segments once, on first use, in
+ * O(n log n): a log may hold millions of zero descriptors, and resolving each write against
+ * every earlier one would take hours on a crafted image.
  */
 import type { RandomAccessSource } from '../io/source.js';
 import { VhdxError } from '../errors.js';
@@ -16,6 +20,8 @@ interface Segment {
 export class OverlaySource implements RandomAccessSource {
   readonly readOnly = true;
   private segments: Segment[] = [];
+  /** Writes not yet resolved into `segments`, in the order they were put. */
+  private pending: Segment[] = [];
   private extent: number;
 
   constructor(private readonly base: RandomAccessSource) {
@@ -28,7 +34,7 @@ export class OverlaySource implements RandomAccessSource {
   }
 
   get segmentCount(): number {
-    return this.segments.length;
+    return this.resolved().length;
   }
 
   /** Make the file at least `size` bytes long (new bytes read as zeros). */
@@ -38,20 +44,18 @@ export class OverlaySource implements RandomAccessSource {
 
   /** Lay `data` (or zeros, when null) over [start, start + length). */
   put(start: number, length: number, data: Uint8Array | null): void {
-    const end = start + length;
-    const kept: Segment[] = [];
-    for (const s of this.segments) {
-      if (s.end <= start || s.start >= end) {
-        kept.push(s);
-        continue;
-      }
-      if (s.start < start) kept.push(cut(s, s.start, start));
-      if (s.end > end) kept.push(cut(s, end, s.end));
+    if (length <= 0) return;
+    this.pending.push({ start, end: start + length, data });
+    this.extendTo(start + length);
+  }
+
+  /** The segments, with pending writes resolved into them (later writes win). */
+  private resolved(): Segment[] {
+    if (this.pending.length > 0) {
+      this.segments = paint(this.segments.concat(this.pending));
+      this.pending = [];
     }
-    kept.push({ start, end, data });
-    kept.sort((a, b) => a.start - b.start);
-    this.segments = kept;
-    this.extendTo(end);
+    return this.segments;
   }
 
   async read(offset: number, into: Uint8Array): Promise<number> {
@@ -70,8 +74,9 @@ export class OverlaySource implements RandomAccessSource {
     }
     view.fill(0, got);
     const end = offset + n;
-    for (let i = this.firstSegmentEndingAfter(offset); i < this.segments.length; i++) {
-      const s = this.segments[i]!;
+    const segments = this.resolved();
+    for (let i = this.firstSegmentEndingAfter(offset); i < segments.length; i++) {
+      const s = segments[i]!;
       if (s.start >= end) break;
       const a = Math.max(s.start, offset);
       const b = Math.min(s.end, end);
@@ -98,6 +103,77 @@ export class OverlaySource implements RandomAccessSource {
       else hi = mid;
     }
     return lo;
+  }
+}
+
+/**
+ * Resolve writes, given in the order they happened, into sorted, disjoint segments in which
+ * every byte comes from the last write covering it. A sweep over the writes' boundaries with a
+ * max-heap of the writes covering the current point, keyed by their order.
+ */
+function paint(writes: readonly Segment[]): Segment[] {
+  const n = writes.length;
+  const byStart = Array.from({ length: n }, (_, i) => i).sort((a, b) => writes[a]!.start - writes[b]!.start);
+  const points = new Float64Array(2 * n);
+  writes.forEach((w, i) => {
+    points[2 * i] = w.start;
+    points[2 * i + 1] = w.end;
+  });
+  points.sort();
+  const heap = new MaxHeap();
+  const out: Segment[] = [];
+  let lastWriter = -1;
+  let next = 0;
+  for (let p = 0; p + 1 < points.length; p++) {
+    const from = points[p]!;
+    const to = points[p + 1]!;
+    if (from === to) continue;
+    while (next < n && writes[byStart[next]!]!.start <= from) heap.push(byStart[next++]!);
+    while (heap.size > 0 && writes[heap.top()]!.end <= from) heap.pop();
+    if (heap.size === 0) continue;
+    const w = heap.top();
+    const last = out[out.length - 1];
+    if (last && w === lastWriter && last.end === from) out[out.length - 1] = cut(writes[w]!, last.start, to);
+    else out.push(cut(writes[w]!, from, to));
+    lastWriter = w;
+  }
+  return out;
+}
+
+/** A binary max-heap of non-negative integers. */
+class MaxHeap {
+  private readonly items: number[] = [];
+  get size(): number {
+    return this.items.length;
+  }
+  top(): number {
+    return this.items[0]!;
+  }
+  push(x: number): void {
+    const a = this.items;
+    let i = a.push(x) - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (a[parent]! >= x) break;
+      a[i] = a[parent]!;
+      i = parent;
+    }
+    a[i] = x;
+  }
+  pop(): void {
+    const a = this.items;
+    const last = a.pop()!;
+    if (a.length === 0) return;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= a.length) break;
+      const c = l + 1 < a.length && a[l + 1]! > a[l]! ? l + 1 : l;
+      if (a[c]! <= last) break;
+      a[i] = a[c]!;
+      i = c;
+    }
+    a[i] = last;
   }
 }
 

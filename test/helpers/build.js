@@ -7,7 +7,7 @@ import { crc32cWithZeroField } from '../../dist/codec/crc32c.js';
 import { encodeGuid } from '../../dist/codec/guid.js';
 import { HEADER } from '../../dist/format/header.js';
 import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import { LOG_ENTRY_HEADER, LOG_DATA_DESCRIPTOR, LOG_DATA_SECTOR, LOG_ZERO_DESCRIPTOR } from '../../dist/format/log.js';
+import { LOG_ENTRY_HEADER, LOG_DATA_DESCRIPTOR, LOG_DATA_SECTOR, LOG_ZERO_DESCRIPTOR, descriptorSectors } from '../../dist/format/log.js';
 import { payloadBatIndex, PayloadState } from '../../dist/format/bat.js';
 import {
   ITEM_FILE_PARAMETERS,
@@ -98,7 +98,8 @@ export function writeLog(bytes, plan, logGuid, entries) {
   entries.forEach((writes, n) => {
     const seq = 41n + BigInt(n);
     const data = writes.filter((w) => w.kind === 'data');
-    const length = 4 * KiB * (1 + data.length);
+    const descSectors = descriptorSectors(writes.length);
+    const length = 4 * KiB * (descSectors + data.length);
     const entry = new Uint8Array(length);
     LOG_ENTRY_HEADER.encode(
       {
@@ -115,7 +116,7 @@ export function writeLog(bytes, plan, logGuid, entries) {
       entry,
       0,
     );
-    let sector = 1;
+    let sector = descSectors;
     writes.forEach((w, i) => {
       const d = 64 + i * 32;
       if (w.kind === 'zero') {
