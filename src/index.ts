@@ -7,5 +7,5 @@ export { MemorySource, BlobSource, readExact, type RandomAccessSource } from './
 export type { BlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
 export { VhdxImage, type OpenOptions, type AllocationStats } from './driver/image.js';
 export { probe, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
-export { describe, type ImageInfo } from './driver/info.js';
+export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';

@@ -3,16 +3,20 @@ import { openFile } from '../node.js';
 import { describe, type ImageInfo } from '../driver/info.js';
 import { humanSize, outputFormat, parse, UsageError, type Io } from './common.js';
 
-export const INFO_USAGE = 'vhdx info [--output=human|json] FILE';
+export const INFO_USAGE = 'vhdx info [--output=human|json] [--allocation=auto|always|never] FILE';
 
 export async function infoCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' } }, INFO_USAGE);
+  const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' } }, INFO_USAGE);
   const format = outputFormat(values.output);
+  const allocation = values.allocation ?? 'auto';
+  if (allocation !== 'auto' && allocation !== 'always' && allocation !== 'never') {
+    throw new UsageError(`--allocation must be auto, always or never, not ${String(allocation)}`);
+  }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${INFO_USAGE}`);
   const path = positionals[0]!;
   const img = await openFile(path);
   try {
-    const info = await describe(img);
+    const info = await describe(img, { allocation });
     if (format === 'json') io.out(JSON.stringify(info, null, 2) + '\n');
     else io.out(humanInfo(path, info));
   } finally {
@@ -47,8 +51,12 @@ function humanInfo(path: string, i: ImageInfo): string {
     lines.push(`parent locator: type ${i.parentLocator.locatorType}`);
     for (const e of i.parentLocator.entries) lines.push(`  ${e.key}: ${e.value}`);
   }
-  lines.push('allocation:');
-  for (const [state, bytes] of Object.entries(i.allocation.bytesByState)) lines.push(`  ${state.padEnd(16)} ${humanSize(bytes)} (${bytes} bytes)`);
-  lines.push(`fragmentation: ${i.fragmentationPercentage}%`);
+  if (i.allocation) {
+    lines.push('allocation:');
+    for (const [state, bytes] of Object.entries(i.allocation.bytesByState)) lines.push(`  ${state.padEnd(16)} ${humanSize(bytes)} (${bytes} bytes)`);
+    lines.push(`fragmentation: ${i.fragmentationPercentage}%`);
+  } else {
+    lines.push(`allocation: not scanned (the BAT is ${humanSize(i.regionTable.regions.find((r) => r.name === 'bat')?.length ?? 0)}; --allocation=always reads it all)`);
+  }
   return lines.join('\n') + '\n';
 }

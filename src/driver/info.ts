@@ -17,8 +17,21 @@ export interface ImageInfo {
   regionTable: { copyUsed: number; copiesValid: [boolean, boolean]; regions: { guid: string; name: string; fileOffset: number; length: number; required: boolean }[] };
   metadata: { itemId: string; name: string; offset: number; length: number; isUser: boolean; isVirtualDisk: boolean; isRequired: boolean }[];
   parentLocator: { locatorType: string; entries: { key: string; value: string }[] } | null;
-  allocation: { bytesByState: Record<string, number>; allocatedBlocks: number; bitmapBlocks: number };
-  fragmentationPercentage: number;
+  /** Null when the BAT was not scanned (see DescribeOptions.allocation). */
+  allocation: { bytesByState: Record<string, number>; allocatedBlocks: number; bitmapBlocks: number } | null;
+  fragmentationPercentage: number | null;
+}
+
+/**
+ * `auto` scans the BAT for the allocation summary when it is at most AUTO_SCAN_BAT_BYTES (every
+ * disk with blocks of 8 MiB or more, and any disk up to 8 TiB), `always` scans any BAT, `never`
+ * skips the scan. A scan reads the whole BAT: 512 MiB for a 64 TiB disk with 1 MiB blocks.
+ */
+export type AllocationScan = 'auto' | 'always' | 'never';
+export const AUTO_SCAN_BAT_BYTES = 64 * 1024 * 1024;
+
+export interface DescribeOptions extends ProgressOptions {
+  allocation?: AllocationScan;
 }
 
 const REGION_NAMES: Record<string, string> = {
@@ -26,9 +39,11 @@ const REGION_NAMES: Record<string, string> = {
   '8b7ca206-4790-4b9a-b8fe-575f050f886e': 'metadata',
 };
 
-export async function describe(img: VhdxImage, opts: ProgressOptions = {}): Promise<ImageInfo> {
+export async function describe(img: VhdxImage, opts: DescribeOptions = {}): Promise<ImageInfo> {
   const l = img.layout;
-  const stats: AllocationStats = await img.allocationStats(opts);
+  const mode = opts.allocation ?? 'auto';
+  const scan = mode === 'always' || (mode === 'auto' && l.batEntries * 8 <= AUTO_SCAN_BAT_BYTES);
+  const stats: AllocationStats | null = scan ? await img.allocationStats(opts) : null;
   return {
     format: 'vhdx',
     type: l.type,
@@ -75,7 +90,7 @@ export async function describe(img: VhdxImage, opts: ProgressOptions = {}): Prom
       isRequired: m.isRequired,
     })),
     parentLocator: l.parentLocator,
-    allocation: { bytesByState: stats.bytesByState, allocatedBlocks: stats.allocatedBlocks, bitmapBlocks: stats.bitmapBlocks },
-    fragmentationPercentage: stats.fragmentationPercentage,
+    allocation: stats && { bytesByState: stats.bytesByState, allocatedBlocks: stats.allocatedBlocks, bitmapBlocks: stats.bitmapBlocks },
+    fragmentationPercentage: stats && stats.fragmentationPercentage,
   };
 }
