@@ -9,3 +9,5 @@ export { VhdxImage, type OpenOptions, type AllocationStats } from './driver/imag
 export { probe, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
 export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';
+export type { WriteOptions, ZeroOptions } from './driver/writer.js';
+export { replayInPlace } from './driver/open.js';

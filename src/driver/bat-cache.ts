@@ -8,7 +8,7 @@ import { VhdxError, corrupt } from '../errors.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { HEADER_SECTION_SIZE, MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, BitmapState, PayloadState, batEntryReservedClear, type BatEntry, type BatGeometry } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, BitmapState, PayloadState, batEntryReservedClear, encodeBatEntry, type BatEntry, type BatGeometry } from '../format/bat.js';
 
 export const BAT_PAGE_BYTES = 64 * 1024;
 const ENTRIES_PER_PAGE = BAT_PAGE_BYTES / BAT_ENTRY_SIZE;
@@ -20,27 +20,56 @@ function decodeAt(page: DataView, index: number): BatEntry {
 }
 
 export interface BatCacheOptions {
-  /** Bytes of BAT pages kept in memory (default 16 MiB). */
+  /** Bytes of BAT pages kept in memory (default 16 MiB). Pages with unapplied changes stay beyond it. */
   cacheBytes?: number;
 }
+
+export interface BatPlacement {
+  /** File offset and length of the BAT region (1 MiB multiples). */
+  regionOffset: number;
+  regionLength: number;
+  /** Entries we may index and validate (the rest of the region is padding). */
+  entryCount: number;
+  geometry: BatGeometry;
+  hasParent: boolean;
+  /** The file's current size, for checking that blocks lie inside it. */
+  fileSize: () => number;
+}
+
+/** A 4 KiB sector of the BAT as it must be written to the file. */
+export interface BatSector {
+  fileOffset: number;
+  data: Uint8Array;
+}
+
+/** Dirty sectors handed to a commit: their bytes, and the ids `release` needs. */
+export interface DirtyBatch {
+  sectors: BatSector[];
+  ids: number[];
+}
+
+const SECTOR = 4096;
+const SECTORS_PER_PAGE = BAT_PAGE_BYTES / SECTOR;
 
 export class BatCache {
   private readonly pages = new Map<number, DataView>();
   private readonly loading = new Map<number, Promise<DataView>>();
   private readonly maxPages: number;
+  private lastPage = -1;
+  /** BAT sectors changed in memory and not yet handed to a commit. */
+  private readonly dirty = new Set<number>();
+  /** Pages that must not be evicted: count of their dirty or committing sectors. */
+  private readonly pinned = new Map<number, number>();
+  readonly regionOffset: number;
+  readonly entryCount: number;
 
   constructor(
     private readonly src: RandomAccessSource,
-    /** File offset of the BAT region. */
-    readonly regionOffset: number,
-    /** Entries the BAT holds that we may index. */
-    readonly entryCount: number,
-    private readonly geometry: BatGeometry,
-    private readonly hasParent: boolean,
-    /** Size of the file as opened (after an in-memory replay, its replayed size). */
-    private readonly fileSize: number,
+    private readonly at: BatPlacement,
     opts: BatCacheOptions = {},
   ) {
+    this.regionOffset = at.regionOffset;
+    this.entryCount = at.entryCount;
     this.maxPages = Math.max(2, Math.floor((opts.cacheBytes ?? 16 * MiB) / BAT_PAGE_BYTES));
   }
 
@@ -51,8 +80,71 @@ export class BatCache {
 
   /** The entry at `index` when its page is cached, else undefined: lets hot paths skip an await. */
   cached(index: number): BatEntry | undefined {
-    const view = this.pages.get(Math.floor(index / ENTRIES_PER_PAGE));
-    return view && decodeAt(view, index);
+    const page = Math.floor(index / ENTRIES_PER_PAGE);
+    const view = this.pages.get(page);
+    if (!view) return undefined;
+    if (page !== this.lastPage) {
+      // Refresh the page's place in the LRU order (Map iteration order is insertion order).
+      this.pages.delete(page);
+      this.pages.set(page, view);
+      this.lastPage = page;
+    }
+    return decodeAt(view, index);
+  }
+
+  /** Change the entry at `index` in memory; its sector is dirty until taken by `takeDirty`. */
+  async set(index: number, entry: BatEntry): Promise<void> {
+    if (!Number.isSafeInteger(index) || index < 0 || index >= this.entryCount) {
+      throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `BAT index ${index} beyond ${this.entryCount} entries`);
+    }
+    const page = Math.floor(index / ENTRIES_PER_PAGE);
+    const view = this.pages.get(page) ?? (await this.load(page));
+    encodeBatEntry(view, (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE, entry);
+    const sector = Math.floor((index * BAT_ENTRY_SIZE) / SECTOR);
+    if (!this.dirty.has(sector)) {
+      this.dirty.add(sector);
+      this.pinned.set(page, (this.pinned.get(page) ?? 0) + 1);
+    }
+  }
+
+  get dirtyCount(): number {
+    return this.dirty.size;
+  }
+
+  /**
+   * Copies of up to `max` dirty sectors, as they must land in the file. They stay pinned in
+   * the cache until `release` is called with them, after they were applied.
+   */
+  takeDirty(max = Infinity): DirtyBatch {
+    const out: BatSector[] = [];
+    const taken: number[] = [];
+    for (const sector of [...this.dirty].sort((a, b) => a - b)) {
+      if (out.length >= max) break;
+      const page = Math.floor(sector / SECTORS_PER_PAGE);
+      const view = this.pages.get(page)!;
+      const inPage = (sector % SECTORS_PER_PAGE) * SECTOR;
+      out.push({
+        fileOffset: this.regionOffset + sector * SECTOR,
+        data: new Uint8Array(view.buffer, view.byteOffset + inPage, SECTOR).slice(),
+      });
+      taken.push(sector);
+      this.dirty.delete(sector);
+    }
+    return { sectors: out, ids: taken };
+  }
+
+  /** Unpin sectors handed out by `takeDirty` once they are in the file (or put them back on failure). */
+  release(batch: DirtyBatch, applied: boolean): void {
+    for (const sector of batch.ids) {
+      if (!applied && !this.dirty.has(sector)) {
+        this.dirty.add(sector); // still pinned: the count carries over
+        continue;
+      }
+      const page = Math.floor(sector / SECTORS_PER_PAGE);
+      const n = (this.pinned.get(page) ?? 1) - 1;
+      if (n > 0) this.pinned.set(page, n);
+      else this.pinned.delete(page);
+    }
   }
 
   private load(page: number): Promise<DataView> {
@@ -66,18 +158,21 @@ export class BatCache {
 
   private async readPage(page: number): Promise<DataView> {
     const first = page * ENTRIES_PER_PAGE;
-    const count = Math.min(ENTRIES_PER_PAGE, this.entryCount - first);
-    if (count <= 0) throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `BAT index ${first} beyond ${this.entryCount} entries`);
-    const bytes = new Uint8Array(count * BAT_ENTRY_SIZE);
-    const at = this.regionOffset + first * BAT_ENTRY_SIZE;
-    await readExact(this.src, at, bytes, 'BAT');
+    if (first >= this.entryCount) throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `BAT index ${first} beyond ${this.entryCount} entries`);
+    // Whole pages (the region is a 1 MiB multiple), so every sector of a page can be logged as is.
+    const bytes = new Uint8Array(Math.min(BAT_PAGE_BYTES, this.at.regionLength - first * BAT_ENTRY_SIZE));
+    await readExact(this.src, this.regionOffset + first * BAT_ENTRY_SIZE, bytes, 'BAT');
     const view = viewOf(bytes);
-    this.validate(view, first, count);
+    this.validate(view, first, Math.min(ENTRIES_PER_PAGE, this.entryCount - first));
     const existing = this.pages.get(page);
     if (existing) return existing;
     if (this.pages.size >= this.maxPages) {
-      const oldest = this.pages.keys().next().value as number;
-      this.pages.delete(oldest);
+      for (const candidate of this.pages.keys()) {
+        if (!this.pinned.has(candidate)) {
+          this.pages.delete(candidate);
+          break;
+        }
+      }
     }
     this.pages.set(page, view);
     return view;
@@ -85,8 +180,9 @@ export class BatCache {
 
   /** Validate `count` raw entries starting at BAT index `first`. */
   validate(view: DataView, first: number, count: number): void {
-    const C = this.geometry.chunkRatio;
-    const blockSize = this.geometry.blockSize;
+    const C = this.at.geometry.chunkRatio;
+    const blockSize = this.at.geometry.blockSize;
+    const fileSize = this.at.fileSize();
     for (let i = 0; i < count; i++) {
       const at = i * BAT_ENTRY_SIZE;
       const lo = view.getUint32(at, true);
@@ -103,26 +199,26 @@ export class BatCache {
       let extent: number;
       if (isBitmap) {
         if (state === BitmapState.NOT_PRESENT) continue;
-        if (state !== BitmapState.PRESENT || !this.hasParent) {
-          throw corrupt('BAD_BLOCK_STATE', `sector bitmap state ${state} is not allowed in a ${this.hasParent ? 'differencing' : 'non-differencing'} disk`, where);
+        if (state !== BitmapState.PRESENT || !this.at.hasParent) {
+          throw corrupt('BAD_BLOCK_STATE', `sector bitmap state ${state} is not allowed in a ${this.at.hasParent ? 'differencing' : 'non-differencing'} disk`, where);
         }
         extent = MiB;
       } else {
         if (state === PayloadState.PARTIALLY_PRESENT) {
-          if (!this.hasParent) throw corrupt('BAD_BLOCK_STATE', 'PARTIALLY_PRESENT block in a disk without a parent', where);
+          if (!this.at.hasParent) throw corrupt('BAD_BLOCK_STATE', 'PARTIALLY_PRESENT block in a disk without a parent', where);
         } else if (state !== PayloadState.FULLY_PRESENT) {
           if (state === 4) throw corrupt('BAD_BLOCK_STATE', `payload block state ${state} is undefined`, where);
           continue;
         }
         // The last block of a disk may be cut short by the disk's end.
         const blockIndex = index - Math.floor(index / (C + 1));
-        extent = Math.min(blockSize, this.geometry.virtualSize - blockIndex * blockSize);
+        extent = Math.min(blockSize, this.at.geometry.virtualSize - blockIndex * blockSize);
       }
       if (fileOffset < HEADER_SECTION_SIZE) {
         throw corrupt('BAT_ENTRY_IN_HEADER', `block at file offset ${fileOffset} lies inside the header section`, where);
       }
-      if (fileOffset + extent > this.fileSize) {
-        throw corrupt('BAT_ENTRY_OUT_OF_BOUNDS', `block at file offset ${fileOffset} (+${extent}) lies beyond the end of the file (${this.fileSize})`, where);
+      if (fileOffset + extent > fileSize) {
+        throw corrupt('BAT_ENTRY_OUT_OF_BOUNDS', `block at file offset ${fileOffset} (+${extent}) lies beyond the end of the file (${fileSize})`, where);
       }
     }
   }

@@ -7,14 +7,30 @@ import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
 import { BAT_ENTRY_SIZE, PayloadState, payloadBatIndex } from '../format/bat.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
-import { BatCache, type BatCacheOptions } from './bat-cache.js';
-import { openLayout, type Layout } from './open.js';
+import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
+import { openLayout, replayInPlace, type Layout } from './open.js';
+import { Writer, type WriteOptions, type ZeroOptions } from './writer.js';
+import type { CurrentHeader } from './headers.js';
+
+function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
+  return {
+    regionOffset: layout.batRegion.fileOffset,
+    regionLength: layout.batRegion.length,
+    entryCount: layout.batEntries,
+    geometry: layout.geometry,
+    hasParent: layout.hasParent,
+    fileSize: () => src.size,
+  };
+}
 import { viewOf } from '../codec/struct.js';
 import { bytesEqual } from '../codec/bytes.js';
 
 export interface OpenOptions extends BatCacheOptions {
-  /** Only read-only opens exist so far; writable opens arrive with the writer. */
-  readOnly?: true;
+  /**
+   * Open for reading only (the default). A writable open needs a writable source; it replays a
+   * dirty log into the file first.
+   */
+  readOnly?: boolean;
 }
 
 /** Bytes of the virtual disk per payload block state, and how scattered the allocated blocks are. */
@@ -43,10 +59,11 @@ const STATE_KEYS: Record<number, string> = {
 };
 
 export class VhdxImage implements BlockDevice {
-  readonly readOnly = true;
-  readonly can: DeviceCapabilities = { zero: false, fastZero: false, discard: false, extents: true, fua: false };
+  readonly readOnly: boolean;
+  readonly can: DeviceCapabilities;
   private readonly bat: BatCache;
   private readonly src: RandomAccessSource;
+  private readonly writer: Writer | null;
   private closed = false;
 
   private constructor(
@@ -55,21 +72,53 @@ export class VhdxImage implements BlockDevice {
     opts: OpenOptions,
   ) {
     this.src = layout.source;
-    this.bat = new BatCache(
-      this.src,
-      layout.batRegion.fileOffset,
-      layout.batEntries,
-      layout.geometry,
-      layout.hasParent,
-      this.src.size,
-      opts,
-    );
+    this.bat = new BatCache(this.src, batPlacement(layout, this.src), opts);
+    this.readOnly = opts.readOnly ?? true;
+    this.writer = this.readOnly ? null : new Writer(file, layout, this.bat);
+    const w = !this.readOnly;
+    this.can = { zero: w, fastZero: w && !layout.leaveBlocksAllocated, discard: w, extents: true, fua: w };
   }
 
-  /** Open and validate an image. A dirty log is replayed in memory; the file is never written. */
+  /**
+   * Open and validate an image. Read-only (the default): a dirty log is replayed in memory and
+   * the file is never written. Writable: a dirty log is replayed into the file first.
+   */
   static async open(source: RandomAccessSource, opts: OpenOptions = {}): Promise<VhdxImage> {
-    const layout = await openLayout(source, { readOnly: true });
-    return new VhdxImage(layout, source, opts);
+    const readOnly = opts.readOnly ?? true;
+    if (!readOnly) {
+      if (source.readOnly || !source.write || !source.flush || !source.truncate) {
+        throw new VhdxError('EROFS', 'READ_ONLY', 'a writable open needs a writable source');
+      }
+      await replayInPlace(source);
+    }
+    const layout = await openLayout(source);
+    if (!readOnly && layout.hasParent) {
+      throw new VhdxError('ENOTSUP', 'DIFFERENCING_NOT_SUPPORTED', 'writing differencing images is not supported yet');
+    }
+    return new VhdxImage(layout, source, { ...opts, readOnly });
+  }
+
+  /** The current header: after writes, the one this session last wrote. */
+  get header(): CurrentHeader {
+    return this.writer ? { ...this.writer.currentHeader } : this.layout.current;
+  }
+
+  /** Write `data` at `offset`. With `fua`, durable when this returns. */
+  async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    this.checkRange(offset, data.length);
+    await this.writable().write(offset, data, opts);
+  }
+
+  /** Make [offset, offset + length) read as zeros: whole blocks become ZERO blocks, no data written. */
+  async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    this.checkRange(offset, length);
+    await this.writable().writeZeroes(offset, length, opts);
+  }
+
+  /** Deallocate [offset, offset + length): whole blocks become UNMAPPED; the range reads as zeros after. */
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    await this.writable().discard(offset, length);
   }
 
   get size(): number {
@@ -185,7 +234,7 @@ export class VhdxImage implements BlockDevice {
     // in the CPU cache when the uniform-window check compares them.
     const chunksPerWindow = Math.max(1, Math.floor(MiB / (period * BAT_ENTRY_SIZE)));
     const windowEntries = chunksPerWindow * period;
-    const validator = new BatCache(this.src, this.layout.batRegion.fileOffset, total, g, this.layout.hasParent, this.src.size);
+    const validator = new BatCache(this.src, batPlacement(this.layout, this.src));
     // Keep a few window reads in flight: copying the BAT out of the page cache is the cost, and
     // parallel reads spread it over the I/O threads.
     const AHEAD = 2;
@@ -249,12 +298,26 @@ export class VhdxImage implements BlockDevice {
     return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage };
   }
 
-  async flush(): Promise<void> {}
+  /** Make every completed write durable. */
+  async flush(): Promise<void> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    await this.writer?.flush();
+  }
 
+  /** Commit pending changes (writable), mark the log empty, and close the source. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.file.close();
+    try {
+      await this.writer?.close();
+    } finally {
+      await this.file.close();
+    }
+  }
+
+  private writable(): Writer {
+    if (!this.writer) throw new VhdxError('EROFS', 'READ_ONLY', 'image is open read-only');
+    return this.writer;
   }
 
   private checkRange(offset: number, length: number): void {

@@ -4,7 +4,8 @@
  * the file sizes a buffer or a loop. Produces the image's layout; I/O only through the source.
  */
 import { VhdxError, corrupt } from '../errors.js';
-import { isNilGuid } from '../codec/guid.js';
+import { NIL_GUID, isNilGuid, randomGuid } from '../codec/guid.js';
+import { updateHeaders } from './headers.js';
 import { readBytes, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
@@ -77,8 +78,10 @@ export interface LogState {
   entries: number;
   /** Sequence number of the head entry, when dirty. */
   headSequenceNumber?: bigint;
-  /** On a read-only open of a dirty image: the replay is held in memory, the file is untouched. */
+  /** The replay is held in memory over the file, which is untouched. */
   replayedInMemory: boolean;
+  /** The active sequence, when dirty: a writable open applies it to the file (replayInPlace). */
+  sequence?: LogSequence;
 }
 
 export interface MetadataItem extends MetadataTableEntry {
@@ -145,12 +148,11 @@ export function probe(firstBytes: Uint8Array): number {
   return 100;
 }
 
-export interface OpenLayoutOptions {
-  /** Read-only opens replay a dirty log in memory; writable opens are the writer's business. */
-  readOnly: boolean;
-}
-
-export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptions): Promise<Layout> {
+/**
+ * Read and validate the image's structures. Writes nothing: a dirty log is replayed into an
+ * overlay (`layout.source`), and a writer that wants it in the file calls `replayInPlace`.
+ */
+export async function openLayout(file: RandomAccessSource): Promise<Layout> {
   const fileSize = file.size;
   if (fileSize < 8) throw corrupt('NOT_VHDX', `file of ${fileSize} bytes is too small to be a VHDX`, { offset: 0 });
   // The header section holds everything up to the end of region table 2; read it at once.
@@ -236,9 +238,6 @@ export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptio
   let source: RandomAccessSource = file;
   const log: LogState = { dirty, logOffset, logLength, entries: 0, replayedInMemory: false };
   if (dirty) {
-    if (!opts.readOnly) {
-      throw new VhdxError('ENOTSUP', 'LOG_REPLAY_FAILED', 'writable opens of images with a dirty log are not supported yet');
-    }
     if (logLength === 0) throw corrupt('LOG_NO_VALID_SEQUENCE', 'LogGuid is set but the log is empty', logWhere);
     if (logLength > MAX_LOG_REPLAY_BYTES) {
       throw new VhdxError('ENOTSUP', 'LOG_REPLAY_FAILED', `log of ${logLength} bytes is larger than the ${MAX_LOG_REPLAY_BYTES} bytes replayed in memory`, logWhere);
@@ -252,6 +251,7 @@ export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptio
     log.entries = seq.entries.length;
     log.headSequenceNumber = seq.head.header.sequenceNumber;
     log.replayedInMemory = true;
+    log.sequence = seq;
   }
   const size = source.size;
 
@@ -464,8 +464,7 @@ export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptio
   };
 }
 
-/** Lay the sequence's writes over the file, in order, and extend to the head's LastFileOffset. */
-function replayInto(seq: LogSequence, file: RandomAccessSource, logOffset: number): OverlaySource {
+function checkNotTruncated(seq: LogSequence, file: RandomAccessSource, logOffset: number): void {
   const head = seq.head.header;
   if (file.size < head.flushedFileOffset) {
     throw corrupt('LOG_FILE_TRUNCATED', `file of ${file.size} bytes is shorter than the log's FlushedFileOffset ${head.flushedFileOffset}: it was truncated`, {
@@ -473,6 +472,12 @@ function replayInto(seq: LogSequence, file: RandomAccessSource, logOffset: numbe
       offset: logOffset + seq.head.logOffset,
     });
   }
+}
+
+/** Lay the sequence's writes over the file, in order, and extend to the head's LastFileOffset. */
+function replayInto(seq: LogSequence, file: RandomAccessSource, logOffset: number): OverlaySource {
+  checkNotTruncated(seq, file, logOffset);
+  const head = seq.head.header;
   const overlay = new OverlaySource(file);
   for (const e of seq.entries) {
     for (const w of e.writes) {
@@ -482,4 +487,36 @@ function replayInto(seq: LogSequence, file: RandomAccessSource, logOffset: numbe
   }
   overlay.extendTo(head.lastFileOffset);
   return overlay;
+}
+
+/**
+ * Apply a dirty log to the file itself (§2.3.3): a header update with a new FileWriteGuid (replay
+ * is a change to the file), every write of the active sequence in order, the file extended to the
+ * head's LastFileOffset, a flush, then a header update clearing LogGuid. Returns the entries
+ * applied (0 when the log was clean). Replaying twice is harmless: the writes are idempotent.
+ */
+export async function replayInPlace(file: RandomAccessSource): Promise<number> {
+  const layout = await openLayout(file);
+  const seq = layout.log.sequence;
+  if (!seq) return 0;
+  if (!file.write || !file.flush || !file.truncate || file.readOnly) {
+    throw new VhdxError('EROFS', 'READ_ONLY', 'replaying the log needs the file open for writing');
+  }
+  checkNotTruncated(seq, file, layout.log.logOffset);
+  let header = await updateHeaders(file, layout.current, { fileWriteGuid: randomGuid() });
+  const zeros = new Uint8Array(MiB);
+  for (const e of seq.entries) {
+    for (const w of e.writes) {
+      if (w.kind === 'data') await file.write(w.fileOffset, w.data);
+      else {
+        for (let done = 0; done < w.length; done += zeros.length) {
+          await file.write(w.fileOffset + done, zeros.subarray(0, Math.min(zeros.length, w.length - done)));
+        }
+      }
+    }
+  }
+  if (file.size < seq.head.header.lastFileOffset) await file.truncate(seq.head.header.lastFileOffset);
+  await file.flush();
+  header = await updateHeaders(file, header, { logGuid: NIL_GUID });
+  return seq.entries.length;
 }

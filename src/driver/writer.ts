@@ -1,0 +1,255 @@
+/**
+ * The write side of an image: allocation, payload writes, write-zeroes and discard, and the
+ * metadata commit through the log.
+ *
+ * Ordering rules (crash safety):
+ * - Headers: the first change of a session updates both headers (new FileWriteGuid and
+ *   DataWriteGuid) before anything else reaches the file.
+ * - A new block is placed at the 1 MiB-aligned end of the file, the file is extended to cover
+ *   it, the payload is written, and only then is the block's BAT entry changed in memory.
+ * - A commit flushes the payload, writes one log entry holding the changed BAT sectors, flushes,
+ *   sets the header's LogGuid if it is not yet set (so a valid entry exists whenever LogGuid
+ *   does), writes the sectors to their places and flushes. Many allocations share one commit.
+ * - Close commits, then clears LogGuid with a header update.
+ *
+ * Concurrency: writes into allocated blocks take no lock. Reserving file space and commits
+ * serialise on `metadataLock`; no payload I/O happens while it is held. Concurrent writes to one
+ * unallocated block allocate it once (the later ones wait for the first).
+ */
+import { VhdxError } from '../errors.js';
+import { NIL_GUID, randomGuid } from '../codec/guid.js';
+import { MiB } from '../format/constants.js';
+import { PayloadState, payloadBatIndex } from '../format/bat.js';
+import type { RandomAccessSource } from '../io/source.js';
+import type { BatCache } from './bat-cache.js';
+import { updateHeaders, type CurrentHeader } from './headers.js';
+import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
+import { Mutex } from './mutex.js';
+import type { Layout } from './open.js';
+
+export interface WriteOptions {
+  /** Durable when the call returns (forced unit access). */
+  fua?: boolean;
+}
+
+export interface ZeroOptions {
+  /** The range may be deallocated instead of written (it reads as zeros either way). */
+  mayDiscard?: boolean;
+  /** Fail with ENOTSUP rather than write zeros as data. */
+  fast?: boolean;
+}
+
+const ZEROS = new Uint8Array(MiB);
+
+export class Writer {
+  private readonly metadataLock = new Mutex();
+  private readonly allocating = new Map<number, Promise<void>>();
+  private header: CurrentHeader;
+  private sessionStarted: Promise<void> | null = null;
+  private ring: LogRing | null = null;
+  /** Where the next block goes: the 1 MiB-aligned end of the file. */
+  private fileEnd: number;
+  /** The file's size at the last flush. */
+  private flushedSize: number;
+  private readonly entriesPerCommit: number;
+  private backgroundCommit: Promise<void> | null = null;
+  private backgroundError: unknown = null;
+
+  constructor(
+    private readonly file: RandomAccessSource,
+    private readonly layout: Layout,
+    private readonly bat: BatCache,
+  ) {
+    this.header = layout.current;
+    this.fileEnd = Math.ceil(file.size / MiB) * MiB;
+    this.flushedSize = Math.floor(file.size / MiB) * MiB;
+    this.entriesPerCommit = maxDataWritesPerEntry(layout.log.logLength);
+    if (this.entriesPerCommit < 1) {
+      throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `a log of ${layout.log.logLength} bytes cannot hold a single entry: the image cannot be written`);
+    }
+  }
+
+  /** The current header (it changes as the session updates it). */
+  get currentHeader(): CurrentHeader {
+    return this.header;
+  }
+
+  async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
+    this.throwBackgroundError();
+    await this.beginChange();
+    const bs = this.layout.blockSize;
+    const parts: Promise<void>[] = [];
+    for (let pos = 0; pos < data.length; ) {
+      const vo = offset + pos;
+      const blockIndex = Math.floor(vo / bs);
+      const inBlock = vo - blockIndex * bs;
+      const n = Math.min(bs - inBlock, data.length - pos);
+      parts.push(this.writeInBlock(blockIndex, inBlock, data.subarray(pos, pos + n)));
+      pos += n;
+    }
+    await Promise.all(parts);
+    this.maybeCommitInBackground();
+    if (opts.fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    await this.zeroRange(offset, length, PayloadState.ZERO, opts.fast === true);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.zeroRange(offset, length, PayloadState.UNMAPPED, false);
+  }
+
+  /** Make every write that completed before this call durable. */
+  async flush(): Promise<void> {
+    this.throwBackgroundError();
+    await this.commit(true);
+  }
+
+  /** Commit, then mark the log empty. The file stays open (the caller closes it). */
+  async close(): Promise<void> {
+    if (this.backgroundCommit) await this.backgroundCommit.catch(() => undefined);
+    await this.commit(true);
+    this.throwBackgroundError();
+    await this.metadataLock.run(async () => {
+      if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
+    });
+  }
+
+  /** First change of the session: new FileWriteGuid and DataWriteGuid in both headers. */
+  private beginChange(): Promise<void> {
+    this.sessionStarted ??= this.metadataLock.run(async () => {
+      this.header = await updateHeaders(this.file, this.header, { fileWriteGuid: randomGuid(), dataWriteGuid: randomGuid() });
+    });
+    return this.sessionStarted;
+  }
+
+  private async writeInBlock(blockIndex: number, inBlock: number, data: Uint8Array): Promise<void> {
+    const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+    for (;;) {
+      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
+      if (e.state === PayloadState.FULLY_PRESENT) {
+        await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
+        return;
+      }
+      const pending = this.allocating.get(blockIndex);
+      if (pending) {
+        await pending.catch(() => undefined);
+        continue;
+      }
+      // Claim the allocation: nothing awaits between the check above and this set.
+      const done = this.allocate(batIndex, inBlock, data);
+      this.allocating.set(blockIndex, done);
+      try {
+        await done;
+      } finally {
+        this.allocating.delete(blockIndex);
+      }
+      return;
+    }
+  }
+
+  /**
+   * Place a new block at the end of the file, write `data` into it, then point the BAT at it.
+   * The rest of the block is fresh file space and reads as zeros, which is what a NOT_PRESENT,
+   * ZERO or UNMAPPED block read as before.
+   */
+  private async allocate(batIndex: number, inBlock: number, data: Uint8Array): Promise<void> {
+    const bs = this.layout.blockSize;
+    const fileOffset = await this.metadataLock.run(async () => {
+      const at = this.fileEnd;
+      this.fileEnd += bs;
+      if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
+      return at;
+    });
+    await this.file.write!(fileOffset + inBlock, data);
+    await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: fileOffset / MiB });
+  }
+
+  /**
+   * Zero [offset, offset + length): whole blocks of a dynamic disk change state (`state`) without
+   * touching data; the rest gets zeros written where a block is allocated. Fixed disks keep every
+   * block allocated, so their blocks get zeros written.
+   */
+  private async zeroRange(offset: number, length: number, state: number, fast: boolean): Promise<void> {
+    this.throwBackgroundError();
+    await this.beginChange();
+    const bs = this.layout.blockSize;
+    const size = this.layout.virtualSize;
+    const fixed = this.layout.leaveBlocksAllocated;
+    for (let pos = offset; pos < offset + length; ) {
+      const blockIndex = Math.floor(pos / bs);
+      const blockStart = blockIndex * bs;
+      const blockEnd = Math.min(blockStart + bs, size);
+      const end = Math.min(offset + length, blockEnd);
+      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+      const pending = this.allocating.get(blockIndex);
+      if (pending) await pending.catch(() => undefined);
+      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
+      const whole = pos === blockStart && end === blockEnd;
+      if (whole && !fixed) {
+        if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+      } else if (e.state === PayloadState.FULLY_PRESENT) {
+        if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - pos} bytes at ${pos} would write data`);
+        const base = e.fileOffsetMB * MiB - blockStart;
+        for (let p = pos; p < end; p += ZEROS.length) await this.file.write!(base + p, ZEROS.subarray(0, Math.min(ZEROS.length, end - p)));
+      }
+      pos = end;
+    }
+    this.maybeCommitInBackground();
+  }
+
+  /** Start a commit without waiting when the changes pending would fill a log entry. */
+  private maybeCommitInBackground(): void {
+    if (this.bat.dirtyCount < this.entriesPerCommit || this.backgroundCommit) return;
+    this.backgroundCommit = this.commit(false)
+      .catch((e: unknown) => {
+        this.backgroundError ??= e;
+      })
+      .finally(() => {
+        this.backgroundCommit = null;
+      });
+  }
+
+  private throwBackgroundError(): void {
+    if (this.backgroundError) {
+      const e = this.backgroundError;
+      throw e instanceof VhdxError ? e : new VhdxError('EIO', 'IO_ERROR', 'a background commit failed', { cause: e });
+    }
+  }
+
+  /**
+   * Write the changed BAT sectors through the log: flush payload, log entry, flush, LogGuid (once),
+   * sectors in place, flush; repeated while changes remain. With `flushAlways`, flush even when
+   * there is nothing to commit (a plain flush()).
+   */
+  private commit(flushAlways: boolean): Promise<void> {
+    return this.metadataLock.run(async () => {
+      if (this.bat.dirtyCount === 0) {
+        if (flushAlways) await this.file.flush!();
+        this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
+        return;
+      }
+      while (this.bat.dirtyCount > 0) {
+        const batch = this.bat.takeDirty(this.entriesPerCommit);
+        let applied = false;
+        try {
+          await this.file.flush!();
+          this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
+          this.ring ??= new LogRing(this.file, this.layout.log.logOffset, this.layout.log.logLength, randomGuid());
+          const writes = batch.sectors.map((s) => ({ kind: 'data' as const, fileOffset: s.fileOffset, data: s.data }));
+          await this.ring.append(writes, this.flushedSize, this.fileEnd);
+          await this.file.flush!();
+          if (this.header.logGuid !== this.ring.logGuid) {
+            this.header = await updateHeaders(this.file, this.header, { logGuid: this.ring.logGuid });
+          }
+          for (const s of batch.sectors) await this.file.write!(s.fileOffset, s.data);
+          await this.file.flush!();
+          applied = true;
+        } finally {
+          this.bat.release(batch, applied);
+        }
+      }
+    });
+  }
+}
