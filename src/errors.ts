@@ -47,6 +47,7 @@ export type ErrorReason =
   | 'NUMBER_TOO_LARGE'
   | 'NOT_VHDX'
   | 'READ_ONLY'
+  | 'LOCKED'
   | 'CLOSED'
   | 'ABORTED'
   | 'BAD_ARGUMENT'

@@ -2,6 +2,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { VhdxError } from '../errors.js';
 import type { RandomAccessSource } from './source.js';
+import { lockFile, type FileLock } from './lock.js';
 
 export class NodeFileSource implements RandomAccessSource {
   private closed = false;
@@ -10,19 +11,28 @@ export class NodeFileSource implements RandomAccessSource {
     private length: number,
     readonly readOnly: boolean,
     readonly path: string,
+    private readonly lock: FileLock | null,
   ) {}
 
   /**
    * Open `path`. Read-only unless `readOnly: false`; `create` makes a new file and fails when one
    * exists, unless `truncate` is also set (then an existing file is emptied, as `qemu-img convert` does).
+   * Writable opens take the advisory lock `path.lock` (see lock.ts) unless `lock: false`
+   * (for files that are not images, such as a raw conversion's output).
    */
-  static async open(path: string, opts: { readOnly?: boolean; create?: boolean; truncate?: boolean } = {}): Promise<NodeFileSource> {
+  static async open(
+    path: string,
+    opts: { readOnly?: boolean; create?: boolean; truncate?: boolean; lock?: boolean } = {},
+  ): Promise<NodeFileSource> {
     const readOnly = opts.readOnly ?? true;
     const flags = readOnly ? 'r' : opts.create ? (opts.truncate ? 'w+' : 'wx+') : 'r+';
+    // Writers take the lock before opening: a second writer fails without touching the file.
+    const lock = readOnly || opts.lock === false ? null : await lockFile(path);
     let fh: FileHandle;
     try {
       fh = await open(path, flags);
     } catch (e) {
+      await lock?.release();
       throw fsError(e, `cannot open ${path}`);
     }
     try {
@@ -30,9 +40,10 @@ export class NodeFileSource implements RandomAccessSource {
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path} is not a regular file`);
       }
-      return new NodeFileSource(fh, st.size, readOnly, path);
+      return new NodeFileSource(fh, st.size, readOnly, path, lock);
     } catch (e) {
       await fh.close();
+      await lock?.release();
       throw e;
     }
   }
@@ -89,7 +100,11 @@ export class NodeFileSource implements RandomAccessSource {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.fh.close();
+    try {
+      await this.fh.close();
+    } finally {
+      await this.lock?.release();
+    }
   }
 
   private assertOpen(): void {
