@@ -1,10 +1,13 @@
 // Runs every benchmark, each beside its peer tool in the same run, and prints ratios.
-// Usage: npm run bench [-- convert|info|read]
+// Usage: npm run bench [-- convert|info|read|convert-vhdx|write-alloc|write]
 import * as convert from './convert-raw.js';
 import * as info from './info-64t.js';
 import * as read from './random-read.js';
+import * as convertVhdx from './convert-vhdx.js';
+import * as writeAlloc from './write-alloc.js';
+import * as write from './random-write.js';
 
-const all = { convert, info, read };
+const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write };
 const pick = process.argv.slice(2);
 for (const [key, b] of Object.entries(all)) {
   if (pick.length && !pick.includes(key)) continue;

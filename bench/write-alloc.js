@@ -1,0 +1,27 @@
+// 512 allocating 4 KiB writes (one into each 1 MiB block of a fresh 1 MiB-block image), then one
+// flush: `vhdx io` against the same commands through `qemu-io`. Target: ours <= 0.5x.
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { cli, compare, fmt, have, scratchDir, sh } from './lib.js';
+
+export function run({ runs = 5 } = {}) {
+  if (!have('qemu-img') || !have('qemu-io')) return { name: 'write-alloc', skipped: 'qemu-img/qemu-io not installed' };
+  const img = join(scratchDir, 'alloc.vhdx');
+  const fresh = () => {
+    rmSync(img, { force: true });
+    sh('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', img, '512M']);
+  };
+  const cmds = [];
+  for (let i = 0; i < 512; i++) cmds.push('-c', `write -P 0x5a ${i}M 4k`);
+  cmds.push('-c', 'flush');
+  const r = compare(runs, ['qemu-io', ['-f', 'vhdx', ...cmds, img], { before: fresh }], [process.execPath, [cli, 'io', ...cmds, img], { before: fresh }]);
+  rmSync(img, { force: true });
+  return {
+    name: '512 allocating 4 KiB writes (1 MiB blocks) + flush',
+    peer: `qemu-io ${fmt(r.a.median)}`,
+    ours: `vhdx io ${fmt(r.b.median)}`,
+    ratio: r.b.median / r.a.median,
+    target: '<= 0.5',
+    ok: r.b.median / r.a.median <= 0.5,
+  };
+}
