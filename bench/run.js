@@ -1,11 +1,15 @@
 // Runs every benchmark, each beside its peer tool in the same run, and prints ratios.
 // Usage: npm run bench [-- convert|info|read|convert-vhdx|write-alloc|write]
+import { availableParallelism } from 'node:os';
 import * as convert from './convert-raw.js';
 import * as info from './info-64t.js';
 import * as read from './random-read.js';
 import * as convertVhdx from './convert-vhdx.js';
 import * as writeAlloc from './write-alloc.js';
 import * as write from './random-write.js';
+
+// The in-process library benchmarks get the thread pool the CLI uses (see bin/vhdx.js).
+process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, availableParallelism()));
 
 const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write };
 const pick = process.argv.slice(2);

@@ -142,6 +142,16 @@ export class VhdxImage implements BlockDevice {
     this.checkRange(offset, into.length);
     this.assertReadable();
     const bs = this.layout.blockSize;
+    // Fast path: a request inside one block whose BAT page is cached (small random I/O).
+    const firstBlock = Math.floor(offset / bs);
+    if (offset + into.length <= (firstBlock + 1) * bs) {
+      const e = this.bat.cached(payloadBatIndex(this.layout.geometry, firstBlock));
+      if (e) {
+        if (e.state === PayloadState.FULLY_PRESENT) return readExact(this.src, e.fileOffsetMB * MiB + offset - firstBlock * bs, into, 'payload block');
+        into.fill(0);
+        return;
+      }
+    }
     let pos = 0;
     // Walk block by block, merging runs of blocks that are contiguous in the file into one read.
     let runFile = -1;
