@@ -5,7 +5,7 @@
 import { VhdxError } from '../errors.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, PayloadState, payloadBatIndex } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, payloadBatIndex } from '../format/bat.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
@@ -48,15 +48,6 @@ export interface AllocationStats {
   fragmentationPercentage: number;
 }
 
-const STATE_KEYS: Record<number, string> = {
-  0: 'notPresent',
-  1: 'undefined',
-  2: 'zero',
-  3: 'unmapped',
-  5: 'unmapped',
-  6: 'fullyPresent',
-  7: 'partiallyPresent',
-};
 
 export class VhdxImage implements BlockDevice {
   readonly readOnly: boolean;
@@ -232,7 +223,7 @@ export class VhdxImage implements BlockDevice {
     const period = g.chunkRatio + 1; // entries per chunk, bitmap entry included
     const bytesByState: Record<string, number> = {};
     const add = (state: number, bytes: number): void => {
-      const k = STATE_KEYS[state] ?? `state${state}`;
+      const k = PAYLOAD_STATE_NAMES[state] ?? `state${state}`;
       bytesByState[k] = (bytesByState[k] ?? 0) + bytes;
     };
     let allocatedBlocks = 0;
