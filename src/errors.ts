@@ -2,7 +2,7 @@
  * The one error type the library throws. `code` is a small errno-like set that maps onto
  * NBD error values and CLI exit codes; `reason` is finer and stable, for tests and programs.
  */
-export type ErrorCode = 'EINVAL' | 'EIO' | 'ENOSPC' | 'EROFS' | 'EPERM' | 'ENOTSUP' | 'EOVERFLOW' | 'EBUSY' | 'ECANCELED';
+export type ErrorCode = 'EINVAL' | 'EIO' | 'ENOSPC' | 'EROFS' | 'EPERM' | 'ENOTSUP' | 'EOVERFLOW' | 'EBUSY' | 'ECANCELED' | 'EEXIST';
 
 export type ErrorReason =
   | 'BAD_SIGNATURE'
@@ -48,10 +48,20 @@ export type ErrorReason =
   | 'NOT_VHDX'
   | 'READ_ONLY'
   | 'LOCKED'
+  | 'FILE_EXISTS'
   | 'CLOSED'
   | 'ABORTED'
   | 'BAD_ARGUMENT'
-  | 'IO_ERROR';
+  | 'IO_ERROR'
+  // Findings of `checkImage` that no open raises:
+  | 'BLOCK_OVERLAP'
+  | 'REGION_TABLE_MISMATCH'
+  | 'LEAKED_SPACE'
+  | 'RESERVED_NONZERO'
+  | 'LOG_DIRTY'
+  | 'FIXED_BLOCK_NOT_ALLOCATED'
+  | 'EQUAL_SEQUENCE_NUMBERS'
+  | 'LIMIT_EXCEEDED';
 
 export interface VhdxErrorDetails {
   /** Name of the on-disk structure concerned, e.g. "header 2" or "region table 1". */

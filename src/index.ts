@@ -4,10 +4,16 @@
  */
 export { VhdxError, isVhdxError, type ErrorCode, type ErrorReason } from './errors.js';
 export { MemorySource, BlobSource, readExact, type RandomAccessSource } from './io/source.js';
-export type { BlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
+export { FaultySource, type FaultyOptions, type FaultyOp, type CrashImageOptions } from './io/faulty.js';
+export type { BlockDevice, WritableBlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
 export { VhdxImage, type OpenOptions, type AllocationStats } from './driver/image.js';
 export { probe, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
 export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';
 export type { WriteOptions, ZeroOptions } from './driver/writer.js';
 export { replayInPlace } from './driver/open.js';
+export { createImage, planCreate, DEFAULT_BLOCK_SIZE, DEFAULT_LOG_SIZE, type CreateOptions, type CreateResult, type Subformat } from './driver/create.js';
+export type { ImagePlan, ImageIdentity } from './driver/layout.js';
+export { RawDevice } from './device/raw.js';
+export { copyDevice, fileSink, deviceSink, type CopyOptions, type CopyResult, type CopySink } from './device/copy.js';
+export { checkImage, repairImage, MAX_FINDINGS, type CheckResult, type CheckOptions, type CheckError, type Finding, type FindingSeverity, type RepairMode, type RepairOptions, type RepairResult, type RepairAction } from './driver/check.js';

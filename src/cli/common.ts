@@ -45,6 +45,26 @@ export function humanSize(n: number): string {
   return `${s} ${UNITS[u]}`;
 }
 
+const SIZE_RE = /^(0x[0-9a-f]+|[0-9]+(?:\.[0-9]+)?)([kmgtpe]?)(?:i?b)?$/i;
+const SUFFIX: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+
+/**
+ * A byte count as the tools take it: plain bytes (`4096`), hexadecimal (`0x1000`), or a number
+ * with a binary suffix K, M, G, T, P or E in either case, optionally followed by `B` or `iB`
+ * (`64k`, `1.5G`, `8MiB`). `what` names the value in the error. The result is a whole, safe
+ * number of bytes.
+ */
+export function parseSize(text: string, what: string): number {
+  const m = SIZE_RE.exec(text.trim());
+  if (!m) throw new UsageError(`invalid ${what} '${text}': expected bytes, 0x hex, or a number with a K, M, G or T suffix`);
+  const [, num, unit] = m as unknown as [string, string, string];
+  if (num.includes('.') && unit === '') throw new UsageError(`invalid ${what} '${text}': a fraction needs a suffix (K, M, G, T)`);
+  const base = num.toLowerCase().startsWith('0x') ? parseInt(num, 16) : Number(num);
+  const value = base * SUFFIX[unit.toLowerCase()]!;
+  if (!Number.isSafeInteger(value)) throw new UsageError(`invalid ${what} '${text}': not a whole number of bytes below 2^53`);
+  return value;
+}
+
 /** Map errors to exit codes: usage 1, everything else 1 too (as qemu-img), after one line on stderr. */
 export function describeError(e: unknown): string {
   if (e instanceof VhdxError) return e.message;

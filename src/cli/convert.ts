@@ -1,9 +1,28 @@
-/** `vhdx convert [-p] [-O raw] SRC DST`: the virtual disk as a sparse raw file. */
-import { openFile, NodeFileSource } from '../node.js';
-import { copyDevice } from '../device/copy.js';
+/**
+ * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST`: copy a virtual disk into
+ * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
+ */
+import { stat, unlink } from 'node:fs/promises';
+import { createFile, NodeFileSource, openFile } from '../node.js';
+import { VhdxImage } from '../driver/image.js';
+import { probe } from '../driver/open.js';
+import { RawDevice } from '../device/raw.js';
+import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
+import type { BlockDevice } from '../device/block-device.js';
+import { readExact } from '../io/source.js';
 import { parse, UsageError, type Io } from './common.js';
+import { parseCreateOptions, type CreateOptionValues } from './create.js';
+import type { Progress } from './progress.js';
 
-export const CONVERT_USAGE = 'vhdx convert [-p] [-f vhdx] [-O raw] SRC DST';
+export const CONVERT_USAGE = 'vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST';
+
+type Format = 'raw' | 'vhdx';
+
+function format(value: unknown, what: string): Format | undefined {
+  if (value === undefined) return undefined;
+  if (value !== 'raw' && value !== 'vhdx') throw new UsageError(`${what} format ${String(value)} is not supported (raw or vhdx)`);
+  return value;
+}
 
 export async function convertCommand(args: string[], io: Io, signal: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
@@ -12,30 +31,119 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       progress: { type: 'boolean', short: 'p' },
       'source-format': { type: 'string', short: 'f' },
       'output-format': { type: 'string', short: 'O' },
+      options: { type: 'string', short: 'o', multiple: true },
     },
     CONVERT_USAGE,
   );
   if (positionals.length !== 2) throw new UsageError(`expected SRC and DST\nusage: ${CONVERT_USAGE}`);
-  const inFmt = String(values['source-format'] ?? 'vhdx');
-  const outFmt = String(values['output-format'] ?? 'raw');
-  if (inFmt !== 'vhdx') throw new UsageError(`source format ${inFmt} is not supported (only vhdx)`);
-  if (outFmt !== 'raw') throw new UsageError(`output format ${outFmt} is not supported yet (only raw)`);
+  const inFmt = format(values['source-format'], 'source');
+  const outFmt = format(values['output-format'], 'output') ?? 'raw';
+  const specs = (values.options as string[] | undefined) ?? [];
+  if (specs.length > 0 && outFmt !== 'vhdx') throw new UsageError('-o options apply to -O vhdx only');
+  const createOpts = parseCreateOptions(specs);
   const [srcPath, dstPath] = positionals as [string, string];
-  const img = await openFile(srcPath);
+  await refuseSameFile(srcPath, dstPath);
+
+  const src = await openSource(srcPath, inFmt);
   // The progress bar's package loads only when asked for.
-  const bar = values.progress === true ? (await import('./progress.js')).progressBar(true, 'converting') : { update() {}, stop() {} };
+  const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
-    const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true });
-    try {
-      await copyDevice(img, dst, { signal, onProgress: (d, t) => bar.update(d, t) });
-      await dst.flush();
-    } finally {
-      await dst.close();
-    }
+    if (outFmt === 'raw') await toRaw(src, dstPath, progress, signal);
+    else await toVhdx(src, dstPath, createOpts, progress, signal);
   } finally {
-    bar.stop();
-    await img.close();
+    await src.close();
   }
   void io;
   return 0;
+}
+
+/** Converting a file onto itself would destroy it before it is read. */
+async function refuseSameFile(srcPath: string, dstPath: string): Promise<void> {
+  const [a, b] = await Promise.all([stat(srcPath).catch(() => null), stat(dstPath).catch(() => null)]);
+  if (a && b && a.dev === b.dev && a.ino === b.ino) throw new UsageError(`SRC and DST are the same file (${dstPath})`);
+}
+
+/** Open SRC as the format given, or as the format its first bytes show (VHDX identifier, else raw). */
+async function openSource(path: string, fmt: Format | undefined): Promise<BlockDevice> {
+  const file = await NodeFileSource.open(path);
+  try {
+    let kind = fmt;
+    if (kind === undefined) {
+      const head = new Uint8Array(Math.min(8, file.size));
+      await readExact(file, 0, head, 'file identifier');
+      kind = probe(head) > 0 ? 'vhdx' : 'raw';
+    }
+    return kind === 'vhdx' ? await VhdxImage.open(file) : new RawDevice(file);
+  } catch (e) {
+    await file.close();
+    throw e;
+  }
+}
+
+type BarFactory = ((enabled: boolean, label: string) => Progress) | null;
+
+async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, signal: AbortSignal): Promise<void> {
+  const bar = progress?.(true, 'converting');
+  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false });
+  let failed = true;
+  try {
+    await copyDevice(src, fileSink(dst), { signal, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
+    await dst.close();
+    failed = false;
+  } finally {
+    bar?.stop();
+    if (failed) {
+      await dst.close().catch(() => undefined);
+      await unlink(dstPath).catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * Create DST (replacing a file there) sized to the source rounded up to the logical sector size,
+ * with the source's sector sizes unless -o says otherwise, then copy into it. DST is removed if
+ * the conversion fails.
+ */
+async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues, progress: BarFactory, signal: AbortSignal): Promise<void> {
+  const srcLogical = src.logicalSectorSize === 4096 ? 4096 : 512;
+  const srcPhysical = src instanceof VhdxImage && src.physicalSectorSize === 512 ? 512 : 4096;
+  const logicalSectorSize = opts.logicalSectorSize ?? srcLogical;
+  const physicalSectorSize = opts.physicalSectorSize ?? (srcPhysical >= logicalSectorSize ? srcPhysical : 4096);
+  if (src.size === 0) throw new UsageError('the source is empty: a VHDX disk cannot have size 0');
+  const size = Math.ceil(src.size / logicalSectorSize) * logicalSectorSize;
+  const allocBar = opts.subformat === 'fixed' ? progress?.(true, 'allocating') : undefined;
+  try {
+    await createFile(dstPath, {
+      ...opts,
+      logicalSectorSize,
+      physicalSectorSize,
+      size,
+      overwrite: true,
+      signal,
+      ...(allocBar ? { onProgress: (d: number, t: number) => allocBar.update(d, t) } : {}),
+    });
+  } finally {
+    allocBar?.stop();
+  }
+  let failed = true;
+  try {
+    const dst = await openFile(dstPath, { readOnly: false });
+    const bar = progress?.(true, 'converting');
+    let copyError: unknown = null;
+    try {
+      await copyDevice(src, deviceSink(dst), { signal, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
+    } catch (e) {
+      copyError = e;
+    } finally {
+      bar?.stop();
+    }
+    // Close commits; its error matters only when the copy itself succeeded.
+    await dst.close().catch((e: unknown) => {
+      copyError ??= e;
+    });
+    if (copyError !== null) throw copyError;
+    failed = false;
+  } finally {
+    if (failed) await unlink(dstPath).catch(() => undefined);
+  }
 }

@@ -1,28 +1,32 @@
 /** The `vhdx` command: dispatch to one file per subcommand, one-line errors. */
-import { createRequire } from 'node:module';
 import { infoCommand, INFO_USAGE } from './info.js';
 import { mapCommand, MAP_USAGE } from './map.js';
 import { convertCommand, CONVERT_USAGE } from './convert.js';
+import { createCommand, CREATE_USAGE } from './create.js';
+import { ioCommand, IO_USAGE } from './io.js';
+import { checkCommand, CHECK_USAGE } from './check.js';
+import { packageVersion } from '../node.js';
 import { describeError, UsageError, type Io } from './common.js';
 
-const HELP = `vhdx: read Microsoft VHDX virtual disks
+const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
 
 usage:
   ${INFO_USAGE}
       describe the image: geometry, headers, log, regions, metadata, allocation
   ${MAP_USAGE}
       list the virtual disk's extents (as qemu-img map)
+  ${CREATE_USAGE}
+      make a new image (-o help lists the options; an existing FILE is not overwritten)
+  ${IO_USAGE}
+      run read/write/discard/flush commands on an image (vhdx io -h lists them)
+  ${CHECK_USAGE}
+      check the image for corruption and leaked space (-r: repair; exit 0 clean, 2 corrupt, 3 leaks)
   ${CONVERT_USAGE}
-      write the virtual disk to a sparse raw file (-p: progress bar)
+      copy a disk into a new sparse raw file or VHDX image (-p: progress bar)
   vhdx --version
 
 Errors print one line and exit 1; set VHDX_DEBUG=1 for a stack trace.
 `;
-
-function version(): string {
-  const require = createRequire(import.meta.url);
-  return (require('../../package.json') as { version: string }).version;
-}
 
 export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -36,11 +40,17 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await infoCommand(rest, io);
       case 'map':
         return await mapCommand(rest, io);
+      case 'check':
+        return await checkCommand(rest, io, controller.signal);
       case 'convert':
         return await convertCommand(rest, io, controller.signal);
+      case 'create':
+        return await createCommand(rest, io, controller.signal);
+      case 'io':
+        return await ioCommand(rest, io);
       case '--version':
       case '-V':
-        io.out(`vhdx ${version()}\n`);
+        io.out(`vhdx ${packageVersion()}\n`);
         return 0;
       case undefined:
       case 'help':

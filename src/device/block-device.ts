@@ -50,3 +50,16 @@ export interface ProgressOptions {
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
+
+/**
+ * A block device that can be written (VHDX images opened writable, raw files). `readOnly` is
+ * false; the write methods fail with EROFS otherwise.
+ */
+export interface WritableBlockDevice extends BlockDevice {
+  /** Write `data` at `offset`; with `fua`, durable when this returns. */
+  write(offset: number, data: Uint8Array, opts?: { fua?: boolean }): Promise<void>;
+  /** Make the range read as zeros. `fast`: fail with ENOTSUP rather than write zeros as data. */
+  writeZeroes(offset: number, length: number, opts?: { mayDiscard?: boolean; fast?: boolean }): Promise<void>;
+  /** Deallocate the range where the device can; it reads as zeros after. */
+  discard(offset: number, length: number): Promise<void>;
+}

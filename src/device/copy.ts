@@ -1,12 +1,14 @@
 /**
- * Copy a block device's virtual disk into a sink (a raw file, or later another image), driven by
- * block status: unallocated and zero extents are not written (the sink keeps holes), data extents
- * are read and written in chunks with several in flight so reads and writes overlap. Chunks of
- * data that are all zeros are skipped too, at 64 KiB granularity.
+ * Copy a block device's virtual disk into a sink (a raw file, or another block device such as a
+ * new VHDX image), driven by block status: unallocated and zero extents are not written (the
+ * sink keeps holes, or unallocated blocks), data extents are read and written in chunks with
+ * several in flight so reads and writes overlap. Chunks of data that are all zeros are skipped
+ * too, at 64 KiB granularity. A source without cheap extents (`can.extents` false, e.g. raw) is
+ * read whole and relies on that zero detection alone, so each byte is read once.
  */
 import { VhdxError } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
-import type { BlockDevice, ProgressOptions } from './block-device.js';
+import type { BlockDevice, ProgressOptions, WritableBlockDevice } from './block-device.js';
 import type { RandomAccessSource } from '../io/source.js';
 
 export interface CopyOptions extends ProgressOptions {
@@ -25,22 +27,75 @@ export interface CopyResult {
   bytesWritten: number;
 }
 
+/**
+ * Where a copy writes. The sink must read as zeros wherever it is not written (a new file or a
+ * new image): the copy writes nothing for the source's zero and unallocated ranges.
+ */
+export interface CopySink {
+  /** Capacity in bytes, when bounded: a copy of a larger source fails before anything is read. */
+  readonly size?: number;
+  /** Write `data` at `offset`. Several writes may be in flight at once. */
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Called once after the last write, with the source's size: set the final size, make durable. */
+  finish(size: number): Promise<void>;
+}
+
+/** A sink over a file: writes go to the file; at the end it is sized to the disk and flushed. */
+export function fileSink(file: RandomAccessSource): CopySink {
+  if (file.readOnly || !file.write || !file.truncate) throw new VhdxError('EROFS', 'READ_ONLY', 'copy destination is not writable');
+  const write = file.write.bind(file);
+  const truncate = file.truncate.bind(file);
+  return {
+    write,
+    async finish(size) {
+      await truncate(size);
+      await file.flush?.();
+    },
+  };
+}
+
+/** A sink over a writable block device at least as large as the source; flushed at the end. */
+export function deviceSink(dev: WritableBlockDevice): CopySink {
+  if (dev.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', 'copy destination is open read-only');
+  return {
+    size: dev.size,
+    write: (offset, data) => dev.write(offset, data),
+    finish: () => dev.flush(),
+  };
+}
+
 const ZERO_GRAIN = 64 * 1024;
 /** Block status is asked for this much of the disk at a time, bounding the extent list. */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
 
-export async function copyDevice(src: BlockDevice, sink: RandomAccessSource, opts: CopyOptions = {}): Promise<CopyResult> {
-  if (!sink.write || !sink.truncate) throw new VhdxError('EROFS', 'READ_ONLY', 'copy destination is not writable');
-  const write = sink.write.bind(sink);
+function isSink(x: CopySink | RandomAccessSource): x is CopySink {
+  return typeof (x as CopySink).finish === 'function';
+}
+
+/**
+ * Copy `src` into `to`: a CopySink, or a writable file (wrapped with `fileSink`). A sink with a
+ * capacity smaller than the source fails before anything is read. Cancels through `signal`
+ * (ECANCELED / ABORTED).
+ */
+export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSource, opts: CopyOptions = {}): Promise<CopyResult> {
+  const sink = isSink(to) ? to : fileSink(to);
+  const write = (offset: number, data: Uint8Array): Promise<void> => sink.write(offset, data);
   const chunkSize = opts.chunkSize ?? 4 * 1024 * 1024;
   const parallel = Math.max(1, opts.parallel ?? 4);
   const detectZeroes = opts.detectZeroes ?? true;
   const size = src.size;
+  if (sink.size !== undefined && sink.size < size) {
+    throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `copy destination of ${sink.size} bytes is smaller than the ${size}-byte source`);
+  }
   const result: CopyResult = { bytesRead: 0, bytesWritten: 0 };
   let done = 0;
 
   // A generator of data chunks [offset, length), walking block status window by window.
   async function* chunks(): AsyncGenerator<[number, number]> {
+    if (!src.can.extents) {
+      for (let o = 0; o < size; o += chunkSize) yield [o, Math.min(chunkSize, size - o)];
+      return;
+    }
     for (let w = 0; w < size; ) {
       const extents = await src.blockStatus(w, Math.min(STATUS_WINDOW, size - w));
       let end = w;
@@ -104,7 +159,7 @@ export async function copyDevice(src: BlockDevice, sink: RandomAccessSource, opt
   );
   await Promise.all(workers);
   if (failed) throw failed;
-  await sink.truncate(size);
+  await sink.finish(size);
   opts.onProgress?.(size, size);
   return result;
 }

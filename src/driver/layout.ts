@@ -60,6 +60,7 @@ import {
   type BatGeometry,
 } from '../format/bat.js';
 import type { DiskType } from './open.js';
+import type { ProgressOptions } from '../device/block-device.js';
 
 /** What the caller asks for. Sizes are bytes. */
 export interface LayoutOptions {
@@ -313,24 +314,81 @@ export function* imageWrites(plan: ImagePlan, id: ImageIdentity): Generator<Imag
   yield { offset: 0, bytes: FILE_IDENTIFIER.encode({ creator: plan.creator }), what: 'file identifier' };
 }
 
+/** How `writeNewImage` writes. */
+export interface WriteImageOptions extends ProgressOptions {
+  /**
+   * For a fixed disk, write zeros over the whole file before the structures, so that it is
+   * allocated on disk rather than sparse (what a fixed disk promises: writes never need new
+   * space, and `du` shows the file's size). Progress counts the bytes of zeros written. Ignored
+   * for other disk types.
+   */
+  allocate?: boolean;
+}
+
+/** Bytes of zeros per write when allocating a fixed disk, and how many writes are in flight. */
+const FILL_CHUNK = 8 * MiB;
+const FILL_IN_FLIGHT = 2;
+
 /**
  * Write a new image as planned into `source`, which must be writable and truncatable: its
  * previous content is discarded (it is emptied, then sized to `plan.fileSize`, so every byte not
- * written reads as zero, sparsely on file systems that can). Flushes at the end. Returns the
+ * written reads as zero, sparsely on file systems that can). With `allocate`, a fixed disk's
+ * file is written with zeros first. The static structures follow, the file
+ * identifier last, so a file cut short is not taken for a VHDX. Flushes at the end. Returns the
  * identity written (random unless given).
  */
 export async function writeNewImage(
   source: RandomAccessSource,
   plan: ImagePlan,
   id: ImageIdentity = randomIdentity(),
+  opts: WriteImageOptions = {},
 ): Promise<ImageIdentity> {
   if (source.readOnly || !source.write) throw new VhdxError('EROFS', 'READ_ONLY', 'cannot create an image on a read-only source');
   if (!source.truncate) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'creating an image needs a source that can be truncated');
+  throwIfAborted(opts.signal);
   await source.truncate(0);
   await source.truncate(plan.fileSize);
-  for (const w of imageWrites(plan, id)) await source.write(w.offset, w.bytes);
+  if (opts.allocate === true && plan.type === 'fixed') await fillZeroes(source, 0, plan.fileSize, opts);
+  for (const w of imageWrites(plan, id)) {
+    throwIfAborted(opts.signal);
+    await source.write(w.offset, w.bytes);
+  }
   await source.flush?.();
   return id;
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'image creation cancelled', { cause: signal.reason });
+}
+
+/** Write zeros over [offset, offset + length) in large pieces, a few in flight, with progress. */
+async function fillZeroes(source: RandomAccessSource, offset: number, length: number, opts: ProgressOptions): Promise<void> {
+  const write = source.write!.bind(source);
+  const zeros = new Uint8Array(Math.min(FILL_CHUNK, length));
+  let next = 0;
+  let done = 0;
+  opts.onProgress?.(0, length);
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    try {
+      while (next < length && !failed) {
+        throwIfAborted(opts.signal);
+        const at = next;
+        const n = Math.min(zeros.length, length - at);
+        next += n;
+        await write(offset + at, zeros.subarray(0, n));
+        done += n;
+        opts.onProgress?.(done, length);
+      }
+    } catch (e) {
+      failed = true;
+      throw e;
+    }
+  };
+  // Every worker stops at the first error and is waited for before the error is passed on, so no
+  // write is still in flight when the caller cleans up (removes the file).
+  const results = await Promise.allSettled(Array.from({ length: FILL_IN_FLIGHT }, worker));
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }
 
 /** The 8 bytes of one BAT entry. */

@@ -1,0 +1,157 @@
+/**
+ * `vhdx check [--output=human|json] [-r leaks|all] FILE`, modelled on `qemu-img check`.
+ * Exit status: 0 clean, 1 the check could not complete, 2 corruption, 3 leaked clusters only,
+ * 63 the image cannot be checked (not a VHDX, or a feature this check does not handle). After a
+ * repair the status describes the image as repaired.
+ */
+import { NodeFileSource } from '../io/node-file.js';
+import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
+import { formatOffset } from '../errors.js';
+import { outputFormat, parse, UsageError, type Io } from './common.js';
+
+export const CHECK_USAGE = 'vhdx check [--output=human|json] [-r leaks|all] FILE';
+
+export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, unsupported: 63 } as const;
+
+export async function checkCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
+  const { values, positionals } = parse(args, { output: { type: 'string' }, repair: { type: 'string', short: 'r' } }, CHECK_USAGE);
+  const format = outputFormat(values.output);
+  const repair = values.repair;
+  if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
+    throw new UsageError(`-r must be leaks or all, not ${String(repair)}\nusage: ${CHECK_USAGE}`);
+  }
+  if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
+  const path = positionals[0]!;
+  const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
+  let result: CheckResult;
+  let repaired: RepairResult | null = null;
+  try {
+    const opts = signal ? { signal } : {};
+    if (repair !== undefined) {
+      repaired = await repairImage(src, { ...opts, mode: repair as RepairMode });
+      result = repaired.after;
+    } else result = await checkImage(src, opts);
+  } finally {
+    await src.close();
+  }
+
+  if (format === 'json') io.out(JSON.stringify(checkJson(path, result, repaired), null, 2) + '\n');
+  else {
+    if (repaired) io.out(humanRepair(repaired));
+    if (result.supported) io.out(humanCheck(result));
+    if (!result.supported) io.err(`vhdx: ${path}: this image cannot be checked: ${result.error?.message ?? 'not supported'}\n`);
+    else if (!result.canComplete) io.err(`vhdx: ${path}: the check could not complete: ${result.error?.message ?? 'read error'}\n`);
+  }
+  return exitStatus(result);
+}
+
+export function exitStatus(r: CheckResult): number {
+  if (!r.supported) return CHECK_EXIT.unsupported;
+  if (!r.canComplete) return CHECK_EXIT.incomplete;
+  if (r.corruptions > 0) return CHECK_EXIT.corruption;
+  if (r.leaks > 0) return CHECK_EXIT.leaks;
+  return CHECK_EXIT.clean;
+}
+
+const LABELS: Record<Finding['severity'], string> = { corruption: 'ERROR', leak: 'Leaked', warning: 'Warning', info: 'Info' };
+
+function where(f: { structure?: string | undefined; offset?: number | undefined }): string {
+  if (f.structure !== undefined) return ` (${f.structure}${f.offset !== undefined ? ` at file offset ${formatOffset(f.offset)}` : ''})`;
+  return f.offset !== undefined ? ` (at file offset ${formatOffset(f.offset)})` : '';
+}
+
+function humanCheck(r: CheckResult): string {
+  const lines: string[] = [];
+  for (const f of r.findings) {
+    const fix = f.repairableBy ? `; 'vhdx check -r ${f.repairableBy}' repairs it` : '';
+    lines.push(`${LABELS[f.severity]}: ${f.message}${where(f)}${fix}`);
+  }
+  if (r.omittedFindings > 0) lines.push(`... and ${r.omittedFindings} more findings, not listed`);
+  if (lines.length > 0) lines.push('');
+  if (r.corruptions === 0 && r.leaks === 0 && r.checkErrors === 0) lines.push('No errors were found on the image.');
+  else {
+    if (r.corruptions > 0) {
+      lines.push(`${r.corruptions} errors were found on the image.`, 'Data may be corrupted, or further writes to the image may corrupt it.');
+    }
+    if (r.leaks > 0) {
+      if (r.corruptions > 0) lines.push('');
+      lines.push(`${r.leaks} leaked clusters were found on the image.`, 'This means waste of disk space, but no harm to data.');
+    }
+    if (r.checkErrors > 0) {
+      if (r.corruptions > 0 || r.leaks > 0) lines.push('');
+      lines.push(`${r.checkErrors} internal errors have occurred during the check.`);
+    }
+  }
+  if (r.totalBlocks > 0 && r.allocatedBlocks > 0) {
+    const pct = (n: number, d: number): string => ((100 * n) / d).toFixed(2);
+    lines.push(
+      `${r.allocatedBlocks}/${r.totalBlocks} = ${pct(r.allocatedBlocks, r.totalBlocks)}% allocated, ${pct(r.fragmentedBlocks, r.allocatedBlocks)}% fragmented, 0.00% compressed clusters`,
+    );
+  }
+  if (r.imageEndOffset !== null) lines.push(`Image end offset: ${r.imageEndOffset}`);
+  return lines.join('\n') + '\n';
+}
+
+function humanRepair(p: RepairResult): string {
+  const lines: string[] = [];
+  if (p.actions.length > 0) {
+    lines.push('The following inconsistencies were found and repaired:', '', `    ${p.leaksFixed} leaked clusters`, `    ${p.corruptionsFixed} corruptions`);
+    if (p.logEntriesReplayed > 0) lines.push(`    ${p.logEntriesReplayed} log entries replayed into the file`);
+    lines.push('');
+    for (const a of p.actions) lines.push(`  ${a.message}`);
+    lines.push('', 'Double checking the fixed image now...');
+  } else if (p.refusal !== null) {
+    lines.push(`The image was not repaired: ${p.refusal}.`);
+    for (const f of p.refused) lines.push(`  cannot repair: ${f.message}${where(f)}`);
+    lines.push('');
+  }
+  return lines.length > 0 ? lines.join('\n') + '\n' : '';
+}
+
+/** The JSON form: the check's fields with stable camelCase keys, absent values as null. */
+export function checkJson(path: string, r: CheckResult, repaired: RepairResult | null): Record<string, unknown> {
+  const finding = (f: Finding): Record<string, unknown> => ({
+    severity: f.severity,
+    reason: f.reason,
+    message: f.message,
+    structure: f.structure ?? null,
+    offset: f.offset ?? null,
+    repairableBy: f.repairableBy,
+  });
+  const out: Record<string, unknown> = {
+    filename: path,
+    format: r.format,
+    type: r.type,
+    supported: r.supported,
+    canComplete: r.canComplete,
+    error: r.error ? { reason: r.error.reason, message: r.error.message, structure: r.error.structure ?? null, offset: r.error.offset ?? null } : null,
+    corruptions: r.corruptions,
+    leaks: r.leaks,
+    leakedBytes: r.leakedBytes,
+    warnings: r.warnings,
+    checkErrors: r.checkErrors,
+    fileSize: r.fileSize,
+    imageEndOffset: r.imageEndOffset,
+    totalBlocks: r.totalBlocks,
+    allocatedBlocks: r.allocatedBlocks,
+    fragmentedBlocks: r.fragmentedBlocks,
+    bitmapBlocks: r.bitmapBlocks,
+    log: r.log,
+    findings: r.findings.map(finding),
+    omittedFindings: r.omittedFindings,
+    exitCode: exitStatus(r),
+  };
+  if (repaired) {
+    out.repair = {
+      mode: repaired.mode,
+      leaksFixed: repaired.leaksFixed,
+      corruptionsFixed: repaired.corruptionsFixed,
+      logEntriesReplayed: repaired.logEntriesReplayed,
+      actions: repaired.actions.map((a) => ({ action: a.action, message: a.message, structure: a.structure ?? null, offset: a.offset ?? null })),
+      refusal: repaired.refusal,
+      refused: repaired.refused.map(finding),
+      before: { corruptions: repaired.before.corruptions, leaks: repaired.before.leaks, leakedBytes: repaired.before.leakedBytes, warnings: repaired.before.warnings },
+    };
+  }
+  return out;
+}

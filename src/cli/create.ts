@@ -1,0 +1,103 @@
+/** `vhdx create [-q] [-p] [-o OPTIONS] FILE SIZE`: a new, empty VHDX file. */
+import { createFile } from '../node.js';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_LOG_SIZE, planCreate, type CreateOptions } from '../driver/create.js';
+import { parse, parseSize, UsageError, type Io } from './common.js';
+
+export const CREATE_USAGE = 'vhdx create [-q] [-p] [-o OPTIONS] FILE SIZE';
+
+/** The `-o` options, as `qemu-img create -f vhdx` spells them where it has them. */
+export const CREATE_OPTIONS_HELP = `create options (-o key=value,key=value; sizes take K, M, G, T suffixes):
+  subformat=dynamic|fixed     dynamic (default): blocks allocated on first write;
+                              fixed: every block allocated and zeroed now
+  block_size=SIZE             payload block size, a power of two from 1M to 256M (default 32M)
+  log_size=SIZE               log size, a multiple of 1M (default 1M)
+  logical_sector_size=512|4096   sector size the disk shows (default 512; QEMU opens only 512)
+  physical_sector_size=512|4096  reported physical sector size (default 4096, not below the logical)
+`;
+
+export type CreateOptionValues = Omit<CreateOptions, 'size'>;
+
+/**
+ * Parse `-o` values (each a comma-separated list of key=value) into create options. Unknown
+ * keys and malformed values are a UsageError; range checks are left to `planCreate`, which runs
+ * before any file is made.
+ */
+export function parseCreateOptions(specs: string[]): CreateOptionValues {
+  const out: CreateOptionValues = {};
+  for (const spec of specs) {
+    for (const item of spec.split(',')) {
+      if (item === '') continue;
+      const eq = item.indexOf('=');
+      if (eq <= 0) throw new UsageError(`invalid create option '${item}': expected key=value (see 'vhdx create -o help')`);
+      const key = item.slice(0, eq);
+      const value = item.slice(eq + 1);
+      switch (key) {
+        case 'subformat':
+          if (value !== 'dynamic' && value !== 'fixed') throw new UsageError(`subformat must be dynamic or fixed, not '${value}'`);
+          out.subformat = value;
+          break;
+        case 'block_size':
+          out.blockSize = parseSize(value, 'block_size');
+          break;
+        case 'log_size':
+          out.logSize = parseSize(value, 'log_size');
+          break;
+        case 'logical_sector_size':
+          out.logicalSectorSize = sectorSize(value, key);
+          break;
+        case 'physical_sector_size':
+          out.physicalSectorSize = sectorSize(value, key);
+          break;
+        default:
+          throw new UsageError(
+            `unknown create option '${key}' (known: subformat, block_size, log_size, logical_sector_size, physical_sector_size)`,
+          );
+      }
+    }
+  }
+  return out;
+}
+
+function sectorSize(value: string, key: string): 512 | 4096 {
+  const n = parseSize(value, key);
+  if (n !== 512 && n !== 4096) throw new UsageError(`${key} must be 512 or 4096, not '${value}'`);
+  return n;
+}
+
+export async function createCommand(args: string[], io: Io, signal: AbortSignal): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      options: { type: 'string', short: 'o', multiple: true },
+      format: { type: 'string', short: 'f' },
+      progress: { type: 'boolean', short: 'p' },
+      quiet: { type: 'boolean', short: 'q' },
+    },
+    CREATE_USAGE,
+  );
+  const specs = (values.options as string[] | undefined) ?? [];
+  if (specs.includes('help') || specs.includes('?')) {
+    io.out(CREATE_OPTIONS_HELP);
+    return 0;
+  }
+  if (values.format !== undefined && values.format !== 'vhdx') throw new UsageError(`format ${String(values.format)} is not supported (only vhdx)`);
+  if (positionals.length !== 2) throw new UsageError(`expected FILE and SIZE\nusage: ${CREATE_USAGE}`);
+  const [path, sizeText] = positionals as [string, string];
+  const opts: CreateOptions = { ...parseCreateOptions(specs), size: parseSize(sizeText, 'size') };
+  planCreate(opts); // bad options fail before anything is printed or made
+  if (values.quiet !== true) {
+    io.out(
+      `Formatting '${path}', fmt=vhdx size=${opts.size} subformat=${opts.subformat ?? 'dynamic'} ` +
+        `block_size=${opts.blockSize ?? DEFAULT_BLOCK_SIZE} log_size=${opts.logSize ?? DEFAULT_LOG_SIZE} ` +
+        `logical_sector_size=${opts.logicalSectorSize ?? 512} physical_sector_size=${opts.physicalSectorSize ?? 4096}\n`,
+    );
+  }
+  const showProgress = values.progress === true && opts.subformat === 'fixed';
+  const bar = showProgress ? (await import('./progress.js')).progressBar(true, 'allocating') : null;
+  try {
+    await createFile(path, { ...opts, signal, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
+  } finally {
+    bar?.stop();
+  }
+  return 0;
+}

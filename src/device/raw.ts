@@ -1,0 +1,118 @@
+/**
+ * A raw disk image (a plain file holding the disk's bytes) as a block device over any
+ * RandomAccessSource. Reads are direct; block status is found by reading the data and reporting
+ * 64 KiB grains of zeros as 'zero' (a raw file carries no allocation map we can reach portably),
+ * so `can.extents` is false: callers that read the data anyway (the copy engine) find zeros
+ * themselves and read it once. Writable when its source is.
+ */
+import { VhdxError } from '../errors.js';
+import { isZero } from '../codec/bytes.js';
+import { readExact, type RandomAccessSource } from '../io/source.js';
+import type { DeviceCapabilities, Extent, WritableBlockDevice } from './block-device.js';
+
+/** Granularity of zero detection in block status. */
+export const RAW_ZERO_GRAIN = 64 * 1024;
+/** Bytes read at a time while scanning for block status. */
+const SCAN_BYTES = 1024 * 1024;
+const ZEROS = new Uint8Array(1024 * 1024);
+
+export interface RawDeviceOptions {
+  /** Sector size the device reports (default 512). */
+  logicalSectorSize?: 512 | 4096;
+}
+
+export class RawDevice implements WritableBlockDevice {
+  /** The source's size when the device was made; writes stay inside it. */
+  readonly size: number;
+  readonly logicalSectorSize: number;
+  readonly readOnly: boolean;
+  readonly can: DeviceCapabilities;
+  private closed = false;
+
+  constructor(
+    private readonly source: RandomAccessSource,
+    opts: RawDeviceOptions = {},
+  ) {
+    this.size = source.size;
+    this.logicalSectorSize = opts.logicalSectorSize ?? 512;
+    this.readOnly = source.readOnly || !source.write;
+    const w = !this.readOnly;
+    this.can = { zero: w, fastZero: false, discard: false, extents: false, fua: w && source.flush !== undefined };
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange(offset, into.length);
+    await readExact(this.source, offset, into, 'raw image data');
+  }
+
+  /**
+   * Extents of [offset, offset + length): 'data' where a 64 KiB grain holds a non-zero byte,
+   * 'zero' elsewhere. Reads the range (1 MiB at a time); the last extent may run on to the end of
+   * its grain.
+   */
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    const out: Extent[] = [];
+    const end = Math.min(this.size, Math.ceil((offset + length) / RAW_ZERO_GRAIN) * RAW_ZERO_GRAIN);
+    const buf = new Uint8Array(Math.min(SCAN_BYTES, Math.max(1, end - offset)));
+    for (let pos = offset; pos < end; ) {
+      const n = Math.min(buf.length, end - pos);
+      const data = buf.subarray(0, n);
+      await readExact(this.source, pos, data, 'raw image data');
+      for (let g = 0; g < n; ) {
+        // Grains are aligned to the disk, so the first one may be short.
+        const gEnd = Math.min(n, Math.floor((pos + g) / RAW_ZERO_GRAIN) * RAW_ZERO_GRAIN + RAW_ZERO_GRAIN - pos);
+        const type = isZero(data.subarray(g, gEnd)) ? 'zero' : 'data';
+        const last = out[out.length - 1];
+        if (last && last.type === type) last.length += gEnd - g;
+        else out.push(type === 'data' ? { offset: pos + g, length: gEnd - g, type, fileOffset: pos + g } : { offset: pos + g, length: gEnd - g, type });
+        g = gEnd;
+      }
+      pos += n;
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
+    this.checkRange(offset, data.length);
+    const write = this.writable();
+    await write(offset, data);
+    if (opts.fua) await this.flush();
+  }
+
+  /** Writes zeros (a raw file offers no cheaper way here); `fast` fails with ENOTSUP. */
+  async writeZeroes(offset: number, length: number, opts: { mayDiscard?: boolean; fast?: boolean } = {}): Promise<void> {
+    this.checkRange(offset, length);
+    const write = this.writable();
+    if (opts.fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'a raw image cannot zero a range without writing it');
+    for (let p = 0; p < length; p += ZEROS.length) await write(offset + p, ZEROS.subarray(0, Math.min(ZEROS.length, length - p)));
+  }
+
+  /** Raw files cannot be deallocated here: the range is written with zeros, so it reads as zeros after. */
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length);
+  }
+
+  async flush(): Promise<void> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'raw image is closed');
+    await this.source.flush?.();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.source.close();
+  }
+
+  private writable(): (offset: number, data: Uint8Array) => Promise<void> {
+    if (this.readOnly || !this.source.write) throw new VhdxError('EROFS', 'READ_ONLY', 'raw image is open read-only');
+    return this.source.write.bind(this.source);
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'raw image is closed');
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `range ${offset}+${length} is outside the ${this.size}-byte disk`);
+    }
+  }
+}
