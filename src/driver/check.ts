@@ -1,0 +1,956 @@
+/**
+ * Checking and repairing an image (`vhdx check [-r leaks|all]`).
+ *
+ * `checkImage` reports what is wrong as data, never as an exception for damage it can describe:
+ * everything the open validates (a failed open becomes a finding), both headers and both region
+ * table copies one by one, reserved fields, the log's state, and one streaming pass over the BAT
+ * (states allowed for the disk type, blocks inside the file, after the header section, and
+ * overlapping nothing), then the space leaked at the end of the file.
+ *
+ * Memory stays bounded whatever the image: the BAT is read in windows of about 1 MiB, and
+ * overlaps are found with a bitmap of the file's 1 MiB units (every object is 1 MiB aligned), one
+ * bit per MiB of file: 8 MiB of bitmap for a 64 TiB file, against 8 bytes per block for a sorted
+ * array of offsets, and one pass instead of a sort. Only when a block collides with another block
+ * is the BAT read a second time, to name the block it collides with.
+ *
+ * `repairImage` fixes what can be fixed without guessing: leaked space at the end of the file
+ * ('leaks'), and with 'all' also a dirty log (replayed into the file), a damaged header copy
+ * (rewritten from the current one by a header update, which writes both slots) and a damaged or
+ * stale region table copy (rewritten from the copy the open uses). When anything else is wrong
+ * it changes nothing.
+ */
+import { VhdxError, formatOffset, type ErrorReason } from '../errors.js';
+import { randomGuid } from '../codec/guid.js';
+import { viewOf } from '../codec/struct.js';
+import { readExact, type RandomAccessSource } from '../io/source.js';
+import {
+  HEADER_OFFSETS,
+  HEADER_SECTION_SIZE,
+  HEADER_SIZE,
+  MiB,
+  METADATA_TABLE_SIZE,
+  REGION_BAT,
+  REGION_METADATA,
+  REGION_TABLE_OFFSETS,
+  REGION_TABLE_SIZE,
+} from '../format/constants.js';
+import { HEADER, type Header } from '../format/header.js';
+import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_HEADER } from '../format/region-table.js';
+import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE } from '../format/metadata.js';
+import { BAT_ENTRY_SIZE, BitmapState, PayloadState } from '../format/bat.js';
+import type { ProgressOptions } from '../device/block-device.js';
+import { updateHeaders, type CurrentHeader } from './headers.js';
+import { openLayout, probe, replayInPlace, type DiskType, type Layout } from './open.js';
+
+export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
+export type RepairMode = 'leaks' | 'all';
+
+export interface Finding {
+  severity: FindingSeverity;
+  /** Stable identifier of the problem (the `reason` an open would throw, or a check-only one). */
+  reason: ErrorReason;
+  /** For people: what is wrong, with the numbers involved. */
+  message: string;
+  /** The on-disk structure concerned ("header 1", "BAT entry 12", ...). */
+  structure?: string;
+  /** File offset of that structure, in bytes. */
+  offset?: number;
+  /** The `repairImage` mode that fixes it, or null when no repair does. */
+  repairableBy: RepairMode | null;
+}
+
+/** Why a check stopped short (`canComplete: false`) or could not run (`supported: false`). */
+export interface CheckError {
+  reason: ErrorReason;
+  message: string;
+  structure?: string;
+  offset?: number;
+}
+
+export interface CheckResult {
+  format: 'vhdx';
+  /** False when the file is not a VHDX image or uses something this check cannot handle (exit 63). */
+  supported: boolean;
+  /** False when the check could not read what it needed (exit 1). */
+  canComplete: boolean;
+  error: CheckError | null;
+  /** Findings, in the order found; at most MAX_FINDINGS are kept (the counts below cover all). */
+  findings: Finding[];
+  omittedFindings: number;
+  corruptions: number;
+  /** Leaked 1 MiB clusters at the end of the file. */
+  leaks: number;
+  leakedBytes: number;
+  warnings: number;
+  /** Problems that stopped the check (read errors): 0 or 1. */
+  checkErrors: number;
+  fileSize: number;
+  /**
+   * Where the image's used space ends: the end of its last object rounded up to 1 MiB (with the
+   * reserves described at the leak check), at most the file's size. Null when not known.
+   */
+  imageEndOffset: number | null;
+  type: DiskType | null;
+  log: { state: 'clean' | 'dirty'; entries: number } | null;
+  /** Payload blocks of the virtual disk, and those stored in the file (fully or partially present). */
+  totalBlocks: number;
+  allocatedBlocks: number;
+  /** Allocated blocks that do not directly follow the previous one in the file (virtual-disk order). */
+  fragmentedBlocks: number;
+  bitmapBlocks: number;
+}
+
+export interface CheckOptions extends ProgressOptions {}
+
+/** Findings kept in a result; beyond that they are only counted. */
+export const MAX_FINDINGS = 1000;
+/** Overlap detection needs one bit per MiB of file; past this many MiB (256 TiB) it is skipped. */
+const MAX_OCCUPANCY_UNITS = 2 ** 28;
+/** Space after a metadata region that ends the regions, which qemu-img leaves for it to grow. */
+const QEMU_METADATA_RESERVE = 4 * MiB;
+/** Block-to-block collisions named precisely (a second BAT pass finds the block collided with). */
+const MAX_NAMED_COLLISIONS = 100;
+
+const REGION_NAMES: Record<string, string> = { [REGION_BAT]: 'BAT region', [REGION_METADATA]: 'metadata region' };
+
+const alignUp = (n: number, to: number): number => Math.ceil(n / to) * to;
+
+/** A file offset given in MiB, printed exactly even past 2^53. */
+function mibOffset(mb: number): string {
+  return `0x${(BigInt(mb) * 1048576n).toString(16)}`;
+}
+
+class Report {
+  readonly r: CheckResult;
+  constructor(fileSize: number) {
+    this.r = {
+      format: 'vhdx',
+      supported: true,
+      canComplete: true,
+      error: null,
+      findings: [],
+      omittedFindings: 0,
+      corruptions: 0,
+      leaks: 0,
+      leakedBytes: 0,
+      warnings: 0,
+      checkErrors: 0,
+      fileSize,
+      imageEndOffset: null,
+      type: null,
+      log: null,
+      totalBlocks: 0,
+      allocatedBlocks: 0,
+      fragmentedBlocks: 0,
+      bitmapBlocks: 0,
+    };
+  }
+
+  add(f: Omit<Finding, 'repairableBy'> & { repairableBy?: RepairMode | null }): Finding | null {
+    const finding: Finding = { ...f, repairableBy: f.repairableBy ?? null };
+    if (f.severity === 'corruption') this.r.corruptions++;
+    else if (f.severity === 'warning') this.r.warnings++;
+    if (this.r.findings.length >= MAX_FINDINGS) {
+      this.r.omittedFindings++;
+      return null;
+    }
+    this.r.findings.push(finding);
+    return finding;
+  }
+
+  has(reason: ErrorReason, offset: number | undefined): boolean {
+    return this.r.findings.some((f) => f.reason === reason && f.offset === offset);
+  }
+}
+
+/** What a check learned that a repair needs. */
+interface CheckState {
+  result: CheckResult;
+  layout: Layout | null;
+  /** Header slots (1, 2) that are damaged and not current. */
+  damagedHeaders: number[];
+  /** Region table copies (1, 2) to rewrite from `goodRegionTable`. */
+  badRegionTables: number[];
+  goodRegionTable: Uint8Array | null;
+  /** Size to truncate the file to, when it has leaked clusters. */
+  truncateTo: number | null;
+}
+
+/**
+ * Check the image in `source` (read-only; nothing is written). Damage is reported as findings;
+ * only a cancelled check (`signal`) and programming errors throw.
+ */
+export async function checkImage(source: RandomAccessSource, opts: CheckOptions = {}): Promise<CheckResult> {
+  return (await runCheck(source, opts)).result;
+}
+
+async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<CheckState> {
+  const rep = new Report(file.size);
+  const state: CheckState = { result: rep.r, layout: null, damagedHeaders: [], badRegionTables: [], goodRegionTable: null, truncateTo: null };
+  const stop = (kind: 'unsupported' | 'incomplete', e: VhdxError): CheckState => {
+    if (kind === 'unsupported') rep.r.supported = false;
+    else {
+      rep.r.canComplete = false;
+      rep.r.checkErrors = 1;
+    }
+    rep.r.error = { reason: e.reason, message: e.message };
+    if (e.structure !== undefined) rep.r.error.structure = e.structure;
+    if (e.offset !== undefined) rep.r.error.offset = e.offset;
+    return state;
+  };
+  const aborted = (): void => {
+    if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'check cancelled', { cause: opts.signal.reason });
+  };
+  aborted();
+
+  // The header section as far as the file has it. Headers never go through the log, so the
+  // file's own bytes are what counts.
+  const headEnd = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
+  const head = new Uint8Array(headEnd);
+  let got = 0;
+  try {
+    while (got < headEnd) {
+      const n = await file.read(got, head.subarray(got));
+      if (n <= 0) break;
+      got += n;
+    }
+  } catch (e) {
+    if (e instanceof VhdxError) return stop('incomplete', e);
+    throw e;
+  }
+  if (probe(head.subarray(0, got)) === 0) {
+    return stop('unsupported', new VhdxError('EINVAL', 'NOT_VHDX', 'no "vhdxfile" signature: not a VHDX image', { structure: 'file identifier', offset: 0 }));
+  }
+
+  const headers = checkHeaders(head, got, rep);
+
+  // Everything the open validates.
+  let layout: Layout | null = null;
+  try {
+    layout = await openLayout(file);
+  } catch (e) {
+    if (!(e instanceof VhdxError)) throw e;
+    if (e.code === 'ENOTSUP') return stop('unsupported', e);
+    if (e.code === 'ECANCELED') throw e;
+    if (e.reason === 'IO_ERROR') return stop('incomplete', e);
+    if (!rep.has(e.reason, e.offset)) {
+      const f: Omit<Finding, 'repairableBy'> = { severity: 'corruption', reason: e.reason, message: e.message };
+      if (e.structure !== undefined) f.structure = e.structure;
+      if (e.offset !== undefined) f.offset = e.offset;
+      rep.add(f);
+    }
+  }
+  state.layout = layout;
+  const src = layout?.source ?? file;
+
+  try {
+    await checkRegionTables(src, got, head, layout, rep, state);
+    if (!layout) {
+      // The header and region table findings stand; nothing after them can be read safely.
+      return state;
+    }
+    // A damaged copy can be rewritten from the good one only when the image opens.
+    for (const f of rep.r.findings) {
+      if (f.structure?.startsWith('header') || f.structure?.startsWith('region table')) {
+        if (f.severity === 'corruption' && f.reason !== 'NO_VALID_HEADER') f.repairableBy = 'all';
+      }
+    }
+    state.damagedHeaders = headers.damaged.filter((slot) => slot !== layout!.current.slot);
+
+    rep.r.type = layout.type;
+    rep.r.log = { state: layout.log.dirty ? 'dirty' : 'clean', entries: layout.log.entries };
+    rep.r.totalBlocks = layout.geometry.payloadBlocks;
+    if (layout.log.dirty) {
+      rep.add({
+        severity: 'warning',
+        reason: 'LOG_DIRTY',
+        message: `the log holds ${layout.log.entries} entr${layout.log.entries === 1 ? 'y' : 'ies'} (head sequence number ${layout.log.headSequenceNumber}) not yet applied to the file; reads replay them in memory, and repair 'all' writes them to the file. This check describes the image as replayed`,
+        structure: 'log',
+        offset: layout.log.logOffset,
+        repairableBy: 'all',
+      });
+    }
+    await checkMetadataReserved(src, layout, rep);
+    aborted();
+    await scanBat(src, layout, rep, state, opts);
+  } catch (e) {
+    if (e instanceof VhdxError && e.reason !== 'ABORTED') return stop('incomplete', e);
+    throw e;
+  }
+  return state;
+}
+
+/** Both headers, one by one: valid, version, reserved bytes, and which is current. */
+function checkHeaders(head: Uint8Array, got: number, rep: Report): { damaged: number[] } {
+  const decoded: (Header | null)[] = [];
+  const damaged: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const off = HEADER_OFFSETS[i]!;
+    const name = `header ${i + 1}`;
+    if (got < off + HEADER_SIZE) {
+      decoded.push(null);
+      continue; // the open reports the truncated file
+    }
+    const bytes = head.subarray(off, off + HEADER_SIZE);
+    try {
+      decoded.push(HEADER.decode(bytes, { fileOffset: off, name }));
+    } catch (e) {
+      if (!(e instanceof VhdxError)) throw e;
+      decoded.push(null);
+      damaged.push(i + 1);
+      const what = e.reason === 'BAD_SIGNATURE' ? 'has no "head" signature' : e.reason === 'BAD_CHECKSUM' ? 'fails its checksum' : `is invalid (${e.reason})`;
+      rep.add({ severity: 'corruption', reason: e.reason, message: `${name} ${what}`, structure: name, offset: off });
+      continue;
+    }
+    if (!allZero(bytes, 80, HEADER_SIZE)) {
+      rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: `${name} has non-zero bytes in its reserved area (bytes 80 to 4095)`, structure: name, offset: off + 80 });
+    }
+  }
+  const [h1, h2] = decoded;
+  if (h1 && h2) {
+    if (h1.sequenceNumber === h2.sequenceNumber) {
+      const a = head.subarray(HEADER_OFFSETS[0], HEADER_OFFSETS[0] + HEADER_SIZE);
+      const b = head.subarray(HEADER_OFFSETS[1], HEADER_OFFSETS[1] + HEADER_SIZE);
+      if (bytesSame(a, b)) {
+        rep.add({
+          severity: 'info',
+          reason: 'EQUAL_SEQUENCE_NUMBERS',
+          message: `both headers have sequence number ${h1.sequenceNumber} and identical content (as Disk2VHD writes them); header 1 is used`,
+          structure: 'header 1',
+          offset: HEADER_OFFSETS[0],
+        });
+      }
+      // Equal numbers with different content: the open reports NO_VALID_HEADER.
+    } else {
+      // The non-current header must be usable too: a torn update leaves the older one as the
+      // fallback, so a bad version there is damage.
+      const [older, slot] = h1.sequenceNumber < h2.sequenceNumber ? [h1, 1] : [h2, 2];
+      if (older.version !== 1 || older.logVersion !== 0) {
+        const name = `header ${slot}`;
+        damaged.push(slot);
+        rep.add({
+          severity: 'corruption',
+          reason: 'BAD_VERSION',
+          message: `${name} (not current) has version ${older.version} and log version ${older.logVersion}, expected 1 and 0`,
+          structure: name,
+          offset: HEADER_OFFSETS[slot - 1],
+        });
+      }
+    }
+  }
+  return { damaged };
+}
+
+/** Both region table copies: each valid, and identical to each other; reserved fields. */
+async function checkRegionTables(
+  src: RandomAccessSource,
+  got: number,
+  head: Uint8Array,
+  layout: Layout | null,
+  rep: Report,
+  state: CheckState,
+): Promise<void> {
+  const copies: (Uint8Array | null)[] = [];
+  for (let i = 0; i < 2; i++) {
+    const off = REGION_TABLE_OFFSETS[i]!;
+    // A dirty log may rewrite region tables: read them through the replayed view.
+    if (layout && layout.log.dirty) {
+      const b = new Uint8Array(REGION_TABLE_SIZE);
+      await readExact(src, off, b, `region table ${i + 1}`);
+      copies.push(b);
+    } else copies.push(got >= off + REGION_TABLE_SIZE ? head.subarray(off, off + REGION_TABLE_SIZE) : null);
+  }
+  const valid: boolean[] = [];
+  for (let i = 0; i < 2; i++) {
+    const b = copies[i];
+    const name = `region table ${i + 1}`;
+    const off = REGION_TABLE_OFFSETS[i]!;
+    if (!b) {
+      valid.push(false);
+      continue;
+    }
+    try {
+      REGION_TABLE_HEADER.decode(b, { fileOffset: off, name });
+      valid.push(true);
+    } catch (e) {
+      if (!(e instanceof VhdxError)) throw e;
+      valid.push(false);
+      const what = e.reason === 'BAD_SIGNATURE' ? 'has no "regi" signature' : e.reason === 'BAD_CHECKSUM' ? 'fails its checksum' : `is invalid (${e.reason})`;
+      if (!rep.has(e.reason, off)) rep.add({ severity: 'corruption', reason: e.reason, message: `${name} ${what}`, structure: name, offset: off });
+      else {
+        const f = rep.r.findings.find((x) => x.reason === e.reason && x.offset === off);
+        if (f) f.message = `${name} ${what}`;
+      }
+    }
+  }
+  if (!layout) return;
+  // The open used copy 1 when valid, else copy 2: that is the image's region table.
+  const used = layout.regionTableCopy - 1;
+  const good = copies[used]!;
+  state.goodRegionTable = good;
+  const other = 1 - used;
+  if (!valid[other]) state.badRegionTables.push(other + 1);
+  else if (!bytesSame(good, copies[other]!)) {
+    state.badRegionTables.push(other + 1);
+    rep.add({
+      severity: 'corruption',
+      reason: 'REGION_TABLE_MISMATCH',
+      message: `region table ${other + 1} is valid but differs from region table ${used + 1}, which is the one used`,
+      structure: `region table ${other + 1}`,
+      offset: REGION_TABLE_OFFSETS[other],
+    });
+  }
+  const where = { structure: `region table ${used + 1}`, offset: REGION_TABLE_OFFSETS[used]! };
+  const dv = viewOf(good);
+  if (dv.getUint32(12, true) !== 0) {
+    rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: `${where.structure} has a non-zero reserved field`, ...where, offset: where.offset + 12 });
+  }
+  layout.regions.forEach((r, i) => {
+    const at = REGION_ENTRIES_AT + i * REGION_ENTRY_SIZE;
+    if ((r.flags & ~1) !== 0) {
+      rep.add({
+        severity: 'warning',
+        reason: 'RESERVED_NONZERO',
+        message: `${where.structure} entry ${i} (${REGION_NAMES[r.guid] ?? `region {${r.guid}}`}) has reserved flag bits set (0x${(r.flags >>> 0).toString(16)})`,
+        structure: `${where.structure} entry ${i}`,
+        offset: where.offset + at + 28,
+      });
+    }
+  });
+}
+
+/** Reserved fields of the metadata table (the open validated the rest). */
+async function checkMetadataReserved(src: RandomAccessSource, layout: Layout, rep: Report): Promise<void> {
+  const off = layout.metadataRegion.fileOffset;
+  const table = new Uint8Array(METADATA_TABLE_SIZE);
+  await readExact(src, off, table, 'metadata table');
+  const dv = viewOf(table);
+  if (dv.getUint16(8, true) !== 0 || !allZero(table, 12, 32)) {
+    rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: 'the metadata table header has non-zero reserved fields', structure: 'metadata table', offset: off });
+  }
+  layout.metadataItems.forEach((item, i) => {
+    const at = METADATA_ENTRIES_AT + i * METADATA_ENTRY_SIZE;
+    if ((item.flags & ~7) !== 0 || dv.getUint32(at + 28, true) !== 0) {
+      rep.add({
+        severity: 'warning',
+        reason: 'RESERVED_NONZERO',
+        message: `metadata table entry ${i} (${item.name}) has reserved bits set`,
+        structure: `metadata table entry ${i}`,
+        offset: off + at,
+      });
+    }
+  });
+}
+
+/** A fixed object of the file (the header section, the log, a region) blocks may not overlap. */
+interface FixedObject {
+  name: string;
+  start: number;
+  end: number;
+}
+
+/** What a BAT entry is, for the scan and for the collision pass (which must agree). */
+const enum Kind {
+  /** Nothing in the file. */
+  None,
+  /** A block stored in the file that reads use: bounds and overlaps apply. */
+  Present,
+  /** Not used by reads, but its offset field names file space, which is then not counted as leaked. */
+  Claim,
+}
+
+async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, state: CheckState, opts: CheckOptions): Promise<void> {
+  const g = layout.geometry;
+  const C = g.chunkRatio;
+  const period = C + 1;
+  const P = g.payloadBlocks;
+  const bs = layout.blockSize;
+  const hasParent = layout.hasParent;
+  const fixed = layout.leaveBlocksAllocated && !hasParent;
+  const fileSize = src.size;
+  const total = layout.batEntries;
+  const batOffset = layout.batRegion.fileOffset;
+
+  // Fixed objects, and the end of everything so far.
+  const objects: FixedObject[] = [{ name: 'the header section', start: 0, end: HEADER_SECTION_SIZE }];
+  if (layout.log.logLength > 0) objects.push({ name: 'the log', start: layout.log.logOffset, end: layout.log.logOffset + layout.log.logLength });
+  for (const r of layout.regions) {
+    objects.push({ name: `the ${REGION_NAMES[r.guid] ?? `region {${r.guid}}`}`, start: r.fileOffset, end: r.fileOffset + r.length });
+  }
+  let objEnd = Math.max(...objects.map((o) => o.end));
+  // qemu-img puts data 4 MiB after its metadata region, the last of its objects ("for future
+  // expansion"): a fresh qemu-made image ends there, and that space is not leaked.
+  const md = layout.metadataRegion;
+  if (md.fileOffset + md.length === objEnd) objEnd += QEMU_METADATA_RESERVE;
+
+  // Occupancy bitmap: one bit per MiB of the file.
+  const units = Math.ceil(fileSize / MiB);
+  const occ = units <= MAX_OCCUPANCY_UNITS ? new Uint8Array(Math.ceil(units / 8)) : null;
+  if (!occ) {
+    rep.add({
+      severity: 'warning',
+      reason: 'LIMIT_EXCEEDED',
+      message: `the file is ${fileSize} bytes: blocks were not checked for overlaps with each other (that needs one bit per MiB of file, up to ${MAX_OCCUPANCY_UNITS} MiB)`,
+    });
+  } else {
+    for (const o of objects) {
+      for (let u = o.start / MiB; u < Math.ceil(o.end / MiB) && u < units; u++) occ[u >>> 3]! |= 1 << (u & 7);
+    }
+  }
+  const fixedAt = (u: number): FixedObject | undefined => objects.find((o) => u * MiB >= o.start && u * MiB < o.end);
+  /** Block-to-block collisions: the MiB unit, and the finding to complete with the other block. */
+  const collisions: { unit: number; finding: Finding; index: number; fileOffsetMB: number }[] = [];
+
+  const entryWhere = (index: number): { structure: string; offset: number } => ({ structure: `BAT entry ${index}`, offset: batOffset + index * BAT_ENTRY_SIZE });
+  const blockName = (index: number): string => {
+    if (index % period === C) return `sector bitmap block of chunk ${Math.floor(index / period)}`;
+    return `payload block ${index - Math.floor(index / period)}`;
+  };
+
+  /** Classify entry `index` (raw words lo, hi), reporting problems when `report`. Returns the kind and extent. */
+  const classify = (index: number, lo: number, hi: number, report: boolean): [Kind, number] => {
+    const isBitmap = index % period === C;
+    const blockIndex = index - Math.floor(index / period);
+    const state = lo & 7;
+    const fileOffsetMB = hi * 4096 + (lo >>> 20);
+    const fileOffset = fileOffsetMB * MiB;
+    const claim: [Kind, number] = [fileOffsetMB > 0 && fileOffset < fileSize ? Kind.Claim : Kind.None, isBitmap ? MiB : bs];
+    if (!isBitmap && blockIndex >= P) {
+      if (report) {
+        beyondDisk++;
+        if (beyondDisk === 1) firstBeyond = index;
+      }
+      return claim;
+    }
+    if ((lo & 0x000ffff8) !== 0) {
+      if (report) {
+        rep.add({
+          severity: 'corruption',
+          reason: 'BAD_BAT_ENTRY',
+          message: `reserved bits 3-19 are set (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')}) in the entry of ${blockName(index)}`,
+          ...entryWhere(index),
+        });
+      }
+      return claim;
+    }
+    let extent: number;
+    if (isBitmap) {
+      if (state === BitmapState.NOT_PRESENT) return claim;
+      if (state !== BitmapState.PRESENT || !hasParent) {
+        if (report) {
+          rep.add({
+            severity: 'corruption',
+            reason: 'BAD_BLOCK_STATE',
+            message: `${blockName(index)} has state ${state}; ${hasParent ? 'only 0 (not present) and 6 (present) exist' : 'a disk without a parent allows only 0 (not present)'}`,
+            ...entryWhere(index),
+          });
+        }
+        return claim;
+      }
+      extent = MiB;
+    } else if (state === PayloadState.FULLY_PRESENT || (state === PayloadState.PARTIALLY_PRESENT && hasParent)) {
+      extent = Math.min(bs, g.virtualSize - blockIndex * bs);
+    } else if (state === PayloadState.PARTIALLY_PRESENT || state === 4) {
+      if (report) {
+        rep.add({
+          severity: 'corruption',
+          reason: 'BAD_BLOCK_STATE',
+          message:
+            state === 4
+              ? `${blockName(index)} has state 4, which is not defined`
+              : `${blockName(index)} is PARTIALLY_PRESENT (7), which only a differencing disk may use`,
+          ...entryWhere(index),
+        });
+      }
+      return claim;
+    } else {
+      if (report && fixed) countNotAllocated(blockIndex);
+      return claim;
+    }
+    if (fileOffsetMB === 0 || fileOffset < HEADER_SECTION_SIZE) {
+      if (report) {
+        rep.add({
+          severity: 'corruption',
+          reason: 'BAT_ENTRY_IN_HEADER',
+          message: `${blockName(index)} is at file offset ${mibOffset(fileOffsetMB)}, inside the 1 MiB header section`,
+          ...entryWhere(index),
+        });
+      }
+      return [Kind.None, extent];
+    }
+    if (fileOffset + extent > fileSize) {
+      if (report) {
+        rep.add({
+          severity: 'corruption',
+          reason: 'BAT_ENTRY_OUT_OF_BOUNDS',
+          message: `${blockName(index)} at file offset ${mibOffset(fileOffsetMB)} (+${extent}) ends beyond the end of the file (${fileSize}): the file was truncated or the entry is wrong`,
+          ...entryWhere(index),
+        });
+      }
+      return claim;
+    }
+    return [Kind.Present, extent];
+  };
+
+  let beyondDisk = 0;
+  let firstBeyond = -1;
+  let notAllocated = 0;
+  let firstNotAllocated = -1;
+  let notAllocatedBytes = 0;
+  function countNotAllocated(blockIndex: number): void {
+    notAllocated++;
+    if (notAllocated === 1) firstNotAllocated = blockIndex;
+    notAllocatedBytes += alignUp(Math.min(bs, g.virtualSize - blockIndex * bs), MiB);
+  }
+  let prevEnd = -1;
+  let chunkHasPartial = false;
+
+  await readBatWindows(src, batOffset, total, period, opts, (view, first, count) => {
+    for (let i = 0; i < count; i++) {
+      const index = first + i;
+      const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
+      const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
+      const isBitmap = index % period === C;
+      if (isBitmap) {
+        if (chunkHasPartial && (lo & 7) !== BitmapState.PRESENT) {
+          rep.add({
+            severity: 'corruption',
+            reason: 'BAD_BLOCK_STATE',
+            message: `chunk ${Math.floor(index / period)} has PARTIALLY_PRESENT blocks but its sector bitmap block is not present`,
+            ...entryWhere(index),
+          });
+        }
+        chunkHasPartial = false;
+      }
+      if (lo === 0 && hi === 0) {
+        if (fixed && !isBitmap) {
+          const blockIndex = index - Math.floor(index / period);
+          if (blockIndex < P) countNotAllocated(blockIndex);
+        }
+        continue;
+      }
+      const [kind, extent] = classify(index, lo, hi, true);
+      const fileOffsetMB = hi * 4096 + (lo >>> 20);
+      if (kind === Kind.Claim) {
+        objEnd = Math.max(objEnd, fileOffsetMB * MiB + extent);
+        continue;
+      }
+      if (kind !== Kind.Present) continue;
+      const fileOffset = fileOffsetMB * MiB;
+      objEnd = Math.max(objEnd, fileOffset + (isBitmap ? MiB : bs));
+      if (isBitmap) rep.r.bitmapBlocks++;
+      else {
+        if ((lo & 7) === PayloadState.PARTIALLY_PRESENT) chunkHasPartial = true;
+        if (rep.r.allocatedBlocks > 0 && fileOffset !== prevEnd) rep.r.fragmentedBlocks++;
+        prevEnd = fileOffset + bs;
+        rep.r.allocatedBlocks++;
+      }
+      if (!occ) continue;
+      const endUnit = fileOffsetMB + Math.ceil(extent / MiB);
+      let hit = -1;
+      for (let u = fileOffsetMB; u < endUnit; u++) {
+        const bit = 1 << (u & 7);
+        if (occ[u >>> 3]! & bit) {
+          if (hit < 0) hit = u;
+        } else occ[u >>> 3]! |= bit;
+      }
+      if (hit >= 0) {
+        const obj = fixedAt(hit);
+        const f = rep.add({
+          severity: 'corruption',
+          reason: 'BLOCK_OVERLAP',
+          message: obj
+            ? `${blockName(index)} at file offset ${formatOffset(fileOffset)} (+${extent}) overlaps ${obj.name} (${formatOffset(obj.start)} to ${formatOffset(obj.end)})`
+            : `${blockName(index)} at file offset ${formatOffset(fileOffset)} (+${extent}) overlaps another block at ${formatOffset(hit * MiB)}`,
+          ...entryWhere(index),
+        });
+        if (!obj && f && collisions.length < MAX_NAMED_COLLISIONS) collisions.push({ unit: hit, finding: f, index, fileOffsetMB });
+      }
+    }
+  });
+
+  if (beyondDisk > 0) {
+    rep.add({
+      severity: 'warning',
+      reason: 'BAD_BAT_ENTRY',
+      message: `${beyondDisk} BAT entr${beyondDisk === 1 ? 'y' : 'ies'} past the disk's last payload block ${beyondDisk === 1 ? 'is' : 'are'} not zero (readers ignore them); the first is entry ${firstBeyond}`,
+      ...entryWhere(firstBeyond),
+    });
+  }
+  if (notAllocated > 0) {
+    rep.add({
+      severity: 'warning',
+      reason: 'FIXED_BLOCK_NOT_ALLOCATED',
+      message: `${notAllocated} payload block${notAllocated === 1 ? '' : 's'} of this fixed disk ${notAllocated === 1 ? 'is' : 'are'} not FULLY_PRESENT (the first is block ${firstNotAllocated}); writes to ${notAllocated === 1 ? 'it' : 'them'} allocate space at the end of the file`,
+      ...entryWhere(firstNotAllocated + Math.floor(firstNotAllocated / C)),
+    });
+    // Space a fixed disk may have preallocated for them (qemu-img does, with ZERO blocks) is not leaked.
+    objEnd += notAllocatedBytes;
+  }
+
+  // Name the blocks that collisions hit: the first entry, in BAT order, covering the unit.
+  if (collisions.length > 0) {
+    // The collided units, sorted, and the first present block covering each (found in BAT order).
+    const hitUnits = [...new Set(collisions.map((c) => c.unit))].sort((a, b) => a - b);
+    const owners = new Map<number, number>();
+    await readBatWindows(src, batOffset, total, period, {}, (view, first, count) => {
+      for (let i = 0; i < count && owners.size < hitUnits.length; i++) {
+        const index = first + i;
+        const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
+        const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
+        if (lo === 0 && hi === 0) continue;
+        const [kind, extent] = classify(index, lo, hi, false);
+        if (kind !== Kind.Present) continue;
+        const mb = hi * 4096 + (lo >>> 20);
+        const endUnit = mb + Math.ceil(extent / MiB);
+        // First collided unit at or after mb (binary search), then those inside the block.
+        let a = 0;
+        let b = hitUnits.length;
+        while (a < b) {
+          const mid = (a + b) >>> 1;
+          if (hitUnits[mid]! < mb) a = mid + 1;
+          else b = mid;
+        }
+        for (let k = a; k < hitUnits.length && hitUnits[k]! < endUnit; k++) {
+          if (!owners.has(hitUnits[k]!)) owners.set(hitUnits[k]!, index);
+        }
+      }
+      return owners.size < hitUnits.length;
+    });
+    for (const c of collisions) {
+      const owner = owners.get(c.unit) ?? -1;
+      if (owner >= 0 && owner !== c.index) {
+        c.finding.message = `${blockName(c.index)} at file offset ${mibOffset(c.fileOffsetMB)} overlaps ${blockName(owner)} (BAT entry ${owner}) at file offset ${mibOffset(c.unit)}`;
+      }
+    }
+  }
+
+  // Leaked space: whole MiB after the end of the last object.
+  const end = alignUp(objEnd, MiB);
+  rep.r.imageEndOffset = Math.min(fileSize, end);
+  const tail = fileSize - end;
+  if (tail > 0) {
+    const clusters = Math.floor(tail / MiB);
+    if (clusters > 0) {
+      rep.r.leaks = clusters;
+      rep.r.leakedBytes = clusters * MiB;
+      state.truncateTo = fileSize - clusters * MiB;
+      rep.add({
+        severity: 'leak',
+        reason: 'LEAKED_SPACE',
+        message: `${clusters} MiB (${clusters} cluster${clusters === 1 ? '' : 's'}) after the image's last object ${clusters === 1 ? 'is' : 'are'} used by nothing`,
+        offset: end,
+        repairableBy: layout.log.dirty ? 'all' : 'leaks',
+      });
+    }
+    if (tail % MiB !== 0) {
+      rep.add({
+        severity: 'info',
+        reason: 'LEAKED_SPACE',
+        message: `the file ends ${tail % MiB} bytes past a 1 MiB boundary after the last object (Disk2VHD leaves 512); less than a cluster, not counted as leaked`,
+        offset: fileSize - (tail % MiB),
+      });
+    }
+  }
+}
+
+/**
+ * Read the BAT in windows of whole chunks (about 1 MiB), one read ahead, calling `fn` on each.
+ * `fn` may return false to stop early.
+ */
+async function readBatWindows(
+  src: RandomAccessSource,
+  batOffset: number,
+  total: number,
+  period: number,
+  opts: CheckOptions,
+  fn: (view: DataView, first: number, count: number) => boolean | void,
+): Promise<void> {
+  const chunksPerWindow = Math.max(1, Math.floor(MiB / (period * BAT_ENTRY_SIZE)));
+  const windowEntries = chunksPerWindow * period;
+  const bufs = [new Uint8Array(windowEntries * BAT_ENTRY_SIZE), new Uint8Array(windowEntries * BAT_ENTRY_SIZE)];
+  const read = (first: number, k: number): Promise<Uint8Array> => {
+    const count = Math.min(windowEntries, total - first);
+    const b = bufs[k % 2]!.subarray(0, count * BAT_ENTRY_SIZE);
+    return readExact(src, batOffset + first * BAT_ENTRY_SIZE, b, 'BAT').then(() => b);
+  };
+  let pending: Promise<Uint8Array> | null = total > 0 ? read(0, 0) : null;
+  for (let first = 0, k = 0; first < total; first += windowEntries, k++) {
+    const bytes = await pending!;
+    const next = first + windowEntries;
+    pending = next < total ? read(next, k + 1) : null;
+    if (opts.signal?.aborted) {
+      await pending?.catch(() => undefined);
+      throw new VhdxError('ECANCELED', 'ABORTED', 'check cancelled', { cause: opts.signal.reason });
+    }
+    const go = fn(viewOf(bytes), first, bytes.length / BAT_ENTRY_SIZE);
+    opts.onProgress?.(Math.min(total, next), total);
+    if (go === false) {
+      await pending?.catch(() => undefined);
+      return;
+    }
+  }
+}
+
+function allZero(b: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function bytesSame(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repair
+
+export interface RepairOptions extends CheckOptions {
+  mode: RepairMode;
+}
+
+export type RepairActionKind = 'replayLog' | 'rewriteHeaders' | 'rewriteRegionTable' | 'truncateLeaks';
+
+export interface RepairAction {
+  action: RepairActionKind;
+  message: string;
+  structure?: string;
+  offset?: number;
+}
+
+export interface RepairResult {
+  mode: RepairMode;
+  /** The check before any change. */
+  before: CheckResult;
+  /** The check after the repair (the same as `before` when nothing was changed). */
+  after: CheckResult;
+  /** What was changed, in order. Empty when nothing needed repair or the repair was refused. */
+  actions: RepairAction[];
+  /** The findings that made the repair refuse to change anything (empty when it ran). */
+  refused: Finding[];
+  /** Why the repair was refused, when it was. */
+  refusal: string | null;
+  leaksFixed: number;
+  corruptionsFixed: number;
+  /** Log entries written into the file (0 when the log was clean or not replayed). */
+  logEntriesReplayed: number;
+}
+
+/**
+ * Repair the image in `source` (which must be writable) as far as `mode` allows, then check it
+ * again. Changes nothing when the image has damage no repair can fix safely (`refused` says
+ * which), when the check cannot complete, or when nothing needs repair.
+ */
+export async function repairImage(source: RandomAccessSource, opts: RepairOptions): Promise<RepairResult> {
+  const mode = opts.mode;
+  if (mode !== 'leaks' && mode !== 'all') throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `repair mode must be 'leaks' or 'all', not ${String(mode)}`);
+  if (source.readOnly || !source.write || !source.flush || !source.truncate) {
+    throw new VhdxError('EROFS', 'READ_ONLY', 'repairing an image needs it open for writing');
+  }
+  const checkOpts: CheckOptions = {};
+  if (opts.signal) checkOpts.signal = opts.signal;
+  if (opts.onProgress) checkOpts.onProgress = opts.onProgress;
+
+  const first = await runCheck(source, checkOpts);
+  const before = first.result;
+  const out: RepairResult = {
+    mode,
+    before,
+    after: before,
+    actions: [],
+    refused: [],
+    refusal: null,
+    leaksFixed: 0,
+    corruptionsFixed: 0,
+    logEntriesReplayed: 0,
+  };
+  const refuse = (why: string, findings: Finding[] = []): RepairResult => {
+    out.refusal = why;
+    out.refused = findings;
+    return out;
+  };
+  if (!before.supported) return refuse(`the image cannot be checked: ${before.error?.message ?? 'not supported'}`);
+  if (!before.canComplete) return refuse(`the check could not complete: ${before.error?.message ?? 'read error'}`);
+  const blocking = before.findings.filter((f) => f.severity === 'corruption' && f.repairableBy === null);
+  const repairable = before.findings.filter((f) => f.severity === 'corruption' && f.repairableBy !== null).length;
+  if (blocking.length > 0 || before.corruptions > repairable) {
+    return refuse('the image has damage that no repair can fix safely; nothing was changed', blocking);
+  }
+  const layout = first.layout!;
+  const wantsAll = before.findings.some((f) => f.repairableBy === 'all');
+  const leakFix = before.leaks > 0 && first.truncateTo !== null;
+  if (mode === 'leaks' && leakFix && layout.log.dirty) {
+    return refuse("the log is dirty: leaked space is freed only after the log is replayed (repair 'all')");
+  }
+  if (!(mode === 'all' && wantsAll) && !leakFix) return out; // nothing to do in this mode
+
+  let state = first;
+  let cur: CurrentHeader = layout.current;
+  if (mode === 'all' && layout.log.dirty) {
+    // Replay updates both headers (a new FileWriteGuid, then LogGuid cleared): that also
+    // rewrites a damaged header copy.
+    out.logEntriesReplayed = await replayInPlace(source);
+    out.actions.push({
+      action: 'replayLog',
+      message: `replayed ${out.logEntriesReplayed} log entr${out.logEntriesReplayed === 1 ? 'y' : 'ies'} into the file`,
+      structure: 'log',
+      offset: layout.log.logOffset,
+    });
+    state = await runCheck(source, checkOpts);
+    const stillBlocking = state.result.findings.filter((f) => f.severity === 'corruption' && f.repairableBy === null);
+    if (!state.layout || stillBlocking.length > 0 || !state.result.canComplete) {
+      out.after = state.result;
+      out.refused = stillBlocking;
+      out.refusal = 'after the log was replayed the image has damage that no repair can fix safely; nothing more was changed';
+      return out;
+    }
+    cur = state.layout.current;
+  } else {
+    // The first change of this session: a new FileWriteGuid in both header slots. Writing the
+    // non-current slot first, then the other, rewrites a damaged copy from the current one.
+    cur = await updateHeaders(source, cur, { fileWriteGuid: randomGuid() });
+  }
+  const damagedHeaders = first.damagedHeaders;
+  if (damagedHeaders.length > 0) {
+    out.actions.push({
+      action: 'rewriteHeaders',
+      message: `rewrote header ${damagedHeaders.join(' and ')} from the current header (both slots updated, sequence number now ${cur.sequenceNumber})`,
+      structure: `header ${damagedHeaders[0]}`,
+      offset: HEADER_OFFSETS[damagedHeaders[0]! - 1],
+    });
+    out.corruptionsFixed += damagedHeaders.length;
+  }
+
+  if (mode === 'all' && state.goodRegionTable && state.badRegionTables.length > 0) {
+    // Only the bad copy is written; the good one stays as it is, so a torn write here leaves the
+    // image as readable as before.
+    for (const copy of state.badRegionTables) {
+      const off = REGION_TABLE_OFFSETS[copy - 1]!;
+      await source.write!(off, state.goodRegionTable);
+      await source.flush!();
+      out.actions.push({
+        action: 'rewriteRegionTable',
+        message: `rewrote region table ${copy} from region table ${copy === 1 ? 2 : 1}`,
+        structure: `region table ${copy}`,
+        offset: off,
+      });
+      out.corruptionsFixed++;
+    }
+  }
+
+  if (state.result.leaks > 0 && state.truncateTo !== null) {
+    const to = state.truncateTo;
+    const freed = state.result.leaks;
+    await source.truncate!(to);
+    await source.flush!();
+    out.actions.push({
+      action: 'truncateLeaks',
+      message: `truncated the file from ${state.result.fileSize} to ${to} bytes, freeing ${freed} leaked MiB`,
+      offset: to,
+    });
+    out.leaksFixed = freed;
+  }
+  out.after = (await runCheck(source, checkOpts)).result;
+  return out;
+}
