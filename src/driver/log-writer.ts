@@ -4,6 +4,12 @@
  * caller applies an entry's changes and flushes them before it writes the next entry, so older
  * entries never need replaying again. The highest sequence number wins at replay, and replaying
  * an entry that was already applied changes nothing.
+ *
+ * The newest entry must stay intact until the next one is durable: a crash while the next is
+ * being written (torn, or only partly landed) leaves the newest as the one to replay. So an entry
+ * may take at most half the ring; two consecutive entries then never overlap. (Overwriting it
+ * would leave no valid entry, and the image would not open, or an older one, whose replay would
+ * undo later BAT changes.)
  */
 import { crc32cWithZeroField } from '../codec/crc32c.js';
 import { viewOf } from '../codec/struct.js';
@@ -131,8 +137,8 @@ export class LogRing {
   async append(writes: readonly LogWrite[], flushedFileOffset: number, lastFileOffset: number): Promise<bigint> {
     if (!this.file.write) throw new VhdxError('EROFS', 'READ_ONLY', 'the log cannot be written: the file is read-only');
     const length = logEntryLength(writes);
-    if (length > this.logLength) {
-      throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `log entry of ${length} bytes does not fit the ${this.logLength}-byte log`);
+    if (length > this.logLength / 2) {
+      throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `log entry of ${length} bytes is larger than half the ${this.logLength}-byte log`);
     }
     const sequenceNumber = this.sequence++;
     const at = this.next;

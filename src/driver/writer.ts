@@ -63,7 +63,9 @@ export class Writer {
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
     this.flushedSize = Math.floor(file.size / MiB) * MiB;
-    this.entriesPerCommit = maxDataWritesPerEntry(layout.log.logLength);
+    // An entry takes at most half the log, so that the next one never overwrites it: it must stay
+    // replayable until the next is durable (see LogRing).
+    this.entriesPerCommit = maxDataWritesPerEntry(layout.log.logLength / 2);
     if (this.entriesPerCommit < 1) {
       throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `a log of ${layout.log.logLength} bytes cannot hold a single entry: the image cannot be written`);
     }
