@@ -41,9 +41,18 @@ export interface ZeroOptions {
 
 const ZEROS = new Uint8Array(MiB);
 
+/** A block being allocated: where it goes, how many writes into it are in flight, and when it is done. */
+interface PendingBlock {
+  fileOffset: Promise<number>;
+  writers: number;
+  /** Resolves when the block has its BAT entry (or its allocation failed) and left `allocating`. */
+  done: Promise<void>;
+  finish: () => void;
+}
+
 export class Writer {
   private readonly metadataLock = new Mutex();
-  private readonly allocating = new Map<number, Promise<void>>();
+  private readonly allocating = new Map<number, PendingBlock>();
   private header: CurrentHeader;
   private sessionStarted: Promise<void> | null = null;
   private ring: LogRing | null = null;
@@ -128,45 +137,55 @@ export class Writer {
 
   private async writeInBlock(blockIndex: number, inBlock: number, data: Uint8Array): Promise<void> {
     const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-    for (;;) {
-      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-      if (e.state === PayloadState.FULLY_PRESENT) {
-        await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
-        return;
-      }
-      const pending = this.allocating.get(blockIndex);
-      if (pending) {
-        await pending.catch(() => undefined);
-        continue;
-      }
-      // Claim the allocation: nothing awaits between the check above and this set.
-      const done = this.allocate(batIndex, inBlock, data);
-      this.allocating.set(blockIndex, done);
-      try {
-        await done;
-      } finally {
-        this.allocating.delete(blockIndex);
-      }
+    const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
+    if (e.state === PayloadState.FULLY_PRESENT) {
+      await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
       return;
+    }
+    // Join the block's allocation, or start it: nothing awaits between this lookup and the set.
+    let alloc = this.allocating.get(blockIndex);
+    if (!alloc) {
+      let finish = (): void => undefined;
+      const done = new Promise<void>((r) => (finish = r));
+      alloc = { fileOffset: this.reserveBlock(), writers: 0, done, finish };
+      this.allocating.set(blockIndex, alloc);
+    }
+    alloc.writers++;
+    try {
+      await this.file.write!((await alloc.fileOffset) + inBlock, data);
+    } finally {
+      if (--alloc.writers === 0) await this.settle(blockIndex, batIndex, alloc);
     }
   }
 
-  /**
-   * Place a new block at the end of the file, write `data` into it, then point the BAT at it.
-   * The rest of the block is fresh file space and reads as zeros, which is what a NOT_PRESENT,
-   * ZERO or UNMAPPED block read as before.
-   */
-  private async allocate(batIndex: number, inBlock: number, data: Uint8Array): Promise<void> {
-    const bs = this.layout.blockSize;
-    const fileOffset = await this.metadataLock.run(async () => {
+  /** Reserve a block at the end of the file and extend the file over it. */
+  private reserveBlock(): Promise<number> {
+    return this.metadataLock.run(async () => {
       const at = this.fileEnd;
-      this.fileEnd += bs;
+      this.fileEnd += this.layout.blockSize;
       if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
       return at;
     });
-    await this.file.write!(fileOffset + inBlock, data);
-    await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: fileOffset / MiB });
   }
+
+  /**
+   * The last writer into a new block points the BAT at it, after every write into the block has
+   * finished (data before the BAT entry that points at it). The rest of the block is fresh file
+   * space and reads as zeros, which is what a NOT_PRESENT, ZERO or UNMAPPED block read as before.
+   * Writers that join while this runs write to the same place and settle again (idempotent).
+   */
+  private async settle(blockIndex: number, batIndex: number, alloc: PendingBlock): Promise<void> {
+    try {
+      const fileOffset = await alloc.fileOffset;
+      await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: fileOffset / MiB });
+    } finally {
+      if (alloc.writers === 0 && this.allocating.get(blockIndex) === alloc) {
+        this.allocating.delete(blockIndex);
+        alloc.finish();
+      }
+    }
+  }
+
 
   /**
    * Zero [offset, offset + length): whole blocks of a dynamic disk change state (`state`) without
@@ -185,8 +204,7 @@ export class Writer {
       const blockEnd = Math.min(blockStart + bs, size);
       const end = Math.min(offset + length, blockEnd);
       const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-      const pending = this.allocating.get(blockIndex);
-      if (pending) await pending.catch(() => undefined);
+      await this.allocationSettled(blockIndex);
       const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
       const whole = pos === blockStart && end === blockEnd;
       if (whole && !fixed) {
@@ -199,6 +217,11 @@ export class Writer {
       pos = end;
     }
     this.maybeCommitInBackground();
+  }
+
+  /** Wait until a block being allocated has its BAT entry (or its allocation failed). */
+  private async allocationSettled(blockIndex: number): Promise<void> {
+    for (let a = this.allocating.get(blockIndex); a; a = this.allocating.get(blockIndex)) await a.done;
   }
 
   /** Start a commit without waiting when the changes pending would fill a log entry. */
