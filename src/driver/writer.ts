@@ -14,7 +14,9 @@
  *
  * Concurrency: writes into allocated blocks take no lock. Reserving file space and commits
  * serialise on `metadataLock`; no payload I/O happens while it is held. Concurrent writes to one
- * unallocated block allocate it once (the later ones wait for the first).
+ * unallocated block allocate it once: they share its reserved place and write in parallel, the
+ * last to finish sets the BAT entry, and none returns before that (a write that returned must be
+ * reachable by the next flush's commit).
  */
 import { VhdxError } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
@@ -48,6 +50,8 @@ interface PendingBlock {
   /** Resolves when the block has its BAT entry (or its allocation failed) and left `allocating`. */
   done: Promise<void>;
   finish: () => void;
+  /** Why recording the block failed, for the writers that waited on it. */
+  error?: unknown;
 }
 
 export class Writer {
@@ -87,6 +91,10 @@ export class Writer {
 
   async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
     this.throwBackgroundError();
+    if (data.length === 0) {
+      if (opts.fua) await this.flush();
+      return; // nothing changes: no session, no new DataWriteGuid
+    }
     await this.beginChange();
     const bs = this.layout.blockSize;
     const parts: Promise<void>[] = [];
@@ -154,8 +162,12 @@ export class Writer {
     try {
       await this.file.write!((await alloc.fileOffset) + inBlock, data);
     } finally {
+      // The last writer points the BAT at the block; the others return only once it has, so a
+      // write that completed is always reachable by the next flush's commit.
       if (--alloc.writers === 0) await this.settle(blockIndex, batIndex, alloc);
+      else await alloc.done;
     }
+    if (alloc.error !== undefined) throw alloc.error;
   }
 
   /** Reserve a block at the end of the file and extend the file over it. */
@@ -178,6 +190,9 @@ export class Writer {
     try {
       const fileOffset = await alloc.fileOffset;
       await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: fileOffset / MiB });
+    } catch (e) {
+      alloc.error = e;
+      throw e;
     } finally {
       if (alloc.writers === 0 && this.allocating.get(blockIndex) === alloc) {
         this.allocating.delete(blockIndex);
@@ -194,6 +209,7 @@ export class Writer {
    */
   private async zeroRange(offset: number, length: number, state: number, fast: boolean): Promise<void> {
     this.throwBackgroundError();
+    if (length === 0) return;
     await this.beginChange();
     const bs = this.layout.blockSize;
     const size = this.layout.virtualSize;

@@ -6,10 +6,10 @@
  * - `write` and `truncate` go to the cache; they become durable at the next `flush`. Until then
  *   each is "pending": at a crash, an arbitrary (seeded) subset of the pending operations lands,
  *   in the order issued (a later surviving write still supersedes an earlier one), and at most
- *   one pending write may be torn at a 4 KiB boundary of the file: only some of its 4 KiB pieces
- *   land. The file's size is metadata with the same rule: a truncate is durable at the next flush
- *   (or lands at a crash like a write), and a surviving write past the end extends the file, as
- *   writing past the end of a file does.
+ *   one pending write may be torn at a 4 KiB (or 512-byte) boundary of the file: only some of
+ *   its pieces land. The file's size is metadata with the same rule: a truncate is durable at the
+ *   next flush (or lands at a crash like a write), and a surviving write past the end extends the
+ *   file, as writing past the end of a file does.
  * - A crash happens when `crash()` is called, or when the `crashAt`-th mutating operation (write,
  *   flush or truncate, counted from 1 over the source's life) is issued. That operation is in
  *   flight when the power goes: a write or truncate joins the pending set (it may land, in part
@@ -20,13 +20,13 @@
  * - `crashImage(opts)` builds a post-crash disk (a new, healthy FaultySource): the durable state
  *   plus the chosen survivors. It may be called many times with different seeds.
  *
- * Storage is sparse (64 KiB pages, copy on write), so huge mostly-empty files are cheap and the
+ * Storage is sparse (16 KiB pages, copy on write), so huge mostly-empty files are cheap and the
  * durable snapshot taken at each flush costs a map copy, not a data copy.
  */
 import { VhdxError } from '../errors.js';
 import type { RandomAccessSource } from './source.js';
 
-const PAGE = 64 * 1024;
+const PAGE = 16 * 1024;
 const TEAR_UNIT = 4096;
 
 /** Pages shared between snapshots: whoever writes one first copies it. */
@@ -130,10 +130,13 @@ export interface CrashImageOptions {
   /** Which pending operations land: none, all, or each with probability 1/2 (default). */
   keep?: 'none' | 'all' | 'random';
   /**
-   * Tear one pending write that spans several 4 KiB pieces of the file: a non-empty proper
-   * subset of its pieces lands, whatever `keep` says of it. No effect when no such write exists.
+   * Tear one pending write that spans several pieces of the file (`tearUnit` bytes, aligned in
+   * the file): a non-empty proper subset of its pieces lands, whatever `keep` says of it. No
+   * effect when no such write exists.
    */
   tear?: boolean;
+  /** The atomic unit of a write, for tearing: 4096 (default) or 512, the disk's physical sector. */
+  tearUnit?: number;
 }
 
 /** mulberry32: small, seedable, good enough to pick survivors. */
@@ -242,14 +245,15 @@ export class FaultySource implements RandomAccessSource {
     const random = rng(opts.seed ?? 1);
     const keep = opts.keep ?? 'random';
     const store = this.durable.snapshot();
+    const unit = opts.tearUnit ?? TEAR_UNIT;
     let torn = -1;
     if (opts.tear) {
-      const candidates = this.pending.filter((op) => op.kind === 'write' && pieces(op).length >= 2);
+      const candidates = this.pending.filter((op) => op.kind === 'write' && pieces(op, unit).length >= 2);
       if (candidates.length > 0) torn = candidates[Math.floor(random() * candidates.length)]!.index;
     }
     for (const op of this.pending) {
       if (op.index === torn) {
-        const ps = pieces(op);
+        const ps = pieces(op, unit);
         // A non-empty proper subset of the pieces.
         let mask = ps.map(() => random() < 0.5);
         if (mask.every((m) => m) || mask.every((m) => !m)) {
@@ -273,11 +277,11 @@ export class FaultySource implements RandomAccessSource {
     return out;
   }
 
-  /** A healthy copy of what reads see now, all of it durable. */
-  clone(): FaultySource {
-    const out = new FaultySource();
+  /** A healthy copy of what reads see now, all of it durable (`opts` as for a new source). */
+  clone(opts: FaultyOptions = {}): FaultySource {
+    const out = new FaultySource(new Uint8Array(0), opts);
     out.current = this.current.snapshot();
-    out.durable = out.current.snapshot();
+    out.durable = out.writeCache ? out.current.snapshot() : out.current;
     return out;
   }
 
@@ -321,13 +325,13 @@ export class FaultySource implements RandomAccessSource {
   }
 }
 
-/** The 4 KiB-aligned pieces (of the file) a write covers, as ranges of its data. */
-function pieces(op: FaultyOp): [number, number][] {
+/** The `unit`-aligned pieces (of the file) a write covers, as ranges of its data. */
+function pieces(op: FaultyOp, unit: number): [number, number][] {
   const out: [number, number][] = [];
   const len = op.data!.length;
   let from = 0;
   while (from < len) {
-    const next = (Math.floor((op.offset + from) / TEAR_UNIT) + 1) * TEAR_UNIT - op.offset;
+    const next = (Math.floor((op.offset + from) / unit) + 1) * unit - op.offset;
     const to = Math.min(len, next);
     out.push([from, to]);
     from = to;
