@@ -9,7 +9,8 @@ import { checkImage, repairImage, type CheckResult, type Finding, type RepairMod
 import { formatOffset } from '../errors.js';
 import { outputFormat, parse, UsageError, type Io } from './common.js';
 
-export const CHECK_USAGE = 'vhdx check [--output=human|json] [-r leaks|all] FILE';
+export { CHECK_USAGE } from './usage.js';
+import { CHECK_USAGE } from './usage.js';
 
 export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, unsupported: 63 } as const;
 

@@ -3,7 +3,9 @@
  * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
  */
 import { stat, unlink } from 'node:fs/promises';
-import { createFile, NodeFileSource, openFile } from '../node.js';
+import { availableParallelism } from 'node:os';
+import { createFile, openFile } from '../node-files.js';
+import { NodeFileSource } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
 import { probe } from '../driver/open.js';
 import { RawDevice } from '../device/raw.js';
@@ -14,7 +16,12 @@ import { parse, UsageError, type Io } from './common.js';
 import { parseCreateOptions, type CreateOptionValues } from './create.js';
 import type { Progress } from './progress.js';
 
-export const CONVERT_USAGE = 'vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST';
+// Requests in flight: one per CPU (at least 2). On 2 cores, 2 beat 4 and 8 in both directions
+// (tmpfs, 2 GiB: vhdx->raw 476 ms against 535-616 ms; raw->vhdx 593 ms against 659-679 ms).
+const COPY_PARALLEL = Math.max(2, availableParallelism());
+
+export { CONVERT_USAGE } from './usage.js';
+import { CONVERT_USAGE } from './usage.js';
 
 type Format = 'raw' | 'vhdx';
 
@@ -87,7 +94,7 @@ async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, si
   const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false });
   let failed = true;
   try {
-    await copyDevice(src, fileSink(dst), { signal, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
+    await copyDevice(src, fileSink(dst), { signal, parallel: COPY_PARALLEL, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
     await dst.close();
     failed = false;
   } finally {
@@ -131,7 +138,7 @@ async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValue
     const bar = progress?.(true, 'converting');
     let copyError: unknown = null;
     try {
-      await copyDevice(src, deviceSink(dst), { signal, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
+      await copyDevice(src, deviceSink(dst), { signal, parallel: COPY_PARALLEL, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
     } catch (e) {
       copyError = e;
     } finally {

@@ -1,9 +1,10 @@
 /** `vhdx create [-q] [-p] [-o OPTIONS] FILE SIZE`: a new, empty VHDX file. */
-import { createFile } from '../node.js';
+import { createFile } from '../node-files.js';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_LOG_SIZE, planCreate, type CreateOptions } from '../driver/create.js';
 import { parse, parseSize, UsageError, type Io } from './common.js';
 
-export const CREATE_USAGE = 'vhdx create [-q] [-p] [-o OPTIONS] FILE SIZE';
+export { CREATE_USAGE } from './usage.js';
+import { CREATE_USAGE } from './usage.js';
 
 /** The `-o` options, as `qemu-img create -f vhdx` spells them where it has them. */
 export const CREATE_OPTIONS_HELP = `create options (-o key=value,key=value; sizes take K, M, G, T suffixes):

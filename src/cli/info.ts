@@ -1,9 +1,10 @@
 /** `vhdx info [--output=human|json] FILE` */
-import { openFile } from '../node.js';
+import { openFile } from '../node-files.js';
 import { describe, type ImageInfo } from '../driver/info.js';
 import { humanSize, outputFormat, parse, UsageError, type Io } from './common.js';
 
-export const INFO_USAGE = 'vhdx info [--output=human|json] [--allocation=auto|always|never] FILE';
+export { INFO_USAGE } from './usage.js';
+import { INFO_USAGE } from './usage.js';
 
 export async function infoCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' } }, INFO_USAGE);

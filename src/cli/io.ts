@@ -10,13 +10,14 @@
  * OFF and LEN are bytes, 0x hex, or take K, M, G, T suffixes. The first failing command stops
  * the run (exit status 1) after the image is closed.
  */
-import { openFile } from '../node.js';
+import { openFile } from '../node-files.js';
 import type { VhdxImage } from '../driver/image.js';
 import { formatOffset } from '../errors.js';
 import { bytesEqual } from '../codec/bytes.js';
 import { parse, parseSize, UsageError, type Io } from './common.js';
 
-export const IO_USAGE = 'vhdx io [-r] [-q] -c COMMAND [-c COMMAND]... FILE';
+export { IO_USAGE } from './usage.js';
+import { IO_USAGE } from './usage.js';
 
 export const IO_COMMANDS_HELP = `commands (OFF and LEN in bytes, 0x hex, or with K, M, G, T suffixes):
   read [-P BYTE] OFF LEN               read; -P: every byte must equal BYTE (else exit 1, naming the offset)

@@ -1,11 +1,5 @@
 /** The `vhdx` command: dispatch to one file per subcommand, one-line errors. */
-import { infoCommand, INFO_USAGE } from './info.js';
-import { mapCommand, MAP_USAGE } from './map.js';
-import { convertCommand, CONVERT_USAGE } from './convert.js';
-import { createCommand, CREATE_USAGE } from './create.js';
-import { ioCommand, IO_USAGE } from './io.js';
-import { checkCommand, CHECK_USAGE } from './check.js';
-import { packageVersion } from '../node.js';
+import { CHECK_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE } from './usage.js';
 import { describeError, UsageError, type Io } from './common.js';
 
 const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
@@ -36,21 +30,22 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
   process.once('SIGTERM', onSignal);
   try {
     switch (cmd) {
+      // Each command's code loads only when it runs: start-up is a large share of a short command.
       case 'info':
-        return await infoCommand(rest, io);
+        return await (await import('./info.js')).infoCommand(rest, io);
       case 'map':
-        return await mapCommand(rest, io);
+        return await (await import('./map.js')).mapCommand(rest, io);
       case 'check':
-        return await checkCommand(rest, io, controller.signal);
+        return await (await import('./check.js')).checkCommand(rest, io, controller.signal);
       case 'convert':
-        return await convertCommand(rest, io, controller.signal);
+        return await (await import('./convert.js')).convertCommand(rest, io, controller.signal);
       case 'create':
-        return await createCommand(rest, io, controller.signal);
+        return await (await import('./create.js')).createCommand(rest, io, controller.signal);
       case 'io':
-        return await ioCommand(rest, io);
+        return await (await import('./io.js')).ioCommand(rest, io);
       case '--version':
       case '-V':
-        io.out(`vhdx ${packageVersion()}\n`);
+        io.out(`vhdx ${(await import('../node-files.js')).packageVersion()}\n`);
         return 0;
       case undefined:
       case 'help':

@@ -1,9 +1,10 @@
 /** `vhdx map [--output=human|json] FILE`: the disk's extents, in the shape of `qemu-img map`. */
-import { openFile } from '../node.js';
+import { openFile } from '../node-files.js';
 import { outputFormat, parse, UsageError, type Io } from './common.js';
 import type { Extent } from '../device/block-device.js';
 
-export const MAP_USAGE = 'vhdx map [--output=human|json] FILE';
+export { MAP_USAGE } from './usage.js';
+import { MAP_USAGE } from './usage.js';
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function mapCommand(args: string[], io: Io): Promise<number> {
