@@ -1,48 +1,48 @@
 /**
  * CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init 0xFFFFFFFF, final XOR),
- * slicing-by-8 with tables built once at load.
+ * slicing-by-8 with tables built once at load. Tables and the running value stay int32 (no
+ * `>>> 0` in the loop): uint32 values above 2^31 would leave V8's small-integer fast path.
  */
-const TABLES: Uint32Array[] = (() => {
-  const t: Uint32Array[] = [];
-  const t0 = new Uint32Array(256);
+const TABLES: Int32Array[] = (() => {
+  const t: Int32Array[] = [];
+  const t0 = new Int32Array(256);
   for (let i = 0; i < 256; i++) {
     let c = i;
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    t0[i] = c >>> 0;
+    t0[i] = c;
   }
   t.push(t0);
   for (let s = 1; s < 8; s++) {
     const prev = t[s - 1]!;
-    const cur = new Uint32Array(256);
+    const cur = new Int32Array(256);
     for (let i = 0; i < 256; i++) cur[i] = (prev[i]! >>> 8) ^ t0[prev[i]! & 0xff]!;
     t.push(cur);
   }
   return t;
 })();
+const [T0, T1, T2, T3, T4, T5, T6, T7] = TABLES as [Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array];
 
 /** Continue a CRC-32C over `data`. `crc` is a previous result (0 to start). */
 export function crc32cUpdate(crc: number, data: Uint8Array): number {
-  const [t0, t1, t2, t3, t4, t5, t6, t7] = TABLES as [
-    Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array,
-  ];
-  let c = ~crc >>> 0;
+  let c = ~crc;
   let i = 0;
   const n = data.length;
-  while (n - i >= 8) {
-    const a = (c ^ (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24))) >>> 0;
+  const end8 = n - (n % 8);
+  while (i < end8) {
+    const a = c ^ (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24));
     c =
-      t7[a & 0xff]! ^
-      t6[(a >>> 8) & 0xff]! ^
-      t5[(a >>> 16) & 0xff]! ^
-      t4[a >>> 24]! ^
-      t3[data[i + 4]!]! ^
-      t2[data[i + 5]!]! ^
-      t1[data[i + 6]!]! ^
-      t0[data[i + 7]!]!;
+      T7[a & 0xff]! ^
+      T6[(a >>> 8) & 0xff]! ^
+      T5[(a >>> 16) & 0xff]! ^
+      T4[a >>> 24]! ^
+      T3[data[i + 4]!]! ^
+      T2[data[i + 5]!]! ^
+      T1[data[i + 6]!]! ^
+      T0[data[i + 7]!]!;
     i += 8;
   }
   while (i < n) {
-    c = t0[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+    c = T0[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
     i++;
   }
   return ~c >>> 0;

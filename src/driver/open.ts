@@ -6,6 +6,7 @@
 import { VhdxError, corrupt } from '../errors.js';
 import { NIL_GUID, isNilGuid, randomGuid } from '../codec/guid.js';
 import { updateHeaders } from './headers.js';
+import { bytesEqual } from '../codec/bytes.js';
 import { readBytes, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
@@ -261,7 +262,12 @@ export async function openLayout(file: RandomAccessSource): Promise<Layout> {
     const off = REGION_TABLE_OFFSETS[i]!;
     copies.push(source === file ? head.subarray(off, off + REGION_TABLE_SIZE) : await readBytes(source, off, REGION_TABLE_SIZE, `region table ${i + 1}`));
   }
-  const rtValid = copies.map((c) => REGION_TABLE_HEADER.checksumOk(c) && c[0] === 0x72 && c[1] === 0x65 && c[2] === 0x67 && c[3] === 0x69) as [boolean, boolean];
+  const tableValid = (c: Uint8Array): boolean =>
+    c[0] === 0x72 && c[1] === 0x65 && c[2] === 0x67 && c[3] === 0x69 && REGION_TABLE_HEADER.checksumOk(c);
+  const valid1 = tableValid(copies[0]!);
+  // Identical copies (the usual case) share their verdict: one native compare instead of a
+  // second 64 KiB checksum.
+  const rtValid: [boolean, boolean] = [valid1, bytesEqual(copies[0]!, copies[1]!) ? valid1 : tableValid(copies[1]!)];
   const copyIndex = rtValid[0] ? 0 : rtValid[1] ? 1 : -1;
   if (copyIndex < 0) {
     // A copy that has its signature but a wrong checksum is the precise finding, as for headers.
