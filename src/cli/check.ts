@@ -15,7 +15,11 @@ import { CHECK_USAGE } from './usage.js';
 export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, unsupported: 63 } as const;
 
 export async function checkCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' }, repair: { type: 'string', short: 'r' } }, CHECK_USAGE);
+  const { values, positionals } = parse(
+    args,
+    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' } },
+    CHECK_USAGE,
+  );
   const format = outputFormat(values.output);
   const repair = values.repair;
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
@@ -26,13 +30,19 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
   let result: CheckResult;
   let repaired: RepairResult | null = null;
+  // The progress bar's package loads only when asked for.
+  const bar = values.progress === true ? (await import('./progress.js')).progressBar(true, 'checking', 'entries') : null;
   try {
-    const opts = signal ? { signal } : {};
+    const opts = {
+      ...(signal ? { signal } : {}),
+      ...(bar ? { onProgress: (done: number, total: number) => bar.update(done, total) } : {}),
+    };
     if (repair !== undefined) {
       repaired = await repairImage(src, { ...opts, mode: repair as RepairMode });
       result = repaired.after;
     } else result = await checkImage(src, opts);
   } finally {
+    bar?.stop();
     await src.close();
   }
 

@@ -6,11 +6,15 @@ export interface Progress {
   stop(): void;
 }
 
-export function progressBar(enabled: boolean, label: string): Progress {
+/**
+ * A bar labelled `label`. Progress comes in bytes and shows as MiB, or with `unit: 'entries'`
+ * as a plain count (the BAT scan of `check`).
+ */
+export function progressBar(enabled: boolean, label: string, unit: 'bytes' | 'entries' = 'bytes'): Progress {
   if (!enabled) return { update() {}, stop() {} };
   const bar = new cliProgress.SingleBar(
     {
-      format: `${label} [{bar}] {percentage}% | {value}/{total} MiB | {eta_formatted}`,
+      format: `${label} [{bar}] {percentage}% | {value}/{total}${unit === 'bytes' ? ' MiB' : ' BAT entries'} | {eta_formatted}`,
       hideCursor: true,
       stream: process.stderr,
       noTTYOutput: true,
@@ -20,7 +24,7 @@ export function progressBar(enabled: boolean, label: string): Progress {
     cliProgress.Presets.shades_classic,
   );
   let started = false;
-  const MiB = 1024 * 1024;
+  const MiB = unit === 'bytes' ? 1024 * 1024 : 1;
   return {
     update(done, total) {
       if (!started) {
