@@ -7,8 +7,8 @@
 import { VhdxError, corrupt } from '../errors.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
-import { HEADER_SECTION_SIZE, MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, BitmapState, PayloadState, batEntryReservedClear, encodeBatEntry, type BatEntry, type BatGeometry } from '../format/bat.js';
+import { MiB } from '../format/constants.js';
+import { BAT_ENTRY_SIZE, encodeBatEntry, judgeBatEntry, type BatEntry, type BatGeometry } from '../format/bat.js';
 
 export const BAT_PAGE_BYTES = 64 * 1024;
 const ENTRIES_PER_PAGE = BAT_PAGE_BYTES / BAT_ENTRY_SIZE;
@@ -178,47 +178,16 @@ export class BatCache {
     return view;
   }
 
-  /** Validate `count` raw entries starting at BAT index `first`. */
+  /** Validate `count` raw entries starting at BAT index `first`; throws on the first bad one. */
   validate(view: DataView, first: number, count: number): void {
-    const C = this.at.geometry.chunkRatio;
-    const blockSize = this.at.geometry.blockSize;
     const fileSize = this.at.fileSize();
     for (let i = 0; i < count; i++) {
-      const at = i * BAT_ENTRY_SIZE;
-      const lo = view.getUint32(at, true);
-      const hi = view.getUint32(at + 4, true);
+      const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
+      const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
       if (lo === 0 && hi === 0) continue; // NOT_PRESENT, the common case
-      const index = first + i;
-      const where = { structure: `BAT entry ${index}`, offset: this.regionOffset + index * BAT_ENTRY_SIZE };
-      if (!batEntryReservedClear(view, at)) {
-        throw corrupt('BAD_BAT_ENTRY', `reserved bits are set (0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')})`, where);
-      }
-      const state = lo & 7;
-      const fileOffset = (hi * 4096 + (lo >>> 20)) * MiB;
-      const isBitmap = (index + 1) % (C + 1) === 0;
-      let extent: number;
-      if (isBitmap) {
-        if (state === BitmapState.NOT_PRESENT) continue;
-        if (state !== BitmapState.PRESENT || !this.at.hasParent) {
-          throw corrupt('BAD_BLOCK_STATE', `sector bitmap state ${state} is not allowed in a ${this.at.hasParent ? 'differencing' : 'non-differencing'} disk`, where);
-        }
-        extent = MiB;
-      } else {
-        if (state === PayloadState.PARTIALLY_PRESENT) {
-          if (!this.at.hasParent) throw corrupt('BAD_BLOCK_STATE', 'PARTIALLY_PRESENT block in a disk without a parent', where);
-        } else if (state !== PayloadState.FULLY_PRESENT) {
-          if (state === 4) throw corrupt('BAD_BLOCK_STATE', `payload block state ${state} is undefined`, where);
-          continue;
-        }
-        // The last block of a disk may be cut short by the disk's end.
-        const blockIndex = index - Math.floor(index / (C + 1));
-        extent = Math.min(blockSize, this.at.geometry.virtualSize - blockIndex * blockSize);
-      }
-      if (fileOffset < HEADER_SECTION_SIZE) {
-        throw corrupt('BAT_ENTRY_IN_HEADER', `block at file offset ${fileOffset} lies inside the header section`, where);
-      }
-      if (fileOffset + extent > fileSize) {
-        throw corrupt('BAT_ENTRY_OUT_OF_BOUNDS', `block at file offset ${fileOffset} (+${extent}) lies beyond the end of the file (${fileSize})`, where);
+      const v = judgeBatEntry(this.at.geometry, this.at.hasParent, fileSize, first + i, lo, hi);
+      if (v.kind === 'bad') {
+        throw corrupt(v.reason, `block ${v.message}`, { structure: `BAT entry ${first + i}`, offset: this.regionOffset + (first + i) * BAT_ENTRY_SIZE });
       }
     }
   }

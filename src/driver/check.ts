@@ -37,7 +37,7 @@ import {
 import { HEADER, type Header } from '../format/header.js';
 import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_HEADER } from '../format/region-table.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE } from '../format/metadata.js';
-import { BAT_ENTRY_SIZE, BitmapState, PayloadState } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, BitmapState, PayloadState, judgeBatEntry } from '../format/bat.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { openLayout, probe, replayInPlace, type DiskType, type Layout } from './open.js';
@@ -511,7 +511,6 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
   const classify = (index: number, lo: number, hi: number, report: boolean): [Kind, number] => {
     const isBitmap = index % period === C;
     const blockIndex = index - Math.floor(index / period);
-    const state = lo & 7;
     const fileOffsetMB = hi * 4096 + (lo >>> 20);
     const fileOffset = fileOffsetMB * MiB;
     const claim: [Kind, number] = [fileOffsetMB > 0 && fileOffset < fileSize ? Kind.Claim : Kind.None, isBitmap ? MiB : bs];
@@ -522,74 +521,19 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
       }
       return claim;
     }
-    if ((lo & 0x000ffff8) !== 0) {
-      if (report) {
-        rep.add({
-          severity: 'corruption',
-          reason: 'BAD_BAT_ENTRY',
-          message: `reserved bits 3-19 are set (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')}) in the entry of ${blockName(index)}`,
-          ...entryWhere(index),
-        });
-      }
+    // The rules are the reader's (format/bat.ts); check reports instead of throwing.
+    const v = judgeBatEntry(g, hasParent, fileSize, index, lo, hi);
+    if (v.kind === 'present') return [Kind.Present, v.extent];
+    if (v.kind === 'absent') {
+      if (report && fixed && !isBitmap) countNotAllocated(blockIndex);
       return claim;
     }
-    let extent: number;
-    if (isBitmap) {
-      if (state === BitmapState.NOT_PRESENT) return claim;
-      if (state !== BitmapState.PRESENT || !hasParent) {
-        if (report) {
-          rep.add({
-            severity: 'corruption',
-            reason: 'BAD_BLOCK_STATE',
-            message: `${blockName(index)} has state ${state}; ${hasParent ? 'only 0 (not present) and 6 (present) exist' : 'a disk without a parent allows only 0 (not present)'}`,
-            ...entryWhere(index),
-          });
-        }
-        return claim;
-      }
-      extent = MiB;
-    } else if (state === PayloadState.FULLY_PRESENT || (state === PayloadState.PARTIALLY_PRESENT && hasParent)) {
-      extent = Math.min(bs, g.virtualSize - blockIndex * bs);
-    } else if (state === PayloadState.PARTIALLY_PRESENT || state === 4) {
-      if (report) {
-        rep.add({
-          severity: 'corruption',
-          reason: 'BAD_BLOCK_STATE',
-          message:
-            state === 4
-              ? `${blockName(index)} has state 4, which is not defined`
-              : `${blockName(index)} is PARTIALLY_PRESENT (7), which only a differencing disk may use`,
-          ...entryWhere(index),
-        });
-      }
-      return claim;
-    } else {
-      if (report && fixed) countNotAllocated(blockIndex);
-      return claim;
+    if (report) {
+      const why = v.reason === 'BAT_ENTRY_OUT_OF_BOUNDS' ? ': the file was truncated or the entry is wrong' : '';
+      const what = v.reason === 'BAD_BAT_ENTRY' ? `the entry of ${blockName(index)}` : blockName(index);
+      rep.add({ severity: 'corruption', reason: v.reason, message: `${what} ${v.message}${why}`, ...entryWhere(index) });
     }
-    if (fileOffsetMB === 0 || fileOffset < HEADER_SECTION_SIZE) {
-      if (report) {
-        rep.add({
-          severity: 'corruption',
-          reason: 'BAT_ENTRY_IN_HEADER',
-          message: `${blockName(index)} is at file offset ${mibOffset(fileOffsetMB)}, inside the 1 MiB header section`,
-          ...entryWhere(index),
-        });
-      }
-      return [Kind.None, extent];
-    }
-    if (fileOffset + extent > fileSize) {
-      if (report) {
-        rep.add({
-          severity: 'corruption',
-          reason: 'BAT_ENTRY_OUT_OF_BOUNDS',
-          message: `${blockName(index)} at file offset ${mibOffset(fileOffsetMB)} (+${extent}) ends beyond the end of the file (${fileSize}): the file was truncated or the entry is wrong`,
-          ...entryWhere(index),
-        });
-      }
-      return claim;
-    }
-    return [Kind.Present, extent];
+    return v.reason === 'BAT_ENTRY_IN_HEADER' ? [Kind.None, isBitmap ? MiB : bs] : claim;
   };
 
   let beyondDisk = 0;

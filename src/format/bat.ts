@@ -103,3 +103,60 @@ export function bitmapBatIndex(g: BatGeometry, chunkIndex: number): number {
 export function fileOffsetOf(entry: BatEntry): number {
   return entry.fileOffsetMB * MiB;
 }
+
+/** What one BAT entry says, judged by the rules every reader applies (§2.5). */
+export type BatEntryVerdict =
+  /** No block in the file: a non-present payload state, or a sector bitmap entry NOT_PRESENT. */
+  | { kind: 'absent'; state: number }
+  /** A block in the file: [fileOffset, fileOffset + extent). */
+  | { kind: 'present'; state: number; fileOffset: number; extent: number }
+  | {
+      kind: 'bad';
+      reason: 'BAD_BAT_ENTRY' | 'BAD_BLOCK_STATE' | 'BAT_ENTRY_IN_HEADER' | 'BAT_ENTRY_OUT_OF_BOUNDS';
+      /** A predicate for a subject the caller names ("payload block 7 …", "block …"). */
+      message: string;
+      state: number;
+    };
+
+/** A file offset given in MiB, printed exactly in hex even past 2^53. */
+function mibHex(fileOffsetMB: number): string {
+  return `0x${(BigInt(fileOffsetMB) * 1048576n).toString(16)}`;
+}
+
+/**
+ * Judge the entry at BAT index `index` from its raw words: reserved bits clear; a state the disk
+ * type allows (PARTIALLY_PRESENT and SB_BLOCK_PRESENT only with a parent; 4 is undefined); a
+ * present block after the 1 MiB header section and inside a file of `fileSize` bytes. The last
+ * payload block of a disk counts only the part of it the disk covers.
+ */
+export function judgeBatEntry(g: BatGeometry, hasParent: boolean, fileSize: number, index: number, lo: number, hi: number): BatEntryVerdict {
+  const state = lo & 7;
+  const fileOffsetMB = hi * 4096 + (lo >>> 20);
+  const fileOffset = fileOffsetMB * MiB;
+  const isBitmap = (index + 1) % (g.chunkRatio + 1) === 0;
+  const blockIndex = index - Math.floor(index / (g.chunkRatio + 1));
+  const bad = (reason: Extract<BatEntryVerdict, { kind: 'bad' }>['reason'], message: string): BatEntryVerdict => ({ kind: 'bad', reason, message, state });
+  if ((lo & RESERVED_MASK) !== 0) {
+    return bad('BAD_BAT_ENTRY', `has reserved bits 3-19 set (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`);
+  }
+  if (isBitmap) {
+    if (state === BitmapState.NOT_PRESENT) return { kind: 'absent', state };
+    if (state !== BitmapState.PRESENT || !hasParent) {
+      return bad('BAD_BLOCK_STATE', `has state ${state}; ${hasParent ? 'only 0 (not present) and 6 (present) exist' : 'a disk without a parent allows only 0 (not present)'}`);
+    }
+  } else if (state === PayloadState.PARTIALLY_PRESENT) {
+    if (!hasParent) return bad('BAD_BLOCK_STATE', 'is PARTIALLY_PRESENT (7), which only a differencing disk may use');
+  } else if (state === 4) {
+    return bad('BAD_BLOCK_STATE', 'has state 4, which is not defined');
+  } else if (state !== PayloadState.FULLY_PRESENT) {
+    return { kind: 'absent', state };
+  }
+  const extent = isBitmap ? MiB : Math.max(0, Math.min(g.blockSize, g.virtualSize - blockIndex * g.blockSize));
+  if (fileOffset < MiB) {
+    return bad('BAT_ENTRY_IN_HEADER', `is at file offset ${mibHex(fileOffsetMB)}, inside the 1 MiB header section`);
+  }
+  if (fileOffset + extent > fileSize) {
+    return bad('BAT_ENTRY_OUT_OF_BOUNDS', `at file offset ${mibHex(fileOffsetMB)} (+${extent}) ends beyond the end of the file (${fileSize})`);
+  }
+  return { kind: 'present', state, fileOffset, extent };
+}
