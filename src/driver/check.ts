@@ -38,6 +38,8 @@ import { HEADER, type Header } from '../format/header.js';
 import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_HEADER } from '../format/region-table.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE } from '../format/metadata.js';
 import { BAT_ENTRY_SIZE, BitmapState, PayloadState, judgeBatEntry } from '../format/bat.js';
+import { bytesEqual, isZero } from '../codec/bytes.js';
+import { scanBat as readBatWindows } from './bat-scan.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { openLayout, probe, replayInPlace, type DiskType, type Layout } from './open.js';
@@ -302,7 +304,7 @@ function checkHeaders(head: Uint8Array, got: number, rep: Report): { damaged: nu
       rep.add({ severity: 'corruption', reason: e.reason, message: `${name} ${what}`, structure: name, offset: off });
       continue;
     }
-    if (!allZero(bytes, 80, HEADER_SIZE)) {
+    if (!isZero(bytes.subarray(80, HEADER_SIZE))) {
       rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: `${name} has non-zero bytes in its reserved area (bytes 80 to 4095)`, structure: name, offset: off + 80 });
     }
   }
@@ -311,7 +313,7 @@ function checkHeaders(head: Uint8Array, got: number, rep: Report): { damaged: nu
     if (h1.sequenceNumber === h2.sequenceNumber) {
       const a = head.subarray(HEADER_OFFSETS[0], HEADER_OFFSETS[0] + HEADER_SIZE);
       const b = head.subarray(HEADER_OFFSETS[1], HEADER_OFFSETS[1] + HEADER_SIZE);
-      if (bytesSame(a, b)) {
+      if (bytesEqual(a, b)) {
         rep.add({
           severity: 'info',
           reason: 'EQUAL_SEQUENCE_NUMBERS',
@@ -390,7 +392,7 @@ async function checkRegionTables(
   state.goodRegionTable = good;
   const other = 1 - used;
   if (!valid[other]) state.badRegionTables.push(other + 1);
-  else if (!bytesSame(good, copies[other]!)) {
+  else if (!bytesEqual(good, copies[other]!)) {
     state.badRegionTables.push(other + 1);
     rep.add({
       severity: 'corruption',
@@ -425,7 +427,7 @@ async function checkMetadataReserved(src: RandomAccessSource, layout: Layout, re
   const table = new Uint8Array(METADATA_TABLE_SIZE);
   await readExact(src, off, table, 'metadata table');
   const dv = viewOf(table);
-  if (dv.getUint16(8, true) !== 0 || !allZero(table, 12, 32)) {
+  if (dv.getUint16(8, true) !== 0 || !isZero(table.subarray(12, 32))) {
     rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: 'the metadata table header has non-zero reserved fields', structure: 'metadata table', offset: off });
   }
   layout.metadataItems.forEach((item, i) => {
@@ -549,7 +551,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
   let prevEnd = -1;
   let chunkHasPartial = false;
 
-  await readBatWindows(src, batOffset, total, period, opts, (view, first, count) => {
+  await readBatWindows(src, batOffset, total, period, opts, (view, _bytes, first, count) => {
     for (let i = 0; i < count; i++) {
       const index = first + i;
       const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
@@ -637,7 +639,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
     // The collided units, sorted, and the first present block covering each (found in BAT order).
     const hitUnits = [...new Set(collisions.map((c) => c.unit))].sort((a, b) => a - b);
     const owners = new Map<number, number>();
-    await readBatWindows(src, batOffset, total, period, {}, (view, first, count) => {
+    await readBatWindows(src, batOffset, total, period, {}, (view, _bytes, first, count) => {
       for (let i = 0; i < count && owners.size < hitUnits.length; i++) {
         const index = first + i;
         const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
@@ -696,55 +698,6 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
       });
     }
   }
-}
-
-/**
- * Read the BAT in windows of whole chunks (about 1 MiB), one read ahead, calling `fn` on each.
- * `fn` may return false to stop early.
- */
-async function readBatWindows(
-  src: RandomAccessSource,
-  batOffset: number,
-  total: number,
-  period: number,
-  opts: CheckOptions,
-  fn: (view: DataView, first: number, count: number) => boolean | void,
-): Promise<void> {
-  const chunksPerWindow = Math.max(1, Math.floor(MiB / (period * BAT_ENTRY_SIZE)));
-  const windowEntries = chunksPerWindow * period;
-  const bufs = [new Uint8Array(windowEntries * BAT_ENTRY_SIZE), new Uint8Array(windowEntries * BAT_ENTRY_SIZE)];
-  const read = (first: number, k: number): Promise<Uint8Array> => {
-    const count = Math.min(windowEntries, total - first);
-    const b = bufs[k % 2]!.subarray(0, count * BAT_ENTRY_SIZE);
-    return readExact(src, batOffset + first * BAT_ENTRY_SIZE, b, 'BAT').then(() => b);
-  };
-  let pending: Promise<Uint8Array> | null = total > 0 ? read(0, 0) : null;
-  for (let first = 0, k = 0; first < total; first += windowEntries, k++) {
-    const bytes = await pending!;
-    const next = first + windowEntries;
-    pending = next < total ? read(next, k + 1) : null;
-    if (opts.signal?.aborted) {
-      await pending?.catch(() => undefined);
-      throw new VhdxError('ECANCELED', 'ABORTED', 'check cancelled', { cause: opts.signal.reason });
-    }
-    const go = fn(viewOf(bytes), first, bytes.length / BAT_ENTRY_SIZE);
-    opts.onProgress?.(Math.min(total, next), total);
-    if (go === false) {
-      await pending?.catch(() => undefined);
-      return;
-    }
-  }
-}
-
-function allZero(b: Uint8Array, from: number, to: number): boolean {
-  for (let i = from; i < to; i++) if (b[i] !== 0) return false;
-  return true;
-}
-
-function bytesSame(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 // ---------------------------------------------------------------------------------------------

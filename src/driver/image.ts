@@ -2,10 +2,11 @@
  * A VHDX image opened for reading: the layout validated at open, the BAT through a bounded
  * cache, reads at any offset and length, block status, and a streaming BAT scan for statistics.
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, corrupt } from '../errors.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, payloadBatIndex } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
+import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
@@ -22,7 +23,6 @@ function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
     fileSize: () => src.size,
   };
 }
-import { viewOf } from '../codec/struct.js';
 import { bytesEqual } from '../codec/bytes.js';
 
 export interface OpenOptions extends BatCacheOptions {
@@ -231,70 +231,40 @@ export class VhdxImage implements BlockDevice {
     let breaks = 0;
     let prevEnd = -1;
     const total = this.layout.batEntries;
-    // Windows of whole chunks, about 1 MiB each: small enough that the bytes just read are still
-    // in the CPU cache when the uniform-window check compares them.
-    const chunksPerWindow = Math.max(1, Math.floor(MiB / (period * BAT_ENTRY_SIZE)));
-    const windowEntries = chunksPerWindow * period;
-    const validator = new BatCache(this.src, batPlacement(this.layout, this.src));
-    // Keep a few window reads in flight: copying the BAT out of the page cache is the cost, and
-    // parallel reads spread it over the I/O threads.
-    const AHEAD = 2;
-    const pool = Array.from({ length: AHEAD + 1 }, () => new Uint8Array(windowEntries * BAT_ENTRY_SIZE));
-    let poolNext = 0;
-    const inFlight: Promise<Uint8Array>[] = [];
-    let nextRead = 0;
-    const issue = (): void => {
-      if (nextRead >= total) return;
-      const count = Math.min(windowEntries, total - nextRead);
-      const b = pool[poolNext++ % pool.length]!.subarray(0, count * BAT_ENTRY_SIZE);
-      inFlight.push(readExact(this.src, this.layout.batRegion.fileOffset + nextRead * BAT_ENTRY_SIZE, b, 'BAT').then(() => b));
-      nextRead += count;
-    };
-    for (let k = 0; k < AHEAD; k++) issue();
-    for (let first = 0; first < total; first += windowEntries) {
-      if (opts.signal?.aborted) {
-        await Promise.allSettled(inFlight);
-        throw new VhdxError('ECANCELED', 'ABORTED', 'BAT scan cancelled', { cause: opts.signal.reason });
-      }
-      const count = Math.min(windowEntries, total - first);
-      const bytes = await inFlight.shift()!;
-      issue();
-      const view = viewOf(bytes);
+    const windowEntries = batWindowEntries(period);
+    const chunkBytes = period * BAT_ENTRY_SIZE;
+    const fileSize = this.src.size;
+    await scanBat(this.src, this.layout.batRegion.fileOffset, total, period, opts, (view, bytes, first, count) => {
       // Fast path: a window made of one chunk repeated, whose payload entries all hold one
       // non-present state and no file offset (fresh dynamic disks of any size).
-      const chunkBytes = period * BAT_ENTRY_SIZE;
-      if (count === windowEntries && chunksPerWindow > 1 && uniformWindow(bytes, view, chunkBytes, g.chunkRatio)) {
-        const state = view.getUint32(0, true) & 7;
-        const blocks = Math.min(g.chunkRatio * chunksPerWindow, g.payloadBlocks - (first / period) * g.chunkRatio);
-        if (blocks > 0) {
-          const firstBlock = (first / period) * g.chunkRatio;
-          add(state, Math.min(this.size, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
+      if (count === windowEntries && count > period && uniformWindow(bytes, view, chunkBytes, g.chunkRatio)) {
+        const firstBlock = (first / period) * g.chunkRatio;
+        const blocks = Math.min(count - count / period, g.payloadBlocks - firstBlock);
+        if (blocks > 0) add(view.getUint32(0, true) & 7, Math.min(this.size, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
+        return;
+      }
+      for (let i = 0; i < count; i++) {
+        const index = first + i;
+        const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
+        const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
+        const v = judgeBatEntry(g, this.layout.hasParent, fileSize, index, lo, hi);
+        if (v.kind === 'bad') {
+          throw corrupt(v.reason, `block ${v.message}`, { structure: `BAT entry ${index}`, offset: this.layout.batRegion.fileOffset + index * BAT_ENTRY_SIZE });
         }
-      } else {
-        validator.validate(view, first, count);
-        for (let i = 0; i < count; i++) {
-          const index = first + i;
-          const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
-          const state = lo & 7;
-          if ((index + 1) % period === 0) {
-            if (state !== 0) bitmapBlocks++;
-            continue;
-          }
-          const blockIndex = index - Math.floor(index / period);
-          if (blockIndex >= g.payloadBlocks) continue;
-          const blockBytes = Math.min(g.blockSize, this.size - blockIndex * g.blockSize);
-          add(state, blockBytes);
-          if (state === PayloadState.FULLY_PRESENT || state === PayloadState.PARTIALLY_PRESENT) {
-            const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
-            const fo = (hi * 4096 + (lo >>> 20)) * MiB;
-            if (allocatedBlocks > 0 && fo !== prevEnd) breaks++;
-            prevEnd = fo + g.blockSize;
-            allocatedBlocks++;
-          }
+        if ((index + 1) % period === 0) {
+          if (v.kind === 'present') bitmapBlocks++;
+          continue;
+        }
+        const blockIndex = index - Math.floor(index / period);
+        if (blockIndex >= g.payloadBlocks) continue;
+        add(v.state, Math.min(g.blockSize, this.size - blockIndex * g.blockSize));
+        if (v.kind === 'present') {
+          if (allocatedBlocks > 0 && v.fileOffset !== prevEnd) breaks++;
+          prevEnd = v.fileOffset + g.blockSize;
+          allocatedBlocks++;
         }
       }
-      opts.onProgress?.(Math.min(total, first + count), total);
-    }
+    });
     const fragmentationPercentage = allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
     return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage };
   }
