@@ -10,6 +10,7 @@ import {
   batEntryAt,
   editHeaders,
   editRegionTables,
+  writeLog,
   fillByte,
   getU32,
   hex,
@@ -264,6 +265,23 @@ test('LOG_NO_VALID_SEQUENCE: valid log entries written for another LogGuid', asy
   const bytes = dirty.bytes;
   editHeaders(bytes, (h) => encodeGuid(OTHER_GUID, bytes, h + 48));
   await openFails(bytes, 'LOG_NO_VALID_SEQUENCE', { structure: 'log', offset: plan.log.offset });
+});
+
+test('LOG_REPLAY_FAILED: a log entry zeroing past its LastFileOffset', async () => {
+  const { bytes, plan: p } = await buildImage({ virtualSize: 64 * MiB, blockSize: MiB });
+  const logGuid = '3c2b1a09-8765-4321-8fed-cba987654321';
+  // A petabyte of zeros: a replay in place would write until the disk was full.
+  writeLog(bytes, p, logGuid, [[{ kind: 'zero', fileOffset: p.payloadOffset, length: 2 ** 50 }]]);
+  editHeaders(bytes, (h) => encodeGuid(logGuid, bytes, h + 48));
+  await openFails(bytes, 'LOG_REPLAY_FAILED', { structure: 'log' });
+});
+
+test('LOG_REPLAY_FAILED: a LastFileOffset larger than any VHDX file', async () => {
+  const { bytes, plan: p } = await buildImage({ virtualSize: 64 * MiB, blockSize: MiB });
+  const logGuid = '3c2b1a09-8765-4321-8fed-cba987654321';
+  writeLog(bytes, p, logGuid, [[{ kind: 'zero', fileOffset: p.payloadOffset, length: 4 * KiB }]], { lastFileOffset: 2 ** 50 });
+  editHeaders(bytes, (h) => encodeGuid(logGuid, bytes, h + 48));
+  await openFails(bytes, 'LOG_REPLAY_FAILED', { structure: 'log' });
 });
 
 test('control: the dirty-log image replays in memory and reads the logged block', async () => {

@@ -310,7 +310,9 @@ async function craftedImage(kind) {
       // Valid: one entry zeroing 200,000 separate 4 KiB sectors, in descending order.
       const { bytes, plan } = await buildImage({ logSize: 8 * MiB });
       const n = 200000;
-      writeLog(bytes, plan, logGuid, [Array.from({ length: n }, (_, i) => ({ kind: 'zero', fileOffset: plan.payloadOffset + (n - i) * 8 * KiB, length: 4 * KiB }))]);
+      // LastFileOffset covers every sector zeroed (a replay may write nothing past it).
+      const lastFileOffset = Math.ceil((plan.payloadOffset + (n + 1) * 8 * KiB) / MiB) * MiB;
+      writeLog(bytes, plan, logGuid, [Array.from({ length: n }, (_, i) => ({ kind: 'zero', fileOffset: plan.payloadOffset + (n - i) * 8 * KiB, length: 4 * KiB }))], { lastFileOffset });
       editHeaders(bytes, (h) => encodeGuid(logGuid, bytes, h + 48));
       return bytes;
     }

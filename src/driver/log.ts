@@ -167,26 +167,40 @@ export function findActiveSequence(log: Uint8Array, logGuid: string): LogSequenc
 }
 
 /**
- * Check that a sequence only writes where the log may write: never the file identifier or the
- * headers (region tables, at 192 KiB and 256 KiB, and everything after 1 MiB are allowed).
+ * The largest file a VHDX can need: 64 TiB of payload plus every other structure (a 512 MiB BAT,
+ * sector bitmaps of a 64 TiB differencing disk, the log, metadata) with room to spare.
+ */
+export const MAX_IMAGE_FILE_SIZE = 64 * 2 ** 40 + 64 * 2 ** 30;
+
+/**
+ * Check that a sequence only writes where the log may write, before any of it is applied: never
+ * the file identifier or the headers (region tables, at 192 KiB and 256 KiB, and everything after
+ * 1 MiB are allowed), and nothing past the head's LastFileOffset, the size that holds every
+ * structure; LastFileOffset itself no larger than any VHDX can be. These bound what a replay
+ * writes or extends, however the log was crafted.
  */
 export function checkSequenceTargets(seq: LogSequence, logOffset: number): void {
   const forbiddenEnd = REGION_TABLE_OFFSETS[0];
+  const last = seq.head.header.lastFileOffset;
+  if (last > MAX_IMAGE_FILE_SIZE) {
+    throw corrupt('LOG_REPLAY_FAILED', `log entry ${seq.head.header.sequenceNumber} has LastFileOffset ${last}, larger than any VHDX file (${MAX_IMAGE_FILE_SIZE})`, {
+      structure: 'log',
+      offset: logOffset + seq.head.logOffset,
+    });
+  }
   for (const e of seq.entries) {
     for (const w of e.writes) {
       const len = w.kind === 'zero' ? w.length : w.data.length;
+      const where = { structure: 'log', offset: logOffset + e.logOffset };
       if (w.fileOffset < forbiddenEnd) {
         throw corrupt(
           'LOG_REPLAY_FAILED',
           `log entry ${e.header.sequenceNumber} writes to file offset ${w.fileOffset}, inside the identifier or headers (${HEADER_OFFSETS.join(', ')})`,
-          { structure: 'log', offset: logOffset + e.logOffset },
+          where,
         );
       }
-      if (!Number.isSafeInteger(w.fileOffset + len)) {
-        throw corrupt('LOG_REPLAY_FAILED', `log entry ${e.header.sequenceNumber} writes beyond 2^53`, {
-          structure: 'log',
-          offset: logOffset + e.logOffset,
-        });
+      if (w.fileOffset + len > last) {
+        throw corrupt('LOG_REPLAY_FAILED', `log entry ${e.header.sequenceNumber} writes ${len} bytes at ${w.fileOffset}, past LastFileOffset ${last}`, where);
       }
     }
   }

@@ -92,9 +92,10 @@ export async function buildImage({ allocate = [], states = {}, logAllocate = [],
  * every entry's Tail pointing at the first. Each write is { kind: 'zero', fileOffset, length } or
  * { kind: 'data', fileOffset, data: 4 KiB }.
  */
-export function writeLog(bytes, plan, logGuid, entries) {
+export function writeLog(bytes, plan, logGuid, entries, { lastFileOffset } = {}) {
   let at = 0;
   const fileEnd = Math.ceil(bytes.length / MiB) * MiB;
+  const last = lastFileOffset ?? fileEnd;
   entries.forEach((writes, n) => {
     const seq = 41n + BigInt(n);
     const data = writes.filter((w) => w.kind === 'data');
@@ -111,7 +112,7 @@ export function writeLog(bytes, plan, logGuid, entries) {
         reserved: 0,
         logGuid,
         flushedFileOffset: fileEnd,
-        lastFileOffset: fileEnd,
+        lastFileOffset: last,
       },
       entry,
       0,
