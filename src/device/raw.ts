@@ -7,14 +7,13 @@
  */
 import { VhdxError } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
-import { readExact, type RandomAccessSource } from '../io/source.js';
+import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
 import type { DeviceCapabilities, Extent, WritableBlockDevice } from './block-device.js';
 
 /** Granularity of zero detection in block status. */
 export const RAW_ZERO_GRAIN = 64 * 1024;
 /** Bytes read at a time while scanning for block status. */
 const SCAN_BYTES = 1024 * 1024;
-const ZEROS = new Uint8Array(1024 * 1024);
 
 export interface RawDeviceOptions {
   /** Sector size the device reports (default 512). */
@@ -85,7 +84,7 @@ export class RawDevice implements WritableBlockDevice {
     this.checkRange(offset, length);
     const write = this.writable();
     if (opts.fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'a raw image cannot zero a range without writing it');
-    for (let p = 0; p < length; p += ZEROS.length) await write(offset + p, ZEROS.subarray(0, Math.min(ZEROS.length, length - p)));
+    await writeZeros(write, offset, length);
   }
 
   /** Raw files cannot be deallocated here: the range is written with zeros, so it reads as zeros after. */

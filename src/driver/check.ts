@@ -26,6 +26,7 @@ import { readExact, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   HEADER_SECTION_SIZE,
+  alignUp,
   HEADER_SIZE,
   MiB,
   METADATA_TABLE_SIZE,
@@ -115,7 +116,6 @@ const MAX_NAMED_COLLISIONS = 100;
 
 const REGION_NAMES: Record<string, string> = { [REGION_BAT]: 'BAT region', [REGION_METADATA]: 'metadata region' };
 
-const alignUp = (n: number, to: number): number => Math.ceil(n / to) * to;
 
 /** A file offset given in MiB, printed exactly even past 2^53. */
 function mibOffset(mb: number): string {

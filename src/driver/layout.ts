@@ -14,6 +14,7 @@ import { viewOf } from '../codec/struct.js';
 import type { RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
+  alignUp,
   HEADER_SECTION_SIZE,
   ITEM_FILE_PARAMETERS,
   ITEM_LOGICAL_SECTOR_SIZE,
@@ -132,9 +133,6 @@ function badArgument(message: string): VhdxError {
   return new VhdxError('EINVAL', 'BAD_ARGUMENT', message);
 }
 
-function alignUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
 
 /**
  * Decide where every structure of a new image goes. Pure: the same options give the same plan.

@@ -7,7 +7,7 @@ import { VhdxError, corrupt } from '../errors.js';
 import { NIL_GUID, isNilGuid, randomGuid } from '../codec/guid.js';
 import { updateHeaders } from './headers.js';
 import { bytesEqual } from '../codec/bytes.js';
-import { readBytes, type RandomAccessSource } from '../io/source.js';
+import { readBytes, writeZeros, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   HEADER_SECTION_SIZE,
@@ -510,15 +510,11 @@ export async function replayInPlace(file: RandomAccessSource): Promise<number> {
   }
   checkNotTruncated(seq, file, layout.log.logOffset);
   let header = await updateHeaders(file, layout.current, { fileWriteGuid: randomGuid() });
-  const zeros = new Uint8Array(MiB);
+  const write = file.write.bind(file);
   for (const e of seq.entries) {
     for (const w of e.writes) {
-      if (w.kind === 'data') await file.write(w.fileOffset, w.data);
-      else {
-        for (let done = 0; done < w.length; done += zeros.length) {
-          await file.write(w.fileOffset + done, zeros.subarray(0, Math.min(zeros.length, w.length - done)));
-        }
-      }
+      if (w.kind === 'data') await write(w.fileOffset, w.data);
+      else await writeZeros(write, w.fileOffset, w.length);
     }
   }
   if (file.size < seq.head.header.lastFileOffset) await file.truncate(seq.head.header.lastFileOffset);

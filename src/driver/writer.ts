@@ -22,7 +22,7 @@ import { VhdxError } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
 import { MiB } from '../format/constants.js';
 import { PayloadState, payloadBatIndex } from '../format/bat.js';
-import type { RandomAccessSource } from '../io/source.js';
+import { writeZeros, type RandomAccessSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
@@ -41,7 +41,6 @@ export interface ZeroOptions {
   fast?: boolean;
 }
 
-const ZEROS = new Uint8Array(MiB);
 
 /** A block being allocated: where it goes, how many writes into it are in flight, and when it is done. */
 interface PendingBlock {
@@ -228,7 +227,7 @@ export class Writer {
       } else if (e.state === PayloadState.FULLY_PRESENT) {
         if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - pos} bytes at ${pos} would write data`);
         const base = e.fileOffsetMB * MiB - blockStart;
-        for (let p = pos; p < end; p += ZEROS.length) await this.file.write!(base + p, ZEROS.subarray(0, Math.min(ZEROS.length, end - p)));
+        await writeZeros(this.file.write!.bind(this.file), base + pos, end - pos);
       }
       pos = end;
     }

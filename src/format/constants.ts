@@ -39,3 +39,8 @@ export const MAX_VIRTUAL_SIZE = 64 * TiB;
 export const SECTOR_BITMAP_BLOCK_SIZE = MiB;
 /** 2^23 logical sectors make one chunk. */
 export const SECTORS_PER_CHUNK = 2 ** 23;
+
+/** `n` rounded up to a multiple of `to`. */
+export function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}

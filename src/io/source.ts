@@ -41,6 +41,15 @@ export async function readBytes(src: RandomAccessSource, offset: number, length:
   return b;
 }
 
+const ZERO_MIB = new Uint8Array(1024 * 1024);
+
+/** Write zeros over [offset, offset + length) in 1 MiB pieces, through `write`. */
+export async function writeZeros(write: (offset: number, data: Uint8Array) => Promise<void>, offset: number, length: number): Promise<void> {
+  for (let done = 0; done < length; done += ZERO_MIB.length) {
+    await write(offset + done, ZERO_MIB.subarray(0, Math.min(ZERO_MIB.length, length - done)));
+  }
+}
+
 /** A source over bytes in memory. Writes past the end grow it. */
 export class MemorySource implements RandomAccessSource {
   private buf: Uint8Array;
