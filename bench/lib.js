@@ -5,7 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-export const cli = join(repoRoot, 'bin', 'vhdx.js');
+export const cli = join(repoRoot, 'bin', 'vhdx.cjs');
 export const scratchDir = process.env.VHDX_BENCH_DIR ?? (existsSync('/dev/shm') ? '/dev/shm/vhdx-bench' : '/tmp/vhdx-bench');
 mkdirSync(scratchDir, { recursive: true });
 

@@ -8,7 +8,7 @@ import * as convertVhdx from './convert-vhdx.js';
 import * as writeAlloc from './write-alloc.js';
 import * as write from './random-write.js';
 
-// The in-process library benchmarks get the thread pool the CLI uses (see bin/vhdx.js).
+// The in-process library benchmarks get the thread pool the CLI uses (see bin/vhdx.cjs).
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, availableParallelism()));
 
 const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write };

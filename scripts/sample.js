@@ -35,7 +35,7 @@ await setBatEntry(src, plan, payloadBatIndex(plan.geometry, 20), { state: Payloa
 await src.flush();
 await src.close();
 
-const cli = resolve(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', 'bin', 'vhdx.js');
+const cli = resolve(import.meta.dirname ?? new URL('.', import.meta.url).pathname, '..', 'bin', 'vhdx.cjs');
 const vhdx = (...args) => {
   console.log(`\n$ vhdx ${args.join(' ')}`);
   const r = spawnSync(process.execPath, [cli, ...args], { stdio: 'inherit' });

@@ -357,7 +357,7 @@ for (const [n, c] of CASES.entries()) {
         }
       });
 
-      await t.test('vhdx convert -O raw equals qemu-img convert', { skip: haveCli ? false : 'bin/vhdx.js not present yet' }, async () => {
+      await t.test('vhdx convert -O raw equals qemu-img convert', { skip: haveCli ? false : 'bin/vhdx.cjs not present yet' }, async () => {
         const r = await execFileP(process.execPath, [cliPath, 'convert', '-O', 'raw', img, oursRaw], { encoding: 'utf8' }).catch((e) => e);
         assert.equal(r.code ?? 0, 0, `vhdx convert failed: ${r.stderr}`);
         assert.equal((await stat(oursRaw)).size, c.size, 'vhdx convert output has the virtual size');

@@ -71,7 +71,7 @@ async function newImage(name, opts = 'block_size=1M', size = '16M') {
 
 test('commands run in order with one line each, as qemu-io prints them', async () => {
   const path = await newImage('lines.vhdx');
-  // The real command (bin/vhdx.js), for its exit status and output.
+  // The real command (bin/vhdx.cjs), for its exit status and output.
   const r = await vhdx([
     'io',
     '-c', 'write -P 0x5a 0 4k',

@@ -9,7 +9,7 @@ import { createGunzip } from 'node:zlib';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const corpusDir = process.env.VHDX_CORPUS ?? resolve(repoRoot, '..', 'shared', 'corpus');
-export const cliPath = join(repoRoot, 'bin', 'vhdx.js');
+export const cliPath = join(repoRoot, 'bin', 'vhdx.cjs');
 
 /** The corpus manifest, or null when the corpus is not beside the repository. */
 export function corpusManifest() {
