@@ -2,7 +2,7 @@
  * The one error type the library throws. `code` is a small errno-like set that maps onto
  * NBD error values and CLI exit codes; `reason` is finer and stable, for tests and programs.
  */
-export type ErrorCode = 'EINVAL' | 'EIO' | 'ENOSPC' | 'EROFS' | 'EPERM' | 'ENOTSUP' | 'EOVERFLOW' | 'EBUSY' | 'ECANCELED' | 'EEXIST';
+export type ErrorCode = 'EINVAL' | 'EIO' | 'ENOSPC' | 'EROFS' | 'EPERM' | 'ENOTSUP' | 'EOVERFLOW' | 'EBUSY' | 'ECANCELED' | 'EEXIST' | 'ENOENT';
 
 export type ErrorReason =
   | 'BAD_SIGNATURE'
@@ -41,6 +41,12 @@ export type ErrorReason =
   | 'LOG_REPLAY_FAILED'
   | 'BAD_PARENT_LOCATOR'
   | 'DIFFERENCING_NOT_SUPPORTED'
+  | 'NO_PARENT'
+  | 'PARENT_NOT_FOUND'
+  | 'PARENT_NOT_ALLOWED'
+  | 'PARENT_MISMATCH'
+  | 'PARENT_LOOP'
+  | 'CHAIN_TOO_DEEP'
   | 'SHORT_READ'
   | 'TRUNCATED_FILE'
   | 'OUT_OF_RANGE'

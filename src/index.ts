@@ -6,7 +6,8 @@ export { VhdxError, isVhdxError, type ErrorCode, type ErrorReason } from './erro
 export { MemorySource, BlobSource, readExact, type RandomAccessSource } from './io/source.js';
 export { FaultySource, type FaultyOptions, type FaultyOp, type CrashImageOptions } from './io/faulty.js';
 export type { BlockDevice, WritableBlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
-export { VhdxImage, type OpenOptions, type AllocationStats } from './driver/image.js';
+export { VhdxImage, checkParent, locatorValue, MAX_CHAIN_DEPTH, type OpenOptions, type AllocationStats, type ParentResolver, type ParentRequest } from './driver/image.js';
+export { decodeParentLocator, encodeParentLocator, type ParentLocator } from './format/parent-locator.js';
 export { probe, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
 export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';

@@ -134,16 +134,18 @@ const pyvhdi = (() => {
 })();
 
 /** SHA-256 of each [offset, length] range of the virtual disk as libvhdi reads it. */
-function pyvhdiHashes(path, ranges) {
+function pyvhdiHashes(path, ranges, parentPath) {
   const script = [
     'import sys, json, hashlib, pyvhdi',
     'f = pyvhdi.file(); f.open(sys.argv[1])',
+    'if len(sys.argv) > 3:',
+    '    p = pyvhdi.file(); p.open(sys.argv[3]); f.set_parent(p)',
     'out = []',
     'for off, n in json.loads(sys.argv[2]):',
     '    out.append(hashlib.sha256(f.read_buffer_at_offset(n, off)).hexdigest())',
     'print(json.dumps({"size": f.get_media_size(), "hashes": out}))',
   ].join('\n');
-  return JSON.parse(run(pyvhdi, ['-c', script, path, JSON.stringify(ranges)]));
+  return JSON.parse(run(pyvhdi, ['-c', script, path, JSON.stringify(ranges), ...(parentPath ? [parentPath] : [])]));
 }
 
 /** Fields of `vhdiinfo` output. */
@@ -265,16 +267,18 @@ for (const e of readable) {
 }
 
 for (const e of differencing) {
-  test(`corpus: ${e.file} opens as differencing and refuses reads`, { skip: noCorpus }, async () => {
+  const parentEntry = e.parentFile ? entries.find((p) => p.file === e.parentFile) : undefined;
+  test(`corpus: ${e.file} opens as differencing; without its parent, reads fail with NO_PARENT`, { skip: noCorpus }, async () => {
     const path = await corpusFile(e.file);
     const before = await fileFingerprint(path);
     assert.equal(before.sha256, e.imageSha256, 'decompressed image SHA-256 matches the manifest');
-    const img = await openFile(path);
+    const img = await openFile(path, { parents: 'none' });
     let linkage;
     try {
       const l = img.layout;
       checkLayout(l, e);
       assert.equal(l.type, 'differencing');
+      assert.equal(img.parent, null);
       assert.ok(l.parentLocator, 'a parent locator');
       assert.equal(l.parentLocator.locatorType.toLowerCase(), VHDX_LOCATOR_TYPE);
       const kv = new Map(l.parentLocator.entries.map(({ key, value }) => [key, value]));
@@ -298,8 +302,7 @@ for (const e of differencing) {
       ]) {
         await assert.rejects(img.read(off, new Uint8Array(n)), (err) => {
           assert.ok(err instanceof VhdxError, `VhdxError expected, got ${err}`);
-          assert.equal(err.code, 'ENOTSUP');
-          assert.equal(err.reason, 'DIFFERENCING_NOT_SUPPORTED');
+          assert.equal(err.reason, 'NO_PARENT');
           return true;
         });
       }
@@ -309,16 +312,61 @@ for (const e of differencing) {
     assert.deepEqual(await fileFingerprint(path), before, 'the image file is unchanged');
 
     // The (synthetic) parent beside it carries the DataWriteGuid the child links to.
-    const parent = e.parentFile && entries.find((p) => p.file === e.parentFile);
-    if (parent) {
-      const pimg = await openFile(await corpusFile(parent.file));
+    if (parentEntry) {
+      const pimg = await openFile(await corpusFile(parentEntry.file));
       try {
-        checkLayout(pimg.layout, parent);
+        checkLayout(pimg.layout, parentEntry);
         assert.equal(`{${pimg.layout.current.dataWriteGuid}}`.toLowerCase(), linkage.toLowerCase(), "parent's DataWriteGuid equals parent_linkage");
         assert.equal(pimg.size, img.size, 'parent and child have the same virtual size');
       } finally {
         await pimg.close();
       }
+    }
+  });
+
+  test(`corpus: ${e.file} reads through its parent to its rawSha256`, { skip: noCorpus || (!parentEntry && 'no parent in the manifest') }, async () => {
+    const parentPath = await corpusFile(parentEntry.file);
+    const path = await corpusFile(e.file); // same folder: relative_path finds the parent
+    const before = [await fileFingerprint(path), await fileFingerprint(parentPath)];
+    const img = await openFile(path);
+    try {
+      assert.ok(img.parent, 'the parent was opened');
+      assert.equal(img.linkedBy, 'parent_linkage');
+      assert.equal(img.chain.length, 2);
+      const extents = await img.blockStatus(0, img.size);
+      assertExtentsCoverDisk(extents, img.size);
+      for (const x of extents) assert.ok(x.depth === 0 || x.depth === 1, `extent at ${x.offset} has depth ${x.depth}`);
+      // The manifest notes: 6200 sectors come from the child.
+      const fromChild = extents.filter((x) => x.type === 'data' && x.depth === 0).reduce((a, x) => a + x.length, 0);
+      assert.equal(fromChild, 6200 * 512, 'bytes the child itself holds');
+      assert.equal(await hashDisk(img, extents), e.rawSha256, 'SHA-256 of the virtual disk read through the chain');
+    } finally {
+      await img.close();
+    }
+    assert.deepEqual([await fileFingerprint(path), await fileFingerprint(parentPath)], before, 'neither file changed');
+  });
+
+  test(`corpus: ${e.file} reads like libvhdi with set_parent (pyvhdi)`, { skip: noCorpus || (!parentEntry && 'no parent') || (!pyvhdi && 'python3 with pyvhdi (python3-libvhdi) not installed') }, async () => {
+    const parentPath = await corpusFile(parentEntry.file);
+    const path = await corpusFile(e.file);
+    const img = await openFile(path);
+    try {
+      // The start of every extent (all of those of the child itself), sector-straddling ranges, the end.
+      const extents = await img.blockStatus(0, img.size);
+      const ranges = [];
+      for (const x of extents) ranges.push([x.offset, Math.min(x.length, x.depth === 0 ? x.length : 65536)]);
+      for (const x of extents.filter((y) => y.depth === 0).slice(0, 20)) ranges.push([Math.max(0, x.offset - 300), 1000]);
+      ranges.push([img.size - 65536, 65536]);
+      const theirs = pyvhdiHashes(path, ranges, parentPath);
+      assert.equal(theirs.size, img.size);
+      for (let i = 0; i < ranges.length; i++) {
+        const [off, n] = ranges[i];
+        const b = new Uint8Array(n);
+        await img.read(off, b);
+        assert.equal(createHash('sha256').update(b).digest('hex'), theirs.hashes[i], `libvhdi and we read the same ${n} bytes at ${off}`);
+      }
+    } finally {
+      await img.close();
     }
   });
 

@@ -18,6 +18,12 @@ export interface Extent {
   type: ExtentType;
   /** File offset of the first byte, for 'data' extents whose bytes are contiguous in the file. */
   fileOffset?: number;
+  /**
+   * For differencing chains: which image holds the range (0 = the image itself, 1 its parent,
+   * and so on; for `unallocated`, the last image consulted). Absent for images without a parent.
+   * `fileOffset` is then an offset in that image's file.
+   */
+  depth?: number;
 }
 
 export interface DeviceCapabilities {

@@ -12,6 +12,10 @@ import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.j
 import { openLayout, replayInPlace, type Layout } from './open.js';
 import { Writer, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
+import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
+import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
+import { normalizeGuid, isGuid } from '../codec/guid.js';
+import type { ParentLocator } from '../format/parent-locator.js';
 
 function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
   return {
@@ -25,12 +29,49 @@ function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
 }
 import { bytesEqual } from '../codec/bytes.js';
 
-export interface OpenOptions extends BatCacheOptions {
+export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions {
   /**
    * Open for reading only (the default). A writable open needs a writable source; it replays a
    * dirty log into the file first.
    */
   readOnly?: boolean;
+  /**
+   * For a differencing image: opens its parent (read-only). Without one, a differencing image
+   * opens for its metadata only, and reads and writes fail with NO_PARENT. The returned image is
+   * checked against the locator (parent_linkage, sector size, virtual size) and is closed with
+   * the child. `openFile` (Node) passes a resolver that follows the locator's paths by a policy.
+   */
+  parent?: ParentResolver;
+  /** How deep this image sits in a chain (0: the image the caller opened). Set by resolvers. */
+  depth?: number;
+  /**
+   * The DataWriteGuid this session's first change gives the image, instead of a random one.
+   * `commitChild` uses it so that the child can name the parent's identity before it changes.
+   */
+  dataWriteGuid?: string;
+  /** A name for the image in error messages (openFile gives the path). */
+  name?: string;
+}
+
+/** What a parent resolver is asked for. */
+export interface ParentRequest {
+  /** The child's parent locator (key/value pairs). */
+  locator: ParentLocator;
+  /** The child's layout. */
+  child: Layout;
+  /** Depth the parent will have in the chain (1 = the opened image's parent). */
+  depth: number;
+}
+
+/** Opens the parent a locator names; see OpenOptions.parent. */
+export type ParentResolver = (request: ParentRequest) => Promise<VhdxImage>;
+
+/** The deepest chain we open: a loop that escaped the resolver's checks ends here. */
+export const MAX_CHAIN_DEPTH = 64;
+
+/** The value of `key` in a locator, if present. */
+export function locatorValue(loc: ParentLocator, key: string): string | undefined {
+  return loc.entries.find((e) => e.key === key)?.value;
 }
 
 /** Bytes of the virtual disk per payload block state, and how scattered the allocated blocks are. */
@@ -55,17 +96,39 @@ export class VhdxImage implements BlockDevice {
   private readonly bat: BatCache;
   private readonly src: RandomAccessSource;
   private readonly writer: Writer | null;
+  private readonly bitmaps: SectorBitmaps | null;
   private closed = false;
+  /** The parent image of a differencing disk, when it was opened with a resolver. */
+  readonly parent: VhdxImage | null;
+  /** Which locator key matched the parent's DataWriteGuid. */
+  readonly linkedBy: 'parent_linkage' | 'parent_linkage2' | null;
+  /** Depth in the chain: 0 for the image the caller opened. */
+  readonly depth: number;
+  /** The name given at open (a path, for openFile), for messages. */
+  readonly name: string | undefined;
 
   private constructor(
     readonly layout: Layout,
     private readonly file: RandomAccessSource,
     opts: OpenOptions,
+    parent: VhdxImage | null,
+    linkedBy: VhdxImage['linkedBy'],
   ) {
     this.src = layout.source;
+    this.parent = parent;
+    this.linkedBy = linkedBy;
+    this.depth = opts.depth ?? 0;
+    this.name = opts.name;
     this.bat = new BatCache(this.src, batPlacement(layout, this.src), opts);
+    this.bitmaps = layout.hasParent ? new SectorBitmaps(this.src, this.bat, layout.geometry, opts) : null;
     this.readOnly = opts.readOnly ?? true;
-    this.writer = this.readOnly ? null : new Writer(file, layout, this.bat);
+    this.writer = this.readOnly
+      ? null
+      : new Writer(file, layout, this.bat, {
+          bitmaps: this.bitmaps,
+          parent,
+          ...(opts.dataWriteGuid !== undefined ? { dataWriteGuid: normalizeGuid(opts.dataWriteGuid) } : {}),
+        });
     const w = !this.readOnly;
     this.can = { zero: w, fastZero: w && !layout.leaveBlocksAllocated, discard: w, extents: true, fua: w };
   }
@@ -83,10 +146,28 @@ export class VhdxImage implements BlockDevice {
       await replayInPlace(source);
     }
     const layout = await openLayout(source);
-    if (!readOnly && layout.hasParent) {
-      throw new VhdxError('ENOTSUP', 'DIFFERENCING_NOT_SUPPORTED', 'writing differencing images is not supported yet');
+    let parent: VhdxImage | null = null;
+    let linkedBy: VhdxImage['linkedBy'] = null;
+    if (layout.hasParent && opts.parent) {
+      const depth = (opts.depth ?? 0) + 1;
+      if (depth > MAX_CHAIN_DEPTH) throw new VhdxError('EINVAL', 'CHAIN_TOO_DEEP', `the chain of parents is deeper than ${MAX_CHAIN_DEPTH}`);
+      const loc = layout.parentLocator!;
+      parent = await opts.parent({ locator: loc, child: layout, depth });
+      try {
+        linkedBy = checkParent(layout, parent, opts.name);
+      } catch (e) {
+        await parent.close();
+        throw e;
+      }
     }
-    return new VhdxImage(layout, source, { ...opts, readOnly });
+    return new VhdxImage(layout, source, { ...opts, readOnly }, parent, linkedBy);
+  }
+
+  /** The images of the chain from this one down to its last opened parent. */
+  get chain(): VhdxImage[] {
+    const out: VhdxImage[] = [];
+    for (let i: VhdxImage | null = this; i; i = i.parent) out.push(i);
+    return out;
   }
 
   /** The current header: after writes, the one this session last wrote. */
@@ -97,18 +178,21 @@ export class VhdxImage implements BlockDevice {
   /** Write `data` at `offset`. With `fua`, durable when this returns. */
   async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
     this.checkRange(offset, data.length);
+    if (this.layout.hasParent) this.needParent();
     await this.writable().write(offset, data, opts);
   }
 
   /** Make [offset, offset + length) read as zeros: whole blocks become ZERO blocks, no data written. */
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
     this.checkRange(offset, length);
+    if (this.layout.hasParent) this.needParent();
     await this.writable().writeZeroes(offset, length, opts);
   }
 
   /** Deallocate [offset, offset + length): whole blocks become UNMAPPED; the range reads as zeros after. */
   async discard(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
+    if (this.layout.hasParent) this.needParent();
     await this.writable().discard(offset, length);
   }
 
@@ -131,7 +215,7 @@ export class VhdxImage implements BlockDevice {
   /** Fill `into` with the virtual disk's bytes at `offset`. */
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkRange(offset, into.length);
-    this.assertReadable();
+    if (this.bitmaps) return this.readDifferencing(offset, into, this.bitmaps, this.needParent());
     const bs = this.layout.blockSize;
     // Fast path: a request inside one block whose BAT page is cached (small random I/O).
     const firstBlock = Math.floor(offset / bs);
@@ -184,7 +268,7 @@ export class VhdxImage implements BlockDevice {
   /** Extents of [offset, offset + length), merged, from the BAT alone. */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.checkRange(offset, length);
-    this.assertReadable();
+    if (this.bitmaps) return this.blockStatusDifferencing(offset, length, this.bitmaps, this.needParent());
     const bs = this.layout.blockSize;
     const out: Extent[] = [];
     let pos = offset;
@@ -282,7 +366,11 @@ export class VhdxImage implements BlockDevice {
     try {
       await this.writer?.close();
     } finally {
-      await this.file.close();
+      try {
+        await this.file.close();
+      } finally {
+        await this.parent?.close();
+      }
     }
   }
 
@@ -298,10 +386,142 @@ export class VhdxImage implements BlockDevice {
     }
   }
 
-  private assertReadable(): void {
-    if (this.layout.hasParent) {
-      throw new VhdxError('ENOTSUP', 'DIFFERENCING_NOT_SUPPORTED', 'reading differencing images is not supported yet');
+  private needParent(): VhdxImage {
+    if (!this.parent) {
+      throw new VhdxError('EINVAL', 'NO_PARENT', `${this.name ?? 'the image'} is a differencing image opened without its parent (no parent resolver was given)`);
     }
+    return this.parent;
+  }
+
+  /**
+   * Read a differencing disk: FULLY_PRESENT blocks from this file, NOT_PRESENT ones from the
+   * parent, PARTIALLY_PRESENT ones sector by sector as the sector bitmap says, the other
+   * states as zeros. Ranges bound for the parent are merged across blocks into one request.
+   */
+  private async readDifferencing(offset: number, into: Uint8Array, bitmaps: SectorBitmaps, parent: VhdxImage): Promise<void> {
+    const bs = this.layout.blockSize;
+    const lss = this.layout.logicalSectorSize;
+    const pending: Promise<void>[] = [];
+    let parentStart = -1; // position in `into` where a run bound for the parent starts
+    let parentLen = 0;
+    const toParent = (pos: number, n: number): void => {
+      if (parentLen > 0 && parentStart + parentLen === pos) parentLen += n;
+      else {
+        flushParent();
+        parentStart = pos;
+        parentLen = n;
+      }
+    };
+    const flushParent = (): void => {
+      if (parentLen > 0) {
+        pending.push(parent.read(offset + parentStart, into.subarray(parentStart, parentStart + parentLen)));
+        parentLen = 0;
+      }
+    };
+    const fromFile = (fileOffset: number, pos: number, n: number): void => {
+      pending.push(readExact(this.src, fileOffset, into.subarray(pos, pos + n), 'payload block'));
+    };
+    for (let pos = 0; pos < into.length; ) {
+      const vo = offset + pos;
+      const blockIndex = Math.floor(vo / bs);
+      const blockStart = blockIndex * bs;
+      const n = Math.min(blockStart + bs - vo, into.length - pos);
+      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
+      if (e.state === PayloadState.FULLY_PRESENT) fromFile(e.fileOffsetMB * MiB + vo - blockStart, pos, n);
+      else if (e.state === PayloadState.NOT_PRESENT) toParent(pos, n);
+      else if (e.state === PayloadState.PARTIALLY_PRESENT) {
+        const firstSector = Math.floor(vo / lss);
+        const runs = await bitmaps.runs(firstSector, Math.ceil((vo + n) / lss) - firstSector);
+        let at = vo; // virtual offset where the current run starts, clipped to the request
+        let sector = firstSector;
+        for (const r of runs) {
+          sector += r.count;
+          const runEnd = Math.min(sector * lss, vo + n);
+          if (r.present) fromFile(e.fileOffsetMB * MiB + at - blockStart, at - offset, runEnd - at);
+          else toParent(at - offset, runEnd - at);
+          at = runEnd;
+        }
+      } else into.fill(0, pos, pos + n);
+      pos += n;
+    }
+    flushParent();
+    await Promise.all(pending);
+  }
+
+  /**
+   * Block status of a chain: this image's data and zero extents at depth 0, and for what it
+   * leaves to its parent, the parent's extents one level deeper. `unallocated` remains only
+   * where no image of the chain has the range.
+   */
+  private async blockStatusDifferencing(offset: number, length: number, bitmaps: SectorBitmaps, parent: VhdxImage): Promise<Extent[]> {
+    const bs = this.layout.blockSize;
+    const lss = this.layout.logicalSectorSize;
+    const out: Extent[] = [];
+    const push = (x: Extent): void => {
+      const last = out[out.length - 1];
+      if (
+        last &&
+        last.type === x.type &&
+        last.depth === x.depth &&
+        last.offset + last.length === x.offset &&
+        (x.type !== 'data' || (last.fileOffset !== undefined && last.fileOffset + last.length === x.fileOffset))
+      ) {
+        last.length += x.length;
+      } else out.push(x);
+    };
+    let parentFrom = -1;
+    let parentTo = -1;
+    const flushParent = async (): Promise<void> => {
+      if (parentTo > parentFrom) {
+        for (const x of await parent.blockStatus(parentFrom, parentTo - parentFrom)) {
+          const end = Math.min(x.offset + x.length, parentTo);
+          const y: Extent = { offset: x.offset, length: end - x.offset, type: x.type, depth: (x.depth ?? 0) + 1 };
+          if (x.fileOffset !== undefined) y.fileOffset = x.fileOffset;
+          push(y);
+          if (end >= parentTo) break;
+        }
+      }
+      parentFrom = parentTo = -1;
+    };
+    const toParent = async (from: number, to: number): Promise<void> => {
+      if (parentTo !== from) await flushParent();
+      if (parentFrom < 0) parentFrom = from;
+      parentTo = to;
+    };
+    const local = async (x: Extent): Promise<void> => {
+      await flushParent();
+      push(x);
+    };
+    const end = offset + length;
+    for (let pos = offset; pos < end; ) {
+      const blockIndex = Math.floor(pos / bs);
+      const blockStart = blockIndex * bs;
+      const blockEnd = Math.min(blockStart + bs, this.size);
+      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
+      if (e.state === PayloadState.FULLY_PRESENT) {
+        await local({ offset: pos, length: blockEnd - pos, type: 'data', depth: 0, fileOffset: e.fileOffsetMB * MiB + pos - blockStart });
+      } else if (e.state === PayloadState.NOT_PRESENT) {
+        await toParent(pos, blockEnd);
+      } else if (e.state === PayloadState.PARTIALLY_PRESENT) {
+        // Whole sectors from `pos` to the block's end (`pos` is sector aligned after the first).
+        let at = pos;
+        let sector = Math.floor(pos / lss);
+        for (const r of await bitmaps.runs(sector, Math.ceil(blockEnd / lss) - sector)) {
+          sector += r.count;
+          const runEnd = Math.min(sector * lss, blockEnd);
+          if (r.present) await local({ offset: at, length: runEnd - at, type: 'data', depth: 0, fileOffset: e.fileOffsetMB * MiB + at - blockStart });
+          else await toParent(at, runEnd);
+          at = runEnd;
+        }
+      } else {
+        await local({ offset: pos, length: blockEnd - pos, type: 'zero', depth: 0 });
+      }
+      pos = blockEnd;
+    }
+    await flushParent();
+    return out;
   }
 }
 
@@ -320,4 +540,43 @@ function uniformWindow(bytes: Uint8Array, view: DataView, chunkBytes: number, ch
   }
   if (view.getUint32(chunkRatio * 8, true) !== 0 || view.getUint32(chunkRatio * 8 + 4, true) !== 0) return false;
   return bytesEqual(bytes.subarray(chunkBytes), bytes.subarray(0, bytes.length - chunkBytes));
+}
+
+/**
+ * Check that `parent` is the image the child's locator names: the VHDX locator type, a
+ * DataWriteGuid equal to parent_linkage (or parent_linkage2), and the child's logical sector
+ * size and virtual size. Returns the key that matched.
+ */
+export function checkParent(child: Layout, parent: VhdxImage, childName?: string): 'parent_linkage' | 'parent_linkage2' {
+  const loc = child.parentLocator;
+  const where = { structure: 'parent locator' };
+  if (!loc) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${childName ?? 'the image'} is not a differencing image`);
+  if (loc.locatorType !== LOCATOR_TYPE_VHDX) {
+    throw new VhdxError('ENOTSUP', 'BAD_PARENT_LOCATOR', `parent locator type {${loc.locatorType}} is not the VHDX locator type`, where);
+  }
+  const linkage = locatorValue(loc, 'parent_linkage');
+  if (linkage === undefined || !isGuid(linkage)) {
+    throw corrupt('BAD_PARENT_LOCATOR', `parent_linkage is ${linkage === undefined ? 'missing' : `not a GUID (${JSON.stringify(linkage)})`}`, where);
+  }
+  const linkage2 = locatorValue(loc, 'parent_linkage2');
+  const parentName = parent.name ?? 'the parent';
+  const dwg = parent.header.dataWriteGuid;
+  let linkedBy: 'parent_linkage' | 'parent_linkage2';
+  if (normalizeGuid(linkage) === dwg) linkedBy = 'parent_linkage';
+  else if (linkage2 !== undefined && isGuid(linkage2) && normalizeGuid(linkage2) === dwg) linkedBy = 'parent_linkage2';
+  else {
+    throw new VhdxError(
+      'EINVAL',
+      'PARENT_MISMATCH',
+      `${parentName} is not the parent ${childName ?? 'the child'} was made from: its DataWriteGuid {${dwg}} is not the child's parent_linkage ${linkage}` +
+        `${linkage2 !== undefined ? ` or parent_linkage2 ${linkage2}` : ''} (the parent was written to after the child was made, or it is another disk)`,
+    );
+  }
+  if (parent.logicalSectorSize !== child.logicalSectorSize) {
+    throw new VhdxError('EINVAL', 'PARENT_MISMATCH', `${parentName} has ${parent.logicalSectorSize}-byte logical sectors, the child ${child.logicalSectorSize}-byte`);
+  }
+  if (parent.size !== child.virtualSize) {
+    throw new VhdxError('EINVAL', 'PARENT_MISMATCH', `${parentName} is ${parent.size} bytes, the child ${child.virtualSize} bytes`);
+  }
+  return linkedBy;
 }

@@ -11,3 +11,25 @@ export class Mutex {
     return result;
   }
 }
+
+/**
+ * One mutex per key, made on demand and dropped when idle, so that a disk's many blocks cost
+ * memory only while they are busy.
+ */
+export class KeyedMutex<K> {
+  private readonly tails = new Map<K, Promise<void>>();
+
+  run<T>(key: K, task: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const result = prev.then(task);
+    const tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return result;
+  }
+}

@@ -22,12 +22,15 @@ import { VhdxError } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
 import { MiB } from '../format/constants.js';
 import { PayloadState, payloadBatIndex } from '../format/bat.js';
-import { writeZeros, type RandomAccessSource } from '../io/source.js';
+import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
-import { Mutex } from './mutex.js';
+import { KeyedMutex, Mutex } from './mutex.js';
 import type { Layout } from './open.js';
+import type { SectorBitmaps } from './bitmap-cache.js';
+import type { BlockDevice } from '../device/block-device.js';
+import { BitmapState, bitmapBatIndex } from '../format/bat.js';
 
 export interface WriteOptions {
   /** Durable when the call returns (forced unit access). */
@@ -53,11 +56,33 @@ interface PendingBlock {
   error?: unknown;
 }
 
+export interface WriterOptions {
+  /** A differencing disk's sector bitmaps (null otherwise). */
+  bitmaps?: SectorBitmaps | null;
+  /** A differencing disk's parent, for the parts of sectors a write does not cover. */
+  parent?: BlockDevice | null;
+  /** The DataWriteGuid to give the image at the session's first change (default: random). */
+  dataWriteGuid?: string;
+}
+
+/** Bytes of zeros written at a time when zeroing sectors of a differencing disk. */
+const ZERO_CHUNK = 1024 * 1024;
+
 export class Writer {
   private readonly metadataLock = new Mutex();
+  /** Differencing disks: writes into a block that is not FULLY_PRESENT run one at a time. */
+  private readonly blockLocks = new KeyedMutex<number>();
+  private readonly bitmaps: SectorBitmaps | null;
+  private readonly parent: BlockDevice | null;
+  private readonly nextDataWriteGuid: string | undefined;
+  /** Other metadata sectors (file offset → 4 KiB) to write through the log at the next commit. */
+  private readonly pendingSectors = new Map<number, Uint8Array>();
   private readonly allocating = new Map<number, PendingBlock>();
   private header: CurrentHeader;
-  private sessionStarted: Promise<void> | null = null;
+  /** The session's header updates: FileWriteGuid at the first change, DataWriteGuid at the first data change. */
+  private dataSession: Promise<void> | null = null;
+  private fileSession: Promise<void> | null = null;
+  private fileWriteGuidChanged = false;
   private ring: LogRing | null = null;
   /** Where the next block goes: the 1 MiB-aligned end of the file. */
   private fileEnd: number;
@@ -71,7 +96,11 @@ export class Writer {
     private readonly file: RandomAccessSource,
     private readonly layout: Layout,
     private readonly bat: BatCache,
+    opts: WriterOptions = {},
   ) {
+    this.bitmaps = opts.bitmaps ?? null;
+    this.parent = opts.parent ?? null;
+    this.nextDataWriteGuid = opts.dataWriteGuid;
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
     this.flushedSize = Math.floor(file.size / MiB) * MiB;
@@ -134,12 +163,125 @@ export class Writer {
     });
   }
 
-  /** First change of the session: new FileWriteGuid and DataWriteGuid in both headers. */
+  /**
+   * First change of user-visible data in the session: a new DataWriteGuid, and a new
+   * FileWriteGuid unless a metadata change already gave one, in both headers.
+   */
   private beginChange(): Promise<void> {
-    this.sessionStarted ??= this.metadataLock.run(async () => {
-      this.header = await updateHeaders(this.file, this.header, { fileWriteGuid: randomGuid(), dataWriteGuid: randomGuid() });
+    this.dataSession ??= this.metadataLock.run(async () => {
+      const dataWriteGuid = this.nextDataWriteGuid ?? randomGuid();
+      this.header = await updateHeaders(this.file, this.header, this.fileWriteGuidChanged ? { dataWriteGuid } : { fileWriteGuid: randomGuid(), dataWriteGuid });
+      this.fileWriteGuidChanged = true;
     });
-    return this.sessionStarted;
+    return this.dataSession;
+  }
+
+  /** First change of the session that leaves the disk's data alone (a parent locator): a new FileWriteGuid. */
+  private beginMetadataChange(): Promise<void> {
+    this.fileSession ??= this.metadataLock.run(async () => {
+      if (this.fileWriteGuidChanged) return;
+      this.header = await updateHeaders(this.file, this.header, { fileWriteGuid: randomGuid() });
+      this.fileWriteGuidChanged = true;
+    });
+    return this.fileSession;
+  }
+
+  /**
+   * Queue whole 4 KiB sectors of metadata (outside the BAT and the sector bitmaps: the metadata
+   * region) to be written through the log at the next commit. The caller flushes.
+   */
+  async writeMetadataSectors(sectors: { fileOffset: number; data: Uint8Array }[]): Promise<void> {
+    this.throwBackgroundError();
+    for (const x of sectors) {
+      if (x.fileOffset % 4096 !== 0 || x.data.length !== 4096) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `metadata writes go through the log in whole 4 KiB sectors (offset ${x.fileOffset}, ${x.data.length} bytes)`);
+      }
+    }
+    if (sectors.length === 0) return;
+    await this.beginMetadataChange();
+    for (const x of sectors) this.pendingSectors.set(x.fileOffset, x.data.slice());
+  }
+
+  /** Metadata sectors changed in memory and not yet committed. */
+  private get dirtyCount(): number {
+    return this.bat.dirtyCount + (this.bitmaps?.dirtyCount ?? 0) + this.pendingSectors.size;
+  }
+
+  /**
+   * A write into a block of a differencing disk that is not FULLY_PRESENT, under the block's
+   * lock. A whole block, or a block that reads as zeros (ZERO, UNMAPPED, UNDEFINED), gets the
+   * data in place and becomes FULLY_PRESENT: fresh file space reads as zeros. Otherwise the
+   * write goes sector by sector: sectors cut by the write are completed from their current
+   * content (this file where their bit is set, else the parent), the sectors are written, then
+   * their bits are set, and a NOT_PRESENT block becomes PARTIALLY_PRESENT (FULLY_PRESENT once
+   * every bit is set).
+   */
+  private async writeDifferencing(blockIndex: number, inBlock: number, data: Uint8Array, bitmaps: SectorBitmaps): Promise<void> {
+    const g = this.layout.geometry;
+    const batIndex = payloadBatIndex(g, blockIndex);
+    const e = await this.bat.entry(batIndex);
+    if (e.state === PayloadState.FULLY_PRESENT) {
+      await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
+      return;
+    }
+    const bs = this.layout.blockSize;
+    const blockStart = blockIndex * bs;
+    const blockLen = Math.min(bs, this.layout.virtualSize - blockStart);
+    const partial = e.state === PayloadState.PARTIALLY_PRESENT;
+    const showsParent = partial || e.state === PayloadState.NOT_PRESENT;
+    if (!showsParent || (inBlock === 0 && data.length === blockLen)) {
+      const at = partial ? e.fileOffsetMB * MiB : await this.reserveBlock();
+      await this.file.write!(at + inBlock, data);
+      await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: at / MiB });
+      return;
+    }
+    const lss = this.layout.logicalSectorSize;
+    const alignedStart = Math.floor(inBlock / lss) * lss;
+    const alignedEnd = Math.min(Math.ceil((inBlock + data.length) / lss) * lss, blockLen);
+    const at = partial ? e.fileOffsetMB * MiB : await this.reserveBlock();
+    let buf = data;
+    if (alignedStart !== inBlock || alignedEnd !== inBlock + data.length) {
+      buf = new Uint8Array(alignedEnd - alignedStart);
+      const edges = new Set([alignedStart, alignedEnd - lss]);
+      for (const s of edges) {
+        const cut = s === alignedStart ? inBlock !== alignedStart : inBlock + data.length !== alignedEnd;
+        if (!cut) continue;
+        const sector = buf.subarray(s - alignedStart, s - alignedStart + lss);
+        const here = partial && (await bitmaps.allSet((blockStart + s) / lss, 1));
+        if (here) await readExact(this.file, at + s, sector, 'payload block');
+        else await this.needParent().read(blockStart + s, sector);
+      }
+      buf.set(data, inBlock - alignedStart);
+    }
+    await this.file.write!(at + alignedStart, buf);
+    await this.ensureBitmapBlock(Math.floor(blockIndex / g.chunkRatio));
+    const blockSector = blockStart / lss;
+    // A block allocated now may have bits left over from an earlier allocation: clear them first.
+    if (!partial) await bitmaps.set(blockSector, blockLen / lss, false);
+    await bitmaps.set((blockStart + alignedStart) / lss, (alignedEnd - alignedStart) / lss, true);
+    if (await bitmaps.allSet(blockSector, blockLen / lss)) {
+      await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: at / MiB });
+    } else if (!partial) {
+      await this.bat.set(batIndex, { state: PayloadState.PARTIALLY_PRESENT, fileOffsetMB: at / MiB });
+    }
+  }
+
+  private needParent(): BlockDevice {
+    if (!this.parent) throw new VhdxError('EINVAL', 'NO_PARENT', 'writing part of a sector of a differencing image needs its parent, which was not opened');
+    return this.parent;
+  }
+
+  /** Give chunk `chunk` its 1 MiB sector bitmap block (zeros: every sector from the parent) if it has none. */
+  private async ensureBitmapBlock(chunk: number): Promise<void> {
+    const index = bitmapBatIndex(this.layout.geometry, chunk);
+    if ((this.bat.cached(index) ?? (await this.bat.entry(index))).state === BitmapState.PRESENT) return;
+    await this.metadataLock.run(async () => {
+      if ((await this.bat.entry(index)).state === BitmapState.PRESENT) return;
+      const at = this.fileEnd;
+      this.fileEnd += MiB;
+      if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
+      await this.bat.set(index, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
+    });
   }
 
   private async writeInBlock(blockIndex: number, inBlock: number, data: Uint8Array): Promise<void> {
@@ -149,6 +291,7 @@ export class Writer {
       await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
       return;
     }
+    if (this.bitmaps) return this.blockLocks.run(blockIndex, () => this.writeDifferencing(blockIndex, inBlock, data, this.bitmaps!));
     // Join the block's allocation, or start it: nothing awaits between this lookup and the set.
     let alloc = this.allocating.get(blockIndex);
     if (!alloc) {
@@ -213,6 +356,11 @@ export class Writer {
     const bs = this.layout.blockSize;
     const size = this.layout.virtualSize;
     const fixed = this.layout.leaveBlocksAllocated;
+    if (this.bitmaps) {
+      await this.zeroDifferencing(offset, length, state, fast, this.bitmaps);
+      this.maybeCommitInBackground();
+      return;
+    }
     for (let pos = offset; pos < offset + length; ) {
       const blockIndex = Math.floor(pos / bs);
       const blockStart = blockIndex * bs;
@@ -234,6 +382,45 @@ export class Writer {
     this.maybeCommitInBackground();
   }
 
+  /**
+   * Zero a range of a differencing disk, block by block under each block's lock. Whole blocks
+   * take `state` (ZERO or UNMAPPED: both hide the parent). Elsewhere the range must stop showing
+   * the parent, so zeros are written as data into FULLY_PRESENT blocks and, sector by sector,
+   * into blocks that show the parent; blocks that already read as zeros are left alone.
+   */
+  private async zeroDifferencing(offset: number, length: number, state: number, fast: boolean, bitmaps: SectorBitmaps): Promise<void> {
+    const bs = this.layout.blockSize;
+    const size = this.layout.virtualSize;
+    for (let pos = offset; pos < offset + length; ) {
+      const blockIndex = Math.floor(pos / bs);
+      const blockStart = blockIndex * bs;
+      const blockEnd = Math.min(blockStart + bs, size);
+      const end = Math.min(offset + length, blockEnd);
+      const from = pos;
+      await this.blockLocks.run(blockIndex, async () => {
+        const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
+        const e = await this.bat.entry(batIndex);
+        if (from === blockStart && end === blockEnd) {
+          if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+          return;
+        }
+        const showsParent = e.state === PayloadState.NOT_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT;
+        if (e.state !== PayloadState.FULLY_PRESENT && !showsParent) return;
+        if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - from} bytes at ${from} would write data`);
+        if (e.state === PayloadState.FULLY_PRESENT) {
+          await writeZeros(this.file.write!.bind(this.file), e.fileOffsetMB * MiB + from - blockStart, end - from);
+          return;
+        }
+        const zeros = new Uint8Array(Math.min(ZERO_CHUNK, end - from));
+        for (let p = from; p < end; p += zeros.length) {
+          const n = Math.min(zeros.length, end - p);
+          await this.writeDifferencing(blockIndex, p - blockStart, zeros.subarray(0, n), bitmaps);
+        }
+      });
+      pos = end;
+    }
+  }
+
   /** Wait until a block being allocated has its BAT entry (or its allocation failed). */
   private async allocationSettled(blockIndex: number): Promise<void> {
     for (let a = this.allocating.get(blockIndex); a; a = this.allocating.get(blockIndex)) await a.done;
@@ -241,7 +428,7 @@ export class Writer {
 
   /** Start a commit without waiting when the changes pending would fill a log entry. */
   private maybeCommitInBackground(): void {
-    if (this.bat.dirtyCount < this.entriesPerCommit || this.backgroundCommit) return;
+    if (this.dirtyCount < this.entriesPerCommit || this.backgroundCommit) return;
     this.backgroundCommit = this.commit(false)
       .catch((e: unknown) => {
         this.backgroundError ??= e;
@@ -265,29 +452,38 @@ export class Writer {
    */
   private commit(flushAlways: boolean): Promise<void> {
     return this.metadataLock.run(async () => {
-      if (this.bat.dirtyCount === 0) {
+      if (this.dirtyCount === 0) {
         if (flushAlways) await this.file.flush!();
         this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
         return;
       }
-      while (this.bat.dirtyCount > 0) {
+      while (this.dirtyCount > 0) {
+        // BAT sectors, sector bitmap pages and other metadata sectors share the entry. Their
+        // copies are taken before the payload flush, so every write they expose is flushed first.
         const batch = this.bat.takeDirty(this.entriesPerCommit);
+        const room = this.entriesPerCommit - batch.sectors.length;
+        const bitmapBatch = this.bitmaps?.takeDirty(room) ?? { sectors: [], ids: [] };
+        const others = [...this.pendingSectors].slice(0, room - bitmapBatch.sectors.length);
+        for (const [at] of others) this.pendingSectors.delete(at);
         let applied = false;
         try {
           await this.file.flush!();
           this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
           this.ring ??= new LogRing(this.file, this.layout.log.logOffset, this.layout.log.logLength, randomGuid());
-          const writes = batch.sectors.map((s) => ({ kind: 'data' as const, fileOffset: s.fileOffset, data: s.data }));
+          const sectors = [...batch.sectors, ...bitmapBatch.sectors, ...others.map(([fileOffset, data]) => ({ fileOffset, data }))];
+          const writes = sectors.map((s) => ({ kind: 'data' as const, fileOffset: s.fileOffset, data: s.data }));
           await this.ring.append(writes, this.flushedSize, this.fileEnd);
           await this.file.flush!();
           if (this.header.logGuid !== this.ring.logGuid) {
             this.header = await updateHeaders(this.file, this.header, { logGuid: this.ring.logGuid });
           }
-          for (const s of batch.sectors) await this.file.write!(s.fileOffset, s.data);
+          for (const s of sectors) await this.file.write!(s.fileOffset, s.data);
           await this.file.flush!();
           applied = true;
         } finally {
           this.bat.release(batch, applied);
+          this.bitmaps?.release(bitmapBatch, applied);
+          if (!applied) for (const [at, data] of others) if (!this.pendingSectors.has(at)) this.pendingSectors.set(at, data);
         }
       }
     });
