@@ -8,6 +8,12 @@
 // 4 KiB reads ~60% faster); size it to the CPU count unless the user chose. The pool starts on
 // first use, so setting it here, before any file I/O, takes effect.
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, require('node:os').availableParallelism()));
+// A reader that stops early (`vhdx map … | head`) closes the pipe: stop quietly, as a program
+// killed by SIGPIPE would, instead of failing on the next write.
+process.stdout.on('error', (e) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 const { main } = require('../dist/vhdx-cli.cjs');
 main(process.argv.slice(2)).then((code) => {
   process.exitCode = code;

@@ -18,3 +18,4 @@ export type { ImagePlan, ImageIdentity } from './driver/layout.js';
 export { RawDevice } from './device/raw.js';
 export { copyDevice, fileSink, deviceSink, type CopyOptions, type CopyResult, type CopySink } from './device/copy.js';
 export { checkImage, repairImage, MAX_FINDINGS, type CheckResult, type CheckOptions, type CheckError, type Finding, type FindingSeverity, type RepairMode, type RepairOptions, type RepairResult, type RepairAction } from './driver/check.js';
+export { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';

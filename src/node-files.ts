@@ -2,9 +2,12 @@
  * package barrel, so a command loads only the modules it uses. */
 import { createRequire } from 'node:module';
 import { realpath, stat, unlink } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve, sep } from 'node:path';
+import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { LOCATOR_TYPE_VHDX } from './format/constants.js';
+import type { ParentLocator } from './format/parent-locator.js';
 import { NodeFileSource } from './io/node-file.js';
 import { VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
+import { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from './driver/create.js';
 import { VhdxError, isVhdxError } from './errors.js';
 
@@ -32,10 +35,11 @@ export async function openFile(path: string, opts: OpenFileOptions = {}): Promis
   return openInChain(path, opts, new Set([real]));
 }
 
-async function openInChain(path: string, opts: OpenFileOptions, visited: Set<string>): Promise<VhdxImage> {
+/** Open `path` and its chain; with `writableParent`, its direct parent is opened writable (commit). */
+async function openInChain(path: string, opts: OpenFileOptions, visited: Set<string>, writableParent = false): Promise<VhdxImage> {
   const { parents = 'relative', ...rest } = opts;
   const parent: ParentResolver | undefined =
-    typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, rest);
+    typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, rest, writableParent);
   const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true });
   try {
     return await VhdxImage.open(src, { ...rest, name: rest.name ?? path, ...(parent ? { parent } : {}) });
@@ -63,7 +67,7 @@ function hostPath(key: string, value: string, childDir: string): { path: string 
   return { why: 'a Windows path, which has no meaning on this host' };
 }
 
-function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Set<string>, opts: OpenFileOptions): ParentResolver {
+function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Set<string>, opts: OpenFileOptions, writable: boolean): ParentResolver {
   return async ({ locator, child, depth }) => {
     const tried: string[] = [];
     for (const key of ['relative_path', 'volume_path', 'absolute_win32_path']) {
@@ -94,7 +98,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
       }
       let parent: VhdxImage;
       try {
-        parent = await openInChain(where.path, { ...opts, readOnly: true, depth, name: where.path, parents: policy }, new Set([...visited, real]));
+        parent = await openInChain(where.path, { ...opts, readOnly: !writable, depth, name: where.path, parents: policy }, new Set([...visited, real]));
       } catch (e) {
         if (isVhdxError(e) && (e.reason === 'PARENT_LOOP' || e.reason === 'CHAIN_TOO_DEEP' || e.reason === 'PARENT_NOT_FOUND' || e.reason === 'PARENT_MISMATCH')) throw e;
         throw isVhdxError(e) ? new VhdxError(e.code, e.reason, `parent ${where.path}: ${e.message}`, { cause: e }) : e;
@@ -131,9 +135,37 @@ export function packageVersion(): string {
   return version;
 }
 
-export interface CreateFileOptions extends CreateOptions {
+export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentLocator'> {
+  /** Virtual size in bytes; required unless `parent` is given (then it must be the parent's, if given). */
+  size?: number;
   /** Replace an existing file instead of failing with EEXIST / FILE_EXISTS (default false). */
   overwrite?: boolean;
+  /**
+   * Make a differencing disk over the VHDX at this path. Its size and sector sizes come from the
+   * parent; the locator records parent_linkage (the parent's DataWriteGuid), relative_path
+   * (from the child's folder, Windows separators) and absolute_win32_path (the parent's absolute
+   * path). The parent is opened read-only (its own parents as `parents` allows) and not changed.
+   */
+  parent?: string;
+  /** How the parent's own chain is opened (default 'relative'). */
+  parents?: ParentPaths | ParentResolver;
+}
+
+/** The locator a child at `childPath` needs to find `parent` (opened from `parentPath`). */
+export function locatorFor(childPath: string, parentPath: string, parent: VhdxImage): ParentLocator {
+  const absParent = resolve(parentPath);
+  let rel = relative(dirname(resolve(childPath)), absParent);
+  if (!rel.startsWith('..')) rel = `.${sep}${rel}`;
+  const windowsStyle = (p: string): string => p.split(sep).join('\\');
+  const absolute = sep === '\\' ? `\\\\?\\${absParent}` : absParent;
+  return {
+    locatorType: LOCATOR_TYPE_VHDX,
+    entries: [
+      { key: 'parent_linkage', value: `{${parent.header.dataWriteGuid}}` },
+      { key: 'relative_path', value: windowsStyle(rel) },
+      { key: 'absolute_win32_path', value: absolute },
+    ],
+  };
 }
 
 /**
@@ -145,8 +177,32 @@ export interface CreateFileOptions extends CreateOptions {
  * success; open it with `openFile(path, { readOnly: false })` to write.
  */
 export async function createFile(path: string, opts: CreateFileOptions): Promise<CreateResult> {
-  const { overwrite = false, ...rest } = opts;
-  const options: CreateOptions = { ...rest, creator: rest.creator ?? `${DEFAULT_CREATOR} ${packageVersion()}` };
+  const { overwrite = false, parent: parentPath, parents, size, ...rest } = opts;
+  let options: CreateOptions;
+  if (parentPath !== undefined) {
+    const parent = await openFile(parentPath, { ...(parents !== undefined ? { parents } : {}) });
+    try {
+      if (size !== undefined && size !== parent.size) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `size ${size} differs from the parent's ${parent.size} bytes (a differencing disk has its parent's size)`);
+      }
+      if (rest.logicalSectorSize !== undefined && rest.logicalSectorSize !== parent.logicalSectorSize) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `logical sector size ${rest.logicalSectorSize} differs from the parent's ${parent.logicalSectorSize}`);
+      }
+      options = {
+        ...rest,
+        size: parent.size,
+        logicalSectorSize: parent.logicalSectorSize as 512 | 4096,
+        physicalSectorSize: rest.physicalSectorSize ?? (parent.physicalSectorSize as 512 | 4096),
+        parentLocator: locatorFor(path, parentPath, parent),
+      };
+    } finally {
+      await parent.close();
+    }
+  } else {
+    if (size === undefined) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', 'a size is needed (or a parent to take it from)');
+    options = { ...rest, size };
+  }
+  options.creator ??= `${DEFAULT_CREATOR} ${packageVersion()}`;
   planCreate(options); // bad options fail here, before any file exists
   let src: NodeFileSource;
   try {
@@ -165,5 +221,62 @@ export async function createFile(path: string, opts: CreateFileOptions): Promise
     await src.close().catch(() => undefined);
     await unlink(path).catch(() => undefined);
     throw e;
+  }
+}
+
+export interface CommitFileOptions extends CommitOptions {
+  /** Remove the child file once the parent holds its data and is closed (default: empty the child). */
+  remove?: boolean;
+  /** How the chain is opened (default 'relative'). */
+  parents?: ParentPaths | ParentResolver;
+}
+
+/**
+ * Merge the differencing image at `childPath` into its parent (see `commitChild` for the order
+ * of operations and what a crash leaves). The parent is opened writable and locked; its own
+ * parents read-only. The child is emptied, or removed with `remove`. Returns the parent's path.
+ */
+export async function commitFile(childPath: string, opts: CommitFileOptions = {}): Promise<CommitResult & { parentPath: string | null }> {
+  const { remove = false, parents = 'relative', ...commitOpts } = opts;
+  if (parents === 'none') throw new VhdxError('EINVAL', 'BAD_ARGUMENT', "commit needs the parent: parents 'none' cannot be used");
+  const real = await realpath(childPath).catch(() => resolve(childPath));
+  const child = await openInChain(childPath, { readOnly: false, parents }, new Set([real]), true);
+  let result: CommitResult;
+  let parentPath: string | null;
+  try {
+    result = await commitChild(child, { ...commitOpts, emptyChild: !remove });
+    parentPath = child.parent?.name ?? null;
+  } finally {
+    await child.close(); // closes (and so flushes) the parent too
+  }
+  if (remove) await unlink(childPath);
+  return { ...result, parentPath };
+}
+
+/**
+ * Point the differencing image at `childPath` at a parent that moved (`rebase -u`): the new
+ * parent must be the one the child links to (its DataWriteGuid is the child's parent_linkage or
+ * parent_linkage2, and sizes agree), as Set-VHD -ParentPath requires. The locator's
+ * relative_path and absolute_win32_path are rewritten; a stale volume_path is dropped; the
+ * linkage is kept. The child's data is not touched.
+ */
+export async function rebaseFile(childPath: string, newParentPath: string, opts: { parents?: ParentPaths | ParentResolver } = {}): Promise<void> {
+  const child = await openFile(childPath, { readOnly: false, parents: 'none' });
+  try {
+    const old = child.layout.parentLocator;
+    if (!old) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${childPath} is not a differencing image`);
+    const parent = await openFile(newParentPath, { ...(opts.parents !== undefined ? { parents: opts.parents } : {}) });
+    try {
+      checkParent(child.layout, parent, childPath);
+      const fresh = locatorFor(childPath, newParentPath, parent);
+      const keep = old.entries.filter((e) => e.key === 'parent_linkage' || e.key === 'parent_linkage2');
+      const paths = fresh.entries.filter((e) => e.key === 'relative_path' || e.key === 'absolute_win32_path');
+      const others = old.entries.filter((e) => !['parent_linkage', 'parent_linkage2', 'relative_path', 'volume_path', 'absolute_win32_path'].includes(e.key));
+      await child.setParentLocator({ locatorType: old.locatorType, entries: [...keep, ...paths, ...others] });
+    } finally {
+      await parent.close();
+    }
+  } finally {
+    await child.close();
   }
 }

@@ -1,4 +1,5 @@
 /** What every subcommand shares: argument parsing, sizes, output, errors. */
+import type { ParentPaths } from '../node-files.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VhdxError } from '../errors.js';
 
@@ -71,4 +72,11 @@ export function describeError(e: unknown): string {
   if (e instanceof UsageError) return e.message;
   if (e instanceof Error) return e.message;
   return String(e);
+}
+
+/** The --parents policy for following a differencing image's parent paths (default relative). */
+export function parentPaths(value: unknown): ParentPaths {
+  if (value === undefined) return 'relative';
+  if (value === 'relative' || value === 'any' || value === 'none') return value;
+  throw new UsageError(`--parents must be relative, any or none, not ${String(value)}`);
 }

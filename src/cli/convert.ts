@@ -4,7 +4,7 @@
  */
 import { stat, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { createFile, openFile } from '../node-files.js';
+import { createFile, openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
 import { probe } from '../driver/open.js';
@@ -12,7 +12,7 @@ import { RawDevice } from '../device/raw.js';
 import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { readExact } from '../io/source.js';
-import { parse, UsageError, type Io } from './common.js';
+import { parentPaths, parse, UsageError, type Io } from './common.js';
 import { parseCreateOptions, type CreateOptionValues } from './create.js';
 import type { Progress } from './progress.js';
 
@@ -39,6 +39,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       'source-format': { type: 'string', short: 'f' },
       'output-format': { type: 'string', short: 'O' },
       options: { type: 'string', short: 'o', multiple: true },
+      parents: { type: 'string' },
     },
     CONVERT_USAGE,
   );
@@ -51,7 +52,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   const [srcPath, dstPath] = positionals as [string, string];
   await refuseSameFile(srcPath, dstPath);
 
-  const src = await openSource(srcPath, inFmt);
+  const src = await openSource(srcPath, inFmt, parentPaths(values.parents));
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
@@ -71,20 +72,23 @@ async function refuseSameFile(srcPath: string, dstPath: string): Promise<void> {
 }
 
 /** Open SRC as the format given, or as the format its first bytes show (VHDX identifier, else raw). */
-async function openSource(path: string, fmt: Format | undefined): Promise<BlockDevice> {
+async function openSource(path: string, fmt: Format | undefined, parents: ParentPaths): Promise<BlockDevice> {
   const file = await NodeFileSource.open(path);
+  let kind = fmt;
   try {
-    let kind = fmt;
     if (kind === undefined) {
       const head = new Uint8Array(Math.min(8, file.size));
       await readExact(file, 0, head, 'file identifier');
       kind = probe(head) > 0 ? 'vhdx' : 'raw';
     }
-    return kind === 'vhdx' ? await VhdxImage.open(file) : new RawDevice(file);
+    if (kind === 'raw') return new RawDevice(file);
   } catch (e) {
     await file.close();
     throw e;
   }
+  // A VHDX opens by path, so that a differencing image finds its parents (a chain is flattened).
+  await file.close();
+  return openFile(path, { parents });
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;

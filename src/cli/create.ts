@@ -1,7 +1,7 @@
-/** `vhdx create [-q] [-p] [-o OPTIONS] FILE SIZE`: a new, empty VHDX file. */
+/** `vhdx create [-q] [-p] [-o OPTIONS] [-b PARENT] FILE [SIZE]`: a new, empty VHDX file, or a differencing child of PARENT. */
 import { createFile } from '../node-files.js';
-import { DEFAULT_BLOCK_SIZE, DEFAULT_LOG_SIZE, planCreate, type CreateOptions } from '../driver/create.js';
-import { parse, parseSize, UsageError, type Io } from './common.js';
+import { planCreate, type CreateOptions } from '../driver/create.js';
+import { parentPaths, parse, parseSize, UsageError, type Io } from './common.js';
 
 export { CREATE_USAGE } from './usage.js';
 import { CREATE_USAGE } from './usage.js';
@@ -10,13 +10,14 @@ import { CREATE_USAGE } from './usage.js';
 export const CREATE_OPTIONS_HELP = `create options (-o key=value,key=value; sizes take K, M, G, T suffixes):
   subformat=dynamic|fixed     dynamic (default): blocks allocated on first write;
                               fixed: every block allocated and zeroed now
-  block_size=SIZE             payload block size, a power of two from 1M to 256M (default 32M)
+  block_size=SIZE             payload block size, a power of two from 1M to 256M
+                              (default 32M; 2M for a differencing disk, as Hyper-V)
   log_size=SIZE               log size, a multiple of 1M (default 1M)
   logical_sector_size=512|4096   sector size the disk shows (default 512; QEMU opens only 512)
   physical_sector_size=512|4096  reported physical sector size (default 4096, not below the logical)
 `;
 
-export type CreateOptionValues = Omit<CreateOptions, 'size'>;
+export type CreateOptionValues = Omit<CreateOptions, 'size' | 'parentLocator'>;
 
 /**
  * Parse `-o` values (each a comma-separated list of key=value) into create options. Unknown
@@ -73,6 +74,9 @@ export async function createCommand(args: string[], io: Io, signal: AbortSignal)
       format: { type: 'string', short: 'f' },
       progress: { type: 'boolean', short: 'p' },
       quiet: { type: 'boolean', short: 'q' },
+      backing: { type: 'string', short: 'b' },
+      'backing-format': { type: 'string', short: 'F' },
+      parents: { type: 'string' },
     },
     CREATE_USAGE,
   );
@@ -82,23 +86,39 @@ export async function createCommand(args: string[], io: Io, signal: AbortSignal)
     return 0;
   }
   if (values.format !== undefined && values.format !== 'vhdx') throw new UsageError(`format ${String(values.format)} is not supported (only vhdx)`);
-  if (positionals.length !== 2) throw new UsageError(`expected FILE and SIZE\nusage: ${CREATE_USAGE}`);
-  const [path, sizeText] = positionals as [string, string];
-  const opts: CreateOptions = { ...parseCreateOptions(specs), size: parseSize(sizeText, 'size') };
-  planCreate(opts); // bad options fail before anything is printed or made
-  if (values.quiet !== true) {
-    io.out(
-      `Formatting '${path}', fmt=vhdx size=${opts.size} subformat=${opts.subformat ?? 'dynamic'} ` +
-        `block_size=${opts.blockSize ?? DEFAULT_BLOCK_SIZE} log_size=${opts.logSize ?? DEFAULT_LOG_SIZE} ` +
-        `logical_sector_size=${opts.logicalSectorSize ?? 512} physical_sector_size=${opts.physicalSectorSize ?? 4096}\n`,
-    );
+  const parent = values.backing as string | undefined;
+  if (values['backing-format'] !== undefined && values['backing-format'] !== 'vhdx') {
+    throw new UsageError(`backing format ${String(values['backing-format'])} is not supported (a VHDX parent must be a VHDX)`);
   }
-  const showProgress = values.progress === true && opts.subformat === 'fixed';
-  const bar = showProgress ? (await import('./progress.js')).progressBar(true, 'allocating') : null;
+  if (parent !== undefined ? positionals.length < 1 || positionals.length > 2 : positionals.length !== 2) {
+    throw new UsageError(`expected FILE and SIZE (SIZE may be left out with -b)\nusage: ${CREATE_USAGE}`);
+  }
+  const [path, sizeText] = positionals as [string, string | undefined];
+  const created = parseCreateOptions(specs);
+  const size = sizeText === undefined ? undefined : parseSize(sizeText, 'size');
+  if (parent === undefined) planCreate({ ...created, size: size! }); // bad options fail before anything is printed or made
+  const parents = parentPaths(values.parents);
+  const bar = values.progress === true && created.subformat === 'fixed' ? (await import('./progress.js')).progressBar(true, 'allocating') : null;
+  let result;
   try {
-    await createFile(path, { ...opts, signal, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
+    result = await createFile(path, {
+      ...created,
+      ...(size !== undefined ? { size } : {}),
+      ...(parent !== undefined ? { parent, parents } : {}),
+      signal,
+      ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}),
+    });
   } finally {
     bar?.stop();
+  }
+  if (values.quiet !== true) {
+    const p = result.plan;
+    io.out(
+      `Formatting '${path}', fmt=vhdx size=${p.virtualSize} subformat=${p.type === 'fixed' ? 'fixed' : 'dynamic'} ` +
+        `block_size=${p.blockSize} log_size=${p.log.length} ` +
+        `logical_sector_size=${p.logicalSectorSize} physical_sector_size=${p.physicalSectorSize}` +
+        `${parent !== undefined ? ` backing_file=${parent}` : ''}\n`,
+    );
   }
   return 0;
 }

@@ -1,13 +1,15 @@
 /** `vhdx info [--output=human|json] FILE` */
 import { openFile } from '../node-files.js';
 import { describe, type ImageInfo } from '../driver/info.js';
-import { humanSize, outputFormat, parse, UsageError, type Io } from './common.js';
+import { humanSize, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import { isVhdxError } from '../errors.js';
+import type { VhdxImage } from '../driver/image.js';
 
 export { INFO_USAGE } from './usage.js';
 import { INFO_USAGE } from './usage.js';
 
 export async function infoCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' } }, INFO_USAGE);
+  const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' }, parents: { type: 'string' } }, INFO_USAGE);
   const format = outputFormat(values.output);
   const allocation = values.allocation ?? 'auto';
   if (allocation !== 'auto' && allocation !== 'always' && allocation !== 'never') {
@@ -15,9 +17,22 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${INFO_USAGE}`);
   const path = positionals[0]!;
-  const img = await openFile(path);
+  const parents = parentPaths(values.parents);
+  let img: VhdxImage;
+  let chainError: string | null = null;
   try {
-    const info = await describe(img, { allocation });
+    img = await openFile(path, { parents });
+  } catch (e) {
+    // A differencing image whose chain cannot be opened is still described, with the reason.
+    if (parents === 'none' || !isVhdxError(e)) throw e;
+    img = await openFile(path, { parents: 'none' }).catch(() => {
+      throw e;
+    });
+    chainError = e.message;
+  }
+  try {
+    const info: ImageInfo & { chainError?: string } = await describe(img, { allocation });
+    if (chainError !== null) info.chainError = chainError;
     if (format === 'json') io.out(JSON.stringify(info, null, 2) + '\n');
     else io.out(humanInfo(path, info));
   } finally {
@@ -26,7 +41,7 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   return 0;
 }
 
-function humanInfo(path: string, i: ImageInfo): string {
+function humanInfo(path: string, i: ImageInfo & { chainError?: string }): string {
   const lines = [
     `image: ${path}`,
     `file format: vhdx`,
@@ -51,6 +66,10 @@ function humanInfo(path: string, i: ImageInfo): string {
   if (i.parentLocator) {
     lines.push(`parent locator: type ${i.parentLocator.locatorType}`);
     for (const e of i.parentLocator.entries) lines.push(`  ${e.key}: ${e.value}`);
+    for (const p of i.parents) {
+      lines.push(`backing file (depth ${p.depth}): ${p.name ?? '(unnamed)'}, ${p.type}, data write guid ${p.dataWriteGuid} (matches ${p.linkedBy})`);
+    }
+    if (i.chainError !== undefined) lines.push(`backing chain: not opened: ${i.chainError}`);
   }
   if (i.allocation) {
     lines.push('allocation:');

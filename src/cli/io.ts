@@ -14,7 +14,7 @@ import { openFile } from '../node-files.js';
 import type { VhdxImage } from '../driver/image.js';
 import { formatOffset } from '../errors.js';
 import { bytesEqual } from '../codec/bytes.js';
-import { parse, parseSize, UsageError, type Io } from './common.js';
+import { parentPaths, parse, parseSize, UsageError, type Io } from './common.js';
 
 export { IO_USAGE } from './usage.js';
 import { IO_USAGE } from './usage.js';
@@ -104,6 +104,7 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
       quiet: { type: 'boolean', short: 'q' },
       format: { type: 'string', short: 'f' },
       help: { type: 'boolean', short: 'h' },
+      parents: { type: 'string' },
     },
     IO_USAGE,
   );
@@ -118,7 +119,7 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
   // Every command is parsed before the image is opened: a typo changes nothing.
   const commands = texts.map(parseCommand);
   const quiet = values.quiet === true;
-  const img = await openFile(positionals[0]!, { readOnly: values['read-only'] === true });
+  const img = await openFile(positionals[0]!, { readOnly: values['read-only'] === true, parents: parentPaths(values.parents) });
   let failure: unknown = null;
   try {
     for (const c of commands) {

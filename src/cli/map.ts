@@ -1,6 +1,6 @@
 /** `vhdx map [--output=human|json] FILE`: the disk's extents, in the shape of `qemu-img map`. */
 import { openFile } from '../node-files.js';
-import { outputFormat, parse, UsageError, type Io } from './common.js';
+import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
 import type { Extent } from '../device/block-device.js';
 
 export { MAP_USAGE } from './usage.js';
@@ -8,11 +8,12 @@ import { MAP_USAGE } from './usage.js';
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function mapCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' } }, MAP_USAGE);
+  const { values, positionals } = parse(args, { output: { type: 'string' }, parents: { type: 'string' } }, MAP_USAGE);
   const format = outputFormat(values.output);
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${MAP_USAGE}`);
   const path = positionals[0]!;
-  const img = await openFile(path);
+  const img = await openFile(path, { parents: parentPaths(values.parents) });
+  const names = img.chain.map((i) => i.name ?? path);
   try {
     let pending: Extent | null = null;
     let first = true;
@@ -22,7 +23,7 @@ export async function mapCommand(args: string[], io: Io): Promise<number> {
         const rec: Record<string, unknown> = {
           start: e.offset,
           length: e.length,
-          depth: 0,
+          depth: e.depth ?? 0,
           present,
           zero: e.type !== 'data',
           data: e.type === 'data',
@@ -31,7 +32,7 @@ export async function mapCommand(args: string[], io: Io): Promise<number> {
         io.out((first ? '[' : ',\n') + JSON.stringify(rec));
       } else if (e.type === 'data') {
         if (first) io.out(`${'Offset'.padEnd(20)}${'Length'.padEnd(20)}${'Mapped to'.padEnd(20)}File\n`);
-        io.out(`${hex(e.offset).padEnd(20)}${hex(e.length).padEnd(20)}${hex(e.fileOffset ?? 0).padEnd(20)}${path}\n`);
+        io.out(`${hex(e.offset).padEnd(20)}${hex(e.length).padEnd(20)}${hex(e.fileOffset ?? 0).padEnd(20)}${names[e.depth ?? 0] ?? path}\n`);
       } else return;
       first = false;
     };
@@ -41,6 +42,7 @@ export async function mapCommand(args: string[], io: Io): Promise<number> {
         if (
           pending &&
           pending.type === e.type &&
+          pending.depth === e.depth &&
           pending.offset + pending.length === e.offset &&
           (e.type !== 'data' || pending.fileOffset! + pending.length === e.fileOffset)
         ) {

@@ -9,6 +9,7 @@ import { isGuid } from '../codec/guid.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import type { RandomAccessSource } from '../io/source.js';
 import { planLayout, randomIdentity, writeNewImage, type ImageIdentity, type ImagePlan } from './layout.js';
+import type { ParentLocator } from '../format/parent-locator.js';
 
 export type Subformat = 'dynamic' | 'fixed';
 
@@ -36,6 +37,11 @@ export interface CreateOptions extends ProgressOptions {
   creator?: string;
   /** GUIDs to use instead of random ones (for reproducible images). */
   identity?: Partial<ImageIdentity>;
+  /**
+   * Make a differencing disk with this parent locator (subformat dynamic only; the size and
+   * logical sector size must be the parent's). `createFile` with `parent` builds it from a path.
+   */
+  parentLocator?: ParentLocator;
 }
 
 export interface CreateResult {
@@ -46,6 +52,8 @@ export interface CreateResult {
 }
 
 export const DEFAULT_BLOCK_SIZE = 32 * MiB;
+/** Hyper-V's block size for differencing disks: small blocks keep copy-on-write cheap. */
+export const DEFAULT_DIFFERENCING_BLOCK_SIZE = 2 * MiB;
 export const DEFAULT_LOG_SIZE = MiB;
 export const DEFAULT_CREATOR = 'vhdx';
 /** Longest creator text the file identifier holds (512 bytes of UTF-16). */
@@ -67,13 +75,14 @@ export function planCreate(opts: CreateOptions): ImagePlan {
   const {
     size,
     subformat = 'dynamic',
-    blockSize = DEFAULT_BLOCK_SIZE,
+    blockSize = opts.parentLocator ? DEFAULT_DIFFERENCING_BLOCK_SIZE : DEFAULT_BLOCK_SIZE,
     logSize = DEFAULT_LOG_SIZE,
     logicalSectorSize = 512,
     physicalSectorSize = 4096,
     creator = DEFAULT_CREATOR,
   } = opts;
   if (subformat !== 'dynamic' && subformat !== 'fixed') throw bad(`subformat ${String(subformat)} is not dynamic or fixed`);
+  if (opts.parentLocator && subformat !== 'dynamic') throw bad('a differencing disk cannot be fixed');
   if (logicalSectorSize !== 512 && logicalSectorSize !== 4096) {
     throw bad(`logical sector size ${String(logicalSectorSize)} is not 512 or 4096`);
   }
@@ -105,6 +114,7 @@ export function planCreate(opts: CreateOptions): ImagePlan {
     physicalSectorSize,
     fixed: subformat === 'fixed',
     creator,
+    ...(opts.parentLocator ? { parentLocator: opts.parentLocator } : {}),
   });
 }
 

@@ -3,7 +3,9 @@
  * cache, reads at any offset and length, block status, and a streaming BAT scan for statistics.
  */
 import { VhdxError, corrupt } from '../errors.js';
-import { readExact, type RandomAccessSource } from '../io/source.js';
+import { readBytes, readExact, type RandomAccessSource } from '../io/source.js';
+import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_TABLE_ENTRY, METADATA_TABLE_HEADER } from '../format/metadata.js';
+import { ITEM_PARENT_LOCATOR, METADATA_TABLE_SIZE } from '../format/constants.js';
 import { MiB } from '../format/constants.js';
 import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
 import { batWindowEntries, scanBat } from './bat-scan.js';
@@ -15,7 +17,7 @@ import type { CurrentHeader } from './headers.js';
 import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
 import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
 import { normalizeGuid, isGuid } from '../codec/guid.js';
-import type { ParentLocator } from '../format/parent-locator.js';
+import { encodeParentLocator, type ParentLocator } from '../format/parent-locator.js';
 
 function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
   return {
@@ -44,11 +46,6 @@ export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions {
   parent?: ParentResolver;
   /** How deep this image sits in a chain (0: the image the caller opened). Set by resolvers. */
   depth?: number;
-  /**
-   * The DataWriteGuid this session's first change gives the image, instead of a random one.
-   * `commitChild` uses it so that the child can name the parent's identity before it changes.
-   */
-  dataWriteGuid?: string;
   /** A name for the image in error messages (openFile gives the path). */
   name?: string;
 }
@@ -127,7 +124,6 @@ export class VhdxImage implements BlockDevice {
       : new Writer(file, layout, this.bat, {
           bitmaps: this.bitmaps,
           parent,
-          ...(opts.dataWriteGuid !== undefined ? { dataWriteGuid: normalizeGuid(opts.dataWriteGuid) } : {}),
         });
     const w = !this.readOnly;
     this.can = { zero: w, fastZero: w && !layout.leaveBlocksAllocated, discard: w, extents: true, fua: w };
@@ -161,6 +157,73 @@ export class VhdxImage implements BlockDevice {
       }
     }
     return new VhdxImage(layout, source, { ...opts, readOnly }, parent, linkedBy);
+  }
+
+  /**
+   * Give the image this DataWriteGuid at its first data change in this session, instead of a
+   * random one (writable images; before any write).
+   */
+  setNextDataWriteGuid(guid: string): void {
+    this.writable().setNextDataWriteGuid(normalizeGuid(guid));
+  }
+
+  /**
+   * Replace a differencing image's parent locator, through the log (writable images). The item
+   * stays in place when it fits there, else it moves after the last item of the metadata region.
+   * Durable when this returns.
+   */
+  async setParentLocator(loc: ParentLocator): Promise<void> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    const w = this.writable();
+    if (!this.layout.hasParent) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${this.name ?? 'the image'} is not a differencing image`);
+    const bytes = encodeParentLocator(loc);
+    const region = this.layout.metadataRegion;
+    const table = await readBytes(this.file, region.fileOffset, METADATA_TABLE_SIZE, 'metadata table');
+    const count = METADATA_TABLE_HEADER.decode(table, { fileOffset: region.fileOffset }).entryCount;
+    const entries = Array.from({ length: count }, (_, i) => METADATA_TABLE_ENTRY.decode(table.subarray(METADATA_ENTRIES_AT + i * METADATA_ENTRY_SIZE)));
+    const k = entries.findIndex((e) => e.itemId === ITEM_PARENT_LOCATOR);
+    if (k < 0) throw corrupt('MISSING_REQUIRED_ITEM', 'the metadata table has no parent locator', { structure: 'metadata table', offset: region.fileOffset });
+    const old = entries[k]!;
+    const others = entries.filter((e, i) => i !== k && e.length > 0);
+    const fits = (at: number): boolean =>
+      at >= METADATA_TABLE_SIZE && at + bytes.length <= region.length && others.every((o) => at + bytes.length <= o.offset || o.offset + o.length <= at);
+    let at = old.offset;
+    if (!fits(at)) {
+      at = Math.max(METADATA_TABLE_SIZE, ...others.map((o) => o.offset + o.length));
+      if (!fits(at)) throw new VhdxError('ENOSPC', 'BAD_ARGUMENT', `a parent locator of ${bytes.length} bytes does not fit in the metadata region`);
+    }
+    // The changed 4 KiB sectors of the region, read once and patched in memory.
+    const sectors = new Map<number, Uint8Array>();
+    const patch = async (offset: number, data: Uint8Array): Promise<void> => {
+      for (let pos = 0; pos < data.length; ) {
+        const sector = Math.floor((offset + pos) / 4096) * 4096;
+        let buf = sectors.get(sector);
+        if (!buf) {
+          buf = await readBytes(this.file, region.fileOffset + sector, 4096, 'metadata region');
+          sectors.set(sector, buf);
+        }
+        const n = Math.min(data.length - pos, sector + 4096 - (offset + pos));
+        buf.set(data.subarray(pos, pos + n), offset + pos - sector);
+        pos += n;
+      }
+    };
+    await patch(old.offset, new Uint8Array(old.length));
+    await patch(at, bytes);
+    const entry = new Uint8Array(METADATA_ENTRY_SIZE);
+    METADATA_TABLE_ENTRY.encode({ ...old, offset: at, length: bytes.length }, entry, 0);
+    await patch(METADATA_ENTRIES_AT + k * METADATA_ENTRY_SIZE, entry);
+    await w.writeMetadataSectors([...sectors].map(([off, data]) => ({ fileOffset: region.fileOffset + off, data })));
+    await w.flush();
+    this.layout.parentLocator = loc;
+  }
+
+  /**
+   * Make every block NOT_PRESENT so that a differencing image shows its parent everywhere, and
+   * cut the file back to its static structures (writable images; `commitChild` uses it).
+   */
+  async clearAllBlocks(opts: ProgressOptions = {}): Promise<void> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    await this.writable().clearAllBlocks(opts);
   }
 
   /** The images of the chain from this one down to its last opened parent. */

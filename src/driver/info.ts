@@ -17,6 +17,12 @@ export interface ImageInfo {
   regionTable: { copyUsed: number; copiesValid: [boolean, boolean]; regions: { guid: string; name: string; fileOffset: number; length: number; required: boolean }[] };
   metadata: { itemId: string; name: string; offset: number; length: number; isUser: boolean; isVirtualDisk: boolean; isRequired: boolean }[];
   parentLocator: { locatorType: string; entries: { key: string; value: string }[] } | null;
+  /**
+   * A differencing image's opened parents, nearest first (empty for other images, or when the
+   * image was opened without its parents): each one's name (its path, from openFile), type and
+   * identity, and which key of its child's locator matched its DataWriteGuid.
+   */
+  parents: { depth: number; name: string | null; type: 'dynamic' | 'fixed' | 'differencing'; virtualSize: number; dataWriteGuid: string; linkedBy: string }[];
   /** Null when the BAT was not scanned (see DescribeOptions.allocation). */
   allocation: { bytesByState: Record<string, number>; allocatedBlocks: number; bitmapBlocks: number } | null;
   fragmentationPercentage: number | null;
@@ -90,6 +96,14 @@ export async function describe(img: VhdxImage, opts: DescribeOptions = {}): Prom
       isRequired: m.isRequired,
     })),
     parentLocator: l.parentLocator,
+    parents: img.chain.slice(1).map((p, i) => ({
+      depth: i + 1,
+      name: p.name ?? null,
+      type: p.type,
+      virtualSize: p.size,
+      dataWriteGuid: p.header.dataWriteGuid,
+      linkedBy: img.chain[i]!.linkedBy ?? '',
+    })),
     allocation: stats && { bytesByState: stats.bytesByState, allocatedBlocks: stats.allocatedBlocks, bitmapBlocks: stats.bitmapBlocks },
     fragmentationPercentage: stats && stats.fragmentationPercentage,
   };

@@ -29,7 +29,7 @@ import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
 import { KeyedMutex, Mutex } from './mutex.js';
 import type { Layout } from './open.js';
 import type { SectorBitmaps } from './bitmap-cache.js';
-import type { BlockDevice } from '../device/block-device.js';
+import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 import { BitmapState, bitmapBatIndex } from '../format/bat.js';
 
 export interface WriteOptions {
@@ -61,8 +61,6 @@ export interface WriterOptions {
   bitmaps?: SectorBitmaps | null;
   /** A differencing disk's parent, for the parts of sectors a write does not cover. */
   parent?: BlockDevice | null;
-  /** The DataWriteGuid to give the image at the session's first change (default: random). */
-  dataWriteGuid?: string;
 }
 
 /** Bytes of zeros written at a time when zeroing sectors of a differencing disk. */
@@ -74,7 +72,7 @@ export class Writer {
   private readonly blockLocks = new KeyedMutex<number>();
   private readonly bitmaps: SectorBitmaps | null;
   private readonly parent: BlockDevice | null;
-  private readonly nextDataWriteGuid: string | undefined;
+  private nextDataWriteGuid: string | undefined;
   /** Other metadata sectors (file offset → 4 KiB) to write through the log at the next commit. */
   private readonly pendingSectors = new Map<number, Uint8Array>();
   private readonly allocating = new Map<number, PendingBlock>();
@@ -100,7 +98,6 @@ export class Writer {
   ) {
     this.bitmaps = opts.bitmaps ?? null;
     this.parent = opts.parent ?? null;
-    this.nextDataWriteGuid = opts.dataWriteGuid;
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
     this.flushedSize = Math.floor(file.size / MiB) * MiB;
@@ -176,6 +173,48 @@ export class Writer {
     return this.dataSession;
   }
 
+  /**
+   * The DataWriteGuid the session's first data change gives the image, instead of a random one
+   * (commit names the parent's next identity in the child before writing to the parent).
+   */
+  setNextDataWriteGuid(guid: string): void {
+    if (this.dataSession) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', 'the DataWriteGuid of this session is already set');
+    this.nextDataWriteGuid = guid;
+  }
+
+  /**
+   * Make every payload block and sector bitmap entry NOT_PRESENT (a differencing disk then
+   * shows its parent everywhere), committing as the log fills, then flush and cut the file
+   * back to its static structures. The blocks' space is unreferenced once the commit is durable.
+   */
+  async clearAllBlocks(opts: ProgressOptions = {}): Promise<void> {
+    this.throwBackgroundError();
+    await this.beginChange();
+    await Promise.all([...this.allocating.values()].map((a) => a.done));
+    const total = this.layout.batEntries;
+    for (let i = 0; i < total; i++) {
+      if (i % 4096 === 0) {
+        opts.signal?.throwIfAborted();
+        opts.onProgress?.(i, total);
+      }
+      const e = this.bat.cached(i) ?? (await this.bat.entry(i));
+      if (e.state !== PayloadState.NOT_PRESENT || e.fileOffsetMB !== 0) await this.bat.set(i, { state: PayloadState.NOT_PRESENT, fileOffsetMB: 0 });
+      if (this.dirtyCount >= this.entriesPerCommit) await this.commit(false);
+    }
+    await this.commit(true);
+    opts.onProgress?.(total, total);
+    await this.metadataLock.run(async () => {
+      const l = this.layout;
+      const end = Math.max(l.log.logOffset + l.log.logLength, ...l.regions.map((r) => r.fileOffset + r.length));
+      if (this.file.size > end) {
+        await this.file.truncate!(end);
+        await this.file.flush!();
+      }
+      this.fileEnd = Math.ceil(this.file.size / MiB) * MiB;
+      this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
+    });
+  }
+
   /** First change of the session that leaves the disk's data alone (a parent locator): a new FileWriteGuid. */
   private beginMetadataChange(): Promise<void> {
     this.fileSession ??= this.metadataLock.run(async () => {
@@ -244,7 +283,7 @@ export class Writer {
       buf = new Uint8Array(alignedEnd - alignedStart);
       const edges = new Set([alignedStart, alignedEnd - lss]);
       for (const s of edges) {
-        const cut = s === alignedStart ? inBlock !== alignedStart : inBlock + data.length !== alignedEnd;
+        const cut = (s === alignedStart && inBlock !== alignedStart) || (s === alignedEnd - lss && inBlock + data.length !== alignedEnd);
         if (!cut) continue;
         const sector = buf.subarray(s - alignedStart, s - alignedStart + lss);
         const here = partial && (await bitmaps.allSet((blockStart + s) / lss, 1));
