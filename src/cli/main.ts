@@ -1,5 +1,5 @@
 /** The `vhdx` command: dispatch to one file per subcommand, one-line errors. */
-import { CHECK_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE } from './usage.js';
+import { CHECK_USAGE, COMMIT_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE, REBASE_USAGE } from './usage.js';
 import { describeError, UsageError, type Io } from './common.js';
 
 const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
@@ -16,7 +16,11 @@ usage:
   ${CHECK_USAGE}
       check the image for corruption and leaked space (-r: repair; exit 0 clean, 2 corrupt, 3 leaks)
   ${CONVERT_USAGE}
-      copy a disk into a new sparse raw file or VHDX image (-p: progress bar)
+      copy a disk (a differencing chain flattened) into a new sparse raw file or VHDX image
+  ${COMMIT_USAGE}
+      merge a differencing image into its parent, then empty it (-d: remove it)
+  ${REBASE_USAGE}
+      rewrite a differencing image's parent paths after its parent moved
   vhdx --version
 
 Errors print one line and exit 1; set VHDX_DEBUG=1 for a stack trace.
@@ -43,6 +47,10 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await (await import('./create.js')).createCommand(rest, io, controller.signal);
       case 'io':
         return await (await import('./io.js')).ioCommand(rest, io);
+      case 'commit':
+        return await (await import('./commit.js')).commitCommand(rest, io, controller.signal);
+      case 'rebase':
+        return await (await import('./rebase.js')).rebaseCommand(rest, io);
       case '--version':
       case '-V':
         io.out(`vhdx ${(await import('../node-files.js')).packageVersion()}\n`);
