@@ -1,5 +1,5 @@
 /** The `vhdx` command: dispatch to one file per subcommand, one-line errors. */
-import { CHECK_USAGE, COMMIT_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE, REBASE_USAGE } from './usage.js';
+import { CHECK_USAGE, COMMIT_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE, REBASE_USAGE, SERVE_USAGE } from './usage.js';
 import { describeError, UsageError, type Io } from './common.js';
 
 const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
@@ -21,6 +21,8 @@ usage:
       merge a differencing image into its parent, then empty it (-d: remove it)
   ${REBASE_USAGE}
       rewrite a differencing image's parent paths after its parent moved
+  ${SERVE_USAGE}
+      export the disk over NBD (default 127.0.0.1:10809) until SIGINT/SIGTERM
   vhdx --version
 
 Errors print one line and exit 1; set VHDX_DEBUG=1 for a stack trace.
@@ -51,6 +53,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await (await import('./commit.js')).commitCommand(rest, io, controller.signal);
       case 'rebase':
         return await (await import('./rebase.js')).rebaseCommand(rest, io);
+      case 'serve':
+        return await (await import('./serve.js')).serveCommand(rest, io, controller.signal);
       case '--version':
       case '-V':
         io.out(`vhdx ${(await import('../node-files.js')).packageVersion()}\n`);

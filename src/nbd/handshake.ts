@@ -1,0 +1,272 @@
+/**
+ * The fixed newstyle handshake: greeting, client flags, then options handled strictly in turn
+ * (a client sends no option before the final reply to the previous one) until GO or EXPORT_NAME
+ * starts transmission, or ABORT or a protocol violation ends the connection.
+ *
+ * Options: EXPORT_NAME, ABORT, LIST, INFO and GO (EXPORT always; NAME, DESCRIPTION and BLOCK_SIZE
+ * when asked), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT for base:allocation.
+ * Everything else gets ERR_UNSUP. Every length is checked against the option's own length before
+ * it is used, and an option longer than `maxOptionLength` ends the connection unread.
+ */
+import { ExportTable, transmissionFlags, type NbdExport } from './export.js';
+import {
+  BASE_ALLOCATION,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  INIT_PASSWD,
+  Info,
+  OPTION_HEADER_SIZE,
+  OPTION_MAGIC,
+  OPTION_REPLY_HEADER_SIZE,
+  OPTION_REPLY_MAGIC,
+  Opt,
+  Rep,
+  SERVER_HANDSHAKE_FLAGS,
+  decodeString,
+  putU64,
+} from './protocol.js';
+
+export interface HandshakeIo {
+  /** Exactly `n` bytes from the client; rejects when the connection ends. */
+  read(n: number): Promise<Buffer>;
+  /** Queue bytes for the client (in order). */
+  write(data: Buffer): void;
+}
+
+export interface HandshakeLimits {
+  /** Longest option data accepted (bytes); longer ends the connection. */
+  maxOptionLength: number;
+  /** Options accepted before GO / EXPORT_NAME; more ends the connection. */
+  maxOptions: number;
+  /** Block sizes advertised in INFO_BLOCK_SIZE. */
+  minimumBlockSize: number;
+  preferredBlockSize: number;
+  maximumPayload: number;
+}
+
+/** The state transmission starts from. */
+export interface Negotiated {
+  export: NbdExport;
+  structured: boolean;
+  /** Id of the selected base:allocation context, or null when none was selected for this export. */
+  allocationContext: number | null;
+  flags: number;
+}
+
+/** A client broke the protocol in a way that allows no reply: the connection is closed. */
+export class ProtocolViolation extends Error {
+  override name = 'ProtocolViolation';
+}
+
+/** The id we give base:allocation in SET_META_CONTEXT (any u32 unique per connection will do). */
+export const ALLOCATION_CONTEXT_ID = 1;
+
+/**
+ * Run the handshake. Resolves to the negotiated state, or null when the client ended it with ABORT
+ * (the ACK has been queued). Rejects with ProtocolViolation, or with the read error when the
+ * connection ends.
+ */
+export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: HandshakeLimits): Promise<Negotiated | null> {
+  const greeting = Buffer.alloc(18);
+  greeting.writeBigUInt64BE(INIT_PASSWD, 0);
+  greeting.writeBigUInt64BE(OPTION_MAGIC, 8);
+  greeting.writeUInt16BE(SERVER_HANDSHAKE_FLAGS, 16);
+  io.write(greeting);
+
+  const clientFlags = (await io.read(4)).readUInt32BE(0);
+  if ((clientFlags & ~SERVER_HANDSHAKE_FLAGS) !== 0) throw new ProtocolViolation(`unknown client flags 0x${clientFlags.toString(16)}`);
+  const fixed = (clientFlags & FLAG_FIXED_NEWSTYLE) !== 0;
+  const noZeroes = (clientFlags & FLAG_NO_ZEROES) !== 0;
+
+  let structured = false;
+  /** The export SET_META_CONTEXT was for, when it selected base:allocation. */
+  let contextFor: NbdExport | null = null;
+
+  for (let count = 0; ; count++) {
+    const head = await io.read(OPTION_HEADER_SIZE);
+    if (head.readBigUInt64BE(0) !== OPTION_MAGIC) throw new ProtocolViolation('bad option magic');
+    const opt = head.readUInt32BE(8);
+    const length = head.readUInt32BE(12);
+    if (count >= limits.maxOptions) throw new ProtocolViolation(`more than ${limits.maxOptions} options`);
+    if (length > limits.maxOptionLength) throw new ProtocolViolation(`option ${opt} of ${length} bytes is over the ${limits.maxOptionLength}-byte limit`);
+    const data = length > 0 ? Buffer.from(await io.read(length)) : Buffer.alloc(0);
+    // Plain (not fixed) newstyle clients cannot read option replies: only EXPORT_NAME makes sense.
+    if (!fixed && opt !== Opt.EXPORT_NAME) throw new ProtocolViolation(`option ${opt} from a client without fixed newstyle`);
+    const reply = (type: number, payload?: Buffer): void => io.write(optionReply(opt, type, payload));
+    const fail = (type: number, message: string): void => reply(type, Buffer.from(message));
+
+    switch (opt) {
+      case Opt.EXPORT_NAME: {
+        // No error channel: an unknown or malformed name closes the connection.
+        const name = decodeString(data);
+        const exp = name === null ? undefined : exports.lookup(name);
+        if (!exp) throw new ProtocolViolation(`EXPORT_NAME for an unknown export`);
+        const flags = transmissionFlags(exp, structured);
+        const out = Buffer.alloc(noZeroes ? 10 : 134);
+        putU64(out, exp.size, 0);
+        out.writeUInt16BE(flags, 8);
+        io.write(out);
+        return { export: exp, structured, allocationContext: contextFor === exp ? ALLOCATION_CONTEXT_ID : null, flags };
+      }
+      case Opt.ABORT:
+        reply(Rep.ACK);
+        return null;
+      case Opt.LIST:
+        if (length !== 0) {
+          fail(Rep.ERR_INVALID, 'LIST takes no data');
+          break;
+        }
+        for (const e of exports.all) {
+          const name = Buffer.from(e.name);
+          const desc = Buffer.from(e.description);
+          const p = Buffer.alloc(4 + name.length + desc.length);
+          p.writeUInt32BE(name.length, 0);
+          name.copy(p, 4);
+          desc.copy(p, 4 + name.length);
+          reply(Rep.SERVER, p);
+        }
+        reply(Rep.ACK);
+        break;
+      case Opt.STRUCTURED_REPLY:
+        if (length !== 0) fail(Rep.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+        else if (structured) fail(Rep.ERR_INVALID, 'structured replies are already on');
+        else {
+          structured = true;
+          reply(Rep.ACK);
+        }
+        break;
+      case Opt.INFO:
+      case Opt.GO: {
+        const req = parseInfoRequest(data);
+        if (typeof req === 'string') {
+          fail(Rep.ERR_INVALID, req);
+          break;
+        }
+        const exp = exports.lookup(req.name);
+        if (!exp) {
+          fail(Rep.ERR_UNKNOWN, 'no such export');
+          break;
+        }
+        const flags = transmissionFlags(exp, structured);
+        const info = Buffer.alloc(12);
+        info.writeUInt16BE(Info.EXPORT, 0);
+        putU64(info, exp.size, 2);
+        info.writeUInt16BE(flags, 10);
+        reply(Rep.INFO, info);
+        if (req.infos.has(Info.NAME)) reply(Rep.INFO, Buffer.concat([u16(Info.NAME), Buffer.from(exp.name)]));
+        if (req.infos.has(Info.DESCRIPTION) && exp.description !== '') {
+          reply(Rep.INFO, Buffer.concat([u16(Info.DESCRIPTION), Buffer.from(exp.description)]));
+        }
+        if (req.infos.has(Info.BLOCK_SIZE)) {
+          const b = Buffer.alloc(14);
+          b.writeUInt16BE(Info.BLOCK_SIZE, 0);
+          b.writeUInt32BE(limits.minimumBlockSize, 2);
+          b.writeUInt32BE(limits.preferredBlockSize, 6);
+          b.writeUInt32BE(limits.maximumPayload, 10);
+          reply(Rep.INFO, b);
+        }
+        reply(Rep.ACK);
+        if (opt === Opt.GO) {
+          return { export: exp, structured, allocationContext: contextFor === exp ? ALLOCATION_CONTEXT_ID : null, flags };
+        }
+        break;
+      }
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT: {
+        const set = opt === Opt.SET_META_CONTEXT;
+        // SET replaces the selection even when it fails.
+        if (set) contextFor = null;
+        if (set && !structured) {
+          fail(Rep.ERR_INVALID, 'SET_META_CONTEXT needs structured replies first');
+          break;
+        }
+        const req = parseContextRequest(data);
+        if (typeof req === 'string') {
+          fail(Rep.ERR_INVALID, req);
+          break;
+        }
+        const exp = exports.lookup(req.name);
+        if (!exp) {
+          fail(Rep.ERR_UNKNOWN, 'no such export');
+          break;
+        }
+        // Only base:allocation exists. LIST with no query, or the query "base:", lists it; an exact
+        // match lists or selects it; anything else is silently ignored.
+        const match = set
+          ? req.queries.includes(BASE_ALLOCATION)
+          : req.queries.length === 0 || req.queries.some((q) => q === BASE_ALLOCATION || q === 'base:');
+        if (match) {
+          const p = Buffer.alloc(4 + BASE_ALLOCATION.length);
+          p.writeUInt32BE(set ? ALLOCATION_CONTEXT_ID : 0, 0);
+          p.write(BASE_ALLOCATION, 4, 'utf8');
+          reply(Rep.META_CONTEXT, p);
+          if (set) contextFor = exp;
+        }
+        reply(Rep.ACK);
+        break;
+      }
+      case Opt.STARTTLS:
+        fail(Rep.ERR_UNSUP, 'TLS is not supported');
+        break;
+      default:
+        fail(Rep.ERR_UNSUP, 'option not supported');
+        break;
+    }
+  }
+}
+
+function u16(v: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(v, 0);
+  return b;
+}
+
+export function optionReply(opt: number, type: number, payload?: Buffer): Buffer {
+  const n = payload?.length ?? 0;
+  const out = Buffer.alloc(OPTION_REPLY_HEADER_SIZE + n);
+  out.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
+  out.writeUInt32BE(opt, 8);
+  out.writeUInt32BE(type >>> 0, 12);
+  out.writeUInt32BE(n, 16);
+  payload?.copy(out, OPTION_REPLY_HEADER_SIZE);
+  return out;
+}
+
+/** INFO/GO data: u32 name length, name, u16 count k, k u16 info codes; nothing more or less. */
+function parseInfoRequest(data: Buffer): { name: string; infos: Set<number> } | string {
+  if (data.length < 6) return 'request too short';
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.length - 6) return 'name length overruns the request';
+  const name = decodeString(data.subarray(4, 4 + nameLength));
+  if (name === null) return 'bad export name';
+  const k = data.readUInt16BE(4 + nameLength);
+  if (data.length !== 6 + nameLength + 2 * k) return 'request length does not match its info count';
+  const infos = new Set<number>();
+  for (let i = 0; i < k; i++) infos.add(data.readUInt16BE(6 + nameLength + 2 * i));
+  return { name, infos };
+}
+
+/** LIST/SET_META_CONTEXT data: u32 name length, name, u32 query count, queries (u32 length, text). */
+function parseContextRequest(data: Buffer): { name: string; queries: string[] } | string {
+  if (data.length < 8) return 'request too short';
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.length - 8) return 'name length overruns the request';
+  const name = decodeString(data.subarray(4, 4 + nameLength));
+  if (name === null) return 'bad export name';
+  const count = data.readUInt32BE(4 + nameLength);
+  let pos = 8 + nameLength;
+  const queries: string[] = [];
+  // Each query takes at least 4 bytes, so the loop ends by the option's length, not the count.
+  for (let i = 0; i < count; i++) {
+    if (data.length - pos < 4) return 'query count overruns the request';
+    const n = data.readUInt32BE(pos);
+    pos += 4;
+    if (n > data.length - pos) return 'query length overruns the request';
+    const q = decodeString(data.subarray(pos, pos + n));
+    if (q === null) return 'bad query';
+    queries.push(q);
+    pos += n;
+  }
+  if (pos !== data.length) return 'trailing bytes after the queries';
+  return { name, queries };
+}

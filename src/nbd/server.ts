@@ -1,0 +1,340 @@
+/**
+ * An NBD server: exports block devices over TCP or a Unix socket (or any socket handed to
+ * `handle`), with many connections and many requests in flight per connection.
+ *
+ * Every connection to an export uses the one device object given, so CAN_MULTI_CONN is honest
+ * for our devices: there is no per-connection cache, reads on any connection see every completed
+ * write, and a FLUSH (or FUA) on any connection commits every write completed before it on all
+ * connections (VhdxImage.flush commits the shared BAT changes and fsyncs the one file).
+ *
+ * Shutdown (`close`): stop accepting, drop connections still in the handshake, stop reading new
+ * requests, answer those in flight, flush writable devices, close the sockets. The devices stay
+ * open: they belong to the caller.
+ */
+import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
+import { ExportTable, resolveExport, type NbdExport, type NbdExportOptions, type NbdExportSpec } from './export.js';
+import { negotiate, ProtocolViolation, type HandshakeIo, type HandshakeLimits } from './handshake.js';
+import { InputBuffer } from './input.js';
+import { ByteBudget, Transmission, type TransmissionLimits } from './transmission.js';
+import type { BlockDevice } from '../device/block-device.js';
+
+const MiB = 1024 * 1024;
+
+export interface NbdLimits {
+  /** Connections served at once; more are closed on accept (default 64). */
+  maxConnections?: number;
+  /** Time a client has to finish the handshake, in ms (default 10000). */
+  handshakeTimeoutMs?: number;
+  /** Longest option data (default 65536 bytes); longer options end the connection. */
+  maxOptionLength?: number;
+  /** Options per handshake (default 64). */
+  maxOptions?: number;
+  /** Largest READ/WRITE payload, advertised as the maximum block size (default 32 MiB). */
+  maxPayload?: number;
+  /** Oversized WRITEs up to this length are drained and refused with EINVAL; longer ones disconnect (default 128 MiB). */
+  drainLimit?: number;
+  /** Requests in flight per connection (default 128). */
+  maxRequestsPerConnection?: number;
+  /** Payload and read bytes held per connection (default 64 MiB). */
+  maxBytesPerConnection?: number;
+  /** Unsent reply bytes per connection before its requests stop being read (default 8 MiB). */
+  maxOutputPerConnection?: number;
+  /** Payload and read bytes held by all connections together (default 512 MiB). */
+  maxBytesInFlight?: number;
+  /** Most extents in one BLOCK_STATUS reply (default 1024). */
+  maxExtents?: number;
+}
+
+export interface NbdServerOptions extends NbdLimits {
+  /**
+   * Told about device errors (EIO), protocol violations and failed flushes at disconnect.
+   * Default: ignore them (the client gets its error reply).
+   */
+  onError?: (e: unknown) => void;
+}
+
+export type NbdListen = { port?: number; host?: string } | { path: string };
+
+export interface ServeOptions extends NbdServerOptions, NbdExportOptions {
+  /** TCP port (default 10809; 0 picks a free one). Ignored with `path`. */
+  port?: number;
+  /** Address to bind (default 127.0.0.1). */
+  host?: string;
+  /** Listen on this Unix socket instead of TCP. A stale socket file left there is replaced. */
+  path?: string;
+}
+
+export const DEFAULT_PORT = 10809;
+
+/** Exports `exports` to every connection handed to it or accepted by `listen`. */
+export class NbdServer {
+  private readonly exports: ExportTable;
+  private readonly hs: HandshakeLimits;
+  private readonly tx: TransmissionLimits;
+  private readonly budget: ByteBudget;
+  private readonly maxConnections: number;
+  private readonly handshakeTimeoutMs: number;
+  private readonly onError: (e: unknown) => void;
+  private readonly conns = new Set<Connection>();
+  private readonly servers: Server[] = [];
+  private listening: { port: number; host: string } | { path: string } | null = null;
+  private closing: Promise<void> | null = null;
+
+  constructor(exports: NbdExportSpec | NbdExportSpec[], opts: NbdServerOptions = {}) {
+    this.exports = new ExportTable((Array.isArray(exports) ? exports : [exports]).map(resolveExport));
+    const maxPayload = opts.maxPayload ?? 32 * MiB;
+    if (!(maxPayload >= 4096 && maxPayload <= 0x7fffffff && (maxPayload & (maxPayload - 1)) === 0)) {
+      throw new TypeError(`maxPayload ${maxPayload} is not a power of two from 4096 to 1 GiB`);
+    }
+    this.hs = {
+      maxOptionLength: opts.maxOptionLength ?? 65536,
+      maxOptions: opts.maxOptions ?? 64,
+      minimumBlockSize: 1,
+      preferredBlockSize: 4096,
+      maximumPayload: maxPayload,
+    };
+    this.tx = {
+      maxPayload,
+      drainLimit: Math.max(maxPayload, opts.drainLimit ?? 128 * MiB),
+      maxRequests: opts.maxRequestsPerConnection ?? 128,
+      maxBytes: opts.maxBytesPerConnection ?? 64 * MiB,
+      maxOutput: opts.maxOutputPerConnection ?? 8 * MiB,
+      maxExtents: opts.maxExtents ?? 1024,
+    };
+    this.budget = new ByteBudget(opts.maxBytesInFlight ?? 512 * MiB);
+    this.maxConnections = opts.maxConnections ?? 64;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
+    this.onError = opts.onError ?? (() => undefined);
+  }
+
+  /** Connections open now (in the handshake or in transmission). */
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  /** The address `listen` bound, as an NBD URI for the first export (e.g. nbd://127.0.0.1:10809/). */
+  get uri(): string {
+    const l = this.listening;
+    if (!l) throw new Error('the NBD server is not listening');
+    const name = encodeURIComponent(this.exports.all[0]!.name);
+    if ('path' in l) return `nbd+unix:///${name}?socket=${encodeURI(l.path)}`;
+    const host = l.host.includes(':') ? `[${l.host}]` : l.host;
+    return `nbd://${host}:${l.port}/${name}`;
+  }
+
+  /** Serve one connection (any connected socket). */
+  handle(socket: Socket): void {
+    if (this.closing || this.conns.size >= this.maxConnections) {
+      socket.destroy();
+      return;
+    }
+    const c = new Connection(socket, this.exports, this.hs, this.tx, this.budget, this.handshakeTimeoutMs, this.onError);
+    this.conns.add(c);
+    void c.closed.then(() => this.conns.delete(c));
+  }
+
+  /** Listen on a TCP port or a Unix socket; resolves once listening. */
+  async listen(where: NbdListen = {}): Promise<void> {
+    if (this.closing) throw new Error('the NBD server is closed');
+    // allowHalfOpen: libnbd half-closes after DISC and still expects the replies in flight.
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.handle(s));
+    server.on('error', (e) => this.onError(e));
+    if ('path' in where) await removeStaleSocket(where.path);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const done = (): void => {
+        server.off('error', reject);
+        resolve();
+      };
+      if ('path' in where) server.listen(where.path, done);
+      else server.listen(where.port ?? DEFAULT_PORT, where.host ?? '127.0.0.1', done);
+    });
+    this.servers.push(server);
+    if ('path' in where) this.listening = { path: where.path };
+    else {
+      const a = server.address() as AddressInfo;
+      this.listening = { port: a.port, host: a.address };
+    }
+  }
+
+  /**
+   * Stop: no new connections, handshakes dropped, requests in flight answered, writable devices
+   * flushed (unless `flush: false`), sockets closed. The devices are left open.
+   */
+  close(opts: { flush?: boolean } = {}): Promise<void> {
+    this.closing ??= (async () => {
+      const stopped = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())));
+      await Promise.all([...this.conns].map((c) => c.shutdown()));
+      await Promise.all(stopped);
+      if (opts.flush !== false) {
+        for (const e of this.exports.all) if (e.writable) await e.device.flush();
+      }
+    })();
+    return this.closing;
+  }
+}
+
+/**
+ * Export `device` on a TCP port (default 127.0.0.1:10809) or a Unix socket; resolves to the
+ * listening server. `server.close()` stops it (the device stays open).
+ */
+export async function serveNbd(device: BlockDevice, opts: ServeOptions = {}): Promise<NbdServer> {
+  const { port, host, path, name, description, readOnly, multiConn, unallocatedIsZero, ...rest } = opts;
+  const spec: NbdExportSpec = { device };
+  if (name !== undefined) spec.name = name;
+  if (description !== undefined) spec.description = description;
+  if (readOnly !== undefined) spec.readOnly = readOnly;
+  if (multiConn !== undefined) spec.multiConn = multiConn;
+  if (unallocatedIsZero !== undefined) spec.unallocatedIsZero = unallocatedIsZero;
+  const server = new NbdServer(spec, rest);
+  const where: NbdListen = path !== undefined ? { path } : { ...(port !== undefined ? { port } : {}), ...(host !== undefined ? { host } : {}) };
+  await server.listen(where);
+  return server;
+}
+
+/** A socket file left by a server that died: remove it so listen() can bind. A live one is kept. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => null);
+  if (!st?.isSocket()) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const s = createConnection(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (!live) await unlink(path).catch(() => undefined);
+}
+
+/** One client: the handshake, then transmission. */
+class Connection {
+  private readonly input = new InputBuffer();
+  private want = 0;
+  private waiter: { resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
+  private ended: Error | null = null;
+  private inputPaused = false;
+  private tx: Transmission | null = null;
+  private readonly timer: NodeJS.Timeout;
+  private resolveClosed!: () => void;
+  /** Resolves when the socket has closed and every request of the connection has finished. */
+  readonly closed: Promise<void>;
+  private readonly socketClosed: Promise<void>;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly exports: ExportTable,
+    private readonly hs: HandshakeLimits,
+    private readonly txLimits: TransmissionLimits,
+    private readonly budget: ByteBudget,
+    handshakeTimeoutMs: number,
+    private readonly onError: (e: unknown) => void,
+  ) {
+    this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.socketClosed = new Promise((r) => socket.once('close', () => r()));
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onEnd(new Error('the client closed the connection')));
+    socket.on('error', (e) => {
+      this.onEnd(e);
+      socket.destroy();
+    });
+    socket.on('close', () => {
+      this.onEnd(new Error('connection closed'));
+      this.tx?.socketClosed();
+    });
+    socket.on('drain', () => this.tx?.pump());
+    this.timer = setTimeout(() => {
+      if (!this.tx) socket.destroy();
+    }, handshakeTimeoutMs);
+    this.timer.unref();
+    void this.run();
+  }
+
+  /** Server shutdown: drop a handshake; stop a transmission after its requests in flight. */
+  async shutdown(): Promise<void> {
+    if (this.tx) await this.tx.stop();
+    else this.socket.destroy();
+    // A client that does not close its side within a second is cut off.
+    const t = setTimeout(() => this.socket.destroy(), 1000);
+    t.unref();
+    await this.closed;
+    clearTimeout(t);
+  }
+
+  private async run(): Promise<void> {
+    try {
+      const io: HandshakeIo = { read: (n) => this.read(n), write: (b) => void (this.socket.destroyed || this.socket.write(b)) };
+      const negotiated = await negotiate(io, this.exports, this.hs);
+      clearTimeout(this.timer);
+      if (negotiated === null || this.socket.destroyed) {
+        this.socket.end();
+      } else {
+        const tx = new Transmission(this.socket, this.input, negotiated, this.txLimits, this.budget, this.onError);
+        this.tx = tx;
+        if (this.inputPaused) this.socket.resume();
+        if (this.ended) tx.endOfInput();
+        else tx.pump(); // requests that arrived with the last option
+        if (this.socket.destroyed) tx.socketClosed();
+        await tx.finished;
+      }
+    } catch (e) {
+      if (e instanceof ProtocolViolation) this.onError(e);
+      this.socket.destroy();
+    } finally {
+      clearTimeout(this.timer);
+      await this.socketClosed;
+      this.resolveClosed();
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    this.input.push(chunk);
+    if (this.tx) {
+      this.tx.pump();
+      return;
+    }
+    if (this.waiter && this.input.available >= this.want) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(this.input.take(this.want));
+    }
+    // A client that floods the handshake is not read further until its options are handled.
+    if (!this.inputPaused && this.input.available > this.hs.maxOptionLength + 65536) {
+      this.inputPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private onEnd(e: Error): void {
+    if (this.ended) return;
+    this.ended = e;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(e);
+    }
+    this.tx?.endOfInput();
+  }
+
+  /** Handshake reads: exactly n bytes. */
+  private read(n: number): Promise<Buffer> {
+    if (this.input.available >= n) {
+      const b = this.input.take(n);
+      this.resumeHandshakeInput();
+      return Promise.resolve(b);
+    }
+    if (this.ended) return Promise.reject(this.ended);
+    this.want = n;
+    this.resumeHandshakeInput();
+    return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
+  }
+
+  private resumeHandshakeInput(): void {
+    if (this.inputPaused && this.input.available <= this.hs.maxOptionLength + 65536) {
+      this.inputPaused = false;
+      this.socket.resume();
+    }
+  }
+}
