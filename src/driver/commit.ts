@@ -10,8 +10,9 @@
  *    Every range written to the parent is one the child covers itself, so the chain's content
  *    does not change while the parent fills. The parent is flushed.
  * 3. The child is emptied: every block NOT_PRESENT (committed through its log), its file cut
- *    back, and its locator left with parent_linkage = the parent's new DataWriteGuid. Or the
- *    caller removes the child once the parent is closed.
+ *    back, and its locator left with parent_linkage = the parent's new DataWriteGuid. The child
+ *    keeps its own DataWriteGuid (it reads as before), so an image whose parent it is stays
+ *    linked to it. Or the caller removes the child once the parent is closed.
  * A commit that was interrupted is finished by running it again: a child linked through
  * parent_linkage2 reuses the parent's current DataWriteGuid as G, and copying is idempotent.
  */
@@ -107,7 +108,8 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
 
   // 3. The child shows the merged parent everywhere, and links to its new identity.
   if (opts.emptyChild ?? true) {
-    await child.clearAllBlocks(opts.signal ? { signal: opts.signal } : {});
+    // The chain reads the same, so the child keeps its DataWriteGuid: its own children stay linked.
+    await child.clearAllBlocks({ contentUnchanged: true, ...(opts.signal ? { signal: opts.signal } : {}) });
     const relinked = withEntry(withEntry(child.layout.parentLocator, 'parent_linkage2', null), 'parent_linkage', `{${parentDataWriteGuid}}`);
     await child.setParentLocator(relinked);
   }

@@ -220,8 +220,9 @@ export class VhdxImage implements BlockDevice {
   /**
    * Make every block NOT_PRESENT so that a differencing image shows its parent everywhere, and
    * cut the file back to its static structures (writable images; `commitChild` uses it).
+   * `contentUnchanged`: the parent already reads as this image did, so its DataWriteGuid is kept.
    */
-  async clearAllBlocks(opts: ProgressOptions = {}): Promise<void> {
+  async clearAllBlocks(opts: ProgressOptions & { contentUnchanged?: boolean } = {}): Promise<void> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
     await this.writable().clearAllBlocks(opts);
   }

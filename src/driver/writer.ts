@@ -186,10 +186,12 @@ export class Writer {
    * Make every payload block and sector bitmap entry NOT_PRESENT (a differencing disk then
    * shows its parent everywhere), committing as the log fills, then flush and cut the file
    * back to its static structures. The blocks' space is unreferenced once the commit is durable.
+   * With `contentUnchanged` (the parent already holds the same data: commit) the DataWriteGuid is
+   * kept, so that children of this image still link to it.
    */
-  async clearAllBlocks(opts: ProgressOptions = {}): Promise<void> {
+  async clearAllBlocks(opts: ProgressOptions & { contentUnchanged?: boolean } = {}): Promise<void> {
     this.throwBackgroundError();
-    await this.beginChange();
+    await (opts.contentUnchanged === true ? this.beginMetadataChange() : this.beginChange());
     await Promise.all([...this.allocating.values()].map((a) => a.done));
     const total = this.layout.batEntries;
     for (let i = 0; i < total; i++) {
