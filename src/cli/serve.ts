@@ -1,10 +1,11 @@
 /**
- * `vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] FILE`:
- * export a disk over NBD until SIGINT or SIGTERM, then answer the requests in flight, flush, close
- * the image and exit 0. One line on stderr says where it listens (scripts wait for it).
+ * `vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME]
+ * [--parents=relative|any|none] FILE`: export a disk (a differencing image with its chain) over
+ * NBD until SIGINT or SIGTERM, then answer the requests in flight, flush, close the image and
+ * exit 0. One line on stderr says where it listens (scripts wait for it).
  */
 import { access, constants } from 'node:fs/promises';
-import { openFile } from '../node-files.js';
+import { openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { readExact } from '../io/source.js';
 import { probe } from '../driver/open.js';
@@ -12,7 +13,7 @@ import { RawDevice } from '../device/raw.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { serveNbd, DEFAULT_PORT } from '../nbd/server.js';
 import { ProtocolViolation } from '../nbd/handshake.js';
-import { humanSize, parse, UsageError, type Io } from './common.js';
+import { humanSize, parentPaths, parse, UsageError, type Io } from './common.js';
 
 export { SERVE_USAGE } from './usage.js';
 import { SERVE_USAGE } from './usage.js';
@@ -28,6 +29,7 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
       socket: { type: 'string', short: 'k' },
       'export-name': { type: 'string', short: 'x' },
       description: { type: 'string', short: 'D' },
+      parents: { type: 'string' },
     },
     SERVE_USAGE,
   );
@@ -50,7 +52,8 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
 
   // -r, or a file we may not write: read-only export.
   const readOnly = values['read-only'] === true || !(await writable(path));
-  const device = await openDevice(path, fmt, readOnly);
+  const parents = parentPaths(values.parents);
+  const device = await openDevice(path, fmt, readOnly, parents);
   const debug = process.env.VHDX_DEBUG === '1';
   try {
     const server = await serveNbd(device, {
@@ -88,7 +91,7 @@ async function writable(path: string): Promise<boolean> {
 }
 
 /** FILE as the format given, or as its first bytes show (the VHDX identifier, else raw). */
-async function openDevice(path: string, fmt: string | undefined, readOnly: boolean): Promise<BlockDevice> {
+async function openDevice(path: string, fmt: string | undefined, readOnly: boolean, parents: ParentPaths): Promise<BlockDevice> {
   let kind = fmt;
   if (kind === undefined) {
     const file = await NodeFileSource.open(path);
@@ -100,7 +103,7 @@ async function openDevice(path: string, fmt: string | undefined, readOnly: boole
       await file.close();
     }
   }
-  if (kind === 'vhdx') return openFile(path, { readOnly });
+  if (kind === 'vhdx') return openFile(path, { readOnly, parents });
   const src = await NodeFileSource.open(path, { readOnly });
   return new RawDevice(src);
 }

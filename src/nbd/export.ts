@@ -20,8 +20,10 @@ export interface NbdExportOptions {
   multiConn?: boolean;
   /**
    * Whether 'unallocated' extents read as zeros, so that block status may say HOLE|ZERO and READ
-   * may answer with hole chunks. Default: true, except for differencing images, whose unallocated
-   * ranges show the parent's data (those are reported as data, status 0).
+   * may answer with hole chunks. Default: true, except for a differencing image opened without
+   * its parent, whose unallocated ranges would be the parent's data (reported as status 0). A
+   * differencing image opened with its chain reports 'unallocated' only where no image of the
+   * chain has data, which reads as zeros.
    */
   unallocatedIsZero?: boolean;
 }
@@ -50,7 +52,8 @@ export function resolveExport(spec: NbdExportSpec): NbdExport {
   if (Buffer.byteLength(description) > MAX_STRING || description.includes('\0')) throw new TypeError('export description is longer than 4096 bytes or holds NUL');
   if (!Number.isSafeInteger(device.size) || device.size < 0) throw new TypeError(`device size ${device.size} is not a byte count`);
   const canWrite = !device.readOnly && spec.readOnly !== true && typeof (device as Partial<WritableBlockDevice>).write === 'function';
-  const differencing = (device as { type?: unknown }).type === 'differencing';
+  const d = device as { type?: unknown; parent?: unknown };
+  const parentless = d.type === 'differencing' && !d.parent;
   return {
     name,
     description,
@@ -58,7 +61,7 @@ export function resolveExport(spec: NbdExportSpec): NbdExport {
     writable: canWrite ? (device as WritableBlockDevice) : null,
     size: device.size,
     multiConn: spec.multiConn ?? true,
-    unallocatedIsZero: spec.unallocatedIsZero ?? !differencing,
+    unallocatedIsZero: spec.unallocatedIsZero ?? !parentless,
   };
 }
 
