@@ -7,11 +7,13 @@ import * as read from './random-read.js';
 import * as convertVhdx from './convert-vhdx.js';
 import * as writeAlloc from './write-alloc.js';
 import * as write from './random-write.js';
+import * as chainRead from './chain-read.js';
+import * as childWrite from './child-write.js';
 
 // The in-process library benchmarks get the thread pool the CLI uses (see bin/vhdx.cjs).
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, availableParallelism()));
 
-const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write };
+const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write, 'chain-read': chainRead, 'child-write': childWrite };
 const pick = process.argv.slice(2);
 for (const [key, b] of Object.entries(all)) {
   if (pick.length && !pick.includes(key)) continue;
