@@ -244,15 +244,15 @@ async function infoJson(path, extra = []) {
 
 // ---- children over three kinds of parent: libvhdi, map, commit ----
 
-const SIZE = 48 * MiB;
+const SIZE = 24 * MiB;
 const PARENTS = [
   { name: 'our 512-byte parent (child with default 2 MiB blocks)', maker: 'ours', lss: 512, pbs: MiB, childOpts: [], cbs: 2 * MiB },
   { name: 'qemu-img 512-byte parent (child with 1 MiB blocks)', maker: 'qemu', lss: 512, pbs: MiB, childOpts: ['-o', 'block_size=1M'], cbs: MiB },
   { name: 'our 4096-byte parent (child with default 2 MiB blocks)', maker: 'ours', lss: 4096, pbs: 4 * MiB, childOpts: [], cbs: 2 * MiB },
 ];
 
-/** Parent writes: data blocks, an unwritten stretch (20-24 MiB, 32-40 MiB, 41 MiB-end), a partial block. */
-const PARENT_OPS = [W(0x11, 0, 20 * MiB), W(0x12, 24 * MiB, 8 * MiB), W(0x13, 40 * MiB + 1536, 5000)];
+/** Parent writes: data, an unwritten stretch (10-12 MiB; 21-24 MiB with 1 MiB blocks), a partial block at 20 MiB. */
+const PARENT_OPS = [W(0x11, 0, 10 * MiB), W(0x12, 12 * MiB, 8 * MiB), W(0x13, 20 * MiB + 1536, 5000)];
 
 /** Child writes libvhdi reads as we do. `cbs` is the child's block size. */
 function childOpsA(cbs) {
@@ -262,11 +262,11 @@ function childOpsA(cbs) {
     W(0x53, 2 * cbs, cbs), // a whole block over parent data
     Z(3 * cbs + 4096, 8192), // part of a block zeroed over parent data
     D(4 * cbs + 8192, 16 * KiB), // part of a block discarded over parent data
-    Z(20 * MiB, cbs), // a whole block zeroed where the parent has nothing
-    W(0x54, 20 * MiB + 4096, 4096), // then written into: the ZERO block becomes data
+    Z(10 * MiB, cbs), // a whole block zeroed where the parent has nothing
+    W(0x54, 10 * MiB + 4096, 4096), // then written into: the ZERO block becomes data
     W(0x55, 5 * cbs + 100, 2 * cbs), // partial, whole, partial
     W(0x56, 800, 100), // rewrite inside a partially present block
-    W(0x57, 40 * MiB + 1000, 512), // over the parent's partial block
+    W(0x57, 20 * MiB + 1000, 512), // over the parent's partial block
     W(0x58, SIZE - 1000, 1000), // the last sectors of the disk
   ];
 }
