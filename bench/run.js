@@ -1,5 +1,5 @@
 // Runs every benchmark, each beside its peer tool in the same run, and prints ratios.
-// Usage: npm run bench [-- convert|info|read|convert-vhdx|write-alloc|write]
+// Usage: npm run bench [-- convert|info|read|convert-vhdx|write-alloc|write|chain-read|child-write|nbd-randread|nbd-seqread|nbd-copy|nbd-randwrite]
 import { availableParallelism } from 'node:os';
 import * as convert from './convert-raw.js';
 import * as info from './info-64t.js';
@@ -9,11 +9,15 @@ import * as writeAlloc from './write-alloc.js';
 import * as write from './random-write.js';
 import * as chainRead from './chain-read.js';
 import * as childWrite from './child-write.js';
+import * as nbdRandread from './nbd-randread.js';
+import * as nbdSeqread from './nbd-seqread.js';
+import * as nbdCopy from './nbd-copy.js';
+import * as nbdRandwrite from './nbd-randwrite.js';
 
 // The in-process library benchmarks get the thread pool the CLI uses (see bin/vhdx.cjs).
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, availableParallelism()));
 
-const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write, 'chain-read': chainRead, 'child-write': childWrite };
+const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write, 'chain-read': chainRead, 'child-write': childWrite, 'nbd-randread': nbdRandread, 'nbd-seqread': nbdSeqread, 'nbd-copy': nbdCopy, 'nbd-randwrite': nbdRandwrite };
 const pick = process.argv.slice(2);
 for (const [key, b] of Object.entries(all)) {
   if (pick.length && !pick.includes(key)) continue;

@@ -11,7 +11,15 @@ export function startServe(args, { env } = {}) {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [cliPath, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let err = '';
-    const exited = new Promise((r) => proc.once('exit', (code, signal) => r({ code, signal })));
+    // A test that fails half-way must not leave its server running.
+    const reap = () => proc.exitCode === null && proc.signalCode === null && proc.kill('SIGKILL');
+    process.once('exit', reap);
+    const exited = new Promise((r) =>
+      proc.once('exit', (code, signal) => {
+        process.off('exit', reap);
+        r({ code, signal });
+      }),
+    );
     let started = false;
     proc.stderr.on('data', (d) => {
       err += d;
