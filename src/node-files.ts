@@ -70,6 +70,7 @@ function hostPath(key: string, value: string, childDir: string): { path: string 
 function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Set<string>, opts: OpenFileOptions, writable: boolean): ParentResolver {
   return async ({ locator, child, depth }) => {
     const tried: string[] = [];
+    let mismatch = false;
     for (const key of ['relative_path', 'volume_path', 'absolute_win32_path']) {
       const value = locatorValue(locator, key);
       if (value === undefined) continue;
@@ -109,6 +110,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
         await parent.close();
         // Another path may name the right file (a parent that moved and left a stale copy behind).
         if (isVhdxError(e) && e.reason === 'PARENT_MISMATCH') {
+          mismatch = true;
           tried.push(`${where.path} (${e.message})`);
           continue;
         }
@@ -116,7 +118,6 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
       }
       return parent;
     }
-    const mismatch = tried.some((t) => t.includes('is not the parent'));
     throw new VhdxError(
       mismatch ? 'EINVAL' : 'ENOENT',
       mismatch ? 'PARENT_MISMATCH' : 'PARENT_NOT_FOUND',

@@ -98,7 +98,14 @@ export class SectorBitmaps {
     const end = first + count;
     while (s < end) {
       const key = Math.floor(s / BITS_PER_PAGE);
-      const page = this.pages.get(key) ?? (await this.load(key));
+      let page = this.pages.get(key);
+      if (!page) {
+        const loaded = await this.load(key);
+        // Other loads may have evicted it before this resumed (it was clean then): changes made
+        // to a page outside the cache would be lost. Put it back, or use the copy that replaced it.
+        page = this.pages.get(key) ?? loaded;
+        this.pages.set(key, page);
+      }
       const pageEnd = Math.min(end, (key + 1) * BITS_PER_PAGE);
       for (let bit = s - key * BITS_PER_PAGE, stop = pageEnd - key * BITS_PER_PAGE; bit < stop; ) {
         if ((bit & 7) === 0 && bit + 8 <= stop) {

@@ -41,6 +41,11 @@ export interface CommitResult {
   parentDataWriteGuid: string;
 }
 
+/** An aborted `signal` stops the commit with ECANCELED / ABORTED, as every long operation does. */
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'commit cancelled', { cause: signal.reason });
+}
+
 const WINDOW = 1024 * 1024 * 1024;
 const COPY_CHUNK = 4 * 1024 * 1024;
 
@@ -117,7 +122,7 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
 
   async function copyAll(): Promise<void> {
     for (let w = 0; w < size && failure === null; w += WINDOW) {
-      opts.signal?.throwIfAborted();
+      throwIfAborted(opts.signal);
       const wEnd = Math.min(size, w + WINDOW);
       for (const x of await child.blockStatus(w, wEnd - w)) {
         if ((x.depth ?? 0) !== 0) continue;
@@ -129,7 +134,7 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
         }
         if (x.type !== 'data') continue;
         for (let pos = x.offset; pos < end && failure === null; pos += COPY_CHUNK) {
-          opts.signal?.throwIfAborted();
+          throwIfAborted(opts.signal);
           const n = Math.min(COPY_CHUNK, end - pos);
           while (inFlight.size >= parallel) await Promise.race(inFlight);
           start(() => copy(pos, n));

@@ -562,21 +562,23 @@ export class VhdxImage implements BlockDevice {
       const blockIndex = Math.floor(pos / bs);
       const blockStart = blockIndex * bs;
       const blockEnd = Math.min(blockStart + bs, this.size);
+      // What the parent is asked for stops at the range's end: only the last extent may end past it.
+      const stop = Math.min(blockEnd, end);
       const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
       const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
       if (e.state === PayloadState.FULLY_PRESENT) {
         await local({ offset: pos, length: blockEnd - pos, type: 'data', depth: 0, fileOffset: e.fileOffsetMB * MiB + pos - blockStart });
       } else if (e.state === PayloadState.NOT_PRESENT) {
-        await toParent(pos, blockEnd);
+        await toParent(pos, stop);
       } else if (e.state === PayloadState.PARTIALLY_PRESENT) {
-        // Whole sectors from `pos` to the block's end (`pos` is sector aligned after the first).
+        // Whole sectors from `pos` to the one holding `stop` (`pos` is sector aligned after the first).
         let at = pos;
         let sector = Math.floor(pos / lss);
-        for (const r of await bitmaps.runs(sector, Math.ceil(blockEnd / lss) - sector)) {
+        for (const r of await bitmaps.runs(sector, Math.ceil(stop / lss) - sector)) {
           sector += r.count;
           const runEnd = Math.min(sector * lss, blockEnd);
           if (r.present) await local({ offset: at, length: runEnd - at, type: 'data', depth: 0, fileOffset: e.fileOffsetMB * MiB + at - blockStart });
-          else await toParent(at, runEnd);
+          else await toParent(at, Math.min(runEnd, stop));
           at = runEnd;
         }
       } else {

@@ -196,7 +196,7 @@ export class Writer {
     const total = this.layout.batEntries;
     for (let i = 0; i < total; i++) {
       if (i % 4096 === 0) {
-        opts.signal?.throwIfAborted();
+        if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'clearing the blocks cancelled', { cause: opts.signal.reason });
         opts.onProgress?.(i, total);
       }
       const e = this.bat.cached(i) ?? (await this.bat.entry(i));
@@ -209,6 +209,11 @@ export class Writer {
       const l = this.layout;
       const end = Math.max(l.log.logOffset + l.log.logLength, ...l.regions.map((r) => r.fileOffset + r.length));
       if (this.file.size > end) {
+        // Every log entry names the file size it relied on (FlushedFileOffset), and replay refuses
+        // a file shorter than that as truncated. The commit above put everything in place, so
+        // empty the log (LogGuid cleared, a fresh ring for the next commit) before cutting.
+        if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
+        this.ring = null;
         await this.file.truncate!(end);
         await this.file.flush!();
       }
