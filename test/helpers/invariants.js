@@ -2,11 +2,12 @@
 // src/driver/check.ts: headers, region tables, layout validation, and every BAT entry. The
 // library's own checkImage runs too, and any corruption or check error it reports is a finding
 // (leaks are not: a crash may leave placed-but-unreferenced blocks at the end of the file).
+// Differencing disks may also hold sector bitmap blocks and PARTIALLY_PRESENT payload blocks.
 // Returns a list of findings (strings); empty means the image is sound.
 import { HEADER } from '../../dist/format/header.js';
 import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
 import { openLayout } from '../../dist/driver/open.js';
-import { PayloadState } from '../../dist/format/bat.js';
+import { BitmapState, PayloadState } from '../../dist/format/bat.js';
 import { readBytes } from '../../dist/io/source.js';
 import { checkImage } from '../../dist/driver/check.js';
 
@@ -74,7 +75,12 @@ export async function checkInvariants(src, { clean = true } = {}) {
     const offset = (hi * 4096 + (lo >>> 20)) * MiB;
     if ((lo & 0x000ffff8) !== 0) findings.push(`BAT ${i}: reserved bits set`);
     if ((i + 1) % (C + 1) === 0) {
-      findings.push(`BAT ${i}: sector bitmap entry is not zero (state ${state})`);
+      // Differencing disks: a present sector bitmap block is a 1 MiB object like any other.
+      if (layout.hasParent && state === BitmapState.PRESENT) {
+        if (offset < MiB) findings.push(`BAT ${i}: sector bitmap block at ${offset} inside the header section`);
+        if (offset + MiB > fileSize) findings.push(`BAT ${i}: sector bitmap block at ${offset} past the end of the file (${fileSize})`);
+        blocks.push({ i, from: offset, to: offset + MiB });
+      } else findings.push(`BAT ${i}: sector bitmap entry is not zero (state ${state})`);
       continue;
     }
     const blockIndex = i - Math.floor(i / (C + 1));
@@ -85,7 +91,7 @@ export async function checkInvariants(src, { clean = true } = {}) {
     if (layout.leaveBlocksAllocated && state !== PayloadState.FULLY_PRESENT) {
       findings.push(`BAT ${i}: fixed disk block in state ${state}`);
     }
-    if (state === PayloadState.FULLY_PRESENT) {
+    if (state === PayloadState.FULLY_PRESENT || (layout.hasParent && state === PayloadState.PARTIALLY_PRESENT)) {
       if (offset < MiB) findings.push(`BAT ${i}: block at ${offset} inside the header section`);
       if (offset + bs > fileSize) findings.push(`BAT ${i}: block at ${offset} (+${bs}) past the end of the file (${fileSize})`);
       blocks.push({ i, from: offset, to: offset + bs });

@@ -47,15 +47,18 @@ export function flatten(list) {
  * Run the workload on a FaultySource holding `base` that dies at mutating operation `crashAt`
  * (never, when undefined). Returns the disk, the final model, the model as of the last completed
  * flush (or FUA write, close or reopen), and the operations issued after it, flattened.
+ * Options: `open(disk)` opens the image writable (default: VhdxImage.open without a parent; a
+ * differencing disk's test passes its parent); `model`: the disk's content before the workload
+ * (default zeros; a differencing disk starts as its parent), cloned.
  */
-export async function runWorkload(base, list, crashAt) {
+export async function runWorkload(base, list, crashAt, { open = (disk) => VhdxImage.open(disk, { readOnly: false }), model: initial } = {}) {
   const disk = new FaultySource(base, { crashAt, trace: true });
-  const model = new SparseModel();
+  const model = initial ? initial.clone() : new SparseModel();
   let durable = model.clone();
   let since = [];
   let img = null;
   try {
-    img = await VhdxImage.open(disk, { readOnly: false });
+    img = await open(disk);
     for (const op of list) {
       since.push(op);
       if (op.kind === 'reopen') {
@@ -63,7 +66,7 @@ export async function runWorkload(base, list, crashAt) {
         durable = model.clone();
         since = [];
         img = null;
-        img = await VhdxImage.open(disk, { readOnly: false });
+        img = await open(disk);
       } else await execute(img, op);
       applyToModel(model, op);
       if (op.kind === 'flush' || op.kind === 'close' || op.kind === 'reopen' || op.fua) {

@@ -1,0 +1,191 @@
+// Differencing chains in memory for the driver tests: a dynamic parent with known content, a
+// child made over it (the locator built as locatorFor builds it), and the checks a chain must
+// pass (block status tiling the disk, each extent's depth, the child's own sectors).
+import { FaultySource, VhdxImage, createImage } from '../../dist/index.js';
+import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
+import { SparseModel, bytesEqual } from './model.js';
+
+const MiB = 1024 * 1024;
+export const LOCATOR_TYPE_VHDX = 'b04aefb7-d19e-4a81-b789-25b8e9445913';
+
+/** Write payloads: slices of one seeded random buffer (never all zeros over a sector). */
+export const NOISE = (() => {
+  const b = new Uint8Array(8 * MiB);
+  let x = 0x2545f491;
+  for (let i = 0; i < b.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+})();
+export const payload = (n, len) => NOISE.subarray((n * 7919) % (4 * MiB), ((n * 7919) % (4 * MiB)) + len);
+
+/** The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries. */
+export function locatorOf(parent, { relative = '.\\parent.vhdx', absolute = '/nowhere/parent.vhdx', linkage, extra = [] } = {}) {
+  return {
+    locatorType: LOCATOR_TYPE_VHDX,
+    entries: [
+      { key: 'parent_linkage', value: `{${linkage ?? parent.header.dataWriteGuid}}` },
+      ...extra,
+      ...(relative ? [{ key: 'relative_path', value: relative }] : []),
+      ...(absolute ? [{ key: 'absolute_win32_path', value: absolute }] : []),
+    ],
+  };
+}
+
+/**
+ * A dynamic image in a FaultySource without a write cache (a plain sparse memory disk) holding
+ * `fill`: a list of { kind: 'data' | 'zero', offset, length } applied in order. Returns the
+ * source and a model of its content.
+ */
+export async function makeBase({ size, sector = 512, blockSize = MiB, fill = [] }) {
+  const src = new FaultySource(new Uint8Array(0), { writeCache: false });
+  await writeNewImage(src, planLayout({ virtualSize: size, blockSize, logicalSectorSize: sector }));
+  const model = new SparseModel();
+  if (fill.length) {
+    const img = await VhdxImage.open(src, { readOnly: false });
+    let n = 1000;
+    for (const f of fill) {
+      if (f.kind === 'data') {
+        const d = f.data ?? payload(++n, f.length);
+        await img.write(f.offset, d);
+        model.write(f.offset, d);
+      } else {
+        await img.writeZeroes(f.offset, f.length);
+        model.zero(f.offset, f.length);
+      }
+    }
+    await img.close();
+  }
+  return { src, model };
+}
+
+/**
+ * Make a differencing image over the image `parent` (opened), in a fresh sparse memory source
+ * (or `src`), with `blockSize`; the locator's linkage is the parent's DataWriteGuid.
+ */
+export async function makeChild(parent, { blockSize = 2 * MiB, src, locator } = {}) {
+  const child = src ?? new FaultySource(new Uint8Array(0), { writeCache: false });
+  await createImage(child, {
+    size: parent.size,
+    logicalSectorSize: parent.logicalSectorSize,
+    blockSize,
+    parentLocator: locator ?? locatorOf(parent),
+  });
+  return child;
+}
+
+/**
+ * Open a chain of sources, child first: chain[0] with chain[1] as its parent, and so on; the
+ * last has no parent. `writable`: which indexes open writable (default: the first only).
+ */
+export async function openChain(chain, { writable = [0], ...opts } = {}) {
+  const openAt = (i) =>
+    VhdxImage.open(chain[i], {
+      ...opts,
+      readOnly: !writable.includes(i),
+      name: `image ${i}`,
+      depth: i,
+      ...(i + 1 < chain.length ? { parent: () => openAt(i + 1) } : {}),
+    });
+  return openAt(0);
+}
+
+/** Whole-disk read in 1 MiB steps compared with `model`; a message or null. */
+export async function compareWith(img, model, offset = 0, length = img.size, bufs = { got: new Uint8Array(MiB), want: new Uint8Array(MiB) }) {
+  for (let at = offset; at < offset + length; at += MiB) {
+    const n = Math.min(MiB, offset + length - at);
+    const got = bufs.got.subarray(0, n);
+    const want = bufs.want.subarray(0, n);
+    await img.read(at, got);
+    model.read(at, want);
+    if (!bytesEqual(got, want)) {
+      let i = 0;
+      while (got[i] === want[i]) i++;
+      return `byte ${at + i} reads ${got[i]}, the model has ${want[i]}`;
+    }
+  }
+  return null;
+}
+
+/**
+ * Check that `extents` tile [offset, offset + length) in order, without gaps or overlaps; a
+ * message or null. The last extent may end past the range (BlockDevice.blockStatus allows it),
+ * but not past `size` when given.
+ */
+export function tiles(extents, offset, length, size = offset + length) {
+  let at = offset;
+  for (const x of extents) {
+    if (at >= offset + length) return `extent at ${x.offset} after the range's end`;
+    if (x.offset !== at) return `extent at ${x.offset} where ${at} was expected`;
+    if (!(x.length > 0)) return `extent at ${x.offset} of length ${x.length}`;
+    at += x.length;
+  }
+  if (at < offset + length) return `extents end at ${at}, before ${offset + length}`;
+  return at <= size ? null : `extents end at ${at}, past ${size}`;
+}
+
+/** A set of logical sectors as a byte per sector (1: in the set). */
+export class SectorSet {
+  constructor(size, sector) {
+    this.sector = sector;
+    this.bits = new Uint8Array(Math.ceil(size / sector));
+  }
+  /** Add the sectors [offset, offset + length) touches. */
+  addRange(offset, length) {
+    if (length > 0) this.bits.fill(1, Math.floor(offset / this.sector), Math.ceil((offset + length) / this.sector));
+  }
+  /** Runs of [offset, length, inSet] covering the disk. */
+  runs() {
+    const out = [];
+    for (let i = 0; i < this.bits.length; ) {
+      let j = i + 1;
+      while (j < this.bits.length && this.bits[j] === this.bits[i]) j++;
+      out.push([i * this.sector, (j - i) * this.sector, this.bits[i] === 1]);
+      i = j;
+    }
+    return out;
+  }
+}
+
+/** The sectors extents at `depth` cover, as a SectorSet (extents are sector aligned). */
+export function sectorsAtDepth(extents, size, sector, depth) {
+  const s = new SectorSet(size, sector);
+  for (const x of extents) if ((x.depth ?? 0) === depth) s.addRange(x.offset, x.length);
+  return s;
+}
+
+/** First sector where two SectorSets differ, or -1. */
+export function firstDifferentSector(a, b) {
+  for (let i = 0; i < a.bits.length; i++) if (a.bits[i] !== b.bits[i]) return i;
+  return -1;
+}
+
+/**
+ * Compare a large, mostly empty disk with `model` without reading all of it: data extents are
+ * read and compared; every other extent must be zeros in the model. A message or null.
+ */
+export async function compareSparse(img, model) {
+  const extents = await img.blockStatus(0, img.size);
+  for (const x of extents) {
+    if (x.type === 'data') {
+      const m = await compareWith(img, model, x.offset, Math.min(x.length, img.size - x.offset));
+      if (m) return m;
+    }
+  }
+  // Every non-zero page of the model must lie in data extents (or hold zeros where it does not).
+  const PAGE = 16 * 1024;
+  for (const p of model.pages.keys()) {
+    const from = p * PAGE;
+    for (const x of extents) {
+      if (x.type === 'data' || x.offset + x.length <= from || x.offset >= from + PAGE) continue;
+      const a = Math.max(from, x.offset);
+      const view = model.view(a, Math.min(from + PAGE, x.offset + x.length) - a);
+      const i = view.findIndex((b) => b !== 0);
+      if (i >= 0) return `byte ${a + i} is ${view[i]} in the model but lies in a ${x.type} extent at ${x.offset} (depth ${x.depth})`;
+    }
+  }
+  return null;
+}
