@@ -87,11 +87,11 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
       try {
         real = await realpath(where.path);
       } catch {
-        tried.push(`${where.path} (not found)`);
+        tried.push(`${key} ${where.path} (not found)`);
         continue;
       }
       if (!(await stat(real)).isFile()) {
-        tried.push(`${where.path} (not a regular file)`);
+        tried.push(`${key} ${where.path} (not a regular file)`);
         continue;
       }
       if (visited.has(real)) {
@@ -111,7 +111,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
         // Another path may name the right file (a parent that moved and left a stale copy behind).
         if (isVhdxError(e) && e.reason === 'PARENT_MISMATCH') {
           mismatch = true;
-          tried.push(`${where.path} (${e.message})`);
+          tried.push(`${key} ${where.path} (${e.message})`);
           continue;
         }
         throw e;

@@ -9,8 +9,9 @@
  * 2. The child's own data is copied into the parent, whose first write gives it DataWriteGuid G.
  *    Every range written to the parent is one the child covers itself, so the chain's content
  *    does not change while the parent fills. The parent is flushed.
- * 3. The child is emptied: every block NOT_PRESENT (committed through its log), its file cut
- *    back, and its locator left with parent_linkage = the parent's new DataWriteGuid. The child
+ * 3. The child is relinked (parent_linkage = the parent's new DataWriteGuid, parent_linkage2
+ *    dropped: a copy of the old parent no longer matches), then emptied: every block
+ *    NOT_PRESENT (committed through its log) and its file cut back. The child
  *    keeps its own DataWriteGuid (it reads as before), so an image whose parent it is stays
  *    linked to it. Or the caller removes the child once the parent is closed.
  * A commit that was interrupted is finished by running it again: a child linked through
@@ -108,15 +109,19 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
     await Promise.allSettled([...inFlight]);
   }
   if (failure !== null) throw failure;
+  // Cancelled during the copy: stop before the child is relinked (a second commit resumes).
+  throwIfAborted(opts.signal);
   await parent.flush();
   const parentDataWriteGuid = parent.header.dataWriteGuid;
 
   // 3. The child shows the merged parent everywhere, and links to its new identity.
   if (opts.emptyChild ?? true) {
-    // The chain reads the same, so the child keeps its DataWriteGuid: its own children stay linked.
-    await child.clearAllBlocks({ contentUnchanged: true, ...(opts.signal ? { signal: opts.signal } : {}) });
+    // Relinked first: from here on the child accepts only the merged parent, never a copy of
+    // the parent as it was (a half-emptied child over the old content would read wrong).
     const relinked = withEntry(withEntry(child.layout.parentLocator, 'parent_linkage2', null), 'parent_linkage', `{${parentDataWriteGuid}}`);
     await child.setParentLocator(relinked);
+    // The chain reads the same, so the child keeps its DataWriteGuid: its own children stay linked.
+    await child.clearAllBlocks({ contentUnchanged: true, ...(opts.signal ? { signal: opts.signal } : {}) });
   }
   return { dataBytes, zeroBytes, parentDataWriteGuid };
 

@@ -452,7 +452,7 @@ export class VhdxImage implements BlockDevice {
 
   private needParent(): VhdxImage {
     if (!this.parent) {
-      throw new VhdxError('EINVAL', 'NO_PARENT', `${this.name ?? 'the image'} is a differencing image opened without its parent (no parent resolver was given)`);
+      throw new VhdxError('EINVAL', 'NO_PARENT', `${this.name ?? 'the image'} is a differencing image opened without its parent (parents 'none' / --parents=none, or no parent resolver)`);
     }
     return this.parent;
   }

@@ -447,6 +447,12 @@ export class Writer {
         const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
         const e = await this.bat.entry(batIndex);
         if (from === blockStart && end === blockEnd) {
+          if (e.state === PayloadState.PARTIALLY_PRESENT) {
+            // Bits of a block that is not PARTIALLY_PRESENT mean nothing, but readers such as
+            // libvhdi read them anyway: leave none behind.
+            const lss = this.layout.logicalSectorSize;
+            await bitmaps.set(blockStart / lss, (blockEnd - blockStart) / lss, false);
+          }
           if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
           return;
         }
