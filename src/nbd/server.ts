@@ -139,7 +139,6 @@ export class NbdServer {
     if (this.closing) throw new Error('the NBD server is closed');
     // allowHalfOpen: libnbd half-closes after DISC and still expects the replies in flight.
     const server = createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.handle(s));
-    server.on('error', (e) => this.onError(e));
     if ('path' in where) await removeStaleSocket(where.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -150,6 +149,8 @@ export class NbdServer {
       if ('path' in where) server.listen(where.path, done);
       else server.listen(where.port ?? DEFAULT_PORT, where.host ?? '127.0.0.1', done);
     });
+    // Errors after listening (accept failures such as EMFILE) are reported, not thrown.
+    server.on('error', (e) => this.onError(e));
     this.servers.push(server);
     if ('path' in where) this.listening = { path: where.path };
     else {

@@ -83,7 +83,7 @@ describe('vhdx serve: arguments', () => {
     const img2 = await freshImage();
     const r = await vhdx(['serve', '--port', port, img2]);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^vhdx: .*EADDRINUSE/);
+    assert.match(r.stderr, /^vhdx: .*EADDRINUSE[^\n]*\n$/, 'one line');
     assert.ok(!existsSync(`${img2}.lock`));
     assert.equal((await a.stop()).code, 0);
   });
