@@ -22,7 +22,11 @@ import type { BlockDevice } from '../device/block-device.js';
 const MiB = 1024 * 1024;
 
 export interface NbdLimits {
-  /** Connections served at once; more are closed on accept (default 64). */
+  /**
+   * Connections served at once; more are closed on accept (default 16). Each connection holds at
+   * most about maxBytesPerConnection + maxPayload of buffers (96 MiB by default, when its client
+   * stops reading replies), so this bounds the server's memory.
+   */
   maxConnections?: number;
   /** Time a client has to finish the handshake, in ms (default 10000). */
   handshakeTimeoutMs?: number;
@@ -103,7 +107,7 @@ export class NbdServer {
       maxExtents: opts.maxExtents ?? 1024,
     };
     this.budget = new ByteBudget(opts.maxBytesInFlight ?? 512 * MiB);
-    this.maxConnections = opts.maxConnections ?? 64;
+    this.maxConnections = opts.maxConnections ?? 16;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
     this.onError = opts.onError ?? (() => undefined);
   }
