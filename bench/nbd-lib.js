@@ -107,7 +107,7 @@ export function fio(uri, { rw, bs, iodepth, runtime = 5, size = '1g', extra = []
     '--randrepeat=0',
     '--output-format=json',
     ...extra,
-  ]);
+  ], { cwd: nbdScratch });
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
   const dir = /write|trim/.test(rw) ? job.write : job.read;
   return { iops: dir.iops, bwBytes: dir.bw_bytes };

@@ -227,8 +227,10 @@ describe('fio nbd engine', { skip: needTool('fio') }, () => {
   it('a write-then-verify job and a short random mixed job', async () => {
     const engines = await exec('fio', ['--enghelp']);
     if (!/\bnbd\b/.test(engines.stdout)) return;
-    await must('fio', ['--name=v', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randwrite', '--bs=64k', '--size=16m', '--offset=16m', '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--randrepeat=0']);
-    await must('fio', ['--name=rw', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randrw', '--bs=4k', '--size=8m', '--iodepth=32', '--numjobs=2', '--offset_increment=8m', '--io_size=4m', '--fsync=64']);
-    await must('fio', ['--name=t', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randtrim', '--bs=1m', '--size=8m', '--offset=48m']);
+    // In the scratch folder, and without a verify state file: fio leaves nothing behind.
+    const opts = { cwd: dir };
+    await must('fio', ['--name=v', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randwrite', '--bs=64k', '--size=16m', '--offset=16m', '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_state_save=0', '--randrepeat=0'], opts);
+    await must('fio', ['--name=rw', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randrw', '--bs=4k', '--size=8m', '--iodepth=32', '--numjobs=2', '--offset_increment=8m', '--io_size=4m', '--fsync=64'], opts);
+    await must('fio', ['--name=t', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randtrim', '--bs=1m', '--size=8m', '--offset=48m'], opts);
   });
 });
