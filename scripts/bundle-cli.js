@@ -3,7 +3,18 @@
 // instead of ESM, because start-up is most of a short command's time: Node's ESM loader costs
 // ~10 ms before the first line runs, resolving and linking each module more. `import.meta.url`
 // (used to find package.json) has no CommonJS meaning, so it is defined from __filename.
+// Minified: less to parse at every start (~5 ms of `vhdx info`). One file rather than one per
+// command: a command's modules in one shared bundle stay unevaluated until first use, whereas a
+// per-command bundle evaluates everything it holds at load, which measured slower.
+//
+// Then a V8 code cache for the bundle (dist/vhdx-cli.cjs.cache): a child process loads the
+// bundle, runs create, info, map and check on a scratch image so that the functions those run
+// are compiled, and saves what V8 compiled. ~6 ms less per command.
 import { build } from 'esbuild';
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 await build({
   entryPoints: ['src/cli/main.ts'],
@@ -12,8 +23,31 @@ await build({
   format: 'cjs',
   target: 'node20',
   outfile: 'dist/vhdx-cli.cjs',
+  minify: true,
   external: ['cli-progress'],
   banner: { js: "const __vhdxImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
   define: { 'import.meta.url': '__vhdxImportMetaUrl' },
   logLevel: 'warning',
 });
+copyFileSync('scripts/load-cli.cjs', 'dist/load-cli.cjs');
+rmSync('dist/vhdx-cli.cjs.cache', { force: true });
+
+const dir = mkdtempSync(join(tmpdir(), 'vhdx-code-cache-'));
+try {
+  const train = `
+    const { writeFileSync } = require('node:fs');
+    const { main, script } = require(${JSON.stringify(join(process.cwd(), 'dist/load-cli.cjs'))}).loadCli({ script: true });
+    const io = { out() {}, err() {}, errIsTTY: false };
+    const img = ${JSON.stringify(join(dir, 'train.vhdx'))};
+    (async () => {
+      for (const args of [['create', '-q', img, '64M'], ['io', '-q', '-c', 'write 0 4k', img], ['info', img], ['info', '--output=json', img], ['map', img], ['check', img]]) {
+        const code = await main(args, io);
+        if (code !== 0) throw new Error('training run ' + args[0] + ' exited ' + code);
+      }
+      writeFileSync(process.argv[1], script.createCachedData());
+    })().catch((e) => { console.error(e); process.exit(1); });`;
+  const r = spawnSync(process.execPath, ['-e', train, 'dist/vhdx-cli.cjs.cache'], { encoding: 'utf8', stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) throw new Error(`making the code cache failed (exit ${r.status})`);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
