@@ -487,6 +487,75 @@ describe('transmission', () => {
   });
 });
 
+describe('concurrency', () => {
+  it('four connections, random writes, zeroes, trims and reads in flight together, match a model', async () => {
+    const path = join(dir, 'model.vhdx');
+    const R = 8 * MiB;
+    await createFile(path, { size: 4 * R, blockSize: MiB });
+    const dev = await openFile(path, { readOnly: false });
+    const srv = new NbdServer({ device: dev });
+    const p = join(dir, 'model.sock');
+    await srv.listen({ path: p });
+    let seed = 2024;
+    const rand = (n) => {
+      seed ^= seed << 13;
+      seed ^= seed >>> 17;
+      seed ^= seed << 5;
+      return (seed >>> 0) % n;
+    };
+    const clients = [];
+    const run = Promise.all(
+      [0, 1, 2, 3].map(async (k) => {
+        const c = await NbdTestClient.connect({ path: p });
+        clients.push(c);
+        await c.negotiate();
+        const base = k * R;
+        const model = Buffer.alloc(R);
+        for (let batch = 0; batch < 12; batch++) {
+          // Up to 16 requests on disjoint ranges of this connection's region, all in flight.
+          const slots = Array.from({ length: 16 }, (_, i) => i).filter(() => rand(3) > 0);
+          const ops = slots.map((slot) => {
+            const slotSize = R / 16;
+            const off = slot * slotSize + rand(slotSize / 2);
+            const len = 1 + rand(slotSize / 2 - 1);
+            const kind = rand(10);
+            if (kind < 5) {
+              const data = Buffer.alloc(len, 1 + rand(255));
+              data[0] = batch;
+              data.copy(model, off);
+              return c.request(CMD.WRITE, { offset: base + off, data, flags: kind === 0 ? CF.FUA : 0 });
+            }
+            if (kind < 7) {
+              model.fill(0, off, off + len);
+              return c.request(CMD.WRITE_ZEROES, { offset: base + off, length: len, flags: kind === 5 ? CF.NO_HOLE : 0 });
+            }
+            if (kind < 8) {
+              model.fill(0, off, off + len);
+              return c.request(CMD.TRIM, { offset: base + off, length: len });
+            }
+            const want = Buffer.from(model.subarray(off, off + len));
+            return c.readBytes(base + off, len).then((r) => assert.ok(r.bytes.equals(want), `conn ${k} batch ${batch} read at ${off}`));
+          });
+          ops.push(c.request(CMD.BLOCK_STATUS, { offset: base, length: R }));
+          const rs = await Promise.all(ops);
+          for (const r of rs) if (r && 'error' in r) assert.equal(r.error, 0);
+          if (batch % 4 === 3) assert.equal((await c.request(CMD.FLUSH)).error, 0);
+        }
+        assert.ok((await c.readBytes(base, R)).bytes.equals(model), `conn ${k}: whole region`);
+        await c.disconnect();
+      }),
+    );
+    try {
+      await run;
+    } finally {
+      // Also when an assertion failed: nothing may stay open and keep the test file running.
+      for (const c of clients) c.destroy();
+      await srv.close();
+      await dev.close();
+    }
+  });
+});
+
 describe('shutdown', () => {
   it('close() answers requests in flight, flushes, closes the connections; the device stays open', async () => {
     const path = join(dir, 'shut.vhdx');
