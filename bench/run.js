@@ -14,7 +14,7 @@ import * as nbdSeqread from './nbd-seqread.js';
 import * as nbdCopy from './nbd-copy.js';
 import * as nbdRandwrite from './nbd-randwrite.js';
 
-// The in-process library benchmarks get the thread pool the CLI uses (see bin/vhdx.cjs).
+// The in-process library benchmarks get the thread pool the CLI uses (see sizeThreadPool in src/cli/main.ts).
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, availableParallelism()));
 
 const all = { convert, info, read, 'convert-vhdx': convertVhdx, 'write-alloc': writeAlloc, write, 'chain-read': chainRead, 'child-write': childWrite, 'nbd-randread': nbdRandread, 'nbd-seqread': nbdSeqread, 'nbd-copy': nbdCopy, 'nbd-randwrite': nbdRandwrite };

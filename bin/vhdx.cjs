@@ -4,12 +4,8 @@
 // is most of a short command (`vhdx info`). The CLI itself is one bundled file (built by
 // `npm run build` from src/cli/main.ts; see scripts/bundle-cli.js), compiled with the V8 code
 // cache the build leaves beside it: ~6 ms less per command. A cache this Node cannot use (another
-// V8 version) is ignored by V8 and the file is compiled as usual.
-//
-// libuv's default of 4 I/O threads oversubscribes small machines (on 2 cores, 2 threads serve
-// 4 KiB reads ~60% faster); size it to the CPU count unless the user chose. The pool starts on
-// first use, so setting it here, before any file I/O, takes effect.
-process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, require('node:os').availableParallelism()));
+// V8 version) is ignored by V8 and the file is compiled as usual. (Loading reads files
+// synchronously, so libuv's I/O pool has not started when main() sizes it for the command.)
 // A reader that stops early (`vhdx map … | head`) closes the pipe: stop quietly, as a program
 // killed by SIGPIPE would, instead of failing on the next write.
 process.stdout.on('error', (e) => {

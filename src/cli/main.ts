@@ -1,5 +1,6 @@
 /** The `vhdx` command: dispatch to one file per subcommand, one-line errors. */
 import { CHECK_USAGE, COMMIT_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE, REBASE_USAGE, SERVE_USAGE } from './usage.js';
+import { availableParallelism } from 'node:os';
 import { describeError, UsageError, type Io } from './common.js';
 
 const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
@@ -28,8 +29,24 @@ usage:
 Errors print one line and exit 1; set VHDX_DEBUG=1 for a stack trace.
 `;
 
+/**
+ * libuv's I/O pool size for a command, unless the user chose one (UV_THREADPOOL_SIZE). The pool
+ * starts at the first file I/O, so setting it before the command runs takes effect. Its default
+ * of 4 threads oversubscribes small machines (on 2 cores, 2 threads serve 4 KiB reads ~60% faster
+ * than 4), so commands get one per CPU, at least 2. A server's main thread is a busy worker of
+ * its own (every request and reply passes through it), so `serve` gets one fewer, at least 1: on
+ * 2 cores, 1 thread served random 4 KiB reads ~25% faster than 2 (39.6k against 31.6k IOPS with
+ * fio), at the cost of large sequential reads (750 against 1900 MiB/s, still twice qemu-nbd's 337).
+ */
+function sizeThreadPool(cmd: string | undefined): void {
+  if (process.env.UV_THREADPOOL_SIZE !== undefined) return;
+  const cpus = availableParallelism();
+  process.env.UV_THREADPOOL_SIZE = String(cmd === 'serve' ? Math.max(1, cpus - 1) : Math.max(2, cpus));
+}
+
 export async function main(argv: string[], io: Io = defaultIo()): Promise<number> {
   const [cmd, ...rest] = argv;
+  sizeThreadPool(cmd);
   const controller = new AbortController();
   const onSignal = (): void => controller.abort(new Error('interrupted'));
   process.once('SIGINT', onSignal);

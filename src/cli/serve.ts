@@ -5,7 +5,6 @@
  * exit 0. One line on stderr says where it listens (scripts wait for it).
  */
 import { access, constants } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import { openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { readExact } from '../io/source.js';
@@ -51,7 +50,6 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   const name = (values['export-name'] as string | undefined) ?? '';
   if (Buffer.byteLength(name) > 4096 || name.includes('\0')) throw new UsageError('the export name is longer than 4096 bytes');
 
-  sizeThreadPool();
   // -r, or a file we may not write: read-only export.
   const readOnly = values['read-only'] === true || !(await writable(path));
   const parents = parentPaths(values.parents);
@@ -79,21 +77,6 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
     await device.close();
   }
   return 0;
-}
-
-/**
- * A server's main thread is a busy worker of its own (every request and reply passes through
- * it), so the I/O pool gets one thread fewer than the CPUs, at least 1: on 2 cores, 1 thread
- * served random 4 KiB reads ~25% faster than 2 (39.6k against 31.6k IOPS with fio on the same
- * machine), at the cost of large sequential reads (750 against 1900 MiB/s, still twice
- * qemu-nbd's 337). Applied only while the pool has not started (no file I/O yet) and while
- * UV_THREADPOOL_SIZE holds the value the `vhdx` launcher puts there when the user set none.
- */
-function sizeThreadPool(): void {
-  const cpus = availableParallelism();
-  if (process.env.UV_THREADPOOL_SIZE === String(Math.max(2, cpus))) {
-    process.env.UV_THREADPOOL_SIZE = String(Math.max(1, cpus - 1));
-  }
 }
 
 async function writable(path: string): Promise<boolean> {
