@@ -6,12 +6,6 @@
 // cache the build leaves beside it: ~6 ms less per command. A cache this Node cannot use (another
 // V8 version) is ignored by V8 and the file is compiled as usual. (Loading reads files
 // synchronously, so libuv's I/O pool has not started when main() sizes it for the command.)
-// A reader that stops early (`vhdx map … | head`) closes the pipe: stop quietly, as a program
-// killed by SIGPIPE would, instead of failing on the next write.
-process.stdout.on('error', (e) => {
-  if (e.code === 'EPIPE') process.exit(0);
-  throw e;
-});
 const { main } = require('../dist/load-cli.cjs').loadCli();
 main(process.argv.slice(2)).then((code) => {
   process.exitCode = code;
