@@ -2,9 +2,11 @@
  * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST`: copy a virtual disk into
  * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
  */
-import { stat, unlink } from 'node:fs/promises';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { createFile, openFile, type ParentPaths } from '../node-files.js';
+import { openFile, packageVersion, type ParentPaths } from '../node-files.js';
+import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions } from '../driver/create.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
 import { probe } from '../driver/open.js';
@@ -50,7 +52,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   if (specs.length > 0 && outFmt !== 'vhdx') throw new UsageError('-o options apply to -O vhdx only');
   const createOpts = parseCreateOptions(specs);
   const [srcPath, dstPath] = positionals as [string, string];
-  await refuseSameFile(srcPath, dstPath);
+  refuseSameFile(srcPath, dstPath);
 
   const src = await openSource(srcPath, inFmt, parentPaths(values.parents));
   // The progress bar's package loads only when asked for.
@@ -65,16 +67,49 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   return 0;
 }
 
-/** Converting a file onto itself would destroy it before it is read. */
-async function refuseSameFile(srcPath: string, dstPath: string): Promise<void> {
-  const [a, b] = await Promise.all([stat(srcPath).catch(() => null), stat(dstPath).catch(() => null)]);
+/**
+ * Converting a file onto itself would destroy it before it is read. The start-up checks are
+ * synchronous: a stat or an 8-byte read takes microseconds, a round trip through the thread
+ * pool far longer, and a CLI command has nothing else to do meanwhile.
+ */
+function refuseSameFile(srcPath: string, dstPath: string): void {
+  const a = statOrNull(srcPath);
+  const b = a && statOrNull(dstPath);
   if (a && b && a.dev === b.dev && a.ino === b.ino) throw new UsageError(`SRC and DST are the same file (${dstPath})`);
+}
+
+function statOrNull(path: string): { dev: number; ino: number } | null {
+  try {
+    return statSync(path, { throwIfNoEntry: false }) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The format SRC's first bytes show (the VHDX file identifier, else raw), or undefined when they
+ * cannot be read here; the open that follows then reports why.
+ */
+function probeFile(path: string): Format | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const head = new Uint8Array(8);
+    const n = readSync(fd, head, 0, head.length, 0);
+    return probe(head.subarray(0, n)) > 0 ? 'vhdx' : 'raw';
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 /** Open SRC as the format given, or as the format its first bytes show (VHDX identifier, else raw). */
 async function openSource(path: string, fmt: Format | undefined, parents: ParentPaths): Promise<BlockDevice> {
+  let kind = fmt ?? probeFile(path);
+  // A VHDX opens by path, so that a differencing image finds its parents (a chain is flattened).
+  if (kind === 'vhdx') return openFile(path, { parents });
   const file = await NodeFileSource.open(path);
-  let kind = fmt;
   try {
     if (kind === undefined) {
       const head = new Uint8Array(Math.min(8, file.size));
@@ -86,7 +121,6 @@ async function openSource(path: string, fmt: Format | undefined, parents: Parent
     await file.close();
     throw e;
   }
-  // A VHDX opens by path, so that a differencing image finds its parents (a chain is flattened).
   await file.close();
   return openFile(path, { parents });
 }
@@ -112,8 +146,8 @@ async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, si
 
 /**
  * Create DST (replacing a file there) sized to the source rounded up to the logical sector size,
- * with the source's sector sizes unless -o says otherwise, then copy into it. DST is removed if
- * the conversion fails.
+ * with the source's sector sizes unless -o says otherwise, then copy into it. The image is made
+ * and then opened on one file handle, under one lock. DST is removed if the conversion fails.
  */
 async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const srcLogical = src.logicalSectorSize === 4096 ? 4096 : 512;
@@ -122,23 +156,25 @@ async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValue
   const physicalSectorSize = opts.physicalSectorSize ?? (srcPhysical >= logicalSectorSize ? srcPhysical : 4096);
   if (src.size === 0) throw new UsageError('the source is empty: a VHDX disk cannot have size 0');
   const size = Math.ceil(src.size / logicalSectorSize) * logicalSectorSize;
-  const allocBar = opts.subformat === 'fixed' ? progress?.(true, 'allocating') : undefined;
-  try {
-    await createFile(dstPath, {
-      ...opts,
-      logicalSectorSize,
-      physicalSectorSize,
-      size,
-      overwrite: true,
-      signal,
-      ...(allocBar ? { onProgress: (d: number, t: number) => allocBar.update(d, t) } : {}),
-    });
-  } finally {
-    allocBar?.stop();
-  }
+  const createOpts: CreateOptions = {
+    ...opts,
+    logicalSectorSize,
+    physicalSectorSize,
+    size,
+    creator: opts.creator ?? `${DEFAULT_CREATOR} ${packageVersion()}`,
+    signal,
+  };
+  planCreate(createOpts); // bad options fail here, before any file exists
+  const file = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true });
   let failed = true;
   try {
-    const dst = await openFile(dstPath, { readOnly: false });
+    const allocBar = opts.subformat === 'fixed' ? progress?.(true, 'allocating') : undefined;
+    try {
+      await createImage(file, allocBar ? { ...createOpts, onProgress: (d: number, t: number) => allocBar.update(d, t) } : createOpts);
+    } finally {
+      allocBar?.stop();
+    }
+    const dst = await VhdxImage.open(file, { readOnly: false, name: dstPath });
     const bar = progress?.(true, 'converting');
     let copyError: unknown = null;
     try {
@@ -148,13 +184,16 @@ async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValue
     } finally {
       bar?.stop();
     }
-    // Close commits; its error matters only when the copy itself succeeded.
+    // Close commits (and closes the file); its error matters only when the copy itself succeeded.
     await dst.close().catch((e: unknown) => {
       copyError ??= e;
     });
     if (copyError !== null) throw copyError;
     failed = false;
   } finally {
-    if (failed) await unlink(dstPath).catch(() => undefined);
+    if (failed) {
+      await file.close().catch(() => undefined);
+      await unlink(dstPath).catch(() => undefined);
+    }
   }
 }

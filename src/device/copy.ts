@@ -68,6 +68,17 @@ const ZERO_GRAIN = 64 * 1024;
 /** Block status is asked for this much of the disk at a time, bounding the extent list. */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
 
+/**
+ * True when data[from, to) holds a non-zero byte. Its first bytes settle it for most data (at
+ * once, with no call and no view made, which matters at 64 KiB grains of 2 GiB of random data);
+ * only a grain that starts with zeros is compared whole.
+ */
+function hasData(data: Uint8Array, from: number, to: number): boolean {
+  const head = Math.min(to, from + 16);
+  for (let i = from; i < head; i++) if (data[i] !== 0) return true;
+  return !isZero(data.subarray(from, to));
+}
+
 function isSink(x: CopySink | RandomAccessSource): x is CopySink {
   return typeof (x as CopySink).finish === 'function';
 }
@@ -134,7 +145,7 @@ export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSo
         let runStart = -1;
         for (let g = 0; g < length; g += ZERO_GRAIN) {
           const grainEnd = Math.min(length, g + ZERO_GRAIN);
-          if (!isZero(data.subarray(g, grainEnd))) {
+          if (hasData(data, g, grainEnd)) {
             if (runStart < 0) runStart = g;
           } else if (runStart >= 0) {
             await write(offset + runStart, data.subarray(runStart, g));
