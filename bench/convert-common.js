@@ -1,0 +1,80 @@
+// Shared by the two convert benchmarks: alternating rounds of several commands, and the reference
+// points that say what the ratio is made of (a plain Node copy loop, a bare Node start).
+import { rmSync } from 'node:fs';
+import { fmt, timeCmd } from './lib.js';
+
+/** Rounds per benchmark: VHDX_BENCH_RUNS, default 5. This machine is noisy; more rounds help. */
+export function benchRuns(runs) {
+  return runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 5);
+}
+
+/**
+ * A plain Node copy of `length` bytes at `srcOffset` in `src` to a new file `dst`: 4 MiB chunks,
+ * two reads and writes in flight through the thread pool, nothing else. What the issue calls
+ * "a plain Node read/write loop over the same bytes": the floor for a Node program, start-up
+ * included.
+ */
+export function plainCopyArgs(src, srcOffset, length, dst) {
+  const script = `
+    const fs = require('node:fs');
+    const [src, off, len, dst] = process.argv.slice(1);
+    const chunk = 4 << 20, size = Number(len), base = Number(off);
+    const fd = fs.openSync(src, 'r'), out = fs.openSync(dst, 'w');
+    let next = 0, active = 0;
+    for (let w = 0; w < 2; w++) {
+      const buf = Buffer.allocUnsafe(chunk);
+      active++;
+      const step = () => {
+        if (next >= size) { if (--active === 0) { fs.closeSync(out); fs.closeSync(fd); } return; }
+        const o = next, n = Math.min(chunk, size - o);
+        next += n;
+        fs.read(fd, buf, 0, n, base + o, (e) => {
+          if (e) throw e;
+          fs.write(out, buf, 0, n, o, (e2) => { if (e2) throw e2; step(); });
+        });
+      };
+      step();
+    }`;
+  return [process.execPath, ['-e', script, src, String(srcOffset), String(length), dst]];
+}
+
+function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+}
+
+/**
+ * Run `cmds` ({ label: [cmd, args] }) in alternating rounds, `dst` removed before each. Returns
+ * per label the median wall time, the spread, and the median of its per-round ratios to `base`
+ * (pairing the rounds cancels the machine's slow drifts).
+ */
+export function rounds(n, cmds, dst, base) {
+  const walls = Object.fromEntries(Object.keys(cmds).map((k) => [k, []]));
+  const clean = () => rmSync(dst, { force: true });
+  for (let i = 0; i < n; i++) {
+    for (const [k, [cmd, args]] of Object.entries(cmds)) walls[k].push(timeCmd(cmd, args, { before: clean }).wall);
+  }
+  clean();
+  const out = {};
+  for (const [k, w] of Object.entries(walls)) {
+    out[k] = {
+      median: median(w),
+      min: Math.min(...w),
+      max: Math.max(...w),
+      pairedRatio: median(w.map((x, i) => x / walls[base][i])),
+    };
+  }
+  return out;
+}
+
+export function spread(s) {
+  return `${fmt(s.median)} (${fmt(s.min)}-${fmt(s.max)})`;
+}
+
+/** A line saying why Node starts slowly here, when it does. */
+export function startNote(nodeStart) {
+  const certs = process.env.NODE_EXTRA_CA_CERTS
+    ? `; NODE_EXTRA_CA_CERTS is set, so every Node process here parses CA certificates before any code runs (~40 ms on the project's VM)`
+    : '';
+  return `a bare Node start (node -e 0) takes ${spread(nodeStart)}${certs}`;
+}
