@@ -45,7 +45,7 @@ try {
   const train = `
     const { writeFileSync } = require('node:fs');
     const { main, script } = require(${JSON.stringify(join(process.cwd(), 'dist/load-cli.cjs'))}).loadCli({ script: true });
-    const io = { out() {}, err() {}, errIsTTY: false };
+    const io = { out() {}, err() {} };
     const img = ${JSON.stringify(join(dir, 'train.vhdx'))};
     (async () => {
       for (const args of [['info', img], ['info', '--output=json', img], ['map', img], ['map', '--output=json', img]]) {

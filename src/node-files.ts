@@ -1,7 +1,7 @@
 /** Opening and creating image files by path (Node only). The CLI imports this directly, not the
  * package barrel, so a command loads only the modules it uses. */
 import { createRequire } from 'node:module';
-import { realpath, stat, unlink } from 'node:fs/promises';
+import { realpath, stat, unlink } from './io/fs-async.js';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { LOCATOR_TYPE_VHDX } from './format/constants.js';
 import type { ParentLocator } from './format/parent-locator.js';

@@ -8,8 +8,6 @@ export class UsageError extends Error {}
 export interface Io {
   out: (text: string) => void;
   err: (text: string) => void;
-  /** True when stderr is a terminal (progress bars go there). */
-  errIsTTY: boolean;
 }
 
 export interface Parsed {

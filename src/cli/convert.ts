@@ -3,7 +3,7 @@
  * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { unlink } from 'node:fs/promises';
+import { unlink } from '../io/fs-async.js';
 import { availableParallelism } from 'node:os';
 import { openFile, packageVersion, type ParentPaths } from '../node-files.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions } from '../driver/create.js';

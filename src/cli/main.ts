@@ -2,7 +2,6 @@
 import { CHECK_USAGE, COMMIT_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE, REBASE_USAGE, SERVE_USAGE } from './usage.js';
 import { writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { isatty } from 'node:tty';
 import { describeError, UsageError, type Io } from './common.js';
 
 const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
@@ -101,7 +100,6 @@ function defaultIo(): Io {
   return {
     out: writeOut,
     err: (t) => process.stderr.write(t),
-    errIsTTY: isatty(2),
   };
 }
 

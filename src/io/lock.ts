@@ -5,7 +5,7 @@
  * the next open. It keeps two vhdx writers apart; it does not stop other programs (qemu uses
  * fcntl locks, which this does not see).
  */
-import { open, readFile, unlink } from 'node:fs/promises';
+import { close, open, readText, unlink, write } from './fs-async.js';
 import { hostname } from 'node:os';
 import { VhdxError } from '../errors.js';
 
@@ -28,11 +28,16 @@ export async function lockFile(imagePath: string): Promise<FileLock> {
   const me = `${process.pid}\n${hostname()}\n`;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fh = await open(path, 'wx');
+      const fd = await open(path, 'wx');
       try {
-        await fh.writeFile(me);
+        const bytes = new TextEncoder().encode(me);
+        for (let done = 0; done < bytes.length; ) {
+          const n = await write(fd, bytes, done, bytes.length, done);
+          if (n <= 0) throw new Error('write returned 0 bytes');
+          done += n;
+        }
       } finally {
-        await fh.close();
+        await close(fd);
       }
       let released = false;
       return {
@@ -48,7 +53,7 @@ export async function lockFile(imagePath: string): Promise<FileLock> {
         throw new VhdxError('EIO', 'IO_ERROR', `cannot create lock file ${path}: ${(e as Error).message}`, { cause: e });
       }
     }
-    const [pidText, host] = (await readFile(path, 'utf8').catch(() => '')).split('\n');
+    const [pidText, host] = (await readText(path).catch(() => '')).split('\n');
     const pid = Number(pidText);
     if (host === hostname() && Number.isSafeInteger(pid) && pid > 0 && !alive(pid)) {
       await unlink(path).catch(() => undefined); // left by a writer that died: take it over

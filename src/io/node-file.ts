@@ -1,5 +1,5 @@
-/** A random-access source over a file, through Node's promise FileHandle API. */
-import { open, type FileHandle } from 'node:fs/promises';
+/** A random-access source over a file descriptor, through Node's asynchronous file API. */
+import * as fsa from './fs-async.js';
 import { VhdxError } from '../errors.js';
 import type { RandomAccessSource } from './source.js';
 import { lockFile, type FileLock } from './lock.js';
@@ -7,7 +7,7 @@ import { lockFile, type FileLock } from './lock.js';
 export class NodeFileSource implements RandomAccessSource {
   private closed = false;
   private constructor(
-    private readonly fh: FileHandle,
+    private readonly fd: number,
     private length: number,
     readonly readOnly: boolean,
     readonly path: string,
@@ -28,21 +28,21 @@ export class NodeFileSource implements RandomAccessSource {
     const flags = readOnly ? 'r' : opts.create ? (opts.truncate ? 'w+' : 'wx+') : 'r+';
     // Writers take the lock before opening: a second writer fails without touching the file.
     const lock = readOnly || opts.lock === false ? null : await lockFile(path);
-    let fh: FileHandle;
+    let fd: number;
     try {
-      fh = await open(path, flags);
+      fd = await fsa.open(path, flags);
     } catch (e) {
       await lock?.release();
       throw fsError(e, `cannot open ${path}`);
     }
     try {
-      const st = await fh.stat();
+      const st = await fsa.fstat(fd);
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path} is not a regular file`);
       }
-      return new NodeFileSource(fh, st.size, readOnly, path, lock);
+      return new NodeFileSource(fd, st.size, readOnly, path, lock);
     } catch (e) {
-      await fh.close();
+      await fsa.close(fd);
       await lock?.release();
       throw e;
     }
@@ -55,8 +55,7 @@ export class NodeFileSource implements RandomAccessSource {
   async read(offset: number, into: Uint8Array): Promise<number> {
     this.assertOpen();
     try {
-      const { bytesRead } = await this.fh.read(into, 0, into.length, offset);
-      return bytesRead;
+      return await fsa.read(this.fd, into, offset);
     } catch (e) {
       throw fsError(e, `read of ${into.length} bytes at ${offset} from ${this.path} failed`);
     }
@@ -68,7 +67,7 @@ export class NodeFileSource implements RandomAccessSource {
     let done = 0;
     try {
       while (done < data.length) {
-        const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
+        const bytesWritten = await fsa.write(this.fd, data, done, data.length, offset + done);
         if (bytesWritten <= 0) throw new Error('write returned 0 bytes');
         done += bytesWritten;
       }
@@ -81,7 +80,7 @@ export class NodeFileSource implements RandomAccessSource {
   async flush(): Promise<void> {
     this.assertOpen();
     try {
-      await this.fh.datasync();
+      await fsa.fdatasync(this.fd);
     } catch (e) {
       throw fsError(e, `flush of ${this.path} failed`);
     }
@@ -90,7 +89,7 @@ export class NodeFileSource implements RandomAccessSource {
   async truncate(size: number): Promise<void> {
     this.assertOpen();
     try {
-      await this.fh.truncate(size);
+      await fsa.ftruncate(this.fd, size);
     } catch (e) {
       throw fsError(e, `truncate of ${this.path} to ${size} failed`);
     }
@@ -101,7 +100,7 @@ export class NodeFileSource implements RandomAccessSource {
     if (this.closed) return;
     this.closed = true;
     try {
-      await this.fh.close();
+      await fsa.close(this.fd);
     } finally {
       await this.lock?.release();
     }

@@ -53,7 +53,7 @@ function file(bytes, name = 'img') {
 async function check(...args) {
   let stdout = '';
   let stderr = '';
-  const status = await main(['check', ...args], { out: (t) => (stdout += t), err: (t) => (stderr += t), errIsTTY: false });
+  const status = await main(['check', ...args], { out: (t) => (stdout += t), err: (t) => (stderr += t) });
   return { status, stdout, stderr };
 }
 

@@ -91,6 +91,6 @@ export async function vhdxInProcess(args) {
   const { main } = await import('../../dist/cli/main.js');
   let stdout = '';
   let stderr = '';
-  const code = await main(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s), errIsTTY: false });
+  const code = await main(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s) });
   return { code, stdout, stderr };
 }
