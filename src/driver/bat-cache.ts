@@ -9,6 +9,7 @@ import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
 import { BAT_ENTRY_SIZE, encodeBatEntry, judgeBatEntry, type BatEntry, type BatGeometry } from '../format/bat.js';
+import { PageCache, type DirtyBatch } from './page-cache.js';
 
 export const BAT_PAGE_BYTES = 64 * 1024;
 const ENTRIES_PER_PAGE = BAT_PAGE_BYTES / BAT_ENTRY_SIZE;
@@ -36,30 +37,11 @@ export interface BatPlacement {
   fileSize: () => number;
 }
 
-/** A 4 KiB sector of the BAT as it must be written to the file. */
-export interface BatSector {
-  fileOffset: number;
-  data: Uint8Array;
-}
-
-/** Dirty sectors handed to a commit: their bytes, and the ids `release` needs. */
-export interface DirtyBatch {
-  sectors: BatSector[];
-  ids: number[];
-}
-
 const SECTOR = 4096;
 const SECTORS_PER_PAGE = BAT_PAGE_BYTES / SECTOR;
 
 export class BatCache {
-  private readonly pages = new Map<number, DataView>();
-  private readonly loading = new Map<number, Promise<DataView>>();
-  private readonly maxPages: number;
-  private lastPage = -1;
-  /** BAT sectors changed in memory and not yet handed to a commit. */
-  private readonly dirty = new Set<number>();
-  /** Pages that must not be evicted: count of their dirty or committing sectors. */
-  private readonly pinned = new Map<number, number>();
+  private readonly pages: PageCache<DataView>;
   readonly regionOffset: number;
   readonly entryCount: number;
 
@@ -70,26 +52,19 @@ export class BatCache {
   ) {
     this.regionOffset = at.regionOffset;
     this.entryCount = at.entryCount;
-    this.maxPages = Math.max(2, Math.floor((opts.cacheBytes ?? 16 * MiB) / BAT_PAGE_BYTES));
+    const maxPages = Math.max(2, Math.floor((opts.cacheBytes ?? 16 * MiB) / BAT_PAGE_BYTES));
+    this.pages = new PageCache(maxPages, (page) => this.readPage(page), SECTORS_PER_PAGE);
   }
 
   /** The entry at BAT index `index`, loading (and validating) its page when not cached. */
   async entry(index: number): Promise<BatEntry> {
-    return this.cached(index) ?? decodeAt(await this.load(Math.floor(index / ENTRIES_PER_PAGE)), index);
+    return this.cached(index) ?? decodeAt(await this.pages.get(Math.floor(index / ENTRIES_PER_PAGE)), index);
   }
 
   /** The entry at `index` when its page is cached, else undefined: lets hot paths skip an await. */
   cached(index: number): BatEntry | undefined {
-    const page = Math.floor(index / ENTRIES_PER_PAGE);
-    const view = this.pages.get(page);
-    if (!view) return undefined;
-    if (page !== this.lastPage) {
-      // Refresh the page's place in the LRU order (Map iteration order is insertion order).
-      this.pages.delete(page);
-      this.pages.set(page, view);
-      this.lastPage = page;
-    }
-    return decodeAt(view, index);
+    const view = this.pages.cached(Math.floor(index / ENTRIES_PER_PAGE));
+    return view && decodeAt(view, index);
   }
 
   /** Change the entry at `index` in memory; its sector is dirty until taken by `takeDirty`. */
@@ -97,18 +72,14 @@ export class BatCache {
     if (!Number.isSafeInteger(index) || index < 0 || index >= this.entryCount) {
       throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `BAT index ${index} beyond ${this.entryCount} entries`);
     }
-    const page = Math.floor(index / ENTRIES_PER_PAGE);
-    const view = this.pages.get(page) ?? (await this.load(page));
-    encodeBatEntry(view, (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE, entry);
-    const sector = Math.floor((index * BAT_ENTRY_SIZE) / SECTOR);
-    if (!this.dirty.has(sector)) {
-      this.dirty.add(sector);
-      this.pinned.set(page, (this.pinned.get(page) ?? 0) + 1);
-    }
+    await this.pages.change(Math.floor(index / ENTRIES_PER_PAGE), (view) => {
+      encodeBatEntry(view, (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE, entry);
+      return Math.floor((index * BAT_ENTRY_SIZE) / SECTOR);
+    });
   }
 
   get dirtyCount(): number {
-    return this.dirty.size;
+    return this.pages.dirtyCount;
   }
 
   /**
@@ -116,44 +87,18 @@ export class BatCache {
    * the cache until `release` is called with them, after they were applied.
    */
   takeDirty(max = Infinity): DirtyBatch {
-    const out: BatSector[] = [];
-    const taken: number[] = [];
-    for (const sector of [...this.dirty].sort((a, b) => a - b)) {
-      if (out.length >= max) break;
-      const page = Math.floor(sector / SECTORS_PER_PAGE);
-      const view = this.pages.get(page)!;
+    return this.pages.takeDirty(max, (sector, view) => {
       const inPage = (sector % SECTORS_PER_PAGE) * SECTOR;
-      out.push({
+      return {
         fileOffset: this.regionOffset + sector * SECTOR,
         data: new Uint8Array(view.buffer, view.byteOffset + inPage, SECTOR).slice(),
-      });
-      taken.push(sector);
-      this.dirty.delete(sector);
-    }
-    return { sectors: out, ids: taken };
+      };
+    });
   }
 
   /** Unpin sectors handed out by `takeDirty` once they are in the file (or put them back on failure). */
   release(batch: DirtyBatch, applied: boolean): void {
-    for (const sector of batch.ids) {
-      if (!applied && !this.dirty.has(sector)) {
-        this.dirty.add(sector); // still pinned: the count carries over
-        continue;
-      }
-      const page = Math.floor(sector / SECTORS_PER_PAGE);
-      const n = (this.pinned.get(page) ?? 1) - 1;
-      if (n > 0) this.pinned.set(page, n);
-      else this.pinned.delete(page);
-    }
-  }
-
-  private load(page: number): Promise<DataView> {
-    let p = this.loading.get(page);
-    if (!p) {
-      p = this.readPage(page).finally(() => this.loading.delete(page));
-      this.loading.set(page, p);
-    }
-    return p;
+    this.pages.release(batch, applied);
   }
 
   private async readPage(page: number): Promise<DataView> {
@@ -164,17 +109,6 @@ export class BatCache {
     await readExact(this.src, this.regionOffset + first * BAT_ENTRY_SIZE, bytes, 'BAT');
     const view = viewOf(bytes);
     this.validate(view, first, Math.min(ENTRIES_PER_PAGE, this.entryCount - first));
-    const existing = this.pages.get(page);
-    if (existing) return existing;
-    if (this.pages.size >= this.maxPages) {
-      for (const candidate of this.pages.keys()) {
-        if (!this.pinned.has(candidate)) {
-          this.pages.delete(candidate);
-          break;
-        }
-      }
-    }
-    this.pages.set(page, view);
     return view;
   }
 

@@ -11,7 +11,8 @@ import { VhdxError } from '../errors.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB, SECTORS_PER_CHUNK } from '../format/constants.js';
 import { BitmapState, bitmapBatIndex, type BatGeometry } from '../format/bat.js';
-import type { BatCache, BatSector, DirtyBatch } from './bat-cache.js';
+import type { BatCache } from './bat-cache.js';
+import { PageCache, type DirtyBatch } from './page-cache.js';
 
 const PAGE = 4096;
 const BITS_PER_PAGE = PAGE * 8;
@@ -30,11 +31,7 @@ export interface SectorRun {
 }
 
 export class SectorBitmaps {
-  private readonly pages = new Map<number, Uint8Array>();
-  private readonly loading = new Map<number, Promise<Uint8Array>>();
-  private readonly maxPages: number;
-  private readonly dirty = new Set<number>();
-  private readonly pinned = new Map<number, number>();
+  private readonly pages: PageCache<Uint8Array>;
 
   constructor(
     private readonly src: RandomAccessSource,
@@ -42,7 +39,8 @@ export class SectorBitmaps {
     private readonly g: BatGeometry,
     opts: BitmapCacheOptions = {},
   ) {
-    this.maxPages = Math.max(4, Math.floor((opts.bitmapCacheBytes ?? 4 * MiB) / PAGE));
+    const maxPages = Math.max(4, Math.floor((opts.bitmapCacheBytes ?? 4 * MiB) / PAGE));
+    this.pages = new PageCache(maxPages, (key) => this.readPage(key));
   }
 
   /**
@@ -55,7 +53,7 @@ export class SectorBitmaps {
     const end = first + count;
     while (s < end) {
       const key = Math.floor(s / BITS_PER_PAGE);
-      const page = this.pages.get(key) ?? (await this.load(key));
+      const page = await this.pages.get(key);
       const pageEnd = Math.min(end, (key + 1) * BITS_PER_PAGE);
       let bit = s - key * BITS_PER_PAGE;
       const stop = pageEnd - key * BITS_PER_PAGE;
@@ -98,75 +96,46 @@ export class SectorBitmaps {
     const end = first + count;
     while (s < end) {
       const key = Math.floor(s / BITS_PER_PAGE);
-      let page = this.pages.get(key);
-      if (!page) {
-        const loaded = await this.load(key);
-        // Other loads may have evicted it before this resumed (it was clean then): changes made
-        // to a page outside the cache would be lost. Put it back, or use the copy that replaced it.
-        page = this.pages.get(key) ?? loaded;
-        this.pages.set(key, page);
-      }
       const pageEnd = Math.min(end, (key + 1) * BITS_PER_PAGE);
-      for (let bit = s - key * BITS_PER_PAGE, stop = pageEnd - key * BITS_PER_PAGE; bit < stop; ) {
-        if ((bit & 7) === 0 && bit + 8 <= stop) {
-          page[bit >>> 3] = value ? 0xff : 0;
-          bit += 8;
-        } else {
-          if (value) page[bit >>> 3]! |= 1 << (bit & 7);
-          else page[bit >>> 3]! &= ~(1 << (bit & 7));
-          bit++;
+      await this.pages.change(key, (page) => {
+        for (let bit = s - key * BITS_PER_PAGE, stop = pageEnd - key * BITS_PER_PAGE; bit < stop; ) {
+          if ((bit & 7) === 0 && bit + 8 <= stop) {
+            page[bit >>> 3] = value ? 0xff : 0;
+            bit += 8;
+          } else {
+            if (value) page[bit >>> 3]! |= 1 << (bit & 7);
+            else page[bit >>> 3]! &= ~(1 << (bit & 7));
+            bit++;
+          }
         }
-      }
-      if (!this.dirty.has(key)) {
-        this.dirty.add(key);
-        this.pinned.set(key, (this.pinned.get(key) ?? 0) + 1);
-      }
+        return key;
+      });
       s = pageEnd;
     }
   }
 
   get dirtyCount(): number {
-    return this.dirty.size;
+    return this.pages.dirtyCount;
   }
 
-  /** Copies of up to `max` dirty pages as they must land in the file; pinned until `release`. */
+  /**
+   * Copies of up to `max` dirty pages as they must land in the file; pinned until `release`.
+   * A dirty page whose chunk has no bitmap block is a bug of the writer's: nothing is taken.
+   */
   takeDirty(max = Infinity): DirtyBatch {
-    const sectors: BatSector[] = [];
-    const ids: number[] = [];
-    for (const key of [...this.dirty].sort((a, b) => a - b)) {
-      if (sectors.length >= max) break;
+    return this.pages.takeDirty(max, (key, page) => {
       const chunk = Math.floor(key / PAGES_PER_CHUNK);
       const e = this.bat.cached(bitmapBatIndex(this.g, chunk));
       if (!e || e.state !== BitmapState.PRESENT) {
         throw new VhdxError('EIO', 'IO_ERROR', `sector bitmap page of chunk ${chunk} changed without a bitmap block`);
       }
-      sectors.push({ fileOffset: e.fileOffsetMB * MiB + (key % PAGES_PER_CHUNK) * PAGE, data: this.pages.get(key)!.slice() });
-      ids.push(key);
-      this.dirty.delete(key);
-    }
-    return { sectors, ids };
+      return { fileOffset: e.fileOffsetMB * MiB + (key % PAGES_PER_CHUNK) * PAGE, data: page.slice() };
+    });
   }
 
   /** Unpin pages handed out by `takeDirty` once in the file, or mark them dirty again on failure. */
   release(batch: DirtyBatch, applied: boolean): void {
-    for (const key of batch.ids) {
-      if (!applied && !this.dirty.has(key)) {
-        this.dirty.add(key);
-        continue;
-      }
-      const n = (this.pinned.get(key) ?? 1) - 1;
-      if (n > 0) this.pinned.set(key, n);
-      else this.pinned.delete(key);
-    }
-  }
-
-  private load(key: number): Promise<Uint8Array> {
-    let p = this.loading.get(key);
-    if (!p) {
-      p = this.readPage(key).finally(() => this.loading.delete(key));
-      this.loading.set(key, p);
-    }
-    return p;
+    this.pages.release(batch, applied);
   }
 
   private async readPage(key: number): Promise<Uint8Array> {
@@ -178,17 +147,6 @@ export class SectorBitmaps {
     if (e.state === BitmapState.PRESENT) {
       await readExact(this.src, e.fileOffsetMB * MiB + (key % PAGES_PER_CHUNK) * PAGE, page, 'sector bitmap block');
     }
-    const existing = this.pages.get(key);
-    if (existing) return existing;
-    if (this.pages.size >= this.maxPages) {
-      for (const candidate of this.pages.keys()) {
-        if (!this.pinned.has(candidate)) {
-          this.pages.delete(candidate);
-          break;
-        }
-      }
-    }
-    this.pages.set(key, page);
     return page;
   }
 }
