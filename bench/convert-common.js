@@ -3,9 +3,15 @@
 import { rmSync } from 'node:fs';
 import { fmt, timeCmd } from './lib.js';
 
-/** Rounds per benchmark: VHDX_BENCH_RUNS, default 5. This machine is noisy; more rounds help. */
+/**
+ * Rounds per benchmark: VHDX_BENCH_RUNS, default 11. On the project's VM one 2 GiB copy takes
+ * from about 0.5 s to several seconds for every program alike (qemu-img, vhdx, the plain loop):
+ * its time is mostly the kernel finding 2 GiB of pages for the new file, and whether those are
+ * pages the host still backs (recently freed) or ones it reclaimed (free page reporting) changes
+ * from run to run.
+ */
 export function benchRuns(runs) {
-  return runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 5);
+  return runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 11);
 }
 
 /**
