@@ -4,14 +4,14 @@ import { rmSync } from 'node:fs';
 import { fmt, timeCmd } from './lib.js';
 
 /**
- * Rounds per benchmark: VHDX_BENCH_RUNS, default 11. On the project's VM one 2 GiB copy takes
+ * Rounds per benchmark: VHDX_BENCH_RUNS, default 12 (a multiple of the 4 commands rotated). On the project's VM one 2 GiB copy takes
  * from about 0.5 s to several seconds for every program alike (qemu-img, vhdx, the plain loop):
  * its time is mostly the kernel finding 2 GiB of pages for the new file, and whether those are
  * pages the host still backs (recently freed) or ones it reclaimed (free page reporting) changes
  * from run to run.
  */
 export function benchRuns(runs) {
-  return runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 11);
+  return runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 12);
 }
 
 /**
@@ -52,13 +52,22 @@ function median(values) {
 /**
  * Run `cmds` ({ label: [cmd, args] }) in alternating rounds, `dst` removed before each. Returns
  * per label the median wall time, the spread, and the median of its per-round ratios to `base`
- * (pairing the rounds cancels the machine's slow drifts).
+ * (pairing the rounds cancels the machine's slow drifts). Each round starts one command later
+ * than the last, so every command follows every other equally often: a 2 GiB copy leaves the
+ * kernel's free pages in a state the next copy inherits (in four trials of 8 rounds in a fixed
+ * order, the Node command run right after qemu-img was the slower of the two Node commands three
+ * times), and a fixed order would charge that to one of them.
  */
 export function rounds(n, cmds, dst, base) {
-  const walls = Object.fromEntries(Object.keys(cmds).map((k) => [k, []]));
+  const labels = Object.keys(cmds);
+  const walls = Object.fromEntries(labels.map((k) => [k, []]));
   const clean = () => rmSync(dst, { force: true });
   for (let i = 0; i < n; i++) {
-    for (const [k, [cmd, args]] of Object.entries(cmds)) walls[k].push(timeCmd(cmd, args, { before: clean }).wall);
+    for (let j = 0; j < labels.length; j++) {
+      const k = labels[(i + j) % labels.length];
+      const [cmd, args] = cmds[k];
+      walls[k].push(timeCmd(cmd, args, { before: clean }).wall);
+    }
   }
   clean();
   const out = {};
