@@ -17,7 +17,7 @@ import fc from 'fast-check';
 import { FaultySource, MemorySource, VhdxImage } from '../../dist/index.js';
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
-import { SparseModel, bytesEqual, crashCheck } from '../helpers/model.js';
+import { SparseModel, bytesEqual, crashCheck, noisePayloads } from '../helpers/model.js';
 import { runWorkload } from '../helpers/workload.js';
 import { hasTool, scratch } from '../helpers/env.js';
 
@@ -26,18 +26,7 @@ const MiB = 1024 * KiB;
 const NIL = '00000000-0000-0000-0000-000000000000';
 
 // Write payloads are slices of one seeded random buffer, at an offset that depends on the write.
-const NOISE = (() => {
-  const b = new Uint8Array(8 * MiB);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < b.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-})();
-const payload = (n, len) => NOISE.subarray((n * 7919) % (4 * MiB), ((n * 7919) % (4 * MiB)) + len);
+const payload = noisePayloads(0x9e3779b9);
 
 const configArb = fc.record({
   sizeMiB: fc.integer({ min: 8, max: 24 }),

@@ -3,24 +3,13 @@
 // pass (block status tiling the disk, each extent's depth, the child's own sectors).
 import { FaultySource, VhdxImage, createImage } from '../../dist/index.js';
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
-import { SparseModel, bytesEqual } from './model.js';
+import { SparseModel, bytesEqual, noisePayloads } from './model.js';
 
 const MiB = 1024 * 1024;
 export const LOCATOR_TYPE_VHDX = 'b04aefb7-d19e-4a81-b789-25b8e9445913';
 
 /** Write payloads: slices of one seeded random buffer (never all zeros over a sector). */
-export const NOISE = (() => {
-  const b = new Uint8Array(8 * MiB);
-  let x = 0x2545f491;
-  for (let i = 0; i < b.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-})();
-export const payload = (n, len) => NOISE.subarray((n * 7919) % (4 * MiB), ((n * 7919) % (4 * MiB)) + len);
+export const payload = noisePayloads(0x2545f491);
 
 /** The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries. */
 export function locatorOf(parent, { relative = '.\\parent.vhdx', absolute = '/nowhere/parent.vhdx', linkage, extra = [] } = {}) {

@@ -8,6 +8,23 @@ export function pattern(seed, len) {
   return out;
 }
 
+/**
+ * Write payloads for property tests: `payload(n, len)` is a slice of 8 MiB of xorshift noise
+ * made from `seed` (never all zeros over a sector), at an offset that depends on write number n.
+ */
+export function noisePayloads(seed) {
+  const MiB = 1024 * 1024;
+  const noise = new Uint8Array(8 * MiB);
+  let x = seed;
+  for (let i = 0; i < noise.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    noise[i] = x & 0xff;
+  }
+  return (n, len) => noise.subarray((n * 7919) % (4 * MiB), ((n * 7919) % (4 * MiB)) + len);
+}
+
 const PAGE = 16 * 1024;
 const PIECE = 4096;
 /** Pages shared between a model and its clones: whoever writes one first copies it. */
