@@ -35,5 +35,14 @@ export const read = (fd: number, into: Uint8Array, position: number): Promise<nu
   call((cb) => fs.read(fd, into, 0, into.length, position, cb));
 
 /** pwrite of data[from, to) at file offset `position`: bytes written (maybe fewer than asked). */
-export const write = (fd: number, data: Uint8Array, from: number, to: number, position: number): Promise<number> =>
+const write = (fd: number, data: Uint8Array, from: number, to: number, position: number): Promise<number> =>
   call((cb) => fs.write(fd, data, from, to - from, position, cb));
+
+/** pwrite of all of `data` at file offset `position`, however many calls that takes. */
+export async function writeAll(fd: number, data: Uint8Array, position: number): Promise<void> {
+  for (let done = 0; done < data.length; ) {
+    const n = await write(fd, data, done, data.length, position + done);
+    if (n <= 0) throw new Error('write returned 0 bytes');
+    done += n;
+  }
+}

@@ -5,7 +5,7 @@
  * the next open. It keeps two vhdx writers apart; it does not stop other programs (qemu uses
  * fcntl locks, which this does not see).
  */
-import { close, open, readText, unlink, write } from './fs-async.js';
+import { close, open, readText, unlink, writeAll } from './fs-async.js';
 import { hostname } from 'node:os';
 import { VhdxError } from '../errors.js';
 
@@ -30,12 +30,7 @@ export async function lockFile(imagePath: string): Promise<FileLock> {
     try {
       const fd = await open(path, 'wx');
       try {
-        const bytes = new TextEncoder().encode(me);
-        for (let done = 0; done < bytes.length; ) {
-          const n = await write(fd, bytes, done, bytes.length, done);
-          if (n <= 0) throw new Error('write returned 0 bytes');
-          done += n;
-        }
+        await writeAll(fd, new TextEncoder().encode(me), 0);
       } finally {
         await close(fd);
       }

@@ -64,13 +64,8 @@ export class NodeFileSource implements RandomAccessSource {
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.assertOpen();
     if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', `${this.path} is open read-only`);
-    let done = 0;
     try {
-      while (done < data.length) {
-        const bytesWritten = await fsa.write(this.fd, data, done, data.length, offset + done);
-        if (bytesWritten <= 0) throw new Error('write returned 0 bytes');
-        done += bytesWritten;
-      }
+      await fsa.writeAll(this.fd, data, offset);
     } catch (e) {
       throw fsError(e, `write of ${data.length} bytes at ${offset} to ${this.path} failed`);
     }
