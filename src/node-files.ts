@@ -178,6 +178,29 @@ export function locatorFor(childPath: string, parentPath: string, parent: VhdxIm
  * success; open it with `openFile(path, { readOnly: false })` to write.
  */
 export async function createFile(path: string, opts: CreateFileOptions): Promise<CreateResult> {
+  const { src, result } = await createOnFile(path, opts);
+  await src.close();
+  return result;
+}
+
+/**
+ * Create a new VHDX file as `createFile` does and return it open for writing, on the same file
+ * handle and under the same lock (no close, reopen and second validation of what was just
+ * written). If the create or the open fails, the file is removed.
+ */
+export async function createOpenFile(path: string, opts: CreateFileOptions): Promise<VhdxImage> {
+  const { src } = await createOnFile(path, opts);
+  try {
+    return await VhdxImage.open(src, { readOnly: false, name: path });
+  } catch (e) {
+    await src.close().catch(() => undefined);
+    await unlink(path).catch(() => undefined);
+    throw e;
+  }
+}
+
+/** createFile's work, leaving the new file open. */
+async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ src: NodeFileSource; result: CreateResult }> {
   const { overwrite = false, parent: parentPath, parents, size, ...rest } = opts;
   let options: CreateOptions;
   if (parentPath !== undefined) {
@@ -215,9 +238,7 @@ export async function createFile(path: string, opts: CreateFileOptions): Promise
     throw e;
   }
   try {
-    const result = await createImage(src, options);
-    await src.close();
-    return result;
+    return { src, result: await createImage(src, options) };
   } catch (e) {
     await src.close().catch(() => undefined);
     await unlink(path).catch(() => undefined);

@@ -5,8 +5,7 @@
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { unlink } from '../io/fs-async.js';
 import { availableParallelism } from 'node:os';
-import { openFile, packageVersion, type ParentPaths } from '../node-files.js';
-import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions } from '../driver/create.js';
+import { createOpenFile, openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
 import { probe } from '../driver/open.js';
@@ -146,8 +145,8 @@ async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, si
 
 /**
  * Create DST (replacing a file there) sized to the source rounded up to the logical sector size,
- * with the source's sector sizes unless -o says otherwise, then copy into it. The image is made
- * and then opened on one file handle, under one lock. DST is removed if the conversion fails.
+ * with the source's sector sizes unless -o says otherwise, then copy into it (the new image stays
+ * open: one file handle, one lock). DST is removed if the conversion fails.
  */
 async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const srcLogical = src.logicalSectorSize === 4096 ? 4096 : 512;
@@ -156,25 +155,23 @@ async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValue
   const physicalSectorSize = opts.physicalSectorSize ?? (srcPhysical >= logicalSectorSize ? srcPhysical : 4096);
   if (src.size === 0) throw new UsageError('the source is empty: a VHDX disk cannot have size 0');
   const size = Math.ceil(src.size / logicalSectorSize) * logicalSectorSize;
-  const createOpts: CreateOptions = {
-    ...opts,
-    logicalSectorSize,
-    physicalSectorSize,
-    size,
-    creator: opts.creator ?? `${DEFAULT_CREATOR} ${packageVersion()}`,
-    signal,
-  };
-  planCreate(createOpts); // bad options fail here, before any file exists
-  const file = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true });
+  const allocBar = opts.subformat === 'fixed' ? progress?.(true, 'allocating') : undefined;
+  let dst: VhdxImage;
+  try {
+    dst = await createOpenFile(dstPath, {
+      ...opts,
+      logicalSectorSize,
+      physicalSectorSize,
+      size,
+      overwrite: true,
+      signal,
+      ...(allocBar ? { onProgress: (d: number, t: number) => allocBar.update(d, t) } : {}),
+    });
+  } finally {
+    allocBar?.stop();
+  }
   let failed = true;
   try {
-    const allocBar = opts.subformat === 'fixed' ? progress?.(true, 'allocating') : undefined;
-    try {
-      await createImage(file, allocBar ? { ...createOpts, onProgress: (d: number, t: number) => allocBar.update(d, t) } : createOpts);
-    } finally {
-      allocBar?.stop();
-    }
-    const dst = await VhdxImage.open(file, { readOnly: false, name: dstPath });
     const bar = progress?.(true, 'converting');
     let copyError: unknown = null;
     try {
@@ -192,7 +189,7 @@ async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValue
     failed = false;
   } finally {
     if (failed) {
-      await file.close().catch(() => undefined);
+      await dst.close().catch(() => undefined);
       await unlink(dstPath).catch(() => undefined);
     }
   }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemorySource, VhdxImage, VhdxError, createImage, planCreate } from '../../dist/index.js';
-import { createFile, openFile, packageVersion } from '../../dist/node.js';
+import { createFile, createOpenFile, openFile, packageVersion } from '../../dist/node.js';
 import { repoRoot } from '../helpers/env.js';
 import { shmScratch } from '../helpers/tools.js';
 
@@ -178,6 +178,26 @@ test('createFile leaves no file behind on bad options or when aborted', async ()
   );
   assert.equal(existsSync(aborted), false, 'partly written file removed');
   assert.equal(existsSync(`${aborted}.lock`), false, 'lock released');
+});
+
+test('createOpenFile returns the new image open for writing, and on failure leaves no file', async () => {
+  const path = join(dir, 'open.vhdx');
+  const img = await createOpenFile(path, { size: 16 * M, blockSize: M });
+  assert.equal(img.readOnly, false);
+  assert.equal(existsSync(`${path}.lock`), true, 'held under the create lock');
+  await img.write(3 * M, new Uint8Array(4096).fill(0x5a));
+  await img.close();
+  assert.equal(existsSync(`${path}.lock`), false, 'lock released on close');
+  const back = await openFile(path);
+  const got = new Uint8Array(4096);
+  await back.read(3 * M, got);
+  assert.ok(got.every((b) => b === 0x5a));
+  await back.close();
+
+  await assert.rejects(createOpenFile(path, { size: 16 * M }), (e) => e instanceof VhdxError && e.reason === 'FILE_EXISTS');
+  const bad = join(dir, 'open-bad.vhdx');
+  await assert.rejects(createOpenFile(bad, { size: 16 * M, blockSize: 5 * M }), /block size/);
+  assert.equal(existsSync(bad), false);
 });
 
 test('createFile: a fixed file is allocated on disk, not sparse', async (t) => {
