@@ -108,6 +108,14 @@ export function corrupt(reason: ErrorReason, message: string, details: VhdxError
   return new VhdxError('EINVAL', reason, message, details);
 }
 
+/**
+ * Stop a long operation whose `signal` was aborted: ECANCELED / ABORTED, with the signal's reason
+ * as the cause. `what` names the operation ("copy", "commit"...).
+ */
+export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
+  if (signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', `${what} cancelled`, { cause: signal.reason });
+}
+
 export function isVhdxError(e: unknown): e is VhdxError {
   return e instanceof VhdxError;
 }

@@ -6,7 +6,7 @@
  * too, at 64 KiB granularity. A source without cheap extents (`can.extents` false, e.g. raw) is
  * read whole and relies on that zero detection alone, so each byte is read once.
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, throwIfAborted } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
 import type { BlockDevice, ProgressOptions, WritableBlockDevice } from './block-device.js';
 import type { RandomAccessSource } from '../io/source.js';
@@ -130,7 +130,7 @@ export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSo
     const buf = new Uint8Array(chunkSize);
     for (;;) {
       if (failed) return;
-      if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'copy cancelled', { cause: opts.signal.reason });
+      throwIfAborted(opts.signal, 'copy');
       const next = await it.next();
       if (next.done) return;
       const [offset, length] = next.value;

@@ -4,7 +4,7 @@
  * the copies out of the page cache overlap the work. Memory is three windows, whatever the BAT's
  * size. Used by the allocation statistics and by check.
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, throwIfAborted } from '../errors.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
@@ -48,7 +48,7 @@ export async function scanBat(
     const bytes = await inFlight.shift()!;
     if (opts.signal?.aborted) {
       await drain();
-      throw new VhdxError('ECANCELED', 'ABORTED', 'BAT scan cancelled', { cause: opts.signal.reason });
+      throwIfAborted(opts.signal, 'BAT scan');
     }
     issue();
     const count = bytes.length / BAT_ENTRY_SIZE;

@@ -19,7 +19,7 @@
  * stale region table copy (rewritten from the copy the open uses). When anything else is wrong
  * it changes nothing.
  */
-import { VhdxError, formatOffset, type ErrorReason } from '../errors.js';
+import { VhdxError, formatOffset, throwIfAborted, type ErrorReason } from '../errors.js';
 import { randomGuid } from '../codec/guid.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
@@ -200,9 +200,7 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
     if (e.offset !== undefined) rep.r.error.offset = e.offset;
     return state;
   };
-  const aborted = (): void => {
-    if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'check cancelled', { cause: opts.signal.reason });
-  };
+  const aborted = (): void => throwIfAborted(opts.signal, 'check');
   aborted();
 
   // The header section as far as the file has it. Headers never go through the log, so the

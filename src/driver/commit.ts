@@ -17,7 +17,7 @@
  * A commit that was interrupted is finished by running it again: a child linked through
  * parent_linkage2 reuses the parent's current DataWriteGuid as G, and copying is idempotent.
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, throwIfAborted } from '../errors.js';
 import { randomGuid } from '../codec/guid.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import type { ParentLocator } from '../format/parent-locator.js';
@@ -40,11 +40,6 @@ export interface CommitResult {
   zeroBytes: number;
   /** The parent's DataWriteGuid after the merge. */
   parentDataWriteGuid: string;
-}
-
-/** An aborted `signal` stops the commit with ECANCELED / ABORTED, as every long operation does. */
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'commit cancelled', { cause: signal.reason });
 }
 
 const WINDOW = 1024 * 1024 * 1024;
@@ -110,7 +105,7 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
   }
   if (failure !== null) throw failure;
   // Cancelled during the copy: stop before the child is relinked (a second commit resumes).
-  throwIfAborted(opts.signal);
+  throwIfAborted(opts.signal, 'commit');
   await parent.flush();
   const parentDataWriteGuid = parent.header.dataWriteGuid;
 
@@ -127,7 +122,7 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
 
   async function copyAll(): Promise<void> {
     for (let w = 0; w < size && failure === null; w += WINDOW) {
-      throwIfAborted(opts.signal);
+      throwIfAborted(opts.signal, 'commit');
       const wEnd = Math.min(size, w + WINDOW);
       for (const x of await child.blockStatus(w, wEnd - w)) {
         if ((x.depth ?? 0) !== 0) continue;
@@ -139,7 +134,7 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
         }
         if (x.type !== 'data') continue;
         for (let pos = x.offset; pos < end && failure === null; pos += COPY_CHUNK) {
-          throwIfAborted(opts.signal);
+          throwIfAborted(opts.signal, 'commit');
           const n = Math.min(COPY_CHUNK, end - pos);
           while (inFlight.size >= parallel) await Promise.race(inFlight);
           start(() => copy(pos, n));

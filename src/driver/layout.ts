@@ -8,7 +8,7 @@
  * metadata region (1 MiB), the BAT (rounded up to 1 MiB), then payload blocks. With the default
  * 1 MiB log that puts the log at 1 MiB, the metadata at 2 MiB and the BAT at 3 MiB.
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, normalizeGuid, randomGuid } from '../codec/guid.js';
 import { viewOf } from '../codec/struct.js';
 import type { RandomAccessSource } from '../io/source.js';
@@ -343,20 +343,16 @@ export async function writeNewImage(
 ): Promise<ImageIdentity> {
   if (source.readOnly || !source.write) throw new VhdxError('EROFS', 'READ_ONLY', 'cannot create an image on a read-only source');
   if (!source.truncate) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'creating an image needs a source that can be truncated');
-  throwIfAborted(opts.signal);
+  throwIfAborted(opts.signal, 'image creation');
   await source.truncate(0);
   await source.truncate(plan.fileSize);
   if (opts.allocate === true && plan.type === 'fixed') await fillZeroes(source, 0, plan.fileSize, opts);
   for (const w of imageWrites(plan, id)) {
-    throwIfAborted(opts.signal);
+    throwIfAborted(opts.signal, 'image creation');
     await source.write(w.offset, w.bytes);
   }
   await source.flush?.();
   return id;
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'image creation cancelled', { cause: signal.reason });
 }
 
 /** Write zeros over [offset, offset + length) in large pieces, a few in flight, with progress. */
@@ -370,7 +366,7 @@ async function fillZeroes(source: RandomAccessSource, offset: number, length: nu
   const worker = async (): Promise<void> => {
     try {
       while (next < length && !failed) {
-        throwIfAborted(opts.signal);
+        throwIfAborted(opts.signal, 'image creation');
         const at = next;
         const n = Math.min(zeros.length, length - at);
         next += n;

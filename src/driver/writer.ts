@@ -18,7 +18,7 @@
  * last to finish sets the BAT entry, and none returns before that (a write that returned must be
  * reachable by the next flush's commit).
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
 import { MiB } from '../format/constants.js';
 import { PayloadState, payloadBatIndex } from '../format/bat.js';
@@ -196,7 +196,7 @@ export class Writer {
     const total = this.layout.batEntries;
     for (let i = 0; i < total; i++) {
       if (i % 4096 === 0) {
-        if (opts.signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', 'clearing the blocks cancelled', { cause: opts.signal.reason });
+        throwIfAborted(opts.signal, 'clearing the blocks');
         opts.onProgress?.(i, total);
       }
       const e = this.bat.cached(i) ?? (await this.bat.entry(i));
