@@ -186,11 +186,17 @@ export async function createFile(path: string, opts: CreateFileOptions): Promise
 /**
  * Create a new VHDX file as `createFile` does and return it open for writing, on the same file
  * handle and under the same lock (no close, reopen and second validation of what was just
- * written). If the create or the open fails, the file is removed.
+ * written; a differencing image is reopened by path, to open its parents as `openFile` does).
+ * If the create or the open fails, the file is removed.
  */
 export async function createOpenFile(path: string, opts: CreateFileOptions): Promise<VhdxImage> {
   const { src } = await createOnFile(path, opts);
   try {
+    if (opts.parent !== undefined) {
+      // A differencing image needs its chain: reopened by path, as openFile finds parents.
+      await src.close();
+      return await openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}) });
+    }
     return await VhdxImage.open(src, { readOnly: false, name: path });
   } catch (e) {
     await src.close().catch(() => undefined);

@@ -194,6 +194,12 @@ test('createOpenFile returns the new image open for writing, and on failure leav
   assert.ok(got.every((b) => b === 0x5a));
   await back.close();
 
+  const child = await createOpenFile(join(dir, 'open-child.vhdx'), { parent: path });
+  const fromParent = new Uint8Array(4096);
+  await child.read(3 * M, fromParent);
+  assert.ok(fromParent.every((b) => b === 0x5a), 'a differencing image comes back with its parent');
+  await child.close();
+
   await assert.rejects(createOpenFile(path, { size: 16 * M }), (e) => e instanceof VhdxError && e.reason === 'FILE_EXISTS');
   const bad = join(dir, 'open-bad.vhdx');
   await assert.rejects(createOpenFile(bad, { size: 16 * M, blockSize: 5 * M }), /block size/);
