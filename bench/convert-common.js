@@ -4,14 +4,24 @@ import { rmSync } from 'node:fs';
 import { fmt, timeCmd } from './lib.js';
 
 /**
- * Rounds per benchmark: VHDX_BENCH_RUNS, default 12 (a multiple of the 4 commands rotated). On the project's VM one 2 GiB copy takes
- * from about 0.5 s to several seconds for every program alike (qemu-img, vhdx, the plain loop):
- * its time is mostly the kernel finding 2 GiB of pages for the new file, and whether those are
- * pages the host still backs (recently freed) or ones it reclaimed (free page reporting) changes
- * from run to run.
+ * Rounds per benchmark: VHDX_BENCH_RUNS, default 12, rounded up to a multiple of the number of
+ * commands rotated (so each command follows every other equally often). On the project's VM one
+ * 2 GiB copy takes from about 0.5 s to several seconds for every program alike (qemu-img, vhdx,
+ * the plain loop): its time is mostly the kernel finding 2 GiB of pages for the new file, and
+ * whether those are pages the host still backs (recently freed) or ones it reclaimed (free page
+ * reporting) changes from run to run.
  */
-export function benchRuns(runs) {
-  return runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 12);
+export function benchRuns(runs, commands) {
+  const n = runs ?? Number(process.env.VHDX_BENCH_RUNS ?? 12);
+  return Math.ceil(n / commands) * commands;
+}
+
+/**
+ * The same command without NODE_EXTRA_CA_CERTS, or null when the variable is not set. For
+ * information only: the targets are judged on the commands as the environment runs them.
+ */
+export function withoutCaCerts([cmd, args]) {
+  return process.env.NODE_EXTRA_CA_CERTS ? ['env', ['-u', 'NODE_EXTRA_CA_CERTS', cmd, ...args]] : null;
 }
 
 /**

@@ -11,17 +11,13 @@ export function run({ runs, sizeGiB = 2 } = {}) {
   const raw = join(scratchDir, `rand-${sizeGiB}g.raw`);
   if (!existsSync(raw)) sh('sh', ['-c', `head -c ${sizeGiB}G /dev/urandom > ${raw}`]);
   const out = join(scratchDir, 'out.vhdx');
-  const r = rounds(
-    benchRuns(runs),
-    {
-      qemu: ['qemu-img', ['convert', '-f', 'raw', '-O', 'vhdx', raw, out]],
-      vhdx: [process.execPath, [cli, 'convert', '-f', 'raw', '-O', 'vhdx', raw, out]],
-      plain: plainCopyArgs(raw, 0, sizeGiB * 2 ** 30, out),
-      node: [process.execPath, ['-e', '0']],
-    },
-    out,
-    'qemu',
-  );
+  const cmds = {
+    qemu: ['qemu-img', ['convert', '-f', 'raw', '-O', 'vhdx', raw, out]],
+    vhdx: [process.execPath, [cli, 'convert', '-f', 'raw', '-O', 'vhdx', raw, out]],
+    plain: plainCopyArgs(raw, 0, sizeGiB * 2 ** 30, out),
+    node: [process.execPath, ['-e', '0']],
+  };
+  const r = rounds(benchRuns(runs, Object.keys(cmds).length), cmds, out, 'qemu');
   const ratio = r.vhdx.median / r.qemu.median;
   return {
     name: `convert ${sizeGiB} GiB of random data raw -> vhdx on tmpfs`,

@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { cli, compare, fmt, have, scratchDir, sh, summarise, timeCmd } from './lib.js';
+import { withoutCaCerts } from './convert-common.js';
 
 export function run({ runs = 5 } = {}) {
   if (!have('qemu-img')) return { name: 'info-64t', skipped: 'qemu-img not installed' };
@@ -16,8 +17,9 @@ export function run({ runs = 5 } = {}) {
   // command as the environment runs it.
   const bare = summarise(Array.from({ length: runs }, () => timeCmd(process.execPath, ['-e', '0']))).median;
   let noCa = '';
-  if (process.env.NODE_EXTRA_CA_CERTS) {
-    const t = summarise(Array.from({ length: runs }, () => timeCmd('env', ['-u', 'NODE_EXTRA_CA_CERTS', process.execPath, cli, 'info', img]))).median;
+  const bareCmd = withoutCaCerts([process.execPath, [cli, 'info', img]]);
+  if (bareCmd) {
+    const t = summarise(Array.from({ length: runs }, () => timeCmd(...bareCmd))).median;
     noCa = `; without NODE_EXTRA_CA_CERTS ${fmt(t)} (ratio ${(t / r.a.median).toFixed(3)})`;
   }
   return {
