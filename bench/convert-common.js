@@ -17,14 +17,6 @@ export function benchRuns(runs, commands) {
 }
 
 /**
- * The same command without NODE_EXTRA_CA_CERTS, or null when the variable is not set. For
- * information only: the targets are judged on the commands as the environment runs them.
- */
-export function withoutCaCerts([cmd, args]) {
-  return process.env.NODE_EXTRA_CA_CERTS ? ['env', ['-u', 'NODE_EXTRA_CA_CERTS', cmd, ...args]] : null;
-}
-
-/**
  * A plain Node copy of `length` bytes at `srcOffset` in `src` to a new file `dst`: 4 MiB chunks,
  * two reads and writes in flight through the thread pool, nothing else. What the issue calls
  * "a plain Node read/write loop over the same bytes": the floor for a Node program, start-up

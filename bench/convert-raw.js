@@ -4,8 +4,8 @@
 // for any Node program), a bare Node start, and vhdx without NODE_EXTRA_CA_CERTS when it is set.
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { cli, have, scratchDir, sh } from './lib.js';
-import { benchRuns, plainCopyArgs, rounds, spread, startNote, withoutCaCerts } from './convert-common.js';
+import { cli, have, scratchDir, sh, withoutCaCerts } from './lib.js';
+import { benchRuns, plainCopyArgs, rounds, spread, startNote } from './convert-common.js';
 
 export function run({ runs, sizeGiB = 2 } = {}) {
   if (!have('qemu-img')) return { name: 'convert-raw', skipped: 'qemu-img not installed' };

@@ -2,8 +2,7 @@
 // Targets: ours <= 0.05x qemu-img's wall time and <= 100 MB peak RSS.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { cli, compare, fmt, have, scratchDir, sh, summarise, timeCmd } from './lib.js';
-import { withoutCaCerts } from './convert-common.js';
+import { cli, compare, fmt, have, scratchDir, sh, summarise, timeCmd, withoutCaCerts } from './lib.js';
 
 export function run({ runs = 5 } = {}) {
   if (!have('qemu-img')) return { name: 'info-64t', skipped: 'qemu-img not installed' };
@@ -17,9 +16,9 @@ export function run({ runs = 5 } = {}) {
   // command as the environment runs it.
   const bare = summarise(Array.from({ length: runs }, () => timeCmd(process.execPath, ['-e', '0']))).median;
   let noCa = '';
-  const bareCmd = withoutCaCerts([process.execPath, [cli, 'info', img]]);
-  if (bareCmd) {
-    const t = summarise(Array.from({ length: runs }, () => timeCmd(...bareCmd))).median;
+  const noCaCmd = withoutCaCerts([process.execPath, [cli, 'info', img]]);
+  if (noCaCmd) {
+    const t = summarise(Array.from({ length: runs }, () => timeCmd(...noCaCmd))).median;
     noCa = `; without NODE_EXTRA_CA_CERTS ${fmt(t)} (ratio ${(t / r.a.median).toFixed(3)})`;
   }
   return {

@@ -33,6 +33,14 @@ export function timeCmd(cmd, args, { before } = {}) {
   return { wall, rssMB, stdout: r.stdout };
 }
 
+/**
+ * The same command without NODE_EXTRA_CA_CERTS, or null when the variable is not set. For
+ * information only: the targets are judged on the commands as the environment runs them.
+ */
+export function withoutCaCerts([cmd, args]) {
+  return process.env.NODE_EXTRA_CA_CERTS ? ['env', ['-u', 'NODE_EXTRA_CA_CERTS', cmd, ...args]] : null;
+}
+
 /** Best-of and median of n alternating runs of two commands (alternation spreads machine noise). */
 export function compare(n, a, b) {
   const ra = [];
