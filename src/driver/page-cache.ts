@@ -113,7 +113,7 @@ export class PageCache<P> {
     if (!p) {
       p = this.read(key)
         .then((page) => {
-          // A copy already cached (put back by forChange) wins: it may hold changes.
+          // A copy already cached (put back by `change`) wins: it may hold changes.
           const existing = this.pages.get(key);
           if (existing !== undefined) return existing;
           this.insert(key, page);
