@@ -514,15 +514,15 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
     const fileOffsetMB = hi * 4096 + (lo >>> 20);
     const fileOffset = fileOffsetMB * MiB;
     const claim: [Kind, number] = [fileOffsetMB > 0 && fileOffset < fileSize ? Kind.Claim : Kind.None, isBitmap ? MiB : bs];
-    if (!isBitmap && blockIndex >= P) {
+    // The rules are the reader's (format/bat.ts); check reports instead of throwing.
+    const v = judgeBatEntry(g, hasParent, fileSize, index, lo, hi);
+    if (v.kind === 'unused') {
       if (report) {
         beyondDisk++;
         if (beyondDisk === 1) firstBeyond = index;
       }
       return claim;
     }
-    // The rules are the reader's (format/bat.ts); check reports instead of throwing.
-    const v = judgeBatEntry(g, hasParent, fileSize, index, lo, hi);
     if (v.kind === 'present') return [Kind.Present, v.extent];
     if (v.kind === 'absent') {
       if (report && fixed && !isBitmap) countNotAllocated(blockIndex);

@@ -399,12 +399,12 @@ export class VhdxImage implements BlockDevice {
         if (v.kind === 'bad') {
           throw corrupt(v.reason, `block ${v.message}`, { structure: `BAT entry ${index}`, offset: this.layout.batRegion.fileOffset + index * BAT_ENTRY_SIZE });
         }
+        if (v.kind === 'unused') continue;
         if ((index + 1) % period === 0) {
           if (v.kind === 'present') bitmapBlocks++;
           continue;
         }
         const blockIndex = index - Math.floor(index / period);
-        if (blockIndex >= g.payloadBlocks) continue;
         add(v.state, Math.min(g.blockSize, this.size - blockIndex * g.blockSize));
         if (v.kind === 'present') {
           if (allocatedBlocks > 0 && v.fileOffset !== prevEnd) breaks++;
