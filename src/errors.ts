@@ -82,6 +82,8 @@ export class VhdxError extends Error {
   readonly reason: ErrorReason;
   readonly structure: string | undefined;
   readonly offset: number | undefined;
+  /** The message without the structure and offset `message` ends with (findings list those apart). */
+  readonly summary: string;
 
   constructor(code: ErrorCode, reason: ErrorReason, message: string, details: VhdxErrorDetails = {}) {
     const where =
@@ -96,6 +98,7 @@ export class VhdxError extends Error {
     this.reason = reason;
     this.structure = details.structure;
     this.offset = details.offset;
+    this.summary = message;
   }
 }
 

@@ -652,15 +652,15 @@ function uniformWindow(bytes: Uint8Array, view: DataView, chunkBytes: number, ch
   return bytesEqual(bytes.subarray(chunkBytes), bytes.subarray(0, bytes.length - chunkBytes));
 }
 
+/** The locator keys that name the parent's file, in the order a resolver tries them. */
+export const PARENT_PATH_KEYS = ['relative_path', 'volume_path', 'absolute_win32_path'] as const;
+
 /**
- * Check that `parent` is the image the child's locator names: the VHDX locator type, a
- * DataWriteGuid equal to parent_linkage (or parent_linkage2), and the child's logical sector
- * size and virtual size. Returns the key that matched.
+ * What every reader needs of a parent locator before it looks for the parent: the VHDX locator
+ * type and a parent_linkage GUID. Returns parent_linkage and parent_linkage2 (when present).
  */
-export function checkParent(child: Layout, parent: VhdxImage, childName?: string): 'parent_linkage' | 'parent_linkage2' {
-  const loc = child.parentLocator;
+export function locatorLinkage(loc: ParentLocator): { linkage: string; linkage2: string | undefined } {
   const where = { structure: 'parent locator' };
-  if (!loc) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${childName ?? 'the image'} is not a differencing image`);
   if (loc.locatorType !== LOCATOR_TYPE_VHDX) {
     throw new VhdxError('ENOTSUP', 'BAD_PARENT_LOCATOR', `parent locator type {${loc.locatorType}} is not the VHDX locator type`, where);
   }
@@ -668,7 +668,18 @@ export function checkParent(child: Layout, parent: VhdxImage, childName?: string
   if (linkage === undefined || !isGuid(linkage)) {
     throw corrupt('BAD_PARENT_LOCATOR', `parent_linkage is ${linkage === undefined ? 'missing' : `not a GUID (${JSON.stringify(linkage)})`}`, where);
   }
-  const linkage2 = locatorValue(loc, 'parent_linkage2');
+  return { linkage, linkage2: locatorValue(loc, 'parent_linkage2') };
+}
+
+/**
+ * Check that `parent` is the image the child's locator names: the VHDX locator type, a
+ * DataWriteGuid equal to parent_linkage (or parent_linkage2), and the child's logical sector
+ * size and virtual size. Returns the key that matched.
+ */
+export function checkParent(child: Layout, parent: VhdxImage, childName?: string): 'parent_linkage' | 'parent_linkage2' {
+  const loc = child.parentLocator;
+  if (!loc) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${childName ?? 'the image'} is not a differencing image`);
+  const { linkage, linkage2 } = locatorLinkage(loc);
   const parentName = parent.name ?? 'the parent';
   const dwg = parent.header.dataWriteGuid;
   let linkedBy: 'parent_linkage' | 'parent_linkage2';
