@@ -82,6 +82,8 @@ export class VhdxError extends Error {
   readonly reason: ErrorReason;
   readonly structure: string | undefined;
   readonly offset: number | undefined;
+  /** The message without the structure and offset `message` ends with (findings list those apart). */
+  readonly summary: string;
 
   constructor(code: ErrorCode, reason: ErrorReason, message: string, details: VhdxErrorDetails = {}) {
     const where =
@@ -96,6 +98,7 @@ export class VhdxError extends Error {
     this.reason = reason;
     this.structure = details.structure;
     this.offset = details.offset;
+    this.summary = message;
   }
 }
 
@@ -118,4 +121,20 @@ export function throwIfAborted(signal: AbortSignal | undefined, what: string): v
 
 export function isVhdxError(e: unknown): e is VhdxError {
   return e instanceof VhdxError;
+}
+
+/** What a block device is asked to do, as request errors name it. */
+export type RequestKind = 'read' | 'write' | 'write zeroes' | 'discard' | 'block status';
+
+/**
+ * Refuse a request unless [offset, offset + length) is a range of whole, non-negative, safe
+ * numbers inside a disk of `size` bytes. The error names the request as the caller gave it.
+ */
+export function checkRequestRange(kind: RequestKind, offset: number, length: number, size: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `${kind} of ${length} bytes at offset ${offset}: offset and length must be whole numbers from 0 to 2^53`);
+  }
+  if (offset + length > size) {
+    throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `${kind} of ${length} bytes at offset ${offset} is outside the ${size}-byte disk (it ends at ${offset + length})`);
+  }
 }

@@ -6,7 +6,7 @@ import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { LOCATOR_TYPE_VHDX } from './format/constants.js';
 import type { ParentLocator } from './format/parent-locator.js';
 import { NodeFileSource } from './io/node-file.js';
-import { VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
+import { PARENT_PATH_KEYS, VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
 import { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from './driver/create.js';
 import { VhdxError, isVhdxError } from './errors.js';
@@ -33,6 +33,16 @@ export interface OpenFileOptions extends Omit<OpenOptions, 'parent'> {
 export async function openFile(path: string, opts: OpenFileOptions = {}): Promise<VhdxImage> {
   const real = await realpath(path).catch(() => resolve(path));
   return openInChain(path, opts, new Set([real]));
+}
+
+/**
+ * The resolver `openFile` would use for the differencing image at `path` under the `parents`
+ * policy (undefined for 'none'): for callers that open the file themselves, such as `check`.
+ */
+export async function parentResolver(path: string, parents: ParentPaths): Promise<ParentResolver | undefined> {
+  if (parents === 'none') return undefined;
+  const real = await realpath(path).catch(() => resolve(path));
+  return pathResolver(path, parents, new Set([real]), {}, false);
 }
 
 /** Open `path` and its chain; with `writableParent`, its direct parent is opened writable (commit). */
@@ -71,7 +81,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
   return async ({ locator, child, depth }) => {
     const tried: string[] = [];
     let mismatch = false;
-    for (const key of ['relative_path', 'volume_path', 'absolute_win32_path']) {
+    for (const key of PARENT_PATH_KEYS) {
       const value = locatorValue(locator, key);
       if (value === undefined) continue;
       if (key !== 'relative_path' && policy !== 'any') {

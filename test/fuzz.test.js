@@ -6,6 +6,11 @@
 // the source refuses any single read larger than 64 MiB (an allocation sized by an unchecked
 // number) and any write.
 //
+// The same mutations also drive a property: check and the readers agree. Where check finds no
+// corruption (clean, warnings or leaks only), open, describe, the allocation scan, block status of
+// the whole disk and a read of every block holding data all succeed; so whatever the readers
+// refuse, check reports as a corruption or cannot complete.
+//
 // Reproduce one case: the failure message names the seed and case; cases are independent (each
 // has its own PRNG derived from both), so rerunning the same test reproduces it. Longer hunts:
 // VHDX_FUZZ_SCALE=20 multiplies every case count (the first cases stay the same).
@@ -14,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemorySource, VhdxImage, VhdxError, describe } from '../dist/index.js';
+import { checkImage } from '../dist/driver/check.js';
 import { LOCATOR_TYPE_VHDX } from '../dist/format/constants.js';
 import { crc32cWithZeroField } from '../dist/codec/crc32c.js';
 import { LOG_ENTRY_HEADER } from '../dist/format/log.js';
@@ -54,6 +60,15 @@ const RUNS = [
   { name: '4 TiB sparse image with a 32 MiB BAT', seed: 0x5eed0007, cases: 250, image: 'large' },
   { name: 'corpus vhdx-log-replay.vhdx (Windows-made, dirty log)', seed: 0x5eed0006, cases: 500, image: 'corpus' },
 ];
+
+/**
+ * Check and the readers agree, over the first cases of each run above (the same mutations, for
+ * the same seeds). Not the 4 TiB image: the readers' whole-disk block status there takes seconds.
+ */
+const AGREE_CASES = 120;
+
+/** DataWriteGuid of the differencing seed image's parent (its locator's parent_linkage). */
+const SEED_PARENT_LINKAGE = '83ef5fc2-4f4f-4a3c-9a58-8d5e4c36d0a1';
 
 /**
  * Crafted inputs that once made open take minutes to hours (work quadratic in the log's size);
@@ -149,6 +164,20 @@ async function mainThread() {
       assert.ok(Object.keys(reasons).length >= 5, `only these reasons were provoked: ${JSON.stringify(reasons)}`);
       totals.cases += cases;
       totals.ms += result.done.ms;
+    });
+  }
+
+  for (const spec of RUNS.filter((r) => r.image !== 'large')) {
+    const cases = Math.max(1, Math.round(Math.min(spec.cases, AGREE_CASES) * SCALE));
+    const skip = spec.image === 'corpus' && !corpusPresent ? `corpus not found in ${corpusDir}` : false;
+    test(`check agrees with the readers, seed 0x${spec.seed.toString(16)}: ${cases} cases, ${spec.name}`, { skip, timeout: 10 * 60 * 1000 }, async () => {
+      const result = await runWorker({ ...spec, cases, agree: true });
+      assert.deepEqual(result.failures, [], formatFailures(spec, result.failures));
+      assert.equal(result.done?.cases, cases, `the worker stopped after ${result.done?.cases ?? result.lastCase} of ${cases} cases`);
+      // Both verdicts occur often: the property is tested on images the readers accept and refuse.
+      const { bothAccept, bothRefuse, checkOnly } = result.done.reasons;
+      assert.ok(bothAccept >= cases * 0.1 && bothRefuse >= cases * 0.1, `verdicts: ${JSON.stringify(result.done.reasons)}`);
+      assert.equal(bothAccept + bothRefuse + checkOnly, cases);
     });
   }
 
@@ -583,6 +612,65 @@ async function exercise(src, rng) {
   }
 }
 
+/**
+ * A parent for the differencing seed image (16 MiB, DataWriteGuid SEED_PARENT_LINKAGE) and a
+ * resolver that opens it as openFile's does: it needs a path in the locator to follow.
+ */
+async function seedParentResolver() {
+  const { bytes } = await buildImage({ virtualSize: 16 * MiB, blockSize: MiB, allocate: [0, 4] });
+  const src = new MemorySource(bytes);
+  const img = await VhdxImage.open(src, { readOnly: false });
+  img.setNextDataWriteGuid(SEED_PARENT_LINKAGE);
+  await img.write(0, new Uint8Array(4096).fill(0x5a));
+  await img.close();
+  const parent = src.bytes().slice();
+  return async ({ locator }) => {
+    if (!locator.entries.some((e) => ['relative_path', 'volume_path', 'absolute_win32_path'].includes(e.key))) {
+      throw new VhdxError('ENOENT', 'PARENT_NOT_FOUND', 'the locator names no path');
+    }
+    return VhdxImage.open(new MemorySource(parent, { readOnly: true }));
+  };
+}
+
+/**
+ * Everything the readers do with an image (info, map, convert, reads): open, describe, the
+ * allocation scan, block status of the whole disk, and a read of every extent holding data.
+ */
+async function readEverything(src, parent) {
+  const img = await VhdxImage.open(src, parent ? { parent } : {});
+  try {
+    await describe(img);
+    await img.allocationStats();
+    const buf = new Uint8Array(MiB);
+    for (const e of await img.blockStatus(0, img.size)) {
+      if (e.type !== 'data') continue;
+      for (let at = e.offset; at < Math.min(e.offset + e.length, img.size); at += MiB) {
+        await img.read(at, buf.subarray(0, Math.min(MiB, e.offset + e.length - at, img.size - at)));
+      }
+    }
+  } finally {
+    await img.close();
+  }
+}
+
+/** One case of the agreement property: the verdict pair, or a failure message. */
+async function agreement(src, parent) {
+  const r = await checkImage(src, parent ? { parent } : {});
+  const checkAccepts = r.supported && r.canComplete && r.corruptions === 0;
+  let refused = null;
+  try {
+    await readEverything(src, parent);
+  } catch (e) {
+    if (!(e instanceof VhdxError)) throw e;
+    refused = e;
+  }
+  if (checkAccepts && refused) {
+    const findings = r.findings.map((f) => `${f.severity} ${f.reason}`).join(', ') || 'none';
+    return { fail: `check found no corruption (findings: ${findings}) but the readers refused: ${refused.reason}: ${refused.message}` };
+  }
+  return { outcome: refused ? 'bothRefuse' : checkAccepts ? 'bothAccept' : 'checkOnly' };
+}
+
 async function workerMain(run) {
   const post = (m) => parentPort.postMessage(m);
   if (run.crafted) {
@@ -608,6 +696,7 @@ async function workerMain(run) {
   }
   const base = await seedImage(run.image);
   const ctx = await structuresOf(base);
+  const parent = run.agree && run.image === 'differencing' ? await seedParentResolver() : undefined;
   const fields = fieldsOf(ctx, ctx.dirty);
   const headLength = Math.min(base.length, FOCUS);
   const reasons = {};
@@ -624,7 +713,15 @@ async function workerMain(run) {
     const start = performance.now();
     let outcome;
     try {
-      outcome = await exercise(src, rng);
+      if (run.agree) {
+        const v = await agreement(src, parent);
+        if (v.fail) {
+          failures++;
+          post({ type: 'fail', case: c, what: v.fail, mutations });
+          continue;
+        }
+        outcome = v.outcome;
+      } else outcome = await exercise(src, rng);
       opened++;
     } catch (e) {
       if (e instanceof VhdxError) outcome = e.reason;

@@ -7,7 +7,8 @@
 import { NodeFileSource } from '../io/node-file.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
 import { formatOffset } from '../errors.js';
-import { outputFormat, parse, UsageError, type Io } from './common.js';
+import { parentResolver } from '../node-files.js';
+import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
 
 export { CHECK_USAGE } from './usage.js';
 import { CHECK_USAGE } from './usage.js';
@@ -17,7 +18,7 @@ export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, un
 export async function checkCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
     args,
-    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' } },
+    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' }, parents: { type: 'string' } },
     CHECK_USAGE,
   );
   const format = outputFormat(values.output);
@@ -27,6 +28,8 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
   const path = positionals[0]!;
+  // A differencing image's parent is opened as the readers open it (--parents=none: the image alone).
+  const parent = await parentResolver(path, parentPaths(values.parents));
   const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
   let result: CheckResult;
   let repaired: RepairResult | null = null;
@@ -35,6 +38,7 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   try {
     const opts = {
       ...(signal ? { signal } : {}),
+      ...(parent ? { parent } : {}),
       ...(bar ? { onProgress: (done: number, total: number) => bar.update(done, total) } : {}),
     };
     if (repair !== undefined) {

@@ -140,6 +140,9 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
 
 async function runCommand(img: VhdxImage, c: Command): Promise<string | null> {
   const { offset, length } = c;
+  // Reads and writes go in pieces: the whole request is checked first, so a request that cannot
+  // be done in full changes nothing, and the error names it as it was typed.
+  if (c.name !== 'flush') await img.checkRequest(c.name === 'write' && c.flags.has('z') ? 'write zeroes' : c.name, offset, length);
   switch (c.name) {
     case 'flush':
       await img.flush();

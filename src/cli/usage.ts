@@ -1,5 +1,5 @@
 /** Each subcommand's usage line, apart from its code so that --help loads no command. */
-export const CHECK_USAGE = 'vhdx check [-p] [--output=human|json] [-r leaks|all] FILE';
+export const CHECK_USAGE = 'vhdx check [-p] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] FILE';
 export const CONVERT_USAGE = 'vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [--parents=relative|any|none] SRC DST';
 export const CREATE_USAGE = 'vhdx create [-q] [-p] [-o OPTIONS] [-b PARENT [--parents=relative|any|none]] FILE [SIZE]';
 export const INFO_USAGE = 'vhdx info [--output=human|json] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';

@@ -5,7 +5,7 @@
  * so `can.extents` is false: callers that read the data anyway (the copy engine) find zeros
  * themselves and read it once. Writable when its source is.
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, checkRequestRange, type RequestKind } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
 import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
 import type { DeviceCapabilities, Extent, WritableBlockDevice } from './block-device.js';
@@ -40,7 +40,7 @@ export class RawDevice implements WritableBlockDevice {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length);
+    this.checkRange('read', offset, into.length);
     await readExact(this.source, offset, into, 'raw image data');
   }
 
@@ -50,7 +50,7 @@ export class RawDevice implements WritableBlockDevice {
    * its grain.
    */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length);
+    this.checkRange('block status', offset, length);
     const out: Extent[] = [];
     const end = Math.min(this.size, Math.ceil((offset + length) / RAW_ZERO_GRAIN) * RAW_ZERO_GRAIN);
     const buf = new Uint8Array(Math.min(SCAN_BYTES, Math.max(1, end - offset)));
@@ -73,7 +73,7 @@ export class RawDevice implements WritableBlockDevice {
   }
 
   async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
-    this.checkRange(offset, data.length);
+    this.checkRange('write', offset, data.length);
     const write = this.writable();
     await write(offset, data);
     if (opts.fua) await this.flush();
@@ -81,15 +81,12 @@ export class RawDevice implements WritableBlockDevice {
 
   /** Writes zeros (a raw file offers no cheaper way here); `fast` fails with ENOTSUP. */
   async writeZeroes(offset: number, length: number, opts: { mayDiscard?: boolean; fast?: boolean } = {}): Promise<void> {
-    this.checkRange(offset, length);
-    const write = this.writable();
-    if (opts.fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'a raw image cannot zero a range without writing it');
-    await writeZeros(write, offset, length);
+    await this.zero('write zeroes', offset, length, opts.fast === true);
   }
 
   /** Raw files cannot be deallocated here: the range is written with zeros, so it reads as zeros after. */
   async discard(offset: number, length: number): Promise<void> {
-    await this.writeZeroes(offset, length);
+    await this.zero('discard', offset, length, false);
   }
 
   async flush(): Promise<void> {
@@ -108,10 +105,15 @@ export class RawDevice implements WritableBlockDevice {
     return this.source.write.bind(this.source);
   }
 
-  private checkRange(offset: number, length: number): void {
-    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'raw image is closed');
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `range ${offset}+${length} is outside the ${this.size}-byte disk`);
-    }
+  private async zero(kind: RequestKind, offset: number, length: number, fast: boolean): Promise<void> {
+    this.checkRange(kind, offset, length);
+    const write = this.writable();
+    if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'a raw image cannot zero a range without writing it');
+    await writeZeros(write, offset, length);
+  }
+
+  private checkRange(kind: RequestKind, offset: number, length: number): void {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', `${kind} of ${length} bytes at offset ${offset}: the raw image is closed`);
+    checkRequestRange(kind, offset, length, this.size);
   }
 }

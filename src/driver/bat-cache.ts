@@ -61,6 +61,14 @@ export class BatCache {
     return this.cached(index) ?? decodeAt(await this.pages.get(Math.floor(index / ENTRIES_PER_PAGE)), index);
   }
 
+  /**
+   * Load, and so validate, every page holding an entry from BAT index `first` to `last`: a change
+   * checks the entries it will need before anything is written.
+   */
+  async validateEntries(first: number, last: number): Promise<void> {
+    for (let page = Math.floor(first / ENTRIES_PER_PAGE); page <= Math.floor(last / ENTRIES_PER_PAGE); page++) await this.pages.get(page);
+  }
+
   /** The entry at `index` when its page is cached, else undefined: lets hot paths skip an await. */
   cached(index: number): BatEntry | undefined {
     const view = this.pages.cached(Math.floor(index / ENTRIES_PER_PAGE));

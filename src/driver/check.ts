@@ -30,6 +30,7 @@ import {
   HEADER_SIZE,
   MiB,
   METADATA_TABLE_SIZE,
+  ITEM_PARENT_LOCATOR,
   REGION_BAT,
   REGION_METADATA,
   REGION_TABLE_OFFSETS,
@@ -44,6 +45,7 @@ import { scanBat as readBatWindows } from './bat-scan.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { openLayout, probe, replayInPlace, type DiskType, type Layout } from './open.js';
+import { PARENT_PATH_KEYS, checkParent, locatorLinkage, locatorValue, type ParentResolver, type VhdxImage } from './image.js';
 
 export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
 export type RepairMode = 'leaks' | 'all';
@@ -103,7 +105,15 @@ export interface CheckResult {
   bitmapBlocks: number;
 }
 
-export interface CheckOptions extends ProgressOptions {}
+export interface CheckOptions extends ProgressOptions {
+  /**
+   * For a differencing image: opens its parent, as `OpenOptions.parent` does for the readers
+   * (`parentResolver` in node-files gives the one `openFile` uses). The parent is then opened and
+   * checked against the locator, and a parent that cannot be opened or does not match is a
+   * corruption. Without it, only the locator itself is checked.
+   */
+  parent?: ParentResolver;
+}
 
 /** Findings kept in a result; beyond that they are only counted. */
 export const MAX_FINDINGS = 1000;
@@ -234,7 +244,7 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
     if (e.code === 'ECANCELED') throw e;
     if (e.reason === 'IO_ERROR') return stop('incomplete', e);
     if (!rep.has(e.reason, e.offset)) {
-      const f: Omit<Finding, 'repairableBy'> = { severity: 'corruption', reason: e.reason, message: e.message };
+      const f: Omit<Finding, 'repairableBy'> = { severity: 'corruption', reason: e.reason, message: e.summary };
       if (e.structure !== undefined) f.structure = e.structure;
       if (e.offset !== undefined) f.offset = e.offset;
       rep.add(f);
@@ -271,6 +281,7 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
       });
     }
     await checkMetadataReserved(src, layout, rep);
+    await checkParentLocator(layout, rep, opts);
     aborted();
     await scanBat(src, layout, rep, state, opts);
   } catch (e) {
@@ -442,6 +453,48 @@ async function checkMetadataReserved(src: RandomAccessSource, layout: Layout, re
   });
 }
 
+/**
+ * A differencing image's parent locator, as the readers use it: the VHDX locator type, a
+ * parent_linkage GUID, a path to the parent; with `opts.parent`, the parent itself, opened as the
+ * readers open it and matched against the locator (linkage, sector size, virtual size). What
+ * makes the readers refuse the chain is a corruption here; no repair rewrites a locator (`vhdx
+ * rebase` does, given the right parent).
+ */
+async function checkParentLocator(layout: Layout, rep: Report, opts: CheckOptions): Promise<void> {
+  const loc = layout.parentLocator;
+  if (!loc) return;
+  const item = layout.metadataItems.find((m) => !m.isUser && m.itemId === ITEM_PARENT_LOCATOR);
+  const where = { structure: 'parent locator', offset: layout.metadataRegion.fileOffset + (item?.offset ?? 0) };
+  /** A VhdxError the readers would throw (not a cancellation) becomes a corruption. */
+  const corruption = (e: unknown): void => {
+    if (!(e instanceof VhdxError) || e.reason === 'ABORTED') throw e;
+    rep.add({ severity: 'corruption', reason: e.reason, message: e.summary, ...where });
+  };
+  try {
+    locatorLinkage(loc);
+  } catch (e) {
+    return corruption(e);
+  }
+  if (PARENT_PATH_KEYS.every((k) => locatorValue(loc, k) === undefined)) {
+    rep.add({ severity: 'corruption', reason: 'BAD_PARENT_LOCATOR', message: `the parent locator names no path to the parent (${PARENT_PATH_KEYS.join(', ')})`, ...where });
+    return;
+  }
+  if (!opts.parent) return;
+  let parent: VhdxImage;
+  try {
+    parent = await opts.parent({ locator: loc, child: layout, depth: 1 });
+  } catch (e) {
+    return corruption(e);
+  }
+  try {
+    checkParent(layout, parent);
+  } catch (e) {
+    corruption(e);
+  } finally {
+    await parent.close();
+  }
+}
+
 /** A fixed object of the file (the header section, the log, a region) blocks may not overlap. */
 interface FixedObject {
   name: string;
@@ -514,15 +567,15 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
     const fileOffsetMB = hi * 4096 + (lo >>> 20);
     const fileOffset = fileOffsetMB * MiB;
     const claim: [Kind, number] = [fileOffsetMB > 0 && fileOffset < fileSize ? Kind.Claim : Kind.None, isBitmap ? MiB : bs];
-    if (!isBitmap && blockIndex >= P) {
+    // The rules are the reader's (format/bat.ts); check reports instead of throwing.
+    const v = judgeBatEntry(g, hasParent, fileSize, index, lo, hi);
+    if (v.kind === 'unused') {
       if (report) {
         beyondDisk++;
         if (beyondDisk === 1) firstBeyond = index;
       }
       return claim;
     }
-    // The rules are the reader's (format/bat.ts); check reports instead of throwing.
-    const v = judgeBatEntry(g, hasParent, fileSize, index, lo, hi);
     if (v.kind === 'present') return [Kind.Present, v.extent];
     if (v.kind === 'absent') {
       if (report && fixed && !isBitmap) countNotAllocated(blockIndex);
@@ -746,6 +799,7 @@ export async function repairImage(source: RandomAccessSource, opts: RepairOption
   const checkOpts: CheckOptions = {};
   if (opts.signal) checkOpts.signal = opts.signal;
   if (opts.onProgress) checkOpts.onProgress = opts.onProgress;
+  if (opts.parent) checkOpts.parent = opts.parent;
 
   const first = await runCheck(source, checkOpts);
   const before = first.result;

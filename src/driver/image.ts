@@ -2,17 +2,17 @@
  * A VHDX image opened for reading: the layout validated at open, the BAT through a bounded
  * cache, reads at any offset and length, block status, and a streaming BAT scan for statistics.
  */
-import { VhdxError, corrupt } from '../errors.js';
+import { VhdxError, checkRequestRange, corrupt, type RequestKind } from '../errors.js';
 import { readBytes, readExact, type RandomAccessSource } from '../io/source.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_TABLE_ENTRY, METADATA_TABLE_HEADER } from '../format/metadata.js';
 import { ITEM_PARENT_LOCATOR, METADATA_TABLE_SIZE } from '../format/constants.js';
 import { MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, bitmapBatIndex, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
 import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
-import { Writer, type WriteOptions, type ZeroOptions } from './writer.js';
+import { Writer, entriesPerCommit, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
 import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
 import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
@@ -131,17 +131,16 @@ export class VhdxImage implements BlockDevice {
 
   /**
    * Open and validate an image. Read-only (the default): a dirty log is replayed in memory and
-   * the file is never written. Writable: a dirty log is replayed into the file first.
+   * the file is never written. Writable: everything is validated first, as replayed in memory
+   * (the layout, the parent, every BAT entry, room in the log for a commit), and only then is a
+   * dirty log replayed into the file; a writable open of a damaged image changes nothing.
    */
   static async open(source: RandomAccessSource, opts: OpenOptions = {}): Promise<VhdxImage> {
     const readOnly = opts.readOnly ?? true;
-    if (!readOnly) {
-      if (source.readOnly || !source.write || !source.flush || !source.truncate) {
-        throw new VhdxError('EROFS', 'READ_ONLY', 'a writable open needs a writable source');
-      }
-      await replayInPlace(source);
+    if (!readOnly && (source.readOnly || !source.write || !source.flush || !source.truncate)) {
+      throw new VhdxError('EROFS', 'READ_ONLY', 'a writable open needs a writable source');
     }
-    const layout = await openLayout(source);
+    let layout = await openLayout(source);
     let parent: VhdxImage | null = null;
     let linkedBy: VhdxImage['linkedBy'] = null;
     if (layout.hasParent && opts.parent) {
@@ -149,14 +148,24 @@ export class VhdxImage implements BlockDevice {
       if (depth > MAX_CHAIN_DEPTH) throw new VhdxError('EINVAL', 'CHAIN_TOO_DEEP', `the chain of parents is deeper than ${MAX_CHAIN_DEPTH}`);
       const loc = layout.parentLocator!;
       parent = await opts.parent({ locator: loc, child: layout, depth });
-      try {
-        linkedBy = checkParent(layout, parent, opts.name);
-      } catch (e) {
-        await parent.close();
-        throw e;
-      }
     }
-    return new VhdxImage(layout, source, { ...opts, readOnly }, parent, linkedBy);
+    try {
+      if (parent) linkedBy = checkParent(layout, parent, opts.name);
+      if (!readOnly) {
+        // A writer appends blocks at the end of the file: an entry pointing past it (a truncated
+        // file) would come to share its place with the next new block.
+        await scanAllocation(layout, layout.source, {});
+        entriesPerCommit(layout);
+        if (layout.log.dirty) {
+          await replayInPlace(source);
+          layout = await openLayout(source);
+        }
+      }
+      return new VhdxImage(layout, source, { ...opts, readOnly }, parent, linkedBy);
+    } catch (e) {
+      await parent?.close();
+      throw e;
+    }
   }
 
   /**
@@ -239,24 +248,37 @@ export class VhdxImage implements BlockDevice {
     return this.writer ? { ...this.writer.currentHeader } : this.layout.current;
   }
 
+  /**
+   * Check a request in full without doing any of it: the image is open, writable for a change,
+   * and [offset, offset + length) lies inside the disk; for a change, a differencing image has
+   * its parent, and the BAT pages that map the range, here and down the chain, are valid. Every
+   * request runs this before it touches anything, so a refused request changes nothing; a caller
+   * that does one request in pieces (the io command) runs it first for the whole request. Errors
+   * name the request as given.
+   */
+  async checkRequest(kind: RequestKind, offset: number, length: number): Promise<void> {
+    this.checkOpenRange(kind, offset, length);
+    if (kind === 'read' || kind === 'block status') return;
+    this.writable();
+    if (this.layout.hasParent) this.needParent();
+    if (length > 0) await this.validateMapping(offset, length);
+  }
+
   /** Write `data` at `offset`. With `fua`, durable when this returns. */
   async write(offset: number, data: Uint8Array, opts: WriteOptions = {}): Promise<void> {
-    this.checkRange(offset, data.length);
-    if (this.layout.hasParent) this.needParent();
+    await this.checkRequest('write', offset, data.length);
     await this.writable().write(offset, data, opts);
   }
 
   /** Make [offset, offset + length) read as zeros: whole blocks become ZERO blocks, no data written. */
   async writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
-    this.checkRange(offset, length);
-    if (this.layout.hasParent) this.needParent();
+    await this.checkRequest('write zeroes', offset, length);
     await this.writable().writeZeroes(offset, length, opts);
   }
 
   /** Deallocate [offset, offset + length): whole blocks become UNMAPPED; the range reads as zeros after. */
   async discard(offset: number, length: number): Promise<void> {
-    this.checkRange(offset, length);
-    if (this.layout.hasParent) this.needParent();
+    await this.checkRequest('discard', offset, length);
     await this.writable().discard(offset, length);
   }
 
@@ -278,7 +300,7 @@ export class VhdxImage implements BlockDevice {
 
   /** Fill `into` with the virtual disk's bytes at `offset`. */
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length);
+    this.checkOpenRange('read', offset, into.length);
     if (this.bitmaps) return this.readDifferencing(offset, into, this.bitmaps, this.needParent());
     const bs = this.layout.blockSize;
     // Fast path: a request inside one block whose BAT page is cached (small random I/O).
@@ -331,7 +353,7 @@ export class VhdxImage implements BlockDevice {
 
   /** Extents of [offset, offset + length), merged, from the BAT alone. */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length);
+    this.checkOpenRange('block status', offset, length);
     if (this.bitmaps) return this.blockStatusDifferencing(offset, length, this.bitmaps, this.needParent());
     const bs = this.layout.blockSize;
     const out: Extent[] = [];
@@ -367,54 +389,8 @@ export class VhdxImage implements BlockDevice {
    * Validates every entry as the cache does. Runs of identical chunks are counted in bulk.
    */
   async allocationStats(opts: ProgressOptions = {}): Promise<AllocationStats> {
-    const g = this.layout.geometry;
-    const period = g.chunkRatio + 1; // entries per chunk, bitmap entry included
-    const bytesByState: Record<string, number> = {};
-    const add = (state: number, bytes: number): void => {
-      const k = PAYLOAD_STATE_NAMES[state] ?? `state${state}`;
-      bytesByState[k] = (bytesByState[k] ?? 0) + bytes;
-    };
-    let allocatedBlocks = 0;
-    let bitmapBlocks = 0;
-    let breaks = 0;
-    let prevEnd = -1;
-    const total = this.layout.batEntries;
-    const windowEntries = batWindowEntries(period);
-    const chunkBytes = period * BAT_ENTRY_SIZE;
-    const fileSize = this.src.size;
-    await scanBat(this.src, this.layout.batRegion.fileOffset, total, period, opts, (view, bytes, first, count) => {
-      // Fast path: a window made of one chunk repeated, whose payload entries all hold one
-      // non-present state and no file offset (fresh dynamic disks of any size).
-      if (count === windowEntries && count > period && uniformWindow(bytes, view, chunkBytes, g.chunkRatio)) {
-        const firstBlock = (first / period) * g.chunkRatio;
-        const blocks = Math.min(count - count / period, g.payloadBlocks - firstBlock);
-        if (blocks > 0) add(view.getUint32(0, true) & 7, Math.min(this.size, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
-        return;
-      }
-      for (let i = 0; i < count; i++) {
-        const index = first + i;
-        const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
-        const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
-        const v = judgeBatEntry(g, this.layout.hasParent, fileSize, index, lo, hi);
-        if (v.kind === 'bad') {
-          throw corrupt(v.reason, `block ${v.message}`, { structure: `BAT entry ${index}`, offset: this.layout.batRegion.fileOffset + index * BAT_ENTRY_SIZE });
-        }
-        if ((index + 1) % period === 0) {
-          if (v.kind === 'present') bitmapBlocks++;
-          continue;
-        }
-        const blockIndex = index - Math.floor(index / period);
-        if (blockIndex >= g.payloadBlocks) continue;
-        add(v.state, Math.min(g.blockSize, this.size - blockIndex * g.blockSize));
-        if (v.kind === 'present') {
-          if (allocatedBlocks > 0 && v.fileOffset !== prevEnd) breaks++;
-          prevEnd = v.fileOffset + g.blockSize;
-          allocatedBlocks++;
-        }
-      }
-    });
-    const fragmentationPercentage = allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
-    return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage };
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return scanAllocation(this.layout, this.src, opts);
   }
 
   /** Make every completed write durable. */
@@ -443,11 +419,23 @@ export class VhdxImage implements BlockDevice {
     return this.writer;
   }
 
-  private checkRange(offset: number, length: number): void {
-    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `range ${offset}+${length} is outside the ${this.size}-byte disk`);
-    }
+  /** The part of checkRequest that needs no I/O (reads run it on their fast path). */
+  private checkOpenRange(kind: RequestKind, offset: number, length: number): void {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', `${kind} of ${length} bytes at offset ${offset}: the image is closed`);
+    checkRequestRange(kind, offset, length, this.size);
+  }
+
+  /**
+   * Load, and so validate, the BAT pages that map [offset, offset + length) (with the sector
+   * bitmap entries of a differencing image), and those of its parents, which its writes read.
+   */
+  private async validateMapping(offset: number, length: number): Promise<void> {
+    const g = this.layout.geometry;
+    const firstBlock = Math.floor(offset / g.blockSize);
+    const lastBlock = Math.floor((offset + length - 1) / g.blockSize);
+    const last = this.layout.hasParent ? bitmapBatIndex(g, Math.floor(lastBlock / g.chunkRatio)) : payloadBatIndex(g, lastBlock);
+    await this.bat.validateEntries(payloadBatIndex(g, firstBlock), last);
+    if (this.layout.hasParent) await this.needParent().validateMapping(offset, length);
   }
 
   private needParent(): VhdxImage {
@@ -592,6 +580,62 @@ export class VhdxImage implements BlockDevice {
 }
 
 /**
+ * The allocation statistics of the image `layout` describes, read through `src`: one streaming
+ * pass over the BAT that validates every entry as the cache does (a writable open runs it to
+ * refuse a damaged BAT before anything is written).
+ */
+async function scanAllocation(layout: Layout, src: RandomAccessSource, opts: ProgressOptions): Promise<AllocationStats> {
+  const g = layout.geometry;
+  const period = g.chunkRatio + 1; // entries per chunk, bitmap entry included
+  const bytesByState: Record<string, number> = {};
+  const add = (state: number, bytes: number): void => {
+    const k = PAYLOAD_STATE_NAMES[state] ?? `state${state}`;
+    bytesByState[k] = (bytesByState[k] ?? 0) + bytes;
+  };
+  let allocatedBlocks = 0;
+  let bitmapBlocks = 0;
+  let breaks = 0;
+  let prevEnd = -1;
+  const total = layout.batEntries;
+  const windowEntries = batWindowEntries(period);
+  const chunkBytes = period * BAT_ENTRY_SIZE;
+  const fileSize = src.size;
+  await scanBat(src, layout.batRegion.fileOffset, total, period, opts, (view, bytes, first, count) => {
+    // Fast path: a window made of one chunk repeated, whose payload entries all hold one
+    // non-present state and no file offset (fresh dynamic disks of any size).
+    if (count === windowEntries && count > period && uniformWindow(bytes, view, chunkBytes, g.chunkRatio)) {
+      const firstBlock = (first / period) * g.chunkRatio;
+      const blocks = Math.min(count - count / period, g.payloadBlocks - firstBlock);
+      if (blocks > 0) add(view.getUint32(0, true) & 7, Math.min(layout.virtualSize, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
+      return;
+    }
+    for (let i = 0; i < count; i++) {
+      const index = first + i;
+      const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
+      const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
+      const v = judgeBatEntry(g, layout.hasParent, fileSize, index, lo, hi);
+      if (v.kind === 'bad') {
+        throw corrupt(v.reason, `block ${v.message}`, { structure: `BAT entry ${index}`, offset: layout.batRegion.fileOffset + index * BAT_ENTRY_SIZE });
+      }
+      if (v.kind === 'unused') continue;
+      if ((index + 1) % period === 0) {
+        if (v.kind === 'present') bitmapBlocks++;
+        continue;
+      }
+      const blockIndex = index - Math.floor(index / period);
+      add(v.state, Math.min(g.blockSize, layout.virtualSize - blockIndex * g.blockSize));
+      if (v.kind === 'present') {
+        if (allocatedBlocks > 0 && v.fileOffset !== prevEnd) breaks++;
+        prevEnd = v.fileOffset + g.blockSize;
+        allocatedBlocks++;
+      }
+    }
+  });
+  const fragmentationPercentage = allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
+  return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage };
+}
+
+/**
  * True when `bytes` is one chunk of entries repeated, and that chunk's payload entries all equal
  * its first entry, which is a non-present state with a zero offset field and clear reserved bits,
  * and its bitmap entry is zero.
@@ -608,15 +652,15 @@ function uniformWindow(bytes: Uint8Array, view: DataView, chunkBytes: number, ch
   return bytesEqual(bytes.subarray(chunkBytes), bytes.subarray(0, bytes.length - chunkBytes));
 }
 
+/** The locator keys that name the parent's file, in the order a resolver tries them. */
+export const PARENT_PATH_KEYS = ['relative_path', 'volume_path', 'absolute_win32_path'] as const;
+
 /**
- * Check that `parent` is the image the child's locator names: the VHDX locator type, a
- * DataWriteGuid equal to parent_linkage (or parent_linkage2), and the child's logical sector
- * size and virtual size. Returns the key that matched.
+ * What every reader needs of a parent locator before it looks for the parent: the VHDX locator
+ * type and a parent_linkage GUID. Returns parent_linkage and parent_linkage2 (when present).
  */
-export function checkParent(child: Layout, parent: VhdxImage, childName?: string): 'parent_linkage' | 'parent_linkage2' {
-  const loc = child.parentLocator;
+export function locatorLinkage(loc: ParentLocator): { linkage: string; linkage2: string | undefined } {
   const where = { structure: 'parent locator' };
-  if (!loc) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${childName ?? 'the image'} is not a differencing image`);
   if (loc.locatorType !== LOCATOR_TYPE_VHDX) {
     throw new VhdxError('ENOTSUP', 'BAD_PARENT_LOCATOR', `parent locator type {${loc.locatorType}} is not the VHDX locator type`, where);
   }
@@ -624,7 +668,18 @@ export function checkParent(child: Layout, parent: VhdxImage, childName?: string
   if (linkage === undefined || !isGuid(linkage)) {
     throw corrupt('BAD_PARENT_LOCATOR', `parent_linkage is ${linkage === undefined ? 'missing' : `not a GUID (${JSON.stringify(linkage)})`}`, where);
   }
-  const linkage2 = locatorValue(loc, 'parent_linkage2');
+  return { linkage, linkage2: locatorValue(loc, 'parent_linkage2') };
+}
+
+/**
+ * Check that `parent` is the image the child's locator names: the VHDX locator type, a
+ * DataWriteGuid equal to parent_linkage (or parent_linkage2), and the child's logical sector
+ * size and virtual size. Returns the key that matched.
+ */
+export function checkParent(child: Layout, parent: VhdxImage, childName?: string): 'parent_linkage' | 'parent_linkage2' {
+  const loc = child.parentLocator;
+  if (!loc) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${childName ?? 'the image'} is not a differencing image`);
+  const { linkage, linkage2 } = locatorLinkage(loc);
   const parentName = parent.name ?? 'the parent';
   const dwg = parent.header.dataWriteGuid;
   let linkedBy: 'parent_linkage' | 'parent_linkage2';

@@ -63,6 +63,17 @@ export interface WriterOptions {
   parent?: BlockDevice | null;
 }
 
+/**
+ * Metadata sectors one commit may log for the image: an entry takes at most half the log, so that
+ * the next one never overwrites it (it must stay replayable until the next is durable, see
+ * LogRing). Throws when the log cannot hold one: such an image cannot be written.
+ */
+export function entriesPerCommit(layout: Layout): number {
+  const n = maxDataWritesPerEntry(layout.log.logLength / 2);
+  if (n < 1) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `a log of ${layout.log.logLength} bytes cannot hold a single entry: the image cannot be written`);
+  return n;
+}
+
 /** Bytes of zeros written at a time when zeroing sectors of a differencing disk. */
 const ZERO_CHUNK = 1024 * 1024;
 
@@ -101,12 +112,7 @@ export class Writer {
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
     this.flushedSize = Math.floor(file.size / MiB) * MiB;
-    // An entry takes at most half the log, so that the next one never overwrites it: it must stay
-    // replayable until the next is durable (see LogRing).
-    this.entriesPerCommit = maxDataWritesPerEntry(layout.log.logLength / 2);
-    if (this.entriesPerCommit < 1) {
-      throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `a log of ${layout.log.logLength} bytes cannot hold a single entry: the image cannot be written`);
-    }
+    this.entriesPerCommit = entriesPerCommit(layout);
   }
 
   /** The current header (it changes as the session updates it). */
@@ -191,6 +197,8 @@ export class Writer {
    */
   async clearAllBlocks(opts: ProgressOptions & { contentUnchanged?: boolean } = {}): Promise<void> {
     this.throwBackgroundError();
+    // Every entry is valid before the headers change: the loop below reads them all.
+    await this.bat.validateEntries(0, this.layout.batEntries - 1);
     await (opts.contentUnchanged === true ? this.beginMetadataChange() : this.beginChange());
     await Promise.all([...this.allocating.values()].map((a) => a.done));
     const total = this.layout.batEntries;
@@ -398,6 +406,7 @@ export class Writer {
   private async zeroRange(offset: number, length: number, state: number, fast: boolean): Promise<void> {
     this.throwBackgroundError();
     if (length === 0) return;
+    if (fast) await this.refuseDataZeroing(offset, length);
     await this.beginChange();
     const bs = this.layout.blockSize;
     const size = this.layout.virtualSize;
@@ -426,6 +435,29 @@ export class Writer {
       pos = end;
     }
     this.maybeCommitInBackground();
+  }
+
+  /**
+   * A fast zero fails before anything changes when zeroing [offset, offset + length) would write
+   * zeros as data: into any FULLY_PRESENT block of a fixed disk, or into a block the range covers
+   * only in part that holds data (FULLY_PRESENT) or shows its parent's (differencing disks).
+   */
+  private async refuseDataZeroing(offset: number, length: number): Promise<void> {
+    const bs = this.layout.blockSize;
+    const end = offset + length;
+    const fixed = this.layout.leaveBlocksAllocated && !this.bitmaps;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((end - 1) / bs);
+    // Whole blocks of other disks only change state: only the two end blocks can need data.
+    for (let b = first; b <= last; b = fixed || b === last ? b + 1 : last) {
+      const whole = offset <= b * bs && end >= Math.min((b + 1) * bs, this.layout.virtualSize);
+      if (whole && !fixed) continue;
+      const e = await this.bat.entry(payloadBatIndex(this.layout.geometry, b));
+      const showsParent = this.bitmaps !== null && (e.state === PayloadState.NOT_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT);
+      if (e.state === PayloadState.FULLY_PRESENT || showsParent) {
+        throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${length} bytes at ${offset} would write data into block ${b}`);
+      }
+    }
   }
 
   /**

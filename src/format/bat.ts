@@ -110,6 +110,11 @@ export type BatEntryVerdict =
   | { kind: 'absent'; state: number }
   /** A block in the file: [fileOffset, fileOffset + extent). */
   | { kind: 'present'; state: number; fileOffset: number; extent: number }
+  /**
+   * A payload entry past the disk's last block (the rest of the last chunk): it describes no
+   * part of the disk, so no reader looks at it, whatever it holds.
+   */
+  | { kind: 'unused'; state: number }
   | {
       kind: 'bad';
       reason: 'BAD_BAT_ENTRY' | 'BAD_BLOCK_STATE' | 'BAT_ENTRY_IN_HEADER' | 'BAT_ENTRY_OUT_OF_BOUNDS';
@@ -127,7 +132,9 @@ function mibHex(fileOffsetMB: number): string {
  * Judge the entry at BAT index `index` from its raw words: reserved bits clear; a state the disk
  * type allows (PARTIALLY_PRESENT and SB_BLOCK_PRESENT only with a parent; 4 is undefined); a
  * present block after the 1 MiB header section and inside a file of `fileSize` bytes. The last
- * payload block of a disk counts only the part of it the disk covers.
+ * payload block of a disk counts only the part of it the disk covers. Payload entries past the
+ * last block are 'unused': the disk has no block there to read (§2.5 maps payload block i to
+ * entry i + floor(i / C) for i < ceil(size / BlockSize) only), and qemu ignores them too.
  */
 export function judgeBatEntry(g: BatGeometry, hasParent: boolean, fileSize: number, index: number, lo: number, hi: number): BatEntryVerdict {
   const state = lo & 7;
@@ -136,6 +143,7 @@ export function judgeBatEntry(g: BatGeometry, hasParent: boolean, fileSize: numb
   const isBitmap = (index + 1) % (g.chunkRatio + 1) === 0;
   const blockIndex = index - Math.floor(index / (g.chunkRatio + 1));
   const bad = (reason: Extract<BatEntryVerdict, { kind: 'bad' }>['reason'], message: string): BatEntryVerdict => ({ kind: 'bad', reason, message, state });
+  if (!isBitmap && blockIndex >= g.payloadBlocks) return { kind: 'unused', state };
   if ((lo & RESERVED_MASK) !== 0) {
     return bad('BAD_BAT_ENTRY', `has reserved bits 3-19 set (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`);
   }

@@ -258,6 +258,8 @@ export class Transmission {
     const length = h.readUInt32BE(24);
     const size = this.exp.size;
     const inRange = offset >= 0 && offset <= size && length <= size - offset;
+    /** Why a request out of range is refused, naming it as the client sent it. */
+    const outside = (kind: string): string => `${kind} of ${length} bytes ${offset >= 0 ? `at offset ${offset}` : 'at an offset past 2^53'} is outside the ${size}-byte export`;
     const fua = (this.flags & TFlag.SEND_FUA) !== 0 ? CFlag.FUA : 0;
 
     switch (type) {
@@ -265,7 +267,7 @@ export class Transmission {
         const allowed = fua | (this.structured ? CFlag.DF : 0);
         if ((flags & ~allowed) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
         if (length > this.limits.maxPayload) return this.fail(type, cHi, cLo, Errno.EINVAL, 'read is longer than the maximum block size');
-        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, 'read past the end of the export');
+        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('read'));
         if (length === 0) return this.ok(type, cHi, cLo);
         this.begin(length);
         void this.read(cHi, cLo, flags, offset, length);
@@ -312,7 +314,7 @@ export class Transmission {
         if ((this.flags & advertised) === 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'command not advertised');
         const allowed = fua | (trim ? 0 : CFlag.NO_HOLE | ((this.flags & TFlag.SEND_FAST_ZERO) !== 0 ? CFlag.FAST_ZERO : 0));
         if ((flags & ~allowed) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (!inRange) return this.fail(type, cHi, cLo, trim ? Errno.EINVAL : Errno.ENOSPC, 'range past the end of the export');
+        if (!inRange) return this.fail(type, cHi, cLo, trim ? Errno.EINVAL : Errno.ENOSPC, outside(trim ? 'trim' : 'write zeroes'));
         if (length === 0) return this.ok(type, cHi, cLo);
         this.begin(0);
         void this.zero(trim, cHi, cLo, flags, offset, length);
@@ -321,12 +323,13 @@ export class Transmission {
       case Cmd.CACHE:
         // Advisory: the page cache already does what a prefetch would.
         if ((flags & ~fua) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, 'range past the end of the export');
+        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('cache'));
         return this.ok(type, cHi, cLo);
       case Cmd.BLOCK_STATUS:
         if (!this.structured || this.context === null) return this.fail(type, cHi, cLo, Errno.EINVAL, 'no metadata context was selected');
         if ((flags & ~(fua | CFlag.REQ_ONE)) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (!inRange || length === 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'range past the end of the export or empty');
+        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('block status'));
+        if (length === 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'block status of 0 bytes');
         this.begin(0);
         void this.blockStatus(cHi, cLo, flags, offset, length);
         return;

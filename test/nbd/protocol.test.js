@@ -404,6 +404,8 @@ describe('transmission', () => {
       assert.equal(r.error, errno, `${type} ${JSON.stringify(opts, (k, v) => (typeof v === 'bigint' ? String(v) : k === 'data' ? v.length : v))}`);
       if (type === CMD.READ) assert.equal(r.simple, undefined, 'READ errors are structured');
     }
+    // The error names the request as the client sent it.
+    assert.equal((await c.request(CMD.READ, { offset: SIZE - 10, length: 11 })).message, `read of 11 bytes at offset ${SIZE - 10} is outside the ${SIZE}-byte export`);
     // Untouched by the refused writes, and still in step.
     assert.ok((await c.readBytes(0, 4096)).bytes.equals(pattern(MiB, 1).subarray(0, 4096)));
     assert.ok((await c.readBytes(SIZE - 200, 200)).bytes.equals(Buffer.alloc(200)));
