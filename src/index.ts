@@ -22,5 +22,6 @@ export { commitChild, type CommitOptions, type CommitResult } from './driver/com
 export { readPartitions, inspectDisk, usedRuns, type DiskContents, type DiskPartition, type DiskFilesystem, type InspectOptions, type UsedRunsOptions } from './inspect/disk.js';
 export { detectFilesystem, FILESYSTEM_DRIVERS } from './inspect/registry.js';
 export { reclaimable, type Reclaimable, type ReclaimOptions } from './inspect/reclaim.js';
+export { describeContents, type ContentsInfo, type ContentsOptions } from './inspect/contents.js';
 export type { Partition, PartitionKind, PartitionFinding, PartitionScheme, PartitionTable } from './inspect/partition-table.js';
 export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './inspect/filesystem.js';
