@@ -62,7 +62,7 @@ interface Slot {
 /** The table, and for each partition that holds data, its filesystem and whether its free space counts. */
 async function layoutOf(dev: BlockDevice, table: PartitionTable): Promise<Slot[]> {
   const leaves = leafPartitions(table)
-    .map((p) => ({ p, region: { start: p.start, length: Math.max(0, Math.min(p.length, dev.size - p.start)) } }))
+    .map((p) => ({ p, region: { start: Math.min(p.start, dev.size), length: Math.max(0, Math.min(p.length, dev.size - p.start)) } }))
     .sort((a, b) => a.region.start - b.region.start);
   const overlapping = new Set<Partition>();
   let reach: { end: number; p: Partition } | null = null;

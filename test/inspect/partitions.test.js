@@ -297,3 +297,18 @@ test('overlapping partitions are reported (PARTITION_OVERLAP) and neither one\'s
   const t = await readPartitions(memDevice(disk));
   assert.deepEqual(reasons(t), ['PARTITION_OVERLAP']);
 });
+
+test('a partition that starts past the end of the disk: the used map still ends at the disk\'s end', async () => {
+  const disk = new Uint8Array(4 * MiB);
+  const dv = new DataView(disk.buffer);
+  disk[446 + 4] = 0x83;
+  dv.setUint32(446 + 8, 0x7fffff00, true);
+  dv.setUint32(446 + 12, 2048, true);
+  disk[510] = 0x55;
+  disk[511] = 0xaa;
+  const dev = memDevice(disk);
+  const t = await readPartitions(dev);
+  assert.deepEqual(reasons(t), ['PARTITION_PAST_END']);
+  assert.deepEqual(await allUsed(dev), [{ start: 0, length: 4 * MiB }]);
+  assert.equal((await inspectDisk(dev)).partitions[0].filesystem, null);
+});
