@@ -50,6 +50,21 @@ export function decodeMbr(sector: Uint8Array): Mbr {
   return { signature: sector[510] === 0x55 && sector[511] === 0xaa, statusesValid, diskSignature: dv.getUint32(440, true), entries };
 }
 
+/**
+ * True when the MBR has entries and every one lies inside a disk of `diskSectors` sectors, after
+ * sector 0, without overlapping another: a real partition table, which boot code seldom mimics.
+ */
+export function entriesPlausible(mbr: Mbr, diskSectors: number): boolean {
+  if (mbr.entries.length === 0) return false;
+  const sorted = [...mbr.entries].sort((a, b) => a.firstLba - b.firstLba);
+  let end = 1;
+  for (const e of sorted) {
+    if (e.firstLba < end || e.firstLba + e.sectors > diskSectors) return false;
+    end = e.firstLba + e.sectors;
+  }
+  return true;
+}
+
 /** True when the MBR holds a GPT-protective entry (type 0xEE). */
 export function isProtective(mbr: Mbr): boolean {
   return mbr.entries.some((e) => e.type === MBR_GPT_PROTECTIVE);

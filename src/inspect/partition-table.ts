@@ -7,7 +7,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { ErrorReason } from '../errors.js';
 import { readGpt, type GptHeader } from './gpt.js';
-import { decodeMbr, isProtective, readMbrPartitions } from './mbr.js';
+import { decodeMbr, entriesPlausible, isProtective, readMbrPartitions } from './mbr.js';
 import { readAt } from './read.js';
 
 export type PartitionScheme = 'gpt' | 'mbr' | 'none';
@@ -61,8 +61,8 @@ export interface PartitionTable {
 export interface ReadPartitionTableOptions {
   /**
    * Whether a filesystem starts at sector 0 of the disk. Asked only when sector 0 carries the MBR
-   * signature without a GPT: FAT, NTFS and exFAT boot sectors carry it too, and their boot code
-   * can look like partition entries. Without it, such a sector reads as an MBR.
+   * signature, no GPT, and no set of plausible entries: FAT, NTFS and exFAT boot sectors carry
+   * the signature too. Without it, such a sector reads as an MBR.
    */
   filesystemAtStart?: (dev: BlockDevice) => Promise<boolean>;
 }
@@ -122,7 +122,10 @@ export async function readPartitionTable(dev: BlockDevice, opts: ReadPartitionTa
     findings.push({ severity: 'error', reason: 'GPT_NO_VALID_HEADER', message: 'the MBR protects a GPT, but neither LBA 1 nor the last LBA holds a GPT header', offset: devSector });
     return { scheme: 'gpt', sectorSize: devSector, diskId: null, partitions: [], findings, gpt: null };
   }
-  if (!mbrTable || (opts.filesystemAtStart && (await opts.filesystemAtStart(dev)))) return whole();
+  // Plausible entries make it an MBR whatever else sector 0 looks like: taking a partitioned
+  // disk for one filesystem would trust that filesystem's map over every partition's data.
+  if (!mbrTable) return whole();
+  if (!entriesPlausible(mbr, Math.floor(dev.size / devSector)) && opts.filesystemAtStart && (await opts.filesystemAtStart(dev))) return whole();
   const t: PartitionTable = {
     scheme: 'mbr',
     sectorSize: devSector,

@@ -312,3 +312,17 @@ test('a partition that starts past the end of the disk: the used map still ends 
   assert.deepEqual(await allUsed(dev), [{ start: 0, length: 4 * MiB }]);
   assert.equal((await inspectDisk(dev)).partitions[0].filesystem, null);
 });
+
+test('an MBR with plausible entries stays an MBR even when sector 0 also carries a filesystem signature', async () => {
+  const disk = new Uint8Array(8 * MiB);
+  const dv = new DataView(disk.buffer);
+  disk.set(new TextEncoder().encode('-FVE-FS-'), 3); // what a BitLocker boot sector says
+  disk[446 + 4] = 0x83;
+  dv.setUint32(446 + 8, 2048, true);
+  dv.setUint32(446 + 12, 4096, true);
+  disk[510] = 0x55;
+  disk[511] = 0xaa;
+  const t = await readPartitions(memDevice(disk));
+  assert.equal(t.scheme, 'mbr');
+  assert.deepEqual(t.partitions.map((p) => [p.start, p.length]), [[MiB, 2 * MiB]]);
+});
