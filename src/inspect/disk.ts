@@ -203,6 +203,7 @@ export async function inspectDisk(dev: BlockDevice, opts: InspectOptions = {}): 
       throwIfAborted(opts.signal, 'used map');
       usedBytes = 0;
       for await (const r of slotUsedRuns(dev, slot, opts.signal ? { signal: opts.signal } : {})) usedBytes += r.length;
+      opts.onProgress?.(slot.region.start + slot.region.length, dev.size);
     }
     partitions.push({
       ...p,
@@ -222,6 +223,7 @@ export async function inspectDisk(dev: BlockDevice, opts: InspectOptions = {}): 
           : null,
     });
   }
+  if (usage) opts.onProgress?.(dev.size, dev.size);
   let used: number | null = null;
   if (usage) {
     // Outside the leaves: all used. Inside: what each leaf counted.

@@ -326,3 +326,26 @@ test('an MBR with plausible entries stays an MBR even when sector 0 also carries
   assert.equal(t.scheme, 'mbr');
   assert.deepEqual(t.partitions.map((p) => [p.start, p.length]), [[MiB, 2 * MiB]]);
 });
+
+test('MBR on a disk with 4096-byte logical sectors: LBAs count 4096-byte sectors, EBRs included', async () => {
+  const disk = new Uint8Array(16 * MiB);
+  const dv = new DataView(disk.buffer);
+  const entry = (sectorAt, slot, type, first, count) => {
+    disk[sectorAt + 446 + slot * 16 + 4] = type;
+    dv.setUint32(sectorAt + 446 + slot * 16 + 8, first, true);
+    dv.setUint32(sectorAt + 446 + slot * 16 + 12, count, true);
+    disk[sectorAt + 510] = 0x55;
+    disk[sectorAt + 511] = 0xaa;
+  };
+  entry(0, 0, 0x83, 256, 256); // 1 MiB at 1 MiB
+  entry(0, 1, 0x05, 512, 2048); // extended: 8 MiB at 2 MiB
+  entry(512 * 4096, 0, 0x82, 256, 256); // logical 5: 1 MiB at 3 MiB
+  const t = await readPartitions(memDevice(disk, 4096));
+  assert.equal(t.sectorSize, 4096);
+  assert.deepEqual(t.findings, []);
+  assert.deepEqual(t.partitions.map((p) => [p.index, p.kind, p.start, p.length]), [
+    [1, 'primary', MiB, MiB],
+    [2, 'extended', 2 * MiB, 8 * MiB],
+    [5, 'logical', 3 * MiB, MiB],
+  ]);
+});
