@@ -67,7 +67,32 @@ export type ErrorReason =
   | 'LOG_DIRTY'
   | 'FIXED_BLOCK_NOT_ALLOCATED'
   | 'EQUAL_SEQUENCE_NUMBERS'
-  | 'LIMIT_EXCEEDED';
+  | 'LIMIT_EXCEEDED'
+  // Findings of the partition-table readers (src/inspect): a damaged table is reported, never thrown.
+  /** A GPT header or its partition-entry array fails its CRC-32. */
+  | 'GPT_BAD_CRC'
+  /** A GPT header's fields are impossible (size, own LBA, usable range, entry size). */
+  | 'GPT_BAD_HEADER'
+  /** A GPT header's entry count × entry size is larger than any real table. */
+  | 'GPT_ENTRY_COUNT'
+  /** Neither GPT header can be used. */
+  | 'GPT_NO_VALID_HEADER'
+  /** The primary GPT is used, but the backup at the last LBA is missing or damaged. */
+  | 'GPT_BAD_BACKUP'
+  /** The MBR holds partitions beside its GPT-protective entry. */
+  | 'GPT_HYBRID_MBR'
+  /** A valid GPT without a protective MBR entry (or the other way round). */
+  | 'GPT_NO_PROTECTIVE_MBR'
+  /** The chain of extended boot records comes back to one already read. */
+  | 'MBR_LOOP'
+  /** An extended boot record is missing its signature or points outside its extended partition. */
+  | 'MBR_BAD_EBR'
+  /** A partition ends past the end of the disk. */
+  | 'PARTITION_PAST_END'
+  /** A partition starts after it ends, outside its table's usable range or its extended partition. */
+  | 'PARTITION_BAD_RANGE'
+  /** Two partitions share sectors. */
+  | 'PARTITION_OVERLAP';
 
 export interface VhdxErrorDetails {
   /** Name of the on-disk structure concerned, e.g. "header 2" or "region table 1". */

@@ -4,9 +4,15 @@ import { describe, type ImageInfo } from '../driver/info.js';
 import { humanSize, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
 import { isVhdxError } from '../errors.js';
 import type { VhdxImage } from '../driver/image.js';
+import { describeContents, type ContentsInfo } from '../inspect/contents.js';
 
 export { INFO_USAGE } from './usage.js';
 import { INFO_USAGE } from './usage.js';
+
+/** With --allocation=auto, allocated blocks are read for zeros when they hold at most this much. */
+export const AUTO_ZERO_SCAN_BYTES = 512 * 1024 * 1024;
+
+type Described = ImageInfo & { chainError?: string } & (ContentsInfo | { contentsError: string });
 
 export async function infoCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' }, parents: { type: 'string' } }, INFO_USAGE);
@@ -31,8 +37,9 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
     chainError = e.message;
   }
   try {
-    const info: ImageInfo & { chainError?: string } = await describe(img, { allocation });
-    if (chainError !== null) info.chainError = chainError;
+    const base: ImageInfo & { chainError?: string } = await describe(img, { allocation });
+    if (chainError !== null) base.chainError = chainError;
+    const info: Described = { ...base, ...(await contentsOf(img, base, allocation)) };
     if (format === 'json') io.out(JSON.stringify(info, null, 2) + '\n');
     else io.out(humanInfo(path, info));
   } finally {
@@ -41,7 +48,25 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   return 0;
 }
 
-function humanInfo(path: string, i: ImageInfo & { chainError?: string }): string {
+/**
+ * What is inside the disk: partitions, filesystems, usage, and what a compact could reclaim
+ * (never with --allocation=never; blocks are read for zeros when few enough or with =always).
+ * A disk that cannot be read (a differencing image without its parent) says why instead.
+ */
+async function contentsOf(img: VhdxImage, info: ImageInfo, allocation: string): Promise<ContentsInfo | { contentsError: string }> {
+  const allocated = info.allocation?.bytesByState.fullyPresent ?? 0;
+  try {
+    return await describeContents(img, {
+      ...(allocation !== 'never' ? { blockSize: info.blockSize } : {}),
+      scanZeros: allocation === 'always' || (allocation === 'auto' && info.allocation !== null && allocated <= AUTO_ZERO_SCAN_BYTES),
+    });
+  } catch (e) {
+    if (!isVhdxError(e)) throw e;
+    return { contentsError: e.message };
+  }
+}
+
+function humanInfo(path: string, i: Described): string {
   const lines = [
     `image: ${path}`,
     `file format: vhdx`,
@@ -78,5 +103,34 @@ function humanInfo(path: string, i: ImageInfo & { chainError?: string }): string
   } else {
     lines.push(`allocation: not scanned (the BAT is ${humanSize(i.regionTable.regions.find((r) => r.name === 'bat')?.length ?? 0)}; --allocation=always reads it all)`);
   }
+  lines.push(...humanContents(i));
   return lines.join('\n') + '\n';
+}
+
+function humanContents(i: Described): string[] {
+  if ('contentsError' in i) return [`partitions: not read: ${i.contentsError}`];
+  const t = i.partitionTable;
+  const lines = [`partition table: ${i.partitionScheme}${t.diskId ? `, disk id ${t.diskId}` : ''}, ${t.sectorSize}-byte sectors`];
+  for (const f of t.findings) lines.push(`  ${f.severity} (${f.reason}): ${f.message}`);
+  for (const p of i.partitions) {
+    const what = [p.kind === 'disk' ? 'whole disk' : `${p.index} ${p.kind}`, `offset ${p.start}`, humanSize(p.length)];
+    if (p.typeName ?? p.type) what.push(p.typeName ?? p.type ?? '');
+    if (p.name) what.push(JSON.stringify(p.name));
+    if (p.attributes.length > 0) what.push(`[${p.attributes.join(', ')}]`);
+    lines.push(`  ${what.join(', ')}`);
+    const f = p.filesystem;
+    if (f) {
+      const fs = [f.type, f.label ? `label ${JSON.stringify(f.label)}` : '', f.uuid ? `uuid ${f.uuid}` : '', f.state].filter((x) => x !== '');
+      lines.push(`    filesystem: ${fs.join(', ')}`);
+      if (f.usedBytes !== null && f.freeBytes !== null) {
+        lines.push(`    used ${humanSize(f.usedBytes)}, free ${humanSize(f.freeBytes)}${f.trusted ? '' : ` (all counted as used: ${f.untrustedReason})`}`);
+      }
+    } else if (p.kind !== 'extended') lines.push('    filesystem: none recognised');
+  }
+  const r = i.reclaimable;
+  if (r && i.reclaimableBytes !== null) {
+    const zeros = r.zeroBytes === null ? 'blocks not read for zeros (--allocation=always reads them)' : `${humanSize(r.zeroBytes)} in blocks of zeros`;
+    lines.push(`reclaimable: ${humanSize(i.reclaimableBytes)} (${humanSize(r.unusedBytes)} in blocks no filesystem uses; ${zeros})`);
+  }
+  return lines;
 }

@@ -24,6 +24,19 @@ export function decodeGuid(bytes: Uint8Array, at = 0): string {
   return s;
 }
 
+/**
+ * A UUID stored in RFC 4122 byte order (all bytes in text order), as Linux filesystems store
+ * theirs and libuuid prints them: lowercase "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
+ */
+export function decodeUuid(bytes: Uint8Array, at = 0): string {
+  let s = '';
+  for (let i = 0; i < 16; i++) {
+    if (i === 4 || i === 6 || i === 8 || i === 10) s += '-';
+    s += HEX[bytes[at + i]!];
+  }
+  return s;
+}
+
 export function isGuid(text: string): boolean {
   return GUID_RE.test(unbrace(text));
 }
