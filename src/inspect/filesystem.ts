@@ -1,0 +1,49 @@
+/** The filesystem layer's contract: each filesystem module exports one FilesystemDriver. */
+import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
+
+/** A byte range of the device: a partition, or the whole disk. */
+export interface Region {
+  start: number;
+  length: number;
+}
+
+/** What the format says about the filesystem's state. */
+export type FilesystemState = 'clean' | 'needs-recovery' | 'dirty' | 'hibernated' | 'unknown';
+
+export interface FilesystemInfo {
+  /** 'ext2' | 'ext3' | 'ext4' | 'ntfs' | 'fat12' | 'fat16' | 'fat32' | 'exfat' | 'xfs' | 'btrfs' | 'swap' | 'lvm2' | 'luks' | 'bitlocker' | 'refs' | 'iso9660' */
+  type: string;
+  label: string | null;
+  /** UUID or volume serial number, in the form the format's own tools print it. */
+  uuid: string | null;
+  /** Bytes the filesystem says it spans (may be less than the region). */
+  size: number;
+  state: FilesystemState;
+  /** Null when its free space can be trusted; otherwise why not (journal needs replay, dirty, hibernated, unknown incompatible feature, bigalloc, ...). */
+  untrusted: string | null;
+}
+
+/** A run of bytes on the device (absolute device offsets). */
+export interface Run {
+  start: number;
+  length: number;
+}
+
+export interface FilesystemDriver {
+  /** The types this driver reports (for the registry and messages). */
+  readonly types: readonly string[];
+  /**
+   * Recognise the filesystem at `region`, or null when it is not this one. Reads only the few
+   * sectors it needs. A merely unknown or foreign filesystem is null, never an error; a
+   * VhdxError only for I/O errors of the device.
+   */
+  detect(dev: BlockDevice, region: Region): Promise<FilesystemInfo | null>;
+  /**
+   * The USED runs of the filesystem, ascending, non-overlapping, inside region, streamed with
+   * memory bounded (no array sized by the filesystem's size). Only called when `info.untrusted`
+   * is null. Metadata counts as used. Damage found while reading (a bitmap pointing outside the
+   * filesystem, a bad checksum on one group's bitmap) never makes space look free: that part
+   * is yielded as used. Honour opts.signal, report opts.onProgress(done, total).
+   */
+  usedRuns?(dev: BlockDevice, region: Region, info: FilesystemInfo, opts?: ProgressOptions): AsyncIterable<Run>;
+}
