@@ -16,7 +16,7 @@ import { crc32cUpdate } from '../codec/crc32c.js';
 import { viewOf } from '../codec/struct.js';
 import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 import type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './filesystem.js';
-import { ChunkReader, bitRuns, readInRegion, usedFromFree, type FreeStep, type Span } from './used-map.js';
+import { ChunkReader, bitRuns, readInRegion, noFreeSpace, usedFromFree, type FreeStep, type Span } from './used-map.js';
 
 const SUPERBLOCK_AT = 1024;
 const SUPERBLOCK_SIZE = 1024;
@@ -425,11 +425,9 @@ async function* usedRuns(dev: BlockDevice, region: Region, info: FilesystemInfo,
   const sbBytes = await readInRegion(dev, region, SUPERBLOCK_AT, SUPERBLOCK_SIZE);
   const sb = sbBytes ? parseExtSuperblock(sbBytes) : null;
   const trusted = sb !== null && typeof sb !== 'string' && judge(sb, region).untrusted === null && info.untrusted === null;
-  const walk = trusted ? walkFree(dev, region, sb) : nothing();
+  const walk = trusted ? walkFree(dev, region, sb) : noFreeSpace();
   yield* usedFromFree(region, walk, opts, 'ext used map');
 }
-
-async function* nothing(): AsyncGenerator<FreeStep> {}
 
 export const extDriver: FilesystemDriver = {
   types: ['ext2', 'ext3', 'ext4', 'jbd'],

@@ -157,3 +157,6 @@ export async function* usedFromFree(region: Region, walk: AsyncIterable<FreeStep
   if (pending) yield pending;
   opts.onProgress?.(total, total);
 }
+
+/** The walk of a filesystem whose free space is not trusted: nothing is free. */
+export async function* noFreeSpace(): AsyncGenerator<FreeStep> {}

@@ -86,9 +86,11 @@ export function seeded(seed) {
 /**
  * Mutate `rounds` copies of `bytes` (a few random bytes each, inside `hot` byte ranges where
  * the structures are) and run detect and usedRuns on each: the driver may return info or null,
- * or throw a VhdxError, and its runs must keep the contract. Returns how many rounds gave info.
+ * or throw a VhdxError, and its runs must keep the contract. `regionLength` may exceed the
+ * bytes (a fixture cut after its structures): reads past the cut are then damage. Returns how
+ * many rounds gave info.
  */
-export async function fuzzDriver(driver, bytes, { seed, rounds, hot, flips = 4 }) {
+export async function fuzzDriver(driver, bytes, { seed, rounds, hot, flips = 4, regionLength = bytes.length }) {
   const rnd = seeded(seed);
   let recognised = 0;
   for (let round = 0; round < rounds; round++) {
@@ -99,7 +101,7 @@ export async function fuzzDriver(driver, bytes, { seed, rounds, hot, flips = 4 }
       copy[at] = rnd() < 0.3 ? 0xff : Math.floor(rnd() * 256);
     }
     const dev = deviceOf(copy);
-    const region = { start: 0, length: copy.length };
+    const region = { start: 0, length: regionLength };
     try {
       const info = await driver.detect(dev, region);
       if (info) {
