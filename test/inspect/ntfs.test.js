@@ -171,6 +171,7 @@ test('NTFS states that make free space untrusted: $Volume dirty, hiberfil.sys, u
   const logAt = lcn * v.getUint16(0x0b, true) * bytes[0x0d];
   const restart = (b, at, lsn, inUse, flags) => {
     const rv = new DataView(b.buffer, at, 512);
+    b.fill(0, at, at + 4096); // a whole restart page, as Windows writes it
     b.set(new TextEncoder().encode('RSTR'), at);
     rv.setUint16(4, 0x1e, true);
     rv.setUint16(6, 9, true);
