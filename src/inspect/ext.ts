@@ -203,10 +203,14 @@ async function detect(dev: BlockDevice, region: Region): Promise<FilesystemInfo 
   if (!sbBytes) return null;
   const sb = parseExtSuperblock(sbBytes);
   if (sb === null) return null;
-  if (typeof sb === 'string') {
-    const v = viewOf(sbBytes);
-    const type = typeOf({ compat: v.getUint32(0x5c, true), incompat: v.getUint32(0x60, true), roCompat: v.getUint32(0x64, true) });
-    return { type, label: null, uuid: formatUuid(sbBytes.subarray(0x68, 0x78)), size: 0, state: 'unknown', untrusted: `damaged superblock: ${sb}` };
+  const v = viewOf(sbBytes);
+  const incompat = v.getUint32(0x60, true);
+  if (typeof sb === 'string' || incompat & INCOMPAT_JOURNAL_DEV) {
+    // A journal device has no block groups to validate; anything else here is damage.
+    const type = typeOf({ compat: v.getUint32(0x5c, true), incompat, roCompat: v.getUint32(0x64, true) });
+    const label = utf8z(sbBytes.subarray(0x78, 0x88)) || null;
+    const why = typeof sb === 'string' && type !== 'jbd' ? `damaged superblock: ${sb}` : 'an external journal device, not a filesystem';
+    return { type, label, uuid: formatUuid(sbBytes.subarray(0x68, 0x78)), size: 0, state: 'unknown', untrusted: why };
   }
   const { state, untrusted } = judge(sb, region);
   return {

@@ -134,6 +134,17 @@ test('ext states that make free space untrusted: journal needs recovery, not cle
   assert.equal(info.untrusted, 'superblock checksum mismatch');
 });
 
+test('an external journal device is recognised as such, and all of it is used', { skip: missing }, async () => {
+  const img = join(dir, 'journal.img');
+  await must('mke2fs', ['-q', '-F', '-O', 'journal_dev', '-b', '4096', '-L', 'jdev', img, '4M'], sbinEnv);
+  const bytes = new Uint8Array(readFileSync(img));
+  const { info, runs } = await usedMap(bytes);
+  assert.equal(info.type, 'jbd');
+  assert.equal(info.label, 'jdev');
+  assert.match(info.untrusted, /external journal/);
+  assert.deepEqual(runs, [{ start: 0, length: bytes.length }]);
+});
+
 /** `spans` without the bytes of groups `gs` (1 KiB blocks, 1024 blocks per group, first data block 1). */
 function cutGroups(spans, gs) {
   let out = spans;
