@@ -11,6 +11,7 @@
  */
 import { viewOf } from '../codec/struct.js';
 import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
+import { formatVolumeSerial } from './fat.js';
 import type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './filesystem.js';
 import { ChunkReader, bitRuns, noFreeSpace, readInRegion, usedFromFree, type FreeStep, type Span } from './used-map.js';
 
@@ -22,8 +23,8 @@ const FLAG_DIRTY = 0x2;
 const FLAG_MEDIA_FAILURE = 0x4;
 /** Clusters of the root directory searched for the bitmap and label entries. */
 const ROOT_SCAN_CLUSTERS = 256;
-/** Bytes of bitmap read at a time. */
-const BITMAP_WINDOW = 1024 * 1024;
+/** Bytes of bitmap read at a time (at most 256 Ki free spans to hold, however the bits alternate). */
+const BITMAP_WINDOW = 64 * 1024;
 
 export interface ExfatVolume {
   sectorSize: number;
@@ -90,11 +91,6 @@ function bootChecksumOk(b: Uint8Array, sectorSize: number): boolean {
   const v = viewOf(b);
   for (let at = 11 * sectorSize; at < 12 * sectorSize; at += 4) if (v.getUint32(at, true) !== sum) return false;
   return true;
-}
-
-function formatSerial(n: number): string {
-  const h = n.toString(16).toUpperCase().padStart(8, '0');
-  return `${h.slice(0, 4)}-${h.slice(4)}`;
 }
 
 /** Follows cluster chains through the FAT in use, one cached chunk at a time. */
@@ -182,7 +178,7 @@ async function detect(dev: BlockDevice, region: Region): Promise<FilesystemInfo 
   return {
     type: 'exfat',
     label: root.label,
-    uuid: formatSerial(vol.serial),
+    uuid: formatVolumeSerial(vol.serial),
     size: vol.size,
     state: noBitmap ? 'unknown' : state,
     untrusted: untrusted ?? noBitmap,

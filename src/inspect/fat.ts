@@ -101,7 +101,8 @@ function dirName(b: Uint8Array): string | null {
   return s === '' ? null : s;
 }
 
-function formatSerial(n: number): string {
+/** A 32-bit volume serial as FAT and exFAT tools print it: XXXX-XXXX. */
+export function formatVolumeSerial(n: number): string {
   const h = n.toString(16).toUpperCase().padStart(8, '0');
   return `${h.slice(0, 4)}-${h.slice(4)}`;
 }
@@ -191,7 +192,7 @@ async function detect(dev: BlockDevice, region: Region): Promise<FilesystemInfo 
   return {
     type: vol.type,
     label: (await rootLabel(dev, region, vol)) ?? vol.bootLabel,
-    uuid: vol.serial === null ? null : formatSerial(vol.serial),
+    uuid: vol.serial === null ? null : formatVolumeSerial(vol.serial),
     size: vol.size,
     state,
     untrusted,

@@ -39,8 +39,8 @@ const LOGFILE_NO_CLIENT = 0xffff;
 const MAX_INDEX_BLOCKS = 4096;
 const HIBERFILE_PAGE = 4096;
 const INDEX_ENTRY_END = 0x2;
-/** Bytes of $Bitmap read at a time. */
-const BITMAP_WINDOW = 1024 * 1024;
+/** Bytes of $Bitmap read at a time (at most 256 Ki free spans to hold, however the bits alternate). */
+const BITMAP_WINDOW = 64 * 1024;
 
 interface Verdict {
   state: FilesystemState;

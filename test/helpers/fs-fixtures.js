@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { MemorySource, RawDevice, isVhdxError } from '../../dist/index.js';
+import { seededRandom } from './hex.js';
 import { exec } from './tools.js';
 
 const found = new Map();
@@ -71,18 +72,6 @@ export function mergeSpans(spans) {
   return out;
 }
 
-/** A small deterministic generator (mulberry32) so fuzz rounds are the same every run. */
-export function seeded(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Mutate `rounds` copies of `bytes` (a few random bytes each, inside `hot` byte ranges where
  * the structures are) and run detect and usedRuns on each: the driver may return info or null,
@@ -91,7 +80,7 @@ export function seeded(seed) {
  * many rounds gave info.
  */
 export async function fuzzDriver(driver, bytes, { seed, rounds, hot, flips = 4, regionLength = bytes.length }) {
-  const rnd = seeded(seed);
+  const rnd = seededRandom(seed);
   let recognised = 0;
   for (let round = 0; round < rounds; round++) {
     const copy = bytes.slice();
