@@ -58,6 +58,9 @@ const EXT23_RO_COMPAT = RO_SPARSE_SUPER | RO_LARGE_FILE | RO_BTREE_DIR;
 const BG_BLOCK_UNINIT = 0x2;
 /** Descriptors at least this long hold the high half of the bitmap checksum. */
 const BG_BLOCK_BITMAP_CSUM_HI_END = 0x3c;
+/** Bytes of the descriptor table, and of side-by-side bitmaps, read at a time. */
+const DESCRIPTOR_CHUNK = 64 * 1024;
+const BITMAP_CHUNK = 64 * 1024;
 /** Flex groups up to this many groups have their members' metadata looked for in uninitialised groups too. */
 const FLEX_PEERS_CHECKED = 64;
 
@@ -373,8 +376,16 @@ function markGroupOwnMetadata(geo: Geometry, g: number, used: Uint8Array, d: Des
 }
 
 /** The free spans of group g (bytes), or none when nothing in it can be believed. */
-async function groupFree(geo: Geometry, reader: ChunkReader, g: number): Promise<Span[]> {
+/** Reads the descriptor table and the block bitmaps, each through its own cache. */
+interface Readers {
+  descriptors: ChunkReader;
+  /** With flex_bg the bitmaps of a flex group lie side by side and are read a chunk at a time. */
+  bitmaps: ChunkReader;
+}
+
+async function groupFree(geo: Geometry, readers: Readers, g: number): Promise<Span[]> {
   const sb = geo.sb;
+  const reader = readers.descriptors;
   const d = await readDescriptor(geo, reader, g);
   if (!d || !d.checksumOk) return [];
   const bitmapBytes = sb.clustersPerGroup / 8;
@@ -393,7 +404,7 @@ async function groupFree(geo: Geometry, reader: ChunkReader, g: number): Promise
     }
   } else {
     if (d.blockBitmap < sb.firstDataBlock || d.blockBitmap >= sb.blocksCount) return [];
-    const bitmap = await reader.read(d.blockBitmap * sb.blockSize, bitmapBytes);
+    const bitmap = await readers.bitmaps.read(d.blockBitmap * sb.blockSize, bitmapBytes);
     if (!bitmap) return [];
     if (geo.groupCsum === 'crc32c') {
       let c = extCrc32c(geo.csumSeed, bitmap);
@@ -418,9 +429,11 @@ async function groupFree(geo: Geometry, reader: ChunkReader, g: number): Promise
 
 async function* walkFree(dev: BlockDevice, region: Region, sb: ExtSuperblock): AsyncGenerator<FreeStep> {
   const geo = new Geometry(sb);
-  const reader = new ChunkReader(dev, region);
+  // Without flex_bg each bitmap sits in its own group: a chunk of one block reads just it.
+  const bitmapChunk = sb.incompat & INCOMPAT_FLEX_BG ? BITMAP_CHUNK : sb.blockSize;
+  const readers = { descriptors: new ChunkReader(dev, region, DESCRIPTOR_CHUNK), bitmaps: new ChunkReader(dev, region, bitmapChunk) };
   for (let g = 0; g < sb.groups; g++) {
-    const free = await groupFree(geo, reader, g);
+    const free = await groupFree(geo, readers, g);
     yield { free, done: (geo.firstBlock(g) + geo.blockCount(g)) * sb.blockSize };
   }
 }
