@@ -265,3 +265,46 @@ test('fuzz: mutated NTFS boot sectors, MFT records and bitmaps give info, null o
   const recognised = await fuzzDriver(ntfsDriver, bytes, { seed: 0x4e7f5, rounds: 120, hot, flips: 3 });
   assert.ok(recognised > 40, `most mutations still look like NTFS (${recognised})`);
 });
+
+test('runlists: negative deltas and sparse runs decode; runs outside the volume, zero lengths, no terminator are damage', async () => {
+  const { decodeRunlist } = await import('../../dist/inspect/ntfs-mft.js');
+  const rl = (...bytes) => Uint8Array.from(bytes);
+  // 0x21: 1 length byte, 2 offset bytes. Run 1: 8 clusters at 0x100; run 2: 4 at 0x100 - 0x80 = 0x80;
+  // 0x01: a sparse run of 2; then the end.
+  const ok = rl(0x21, 8, 0x00, 0x01, 0x21, 4, 0x80, 0xff, 0x01, 2, 0x00);
+  assert.deepEqual(decodeRunlist(ok, 0, ok.length, 10, 0x1000), [
+    { vcn: 10, lcn: 0x100, length: 8 },
+    { vcn: 18, lcn: 0x80, length: 4 },
+    { vcn: 22, lcn: null, length: 2 },
+  ]);
+  assert.equal(decodeRunlist(ok, 0, ok.length, 0, 0x104), null, 'the first run ends past a volume of 0x104 clusters');
+  assert.equal(decodeRunlist(rl(0x21, 8, 0x00, 0x01, 0x21, 4, 0x00, 0xfe, 0), 0, 9, 0, 0x1000), null, 'an LCN below zero');
+  assert.equal(decodeRunlist(rl(0x11, 0, 5, 0), 0, 4, 0, 100), null, 'a run of no clusters');
+  assert.equal(decodeRunlist(rl(0x11, 3, 5), 0, 3, 0, 100), null, 'no terminator inside the attribute');
+  assert.equal(decodeRunlist(rl(0x19, 3, 5, 0), 0, 4, 0, 100), null, 'nine length bytes');
+});
+
+test('update-sequence fixups: restored when every stride carries the number, refused otherwise', async () => {
+  const { applyFixups } = await import('../../dist/inspect/ntfs-mft.js');
+  const rec = new Uint8Array(1024);
+  const v = new DataView(rec.buffer);
+  rec.set(new TextEncoder().encode('FILE'));
+  v.setUint16(4, 0x30, true); // update sequence array at 0x30: number, then the saved bytes of 2 strides
+  v.setUint16(6, 3, true);
+  v.setUint16(0x30, 0x0007, true);
+  v.setUint16(0x32, 0xaaaa, true);
+  v.setUint16(0x34, 0xbbbb, true);
+  v.setUint16(510, 7, true);
+  v.setUint16(1022, 7, true);
+  const good = rec.slice();
+  assert.equal(applyFixups(good, 'FILE'), true);
+  assert.equal(new DataView(good.buffer).getUint16(510, true), 0xaaaa);
+  assert.equal(new DataView(good.buffer).getUint16(1022, true), 0xbbbb);
+  const torn = rec.slice();
+  torn[1022] = 8; // the second stride was not written with the first
+  assert.equal(applyFixups(torn, 'FILE'), false);
+  assert.equal(applyFixups(rec.slice(), 'INDX'), false, 'another signature');
+  const count = rec.slice();
+  new DataView(count.buffer).setUint16(6, 9, true);
+  assert.equal(applyFixups(count, 'FILE'), false, 'an array that does not match the record size');
+});
