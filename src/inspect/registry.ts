@@ -7,9 +7,13 @@ import type { BlockDevice } from '../device/block-device.js';
 import type { FilesystemDriver, FilesystemInfo, Region } from './filesystem.js';
 import { bitlockerDriver } from './bitlocker.js';
 import { btrfsDriver } from './btrfs.js';
+import { exfatDriver } from './exfat.js';
+import { extDriver } from './ext.js';
+import { fatDriver } from './fat.js';
 import { iso9660Driver } from './iso9660.js';
 import { luksDriver } from './luks.js';
 import { lvm2Driver } from './lvm2.js';
+import { ntfsDriver } from './ntfs.js';
 import { refsDriver } from './refs.js';
 import { swapDriver } from './swap.js';
 import { xfsDriver } from './xfs.js';
@@ -18,7 +22,20 @@ import { xfsDriver } from './xfs.js';
  * Encrypted volumes first (BitLocker To Go looks like FAT), then boot-sector filesystems, then
  * the others by where their superblock lies.
  */
-export const FILESYSTEM_DRIVERS: readonly FilesystemDriver[] = [luksDriver, bitlockerDriver, refsDriver, xfsDriver, lvm2Driver, swapDriver, btrfsDriver, iso9660Driver];
+export const FILESYSTEM_DRIVERS: readonly FilesystemDriver[] = [
+  luksDriver,
+  bitlockerDriver,
+  refsDriver,
+  ntfsDriver,
+  exfatDriver,
+  fatDriver,
+  extDriver,
+  xfsDriver,
+  lvm2Driver,
+  swapDriver,
+  btrfsDriver,
+  iso9660Driver,
+];
 
 export interface Detected {
   driver: FilesystemDriver;
