@@ -9,6 +9,7 @@ import { NodeFileSource } from './io/node-file.js';
 import { VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
 import { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from './driver/create.js';
+import type { ImagePlan } from './driver/layout.js';
 import { VhdxError, isVhdxError } from './errors.js';
 
 /**
@@ -150,6 +151,8 @@ export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentL
   parent?: string;
   /** How the parent's own chain is opened (default 'relative'). */
   parents?: ParentPaths | ParentResolver;
+  /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). */
+  onPlan?: (plan: ImagePlan) => void;
 }
 
 /** The locator a child at `childPath` needs to find `parent` (opened from `parentPath`). */
@@ -207,7 +210,7 @@ export async function createOpenFile(path: string, opts: CreateFileOptions): Pro
 
 /** createFile's work, leaving the new file open. */
 async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ src: NodeFileSource; result: CreateResult }> {
-  const { overwrite = false, parent: parentPath, parents, size, ...rest } = opts;
+  const { overwrite = false, parent: parentPath, parents, size, onPlan, ...rest } = opts;
   let options: CreateOptions;
   if (parentPath !== undefined) {
     const parent = await openFile(parentPath, { ...(parents !== undefined ? { parents } : {}) });
@@ -233,7 +236,8 @@ async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ sr
     options = { ...rest, size };
   }
   options.creator ??= `${DEFAULT_CREATOR} ${packageVersion()}`;
-  planCreate(options); // bad options fail here, before any file exists
+  const plan = planCreate(options); // bad options fail here, before any file exists
+  onPlan?.(plan);
   let src: NodeFileSource;
   try {
     src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite });
@@ -252,9 +256,17 @@ async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ sr
   }
 }
 
-export interface CommitFileOptions extends CommitOptions {
-  /** Remove the child file once the parent holds its data and is closed (default: empty the child). */
-  remove?: boolean;
+/**
+ * What becomes of the child after a commit: `empty` (the default: every block shows the parent
+ * again, the file is cut back), `keep` (left with its data, as `qemu-img commit -d`: it reads as
+ * before and stays linked to the parent), or `remove` (the file is deleted once the parent holds
+ * its data and is closed).
+ */
+export type CommitChildOutcome = 'empty' | 'keep' | 'remove';
+
+export interface CommitFileOptions extends Omit<CommitOptions, 'emptyChild'> {
+  /** What becomes of the child (default `empty`). */
+  child?: CommitChildOutcome;
   /** How the chain is opened (default 'relative'). */
   parents?: ParentPaths | ParentResolver;
 }
@@ -262,22 +274,25 @@ export interface CommitFileOptions extends CommitOptions {
 /**
  * Merge the differencing image at `childPath` into its parent (see `commitChild` for the order
  * of operations and what a crash leaves). The parent is opened writable and locked; its own
- * parents read-only. The child is emptied, or removed with `remove`. Returns the parent's path.
+ * parents read-only. The child is emptied, kept or removed as `child` says. Returns the parent's path.
  */
 export async function commitFile(childPath: string, opts: CommitFileOptions = {}): Promise<CommitResult & { parentPath: string | null }> {
-  const { remove = false, parents = 'relative', ...commitOpts } = opts;
+  const { child: outcome = 'empty', parents = 'relative', ...commitOpts } = opts;
+  if (outcome !== 'empty' && outcome !== 'keep' && outcome !== 'remove') {
+    throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `child must be 'empty', 'keep' or 'remove', not ${JSON.stringify(outcome)}`);
+  }
   if (parents === 'none') throw new VhdxError('EINVAL', 'BAD_ARGUMENT', "commit needs the parent: parents 'none' cannot be used");
   const real = await realpath(childPath).catch(() => resolve(childPath));
   const child = await openInChain(childPath, { readOnly: false, parents }, new Set([real]), true);
   let result: CommitResult;
   let parentPath: string | null;
   try {
-    result = await commitChild(child, { ...commitOpts, emptyChild: !remove });
+    result = await commitChild(child, { ...commitOpts, emptyChild: outcome === 'empty' });
     parentPath = child.parent?.name ?? null;
   } finally {
     await child.close(); // closes (and so flushes) the parent too
   }
-  if (remove) await unlink(childPath);
+  if (outcome === 'remove') await unlink(childPath);
   return { ...result, parentPath };
 }
 

@@ -377,7 +377,7 @@ describe('differencing interop', { concurrency: 3 }, () => {
     });
   }
 
-  test('commit -d removes the child; qemu-img checks and compares the parent', { skip: qemuSkip }, async () => {
+  test('commit --remove deletes the child, commit -d keeps it unchanged (as qemu-img); qemu-img checks and compares the parent', { skip: qemuSkip }, async () => {
     const dir = shmScratch('diff-interop-');
     const parent = join(dir, 'p.vhdx');
     const child = join(dir, 'c.vhdx');
@@ -390,12 +390,22 @@ describe('differencing interop', { concurrency: 3 }, () => {
     applyOps(model, ops);
     const flatPath = join(dir, 'flat.raw');
     assertSameBytes((await flatten(child, flatPath)).bytes, model, 'the chain before commit');
-    const out = await ok(['commit', '-d', child]);
+    const kept = await ok(['commit', '-d', child]);
+    assert.match(kept, /the child keeps its data/);
+    const keptMap = JSON.parse(await ok(['map', '--output=json', child]));
+    assert.ok(keptMap.some((e) => e.depth === 0 && e.data), 'commit -d left the child its data');
+    assertSameBytes((await flatten(child, join(dir, 'kept.raw'))).bytes, model, 'the kept child reads as the chain did');
+    assert.equal((await vhdxInProcess(['check', child])).code, 0);
+    assert.ok((await infoJson(child)).parentLocator.entries.some((e) => e.key === 'parent_linkage2'), 'the kept child names the merged parent');
+    const out = await ok(['commit', '--remove', child]);
     assert.match(out, /the child was removed/);
-    assert.equal(existsSync(child), false, 'commit -d removed the child');
+    assert.equal(existsSync(child), false, 'commit --remove removed the child');
     await must('qemu-img', ['check', '-f', 'vhdx', parent]);
     await must('qemu-img', ['compare', '-f', 'vhdx', '-F', 'raw', parent, flatPath]);
     assert.equal((await vhdxInProcess(['check', parent])).code, 0);
+    const both = await vhdxInProcess(['commit', '-d', '--remove', parent]);
+    assert.equal(both.code, 1);
+    assert.match(both.stderr, /give one of them/);
   });
 
   test('a three-level chain: libvhdi (set_parent on the middle one), map depth 2, info parents, commit of the middle image, convert flattens', { skip: vhdiSkip }, async () => {
@@ -458,7 +468,7 @@ describe('differencing interop', { concurrency: 3 }, () => {
     // libvhdi 20210425 misreads; see the top of this file.)
 
     // Then the top into the middle, removing it; convert flattens what is left into one image.
-    await ok(['commit', '-q', '-d', top]);
+    await ok(['commit', '-q', '--remove', top]);
     assert.equal(existsSync(top), false);
     assert.equal((await flatten(mid, join(dir, 'flat3.raw'))).sha256, flat.sha256, 'the middle image now reads as the whole chain did');
     const single = join(dir, 'single.vhdx');

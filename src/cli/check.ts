@@ -8,6 +8,7 @@ import { NodeFileSource } from '../io/node-file.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
 import { formatOffset } from '../errors.js';
 import { outputFormat, parse, UsageError, type Io } from './common.js';
+import { formatOption } from './image-format.js';
 
 export { CHECK_USAGE } from './usage.js';
 import { CHECK_USAGE } from './usage.js';
@@ -17,9 +18,10 @@ export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, un
 export async function checkCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
     args,
-    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' } },
+    { format: { type: 'string', short: 'f' }, output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' } },
     CHECK_USAGE,
   );
+  const fmt = formatOption(values.format, 'image');
   const format = outputFormat(values.output);
   const repair = values.repair;
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
@@ -27,6 +29,11 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
   const path = positionals[0]!;
+  if (fmt === 'raw') {
+    // As qemu-img: a raw image has no structure to check.
+    io.err(`vhdx: ${path}: raw images cannot be checked (a raw file has no metadata)\n`);
+    return CHECK_EXIT.unsupported;
+  }
   const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
   let result: CheckResult;
   let repaired: RepairResult | null = null;

@@ -2,19 +2,18 @@
  * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST`: copy a virtual disk into
  * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { unlink } from '../io/fs-async.js';
 import { availableParallelism } from 'node:os';
 import { createOpenFile, openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
-import { probe } from '../driver/open.js';
 import { RawDevice } from '../device/raw.js';
 import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
 import type { BlockDevice } from '../device/block-device.js';
-import { readExact } from '../io/source.js';
-import { parentPaths, parse, UsageError, type Io } from './common.js';
+import { namedError, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
 import { parseCreateOptions, type CreateOptionValues } from './create.js';
+import { formatOption, imageFormat, type ImageFormat } from './image-format.js';
 import type { Progress } from './progress.js';
 
 // Requests in flight: one per CPU (at least 2). On 2 cores, 2 beat 4 and 8 in both directions
@@ -23,14 +22,6 @@ const COPY_PARALLEL = Math.max(2, availableParallelism());
 
 export { CONVERT_USAGE } from './usage.js';
 import { CONVERT_USAGE } from './usage.js';
-
-type Format = 'raw' | 'vhdx';
-
-function format(value: unknown, what: string): Format | undefined {
-  if (value === undefined) return undefined;
-  if (value !== 'raw' && value !== 'vhdx') throw new UsageError(`${what} format ${String(value)} is not supported (raw or vhdx)`);
-  return value;
-}
 
 export async function convertCommand(args: string[], io: Io, signal: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
@@ -45,30 +36,33 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
     CONVERT_USAGE,
   );
   if (positionals.length !== 2) throw new UsageError(`expected SRC and DST\nusage: ${CONVERT_USAGE}`);
-  const inFmt = format(values['source-format'], 'source');
-  const outFmt = format(values['output-format'], 'output') ?? 'raw';
+  const inFmt = formatOption(values['source-format'], 'source');
+  const outFmt = formatOption(values['output-format'], 'output') ?? 'raw';
   const specs = (values.options as string[] | undefined) ?? [];
   if (specs.length > 0 && outFmt !== 'vhdx') throw new UsageError('-o options apply to -O vhdx only');
   const createOpts = parseCreateOptions(specs);
   const [srcPath, dstPath] = positionals as [string, string];
   refuseSameFile(srcPath, dstPath);
+  requireDirectory(dstPath, 'output');
 
-  const src = await openSource(srcPath, inFmt, parentPaths(values.parents));
+  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents)));
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
     if (outFmt === 'raw') await toRaw(src, dstPath, progress, signal);
     else await toVhdx(src, dstPath, createOpts, progress, signal);
+  } catch (e) {
+    // Errors of the files name them; anything else is said to be about the conversion.
+    throw e instanceof Error && !e.message.includes(srcPath) && !e.message.includes(dstPath) ? namedError(`converting ${srcPath} to ${dstPath}`, e) : e;
   } finally {
     await src.close();
   }
-  void io;
   return 0;
 }
 
 /**
  * Converting a file onto itself would destroy it before it is read. The start-up checks are
- * synchronous: a stat or an 8-byte read takes microseconds, a round trip through the thread
+ * synchronous: a stat takes microseconds, a round trip through the thread
  * pool far longer, and a CLI command has nothing else to do meanwhile.
  */
 function refuseSameFile(srcPath: string, dstPath: string): void {
@@ -85,43 +79,10 @@ function statOrNull(path: string): { dev: number; ino: number } | null {
   }
 }
 
-/**
- * The format SRC's first bytes show (the VHDX file identifier, else raw), or undefined when they
- * cannot be read here; the open that follows then reports why.
- */
-function probeFile(path: string): Format | undefined {
-  let fd: number | undefined;
-  try {
-    fd = openSync(path, 'r');
-    const head = new Uint8Array(8);
-    const n = readSync(fd, head, 0, head.length, 0);
-    return probe(head.subarray(0, n)) > 0 ? 'vhdx' : 'raw';
-  } catch {
-    return undefined;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
-}
-
-/** Open SRC as the format given, or as the format its first bytes show (VHDX identifier, else raw). */
-async function openSource(path: string, fmt: Format | undefined, parents: ParentPaths): Promise<BlockDevice> {
-  let kind = fmt ?? probeFile(path);
-  // A VHDX opens by path, so that a differencing image finds its parents (a chain is flattened).
+/** Open SRC as `kind`: a VHDX by path, so that a differencing image finds its parents (the chain is flattened). */
+async function openSource(path: string, kind: ImageFormat, parents: ParentPaths): Promise<BlockDevice> {
   if (kind === 'vhdx') return openFile(path, { parents });
-  const file = await NodeFileSource.open(path);
-  try {
-    if (kind === undefined) {
-      const head = new Uint8Array(Math.min(8, file.size));
-      await readExact(file, 0, head, 'file identifier');
-      kind = probe(head) > 0 ? 'vhdx' : 'raw';
-    }
-    if (kind === 'raw') return new RawDevice(file);
-  } catch (e) {
-    await file.close();
-    throw e;
-  }
-  await file.close();
-  return openFile(path, { parents });
+  return new RawDevice(await NodeFileSource.open(path));
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;

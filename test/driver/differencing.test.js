@@ -894,10 +894,11 @@ test('a commit cancelled at each point it checks its signal, then run again, com
   }
 });
 
-test('commitFile empties the child or removes it; rebaseFile follows a moved parent and refuses another disk', async (t) => {
+test('commitFile empties, keeps or removes the child as asked; rebaseFile follows a moved parent and refuses another disk', async (t) => {
   const qemu = hasTool('qemu-img');
   const dir = scratch('diff-tests-files-');
-  for (const remove of [false, true]) {
+  for (const outcome of ['empty', 'keep', 'remove']) {
+    const remove = outcome;
     const P = join(dir, `p-${remove}.vhdx`);
     const C = join(dir, `c-${remove}.vhdx`);
     await createFile(P, { size: 16 * MiB, blockSize: MiB });
@@ -924,9 +925,9 @@ test('commitFile empties the child or removes it; rebaseFile follows a moved par
       model.zero(2 * MiB, 2 * MiB);
       await c.close();
     }
-    const r = await commitFile(C, { remove });
+    const r = await commitFile(C, { child: outcome });
     assert.equal(r.parentPath, join(dir, '.', `p-${remove}.vhdx`));
-    assert.equal(existsSync(C), !remove);
+    assert.equal(existsSync(C), outcome !== 'remove');
     const p = await openFile(P);
     assert.equal(await compareWith(p, model, 0, p.size, BUFS), null);
     assert.equal(p.header.dataWriteGuid, r.parentDataWriteGuid);
@@ -939,11 +940,19 @@ test('commitFile empties the child or removes it; rebaseFile follows a moved par
       const cmp = spawnSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'raw', P, writeRaw(join(dir, `want-${remove}.raw`), model, 16 * MiB)], { encoding: 'utf8' });
       assert.equal(cmp.status, 0, `qemu-img compare: ${cmp.stdout}${cmp.stderr}`);
     }
-    if (!remove) {
+    if (outcome === 'empty') {
       const c = await openFile(C);
       assert.equal(c.linkedBy, 'parent_linkage');
       assert.equal(await compareWith(c, model, 0, c.size, BUFS), null);
       assert.ok((await c.blockStatus(0, c.size)).every((x) => x.depth === 1));
+      await c.close();
+    }
+    if (outcome === 'keep') {
+      // As qemu-img commit -d: the child keeps its data, reads the same, and links to the merged parent.
+      const c = await openFile(C);
+      assert.equal(c.linkedBy, 'parent_linkage2');
+      assert.equal(await compareWith(c, model, 0, c.size, BUFS), null);
+      assert.ok((await c.blockStatus(8 * MiB, 3 * MiB)).every((x) => x.depth === 0), 'the child still holds what it wrote');
       await c.close();
     }
   }
