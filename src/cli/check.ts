@@ -7,6 +7,7 @@
 import { NodeFileSource } from '../io/node-file.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
 import { formatOffset } from '../errors.js';
+import { fragmentationPercentage } from '../format/bat.js';
 import { outputFormat, parse, UsageError, type Io } from './common.js';
 import { formatOption } from './image-format.js';
 
@@ -103,7 +104,7 @@ function humanCheck(r: CheckResult): string {
   if (r.totalBlocks > 0 && r.allocatedBlocks > 0) {
     const pct = (n: number, d: number): string => ((100 * n) / d).toFixed(2);
     lines.push(
-      `${r.allocatedBlocks}/${r.totalBlocks} = ${pct(r.allocatedBlocks, r.totalBlocks)}% allocated, ${pct(r.fragmentedBlocks, r.allocatedBlocks)}% fragmented, 0.00% compressed clusters`,
+      `${r.allocatedBlocks}/${r.totalBlocks} = ${pct(r.allocatedBlocks, r.totalBlocks)}% allocated, ${fragmentationPercentage(r.fragmentedBlocks, r.allocatedBlocks).toFixed(2)}% fragmented, 0.00% compressed clusters`,
     );
   }
   if (r.imageEndOffset !== null) lines.push(`Image end offset: ${r.imageEndOffset}`);
@@ -153,6 +154,7 @@ export function checkJson(path: string, r: CheckResult, repaired: RepairResult |
     totalBlocks: r.totalBlocks,
     allocatedBlocks: r.allocatedBlocks,
     fragmentedBlocks: r.fragmentedBlocks,
+    fragmentationPercentage: fragmentationPercentage(r.fragmentedBlocks, r.allocatedBlocks),
     bitmapBlocks: r.bitmapBlocks,
     log: r.log,
     findings: r.findings.map(finding),
