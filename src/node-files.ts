@@ -70,29 +70,31 @@ function hostPath(key: string, value: string, childDir: string): { path: string 
 
 function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Set<string>, opts: OpenFileOptions, writable: boolean): ParentResolver {
   return async ({ locator, child, depth }) => {
+    // One line per path tried: the locator key and value, the host path it named, and why not.
     const tried: string[] = [];
+    const named = (key: string, value: string, path?: string): string => (path !== undefined && path !== value ? `${key} ${value} -> ${path}` : `${key} ${value}`);
     let mismatch = false;
     for (const key of ['relative_path', 'volume_path', 'absolute_win32_path']) {
       const value = locatorValue(locator, key);
       if (value === undefined) continue;
       if (key !== 'relative_path' && policy !== 'any') {
-        tried.push(`${key} ${JSON.stringify(value)} (not followed: absolute parent paths are followed only with parents 'any' / --parents=any)`);
+        tried.push(`${named(key, value)}: not followed (absolute parent paths are followed only with parents 'any' / --parents=any)`);
         continue;
       }
       const where = hostPath(key, value, dirname(childPath));
       if ('why' in where) {
-        tried.push(`${key} ${JSON.stringify(value)} (${where.why})`);
+        tried.push(`${named(key, value)}: ${where.why}`);
         continue;
       }
       let real: string;
       try {
         real = await realpath(where.path);
       } catch {
-        tried.push(`${key} ${where.path} (not found)`);
+        tried.push(`${named(key, value, where.path)}: not found`);
         continue;
       }
       if (!(await stat(real)).isFile()) {
-        tried.push(`${key} ${where.path} (not a regular file)`);
+        tried.push(`${named(key, value, where.path)}: not a regular file`);
         continue;
       }
       if (visited.has(real)) {
@@ -112,7 +114,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
         // Another path may name the right file (a parent that moved and left a stale copy behind).
         if (isVhdxError(e) && e.reason === 'PARENT_MISMATCH') {
           mismatch = true;
-          tried.push(`${key} ${where.path} (${e.message})`);
+          tried.push(`${named(key, value, where.path)}: ${e.message}`);
           continue;
         }
         throw e;
@@ -122,7 +124,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
     throw new VhdxError(
       mismatch ? 'EINVAL' : 'ENOENT',
       mismatch ? 'PARENT_MISMATCH' : 'PARENT_NOT_FOUND',
-      `cannot open the parent of ${childPath}: ${tried.length ? `tried ${tried.join('; ')}` : 'its locator has no path'}`,
+      `cannot open the parent of ${childPath}: ${tried.length ? `paths tried:\n  ${tried.join('\n  ')}` : 'its locator has no path'}`,
     );
   };
 }
