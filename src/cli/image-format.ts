@@ -5,7 +5,7 @@
  * than exported or read as a raw disk (a write to it would destroy what is left of its metadata).
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { RECOGNIZE_BYTES, recognize } from '../driver/open.js';
+import { RECOGNIZE_BYTES, probe, recognize } from '../driver/open.js';
 import { VhdxError } from '../errors.js';
 import { UsageError, type Io } from './common.js';
 
@@ -33,11 +33,13 @@ export function imageFormat(path: string, given: ImageFormat | undefined, io: Io
   try {
     fd = openSync(path, 'r');
     head = new Uint8Array(RECOGNIZE_BYTES);
+    // The identifier's 8 bytes settle the usual case; the rest is read only without them.
     let got = 0;
-    while (got < head.length) {
-      const n = readSync(fd, head, got, head.length - got, got);
+    for (let want = 8; got < head.length; want = head.length) {
+      const n = readSync(fd, head, got, want - got, got);
       if (n <= 0) break;
       got += n;
+      if (got === 8 && probe(head) > 0) break;
     }
     head = head.subarray(0, got);
   } catch {
