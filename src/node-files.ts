@@ -5,7 +5,7 @@ import { realpath, stat, unlink } from './io/fs-async.js';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { LOCATOR_TYPE_VHDX } from './format/constants.js';
 import type { ParentLocator } from './format/parent-locator.js';
-import { NodeFileSource } from './io/node-file.js';
+import { NodeFileSource, type CacheMode } from './io/node-file.js';
 import { VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
 import { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from './driver/create.js';
@@ -24,6 +24,8 @@ export type ParentPaths = 'relative' | 'any' | 'none';
 export interface OpenFileOptions extends Omit<OpenOptions, 'parent'> {
   /** How to find a differencing image's parent: a policy for the locator's paths, or your own resolver. */
   parents?: ParentPaths | ParentResolver;
+  /** Cache mode of the file and of its parents (default writeback; see CacheMode). */
+  cache?: CacheMode;
 }
 
 /**
@@ -38,10 +40,10 @@ export async function openFile(path: string, opts: OpenFileOptions = {}): Promis
 
 /** Open `path` and its chain; with `writableParent`, its direct parent is opened writable (commit). */
 async function openInChain(path: string, opts: OpenFileOptions, visited: Set<string>, writableParent = false): Promise<VhdxImage> {
-  const { parents = 'relative', ...rest } = opts;
+  const { parents = 'relative', cache, ...rest } = opts;
   const parent: ParentResolver | undefined =
-    typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, rest, writableParent);
-  const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true });
+    typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, opts, writableParent);
+  const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true, ...(cache ? { cache } : {}) });
   try {
     return await VhdxImage.open(src, { ...rest, name: rest.name ?? path, ...(parent ? { parent } : {}) });
   } catch (e) {
@@ -155,6 +157,8 @@ export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentL
   parents?: ParentPaths | ParentResolver;
   /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). */
   onPlan?: (plan: ImagePlan) => void;
+  /** Cache mode of the new file (default writeback; see CacheMode). */
+  cache?: CacheMode;
 }
 
 /** The locator a child at `childPath` needs to find `parent` (opened from `parentPath`). */
@@ -200,7 +204,7 @@ export async function createOpenFile(path: string, opts: CreateFileOptions): Pro
     if (opts.parent !== undefined) {
       // A differencing image needs its chain: reopened by path, as openFile finds parents.
       await src.close();
-      return await openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}) });
+      return await openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}), ...(opts.cache ? { cache: opts.cache } : {}) });
     }
     return await VhdxImage.open(src, { readOnly: false, name: path });
   } catch (e) {
@@ -212,7 +216,7 @@ export async function createOpenFile(path: string, opts: CreateFileOptions): Pro
 
 /** createFile's work, leaving the new file open. */
 async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ src: NodeFileSource; result: CreateResult }> {
-  const { overwrite = false, parent: parentPath, parents, size, onPlan, ...rest } = opts;
+  const { overwrite = false, parent: parentPath, parents, size, onPlan, cache, ...rest } = opts;
   let options: CreateOptions;
   if (parentPath !== undefined) {
     const parent = await openFile(parentPath, { ...(parents !== undefined ? { parents } : {}) });
@@ -242,7 +246,7 @@ async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ sr
   onPlan?.(plan);
   let src: NodeFileSource;
   try {
-    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite });
+    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite, ...(cache ? { cache } : {}) });
   } catch (e) {
     if (e instanceof VhdxError && (e.cause as { code?: string } | undefined)?.code === 'EEXIST') {
       throw new VhdxError('EEXIST', 'FILE_EXISTS', `${path} already exists (it is not overwritten)`, { cause: e });

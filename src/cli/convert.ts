@@ -1,12 +1,12 @@
 /**
- * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST`: copy a virtual disk into
+ * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] SRC DST`: copy a virtual disk into
  * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
  */
 import { statSync } from 'node:fs';
 import { unlink } from '../io/fs-async.js';
 import { availableParallelism } from 'node:os';
 import { createOpenFile, openFile, type ParentPaths } from '../node-files.js';
-import { NodeFileSource } from '../io/node-file.js';
+import { CACHE_MODES, NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
 import { RawDevice } from '../device/raw.js';
 import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
@@ -31,10 +31,16 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       'source-format': { type: 'string', short: 'f' },
       'output-format': { type: 'string', short: 'O' },
       options: { type: 'string', short: 'o', multiple: true },
+      cache: { type: 'string', short: 't' },
+      'source-cache': { type: 'string', short: 'T' },
       parents: { type: 'string' },
     },
     CONVERT_USAGE,
   );
+  // As qemu-img convert: the new file is written with cache mode unsafe (no flush: a conversion
+  // a crash interrupts is done again, as a copy is), the source read through the page cache.
+  const dstCache = cacheMode(values.cache, '-t') ?? 'unsafe';
+  const srcCache = cacheMode(values['source-cache'], '-T') ?? 'writeback';
   if (positionals.length !== 2) throw new UsageError(`expected SRC and DST\nusage: ${CONVERT_USAGE}`);
   const inFmt = formatOption(values['source-format'], 'source');
   const outFmt = formatOption(values['output-format'], 'output') ?? 'raw';
@@ -45,12 +51,12 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   refuseSameFile(srcPath, dstPath);
   requireDirectory(dstPath, 'output');
 
-  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents)));
+  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents), srcCache));
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
-    if (outFmt === 'raw') await toRaw(src, dstPath, progress, signal);
-    else await toVhdx(src, dstPath, createOpts, progress, signal);
+    if (outFmt === 'raw') await toRaw(src, dstPath, dstCache, progress, signal);
+    else await toVhdx(src, dstPath, { ...createOpts, cache: dstCache }, progress, signal);
   } catch (e) {
     // Errors of the files name them; anything else is said to be about the conversion.
     throw e instanceof Error && !e.message.includes(srcPath) && !e.message.includes(dstPath) ? namedError(`converting ${srcPath} to ${dstPath}`, e) : e;
@@ -79,17 +85,23 @@ function statOrNull(path: string): { dev: number; ino: number } | null {
   }
 }
 
+function cacheMode(value: unknown, flag: string): CacheMode | undefined {
+  if (value === undefined) return undefined;
+  if (!(CACHE_MODES as readonly unknown[]).includes(value)) throw new UsageError(`${flag}: unknown cache mode ${String(value)} (${CACHE_MODES.join(', ')})`);
+  return value as CacheMode;
+}
+
 /** Open SRC as `kind`: a VHDX by path, so that a differencing image finds its parents (the chain is flattened). */
-async function openSource(path: string, kind: ImageFormat, parents: ParentPaths): Promise<BlockDevice> {
-  if (kind === 'vhdx') return openFile(path, { parents });
-  return new RawDevice(await NodeFileSource.open(path));
+async function openSource(path: string, kind: ImageFormat, parents: ParentPaths, cache: CacheMode): Promise<BlockDevice> {
+  if (kind === 'vhdx') return openFile(path, { parents, cache });
+  return new RawDevice(await NodeFileSource.open(path, { cache }));
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;
 
-async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, signal: AbortSignal): Promise<void> {
+async function toRaw(src: BlockDevice, dstPath: string, cache: CacheMode, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const bar = progress?.(true, 'converting');
-  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false });
+  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false, cache });
   let failed = true;
   try {
     await copyDevice(src, fileSink(dst), { signal, parallel: COPY_PARALLEL, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
@@ -109,7 +121,7 @@ async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, si
  * with the source's sector sizes unless -o says otherwise, then copy into it (the new image stays
  * open: one file handle, one lock). DST is removed if the conversion fails.
  */
-async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues, progress: BarFactory, signal: AbortSignal): Promise<void> {
+async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues & { cache: CacheMode }, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const srcLogical = src.logicalSectorSize === 4096 ? 4096 : 512;
   const srcPhysical = src instanceof VhdxImage && src.physicalSectorSize === 512 ? 512 : 4096;
   const logicalSectorSize = opts.logicalSectorSize ?? srcLogical;
