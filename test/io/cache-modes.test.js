@@ -8,21 +8,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NodeFileSource, CACHE_MODES } from '../../dist/node.js';
 import { scratch } from '../helpers/env.js';
+import { seededRandom } from '../helpers/hex.js';
 
 const dir = scratch('vhdx-cache-modes-');
 const KiB = 1024;
-
-/** A seeded generator (mulberry32), so that a failure replays. */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** `length` bytes of noise from `random` (4 bytes per call). */
 function noise(length, random) {
@@ -45,7 +34,7 @@ async function directSkip() {
 
 test('every cache mode reads and writes the same bytes: unaligned, concurrent, past the end, odd file sizes', { skip: await directSkip() }, async () => {
   for (const cache of CACHE_MODES) {
-    const random = rng(7);
+    const random = seededRandom(7);
     const size = 3 * 1024 * KiB + 333; // not a multiple of any block size
     const path = join(dir, `${cache}.img`);
     let model = noise(size, random);
