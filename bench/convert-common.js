@@ -1,7 +1,8 @@
 // Shared by the two convert benchmarks: alternating rounds of several commands, and the reference
 // points that say what the ratio is made of (a plain Node copy loop, a bare Node start).
 import { rmSync } from 'node:fs';
-import { fmt, timeCmd } from './lib.js';
+import { join } from 'node:path';
+import { diskDir, fmt, fsType, timeCmd } from './lib.js';
 
 /**
  * Rounds per benchmark: VHDX_BENCH_RUNS, default 12, rounded up to a multiple of the number of
@@ -94,4 +95,30 @@ export function startNote(nodeStart) {
     ? `; NODE_EXTRA_CA_CERTS is set, so every Node process here parses CA certificates before any code runs (~40 ms on the project's VM)`
     : '';
   return `a bare Node start (node -e 0) takes ${spread(nodeStart)}${certs}`;
+}
+
+/**
+ * The same conversion written into a disk-backed folder, where flushing the new file costs real
+ * I/O: qemu-img and vhdx at the same cache mode, the default (qemu-img's unsafe: no flush, which
+ * is vhdx's default too) and writeback (one flush at the end), in alternating rounds. `qemuArgs`
+ * and `vhdxArgs` map an output path to the commands' arguments. Returns the lines to print and
+ * the unsafe ratio.
+ */
+export function diskRounds(n, qemuArgs, vhdxArgs, ext) {
+  const out = join(diskDir, `out.${ext}`);
+  const cmds = {
+    qemuUnsafe: ['qemu-img', qemuArgs(['-t', 'unsafe'], out)],
+    vhdxUnsafe: [process.execPath, vhdxArgs([], out)],
+    qemuWriteback: ['qemu-img', qemuArgs(['-t', 'writeback'], out)],
+    vhdxWriteback: [process.execPath, vhdxArgs(['-t', 'writeback'], out)],
+  };
+  const r = rounds(benchRuns(n, Object.keys(cmds).length), cmds, out, 'qemuUnsafe');
+  const ratio = (a, b) => (r[a].median / r[b].median).toFixed(3);
+  return {
+    ratio: r.vhdxUnsafe.median / r.qemuUnsafe.median,
+    text:
+      `  into ${diskDir} (${fsType(diskDir)}, disk-backed), at the same cache mode:\n` +
+      `    default (unsafe, no flush): qemu-img -t unsafe ${spread(r.qemuUnsafe)}, vhdx ${spread(r.vhdxUnsafe)}, ratio ${ratio('vhdxUnsafe', 'qemuUnsafe')}\n` +
+      `    -t writeback (one flush at the end): qemu-img ${spread(r.qemuWriteback)}, vhdx ${spread(r.vhdxWriteback)}, ratio ${ratio('vhdxWriteback', 'qemuWriteback')}`,
+  };
 }

@@ -8,6 +8,19 @@ export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const cli = join(repoRoot, 'bin', 'vhdx.cjs');
 export const scratchDir = process.env.VHDX_BENCH_DIR ?? (existsSync('/dev/shm') ? '/dev/shm/vhdx-bench' : '/tmp/vhdx-bench');
 mkdirSync(scratchDir, { recursive: true });
+/**
+ * A folder on a disk-backed file system, where a flush costs what it costs on real storage
+ * (on tmpfs it costs nothing, which hid convert's final fdatasync): VHDX_BENCH_DISK_DIR, else
+ * /var/tmp/vhdx-bench.
+ */
+export const diskDir = process.env.VHDX_BENCH_DISK_DIR ?? '/var/tmp/vhdx-bench';
+mkdirSync(diskDir, { recursive: true });
+
+/** The file system type of a folder as stat -f names it (tmpfs, ext2/ext3, xfs, ...), or '?'. */
+export function fsType(dir) {
+  const r = spawnSync('stat', ['-f', '-c', '%T', dir], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : '?';
+}
 
 export function have(cmd) {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;

@@ -9,8 +9,16 @@ const { Script } = require('node:vm');
 
 const bundle = join(__dirname, 'vhdx-cli.cjs');
 
-/** The bundle's exports; with `script: true`, also the vm.Script (to make a cache from). */
+/**
+ * The bundle's exports; with `script: true`, also the vm.Script (to make a cache from). With
+ * VHDX_DEBUG=1 the bundle is required as usual with source maps enabled (no code cache: start-up
+ * speed does not matter then), so that stack traces name the TypeScript sources.
+ */
 function loadCli({ script: wantScript = false } = {}) {
+  if (process.env.VHDX_DEBUG === '1' && !wantScript) {
+    process.setSourceMapsEnabled(true);
+    return require(bundle);
+  }
   let cachedData;
   try {
     cachedData = readFileSync(`${bundle}.cache`);

@@ -8,7 +8,7 @@ export { FaultySource, type FaultyOptions, type FaultyOp, type CrashImageOptions
 export type { BlockDevice, WritableBlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
 export { VhdxImage, checkParent, locatorValue, MAX_CHAIN_DEPTH, type OpenOptions, type AllocationStats, type ParentResolver, type ParentRequest } from './driver/image.js';
 export { decodeParentLocator, encodeParentLocator, type ParentLocator } from './format/parent-locator.js';
-export { probe, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
+export { probe, recognize, RECOGNIZE_BYTES, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
 export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';
 export type { WriteOptions, ZeroOptions } from './driver/writer.js';

@@ -5,10 +5,11 @@ import { realpath, stat, unlink } from './io/fs-async.js';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { LOCATOR_TYPE_VHDX } from './format/constants.js';
 import type { ParentLocator } from './format/parent-locator.js';
-import { NodeFileSource } from './io/node-file.js';
+import { NodeFileSource, type CacheMode } from './io/node-file.js';
 import { PARENT_PATH_KEYS, VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
 import { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from './driver/create.js';
+import type { ImagePlan } from './driver/layout.js';
 import { VhdxError, isVhdxError } from './errors.js';
 
 /**
@@ -23,6 +24,8 @@ export type ParentPaths = 'relative' | 'any' | 'none';
 export interface OpenFileOptions extends Omit<OpenOptions, 'parent'> {
   /** How to find a differencing image's parent: a policy for the locator's paths, or your own resolver. */
   parents?: ParentPaths | ParentResolver;
+  /** Cache mode of the file and of its parents (default writeback; see CacheMode). */
+  cache?: CacheMode;
 }
 
 /**
@@ -47,10 +50,10 @@ export async function parentResolver(path: string, parents: ParentPaths): Promis
 
 /** Open `path` and its chain; with `writableParent`, its direct parent is opened writable (commit). */
 async function openInChain(path: string, opts: OpenFileOptions, visited: Set<string>, writableParent = false): Promise<VhdxImage> {
-  const { parents = 'relative', ...rest } = opts;
+  const { parents = 'relative', cache, ...rest } = opts;
   const parent: ParentResolver | undefined =
-    typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, rest, writableParent);
-  const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true });
+    typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, opts, writableParent);
+  const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true, ...(cache ? { cache } : {}) });
   try {
     return await VhdxImage.open(src, { ...rest, name: rest.name ?? path, ...(parent ? { parent } : {}) });
   } catch (e) {
@@ -79,29 +82,31 @@ function hostPath(key: string, value: string, childDir: string): { path: string 
 
 function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Set<string>, opts: OpenFileOptions, writable: boolean): ParentResolver {
   return async ({ locator, child, depth }) => {
+    // One line per path tried: the locator key and value, the host path it named, and why not.
     const tried: string[] = [];
+    const named = (key: string, value: string, path?: string): string => (path !== undefined && path !== value ? `${key} ${value} -> ${path}` : `${key} ${value}`);
     let mismatch = false;
     for (const key of PARENT_PATH_KEYS) {
       const value = locatorValue(locator, key);
       if (value === undefined) continue;
       if (key !== 'relative_path' && policy !== 'any') {
-        tried.push(`${key} ${JSON.stringify(value)} (not followed: absolute parent paths are followed only with parents 'any' / --parents=any)`);
+        tried.push(`${named(key, value)}: not followed (absolute parent paths are followed only with parents 'any' / --parents=any)`);
         continue;
       }
       const where = hostPath(key, value, dirname(childPath));
       if ('why' in where) {
-        tried.push(`${key} ${JSON.stringify(value)} (${where.why})`);
+        tried.push(`${named(key, value)}: ${where.why}`);
         continue;
       }
       let real: string;
       try {
         real = await realpath(where.path);
       } catch {
-        tried.push(`${key} ${where.path} (not found)`);
+        tried.push(`${named(key, value, where.path)}: not found`);
         continue;
       }
       if (!(await stat(real)).isFile()) {
-        tried.push(`${key} ${where.path} (not a regular file)`);
+        tried.push(`${named(key, value, where.path)}: not a regular file`);
         continue;
       }
       if (visited.has(real)) {
@@ -121,7 +126,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
         // Another path may name the right file (a parent that moved and left a stale copy behind).
         if (isVhdxError(e) && e.reason === 'PARENT_MISMATCH') {
           mismatch = true;
-          tried.push(`${key} ${where.path} (${e.message})`);
+          tried.push(`${named(key, value, where.path)}: ${e.message}`);
           continue;
         }
         throw e;
@@ -131,7 +136,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
     throw new VhdxError(
       mismatch ? 'EINVAL' : 'ENOENT',
       mismatch ? 'PARENT_MISMATCH' : 'PARENT_NOT_FOUND',
-      `cannot open the parent of ${childPath}: ${tried.length ? `tried ${tried.join('; ')}` : 'its locator has no path'}`,
+      `cannot open the parent of ${childPath}: ${tried.length ? `paths tried:\n  ${tried.join('\n  ')}` : 'its locator has no path'}`,
     );
   };
 }
@@ -160,6 +165,10 @@ export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentL
   parent?: string;
   /** How the parent's own chain is opened (default 'relative'). */
   parents?: ParentPaths | ParentResolver;
+  /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). */
+  onPlan?: (plan: ImagePlan) => void;
+  /** Cache mode of the new file (default writeback; see CacheMode). */
+  cache?: CacheMode;
 }
 
 /** The locator a child at `childPath` needs to find `parent` (opened from `parentPath`). */
@@ -205,7 +214,7 @@ export async function createOpenFile(path: string, opts: CreateFileOptions): Pro
     if (opts.parent !== undefined) {
       // A differencing image needs its chain: reopened by path, as openFile finds parents.
       await src.close();
-      return await openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}) });
+      return await openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}), ...(opts.cache ? { cache: opts.cache } : {}) });
     }
     return await VhdxImage.open(src, { readOnly: false, name: path });
   } catch (e) {
@@ -217,7 +226,7 @@ export async function createOpenFile(path: string, opts: CreateFileOptions): Pro
 
 /** createFile's work, leaving the new file open. */
 async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ src: NodeFileSource; result: CreateResult }> {
-  const { overwrite = false, parent: parentPath, parents, size, ...rest } = opts;
+  const { overwrite = false, parent: parentPath, parents, size, onPlan, cache, ...rest } = opts;
   let options: CreateOptions;
   if (parentPath !== undefined) {
     const parent = await openFile(parentPath, { ...(parents !== undefined ? { parents } : {}) });
@@ -243,10 +252,11 @@ async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ sr
     options = { ...rest, size };
   }
   options.creator ??= `${DEFAULT_CREATOR} ${packageVersion()}`;
-  planCreate(options); // bad options fail here, before any file exists
+  const plan = planCreate(options); // bad options fail here, before any file exists
+  onPlan?.(plan);
   let src: NodeFileSource;
   try {
-    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite });
+    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite, ...(cache ? { cache } : {}) });
   } catch (e) {
     if (e instanceof VhdxError && (e.cause as { code?: string } | undefined)?.code === 'EEXIST') {
       throw new VhdxError('EEXIST', 'FILE_EXISTS', `${path} already exists (it is not overwritten)`, { cause: e });
@@ -262,9 +272,17 @@ async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ sr
   }
 }
 
-export interface CommitFileOptions extends CommitOptions {
-  /** Remove the child file once the parent holds its data and is closed (default: empty the child). */
-  remove?: boolean;
+/**
+ * What becomes of the child after a commit: `empty` (the default: every block shows the parent
+ * again, the file is cut back), `keep` (left with its data, as `qemu-img commit -d`: it reads as
+ * before and stays linked to the parent), or `remove` (the file is deleted once the parent holds
+ * its data and is closed).
+ */
+export type CommitChildOutcome = 'empty' | 'keep' | 'remove';
+
+export interface CommitFileOptions extends Omit<CommitOptions, 'emptyChild'> {
+  /** What becomes of the child (default `empty`). */
+  child?: CommitChildOutcome;
   /** How the chain is opened (default 'relative'). */
   parents?: ParentPaths | ParentResolver;
 }
@@ -272,22 +290,25 @@ export interface CommitFileOptions extends CommitOptions {
 /**
  * Merge the differencing image at `childPath` into its parent (see `commitChild` for the order
  * of operations and what a crash leaves). The parent is opened writable and locked; its own
- * parents read-only. The child is emptied, or removed with `remove`. Returns the parent's path.
+ * parents read-only. The child is emptied, kept or removed as `child` says. Returns the parent's path.
  */
 export async function commitFile(childPath: string, opts: CommitFileOptions = {}): Promise<CommitResult & { parentPath: string | null }> {
-  const { remove = false, parents = 'relative', ...commitOpts } = opts;
+  const { child: outcome = 'empty', parents = 'relative', ...commitOpts } = opts;
+  if (outcome !== 'empty' && outcome !== 'keep' && outcome !== 'remove') {
+    throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `child must be 'empty', 'keep' or 'remove', not ${JSON.stringify(outcome)}`);
+  }
   if (parents === 'none') throw new VhdxError('EINVAL', 'BAD_ARGUMENT', "commit needs the parent: parents 'none' cannot be used");
   const real = await realpath(childPath).catch(() => resolve(childPath));
   const child = await openInChain(childPath, { readOnly: false, parents }, new Set([real]), true);
   let result: CommitResult;
   let parentPath: string | null;
   try {
-    result = await commitChild(child, { ...commitOpts, emptyChild: !remove });
+    result = await commitChild(child, { ...commitOpts, emptyChild: outcome === 'empty' });
     parentPath = child.parent?.name ?? null;
   } finally {
     await child.close(); // closes (and so flushes) the parent too
   }
-  if (remove) await unlink(childPath);
+  if (outcome === 'remove') await unlink(childPath);
   return { ...result, parentPath };
 }
 

@@ -7,8 +7,10 @@
 import { NodeFileSource } from '../io/node-file.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
 import { formatOffset } from '../errors.js';
+import { fragmentationPercentage } from '../format/bat.js';
 import { parentResolver } from '../node-files.js';
 import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import { formatOption } from './image-format.js';
 
 export { CHECK_USAGE } from './usage.js';
 import { CHECK_USAGE } from './usage.js';
@@ -18,9 +20,16 @@ export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, un
 export async function checkCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
     args,
-    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' }, parents: { type: 'string' } },
+    {
+      format: { type: 'string', short: 'f' },
+      output: { type: 'string' },
+      repair: { type: 'string', short: 'r' },
+      progress: { type: 'boolean', short: 'p' },
+      parents: { type: 'string' },
+    },
     CHECK_USAGE,
   );
+  const fmt = formatOption(values.format, 'image');
   const format = outputFormat(values.output);
   const repair = values.repair;
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
@@ -28,6 +37,11 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
   const path = positionals[0]!;
+  if (fmt === 'raw') {
+    // As qemu-img: a raw image has no structure to check.
+    io.err(`vhdx: ${path}: raw images cannot be checked (a raw file has no metadata)\n`);
+    return CHECK_EXIT.unsupported;
+  }
   // A differencing image's parent is opened as the readers open it (--parents=none: the image alone).
   const parent = await parentResolver(path, parentPaths(values.parents));
   const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
@@ -100,7 +114,7 @@ function humanCheck(r: CheckResult): string {
   if (r.totalBlocks > 0 && r.allocatedBlocks > 0) {
     const pct = (n: number, d: number): string => ((100 * n) / d).toFixed(2);
     lines.push(
-      `${r.allocatedBlocks}/${r.totalBlocks} = ${pct(r.allocatedBlocks, r.totalBlocks)}% allocated, ${pct(r.fragmentedBlocks, r.allocatedBlocks)}% fragmented, 0.00% compressed clusters`,
+      `${r.allocatedBlocks}/${r.totalBlocks} = ${pct(r.allocatedBlocks, r.totalBlocks)}% allocated, ${fragmentationPercentage(r.fragmentedBlocks, r.allocatedBlocks).toFixed(2)}% fragmented, 0.00% compressed clusters`,
     );
   }
   if (r.imageEndOffset !== null) lines.push(`Image end offset: ${r.imageEndOffset}`);
@@ -150,6 +164,7 @@ export function checkJson(path: string, r: CheckResult, repaired: RepairResult |
     totalBlocks: r.totalBlocks,
     allocatedBlocks: r.allocatedBlocks,
     fragmentedBlocks: r.fragmentedBlocks,
+    fragmentationPercentage: fragmentationPercentage(r.fragmentedBlocks, r.allocatedBlocks),
     bitmapBlocks: r.bitmapBlocks,
     log: r.log,
     findings: r.findings.map(finding),

@@ -1,9 +1,14 @@
 /** What every subcommand shares: argument parsing, sizes, output, errors. */
 import type { ParentPaths } from '../node-files.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { VhdxError } from '../errors.js';
 
 export class UsageError extends Error {}
+
+/** Thrown by `parse` when the arguments ask for help (-h, --help): the command prints its help. */
+export class HelpRequested extends Error {}
 
 export interface Io {
   out: (text: string) => void;
@@ -15,12 +20,29 @@ export interface Parsed {
   positionals: string[];
 }
 
+/**
+ * Parse a command's arguments. Every command takes -h / --help (HelpRequested), also beside
+ * arguments that would be refused otherwise.
+ */
 export function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>, usage: string): Parsed {
+  const all: NonNullable<ParseArgsConfig['options']> = { help: { type: 'boolean', short: 'h' }, ...options };
+  let r;
   try {
-    const r = parseArgs({ args, options, allowPositionals: true, strict: true });
-    return { values: r.values as Parsed['values'], positionals: r.positionals };
+    r = parseArgs({ args, options: all, allowPositionals: true, strict: true });
   } catch (e) {
+    if (asksForHelp(args, all)) throw new HelpRequested();
     throw new UsageError(`${(e as Error).message}\nusage: ${usage}`);
+  }
+  if (r.values.help === true) throw new HelpRequested();
+  return { values: r.values as Parsed['values'], positionals: r.positionals };
+}
+
+function asksForHelp(args: string[], options: NonNullable<ParseArgsConfig['options']>): boolean {
+  try {
+    const { tokens } = parseArgs({ args, options, allowPositionals: true, strict: false, tokens: true });
+    return tokens.some((t) => t.kind === 'option' && t.name === 'help');
+  } catch {
+    return false;
   }
 }
 
@@ -62,6 +84,36 @@ export function parseSize(text: string, what: string): number {
   const value = base * SUFFIX[unit.toLowerCase()]!;
   if (!Number.isSafeInteger(value)) throw new UsageError(`invalid ${what} '${text}': not a whole number of bytes below 2^53`);
   return value;
+}
+
+/**
+ * Run `work`, which concerns the file at `path`: an error it throws that does not name the file
+ * (a damaged structure, a range outside the disk) gets the path in front, so that every error
+ * about a file names it.
+ */
+export async function naming<T>(path: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (e) {
+    throw namedError(path, e);
+  }
+}
+
+export function namedError(path: string, e: unknown): unknown {
+  if (!(e instanceof Error) || e instanceof UsageError || e.message.includes(path)) return e;
+  const message = `${path}: ${e.message}`;
+  return e instanceof VhdxError ? new VhdxError(e.code, e.reason, message, { cause: e }) : new Error(message, { cause: e });
+}
+
+/**
+ * Refuse to make `path` in a folder that does not exist, saying so (the open that would follow
+ * fails with a bare ENOENT, or EACCES for a socket). `what` names the file ("cannot create …").
+ */
+export function requireDirectory(path: string, what: string): void {
+  const dir = dirname(path);
+  const st = statSync(dir, { throwIfNoEntry: false });
+  if (!st) throw new VhdxError('ENOENT', 'NO_DIRECTORY', `cannot create ${what} ${path}: the directory ${dir} does not exist`);
+  if (!st.isDirectory()) throw new VhdxError('ENOENT', 'NO_DIRECTORY', `cannot create ${what} ${path}: ${dir} is not a directory`);
 }
 
 /** Map errors to exit codes: usage 1, everything else 1 too (as qemu-img), after one line on stderr. */

@@ -1,20 +1,19 @@
 /**
- * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] SRC DST`: copy a virtual disk into
+ * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] SRC DST`: copy a virtual disk into
  * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { unlink } from '../io/fs-async.js';
 import { availableParallelism } from 'node:os';
 import { createOpenFile, openFile, type ParentPaths } from '../node-files.js';
-import { NodeFileSource } from '../io/node-file.js';
+import { CACHE_MODES, NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
-import { probe } from '../driver/open.js';
 import { RawDevice } from '../device/raw.js';
 import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
 import type { BlockDevice } from '../device/block-device.js';
-import { readExact } from '../io/source.js';
-import { parentPaths, parse, UsageError, type Io } from './common.js';
+import { namedError, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
 import { parseCreateOptions, type CreateOptionValues } from './create.js';
+import { formatOption, imageFormat, type ImageFormat } from './image-format.js';
 import type { Progress } from './progress.js';
 
 // Requests in flight: one per CPU (at least 2). On 2 cores, 2 beat 4 and 8 in both directions
@@ -24,14 +23,6 @@ const COPY_PARALLEL = Math.max(2, availableParallelism());
 export { CONVERT_USAGE } from './usage.js';
 import { CONVERT_USAGE } from './usage.js';
 
-type Format = 'raw' | 'vhdx';
-
-function format(value: unknown, what: string): Format | undefined {
-  if (value === undefined) return undefined;
-  if (value !== 'raw' && value !== 'vhdx') throw new UsageError(`${what} format ${String(value)} is not supported (raw or vhdx)`);
-  return value;
-}
-
 export async function convertCommand(args: string[], io: Io, signal: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
     args,
@@ -40,35 +31,44 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       'source-format': { type: 'string', short: 'f' },
       'output-format': { type: 'string', short: 'O' },
       options: { type: 'string', short: 'o', multiple: true },
+      cache: { type: 'string', short: 't' },
+      'source-cache': { type: 'string', short: 'T' },
       parents: { type: 'string' },
     },
     CONVERT_USAGE,
   );
+  // As qemu-img convert: the new file is written with cache mode unsafe (no flush: a conversion
+  // a crash interrupts is done again, as a copy is), the source read through the page cache.
+  const dstCache = cacheMode(values.cache, '-t') ?? 'unsafe';
+  const srcCache = cacheMode(values['source-cache'], '-T') ?? 'writeback';
   if (positionals.length !== 2) throw new UsageError(`expected SRC and DST\nusage: ${CONVERT_USAGE}`);
-  const inFmt = format(values['source-format'], 'source');
-  const outFmt = format(values['output-format'], 'output') ?? 'raw';
+  const inFmt = formatOption(values['source-format'], 'source');
+  const outFmt = formatOption(values['output-format'], 'output') ?? 'raw';
   const specs = (values.options as string[] | undefined) ?? [];
   if (specs.length > 0 && outFmt !== 'vhdx') throw new UsageError('-o options apply to -O vhdx only');
   const createOpts = parseCreateOptions(specs);
   const [srcPath, dstPath] = positionals as [string, string];
   refuseSameFile(srcPath, dstPath);
+  requireDirectory(dstPath, 'output');
 
-  const src = await openSource(srcPath, inFmt, parentPaths(values.parents));
+  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents), srcCache));
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
-    if (outFmt === 'raw') await toRaw(src, dstPath, progress, signal);
-    else await toVhdx(src, dstPath, createOpts, progress, signal);
+    if (outFmt === 'raw') await toRaw(src, dstPath, dstCache, progress, signal);
+    else await toVhdx(src, dstPath, { ...createOpts, cache: dstCache }, progress, signal);
+  } catch (e) {
+    // Errors of the files name them; anything else is said to be about the conversion.
+    throw e instanceof Error && !e.message.includes(srcPath) && !e.message.includes(dstPath) ? namedError(`converting ${srcPath} to ${dstPath}`, e) : e;
   } finally {
     await src.close();
   }
-  void io;
   return 0;
 }
 
 /**
  * Converting a file onto itself would destroy it before it is read. The start-up checks are
- * synchronous: a stat or an 8-byte read takes microseconds, a round trip through the thread
+ * synchronous: a stat takes microseconds, a round trip through the thread
  * pool far longer, and a CLI command has nothing else to do meanwhile.
  */
 function refuseSameFile(srcPath: string, dstPath: string): void {
@@ -85,50 +85,23 @@ function statOrNull(path: string): { dev: number; ino: number } | null {
   }
 }
 
-/**
- * The format SRC's first bytes show (the VHDX file identifier, else raw), or undefined when they
- * cannot be read here; the open that follows then reports why.
- */
-function probeFile(path: string): Format | undefined {
-  let fd: number | undefined;
-  try {
-    fd = openSync(path, 'r');
-    const head = new Uint8Array(8);
-    const n = readSync(fd, head, 0, head.length, 0);
-    return probe(head.subarray(0, n)) > 0 ? 'vhdx' : 'raw';
-  } catch {
-    return undefined;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
+function cacheMode(value: unknown, flag: string): CacheMode | undefined {
+  if (value === undefined) return undefined;
+  if (!(CACHE_MODES as readonly unknown[]).includes(value)) throw new UsageError(`${flag}: unknown cache mode ${String(value)} (${CACHE_MODES.join(', ')})`);
+  return value as CacheMode;
 }
 
-/** Open SRC as the format given, or as the format its first bytes show (VHDX identifier, else raw). */
-async function openSource(path: string, fmt: Format | undefined, parents: ParentPaths): Promise<BlockDevice> {
-  let kind = fmt ?? probeFile(path);
-  // A VHDX opens by path, so that a differencing image finds its parents (a chain is flattened).
-  if (kind === 'vhdx') return openFile(path, { parents });
-  const file = await NodeFileSource.open(path);
-  try {
-    if (kind === undefined) {
-      const head = new Uint8Array(Math.min(8, file.size));
-      await readExact(file, 0, head, 'file identifier');
-      kind = probe(head) > 0 ? 'vhdx' : 'raw';
-    }
-    if (kind === 'raw') return new RawDevice(file);
-  } catch (e) {
-    await file.close();
-    throw e;
-  }
-  await file.close();
-  return openFile(path, { parents });
+/** Open SRC as `kind`: a VHDX by path, so that a differencing image finds its parents (the chain is flattened). */
+async function openSource(path: string, kind: ImageFormat, parents: ParentPaths, cache: CacheMode): Promise<BlockDevice> {
+  if (kind === 'vhdx') return openFile(path, { parents, cache });
+  return new RawDevice(await NodeFileSource.open(path, { cache }));
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;
 
-async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, signal: AbortSignal): Promise<void> {
+async function toRaw(src: BlockDevice, dstPath: string, cache: CacheMode, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const bar = progress?.(true, 'converting');
-  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false });
+  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false, cache });
   let failed = true;
   try {
     await copyDevice(src, fileSink(dst), { signal, parallel: COPY_PARALLEL, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });
@@ -148,7 +121,7 @@ async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, si
  * with the source's sector sizes unless -o says otherwise, then copy into it (the new image stays
  * open: one file handle, one lock). DST is removed if the conversion fails.
  */
-async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues, progress: BarFactory, signal: AbortSignal): Promise<void> {
+async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValues & { cache: CacheMode }, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const srcLogical = src.logicalSectorSize === 4096 ? 4096 : 512;
   const srcPhysical = src instanceof VhdxImage && src.physicalSectorSize === 512 ? 512 : 4096;
   const logicalSectorSize = opts.logicalSectorSize ?? srcLogical;

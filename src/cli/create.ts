@@ -1,21 +1,11 @@
 /** `vhdx create [-q] [-p] [-o OPTIONS] [-b PARENT] FILE [SIZE]`: a new, empty VHDX file, or a differencing child of PARENT. */
 import { createFile } from '../node-files.js';
 import { planCreate, type CreateOptions } from '../driver/create.js';
-import { parentPaths, parse, parseSize, UsageError, type Io } from './common.js';
+import { formatOption } from './image-format.js';
+import { naming, parentPaths, parse, parseSize, requireDirectory, UsageError, type Io } from './common.js';
 
-export { CREATE_USAGE } from './usage.js';
-import { CREATE_USAGE } from './usage.js';
-
-/** The `-o` options, as `qemu-img create -f vhdx` spells them where it has them. */
-export const CREATE_OPTIONS_HELP = `create options (-o key=value,key=value; sizes take K, M, G, T suffixes):
-  subformat=dynamic|fixed     dynamic (default): blocks allocated on first write;
-                              fixed: every block allocated and zeroed now
-  block_size=SIZE             payload block size, a power of two from 1M to 256M
-                              (default 32M; 2M for a differencing disk, as Hyper-V)
-  log_size=SIZE               log size, a multiple of 1M (default 1M)
-  logical_sector_size=512|4096   sector size the disk shows (default 512; QEMU opens only 512)
-  physical_sector_size=512|4096  reported physical sector size (default 4096, not below the logical)
-`;
+export { CREATE_USAGE, CREATE_OPTIONS_HELP } from './usage.js';
+import { CREATE_USAGE, CREATE_OPTIONS_HELP } from './usage.js';
 
 export type CreateOptionValues = Omit<CreateOptions, 'size' | 'parentLocator'>;
 
@@ -85,11 +75,9 @@ export async function createCommand(args: string[], io: Io, signal: AbortSignal)
     io.out(CREATE_OPTIONS_HELP);
     return 0;
   }
-  if (values.format !== undefined && values.format !== 'vhdx') throw new UsageError(`format ${String(values.format)} is not supported (only vhdx)`);
+  formatOption(values.format, 'image', ['vhdx']);
   const parent = values.backing as string | undefined;
-  if (values['backing-format'] !== undefined && values['backing-format'] !== 'vhdx') {
-    throw new UsageError(`backing format ${String(values['backing-format'])} is not supported (a VHDX parent must be a VHDX)`);
-  }
+  formatOption(values['backing-format'], 'backing', ['vhdx']);
   if (parent !== undefined ? positionals.length < 1 || positionals.length > 2 : positionals.length !== 2) {
     throw new UsageError(`expected FILE and SIZE (SIZE may be left out with -b)\nusage: ${CREATE_USAGE}`);
   }
@@ -98,27 +86,30 @@ export async function createCommand(args: string[], io: Io, signal: AbortSignal)
   const size = sizeText === undefined ? undefined : parseSize(sizeText, 'size');
   if (parent === undefined) planCreate({ ...created, size: size! }); // bad options fail before anything is printed or made
   const parents = parentPaths(values.parents);
+  requireDirectory(path, 'image');
   const bar = values.progress === true && created.subformat === 'fixed' ? (await import('./progress.js')).progressBar(true, 'allocating') : null;
-  let result;
   try {
-    result = await createFile(path, {
-      ...created,
-      ...(size !== undefined ? { size } : {}),
-      ...(parent !== undefined ? { parent, parents } : {}),
-      signal,
-      ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}),
-    });
+    await naming(path, () =>
+      createFile(path, {
+        ...created,
+        ...(size !== undefined ? { size } : {}),
+        ...(parent !== undefined ? { parent, parents } : {}),
+        signal,
+        ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}),
+        // Said before the work, as qemu-img does: a fixed image takes a while.
+        onPlan: (p) => {
+          if (values.quiet === true) return;
+          io.out(
+            `Formatting '${path}', fmt=vhdx size=${p.virtualSize} subformat=${p.type === 'fixed' ? 'fixed' : 'dynamic'} ` +
+              `block_size=${p.blockSize} log_size=${p.log.length} ` +
+              `logical_sector_size=${p.logicalSectorSize} physical_sector_size=${p.physicalSectorSize}` +
+              `${parent !== undefined ? ` backing_file=${parent}` : ''}\n`,
+          );
+        },
+      }),
+    );
   } finally {
     bar?.stop();
-  }
-  if (values.quiet !== true) {
-    const p = result.plan;
-    io.out(
-      `Formatting '${path}', fmt=vhdx size=${p.virtualSize} subformat=${p.type === 'fixed' ? 'fixed' : 'dynamic'} ` +
-        `block_size=${p.blockSize} log_size=${p.log.length} ` +
-        `logical_sector_size=${p.logicalSectorSize} physical_sector_size=${p.physicalSectorSize}` +
-        `${parent !== undefined ? ` backing_file=${parent}` : ''}\n`,
-    );
   }
   return 0;
 }

@@ -1,10 +1,12 @@
-/** `vhdx info [--output=human|json] FILE` */
+/** `vhdx info [-f vhdx|raw] [--output=human|json] [--backing-chain] FILE` */
 import { openFile } from '../node-files.js';
 import { describe, type ImageInfo } from '../driver/info.js';
-import { humanSize, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import { humanSize, namedError, naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import { diskUsage, formatOption, imageFormat } from './image-format.js';
 import { isVhdxError } from '../errors.js';
 import type { VhdxImage } from '../driver/image.js';
 import { describeContents, type ContentsInfo } from '../inspect/contents.js';
+import { statSync } from 'node:fs';
 
 export { INFO_USAGE } from './usage.js';
 import { INFO_USAGE } from './usage.js';
@@ -12,10 +14,24 @@ import { INFO_USAGE } from './usage.js';
 /** With --allocation=auto, allocated blocks are read for zeros when they hold at most this much. */
 export const AUTO_ZERO_SCAN_BYTES = 512 * 1024 * 1024;
 
-type Described = ImageInfo & { chainError?: string } & (ContentsInfo | { contentsError: string });
+/**
+ * What `info` prints for one image: describe()'s fields, with the file's name and its disk usage,
+ * and what is inside the disk (partitions, filesystems, reclaimable space).
+ */
+type FileInfo = { filename: string } & ImageInfo & { actualSize: number | null; chainError?: string } & (ContentsInfo | { contentsError: string });
 
 export async function infoCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' }, parents: { type: 'string' } }, INFO_USAGE);
+  const { values, positionals } = parse(
+    args,
+    {
+      format: { type: 'string', short: 'f' },
+      output: { type: 'string' },
+      'backing-chain': { type: 'boolean' },
+      allocation: { type: 'string' },
+      parents: { type: 'string' },
+    },
+    INFO_USAGE,
+  );
   const format = outputFormat(values.output);
   const allocation = values.allocation ?? 'auto';
   if (allocation !== 'auto' && allocation !== 'always' && allocation !== 'never') {
@@ -23,29 +39,50 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${INFO_USAGE}`);
   const path = positionals[0]!;
+  const fmt = formatOption(values.format, 'image');
   const parents = parentPaths(values.parents);
+  const backingChain = values['backing-chain'] === true;
+  if (imageFormat(path, fmt, io) === 'raw') {
+    const raw = rawInfo(path);
+    io.out(format === 'json' ? JSON.stringify(backingChain ? [raw] : raw, null, 2) + '\n' : humanRawInfo(raw));
+    return 0;
+  }
   let img: VhdxImage;
   let chainError: string | null = null;
   try {
     img = await openFile(path, { parents });
   } catch (e) {
     // A differencing image whose chain cannot be opened is still described, with the reason.
-    if (parents === 'none' || !isVhdxError(e)) throw e;
+    if (parents === 'none' || !isVhdxError(e)) throw namedError(path, e);
     img = await openFile(path, { parents: 'none' }).catch(() => {
-      throw e;
+      throw namedError(path, e);
     });
     chainError = e.message;
   }
-  try {
-    const base: ImageInfo & { chainError?: string } = await describe(img, { allocation });
-    if (chainError !== null) base.chainError = chainError;
-    const info: Described = { ...base, ...(await contentsOf(img, base, allocation)) };
-    if (format === 'json') io.out(JSON.stringify(info, null, 2) + '\n');
-    else io.out(humanInfo(path, info));
-  } finally {
-    await img.close();
-  }
+  await naming(path, async () => {
+    // With --backing-chain, every image of the chain in turn, as `qemu-img info --backing-chain`.
+    const levels = backingChain ? img.chain : [img];
+    const infos: FileInfo[] = [];
+    for (const [depth, level] of levels.entries()) {
+      const described = await describe(level, { allocation });
+      const info = withFile(depth === 0 ? path : (level.name ?? path), described, await contentsOf(level, described, allocation));
+      if (depth === 0 && chainError !== null) info.chainError = chainError;
+      infos.push(info);
+    }
+    if (format === 'json') io.out(JSON.stringify(backingChain ? infos : infos[0], null, 2) + '\n');
+    else io.out(infos.map(humanInfo).join('\n'));
+  }).finally(() => img.close());
   return 0;
+}
+
+/** `info` for a VHDX: `filename` first, `actualSize` (bytes on the host, as du) after `fileSize`. */
+function withFile(filename: string, info: ImageInfo, contents: ContentsInfo | { contentsError: string }): FileInfo {
+  const out: Record<string, unknown> = { filename };
+  for (const [k, v] of Object.entries(info)) {
+    out[k] = v;
+    if (k === 'fileSize') out.actualSize = diskUsage(filename);
+  }
+  return Object.assign(out, contents) as unknown as FileInfo;
 }
 
 /**
@@ -66,13 +103,36 @@ async function contentsOf(img: VhdxImage, info: ImageInfo, allocation: string): 
   }
 }
 
-function humanInfo(path: string, i: Described): string {
+interface RawInfo {
+  filename: string;
+  format: 'raw';
+  virtualSize: number;
+  fileSize: number;
+  actualSize: number | null;
+}
+
+/** `info -f raw`: the file is the disk, as `qemu-img info` describes a raw file. */
+function rawInfo(path: string): RawInfo {
+  const size = statSync(path).size;
+  return { filename: path, format: 'raw', virtualSize: size, fileSize: size, actualSize: diskUsage(path) };
+}
+
+function diskSizeLine(actual: number | null): string {
+  return `disk size: ${actual === null ? 'unavailable' : humanSize(actual)}`;
+}
+
+function humanRawInfo(i: RawInfo): string {
+  return [`image: ${i.filename}`, 'file format: raw', `virtual size: ${humanSize(i.virtualSize)} (${i.virtualSize} bytes)`, diskSizeLine(i.actualSize)].join('\n') + '\n';
+}
+
+function humanInfo(i: FileInfo): string {
   const lines = [
-    `image: ${path}`,
+    `image: ${i.filename}`,
     `file format: vhdx`,
     `type: ${i.type}`,
     `virtual size: ${humanSize(i.virtualSize)} (${i.virtualSize} bytes)`,
     `file size: ${humanSize(i.fileSize)} (${i.fileSize} bytes)`,
+    diskSizeLine(i.actualSize),
     `block size: ${humanSize(i.blockSize)}`,
     `sector size: ${i.logicalSectorSize} logical, ${i.physicalSectorSize} physical`,
     `disk id: ${i.diskId}`,
@@ -107,7 +167,7 @@ function humanInfo(path: string, i: Described): string {
   return lines.join('\n') + '\n';
 }
 
-function humanContents(i: Described): string[] {
+function humanContents(i: FileInfo): string[] {
   if ('contentsError' in i) return [`partitions: not read: ${i.contentsError}`];
   const t = i.partitionTable;
   const lines = [`partition table: ${i.partitionScheme}${t.diskId ? `, disk id ${t.diskId}` : ''}, ${t.sectorSize}-byte sectors`];
@@ -134,3 +194,4 @@ function humanContents(i: Described): string[] {
   }
   return lines;
 }
+

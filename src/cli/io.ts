@@ -11,22 +11,16 @@
  * the run (exit status 1) after the image is closed.
  */
 import { openFile } from '../node-files.js';
-import type { VhdxImage } from '../driver/image.js';
+import type { WritableBlockDevice } from '../device/block-device.js';
+import { RawDevice } from '../device/raw.js';
+import { NodeFileSource } from '../io/node-file.js';
+import { formatOption } from './image-format.js';
 import { formatOffset } from '../errors.js';
 import { bytesEqual } from '../codec/bytes.js';
-import { parentPaths, parse, parseSize, UsageError, type Io } from './common.js';
+import { namedError, naming, parentPaths, parse, parseSize, UsageError, type Io } from './common.js';
 
-export { IO_USAGE } from './usage.js';
-import { IO_USAGE } from './usage.js';
-
-export const IO_COMMANDS_HELP = `commands (OFF and LEN in bytes, 0x hex, or with K, M, G, T suffixes):
-  read [-P BYTE] OFF LEN               read; -P: every byte must equal BYTE (else exit 1, naming the offset)
-  write [-P BYTE] [-z [-u]] [-f] OFF LEN
-                                       write BYTE (default 0xcd); -z: write zeroes instead
-                                       (-u: blocks may be deallocated); -f: forced unit access
-  discard OFF LEN                      deallocate; the range reads as zeros after
-  flush                                make every earlier write durable
-`;
+export { IO_USAGE, IO_COMMANDS_HELP } from './usage.js';
+import { IO_USAGE, IO_COMMANDS_HELP } from './usage.js';
 
 /** Largest buffer one command uses; longer ranges are done in pieces of this size. */
 const PIECE = 4 * 1024 * 1024;
@@ -103,23 +97,22 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
       'read-only': { type: 'boolean', short: 'r' },
       quiet: { type: 'boolean', short: 'q' },
       format: { type: 'string', short: 'f' },
-      help: { type: 'boolean', short: 'h' },
       parents: { type: 'string' },
     },
     IO_USAGE,
   );
-  if (values.help === true) {
-    io.out(`usage: ${IO_USAGE}\n${IO_COMMANDS_HELP}`);
-    return 0;
-  }
-  if (values.format !== undefined && values.format !== 'vhdx') throw new UsageError(`format ${String(values.format)} is not supported (only vhdx)`);
+  const fmt = formatOption(values.format, 'image') ?? 'vhdx';
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${IO_USAGE}`);
   const texts = (values.cmd as string[] | undefined) ?? [];
   if (texts.length === 0) throw new UsageError(`give at least one -c COMMAND\nusage: ${IO_USAGE}\n${IO_COMMANDS_HELP}`);
   // Every command is parsed before the image is opened: a typo changes nothing.
   const commands = texts.map(parseCommand);
   const quiet = values.quiet === true;
-  const img = await openFile(positionals[0]!, { readOnly: values['read-only'] === true, parents: parentPaths(values.parents) });
+  const path = positionals[0]!;
+  const readOnly = values['read-only'] === true;
+  const img: WritableBlockDevice = await naming(path, async () =>
+    fmt === 'raw' ? new RawDevice(await NodeFileSource.open(path, { readOnly })) : openFile(path, { readOnly, parents: parentPaths(values.parents) }),
+  );
   let failure: unknown = null;
   try {
     for (const c of commands) {
@@ -134,11 +127,11 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
   } catch (e) {
     failure ??= e;
   }
-  if (failure !== null) throw failure;
+  if (failure !== null) throw namedError(path, failure);
   return 0;
 }
 
-async function runCommand(img: VhdxImage, c: Command): Promise<string | null> {
+async function runCommand(img: WritableBlockDevice, c: Command): Promise<string | null> {
   const { offset, length } = c;
   // Reads and writes go in pieces: the whole request is checked first, so a request that cannot
   // be done in full changes nothing, and the error names it as it was typed.

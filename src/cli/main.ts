@@ -1,34 +1,8 @@
 /** The `vhdx` command: dispatch to one file per subcommand, one-line errors. */
-import { CHECK_USAGE, COMMIT_USAGE, CONVERT_USAGE, CREATE_USAGE, INFO_USAGE, IO_USAGE, MAP_USAGE, REBASE_USAGE, SERVE_USAGE } from './usage.js';
+import { COMMANDS, commandHelp, mainHelp } from './usage.js';
 import { writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { describeError, UsageError, type Io } from './common.js';
-
-const HELP = `vhdx: create, read and write Microsoft VHDX virtual disks
-
-usage:
-  ${INFO_USAGE}
-      describe the image: geometry, headers, log, regions, metadata, allocation
-  ${MAP_USAGE}
-      list the virtual disk's extents (as qemu-img map)
-  ${CREATE_USAGE}
-      make a new image (-o help lists the options; an existing FILE is not overwritten)
-  ${IO_USAGE}
-      run read/write/discard/flush commands on an image (vhdx io -h lists them)
-  ${CHECK_USAGE}
-      check the image for corruption and leaked space (-r: repair; exit 0 clean, 2 corrupt, 3 leaks)
-  ${CONVERT_USAGE}
-      copy a disk (a differencing chain flattened) into a new sparse raw file or VHDX image
-  ${COMMIT_USAGE}
-      merge a differencing image into its parent, then empty it (-d: remove it)
-  ${REBASE_USAGE}
-      rewrite a differencing image's parent paths after its parent moved
-  ${SERVE_USAGE}
-      export the disk over NBD (default 127.0.0.1:10809) until SIGINT/SIGTERM
-  vhdx --version
-
-Errors print one line and exit 1; set VHDX_DEBUG=1 for a stack trace.
-`;
+import { describeError, HelpRequested, UsageError, type Io } from './common.js';
 
 /**
  * libuv's I/O pool size for a command, unless the user chose one (UV_THREADPOOL_SIZE). The pool
@@ -81,13 +55,22 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
       case 'help':
       case '--help':
       case '-h':
-        io.out(HELP);
+        // `vhdx help COMMAND` is `vhdx COMMAND --help`.
+        if (cmd === 'help' && rest[0] !== undefined && rest[0] in COMMANDS) io.out(commandHelp(rest[0]));
+        else io.out(mainHelp());
         return cmd === undefined ? 1 : 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(cmd)}; see 'vhdx --help'`);
     }
   } catch (e) {
-    if (process.env.VHDX_DEBUG === '1' && e instanceof Error) io.err(`${e.stack ?? e.message}\n`);
+    if (e instanceof HelpRequested && cmd !== undefined) {
+      io.out(commandHelp(cmd));
+      return 0;
+    }
+    if (process.env.VHDX_DEBUG === '1') {
+      // The error and what caused it (a message that names the file wraps the original).
+      for (let c: unknown = e, first = true; c instanceof Error; c = c.cause, first = false) io.err(`${first ? '' : 'caused by: '}${c.stack ?? c.message}\n`);
+    }
     io.err(`vhdx: ${describeError(e).replace(/\n/g, '\nvhdx: ')}\n`);
     return 1;
   } finally {

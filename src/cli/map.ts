@@ -1,20 +1,29 @@
-/** `vhdx map [--output=human|json] FILE`: the disk's extents, in the shape of `qemu-img map`. */
+/** `vhdx map [-f vhdx|raw] [--output=human|json] FILE`: the disk's extents, in the shape of `qemu-img map`. */
 import { openFile } from '../node-files.js';
-import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
-import type { Extent } from '../device/block-device.js';
+import { naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import type { BlockDevice, Extent } from '../device/block-device.js';
+import { RawDevice } from '../device/raw.js';
+import { NodeFileSource } from '../io/node-file.js';
+import { VhdxImage } from '../driver/image.js';
+import { formatOption, imageFormat } from './image-format.js';
 
 export { MAP_USAGE } from './usage.js';
 import { MAP_USAGE } from './usage.js';
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function mapCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' }, parents: { type: 'string' } }, MAP_USAGE);
+  const { values, positionals } = parse(args, { format: { type: 'string', short: 'f' }, output: { type: 'string' }, parents: { type: 'string' } }, MAP_USAGE);
   const format = outputFormat(values.output);
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${MAP_USAGE}`);
   const path = positionals[0]!;
-  const img = await openFile(path, { parents: parentPaths(values.parents) });
-  const names = img.chain.map((i) => i.name ?? path);
-  try {
+  const fmt = formatOption(values.format, 'image');
+  // A raw file is one run of data, mapped to itself (Node cannot ask the file system for its holes).
+  const img: BlockDevice = await naming(path, async () =>
+    imageFormat(path, fmt, io) === 'raw' ? new RawDevice(await NodeFileSource.open(path)) : openFile(path, { parents: parentPaths(values.parents) }),
+  );
+  const names = img instanceof VhdxImage ? img.chain.map((i) => i.name ?? path) : [path];
+  const status = img instanceof VhdxImage ? (o: number, l: number) => img.blockStatus(o, l) : async (o: number, l: number): Promise<Extent[]> => [{ offset: o, length: l, type: 'data', fileOffset: o }];
+  await naming(path, async () => {
     let pending: Extent | null = null;
     let first = true;
     const emit = (e: Extent): void => {
@@ -38,7 +47,7 @@ export async function mapCommand(args: string[], io: Io): Promise<number> {
     };
     // Windows bound memory; extents that continue across a window boundary are joined.
     for (let w = 0; w < img.size; w += WINDOW) {
-      for (const e of await img.blockStatus(w, Math.min(WINDOW, img.size - w))) {
+      for (const e of await status(w, Math.min(WINDOW, img.size - w))) {
         if (
           pending &&
           pending.type === e.type &&
@@ -55,9 +64,7 @@ export async function mapCommand(args: string[], io: Io): Promise<number> {
     }
     if (pending) emit(pending);
     if (format === 'json') io.out(first ? '[]\n' : ']\n');
-  } finally {
-    await img.close();
-  }
+  }).finally(() => img.close());
   return 0;
 }
 

@@ -1,6 +1,7 @@
 /** `vhdx rebase -u -b NEWPARENT CHILD`: point a differencing image at its parent's new place. */
 import { rebaseFile } from '../node-files.js';
-import { parentPaths, parse, UsageError, type Io } from './common.js';
+import { formatOption } from './image-format.js';
+import { naming, parentPaths, parse, UsageError, type Io } from './common.js';
 
 export { REBASE_USAGE } from './usage.js';
 import { REBASE_USAGE } from './usage.js';
@@ -17,8 +18,8 @@ export async function rebaseCommand(args: string[], io: Io): Promise<number> {
     },
     REBASE_USAGE,
   );
-  if (values.format !== undefined && values.format !== 'vhdx') throw new UsageError(`format ${String(values.format)} is not supported (only vhdx)`);
-  if (values['backing-format'] !== undefined && values['backing-format'] !== 'vhdx') throw new UsageError('a VHDX parent must be a VHDX (-F vhdx)');
+  formatOption(values.format, 'image', ['vhdx']);
+  formatOption(values['backing-format'], 'backing', ['vhdx']);
   if (values.unsafe !== true) {
     throw new UsageError(
       'only -u is supported: it rewrites the parent paths of a child whose parent moved (the new parent must be the same disk); ' +
@@ -27,7 +28,8 @@ export async function rebaseCommand(args: string[], io: Io): Promise<number> {
   }
   if (values.backing === undefined) throw new UsageError(`-b NEWPARENT is required\nusage: ${REBASE_USAGE}`);
   if (positionals.length !== 1) throw new UsageError(`expected one CHILD\nusage: ${REBASE_USAGE}`);
-  await rebaseFile(positionals[0]!, values.backing as string, { parents: parentPaths(values.parents) });
+  const child = positionals[0]!;
+  await naming(child, () => rebaseFile(child, values.backing as string, { parents: parentPaths(values.parents) }));
   void io;
   return 0;
 }

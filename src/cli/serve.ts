@@ -7,13 +7,12 @@
 import { access, constants } from 'node:fs/promises';
 import { openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
-import { readExact } from '../io/source.js';
-import { probe } from '../driver/open.js';
 import { RawDevice } from '../device/raw.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { serveNbd, DEFAULT_PORT } from '../nbd/server.js';
 import { ProtocolViolation } from '../nbd/handshake.js';
-import { humanSize, parentPaths, parse, UsageError, type Io } from './common.js';
+import { humanSize, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
+import { formatOption, imageFormat, type ImageFormat } from './image-format.js';
 
 export { SERVE_USAGE } from './usage.js';
 import { SERVE_USAGE } from './usage.js';
@@ -35,8 +34,7 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   );
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${SERVE_USAGE}`);
   const path = positionals[0]!;
-  const fmt = values.format as string | undefined;
-  if (fmt !== undefined && fmt !== 'raw' && fmt !== 'vhdx') throw new UsageError(`format ${fmt} is not supported (raw or vhdx)`);
+  const fmt = formatOption(values.format, 'image');
   const socketPath = values.socket as string | undefined;
   if (socketPath !== undefined && (values.port !== undefined || values.bind !== undefined)) {
     throw new UsageError('--socket cannot be combined with --port or --bind');
@@ -47,13 +45,14 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
     port = /^[0-9]{1,5}$/.test(text) ? Number(text) : NaN;
     if (!(port >= 0 && port <= 65535)) throw new UsageError(`invalid port '${text}': expected 0 to 65535`);
   }
+  if (socketPath !== undefined) requireDirectory(socketPath, 'socket');
   const name = (values['export-name'] as string | undefined) ?? '';
   if (Buffer.byteLength(name) > 4096 || name.includes('\0')) throw new UsageError('the export name is longer than 4096 bytes');
 
   // -r, or a file we may not write: read-only export.
   const readOnly = values['read-only'] === true || !(await writable(path));
   const parents = parentPaths(values.parents);
-  const device = await openDevice(path, fmt, readOnly, parents);
+  const device = await naming(path, () => openDevice(path, imageFormat(path, fmt, io), readOnly, parents));
   const debug = process.env.VHDX_DEBUG === '1';
   try {
     const server = await serveNbd(device, {
@@ -90,20 +89,8 @@ async function writable(path: string): Promise<boolean> {
   }
 }
 
-/** FILE as the format given, or as its first bytes show (the VHDX identifier, else raw). */
-async function openDevice(path: string, fmt: string | undefined, readOnly: boolean, parents: ParentPaths): Promise<BlockDevice> {
-  let kind = fmt;
-  if (kind === undefined) {
-    const file = await NodeFileSource.open(path);
-    try {
-      const head = new Uint8Array(Math.min(8, file.size));
-      await readExact(file, 0, head, 'file identifier');
-      kind = probe(head) > 0 ? 'vhdx' : 'raw';
-    } finally {
-      await file.close();
-    }
-  }
+/** FILE as `kind`: a VHDX by path, so that a differencing image opens with its chain. */
+async function openDevice(path: string, kind: ImageFormat, readOnly: boolean, parents: ParentPaths): Promise<BlockDevice> {
   if (kind === 'vhdx') return openFile(path, { readOnly, parents });
-  const src = await NodeFileSource.open(path, { readOnly });
-  return new RawDevice(src);
+  return new RawDevice(await NodeFileSource.open(path, { readOnly }));
 }

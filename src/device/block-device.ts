@@ -1,3 +1,5 @@
+import type { RequestKind } from '../errors.js';
+
 /**
  * The block-device interface every format offers (VHDX, raw). Offsets and lengths are bytes.
  * Many requests may be in flight at once.
@@ -46,6 +48,12 @@ export interface BlockDevice {
    * extent may end past the range (never past the disk).
    */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Check a request in full without doing any of it: the device is open, the range lies inside
+   * it, and a change is allowed. Every request runs this before it touches anything; a caller
+   * that does one request in pieces runs it first for the whole. Errors name the request as given.
+   */
+  checkRequest(kind: RequestKind, offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
 }

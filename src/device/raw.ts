@@ -112,6 +112,12 @@ export class RawDevice implements WritableBlockDevice {
     await writeZeros(write, offset, length);
   }
 
+  /** Check a request in full without doing any of it (see BlockDevice.checkRequest). */
+  async checkRequest(kind: RequestKind, offset: number, length: number): Promise<void> {
+    this.checkRange(kind, offset, length);
+    if (kind !== 'read' && kind !== 'block status') this.writable();
+  }
+
   private checkRange(kind: RequestKind, offset: number, length: number): void {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', `${kind} of ${length} bytes at offset ${offset}: the raw image is closed`);
     checkRequestRange(kind, offset, length, this.size);

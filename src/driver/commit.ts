@@ -25,8 +25,9 @@ import type { VhdxImage } from './image.js';
 
 export interface CommitOptions extends ProgressOptions {
   /**
-   * Empty the child after the merge (default true). With false the child keeps its data (and
-   * names the parent's new identity); a caller that deletes the child passes false.
+   * Empty the child after the merge (default true). With false the child keeps its data and
+   * reads as before, linked to the merged parent through parent_linkage2 (`qemu-img commit -d`);
+   * a caller that deletes the child passes false too.
    */
   emptyChild?: boolean;
   /** Copy requests in flight (default 4). */

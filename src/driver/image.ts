@@ -7,7 +7,7 @@ import { readBytes, readExact, type RandomAccessSource } from '../io/source.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_TABLE_ENTRY, METADATA_TABLE_HEADER } from '../format/metadata.js';
 import { ITEM_PARENT_LOCATOR, METADATA_TABLE_SIZE } from '../format/constants.js';
 import { MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, bitmapBatIndex, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, bitmapBatIndex, fragmentationPercentage, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
 import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
@@ -631,8 +631,8 @@ async function scanAllocation(layout: Layout, src: RandomAccessSource, opts: Pro
       }
     }
   });
-  const fragmentationPercentage = allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
-  return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage };
+  const fragmentation = fragmentationPercentage(breaks, allocatedBlocks);
+  return { bytesByState, allocatedBlocks, bitmapBlocks, fragmentationPercentage: fragmentation };
 }
 
 /**

@@ -149,6 +149,34 @@ export function probe(firstBytes: Uint8Array): number {
   return 100;
 }
 
+/** The bytes `recognize` looks at: the header section up to the end of region table copy 2. */
+export const RECOGNIZE_BYTES = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
+
+/** A region table copy with its signature and a matching checksum. */
+function regionTableValid(c: Uint8Array): boolean {
+  return c[0] === 0x72 && c[1] === 0x65 && c[2] === 0x67 && c[3] === 0x69 && REGION_TABLE_HEADER.checksumOk(c);
+}
+
+/**
+ * What a file's first bytes (up to RECOGNIZE_BYTES of them) show: `vhdx` when they carry the
+ * VHDX identifier; `damaged-vhdx` when they do not, but a header (signature and checksum) or a
+ * region table copy is valid at its place, as in a VHDX whose first bytes were overwritten; null
+ * when nothing of a VHDX is there. Taking a damaged VHDX for a raw disk would let a write destroy
+ * what is left of its metadata, so probing callers refuse it.
+ */
+export function recognize(head: Uint8Array): 'vhdx' | 'damaged-vhdx' | null {
+  if (probe(head) > 0) return 'vhdx';
+  for (const off of HEADER_OFFSETS) {
+    const h = head.subarray(off, off + HEADER.size);
+    if (h.length === HEADER.size && h[0] === 0x68 && h[1] === 0x65 && h[2] === 0x61 && h[3] === 0x64 && HEADER.checksumOk(h)) return 'damaged-vhdx';
+  }
+  for (const off of REGION_TABLE_OFFSETS) {
+    const t = head.subarray(off, off + REGION_TABLE_SIZE);
+    if (t.length === REGION_TABLE_SIZE && regionTableValid(t)) return 'damaged-vhdx';
+  }
+  return null;
+}
+
 /**
  * Read and validate the image's structures. Writes nothing: a dirty log is replayed into an
  * overlay (`layout.source`), and a writer that wants it in the file calls `replayInPlace`.
@@ -262,12 +290,10 @@ export async function openLayout(file: RandomAccessSource): Promise<Layout> {
     const off = REGION_TABLE_OFFSETS[i]!;
     copies.push(source === file ? head.subarray(off, off + REGION_TABLE_SIZE) : await readBytes(source, off, REGION_TABLE_SIZE, `region table ${i + 1}`));
   }
-  const tableValid = (c: Uint8Array): boolean =>
-    c[0] === 0x72 && c[1] === 0x65 && c[2] === 0x67 && c[3] === 0x69 && REGION_TABLE_HEADER.checksumOk(c);
-  const valid1 = tableValid(copies[0]!);
+  const valid1 = regionTableValid(copies[0]!);
   // Identical copies (the usual case) share their verdict: one native compare instead of a
   // second 64 KiB checksum.
-  const rtValid: [boolean, boolean] = [valid1, bytesEqual(copies[0]!, copies[1]!) ? valid1 : tableValid(copies[1]!)];
+  const rtValid: [boolean, boolean] = [valid1, bytesEqual(copies[0]!, copies[1]!) ? valid1 : regionTableValid(copies[1]!)];
   const copyIndex = rtValid[0] ? 0 : rtValid[1] ? 1 : -1;
   if (copyIndex < 0) {
     // A copy that has its signature but a wrong checksum is the precise finding, as for headers.

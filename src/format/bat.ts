@@ -168,3 +168,13 @@ export function judgeBatEntry(g: BatGeometry, hasParent: boolean, fileSize: numb
   }
   return { kind: 'present', state, fileOffset, extent };
 }
+
+/**
+ * The fragmentation `info` and `check` report, in percent with two decimals: of the allocated
+ * payload blocks after the first in virtual-disk order, the share that does not directly follow
+ * the previous one in the file (`breaks`); 0 with fewer than two blocks. Get-VHD's formula is
+ * not published; this is ours, and the one place it is computed.
+ */
+export function fragmentationPercentage(breaks: number, allocatedBlocks: number): number {
+  return allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
+}

@@ -19,7 +19,7 @@ function done(start: (cb: (err: NodeJS.ErrnoException | null) => void) => void):
   });
 }
 
-export const open = (path: string, flags: string): Promise<number> => call((cb) => fs.open(path, flags, cb));
+export const open = (path: string, flags: string | number): Promise<number> => call((cb) => fs.open(path, flags, cb));
 export const close = (fd: number): Promise<void> => done((cb) => fs.close(fd, cb));
 export const fstat = (fd: number): Promise<fs.Stats> => call((cb) => fs.fstat(fd, cb));
 export const stat = (path: string): Promise<fs.Stats> => call((cb) => fs.stat(path, cb));

@@ -186,7 +186,7 @@ test('JSON output: stable camelCase keys', async () => {
   assert.equal(status, 0);
   assert.deepEqual(Object.keys(json), [
     'filename', 'format', 'type', 'supported', 'canComplete', 'error', 'corruptions', 'leaks', 'leakedBytes', 'warnings', 'checkErrors',
-    'fileSize', 'imageEndOffset', 'totalBlocks', 'allocatedBlocks', 'fragmentedBlocks', 'bitmapBlocks', 'log', 'findings', 'omittedFindings', 'exitCode',
+    'fileSize', 'imageEndOffset', 'totalBlocks', 'allocatedBlocks', 'fragmentedBlocks', 'fragmentationPercentage', 'bitmapBlocks', 'log', 'findings', 'omittedFindings', 'exitCode',
   ]);
   assert.equal(json.format, 'vhdx');
   assert.equal(json.type, 'dynamic');

@@ -173,7 +173,7 @@ test('DST is replaced; same file, -o without -O vhdx and bad options are refused
     [['convert', '-f', 'vmdk', raw, join(dir, 'x.raw')], /source format vmdk is not supported/],
     [['convert', '-O', 'vhdx', '-o', 'block_size=3M', raw, join(dir, 'bad.vhdx')], /block size 3 MiB/],
     [['convert', '-O', 'vhdx', '-o', 'logical_sector_size=4096,physical_sector_size=512', raw, join(dir, 'bad2.vhdx')], /smaller than the logical/],
-    [['convert', '-O', 'vhdx', makeRaw('empty.raw', 0, []), join(dir, 'bad3.vhdx')], /the source is empty/],
+    [['convert', '-f', 'raw', '-O', 'vhdx', makeRaw('empty.raw', 0, []), join(dir, 'bad3.vhdx')], /the source is empty/],
   ];
   for (const [args, message] of cases) {
     const r = await vhdxInProcess(args);

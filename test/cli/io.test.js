@@ -117,7 +117,7 @@ test('read -P: a mismatch exits non-zero naming the first bad offset, and stops 
   const r = await vhdx(['io', '-c', 'read -P 0x5a 0 4k', '-c', 'read -P 0x5a 0 8k', '-c', 'write -P 1 1M 4k', path]);
   assert.equal(r.code, 1);
   assert.equal(r.stdout, 'read 4096/4096 bytes at offset 0\n');
-  assert.equal(r.stderr, 'vhdx: pattern verification failed at offset 4196 (0x1064): expected 0x5a, read 0x00\n');
+  assert.equal(r.stderr, `vhdx: ${path}: pattern verification failed at offset 4196 (0x1064): expected 0x5a, read 0x00\n`);
   // The write after the failing read did not run.
   const check = await vhdxInProcess(['io', '-r', '-c', 'read -P 0 1M 4k', path]);
   assert.equal(check.code, 0, check.stderr);
