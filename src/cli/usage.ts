@@ -5,6 +5,7 @@ export const CREATE_USAGE = 'vhdx create [-q] [-p] [-o OPTIONS] [-b PARENT [--pa
 export const INFO_USAGE = 'vhdx info [--output=human|json] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';
 export const IO_USAGE = 'vhdx io [-r] [-q] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
 export const MAP_USAGE = 'vhdx map [--output=human|json] [--parents=relative|any|none] FILE';
-export const SERVE_USAGE = 'vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--parents=relative|any|none] FILE';
+export const SERVE_USAGE =
+  'vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-d] [--parents=relative|any] CHILD';
 export const REBASE_USAGE = 'vhdx rebase -u -b NEWPARENT [--parents=relative|any|none] CHILD';

@@ -246,7 +246,8 @@ export class NbdServer {
       this.places.add(c);
       return null;
     }
-    const message = `the server is full: ${this.maxConnections} clients are connected; try again later`;
+    const n = this.maxConnections;
+    const message = `the server is full (${n} client${n === 1 ? '' : 's'} connected); try again later`;
     this.onError(new ClientDropped('SERVER_FULL', `refused a client: ${message}`));
     return message;
   }

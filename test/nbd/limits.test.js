@@ -128,7 +128,7 @@ describe('NBD budgets and timeouts', () => {
     const late = await connect();
     const refused = await go(late);
     assert.equal(refused.type, REP.ERR_POLICY);
-    assert.match(refused.data.toString(), /the server is full: 2 clients are connected; try again later/);
+    assert.match(refused.data.toString(), /the server is full \(2 clients connected\); try again later/);
     assert.ok(drops.includes('SERVER_FULL'));
     // The second waits for the budget the first holds (it is not at fault), then holds it in turn.
     await until(() => drops.filter((d) => d === 'UNREAD_REPLIES').length === 2);
