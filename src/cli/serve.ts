@@ -1,16 +1,20 @@
 /**
  * `vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME]
- * [--parents=relative|any|none] FILE`: export a disk (a differencing image with its chain) over
- * NBD until SIGINT or SIGTERM, then answer the requests in flight, flush, close the image and
- * exit 0. One line on stderr says where it listens (scripts wait for it).
+ * [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none]
+ * FILE`: export a disk (a differencing image with its chain) over NBD until SIGINT or SIGTERM,
+ * then answer the requests in flight, flush, close the image and exit 0. One line on stderr says
+ * where it listens (scripts wait for it).
+ *
+ * The limit names follow qemu-nbd where it has one (`-e/--shared`, `--handshake-limit`); qemu-nbd
+ * and nbdkit have no idle or I/O timeout, so those are named for what they time.
  */
 import { access, constants } from 'node:fs/promises';
 import { openFile, type ParentPaths } from '../node-files.js';
 import { NodeFileSource } from '../io/node-file.js';
 import { RawDevice } from '../device/raw.js';
 import type { BlockDevice } from '../device/block-device.js';
-import { serveNbd, DEFAULT_PORT } from '../nbd/server.js';
-import { ProtocolViolation } from '../nbd/handshake.js';
+import { serveNbd, DEFAULT_PORT, type NbdLimits } from '../nbd/server.js';
+import { ClientDropped, ProtocolViolation } from '../nbd/handshake.js';
 import { humanSize, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
 import { formatOption, imageFormat, type ImageFormat } from './image-format.js';
 
@@ -28,6 +32,10 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
       socket: { type: 'string', short: 'k' },
       'export-name': { type: 'string', short: 'x' },
       description: { type: 'string', short: 'D' },
+      shared: { type: 'string', short: 'e' },
+      'handshake-limit': { type: 'string' },
+      'idle-timeout': { type: 'string' },
+      'io-timeout': { type: 'string' },
       parents: { type: 'string' },
     },
     SERVE_USAGE,
@@ -48,21 +56,46 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   if (socketPath !== undefined) requireDirectory(socketPath, 'socket');
   const name = (values['export-name'] as string | undefined) ?? '';
   if (Buffer.byteLength(name) > 4096 || name.includes('\0')) throw new UsageError('the export name is longer than 4096 bytes');
+  const limits: NbdLimits = {};
+  if (values.shared !== undefined) {
+    const text = String(values.shared);
+    limits.maxConnections = /^[0-9]{1,4}$/.test(text) ? Number(text) : NaN;
+    if (!(limits.maxConnections >= 1 && limits.maxConnections <= 1024)) throw new UsageError(`invalid --shared '${text}': expected 1 to 1024 clients`);
+  }
+  if (values['handshake-limit'] !== undefined) limits.handshakeTimeoutMs = seconds(values['handshake-limit'], '--handshake-limit');
+  if (values['idle-timeout'] !== undefined) limits.idleTimeoutMs = seconds(values['idle-timeout'], '--idle-timeout');
+  if (values['io-timeout'] !== undefined) limits.ioTimeoutMs = seconds(values['io-timeout'], '--io-timeout');
 
   // -r, or a file we may not write: read-only export.
   const readOnly = values['read-only'] === true || !(await writable(path));
   const parents = parentPaths(values.parents);
   const device = await naming(path, () => openDevice(path, imageFormat(path, fmt, io), readOnly, parents));
   const debug = process.env.VHDX_DEBUG === '1';
+  // Clients refused or dropped by a limit: one line each, at most one a second (a flood of
+  // connections must not become a flood of lines); the next line counts the ones held back.
+  let lastDrop = -Infinity;
+  let heldBack = 0;
   try {
     const server = await serveNbd(device, {
       ...(socketPath !== undefined ? { path: socketPath } : { port, host: (values.bind as string | undefined) ?? '127.0.0.1' }),
       name,
       ...(values.description !== undefined ? { description: String(values.description) } : {}),
       readOnly,
+      ...limits,
       onError: (e) => {
         // Hostile or broken clients are routine for a server; say so only when debugging.
         if (e instanceof ProtocolViolation && !debug) return;
+        if (e instanceof ClientDropped && !debug) {
+          const now = performance.now();
+          if (now - lastDrop < 1000) {
+            heldBack++;
+            return;
+          }
+          lastDrop = now;
+          io.err(`vhdx: ${e.message}${heldBack > 0 ? ` (${heldBack} more such messages held back)` : ''}\n`);
+          heldBack = 0;
+          return;
+        }
         io.err(`vhdx: ${debug && e instanceof Error ? (e.stack ?? e.message) : e instanceof Error ? e.message : String(e)}\n`);
       },
     });
@@ -76,6 +109,14 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
     await device.close();
   }
   return 0;
+}
+
+/** A timeout in seconds (fractions allowed; 0: none) as whole ms. */
+function seconds(value: unknown, flag: string): number {
+  const text = String(value);
+  const ms = /^[0-9]{1,7}(\.[0-9]{1,3})?$/.test(text) ? Math.round(Number(text) * 1000) : NaN;
+  if (!(ms >= 0 && ms <= 0x7fffffff)) throw new UsageError(`invalid ${flag} '${text}': expected seconds from 0 (no limit) to 2147483`);
+  return ms;
 }
 
 async function writable(path: string): Promise<boolean> {

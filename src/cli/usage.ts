@@ -11,7 +11,7 @@ export const INFO_USAGE =
 export const IO_USAGE = 'vhdx io [-r] [-q] [-f vhdx|raw] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
 export const MAP_USAGE = 'vhdx map [-f vhdx|raw] [--output=human|json] [--parents=relative|any|none] FILE';
 export const SERVE_USAGE =
-  'vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [--parents=relative|any|none] FILE';
+  'vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
@@ -151,6 +151,10 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ['--port N', 'TCP port (default 10809; 0: any free port)'],
       ['--socket PATH', 'listen on a Unix socket instead'],
       ['--export-name NAME', 'the export\'s name (default "")'],
+      ['-e, --shared N', 'serve at most N clients at once (default 16; as qemu-nbd)'],
+      ['--handshake-limit S', 'drop a client that has not finished the handshake within S seconds (default 10; 0: no limit; as qemu-nbd)'],
+      ['--idle-timeout S', 'when the server is full, let go of the client idle longest if idle for S seconds (default 60; 0: never)'],
+      ['--io-timeout S', 'drop a client whose request or unread replies make no progress for S seconds (default 30; 0: never)'],
       PARENTS,
     ],
   },

@@ -31,6 +31,11 @@ export interface HandshakeIo {
   read(n: number): Promise<Buffer>;
   /** Queue bytes for the client (in order). */
   write(data: Buffer): void;
+  /**
+   * Claim a place among the connections in transmission, when GO or EXPORT_NAME asks for one.
+   * Returns null when claimed, else the message to refuse the client with.
+   */
+  admit(): string | null;
 }
 
 export interface HandshakeLimits {
@@ -58,13 +63,37 @@ export class ProtocolViolation extends Error {
   override name = 'ProtocolViolation';
 }
 
+/**
+ * Why the server refused or dropped a client that broke no rule (reported to onError; the client
+ * gets the message where the protocol has room for it):
+ * - SERVER_FULL: GO or EXPORT_NAME while every connection is taken and none has been idle long
+ *   enough to be let go (GO gets ERR_POLICY with the message; EXPORT_NAME has no error channel,
+ *   so that connection is closed).
+ * - TOO_MANY_HANDSHAKES: a connection accepted while the most allowed are in the handshake: closed.
+ * - HANDSHAKE_TIMEOUT: the handshake was not finished in time: closed.
+ * - IDLE: idle past the idle timeout while the server was full and another client asked in.
+ * - STALLED_REQUEST: a request left half sent for the I/O timeout.
+ * - UNREAD_REPLIES: replies not read for the I/O timeout.
+ */
+export type ClientDropReason = 'SERVER_FULL' | 'TOO_MANY_HANDSHAKES' | 'HANDSHAKE_TIMEOUT' | 'IDLE' | 'STALLED_REQUEST' | 'UNREAD_REPLIES';
+
+export class ClientDropped extends Error {
+  override name = 'ClientDropped';
+  constructor(
+    readonly reason: ClientDropReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** The id we give base:allocation in SET_META_CONTEXT (any u32 unique per connection will do). */
 export const ALLOCATION_CONTEXT_ID = 1;
 
 /**
  * Run the handshake. Resolves to the negotiated state, or null when the client ended it with ABORT
- * (the ACK has been queued). Rejects with ProtocolViolation, or with the read error when the
- * connection ends.
+ * (the ACK has been queued) or asked with EXPORT_NAME while `io.admit` refused. Rejects with
+ * ProtocolViolation, or with the read error when the connection ends.
  */
 export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: HandshakeLimits): Promise<Negotiated | null> {
   const greeting = Buffer.alloc(18);
@@ -101,6 +130,7 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
         const name = decodeString(data);
         const exp = name === null ? undefined : exports.lookup(name);
         if (!exp) throw new ProtocolViolation(`EXPORT_NAME for an unknown export`);
+        if (io.admit() !== null) return null;
         const flags = transmissionFlags(exp, structured);
         const out = Buffer.alloc(noZeroes ? 10 : 134);
         putU64(out, exp.size, 0);
@@ -145,6 +175,12 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
         const exp = exports.lookup(req.name);
         if (!exp) {
           fail(Rep.ERR_UNKNOWN, 'no such export');
+          break;
+        }
+        const refusal = opt === Opt.GO ? io.admit() : null;
+        if (refusal !== null) {
+          // The client may try again, ABORT, or go; the handshake limits still hold.
+          fail(Rep.ERR_POLICY, refusal);
           break;
         }
         const flags = transmissionFlags(exp, structured);

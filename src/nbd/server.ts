@@ -7,6 +7,12 @@
  * write, and a FLUSH (or FUA) on any connection commits every write completed before it on all
  * connections (VhdxImage.flush commits the shared BAT changes and fsyncs the one file).
  *
+ * Places: at most `maxConnections` clients are in transmission at once; a place is claimed by GO
+ * (or EXPORT_NAME). When none is free, a client idle for `idleTimeoutMs` is let go to make room,
+ * else the GO gets ERR_POLICY with a message. Connections still in the handshake have their own
+ * limit, `maxHandshakes`, and their own deadline. Every refusal and every client dropped for a
+ * timeout is reported to onError as a ClientDropped.
+ *
  * Shutdown (`close`): stop accepting, drop connections still in the handshake, stop reading new
  * requests, answer those in flight, flush writable devices, close the sockets. The devices stay
  * open: they belong to the caller.
@@ -14,22 +20,36 @@
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import { ExportTable, resolveExport, type NbdExport, type NbdExportOptions, type NbdExportSpec } from './export.js';
-import { negotiate, ProtocolViolation, type HandshakeIo, type HandshakeLimits } from './handshake.js';
+import { ClientDropped, negotiate, ProtocolViolation, type HandshakeIo, type HandshakeLimits } from './handshake.js';
 import { InputBuffer } from './input.js';
-import { ByteBudget, Transmission, type TransmissionLimits } from './transmission.js';
+import { ByteBudget, REPLY_BOUND, Transmission, type TransmissionLimits } from './transmission.js';
 import type { BlockDevice } from '../device/block-device.js';
 
 const MiB = 1024 * 1024;
 
 export interface NbdLimits {
   /**
-   * Connections served at once; more are closed on accept (default 16). Each connection holds at
-   * most about maxBytesPerConnection + maxPayload of buffers (96 MiB by default, when its client
-   * stops reading replies), so this bounds the server's memory.
+   * Clients in transmission at once (default 16). A client that asks for an export (GO) when all
+   * are taken gets ERR_POLICY with a message, unless one of them has been idle for idleTimeoutMs:
+   * that one is disconnected to make room.
    */
   maxConnections?: number;
-  /** Time a client has to finish the handshake, in ms (default 10000). */
+  /** Connections in the handshake at once (default 32); more are closed on accept and reported. */
+  maxHandshakes?: number;
+  /** Time a client has to finish the handshake, in ms (default 10000; 0: no limit). */
   handshakeTimeoutMs?: number;
+  /**
+   * A client in transmission with nothing in flight and nothing sent or read for this long, in ms,
+   * is disconnected when the server is full and another client asks for a place (default 60000;
+   * 0: never). A server that is not full keeps idle clients (a mounted device may be idle for hours).
+   */
+  idleTimeoutMs?: number;
+  /**
+   * A client that leaves a request half sent, or leaves its replies unread, with no progress at
+   * all for this long, in ms, is disconnected (default 30000; 0: never). Its requests and the
+   * memory its replies hold would otherwise stay forever.
+   */
+  ioTimeoutMs?: number;
   /** Longest option data (default 65536 bytes); longer options end the connection. */
   maxOptionLength?: number;
   /** Options per handshake (default 64). */
@@ -40,19 +60,40 @@ export interface NbdLimits {
   drainLimit?: number;
   /** Requests in flight per connection (default 128). */
   maxRequestsPerConnection?: number;
-  /** Payload and read bytes held per connection (default 64 MiB). */
+  /**
+   * Bytes held per connection before its requests stop being read (default 64 MiB): payloads,
+   * read buffers and replies not yet handed to the kernel.
+   */
   maxBytesPerConnection?: number;
   /** Unsent reply bytes per connection before its requests stop being read (default 8 MiB). */
   maxOutputPerConnection?: number;
-  /** Payload and read bytes held by all connections together (default 512 MiB). */
+  /**
+   * Bytes held by all connections together before requests stop being read (default 512 MiB),
+   * counted as for maxBytesPerConnection. The total never passes this + maxPayload + 256.
+   */
   maxBytesInFlight?: number;
-  /** Most extents in one BLOCK_STATUS reply (default 1024). */
+  /** Most extents in one BLOCK_STATUS reply (default 1024, at most maxPayload / 8). */
   maxExtents?: number;
+}
+
+/** What the server holds now (see NbdServer.stats). */
+export interface NbdServerStats {
+  /** Connections open (in the handshake, in transmission, or closing). */
+  connections: number;
+  /** Clients holding a place in transmission. */
+  clients: number;
+  /** Bytes charged to requests and unwritten replies now, over all connections. */
+  bytesHeld: number;
+  /** The most bytesHeld has been since the server was made. */
+  peakBytesHeld: number;
+  /** The bound bytesHeld never passes: maxBytesInFlight + maxPayload + 256. */
+  bytesBound: number;
 }
 
 export interface NbdServerOptions extends NbdLimits {
   /**
-   * Told about device errors (EIO), protocol violations and failed flushes at disconnect.
+   * Told about device errors (EIO), protocol violations, failed flushes at disconnect, and every
+   * client refused or dropped by a limit or a timeout (ClientDropped, with its reason).
    * Default: ignore them (the client gets its error reply).
    */
   onError?: (e: unknown) => void;
@@ -78,9 +119,13 @@ export class NbdServer {
   private readonly tx: TransmissionLimits;
   private readonly budget: ByteBudget;
   private readonly maxConnections: number;
-  private readonly handshakeTimeoutMs: number;
+  private readonly maxHandshakes: number;
+  private readonly timeouts: Timeouts;
+  private readonly idleTimeoutMs: number;
   private readonly onError: (e: unknown) => void;
   private readonly conns = new Set<Connection>();
+  /** Connections holding a place in transmission. */
+  private readonly places = new Set<Connection>();
   private readonly servers: Server[] = [];
   private listening: { port: number; host: string } | { path: string } | null = null;
   private closing: Promise<void> | null = null;
@@ -106,15 +151,34 @@ export class NbdServer {
       maxOutput: opts.maxOutputPerConnection ?? 8 * MiB,
       maxExtents: opts.maxExtents ?? 1024,
     };
+    if (!(this.tx.maxExtents >= 1 && this.tx.maxExtents <= maxPayload / 8)) {
+      throw new TypeError(`maxExtents ${this.tx.maxExtents} is not from 1 to maxPayload / 8`);
+    }
     this.budget = new ByteBudget(opts.maxBytesInFlight ?? 512 * MiB);
     this.maxConnections = opts.maxConnections ?? 16;
-    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
+    this.maxHandshakes = opts.maxHandshakes ?? 32;
+    this.timeouts = {
+      handshake: millis('handshakeTimeoutMs', opts.handshakeTimeoutMs ?? 10_000),
+      io: millis('ioTimeoutMs', opts.ioTimeoutMs ?? 30_000),
+    };
+    this.idleTimeoutMs = millis('idleTimeoutMs', opts.idleTimeoutMs ?? 60_000);
     this.onError = opts.onError ?? (() => undefined);
   }
 
   /** Connections open now (in the handshake or in transmission). */
   get connections(): number {
     return this.conns.size;
+  }
+
+  /** What the server holds now: connections, places taken, bytes charged and their bound. */
+  get stats(): NbdServerStats {
+    return {
+      connections: this.conns.size,
+      clients: this.places.size,
+      bytesHeld: this.budget.used,
+      peakBytesHeld: this.budget.peak,
+      bytesBound: this.budget.limit + this.tx.maxPayload + REPLY_BOUND,
+    };
   }
 
   /** The address `listen` bound, as an NBD URI for the first export (e.g. nbd://127.0.0.1:10809/). */
@@ -129,13 +193,63 @@ export class NbdServer {
 
   /** Serve one connection (any connected socket). */
   handle(socket: Socket): void {
-    if (this.closing || this.conns.size >= this.maxConnections) {
+    if (this.closing) {
       socket.destroy();
       return;
     }
-    const c = new Connection(socket, this.exports, this.hs, this.tx, this.budget, this.handshakeTimeoutMs, this.onError);
+    let negotiating = 0;
+    for (const c of this.conns) if (c.negotiating) negotiating++;
+    if (negotiating >= this.maxHandshakes) {
+      socket.destroy();
+      this.onError(new ClientDropped('TOO_MANY_HANDSHAKES', `connection closed at once: ${negotiating} clients are in the handshake already`));
+      return;
+    }
+    const c: Connection = new Connection(socket, {
+      exports: this.exports,
+      hs: this.hs,
+      tx: this.tx,
+      budget: this.budget,
+      timeouts: this.timeouts,
+      onError: this.onError,
+      admit: () => this.admit(c),
+    });
     this.conns.add(c);
-    void c.closed.then(() => this.conns.delete(c));
+    void c.closed.then(() => {
+      this.conns.delete(c);
+      this.places.delete(c);
+    });
+  }
+
+  /**
+   * Give `c` a place in transmission: a free one, else the one of the client idle longest if
+   * that is past the idle timeout. Returns null when `c` has its place, else why not.
+   */
+  private admit(c: Connection): string | null {
+    if (this.places.size < this.maxConnections) {
+      this.places.add(c);
+      return null;
+    }
+    let idlest: Connection | null = null;
+    let since = Infinity;
+    for (const p of this.places) {
+      const t = p.idleSince();
+      if (t !== null && t < since) {
+        since = t;
+        idlest = p;
+      }
+    }
+    const idle = performance.now() - since;
+    if (idlest && this.idleTimeoutMs > 0 && idle >= this.idleTimeoutMs) {
+      this.places.delete(idlest);
+      this.onError(new ClientDropped('IDLE', `disconnected a client idle for ${Math.round(idle / 1000)} s to make room for a new one`));
+      void idlest.shutdown();
+      this.places.add(c);
+      return null;
+    }
+    const n = this.maxConnections;
+    const message = `the server is full (${n} client${n === 1 ? '' : 's'} connected); try again later`;
+    this.onError(new ClientDropped('SERVER_FULL', `refused a client: ${message}`));
+    return message;
   }
 
   /** Listen on a TCP port or a Unix socket; resolves once listening. */
@@ -213,6 +327,29 @@ async function removeStaleSocket(path: string): Promise<void> {
   if (!live) await unlink(path).catch(() => undefined);
 }
 
+/** 0 (none) or a whole number of ms that setTimeout can take. */
+function millis(name: string, ms: number): number {
+  if (!(Number.isInteger(ms) && ms >= 0 && ms <= 0x7fffffff)) throw new TypeError(`${name} ${ms} is not a whole number of ms from 0 to 2^31 - 1`);
+  return ms;
+}
+
+interface Timeouts {
+  handshake: number;
+  io: number;
+}
+
+/** What a connection gets from its server. */
+interface ConnectionContext {
+  exports: ExportTable;
+  hs: HandshakeLimits;
+  tx: TransmissionLimits;
+  budget: ByteBudget;
+  timeouts: Timeouts;
+  onError: (e: unknown) => void;
+  /** Claim a place in transmission (see NbdServer.admit). */
+  admit: () => string | null;
+}
+
 /** One client: the handshake, then transmission. */
 class Connection {
   private readonly input = new InputBuffer();
@@ -221,21 +358,22 @@ class Connection {
   private ended: Error | null = null;
   private inputPaused = false;
   private tx: Transmission | null = null;
-  private readonly timer: NodeJS.Timeout;
+  /** The handshake is over (transmission started, or the connection is ending). */
+  private negotiated = false;
+  /** Every request of the transmission has been answered and the socket ended. */
+  private txDone = false;
+  private readonly timer: NodeJS.Timeout | null = null;
   private resolveClosed!: () => void;
   /** Resolves when the socket has closed and every request of the connection has finished. */
   readonly closed: Promise<void>;
   private readonly socketClosed: Promise<void>;
+  private readonly onError: (e: unknown) => void;
 
   constructor(
     private readonly socket: Socket,
-    private readonly exports: ExportTable,
-    private readonly hs: HandshakeLimits,
-    private readonly txLimits: TransmissionLimits,
-    private readonly budget: ByteBudget,
-    handshakeTimeoutMs: number,
-    private readonly onError: (e: unknown) => void,
+    private readonly ctx: ConnectionContext,
   ) {
+    this.onError = ctx.onError;
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.socketClosed = new Promise((r) => socket.once('close', () => r()));
     socket.setNoDelay(true);
@@ -250,11 +388,46 @@ class Connection {
       this.tx?.socketClosed();
     });
     socket.on('drain', () => this.tx?.pump());
-    this.timer = setTimeout(() => {
-      if (!this.tx) socket.destroy();
-    }, handshakeTimeoutMs);
-    this.timer.unref();
+    socket.on('timeout', () => this.onIoTimeout());
+    const limit = ctx.timeouts.handshake;
+    if (limit > 0) {
+      this.timer = setTimeout(() => {
+        if (this.negotiated || socket.destroyed) return;
+        this.onError(new ClientDropped('HANDSHAKE_TIMEOUT', `closed a connection that did not finish its handshake in ${limit / 1000} s`));
+        socket.destroy();
+      }, limit);
+      this.timer.unref();
+    }
     void this.run();
+  }
+
+  /** Still in the handshake (counts against maxHandshakes). */
+  get negotiating(): boolean {
+    return !this.negotiated;
+  }
+
+  /** See Transmission.idleSince; null before transmission. */
+  idleSince(): number | null {
+    return this.tx?.idleSince() ?? null;
+  }
+
+  /**
+   * The socket saw no traffic and no write progress for the I/O timeout. A client that holds the
+   * connection up (unread replies, a half-sent request) is dropped; one that is idle, or waiting
+   * for us, is left alone; one that was answered in full and never closed its side is closed.
+   */
+  private onIoTimeout(): void {
+    const tx = this.tx;
+    if (!tx || this.socket.destroyed) return;
+    const why = tx.stalled();
+    if (why !== null || this.txDone) {
+      const seconds = this.ctx.timeouts.io / 1000;
+      if (why === 'replies') this.onError(new ClientDropped('UNREAD_REPLIES', `disconnected a client that read none of its replies for ${seconds} s`));
+      else if (why === 'request') this.onError(new ClientDropped('STALLED_REQUEST', `disconnected a client that left a request half sent for ${seconds} s`));
+      this.socket.destroy();
+      return;
+    }
+    this.socket.setTimeout(this.ctx.timeouts.io); // idle or waiting on us: look again later
   }
 
   /** Server shutdown: drop a handshake; stop a transmission after its requests in flight. */
@@ -269,26 +442,35 @@ class Connection {
   }
 
   private async run(): Promise<void> {
+    const ctx = this.ctx;
     try {
-      const io: HandshakeIo = { read: (n) => this.read(n), write: (b) => void (this.socket.destroyed || this.socket.write(b)) };
-      const negotiated = await negotiate(io, this.exports, this.hs);
-      clearTimeout(this.timer);
+      const io: HandshakeIo = {
+        read: (n) => this.read(n),
+        write: (b) => void (this.socket.destroyed || this.socket.write(b)),
+        admit: () => ctx.admit(),
+      };
+      const negotiated = await negotiate(io, ctx.exports, ctx.hs);
+      this.negotiated = true;
+      if (this.timer) clearTimeout(this.timer);
       if (negotiated === null || this.socket.destroyed) {
         this.socket.end();
       } else {
-        const tx = new Transmission(this.socket, this.input, negotiated, this.txLimits, this.budget, this.onError);
+        const tx = new Transmission(this.socket, this.input, negotiated, ctx.tx, ctx.budget, this.onError);
         this.tx = tx;
+        if (ctx.timeouts.io > 0) this.socket.setTimeout(ctx.timeouts.io);
         if (this.inputPaused) this.socket.resume();
         if (this.ended) tx.endOfInput();
         else tx.pump(); // requests that arrived with the last option
         if (this.socket.destroyed) tx.socketClosed();
         await tx.finished;
+        this.txDone = true;
       }
     } catch (e) {
       if (e instanceof ProtocolViolation) this.onError(e);
       this.socket.destroy();
     } finally {
-      clearTimeout(this.timer);
+      this.negotiated = true;
+      if (this.timer) clearTimeout(this.timer);
       await this.socketClosed;
       this.resolveClosed();
     }
@@ -297,7 +479,7 @@ class Connection {
   private onData(chunk: Buffer): void {
     this.input.push(chunk);
     if (this.tx) {
-      this.tx.pump();
+      this.tx.received();
       return;
     }
     if (this.waiter && this.input.available >= this.want) {
@@ -306,7 +488,7 @@ class Connection {
       w.resolve(this.input.take(this.want));
     }
     // A client that floods the handshake is not read further until its options are handled.
-    if (!this.inputPaused && this.input.available > this.hs.maxOptionLength + 65536) {
+    if (!this.inputPaused && this.input.available > this.ctx.hs.maxOptionLength + 65536) {
       this.inputPaused = true;
       this.socket.pause();
     }
@@ -337,7 +519,7 @@ class Connection {
   }
 
   private resumeHandshakeInput(): void {
-    if (this.inputPaused && this.input.available <= this.hs.maxOptionLength + 65536) {
+    if (this.inputPaused && this.input.available <= this.ctx.hs.maxOptionLength + 65536) {
       this.inputPaused = false;
       this.socket.resume();
     }

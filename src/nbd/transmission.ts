@@ -5,11 +5,17 @@
  * message).
  *
  * Backpressure: before each new request header the connection checks its limits (requests in
- * flight, bytes held for payloads and reads, bytes queued on the socket unsent) and the server's
- * byte budget; over any of them it stops reading the socket until a request finishes or the
- * socket drains. Nothing is queued without bound, and no buffer is sized by a client's number
- * before that number was checked against the advertised maximum (payloads are gathered from the
- * bytes actually received).
+ * flight, bytes held, bytes queued on the socket unsent) and the server's byte budget; over any
+ * of them it stops reading the socket until a request finishes or the socket drains. Nothing is
+ * queued without bound, and no buffer is sized by a client's number before that number was
+ * checked against the advertised maximum (payloads are gathered from the bytes actually received).
+ *
+ * Accounting: a request is charged, when its header is read, for everything it can come to hold:
+ * its payload or read buffer plus REPLY_BOUND for the reply's headers or error message. When its
+ * reply is queued the charge shrinks to the reply's size, and that stays charged until the socket
+ * has handed the reply to the kernel (the write's callback), so replies a client does not read
+ * count as long as they sit in this process. A header is read only while the server's total is
+ * under its limit, so the total never passes limit + maxPayload + REPLY_BOUND.
  */
 import type { Socket } from 'node:net';
 import type { Extent } from '../device/block-device.js';
@@ -54,6 +60,8 @@ export interface TransmissionLimits {
 /** Bytes held by all connections of a server; connections wait while it is spent. */
 export class ByteBudget {
   used = 0;
+  /** The most `used` has been. */
+  peak = 0;
   private readonly waiting = new Set<() => void>();
   constructor(readonly limit: number) {}
 
@@ -62,6 +70,7 @@ export class ByteBudget {
   }
   take(n: number): void {
     this.used += n;
+    if (this.used > this.peak) this.peak = this.used;
   }
   give(n: number): void {
     this.used -= n;
@@ -83,8 +92,13 @@ const HEADER = 0;
 const PAYLOAD = 1;
 const DRAIN = 2;
 
-/** Keep error chunks far below qemu's 1000-byte limit on non-data chunk payloads. */
-const MAX_MESSAGE_CHARS = 200;
+/** Error messages are cut to this many bytes: far below qemu's 1000-byte limit on non-data chunks. */
+const MAX_MESSAGE_BYTES = 200;
+/**
+ * Bytes charged to every request for its reply beyond the payload: a simple reply (16), a data
+ * chunk's header and offset (28), an error chunk (26 + message) all fit.
+ */
+export const REPLY_BOUND = 256;
 
 export class Transmission {
   private readonly exp: NbdExport;
@@ -102,6 +116,8 @@ export class Transmission {
   private pOffset = 0;
   private pLength = 0;
   private pErrno = 0;
+  /** What the request being gathered or drained was charged. */
+  private pCharge = 0;
   private parts: Buffer[] = [];
   private got = 0;
   private drainLeft = 0;
@@ -116,6 +132,8 @@ export class Transmission {
   private outQueue: Buffer[] = [];
   private outBytes = 0;
   private flushScheduled = false;
+  /** When bytes last arrived or a reply was last handed to the kernel (performance.now()). */
+  private lastActivity = performance.now();
   /** The client half-closed: once the buffered requests are read, stop. */
   private inputEnded = false;
   /** A write completed since the last flush began. */
@@ -140,6 +158,32 @@ export class Transmission {
     this.flags = negotiated.flags;
     this.sparseReads = this.structured && this.exp.device.can.extents;
     this.finished = new Promise((r) => (this.resolveFinished = r));
+  }
+
+  /** Bytes arrived from the client. */
+  received(): void {
+    this.lastActivity = performance.now();
+    this.pump();
+  }
+
+  /**
+   * Since when the connection has been idle (performance.now() time), or null while anything is
+   * going on: a request in flight or half received, input not yet read, replies not yet written.
+   */
+  idleSince(): number | null {
+    if (this.stopping || this.inFlight > 0 || this.state !== HEADER || this.input.available > 0 || this.bytesHeld > 0) return null;
+    return this.lastActivity;
+  }
+
+  /**
+   * Why the client, rather than the server, is holding this connection up: replies it does not
+   * read, or a request it started and does not finish sending. Null when it is not (idle, or
+   * waiting for the device or the server's budget).
+   */
+  stalled(): 'replies' | 'request' | null {
+    if (this.socket.writableLength > 0) return 'replies';
+    if (!this.stopping && !this.paused && (this.state !== HEADER || this.input.available > 0)) return 'request';
+    return null;
   }
 
   /** New input arrived, a request finished, or the socket drained: read requests while allowed. */
@@ -174,12 +218,11 @@ export class Transmission {
     if (!this.stopping) {
       this.stopping = true;
       this.budget.forget(this.wake);
-      if (this.state === PAYLOAD) {
-        // A write whose payload will never be complete: give back what it was counted for.
+      if (this.state !== HEADER) {
+        // A write whose payload will never be complete (or be drained): give back its charge.
+        if (this.state === PAYLOAD) this.inFlight--;
         this.state = HEADER;
-        this.inFlight--;
-        this.bytesHeld -= this.pLength;
-        this.budget.give(this.pLength);
+        this.release(this.pCharge);
       }
       this.parts = [];
       this.input.clear();
@@ -202,7 +245,7 @@ export class Transmission {
           this.state = HEADER;
           const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.pLength);
           this.parts = [];
-          void this.write(this.pCookieHi, this.pCookieLo, this.pFlags, this.pOffset, data);
+          void this.write(this.pCookieHi, this.pCookieLo, this.pFlags, this.pOffset, data, this.pCharge);
         }
         continue;
       }
@@ -210,7 +253,7 @@ export class Transmission {
         this.drainLeft -= input.skip(this.drainLeft);
         if (this.drainLeft > 0) return this.needInput();
         this.state = HEADER;
-        this.simple(this.pCookieHi, this.pCookieLo, this.pErrno);
+        this.simple(this.pCookieHi, this.pCookieLo, this.pErrno, this.pCharge);
         continue;
       }
       if (!this.admissible()) return this.hold();
@@ -269,8 +312,9 @@ export class Transmission {
         if (length > this.limits.maxPayload) return this.fail(type, cHi, cLo, Errno.EINVAL, 'read is longer than the maximum block size');
         if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('read'));
         if (length === 0) return this.ok(type, cHi, cLo);
-        this.begin(length);
-        void this.read(cHi, cLo, flags, offset, length);
+        const charge = length + REPLY_BOUND;
+        this.begin(charge);
+        void this.read(cHi, cLo, flags, offset, length, charge);
         return;
       }
       case Cmd.WRITE: {
@@ -286,11 +330,14 @@ export class Transmission {
           if (length > this.limits.drainLimit) return this.violation(`write of ${length} bytes is past the drain limit`);
           this.pErrno = errno;
           this.drainLeft = length;
+          this.pCharge = REPLY_BOUND; // the payload is dropped as it arrives; only the reply is held
+          this.charge(REPLY_BOUND);
           this.state = DRAIN;
           return;
         }
         if (length === 0) return this.ok(type, cHi, cLo);
-        this.begin(length);
+        this.pCharge = length + REPLY_BOUND;
+        this.begin(this.pCharge);
         this.pFlags = flags;
         this.pOffset = offset;
         this.pLength = length;
@@ -303,7 +350,7 @@ export class Transmission {
         return;
       case Cmd.FLUSH:
         if ((flags & ~fua) !== 0 || offset !== 0 || length !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'FLUSH takes no flags, offset or length');
-        this.begin(0);
+        this.begin(REPLY_BOUND);
         void this.flush(cHi, cLo);
         return;
       case Cmd.TRIM:
@@ -316,7 +363,7 @@ export class Transmission {
         if ((flags & ~allowed) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
         if (!inRange) return this.fail(type, cHi, cLo, trim ? Errno.EINVAL : Errno.ENOSPC, outside(trim ? 'trim' : 'write zeroes'));
         if (length === 0) return this.ok(type, cHi, cLo);
-        this.begin(0);
+        this.begin(REPLY_BOUND);
         void this.zero(trim, cHi, cLo, flags, offset, length);
         return;
       }
@@ -330,7 +377,7 @@ export class Transmission {
         if ((flags & ~(fua | CFlag.REQ_ONE)) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
         if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('block status'));
         if (length === 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'block status of 0 bytes');
-        this.begin(0);
+        this.begin(this.blockStatusCharge);
         void this.blockStatus(cHi, cLo, flags, offset, length);
         return;
       default:
@@ -338,22 +385,36 @@ export class Transmission {
     }
   }
 
-  private begin(bytes: number): void {
-    this.inFlight++;
-    this.bytesHeld += bytes;
-    this.budget.take(bytes);
+  /** A BLOCK_STATUS reply: its chunk header, context id and up to maxExtents extents. */
+  private get blockStatusCharge(): number {
+    return REPLY_BOUND + 8 * this.limits.maxExtents;
   }
 
-  private end(bytes: number): void {
+  /** A request starts, charged `bytes` (its reply hands the charge on to the bytes it sends). */
+  private begin(bytes: number): void {
+    this.inFlight++;
+    this.charge(bytes);
+  }
+
+  /** A request has finished (its reply is queued, or dropped with the connection). */
+  private end(): void {
     this.inFlight--;
-    this.bytesHeld -= bytes;
-    this.budget.give(bytes);
     if (this.stopping) {
       if (this.inFlight === 0) void this.finish();
     } else if (this.paused) this.pump();
   }
 
-  private async read(cHi: number, cLo: number, flags: number, offset: number, length: number): Promise<void> {
+  private charge(n: number): void {
+    this.bytesHeld += n;
+    this.budget.take(n);
+  }
+
+  private release(n: number): void {
+    this.bytesHeld -= n;
+    this.budget.give(n);
+  }
+
+  private async read(cHi: number, cLo: number, flags: number, offset: number, length: number, charge: number): Promise<void> {
     try {
       const dev = this.exp.device;
       let out: Buffer;
@@ -366,11 +427,11 @@ export class Transmission {
       } else {
         out = await this.readSparse(cHi, cLo, offset, length);
       }
-      this.send(out);
+      this.send(out, charge);
     } catch (e) {
-      this.failWith(Cmd.READ, cHi, cLo, e);
+      this.failWith(Cmd.READ, cHi, cLo, e, charge);
     } finally {
-      this.end(length);
+      this.end();
     }
   }
 
@@ -385,7 +446,9 @@ export class Transmission {
 
   /**
    * A READ answered from block status: OFFSET_HOLE chunks for ranges that read as zeros, data
-   * chunks (read in parallel, straight into the reply) for the rest; DONE on the last chunk.
+   * chunks (read in parallel, straight into the reply) for the rest; DONE on the last chunk. When
+   * the holes are too small to make that shorter than one data chunk, one data chunk it is (so a
+   * READ reply never passes its length + 28 bytes).
    */
   private async readSparse(cHi: number, cLo: number, offset: number, length: number): Promise<Buffer> {
     const end = offset + length;
@@ -418,6 +481,7 @@ export class Transmission {
 
     let total = 0;
     for (let i = 0; i < segs.length; i += 3) total += segs[i + 2] === 1 ? CHUNK_HEADER_SIZE + 12 : CHUNK_HEADER_SIZE + 8 + segs[i + 1]!;
+    if (total > CHUNK_HEADER_SIZE + 8 + length) return this.readData(cHi, cLo, offset, length);
     const out = Buffer.allocUnsafe(total);
     const reads: Promise<void>[] = [];
     let at = 0;
@@ -446,18 +510,18 @@ export class Transmission {
     return e.type === 'zero' || (e.type === 'unallocated' && this.exp.unallocatedIsZero);
   }
 
-  private async write(cHi: number, cLo: number, flags: number, offset: number, data: Buffer): Promise<void> {
+  private async write(cHi: number, cLo: number, flags: number, offset: number, data: Buffer, charge: number): Promise<void> {
     try {
       const w = this.exp.writable!;
       const fua = (flags & CFlag.FUA) !== 0;
       await w.write(offset, data, fua && w.can.fua ? { fua: true } : undefined);
       if (fua && !w.can.fua) await w.flush();
       this.dirty = true;
-      this.simple(cHi, cLo, 0);
+      this.simple(cHi, cLo, 0, charge);
     } catch (e) {
-      this.failWith(Cmd.WRITE, cHi, cLo, e);
+      this.failWith(Cmd.WRITE, cHi, cLo, e, charge);
     } finally {
-      this.end(data.length);
+      this.end();
     }
   }
 
@@ -465,12 +529,12 @@ export class Transmission {
     try {
       this.dirty = false;
       await this.exp.device.flush();
-      this.simple(cHi, cLo, 0);
+      this.simple(cHi, cLo, 0, REPLY_BOUND);
     } catch (e) {
       this.dirty = true;
-      this.failWith(Cmd.FLUSH, cHi, cLo, e);
+      this.failWith(Cmd.FLUSH, cHi, cLo, e, REPLY_BOUND);
     } finally {
-      this.end(0);
+      this.end();
     }
   }
 
@@ -481,11 +545,11 @@ export class Transmission {
       else await w.writeZeroes(offset, length, { mayDiscard: (flags & CFlag.NO_HOLE) === 0, fast: (flags & CFlag.FAST_ZERO) !== 0 });
       if ((flags & CFlag.FUA) !== 0) await w.flush();
       this.dirty = true;
-      this.simple(cHi, cLo, 0);
+      this.simple(cHi, cLo, 0, REPLY_BOUND);
     } catch (e) {
-      this.failWith(trim ? Cmd.TRIM : Cmd.WRITE_ZEROES, cHi, cLo, e);
+      this.failWith(trim ? Cmd.TRIM : Cmd.WRITE_ZEROES, cHi, cLo, e, REPLY_BOUND);
     } finally {
-      this.end(0);
+      this.end();
     }
   }
 
@@ -524,56 +588,65 @@ export class Transmission {
       chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.BLOCK_STATUS, cHi, cLo, 4 + 8 * n);
       out.writeUInt32BE(this.context!, CHUNK_HEADER_SIZE);
       for (let i = 0; i < pairs.length; i++) out.writeUInt32BE(pairs[i]!, CHUNK_HEADER_SIZE + 4 + 4 * i);
-      this.send(out);
+      this.send(out, this.blockStatusCharge);
     } catch (e) {
-      this.failWith(Cmd.BLOCK_STATUS, cHi, cLo, e);
+      this.failWith(Cmd.BLOCK_STATUS, cHi, cLo, e, this.blockStatusCharge);
     } finally {
-      this.end(0);
+      this.end();
     }
   }
+
+  // Replies: `charged` is what the request was charged (0 for a refusal answered at once, which
+  // is charged here, within the step that read its header).
 
   private ok(type: number, cHi: number, cLo: number): void {
     if (this.structured && type === Cmd.READ) {
       const out = Buffer.allocUnsafe(CHUNK_HEADER_SIZE);
       chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.NONE, cHi, cLo, 0);
-      this.send(out);
-    } else this.simple(cHi, cLo, 0);
+      this.send(out, 0);
+    } else this.simple(cHi, cLo, 0, 0);
   }
 
-  private failWith(type: number, cHi: number, cLo: number, e: unknown): void {
+  private failWith(type: number, cHi: number, cLo: number, e: unknown, charged: number): void {
     const errno = errnoOf(e);
     if (errno === Errno.EIO) this.onError(e);
-    this.fail(type, cHi, cLo, errno, e instanceof Error ? e.message : String(e));
+    this.fail(type, cHi, cLo, errno, e instanceof Error ? e.message : String(e), charged);
   }
 
   /**
    * Refuse a request. READ and BLOCK_STATUS answers must be structured once structured replies
    * are on; the others may use simple replies, which every client reads.
    */
-  private fail(type: number, cHi: number, cLo: number, errno: number, message: string): void {
+  private fail(type: number, cHi: number, cLo: number, errno: number, message: string, charged = 0): void {
     if (this.structured && (type === Cmd.READ || type === Cmd.BLOCK_STATUS)) {
-      const msg = Buffer.from(message.slice(0, MAX_MESSAGE_CHARS));
+      const msg = utf8Prefix(message, MAX_MESSAGE_BYTES);
       const out = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 6 + msg.length);
       chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.ERROR, cHi, cLo, 6 + msg.length);
       out.writeUInt32BE(errno, CHUNK_HEADER_SIZE);
       out.writeUInt16BE(msg.length, CHUNK_HEADER_SIZE + 4);
       msg.copy(out, CHUNK_HEADER_SIZE + 6);
-      this.send(out);
-    } else this.simple(cHi, cLo, errno);
+      this.send(out, charged);
+    } else this.simple(cHi, cLo, errno, charged);
   }
 
-  private simple(cHi: number, cLo: number, errno: number): void {
+  private simple(cHi: number, cLo: number, errno: number, charged: number): void {
     const out = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
     simpleHeader(out, errno, cHi, cLo);
-    this.send(out);
+    this.send(out, charged);
   }
 
   /**
-   * Queue a whole reply. Replies finished in one turn of the event loop go out together in one
-   * writev when the turn ends: one system call for many small replies.
+   * Queue a whole reply; from here on the request's charge is the reply's size, until the socket
+   * has written it. Replies finished in one turn of the event loop go out together in one writev
+   * when the turn ends: one system call for many small replies.
    */
-  private send(out: Buffer): void {
-    if (this.closed || this.socket.destroyed) return;
+  private send(out: Buffer, charged: number): void {
+    if (this.closed || this.socket.destroyed) {
+      this.release(charged);
+      return;
+    }
+    if (out.length > charged) this.charge(out.length - charged);
+    else this.release(charged - out.length);
     this.outQueue.push(out);
     this.outBytes += out.length;
     if (!this.flushScheduled) {
@@ -585,18 +658,30 @@ export class Transmission {
   private readonly flushOut = (): void => {
     this.flushScheduled = false;
     const q = this.outQueue;
+    const n = this.outBytes;
     this.outQueue = [];
     this.outBytes = 0;
-    if (this.closed || this.socket.destroyed || q.length === 0) return;
-    if (q.length === 1) this.socket.write(q[0]!);
+    if (this.closed || this.socket.destroyed) {
+      this.release(n);
+      return;
+    }
+    if (q.length === 0) return;
+    // The callback comes once the kernel has the bytes, or once the socket is destroyed.
+    if (q.length === 1) this.socket.write(q[0]!, () => this.written(n));
     else {
       this.socket.cork();
-      for (const b of q) this.socket.write(b);
+      for (const b of q) this.socket.write(b, () => this.written(b.length));
       this.socket.uncork();
     }
     if (this.stopping && this.inFlight === 0 && this.finishing) this.endSocket();
     else if (this.paused) this.pump();
   };
+
+  private written(n: number): void {
+    this.lastActivity = performance.now();
+    this.release(n);
+    if (this.paused && !this.stopping) this.pump();
+  }
 
   /** A message we cannot step over: hard disconnect (requests in flight still finish). */
   private violation(why: string): void {
@@ -626,6 +711,15 @@ export class Transmission {
   private endSocket(): void {
     if (!this.closed && !this.socket.destroyed) this.socket.end();
   }
+}
+
+/** At most `max` bytes of `text` in UTF-8, cut at a character boundary. */
+function utf8Prefix(text: string, max: number): Buffer {
+  const b = Buffer.from(text.length > max ? text.slice(0, max) : text);
+  if (b.length <= max) return b;
+  let end = max;
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--; // back off to the start of a character
+  return b.subarray(0, end);
 }
 
 function simpleHeader(out: Buffer, errno: number, cHi: number, cLo: number): void {

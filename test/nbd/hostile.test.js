@@ -1,11 +1,12 @@
 // Hostile and broken clients: garbage, bad magic, bad flags, oversized and too many options, a
 // stalled handshake, out-of-range and oversized requests, a huge WRITE header followed by a
-// disconnect, a flood of requests whose replies are never read, too many connections. After each,
-// the server is still up and a well-behaved client (already connected, or new) is served.
+// disconnect, a flood of requests whose replies are never read, too many connections and too
+// many handshakes. After each, the server is still up and a well-behaved client (already
+// connected, or new) is served. (Budgets and timeouts: limits.test.js.)
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { createFile, openFile, NbdServer } from '../../dist/node.js';
+import { createFile, openFile, NbdServer, ClientDropped } from '../../dist/node.js';
 import { shmScratch } from '../helpers/tools.js';
 import { NbdTestClient, OPT, REP, CMD, CF, ERR, IHAVEOPT, infoData } from './client.js';
 
@@ -17,13 +18,21 @@ let server;
 let img;
 /** A client connected before the hostile ones, used after each of them. */
 let bystander;
+/** Clients the server refused or dropped, as it reported them. */
+const reported = [];
 
 before(async () => {
   const path = join(dir, 'disk.vhdx');
   await createFile(path, { size: SIZE, blockSize: MiB });
   img = await openFile(path, { readOnly: false });
   await img.write(0, Buffer.alloc(MiB, 0x5a));
-  server = new NbdServer({ device: img }, { handshakeTimeoutMs: 500, maxConnections: 16, maxOptions: 20, maxOptionLength: 8192 });
+  server = new NbdServer({ device: img }, {
+    handshakeTimeoutMs: 500,
+    maxConnections: 16,
+    maxOptions: 20,
+    maxOptionLength: 8192,
+    onError: (e) => e instanceof ClientDropped && reported.push(e),
+  });
   await server.listen({ path: sock });
   bystander = await NbdTestClient.connect({ path: sock });
   await bystander.negotiate();
@@ -236,11 +245,33 @@ describe('hostile clients', () => {
     await c.disconnect();
   });
 
-  it('connections past the limit are closed at once; the ones inside it are served', async () => {
+  it('a client past the connection limit is refused with a message at GO, not dropped in silence; the ones inside it are served', async () => {
+    // The bystander holds one place; fill the other 15.
+    const inside = [];
+    for (let i = 0; i < 15; i++) inside.push(await inTransmission());
+    const late = await connect();
+    await late.start();
+    await late.structuredReplies();
+    const [refused] = await late.option(OPT.GO, infoData('', []));
+    assert.equal(refused.type, REP.ERR_POLICY);
+    assert.match(refused.data.toString(), /the server is full \(16 clients connected\)/);
+    assert.ok(reported.some((e) => e.reason === 'SERVER_FULL'));
+    for (const c of inside) assert.ok((await c.readBytes(0, 512)).bytes.equals(Buffer.alloc(512, 0x5a)));
+    await Promise.all(inside.map((c) => c.disconnect()));
+    // A place is free again: the same connection gets in.
+    assert.equal((await late.option(OPT.GO, infoData('', []))).at(-1).type, REP.ACK);
+    await late.disconnect();
+    await stillServing();
+  });
+
+  it('connections past the handshake limit are closed at once and reported', async () => {
+    const before = reported.filter((e) => e.reason === 'TOO_MANY_HANDSHAKES').length;
     const extra = [];
-    for (let i = 0; i < 20; i++) extra.push(await connect());
+    for (let i = 0; i < 40; i++) extra.push(await connect());
     const closed = await Promise.all(extra.map((c) => c.closedWithin(300)));
-    assert.ok(closed.filter(Boolean).length >= 20 - 15, `${closed.filter(Boolean).length} closed`);
+    // 32 may wait in the handshake (until its 500 ms deadline); the rest are closed at once.
+    assert.ok(closed.filter(Boolean).length >= 40 - 32, `${closed.filter(Boolean).length} closed`);
+    assert.ok(reported.filter((e) => e.reason === 'TOO_MANY_HANDSHAKES').length - before >= 40 - 32);
     for (const c of extra) c.destroy();
     await new Promise((r) => setTimeout(r, 50));
     await stillServing();

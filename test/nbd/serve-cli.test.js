@@ -64,6 +64,10 @@ describe('vhdx serve: arguments', () => {
       [['--port', '70000', img], /invalid port/],
       [['-f', 'qcow2', img], /format qcow2 is not supported/],
       [['--parents', 'maybe', img], /--parents must be/],
+      [['-e', '0', img], /invalid --shared '0'/],
+      [['--idle-timeout=-1', img], /invalid --idle-timeout/],
+      [['--io-timeout', '1e3', img], /invalid --io-timeout/],
+      [['--handshake-limit', 'soon', img], /invalid --handshake-limit/],
       [['--bogus', img], /Unknown option/],
     ]) {
       const r = await vhdx(['serve', ...args]);
@@ -100,6 +104,25 @@ describe('vhdx serve: arguments', () => {
       );
       assert.equal((await exec('nbdinfo', ['--size', s.uri])).stdout.trim(), String(64 * MiB));
     }
+    assert.equal((await s.stop()).code, 0);
+  });
+});
+
+describe('vhdx serve: limits', () => {
+  it('-e 1: a client past the limit is told why (qemu shows the message) and the server says so; with --idle-timeout an idle client then makes room', { skip: needTool('qemu-img') }, async () => {
+    const img = await freshImage();
+    const sock = sockFor('full');
+    const s = await startServe(['-e', '1', '--idle-timeout', '2', '--socket', sock, img]);
+    const holder = await clientFor(sock);
+    await holder.readBytes(0, 512);
+    const refused = await exec('qemu-img', ['info', '-f', 'raw', s.uri]);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /server reported: the server is full \(1 client connected\); try again later/);
+    assert.match(s.stderr(), /vhdx: refused a client: the server is full/);
+    await new Promise((r) => setTimeout(r, 2500)); // the holder is now idle past the timeout
+    assert.equal((await exec('qemu-img', ['info', '-f', 'raw', s.uri])).code, 0);
+    assert.ok(await holder.closedWithin(5000));
+    assert.match(s.stderr(), /vhdx: disconnected a client idle for \d+ s to make room for a new one/);
     assert.equal((await s.stop()).code, 0);
   });
 });
