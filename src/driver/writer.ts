@@ -99,8 +99,8 @@ interface Placement {
 interface PendingBlock {
   place: Promise<Placement>;
   writers: number;
-  /** A write into the block failed: a reused place must not be pointed at (it may show old bytes). */
-  failed: boolean;
+  /** Why a write into the block failed, if one did: a reused place is then not pointed at (it may show old bytes). */
+  failure?: unknown;
   /** Resolves when the block has its BAT entry (or its allocation failed) and left `allocating`. */
   done: Promise<void>;
   finish: () => void;
@@ -108,7 +108,15 @@ interface PendingBlock {
   error?: unknown;
 }
 
-export interface WriterOptions {
+/** Bounds of the writer's record of free space (see the contract at the top of writer.ts). */
+export interface FreeSpaceOptions {
+  /** Free places recorded at most (default MAX_FREE_BLOCKS, about 50 bytes each). */
+  maxFreeBlocks?: number;
+  /** Free space no BAT entry names recorded at most, in bytes (default MAX_UNOWNED_BYTES): what close may zero. */
+  maxUnownedFreeBytes?: number;
+}
+
+export interface WriterOptions extends FreeSpaceOptions {
   /** A differencing disk's sector bitmaps (null otherwise). */
   bitmaps?: SectorBitmaps | null;
   /** A differencing disk's parent, for the parts of sectors a write does not cover. */
@@ -167,7 +175,7 @@ export class Writer {
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
     this.flushedSize = Math.floor(file.size / MiB) * MiB;
-    this.free = new FreeBlocks(layout.blockSize, MAX_FREE_BLOCKS, MAX_UNOWNED_BYTES);
+    this.free = new FreeBlocks(layout.blockSize, Math.max(0, opts.maxFreeBlocks ?? MAX_FREE_BLOCKS), Math.max(0, opts.maxUnownedFreeBytes ?? MAX_UNOWNED_BYTES));
     // An entry takes at most half the log, so that the next one never overwrites it: it must stay
     // replayable until the next is durable (see LogRing).
     this.entriesPerCommit = maxDataWritesPerEntry(layout.log.logLength / 2);
@@ -475,14 +483,14 @@ export class Writer {
       let finish = (): void => undefined;
       const done = new Promise<void>((r) => (finish = r));
       const place = this.placeBlock(batIndex, true, this.extentOf(batIndex), inBlock, inBlock + data.length);
-      alloc = { place, writers: 0, failed: false, done, finish };
+      alloc = { place, writers: 0, done, finish };
       this.allocating.set(blockIndex, alloc);
     }
     alloc.writers++;
     try {
       await this.file.write!((await alloc.place).fileOffset + inBlock, data);
     } catch (e) {
-      alloc.failed = true;
+      alloc.failure ??= e;
       throw e;
     } finally {
       // The last writer points the BAT at the block; the others return only once it has, so a
@@ -617,9 +625,10 @@ export class Writer {
   private async settle(blockIndex: number, batIndex: number, alloc: PendingBlock): Promise<void> {
     try {
       const place = await alloc.place;
-      if (alloc.failed && place.reused) {
+      if (alloc.failure !== undefined && place.reused) {
+        // Every writer into the block fails with the write's error; the place goes back.
         this.unplace(place);
-        throw new VhdxError('EIO', 'IO_ERROR', `a write into payload block ${blockIndex} failed, so the free place it was given is not used`);
+        throw alloc.failure;
       }
       await this.pointAt(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
     } catch (e) {
