@@ -276,3 +276,38 @@ test('a failed write into a reused place leaves the entry as it was, and the pla
   assert.equal((await entryOf(disk, plan, 9)).fileOffsetMB, place1, 'the place went to the next allocation');
   await assertTidy(disk, 'after a failed write');
 });
+
+test('a commit split over several log entries keeps a reused claim\'s release and its new owner in one', async () => {
+  // 512 entries per BAT sector (1 MiB blocks, 512-byte sectors): one block per sector.
+  const spread = 512;
+  const { plan, disk } = await newDisk({ virtualSize: B(300 * spread) });
+  let img = await open(disk);
+  await img.write(0, pattern(1, 4096));
+  await img.write(B(spread), pattern(2, 4096));
+  await img.discard(0, MiB); // block 0 keeps its place as a claim (BAT sector 0)
+  await img.close();
+  const claim = (await entryOf(disk, plan, 0)).fileOffsetMB;
+  assert.notEqual(claim, 0);
+  img = await open(disk);
+  const mark = disk.trace.length;
+  // A write far away takes the claim (two BAT sectors linked), then one write-zeroes changes
+  // about 200 more sectors (ZERO blocks, no allocation): more than one log entry holds.
+  await img.write(B(250 * spread) + 512, pattern(250, 512));
+  await img.writeZeroes(B(2 * spread), B(198 * spread));
+  await img.flush();
+  assert.equal((await entryOf(disk, plan, 250 * spread)).fileOffsetMB, claim, 'the claim was reused');
+  assert.deepEqual(await entryOf(disk, plan, 0), { state: PayloadState.UNMAPPED, fileOffsetMB: 0 });
+  // BAT sectors written in place between two flushes came from one log entry.
+  const groups = [];
+  for (const op of disk.trace.slice(mark)) {
+    if (op.kind === 'flush') groups.push([]);
+    else if (op.kind === 'write' && op.offset >= plan.bat.offset && op.offset < plan.bat.offset + plan.bat.length) groups[groups.length - 1].push((op.offset - plan.bat.offset) / 4096);
+  }
+  const applied = groups.filter((g) => g.length > 0);
+  assert.ok(applied.length >= 2, `the commit took ${applied.length} log entries`);
+  const sectorOf = (block) => Math.floor(payloadBatIndex(plan.geometry, block) / 512);
+  const withOld = applied.find((g) => g.includes(sectorOf(0)));
+  assert.ok(withOld?.includes(sectorOf(250 * spread)), `sectors ${sectorOf(0)} and ${sectorOf(250 * spread)} in one entry: ${JSON.stringify(applied.map((g) => g.length))}`);
+  await img.close();
+  await assertTidy(disk, 'after the split commit');
+});
