@@ -11,6 +11,7 @@ import { PayloadState, payloadBatIndex } from '../../dist/format/bat.js';
 import { checkImage } from '../../dist/driver/check.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
+import { readPayloadEntry } from '../helpers/build.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -25,14 +26,6 @@ async function newDisk(layout) {
 
 const open = (disk, opts = {}) => VhdxImage.open(disk, { readOnly: false, ...opts });
 
-/** Payload block `block`'s BAT entry as the file has it. */
-async function entryOf(src, plan, block) {
-  const b = new Uint8Array(8);
-  await src.read(plan.bat.offset + payloadBatIndex(plan.geometry, block) * 8, b);
-  const dv = new DataView(b.buffer);
-  const lo = dv.getUint32(0, true);
-  return { state: lo & 7, fileOffsetMB: dv.getUint32(4, true) * 4096 + (lo >>> 20) };
-}
 
 async function readBack(img, offset, length) {
   const b = new Uint8Array(length);
@@ -89,17 +82,17 @@ test('a reused place reads as zeros wherever the new write does not reach, and k
   let img = await open(disk);
   for (const b of [0, 1, 2]) await img.write(B(b), pattern(b + 1, MiB));
   await img.close();
-  const place1 = (await entryOf(disk, plan, 1)).fileOffsetMB;
+  const place1 = (await readPayloadEntry(disk, plan, 1)).fileOffsetMB;
   img = await open(disk);
   await img.discard(B(1), MiB);
   await img.flush();
   // Block 1 keeps naming its place (UNMAPPED), so nothing leaks.
-  assert.deepEqual(await entryOf(disk, plan, 1), { state: PayloadState.UNMAPPED, fileOffsetMB: place1 });
+  assert.deepEqual(await readPayloadEntry(disk, plan, 1), { state: PayloadState.UNMAPPED, fileOffsetMB: place1 });
   // A small write into a new block takes that place, zeros around it.
   await img.write(B(9) + 5000, pattern(7, 3000));
   await img.flush();
-  assert.deepEqual(await entryOf(disk, plan, 9), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place1 });
-  assert.deepEqual(await entryOf(disk, plan, 1), { state: PayloadState.UNMAPPED, fileOffsetMB: 0 }, 'the old owner gave it up');
+  assert.deepEqual(await readPayloadEntry(disk, plan, 9), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place1 });
+  assert.deepEqual(await readPayloadEntry(disk, plan, 1), { state: PayloadState.UNMAPPED, fileOffsetMB: 0 }, 'the old owner gave it up');
   const got = await readBack(img, B(9), MiB);
   assert.ok(isZero(got.subarray(0, 5000)) && isZero(got.subarray(8000)), 'the discarded data is gone');
   assert.deepEqual(got.subarray(5000, 8000), pattern(7, 3000));
@@ -115,12 +108,12 @@ test('a block written again goes back to its own place: the claim is reused, not
   await img.discard(B(1), B(2));
   await img.close();
   const before = disk.size;
-  const claim = (await entryOf(disk, plan, 2)).fileOffsetMB;
+  const claim = (await readPayloadEntry(disk, plan, 2)).fileOffsetMB;
   assert.notEqual(claim, 0);
   img = await open(disk);
   await img.write(B(2) + 100, pattern(8, 100));
   await img.close();
-  assert.equal((await entryOf(disk, plan, 2)).fileOffsetMB, claim);
+  assert.equal((await readPayloadEntry(disk, plan, 2)).fileOffsetMB, claim);
   assert.equal(disk.size, before);
   const ro = await VhdxImage.open(disk);
   const got = await readBack(ro, B(2), MiB);
@@ -135,13 +128,13 @@ test('write-zeroes: the freed place is reused; unreused, close gives it back zer
   for (const b of [0, 1, 2, 3]) await img.write(B(b), pattern(b + 1, MiB));
   await img.close();
   const size = disk.size;
-  const place1 = (await entryOf(disk, plan, 1)).fileOffsetMB;
+  const place1 = (await readPayloadEntry(disk, plan, 1)).fileOffsetMB;
   img = await open(disk);
   await img.writeZeroes(B(1), MiB);
   await img.close();
   assert.equal(disk.size, size);
   // ZERO may not name a place: close zeroed it and made block 1 an UNMAPPED claim on it.
-  assert.deepEqual(await entryOf(disk, plan, 1), { state: PayloadState.UNMAPPED, fileOffsetMB: place1 });
+  assert.deepEqual(await readPayloadEntry(disk, plan, 1), { state: PayloadState.UNMAPPED, fileOffsetMB: place1 });
   const raw = new Uint8Array(MiB);
   await disk.read(place1 * MiB, raw);
   assert.ok(isZero(raw), 'the place holds zeros: every reader reads zeros there');
@@ -157,15 +150,15 @@ test('write-zeroes: the freed place is reused; unreused, close gives it back zer
   // Within one session: block 6 takes block 1's claim (the lowest free place); block 7 then
   // finds only block 0's place, freed but not committed: the zeroing is committed first.
   img = await open(disk);
-  const place0 = (await entryOf(disk, plan, 0)).fileOffsetMB;
+  const place0 = (await readPayloadEntry(disk, plan, 0)).fileOffsetMB;
   await img.writeZeroes(B(0), MiB);
   await img.write(B(6), pattern(6, 4096));
   const commits = disk.counts.flushes;
   await img.write(B(7), pattern(7, 4096));
   assert.ok(disk.counts.flushes > commits, 'a commit came first');
   await img.flush();
-  assert.deepEqual(await entryOf(disk, plan, 6), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place1 });
-  assert.deepEqual(await entryOf(disk, plan, 7), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place0 });
+  assert.deepEqual(await readPayloadEntry(disk, plan, 6), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place1 });
+  assert.deepEqual(await readPayloadEntry(disk, plan, 7), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place0 });
   for (const b of [6, 7]) assert.ok(isZero((await readBack(img, B(b), MiB)).subarray(4096)));
   await img.close();
   assert.equal(disk.size, size - MiB);
@@ -178,12 +171,12 @@ test('places freed by discard are found again after a reopen, lowest first', asy
   for (let b = 0; b < 10; b++) await img.write(B(b), pattern(b + 1, 4096));
   await img.discard(B(2), B(3)); // blocks 2, 3, 4 inside the file
   await img.close();
-  const places = await Promise.all([2, 3, 4].map(async (b) => (await entryOf(disk, plan, b)).fileOffsetMB));
+  const places = await Promise.all([2, 3, 4].map(async (b) => (await readPayloadEntry(disk, plan, b)).fileOffsetMB));
   const size = disk.size;
   img = await open(disk);
   for (const b of [40, 41, 42, 43]) await img.write(B(b) + 512, pattern(b, 512));
   await img.close();
-  const got = await Promise.all([40, 41, 42].map(async (b) => (await entryOf(disk, plan, b)).fileOffsetMB));
+  const got = await Promise.all([40, 41, 42].map(async (b) => (await readPayloadEntry(disk, plan, b)).fileOffsetMB));
   assert.deepEqual(got, [...places].sort((a, b) => a - b));
   assert.equal(disk.size, size + MiB, 'only the fourth block grew the file');
   await assertTidy(disk, 'after the reopen');
@@ -194,13 +187,13 @@ test('a claim whose place another block uses (a damaged or foreign image) is nev
   let img = await open(disk);
   for (const b of [0, 1]) await img.write(B(b), pattern(b + 1, MiB));
   await img.close();
-  const place1 = (await entryOf(disk, plan, 1)).fileOffsetMB;
+  const place1 = (await readPayloadEntry(disk, plan, 1)).fileOffsetMB;
   // Block 5: UNMAPPED, naming block 1's live place.
   await setBatEntry(disk, plan, payloadBatIndex(plan.geometry, 5), { state: PayloadState.UNMAPPED, fileOffsetMB: place1 });
   img = await open(disk);
   await img.write(B(8), pattern(8, 4096));
   await img.close();
-  assert.notEqual((await entryOf(disk, plan, 8)).fileOffsetMB, place1);
+  assert.notEqual((await readPayloadEntry(disk, plan, 8)).fileOffsetMB, place1);
   const ro = await VhdxImage.open(disk);
   assert.deepEqual(await readBack(ro, B(1), MiB), pattern(2, MiB), 'block 1 is intact');
   await ro.close();
@@ -217,7 +210,7 @@ test('space a crash left after the last object is reused, zeroed first, and cut 
   img = await open(disk);
   await img.write(B(5) + 100, pattern(5, 100));
   await img.close();
-  assert.equal((await entryOf(disk, plan, 5)).fileOffsetMB * MiB, end, 'the block took the first leaked MiB');
+  assert.equal((await readPayloadEntry(disk, plan, 5)).fileOffsetMB * MiB, end, 'the block took the first leaked MiB');
   assert.equal(disk.size, end + MiB, 'the rest was cut');
   const ro = await VhdxImage.open(disk);
   const got = await readBack(ro, B(5), MiB);
@@ -234,11 +227,11 @@ test('the record is bounded: past the unowned cap write-zeroes writes zeros and 
   img = await open(disk, { maxUnownedFreeBytes: B(2), maxFreeBlocks: 3 });
   await img.writeZeroes(B(1), B(3)); // blocks 1 and 2 recorded; block 3 zeroed in place
   await assert.rejects(img.writeZeroes(B(4), MiB, { fast: true }), (e) => e.code === 'ENOTSUP', 'fast zero would write data');
-  assert.equal((await entryOf(disk, plan, 3)).state, PayloadState.FULLY_PRESENT);
+  assert.equal((await readPayloadEntry(disk, plan, 3)).state, PayloadState.FULLY_PRESENT);
   assert.ok(isZero(await readBack(img, B(3), MiB)));
   await img.discard(B(5), B(2)); // one more record fits; block 6's claim is only on disk
   await img.close();
-  for (const b of [1, 2, 5, 6]) assert.equal((await entryOf(disk, plan, b)).state, PayloadState.UNMAPPED, `block ${b}`);
+  for (const b of [1, 2, 5, 6]) assert.equal((await readPayloadEntry(disk, plan, b)).state, PayloadState.UNMAPPED, `block ${b}`);
   await assertTidy(disk, 'capped record');
   const ro = await VhdxImage.open(disk);
   for (let b = 1; b < 7; b++) if (b !== 4) assert.ok(isZero(await readBack(ro, B(b), MiB)), `block ${b} reads zeros`);
@@ -252,7 +245,7 @@ test('a failed write into a reused place leaves the entry as it was, and the pla
   for (const b of [0, 1, 2]) await img.write(B(b), pattern(b + 1, MiB));
   await img.discard(B(1), MiB);
   await img.close();
-  const place1 = (await entryOf(disk, plan, 1)).fileOffsetMB;
+  const place1 = (await readPayloadEntry(disk, plan, 1)).fileOffsetMB;
   // The same disk, with writes at one offset failing while `failing` is set.
   let failing = true;
   const flaky = {
@@ -272,8 +265,8 @@ test('a failed write into a reused place leaves the entry as it was, and the pla
   assert.equal((await readBack(img, B(7), 8192)).every((x) => x === 0), true, 'block 7 still reads as zeros');
   await img.write(B(9), pattern(9, 4096));
   await img.close();
-  assert.equal((await entryOf(disk, plan, 7)).state, PayloadState.NOT_PRESENT);
-  assert.equal((await entryOf(disk, plan, 9)).fileOffsetMB, place1, 'the place went to the next allocation');
+  assert.equal((await readPayloadEntry(disk, plan, 7)).state, PayloadState.NOT_PRESENT);
+  assert.equal((await readPayloadEntry(disk, plan, 9)).fileOffsetMB, place1, 'the place went to the next allocation');
   await assertTidy(disk, 'after a failed write');
 });
 
@@ -286,7 +279,7 @@ test('a commit split over several log entries keeps a reused claim\'s release an
   await img.write(B(spread), pattern(2, 4096));
   await img.discard(0, MiB); // block 0 keeps its place as a claim (BAT sector 0)
   await img.close();
-  const claim = (await entryOf(disk, plan, 0)).fileOffsetMB;
+  const claim = (await readPayloadEntry(disk, plan, 0)).fileOffsetMB;
   assert.notEqual(claim, 0);
   img = await open(disk);
   const mark = disk.trace.length;
@@ -295,8 +288,8 @@ test('a commit split over several log entries keeps a reused claim\'s release an
   await img.write(B(250 * spread) + 512, pattern(250, 512));
   await img.writeZeroes(B(2 * spread), B(198 * spread));
   await img.flush();
-  assert.equal((await entryOf(disk, plan, 250 * spread)).fileOffsetMB, claim, 'the claim was reused');
-  assert.deepEqual(await entryOf(disk, plan, 0), { state: PayloadState.UNMAPPED, fileOffsetMB: 0 });
+  assert.equal((await readPayloadEntry(disk, plan, 250 * spread)).fileOffsetMB, claim, 'the claim was reused');
+  assert.deepEqual(await readPayloadEntry(disk, plan, 0), { state: PayloadState.UNMAPPED, fileOffsetMB: 0 });
   // BAT sectors written in place between two flushes came from one log entry.
   const groups = [];
   for (const op of disk.trace.slice(mark)) {
