@@ -5,13 +5,14 @@
 // the file at its last object, and the caps on the in-memory record hold.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, MemorySource, VhdxImage } from '../../dist/index.js';
+import { FaultySource, MemorySource, VhdxImage, commitChild } from '../../dist/index.js';
 import { planLayout, writeNewImage, setBatEntry } from '../../dist/driver/layout.js';
 import { PayloadState, payloadBatIndex } from '../../dist/format/bat.js';
 import { checkImage } from '../../dist/driver/check.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
 import { readPayloadEntry } from '../helpers/build.js';
+import { makeBase, makeChild } from '../helpers/chain.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -303,4 +304,43 @@ test('a commit split over several log entries keeps a reused claim\'s release an
   assert.ok(withOld?.includes(sectorOf(250 * spread)), `sectors ${sectorOf(0)} and ${sectorOf(250 * spread)} in one entry: ${JSON.stringify(applied.map((g) => g.length))}`);
   await img.close();
   await assertTidy(disk, 'after the split commit');
+});
+
+test('commit frees the parent\'s blocks the child zeroed: the parent closes with no leak and reuses them', async () => {
+  const { src: psrc, model } = await makeBase({ size: B(8), fill: [{ kind: 'data', offset: 0, length: B(6) }] });
+  const sizeBefore = psrc.size;
+  const p = await VhdxImage.open(psrc);
+  const csrc = await makeChild(p, { blockSize: MiB });
+  await p.close();
+  const chain = () => VhdxImage.open(csrc, { readOnly: false, parent: () => VhdxImage.open(psrc, { readOnly: false }) });
+  const c = await chain();
+  // Blocks 0 and 1 discarded and zeroed, 3 and 4 zeroed (the last places in the parent's file),
+  // block 5 (zeros in the parent, which holds no place for it) written.
+  await c.discard(B(0), MiB);
+  await c.writeZeroes(B(1), MiB);
+  await c.writeZeroes(B(3), B(2));
+  await c.write(B(5) + 10, pattern(5, 100));
+  model.zero(B(0), B(2));
+  model.zero(B(3), B(2));
+  model.write(B(5) + 10, pattern(5, 100));
+  await commitChild(c);
+  await c.close();
+  // Block 5 took block 0's place (the lowest, once its zeroing was committed); blocks 3 and 4's
+  // places were cut off the end; block 1's, inside the file, was given back zeroed as a claim.
+  const afterCommit = psrc.size;
+  assert.equal(afterCommit, sizeBefore - B(2), 'the parent shrank by the two places at its end');
+  assert.deepEqual(await checkInvariants(psrc, { noLeaks: true }), [], 'the parent names all its space');
+  // The blocks the commit zeroed are claims the parent's next allocations take.
+  const parent = await VhdxImage.open(psrc, { readOnly: false });
+  await parent.write(B(7), pattern(7, 4096));
+  model.write(B(7), pattern(7, 4096));
+  await parent.close();
+  assert.equal(psrc.size, afterCommit, 'block 7 took a freed place inside the file');
+  assert.deepEqual(await checkInvariants(psrc, { noLeaks: true }), []);
+  const ro = await VhdxImage.open(psrc);
+  const got = await readBack(ro, 0, B(8));
+  const want = new Uint8Array(B(8));
+  model.read(0, want);
+  assert.ok(Buffer.from(got).equals(Buffer.from(want)), 'the parent reads as the chain did, and block 7');
+  await ro.close();
 });
