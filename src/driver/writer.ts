@@ -599,8 +599,11 @@ export class Writer {
     }
     const found = await scanFreeSpace(this.file, this.layout, this.scanFrom, this.free.maxBlocks - this.free.size, (entry, at) => this.placing.has(at) || this.free.of(entry) !== undefined);
     for (const c of found.claims) {
+      // The file may lag behind memory: what counts is the entry now, still a claim on the place
+      // (not, say, the block written back into its own place since).
       const e = await this.bat.entry(c.entry);
-      if (e.fileOffsetMB * MiB === c.fileOffset) this.free.add({ fileOffset: c.fileOffset, entry: c.entry, owned: true, durable: true });
+      const claims = e.state === PayloadState.UNMAPPED || e.state === PayloadState.UNMAPPED_DRAFT || e.state === PayloadState.UNDEFINED;
+      if (claims && e.fileOffsetMB * MiB === c.fileOffset) this.free.add({ fileOffset: c.fileOffset, entry: c.entry, owned: true, durable: true });
       else if (first && e.fileOffsetMB === 0 && (e.state === PayloadState.ZERO || e.state === PayloadState.UNMAPPED)) {
         // Nothing else can name it: no place was handed out in this session yet.
         // The file still names it as an UNMAPPED claim, which reads as zeros: reusable at once.
