@@ -344,3 +344,25 @@ test('commit frees the parent\'s blocks the child zeroed: the parent closes with
   assert.ok(Buffer.from(got).equals(Buffer.from(want)), 'the parent reads as the chain did, and block 7');
   await ro.close();
 });
+
+test('FreeBlocks: lowest durable first, own place by entry, trailing run, both caps', async () => {
+  const { FreeBlocks } = await import('../../dist/driver/free-space.js');
+  const f = new FreeBlocks(MiB, 4, 2 * MiB);
+  const rec = (mb, entry, owned, durable = true) => ({ fileOffset: mb * MiB, entry, owned, durable });
+  assert.equal(f.add(rec(9, 1, true)), true);
+  assert.equal(f.add(rec(5, 2, false, false)), true);
+  assert.equal(f.add(rec(7, 3, false)), true);
+  assert.equal(f.add(rec(8, 4, false)), false, 'a third unowned MiB is past the 2 MiB cap');
+  assert.equal(f.add(rec(6, 1, true)), false, 'one record per entry');
+  assert.equal(f.add(rec(8, 5, true)), true);
+  assert.equal(f.add(rec(3, 6, true)), false, 'the count cap');
+  assert.equal(f.of(2).fileOffset, 5 * MiB);
+  assert.equal(f.hasPending(), true);
+  assert.equal(f.takeLowest().fileOffset, 7 * MiB, 'the place at 5 MiB waits for its commit');
+  f.markDurable();
+  assert.equal(f.hasPending(), false);
+  // 8 and 9 end the space before 10 MiB; 5 does not touch them.
+  assert.deepEqual(f.takeTrailing(10 * MiB).map((b) => b.fileOffset / MiB), [9, 8]);
+  assert.deepEqual(f.all().map((b) => b.fileOffset / MiB), [5]);
+  assert.equal(f.unownedBytes, MiB);
+});
