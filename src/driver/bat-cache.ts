@@ -82,7 +82,7 @@ export class BatCache {
     }
     await this.pages.change(Math.floor(index / ENTRIES_PER_PAGE), (view) => {
       encodeBatEntry(view, (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE, entry);
-      return Math.floor((index * BAT_ENTRY_SIZE) / SECTOR);
+      return this.sectorOf(index);
     });
   }
 
@@ -90,18 +90,29 @@ export class BatCache {
     return this.pages.dirtyCount;
   }
 
+  /** The 4 KiB sector of the BAT (its dirty unit) that holds entry `index`. */
+  sectorOf(index: number): number {
+    return Math.floor((index * BAT_ENTRY_SIZE) / SECTOR);
+  }
+
+  /** True when the sector `sector` has changes not yet taken by `takeDirty`. */
+  isDirty(sector: number): boolean {
+    return this.pages.isDirty(sector);
+  }
+
   /**
-   * Copies of up to `max` dirty sectors, as they must land in the file. They stay pinned in
-   * the cache until `release` is called with them, after they were applied.
+   * Copies of up to `max` dirty sectors, as they must land in the file: the dirty ones of
+   * `first`, then the others lowest first except those in `hold`. They stay pinned in the cache
+   * until `release` is called with them, after they were applied.
    */
-  takeDirty(max = Infinity): DirtyBatch {
+  takeDirty(max = Infinity, first: readonly number[] = [], hold?: ReadonlySet<number>): DirtyBatch {
     return this.pages.takeDirty(max, (sector, view) => {
       const inPage = (sector % SECTORS_PER_PAGE) * SECTOR;
       return {
         fileOffset: this.regionOffset + sector * SECTOR,
         data: new Uint8Array(view.buffer, view.byteOffset + inPage, SECTOR).slice(),
       };
-    });
+    }, first, hold);
   }
 
   /** Unpin sectors handed out by `takeDirty` once they are in the file (or put them back on failure). */

@@ -5,7 +5,9 @@
  * everything the open validates (a failed open becomes a finding), both headers and both region
  * table copies one by one, reserved fields, the log's state, and one streaming pass over the BAT
  * (states allowed for the disk type, blocks inside the file, after the header section, and
- * overlapping nothing), then the space leaked at the end of the file.
+ * overlapping nothing), then the leaked space: whole MiB after the image's last object, and MiB
+ * inside the file that nothing names. Named means a structure, a present block, or the place a
+ * non-present entry kept (an UNMAPPED block's FileOffsetMB, which the writer keeps and reuses).
  *
  * Memory stays bounded whatever the image: the BAT is read in windows of about 1 MiB, and
  * overlaps are found with a bitmap of the file's 1 MiB units (every object is 1 MiB aligned), one
@@ -13,8 +15,8 @@
  * array of offsets, and one pass instead of a sort. Only when a block collides with another block
  * is the BAT read a second time, to name the block it collides with.
  *
- * `repairImage` fixes what can be fixed without guessing: leaked space at the end of the file
- * ('leaks'), and with 'all' also a dirty log (replayed into the file), a damaged header copy
+ * `repairImage` fixes what can be fixed without guessing or moving blocks: leaked space at the
+ * end of the file ('leaks': cut off; space inside the file stays reported), and with 'all' also a dirty log (replayed into the file), a damaged header copy
  * (rewritten from the current one by a header update, which writes both slots) and a damaged or
  * stale region table copy (rewritten from the copy the open uses). When anything else is wrong
  * it changes nothing.
@@ -25,14 +27,11 @@ import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
-  HEADER_SECTION_SIZE,
   alignUp,
   HEADER_SIZE,
   MiB,
   METADATA_TABLE_SIZE,
   ITEM_PARENT_LOCATOR,
-  REGION_BAT,
-  REGION_METADATA,
   REGION_TABLE_OFFSETS,
   REGION_TABLE_SIZE,
 } from '../format/constants.js';
@@ -46,6 +45,7 @@ import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { openLayout, probe, replayInPlace, type DiskType, type Layout } from './open.js';
 import { PARENT_PATH_KEYS, checkParent, locatorLinkage, locatorValue, type ParentResolver, type VhdxImage } from './image.js';
+import { REGION_NAMES, fixedObjects, type FixedObject } from './free-space.js';
 
 export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
 export type RepairMode = 'leaks' | 'all';
@@ -83,7 +83,7 @@ export interface CheckResult {
   findings: Finding[];
   omittedFindings: number;
   corruptions: number;
-  /** Leaked 1 MiB clusters at the end of the file. */
+  /** Leaked 1 MiB clusters: after the image's last object, and inside the file named by nothing. */
   leaks: number;
   leakedBytes: number;
   warnings: number;
@@ -119,12 +119,9 @@ export interface CheckOptions extends ProgressOptions {
 export const MAX_FINDINGS = 1000;
 /** Overlap detection needs one bit per MiB of file; past this many MiB (256 TiB) it is skipped. */
 const MAX_OCCUPANCY_UNITS = 2 ** 28;
-/** Space after a metadata region that ends the regions, which qemu-img leaves for it to grow. */
-const QEMU_METADATA_RESERVE = 4 * MiB;
 /** Block-to-block collisions named precisely (a second BAT pass finds the block collided with). */
 const MAX_NAMED_COLLISIONS = 100;
 
-const REGION_NAMES: Record<string, string> = { [REGION_BAT]: 'BAT region', [REGION_METADATA]: 'metadata region' };
 
 
 /** A file offset given in MiB, printed exactly even past 2^53. */
@@ -495,13 +492,6 @@ async function checkParentLocator(layout: Layout, rep: Report, opts: CheckOption
   }
 }
 
-/** A fixed object of the file (the header section, the log, a region) blocks may not overlap. */
-interface FixedObject {
-  name: string;
-  start: number;
-  end: number;
-}
-
 /** What a BAT entry is, for the scan and for the collision pass (which must agree). */
 const enum Kind {
   /** Nothing in the file. */
@@ -524,17 +514,10 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
   const total = layout.batEntries;
   const batOffset = layout.batRegion.fileOffset;
 
-  // Fixed objects, and the end of everything so far.
-  const objects: FixedObject[] = [{ name: 'the header section', start: 0, end: HEADER_SECTION_SIZE }];
-  if (layout.log.logLength > 0) objects.push({ name: 'the log', start: layout.log.logOffset, end: layout.log.logOffset + layout.log.logLength });
-  for (const r of layout.regions) {
-    objects.push({ name: `the ${REGION_NAMES[r.guid] ?? `region {${r.guid}}`}`, start: r.fileOffset, end: r.fileOffset + r.length });
-  }
-  let objEnd = Math.max(...objects.map((o) => o.end));
-  // qemu-img puts data 4 MiB after its metadata region, the last of its objects ("for future
-  // expansion"): a fresh qemu-made image ends there, and that space is not leaked.
-  const md = layout.metadataRegion;
-  if (md.fileOffset + md.length === objEnd) objEnd += QEMU_METADATA_RESERVE;
+  // Fixed objects, and the end of everything so far (with the room qemu-img leaves after its
+  // metadata region: a fresh qemu-made image ends there, and that space is not leaked).
+  const { objects, end: fixedEnd, reserve } = fixedObjects(layout);
+  let objEnd = fixedEnd;
 
   // Occupancy bitmap: one bit per MiB of the file.
   const units = Math.ceil(fileSize / MiB);
@@ -550,6 +533,14 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
       for (let u = o.start / MiB; u < Math.ceil(o.end / MiB) && u < units; u++) occ[u >>> 3]! |= 1 << (u & 7);
     }
   }
+  // Space named by something that reads do not use (claims of non-present entries, the rest of
+  // a short last block's place, qemu-img's room after its metadata): not leaked, never an overlap.
+  const named = occ ? new Uint8Array(occ.length) : null;
+  const markNamed = (from: number, to: number): void => {
+    if (!named) return;
+    for (let u = Math.floor(from / MiB); u < Math.ceil(to / MiB) && u < units; u++) named[u >>> 3]! |= 1 << (u & 7);
+  };
+  if (reserve) markNamed(reserve.start, reserve.end);
   const fixedAt = (u: number): FixedObject | undefined => objects.find((o) => u * MiB >= o.start && u * MiB < o.end);
   /** Block-to-block collisions: the MiB unit, and the finding to complete with the other block. */
   const collisions: { unit: number; finding: Finding; index: number; fileOffsetMB: number }[] = [];
@@ -630,11 +621,13 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
       const fileOffsetMB = hi * 4096 + (lo >>> 20);
       if (kind === Kind.Claim) {
         objEnd = Math.max(objEnd, fileOffsetMB * MiB + extent);
+        markNamed(fileOffsetMB * MiB, fileOffsetMB * MiB + extent);
         continue;
       }
       if (kind !== Kind.Present) continue;
       const fileOffset = fileOffsetMB * MiB;
       objEnd = Math.max(objEnd, fileOffset + (isBitmap ? MiB : bs));
+      if (!isBitmap && extent < bs) markNamed(fileOffset + extent, fileOffset + bs);
       if (isBitmap) rep.r.bitmapBlocks++;
       else {
         if ((lo & 7) === PayloadState.PARTIALLY_PRESENT) chunkHasPartial = true;
@@ -722,15 +715,46 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
     }
   }
 
-  // Leaked space: whole MiB after the end of the last object.
+  // Leaked space: whole MiB after the end of the last object, and inside the file, MiB that
+  // nothing names (the header section, the log and the regions included). A fixed disk may have
+  // space preallocated for its blocks that are not allocated (qemu-img does, with ZERO blocks):
+  // that much of it is not leaked.
   const end = alignUp(objEnd, MiB);
+  if (occ && named) {
+    let inside = 0;
+    let runs = 0;
+    let first = -1;
+    let prevFree = false;
+    for (let u = 0; u < Math.min(units, end / MiB); u++) {
+      const free = ((occ[u >>> 3]! | named[u >>> 3]!) & (1 << (u & 7))) === 0;
+      if (free) {
+        inside++;
+        if (!prevFree) runs++;
+        if (first < 0) first = u;
+      }
+      prevFree = free;
+    }
+    const leaked = Math.max(0, inside - Math.ceil(notAllocatedBytes / MiB));
+    if (leaked > 0) {
+      rep.r.leaks += leaked;
+      rep.r.leakedBytes += leaked * MiB;
+      rep.add({
+        severity: 'leak',
+        reason: 'LEAKED_SPACE',
+        message:
+          `${leaked} MiB inside the file (${runs} run${runs === 1 ? '' : 's'}, the first at ${formatOffset(first * MiB)}) ${leaked === 1 ? 'is' : 'are'} named by no BAT entry and no structure; ` +
+          `it is reclaimed only by moving blocks ('vhdx convert' writes a compact copy)`,
+        offset: first * MiB,
+      });
+    }
+  }
   rep.r.imageEndOffset = Math.min(fileSize, end);
   const tail = fileSize - end;
   if (tail > 0) {
     const clusters = Math.floor(tail / MiB);
     if (clusters > 0) {
-      rep.r.leaks = clusters;
-      rep.r.leakedBytes = clusters * MiB;
+      rep.r.leaks += clusters;
+      rep.r.leakedBytes += clusters * MiB;
       state.truncateTo = fileSize - clusters * MiB;
       rep.add({
         severity: 'leak',
@@ -890,7 +914,7 @@ export async function repairImage(source: RandomAccessSource, opts: RepairOption
 
   if (state.result.leaks > 0 && state.truncateTo !== null) {
     const to = state.truncateTo;
-    const freed = state.result.leaks;
+    const freed = (state.result.fileSize - to) / MiB;
     await source.truncate!(to);
     await source.flush!();
     out.actions.push({

@@ -12,7 +12,7 @@ import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
-import { Writer, entriesPerCommit, type WriteOptions, type ZeroOptions } from './writer.js';
+import { Writer, entriesPerCommit, type FreeSpaceOptions, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
 import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
 import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
@@ -31,7 +31,7 @@ function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
 }
 import { bytesEqual } from '../codec/bytes.js';
 
-export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions {
+export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions, FreeSpaceOptions {
   /**
    * Open for reading only (the default). A writable open needs a writable source; it replays a
    * dirty log into the file first.
@@ -124,6 +124,8 @@ export class VhdxImage implements BlockDevice {
       : new Writer(file, layout, this.bat, {
           bitmaps: this.bitmaps,
           parent,
+          ...(opts.maxFreeBlocks !== undefined ? { maxFreeBlocks: opts.maxFreeBlocks } : {}),
+          ...(opts.maxUnownedFreeBytes !== undefined ? { maxUnownedFreeBytes: opts.maxUnownedFreeBytes } : {}),
         });
     const w = !this.readOnly;
     this.can = { zero: w, fastZero: w && !layout.leaveBlocksAllocated, discard: w, extents: true, fua: w };

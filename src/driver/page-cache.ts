@@ -83,12 +83,19 @@ export class PageCache<P> {
     return this.dirty.size;
   }
 
+  isDirty(unit: number): boolean {
+    return this.dirty.has(unit);
+  }
+
   /**
-   * Up to `max` dirty units, lowest first, as `copy` makes them from their (pinned) pages. They
-   * stay pinned until `release`. When `copy` throws, no unit is taken.
+   * Up to `max` dirty units, as `copy` makes them from their (pinned) pages: those of `first`
+   * that are dirty, then the others lowest first, leaving out those in `hold`. They stay pinned
+   * until `release`. When `copy` throws, no unit is taken.
    */
-  takeDirty(max: number, copy: (unit: number, page: P) => TableSector): DirtyBatch {
-    const ids = [...this.dirty].sort((a, b) => a - b).slice(0, Math.max(0, max));
+  takeDirty(max: number, copy: (unit: number, page: P) => TableSector, first: readonly number[] = [], hold?: ReadonlySet<number>): DirtyBatch {
+    const firstDirty = new Set(first.filter((u) => this.dirty.has(u)));
+    const rest = [...this.dirty].filter((u) => !firstDirty.has(u) && !hold?.has(u)).sort((a, b) => a - b);
+    const ids = [...firstDirty, ...rest].slice(0, Math.max(0, max));
     const sectors = ids.map((unit) => copy(unit, this.pages.get(Math.floor(unit / this.unitsPerPage))!));
     for (const unit of ids) this.dirty.delete(unit);
     return { sectors, ids };

@@ -5,25 +5,68 @@
  * Ordering rules (crash safety):
  * - Headers: the first change of a session updates both headers (new FileWriteGuid and
  *   DataWriteGuid) before anything else reaches the file.
- * - A new block is placed at the 1 MiB-aligned end of the file, the file is extended to cover
- *   it, the payload is written, and only then is the block's BAT entry changed in memory.
+ * - A new block gets a place (below), the payload is written, and only then is the block's BAT
+ *   entry changed in memory.
  * - A commit flushes the payload, writes one log entry holding the changed BAT sectors, flushes,
  *   sets the header's LogGuid if it is not yet set (so a valid entry exists whenever LogGuid
  *   does), writes the sectors to their places and flushes. Many allocations share one commit.
- * - Close commits, then clears LogGuid with a header update.
+ * - Close commits, then clears LogGuid with a header update, then cuts free space off the end.
  *
- * Concurrency: writes into allocated blocks take no lock. Reserving file space and commits
- * serialise on `metadataLock`; no payload I/O happens while it is held. Concurrent writes to one
- * unallocated block allocate it once: they share its reserved place and write in parallel, the
- * last to finish sets the BAT entry, and none returns before that (a write that returned must be
- * reachable by the next flush's commit).
+ * Free space (freed blocks are reused before the file grows):
+ * - What frees a block. Discard of a FULLY_PRESENT block makes it UNMAPPED and keeps its
+ *   FileOffsetMB: [MS-VHDX] §2.5.1.1 lets an entry moved to UNMAPPED (or UNDEFINED) "leave the
+ *   field unmodified", its place then holding the block's earlier contents, which this driver
+ *   never shows (UNMAPPED reads as zeros here, as in qemu). Such a place is owned: the entry
+ *   names it, so it is not leaked and survives a reopen. ZERO and NOT_PRESENT entries must keep
+ *   FileOffsetMB zero (the field is reserved for them), so write-zeroes of an allocated block, a
+ *   discard of a PARTIALLY_PRESENT one (whose place may hold sectors never written), and commit
+ *   (which zeroes parent blocks through write-zeroes) leave a place no entry names: unowned.
+ * - The record. Free places are kept in memory (free-space.ts), at most MAX_FREE_BLOCKS records
+ *   and at most MAX_UNOWNED_BYTES of unowned space. Past the first cap an owned place is simply
+ *   not recorded (it stays named on disk, for a later scan); past the second, write-zeroes
+ *   writes zeros into the block instead of freeing it.
+ * - After a reopen. The session's first allocation scans the BAT once (scanFreeSpace, two
+ *   streaming passes, memory bounded by the cap) for owned places whose space nothing else
+ *   names; a capped scan resumes when the record runs dry. Only places so checked, or freed in
+ *   this session, are reused: a damaged or foreign image's claim that overlaps live data never is.
+ *   The same scan finds where the image's last object ends; space after it (left by a crash) is
+ *   reused too, zeroed first.
+ * - Reuse. An allocation takes its own entry's place first (a block written again goes back
+ *   where it was, which also keeps an unowned place's releaser able to take it at close), then
+ *   the lowest place whose release is committed, then the end of the file. Another block never
+ *   takes a place before the change that freed it is in the file: until then a crash would
+ *   bring back the old entry pointing at the new block's data. When every free place waits for
+ *   that, the allocation commits first (once). A reused place holds old bytes, discarded data
+ *   among them, so everything of the block the write does not cover is zeroed before the block's
+ *   entry points at it (writing zeros is bounded by the block; whole-block writes need none), and
+ *   a failed write into a reused place never points the entry at it. Sector-bitmap-tracked
+ *   allocations (a partial write into a differencing block that shows its parent) always take
+ *   fresh space at the end: a crash between the BAT and bitmap sectors must not show old bytes.
+ * - Commit. The reusing entry's new value and the old owner's claim (set to FileOffsetMB 0)
+ *   change together and go to the log in the same entry (their sectors are linked), after the
+ *   payload flush that makes the zeros and the data durable. A crash before that commit leaves
+ *   the old owner's claim in place (its contents are no longer relied upon, and read as zeros).
+ * - Close. Free places at the end of the file are released (owned ones' entries set to offset
+ *   0) and cut off after the log is emptied; an unowned place inside the file is zeroed and
+ *   given back to the entry that released it (still ZERO or UNMAPPED with offset 0) as an
+ *   UNMAPPED claim, which reads as zeros everywhere. So an image this writer closed names all its
+ *   space (`check` finds no leak) and ends at its last object; the zeroing is bounded by
+ *   MAX_UNOWNED_BYTES. A crash before close may leave unowned places unnamed: leaked, not unsafe.
+ * - Fixed disks keep every block allocated (zeroing writes zeros); nothing is freed.
+ *
+ * Concurrency: writes into allocated blocks take no lock. Choosing places and commits serialise
+ * on `metadataLock`; no payload I/O happens while it is held (zeroing a reused place happens
+ * after). Concurrent writes to one unallocated block allocate it once: they share its place and
+ * write in parallel (after its zeroing), the last to finish sets the BAT entry, and none returns
+ * before that (a write that returned must be reachable by the next flush's commit).
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
 import { MiB } from '../format/constants.js';
-import { PayloadState, payloadBatIndex } from '../format/bat.js';
+import { PayloadState, payloadBatIndex, type BatEntry } from '../format/bat.js';
 import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
+import { FreeBlocks, scanFreeSpace, type FreeBlock } from './free-space.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
 import { KeyedMutex, Mutex } from './mutex.js';
@@ -45,10 +88,19 @@ export interface ZeroOptions {
 }
 
 
+/** Where a new block goes: a fresh place at the end of the file, or a free one reused. */
+interface Placement {
+  fileOffset: number;
+  /** The free record taken, when the place was reused. */
+  reused: FreeBlock | null;
+}
+
 /** A block being allocated: where it goes, how many writes into it are in flight, and when it is done. */
 interface PendingBlock {
-  fileOffset: Promise<number>;
+  place: Promise<Placement>;
   writers: number;
+  /** Why a write into the block failed, if one did: a reused place is then not pointed at (it may show old bytes). */
+  failure?: unknown;
   /** Resolves when the block has its BAT entry (or its allocation failed) and left `allocating`. */
   done: Promise<void>;
   finish: () => void;
@@ -56,7 +108,15 @@ interface PendingBlock {
   error?: unknown;
 }
 
-export interface WriterOptions {
+/** Bounds of the writer's record of free space (see the contract at the top of writer.ts). */
+export interface FreeSpaceOptions {
+  /** Free places recorded at most (default MAX_FREE_BLOCKS, about 50 bytes each). */
+  maxFreeBlocks?: number;
+  /** Free space no BAT entry names recorded at most, in bytes (default MAX_UNOWNED_BYTES): what close may zero. */
+  maxUnownedFreeBytes?: number;
+}
+
+export interface WriterOptions extends FreeSpaceOptions {
   /** A differencing disk's sector bitmaps (null otherwise). */
   bitmaps?: SectorBitmaps | null;
   /** A differencing disk's parent, for the parts of sectors a write does not cover. */
@@ -76,6 +136,10 @@ export function entriesPerCommit(layout: Layout): number {
 
 /** Bytes of zeros written at a time when zeroing sectors of a differencing disk. */
 const ZERO_CHUNK = 1024 * 1024;
+/** Free places recorded at most (about 50 bytes each). */
+export const MAX_FREE_BLOCKS = 16384;
+/** Unowned free space recorded at most: what close may have to zero. */
+export const MAX_UNOWNED_BYTES = 1024 * MiB;
 
 export class Writer {
   private readonly metadataLock = new Mutex();
@@ -93,8 +157,18 @@ export class Writer {
   private fileSession: Promise<void> | null = null;
   private fileWriteGuidChanged = false;
   private ring: LogRing | null = null;
-  /** Where the next block goes: the 1 MiB-aligned end of the file. */
+  /** Where the next block goes when no free place is: the 1 MiB-aligned end of the file, or of its last object. */
   private fileEnd: number;
+  /** Below this offset fresh space may hold old bytes (after the scan moved `fileEnd` back): it is zeroed before use. */
+  private dirtyEnd = 0;
+  private readonly free: FreeBlocks;
+  /** Places taken from `free` whose new entry is not set yet (a scan must not record them again). */
+  private readonly placing = new Set<number>();
+  /** BAT indexes whose sectors must reach the log in one entry: a reused place's old owner and new one. */
+  private linked: [number, number][] = [];
+  /** The free-space scan: not run yet, capped (resume at `scanFrom`), or complete. */
+  private scan: 'none' | 'partial' | 'done' = 'none';
+  private scanFrom = 0;
   /** The file's size at the last flush. */
   private flushedSize: number;
   private readonly entriesPerCommit: number;
@@ -112,6 +186,7 @@ export class Writer {
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
     this.flushedSize = Math.floor(file.size / MiB) * MiB;
+    this.free = new FreeBlocks(layout.blockSize, Math.max(0, opts.maxFreeBlocks ?? MAX_FREE_BLOCKS), Math.max(0, opts.maxUnownedFreeBytes ?? MAX_UNOWNED_BYTES));
     this.entriesPerCommit = entriesPerCommit(layout);
   }
 
@@ -156,14 +231,63 @@ export class Writer {
     await this.commit(true);
   }
 
-  /** Commit, then mark the log empty. The file stays open (the caller closes it). */
+  /**
+   * Settle the free space (see the contract above), commit, mark the log empty, then cut free
+   * space off the end of the file. The file stays open (the caller closes it).
+   */
   async close(): Promise<void> {
     if (this.backgroundCommit) await this.backgroundCommit.catch(() => undefined);
+    const cutTo = this.backgroundError === null ? await this.settleFreeSpace() : null;
     await this.commit(true);
     this.throwBackgroundError();
     await this.metadataLock.run(async () => {
       if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
+      // After the log is empty: every log entry names the file size it relied on, and replay
+      // refuses a file shorter than that. The commit above released what lies past `cutTo`.
+      if (cutTo !== null && this.file.size > cutTo) {
+        await this.file.truncate!(cutTo);
+        await this.file.flush!();
+      }
     });
+  }
+
+  /**
+   * At close: free places at the end of the file are released (an owned one's entry set to
+   * offset 0); each unowned place inside the file is zeroed and given back to the entry that
+   * released it, as an UNMAPPED claim. Returns the size to cut the file to, or null. Does
+   * nothing when the session changed nothing.
+   */
+  private async settleFreeSpace(): Promise<number | null> {
+    if (!this.dataSession && !this.fileSession) return null;
+    await Promise.all([...this.allocating.values()].map((a) => a.done));
+    let end = this.fileEnd;
+    for (const b of this.free.takeTrailing(end)) {
+      if (b.owned) await this.dropClaim(b);
+      end = b.fileOffset;
+    }
+    for (const b of this.free.all()) {
+      if (b.owned) continue;
+      this.free.remove(b);
+      const e = await this.bat.entry(b.entry);
+      // Still as it released the place (an allocation would have taken the place back).
+      if (e.fileOffsetMB !== 0 || (e.state !== PayloadState.ZERO && e.state !== PayloadState.UNMAPPED)) continue;
+      await writeZeros(this.file.write!.bind(this.file), b.fileOffset, this.extentOf(b.entry));
+      await this.bat.set(b.entry, { state: PayloadState.UNMAPPED, fileOffsetMB: b.fileOffset / MiB });
+    }
+    this.fileEnd = end;
+    return end < this.file.size ? end : null;
+  }
+
+  /** A recorded place's owner stops naming it (FileOffsetMB 0, state kept), if it still does. */
+  private async dropClaim(b: FreeBlock): Promise<void> {
+    const e = await this.bat.entry(b.entry);
+    if (e.fileOffsetMB * MiB === b.fileOffset) await this.bat.set(b.entry, { state: e.state, fileOffsetMB: 0 });
+  }
+
+  /** Bytes of the virtual disk the payload block of BAT entry `batIndex` covers. */
+  private extentOf(batIndex: number): number {
+    const blockIndex = batIndex - Math.floor(batIndex / (this.layout.geometry.chunkRatio + 1));
+    return Math.min(this.layout.blockSize, this.layout.virtualSize - blockIndex * this.layout.blockSize);
   }
 
   /**
@@ -227,6 +351,11 @@ export class Writer {
       }
       this.fileEnd = Math.ceil(this.file.size / MiB) * MiB;
       this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
+      // Nothing names any place now, and the file ends at its structures.
+      this.free.clear();
+      this.linked = [];
+      this.dirtyEnd = 0;
+      this.scan = 'done';
     });
   }
 
@@ -284,15 +413,21 @@ export class Writer {
     const partial = e.state === PayloadState.PARTIALLY_PRESENT;
     const showsParent = partial || e.state === PayloadState.NOT_PRESENT;
     if (!showsParent || (inBlock === 0 && data.length === blockLen)) {
-      const at = partial ? e.fileOffsetMB * MiB : await this.reserveBlock();
-      await this.file.write!(at + inBlock, data);
-      await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: at / MiB });
+      if (partial) {
+        await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
+        await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: e.fileOffsetMB });
+        return;
+      }
+      const place = await this.placeBlock(batIndex, true, blockLen, inBlock, inBlock + data.length);
+      await this.writeInto(place, inBlock, data);
+      await this.pointAt(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
       return;
     }
     const lss = this.layout.logicalSectorSize;
     const alignedStart = Math.floor(inBlock / lss) * lss;
     const alignedEnd = Math.min(Math.ceil((inBlock + data.length) / lss) * lss, blockLen);
-    const at = partial ? e.fileOffsetMB * MiB : await this.reserveBlock();
+    // Sector-bitmap-tracked: fresh space only (see the contract).
+    const at = partial ? e.fileOffsetMB * MiB : (await this.placeBlock(batIndex, false, blockLen, alignedStart, alignedEnd)).fileOffset;
     let buf = data;
     if (alignedStart !== inBlock || alignedEnd !== inBlock + data.length) {
       buf = new Uint8Array(alignedEnd - alignedStart);
@@ -330,10 +465,14 @@ export class Writer {
     const index = bitmapBatIndex(this.layout.geometry, chunk);
     if ((this.bat.cached(index) ?? (await this.bat.entry(index))).state === BitmapState.PRESENT) return;
     await this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
       if ((await this.bat.entry(index)).state === BitmapState.PRESENT) return;
       const at = this.fileEnd;
       this.fileEnd += MiB;
       if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
+      // Space a crash left after the last object may hold old bits: zeros first (1 MiB of
+      // metadata, only in that case, so under the lock).
+      if (at < this.dirtyEnd) await writeZeros(this.file.write!.bind(this.file), at, Math.min(MiB, this.dirtyEnd - at));
       await this.bat.set(index, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
     });
   }
@@ -351,12 +490,16 @@ export class Writer {
     if (!alloc) {
       let finish = (): void => undefined;
       const done = new Promise<void>((r) => (finish = r));
-      alloc = { fileOffset: this.reserveBlock(), writers: 0, done, finish };
+      const place = this.placeBlock(batIndex, true, this.extentOf(batIndex), inBlock, inBlock + data.length);
+      alloc = { place, writers: 0, done, finish };
       this.allocating.set(blockIndex, alloc);
     }
     alloc.writers++;
     try {
-      await this.file.write!((await alloc.fileOffset) + inBlock, data);
+      await this.file.write!((await alloc.place).fileOffset + inBlock, data);
+    } catch (e) {
+      alloc.failure ??= e;
+      throw e;
     } finally {
       // The last writer points the BAT at the block; the others return only once it has, so a
       // write that completed is always reachable by the next flush's commit.
@@ -366,26 +509,139 @@ export class Writer {
     if (alloc.error !== undefined) throw alloc.error;
   }
 
-  /** Reserve a block at the end of the file and extend the file over it. */
-  private reserveBlock(): Promise<number> {
-    return this.metadataLock.run(async () => {
-      const at = this.fileEnd;
-      this.fileEnd += this.layout.blockSize;
-      if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
-      return at;
+  /**
+   * A place for the payload block of BAT entry `batIndex`: the entry's own free place, else the
+   * lowest free place, else the end of the file (only the end when `reuse` is false). A place
+   * that may hold old bytes gets zeros in its first `extent` bytes, except [keepFrom, keepTo),
+   * which the caller writes next. No payload I/O under the lock: the zeros come after it.
+   */
+  private async placeBlock(batIndex: number, reuse: boolean, extent: number, keepFrom: number, keepTo: number): Promise<Placement> {
+    let place: Placement | null = null;
+    for (let tries = 0; !place; tries++) {
+      place = await this.metadataLock.run(async (): Promise<Placement | null> => {
+        if (this.scan === 'none') await this.scanForFreeSpace();
+        let b: FreeBlock | undefined;
+        if (reuse) {
+          b = this.free.of(batIndex);
+          if (b) this.free.remove(b);
+          else {
+            if (this.free.size === 0 && this.scan === 'partial') await this.scanForFreeSpace();
+            b = this.free.takeLowest();
+            // Places whose release is not committed yet: commit, then take one (once).
+            if (!b && tries === 0 && this.free.hasPending()) return null;
+          }
+        }
+        if (b) {
+          this.placing.add(b.fileOffset);
+          return { fileOffset: b.fileOffset, reused: b };
+        }
+        const at = this.fileEnd;
+        this.fileEnd += this.layout.blockSize;
+        if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
+        return { fileOffset: at, reused: null };
+      });
+      if (!place) await this.commit(false);
+    }
+    // Old bytes: in all of a reused place; in fresh space, below `dirtyEnd`.
+    const oldUpTo = place.reused ? extent : Math.min(extent, this.dirtyEnd - place.fileOffset);
+    try {
+      const write = this.file.write!.bind(this.file);
+      if (keepFrom > 0 && oldUpTo > 0) await writeZeros(write, place.fileOffset, Math.min(keepFrom, oldUpTo));
+      if (keepTo < oldUpTo) await writeZeros(write, place.fileOffset + keepTo, oldUpTo - keepTo);
+    } catch (e) {
+      this.unplace(place);
+      throw e;
+    }
+    return place;
+  }
+
+  /** Write `data` at `inBlock` of a block's new place; a reused place goes back to the record when that fails. */
+  private async writeInto(place: Placement, inBlock: number, data: Uint8Array): Promise<void> {
+    try {
+      await this.file.write!(place.fileOffset + inBlock, data);
+    } catch (e) {
+      this.unplace(place);
+      throw e;
+    }
+  }
+
+  /** A reused place whose allocation failed goes back to the record (its entry was never pointed at it). */
+  private unplace(place: Placement): void {
+    const b = place.reused;
+    if (!b || !this.placing.delete(b.fileOffset)) return;
+    this.free.add(b);
+  }
+
+  /**
+   * Point BAT entry `batIndex` at its new place, whose payload is written. When the place was
+   * another entry's claim, that entry gives it up (FileOffsetMB 0) at the same time, and their
+   * sectors are linked so that one log entry carries both changes.
+   */
+  private async pointAt(batIndex: number, entry: BatEntry, place: Placement): Promise<void> {
+    const b = place.reused;
+    if (!b || !b.owned || b.entry === batIndex) {
+      await this.bat.set(batIndex, entry);
+      if (b) this.placing.delete(b.fileOffset);
+      return;
+    }
+    // Under the lock, so that no commit takes one change without the other.
+    await this.metadataLock.run(async () => {
+      await this.bat.set(batIndex, entry);
+      await this.dropClaim(b);
+      this.linked.push([b.entry, batIndex]);
+      this.placing.delete(b.fileOffset);
     });
   }
 
   /**
+   * Look for free places earlier sessions left (under `metadataLock`): owned places checked
+   * against the whole BAT are recorded while the record has room. The first scan of a session
+   * also moves the end of the file back to the end of its last object, and records the places
+   * whose entry already gave them up in this session (ZERO or UNMAPPED with offset 0 now).
+   */
+  private async scanForFreeSpace(): Promise<void> {
+    const first = this.scan === 'none';
+    if (this.layout.leaveBlocksAllocated && !this.layout.hasParent) {
+      this.scan = 'done'; // a fixed disk frees nothing
+      return;
+    }
+    const found = await scanFreeSpace(this.file, this.layout, this.scanFrom, this.free.maxBlocks - this.free.size, (entry, at) => this.placing.has(at) || this.free.of(entry) !== undefined);
+    for (const c of found.claims) {
+      // The file may lag behind memory: what counts is the entry now, still a claim on the place
+      // (not, say, the block written back into its own place since).
+      const e = await this.bat.entry(c.entry);
+      const claims = e.state === PayloadState.UNMAPPED || e.state === PayloadState.UNMAPPED_DRAFT || e.state === PayloadState.UNDEFINED;
+      if (claims && e.fileOffsetMB * MiB === c.fileOffset) this.free.add({ fileOffset: c.fileOffset, entry: c.entry, owned: true, durable: true });
+      else if (first && e.fileOffsetMB === 0 && (e.state === PayloadState.ZERO || e.state === PayloadState.UNMAPPED)) {
+        // Nothing else can name it: no place was handed out in this session yet.
+        // The file still names it as an UNMAPPED claim, which reads as zeros: reusable at once.
+        this.free.add({ fileOffset: c.fileOffset, entry: c.entry, owned: false, durable: true });
+      }
+    }
+    if (first && found.objectsEnd < this.fileEnd) {
+      this.dirtyEnd = this.file.size;
+      this.fileEnd = found.objectsEnd;
+    }
+    this.scan = found.resumeAt >= 0 ? 'partial' : 'done';
+    this.scanFrom = Math.max(0, found.resumeAt);
+  }
+
+  /**
    * The last writer into a new block points the BAT at it, after every write into the block has
-   * finished (data before the BAT entry that points at it). The rest of the block is fresh file
-   * space and reads as zeros, which is what a NOT_PRESENT, ZERO or UNMAPPED block read as before.
+   * finished (data before the BAT entry that points at it). The rest of the block reads as zeros
+   * (fresh file space, or zeroed by placeBlock), which is what a NOT_PRESENT, ZERO or UNMAPPED
+   * block read as before. A failed write into a reused place leaves the entry as it was.
    * Writers that join while this runs write to the same place and settle again (idempotent).
    */
   private async settle(blockIndex: number, batIndex: number, alloc: PendingBlock): Promise<void> {
     try {
-      const fileOffset = await alloc.fileOffset;
-      await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: fileOffset / MiB });
+      const place = await alloc.place;
+      if (alloc.failure !== undefined && place.reused) {
+        // Every writer into the block fails with the write's error; the place goes back.
+        this.unplace(place);
+        throw alloc.failure;
+      }
+      await this.pointAt(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
     } catch (e) {
       alloc.error = e;
       throw e;
@@ -396,7 +652,6 @@ export class Writer {
       }
     }
   }
-
 
   /**
    * Zero [offset, offset + length): whole blocks of a dynamic disk change state (`state`) without
@@ -426,7 +681,7 @@ export class Writer {
       const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
       const whole = pos === blockStart && end === blockEnd;
       if (whole && !fixed) {
-        if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+        if (!(await this.freeBlock(batIndex, e, state))) await this.zeroPlace(batIndex, e, blockEnd - blockStart, fast);
       } else if (e.state === PayloadState.FULLY_PRESENT) {
         if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - pos} bytes at ${pos} would write data`);
         const base = e.fileOffsetMB * MiB - blockStart;
@@ -485,7 +740,7 @@ export class Writer {
             const lss = this.layout.logicalSectorSize;
             await bitmaps.set(blockStart / lss, (blockEnd - blockStart) / lss, false);
           }
-          if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+          if (!(await this.freeBlock(batIndex, e, state))) await this.zeroPlace(batIndex, e, blockEnd - blockStart, fast);
           return;
         }
         const showsParent = e.state === PayloadState.NOT_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT;
@@ -503,6 +758,50 @@ export class Writer {
       });
       pos = end;
     }
+  }
+
+  /**
+   * Make the whole block of BAT entry `batIndex` (now `e`) read as zeros in `state` (ZERO for
+   * write-zeroes, UNMAPPED for discard), recording the place it frees (see the contract). False
+   * when the unowned record is full: nothing changed, and the caller zeroes the place instead.
+   */
+  private async freeBlock(batIndex: number, e: BatEntry, state: number): Promise<boolean> {
+    const place = e.fileOffsetMB * MiB;
+    const present = e.state === PayloadState.FULLY_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT;
+    // UNMAPPED or UNDEFINED keeping its FileOffsetMB (ZERO and NOT_PRESENT never name a place).
+    const claim = !present && place !== 0 && e.state !== PayloadState.ZERO && e.state !== PayloadState.NOT_PRESENT;
+    if (state === PayloadState.UNMAPPED && (e.state === PayloadState.FULLY_PRESENT || claim)) {
+      // The entry keeps naming its place: owned (recorded while there is room; named on disk either way).
+      if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: e.fileOffsetMB });
+      if (e.state === PayloadState.FULLY_PRESENT) this.free.add({ fileOffset: place, entry: batIndex, owned: true, durable: false });
+      return true;
+    }
+    // The entry stops naming its place before the place is recorded free, so that no other
+    // block can be given a place this one still reads from.
+    if (present) {
+      // Write-zeroes, or a partially present block whose place may hold sectors never written.
+      if (!this.free.hasRoom(false)) return false;
+      await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+      this.free.add({ fileOffset: place, entry: batIndex, owned: false, durable: false });
+      return true;
+    }
+    // Write-zeroes of a claim: ZERO must not name the place. A recorded place stays recorded,
+    // unowned; an unrecorded one is not this session's to reuse (not checked, or being reused).
+    const r = claim ? this.free.of(batIndex) : undefined;
+    if (r && !this.free.unownedRoom()) return false;
+    if (e.state !== state || e.fileOffsetMB !== 0) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+    if (r) this.free.disown(r);
+    return true;
+  }
+
+  /**
+   * Write-zeroes of a whole block when the unowned record is full: zeros are written over its
+   * place, which it keeps (a partially present block becomes fully present, all zeros).
+   */
+  private async zeroPlace(batIndex: number, e: BatEntry, extent: number, fast: boolean): Promise<void> {
+    if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing block ${batIndex - Math.floor(batIndex / (this.layout.geometry.chunkRatio + 1))} would write data`);
+    await writeZeros(this.file.write!.bind(this.file), e.fileOffsetMB * MiB, extent);
+    if (e.state === PayloadState.PARTIALLY_PRESENT) await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: e.fileOffsetMB });
   }
 
   /** Wait until a block being allocated has its BAT entry (or its allocation failed). */
@@ -530,6 +829,42 @@ export class Writer {
   }
 
   /**
+   * BAT sectors a commit takes first, and sectors it holds back, so that each group of linked
+   * sectors (a reused place's old owner and new one, and any sector linked to those) reaches
+   * the log in one entry of at most `max` sectors.
+   */
+  private linkedSectors(max: number): { first: number[]; hold: Set<number> } {
+    const first: number[] = [];
+    const hold = new Set<number>();
+    const root = new Map<number, number>();
+    const find = (x: number): number => {
+      for (let up = root.get(x)!; up !== x; up = root.get(x)!) x = up;
+      return x;
+    };
+    for (const [a, b] of this.linked) {
+      const pair = [this.bat.sectorOf(a), this.bat.sectorOf(b)];
+      if (!pair.some((u) => this.bat.isDirty(u))) continue;
+      for (const u of pair) if (!root.has(u)) root.set(u, u);
+      const [ra, rb] = pair.map(find) as [number, number];
+      if (ra !== rb) root.set(ra, rb);
+    }
+    const groups = new Map<number, number[]>();
+    for (const u of root.keys()) {
+      const r = find(u);
+      const g = groups.get(r);
+      if (g) g.push(u);
+      else groups.set(r, [u]);
+    }
+    for (const g of groups.values()) {
+      if (first.length + g.length <= max) first.push(...g);
+      else for (const u of g) hold.add(u);
+    }
+    // A group larger than one entry cannot stay together: let it through rather than stall.
+    if (first.length === 0) hold.clear();
+    return { first, hold };
+  }
+
+  /**
    * Write the changed BAT sectors through the log: flush payload, log entry, flush, LogGuid (once),
    * sectors in place, flush; repeated while changes remain. With `flushAlways`, flush even when
    * there is nothing to commit (a plain flush()).
@@ -539,12 +874,14 @@ export class Writer {
       if (this.dirtyCount === 0) {
         if (flushAlways) await this.file.flush!();
         this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
+        this.free.markDurable();
         return;
       }
       while (this.dirtyCount > 0) {
         // BAT sectors, sector bitmap pages and other metadata sectors share the entry. Their
         // copies are taken before the payload flush, so every write they expose is flushed first.
-        const batch = this.bat.takeDirty(this.entriesPerCommit);
+        const links = this.linkedSectors(this.entriesPerCommit);
+        const batch = this.bat.takeDirty(this.entriesPerCommit, links.first, links.hold);
         const room = this.entriesPerCommit - batch.sectors.length;
         const bitmapBatch = this.bitmaps?.takeDirty(room) ?? { sectors: [], ids: [] };
         const others = [...this.pendingSectors].slice(0, room - bitmapBatch.sectors.length);
@@ -564,12 +901,15 @@ export class Writer {
           for (const s of sectors) await this.file.write!(s.fileOffset, s.data);
           await this.file.flush!();
           applied = true;
+          this.linked = this.linked.filter(([a, b]) => this.bat.isDirty(this.bat.sectorOf(a)) || this.bat.isDirty(this.bat.sectorOf(b)));
         } finally {
           this.bat.release(batch, applied);
           this.bitmaps?.release(bitmapBatch, applied);
           if (!applied) for (const [at, data] of others) if (!this.pendingSectors.has(at)) this.pendingSectors.set(at, data);
         }
       }
+      // Nothing is dirty (checked just now, nothing awaited since): every release so far is in the file.
+      this.free.markDurable();
     });
   }
 }

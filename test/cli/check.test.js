@@ -128,18 +128,21 @@ for (const e of dirty) {
     copyFileSync(cached, p); // the cached copy is never written
     const pristine = sha256(p);
 
+    // Space inside the file that no entry names (a crashed qemu session's blocks: iotest 070
+    // has 4 MiB of it) is leaked, and stays so: reclaiming it would move blocks.
+    const insideLeaks = (findings) => findings.filter((f) => f.severity === 'leak' && f.repairableBy === null);
     const { status, json } = await checkJson(p);
-    assert.equal(status, 0, JSON.stringify(json.findings));
+    assert.equal(status, json.leaks > 0 ? 3 : 0, JSON.stringify(json.findings));
     assert.equal(json.log.state, 'dirty');
-    assert.deepEqual(json.findings.map((f) => f.reason), ['LOG_DIRTY']);
+    assert.deepEqual(json.findings.filter((f) => !insideLeaks(json.findings).includes(f)).map((f) => f.reason), ['LOG_DIRTY']);
     assert.equal(sha256(p), pristine, 'a check without -r writes nothing');
     assert.notEqual(qemuCheck(p), 0, 'qemu-img cannot check it before the replay');
 
     const rr = await checkJson('-r', 'all', p);
-    assert.equal(rr.status, 0, JSON.stringify(rr.json));
+    assert.equal(rr.status, json.leaks > 0 ? 3 : 0, JSON.stringify(rr.json));
     assert.ok(rr.json.repair.logEntriesReplayed > 0);
     assert.equal(rr.json.log.state, 'clean');
-    assert.deepEqual(rr.json.findings, []);
+    assert.deepEqual(rr.json.findings, insideLeaks(json.findings));
     assert.equal(qemuCheck(p), 0, 'qemu-img check is clean after the replay');
 
     const raw = `${p}.raw`;

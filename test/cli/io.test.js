@@ -4,12 +4,13 @@
 // through qemu-io.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseSize } from '../../dist/cli/common.js';
 import { parseCommand } from '../../dist/cli/io.js';
 import { openFile } from '../../dist/node.js';
 import { needTool } from '../helpers/env.js';
-import { exec, must, sha256File, shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
+import { exec, must, needPyvhdi, pyvhdiDigest, sha256File, shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
 
 const K = 1024;
 const M = K * K;
@@ -256,4 +257,50 @@ test('vhdx io writes into qemu-created images read back right through qemu-io', 
       assert.equal((r.stdout.match(/^read \d+\/\d+ bytes/gm) ?? []).length, reads.length / 2, r.stdout);
     });
   }
+});
+
+test('an image vhdx io wrote and closed never leaks: write -z -u and discard, then vhdx check and qemu-img check are clean', async (t) => {
+  const path = join(dir, 'no-leak.vhdx');
+  assert.equal((await vhdxInProcess(['create', '-q', '-o', 'block_size=1M', path, String(16 * M)])).code, 0);
+  const io = async (...cmds) => {
+    const r = await vhdxInProcess(['io', '-q', ...cmds.flatMap((c) => ['-c', c]), path]);
+    assert.equal(r.code, 0, r.stderr);
+  };
+  const checkClean = async (what) => {
+    const r = await vhdxInProcess(['check', path]);
+    assert.equal(r.code, 0, `${what}: vhdx check exited ${r.code}: ${r.stdout}${r.stderr}`);
+    if (!qemuMissing) assert.match(await must('qemu-img', ['check', '-f', 'vhdx', path]), /No errors/, what);
+  };
+  await io('write -P 0x11 0 8M');
+  await io('write -z -u 2M 1M'); // inside the file
+  await checkClean('write -z -u inside');
+  await io('write -z -u 7M 1M'); // the last block
+  await checkClean('write -z -u at the end');
+  await io('discard 3M 2M');
+  await checkClean('discard');
+  await io('write -P 0x22 12M 4k', 'discard 0 1M', 'write -P 0x33 14M 1M');
+  await checkClean('reuse');
+  // Other readers see discarded blocks that keep their place, and reused places, as we do.
+  const ours = await vhdxInProcess(['io', '-r', '-q', '-c', 'read -P 0 0 1M', '-c', 'read -P 0x11 1M 1M', '-c', 'read -P 0 2M 3M', '-c', 'read -P 0x11 5M 2M', '-c', 'read -P 0 7M 5M', '-c', 'read -P 0x22 12M 4k', '-c', 'read -P 0 12292k 2044k', '-c', 'read -P 0x33 14M 1M', '-c', 'read -P 0 15M 1M', path]);
+  assert.equal(ours.code, 0, ours.stdout + ours.stderr);
+  if (!qemuMissing) {
+    const raw = join(dir, 'no-leak.raw');
+    await must('qemu-img', ['convert', '-O', 'raw', path, raw]);
+    const q = await exec('qemu-io', ['-f', 'raw', '-r', '-c', 'read -P 0 0 1M', '-c', 'read -P 0x11 1M 1M', '-c', 'read -P 0 2M 3M', '-c', 'read -P 0x22 12M 4k', '-c', 'read -P 0x33 14M 1M', raw]);
+    assert.doesNotMatch(q.stdout + q.stderr, /fail/i, 'qemu reads the same');
+    if (!(await needPyvhdi())) assert.equal((await pyvhdiDigest(path)).sha256, sha256File(raw), 'libvhdi reads the same');
+  }
+  // Five discard-and-rewrite rounds of the whole disk, each step its own `vhdx io`.
+  const before = statSync(path).size;
+  for (let round = 0; round < 5; round++) {
+    await io(`write -P ${0x40 + round} 0 16M`);
+    await io('discard 0 16M');
+  }
+  await io('write -P 0x66 0 16M');
+  const after = statSync(path).size;
+  t.diagnostic(`16 MiB disk of 1 MiB blocks: ${before / M} MiB before the rounds, ${after / M} MiB after five`);
+  assert.equal(after, 4 * M + 16 * M, 'the structures and one place per block');
+  await checkClean('after the rounds');
+  const r = await vhdxInProcess(['io', '-r', '-q', '-c', 'read -P 0x66 0 16M', path]);
+  assert.equal(r.code, 0, r.stderr);
 });

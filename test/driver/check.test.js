@@ -507,6 +507,46 @@ test('space a non-present entry points at is not leaked; leaks beside unrepairab
   await assertRepairRefused(c, 'leaks');
 });
 
+test('space inside the file that nothing names is leaked; repair leaks cuts only the end, moving no block', async () => {
+  const { bytes, plan, blockFileOffset } = await buildImage({ allocate: [0, 1, 2] });
+  const b = new Uint8Array(bytes.length + 2 * MiB);
+  b.set(bytes);
+  // Block 1 made ZERO with its place left behind (what the writer before reuse did): the MiB is
+  // now named by nothing, between blocks 0 and 2.
+  putBatEntry(b, plan, 1, { state: PayloadState.ZERO, fileOffsetMB: 0 });
+  const r = await check(b);
+  assert.equal(r.corruptions, 0);
+  assert.equal(r.leaks, 3, 'one MiB inside, two at the end');
+  assert.equal(r.leakedBytes, 3 * MiB);
+  const leaks = only(r, 'leak');
+  const inside = leaks.find((f) => f.offset === blockFileOffset[1]);
+  assert.ok(inside, `a finding at the freed place: ${JSON.stringify(leaks)}`);
+  assert.equal(inside.reason, 'LEAKED_SPACE');
+  assert.equal(inside.repairableBy, null, 'reclaiming it would move blocks');
+  assert.match(inside.message, /1 MiB inside the file \(1 run/);
+
+  const src = new MemorySource(b.slice());
+  const res = await repairImage(src, { mode: 'leaks' });
+  assert.deepEqual(res.actions.map((a) => a.action), ['truncateLeaks']);
+  assert.equal(res.leaksFixed, 2);
+  assert.equal(src.size, bytes.length);
+  assert.equal(res.after.leaks, 1, 'the MiB inside stays reported');
+  assert.equal(only(res.after, 'leak')[0].offset, blockFileOffset[1]);
+  const img = await VhdxImage.open(new MemorySource(src.bytes().slice()));
+  const buf = new Uint8Array(MiB);
+  await img.read(2 * MiB, buf);
+  assert.ok(buf.every((x) => x === fillByte(2)), 'block 2 stayed where it was');
+});
+
+test('a place an UNMAPPED entry kept and the rest of a short last block\'s place are not leaked', async () => {
+  // 3.5 MiB disk of 2 MiB blocks: block 1 covers 1.5 MiB of its 2 MiB place.
+  const { bytes, plan, blockFileOffset } = await buildImage({ virtualSize: 3.5 * MiB, blockSize: 2 * MiB, allocate: [1, 0] });
+  assertClean(await check(bytes), 'short last block first in the file');
+  // Block 0 discarded, keeping its place (UNMAPPED with FileOffsetMB): the place is named.
+  const b = bytes.slice();
+  putBatEntry(b, plan, 0, { state: PayloadState.UNMAPPED, fileOffsetMB: blockFileOffset[0] / MiB });
+  assertClean(await check(b), 'UNMAPPED keeping its place');
+});
 // ------------------------------------------------------------------------------------------
 // The log
 

@@ -1,9 +1,10 @@
 // Property tests of the writer (src/driver/writer.ts):
-// 1. Random sequences of write, write-zeroes (plain and fast), discard, flush, FUA writes, reads
-//    and reopen (close + open) on small images (8–24 MiB, 1 MiB blocks, dynamic and fixed, 512-
+// 1. Random sequences of write, write-zeroes (plain and fast), discard, flush, FUA writes, reads,
+//    discard-and-rewrite cycles and reopen (close + open) on small images (8–24 MiB, 1 MiB blocks, dynamic and fixed, 512-
 //    and 4096-byte sectors), against a model of the virtual disk. Every read must equal the
 //    model; at the end the whole disk must, block status must agree with it, the image must pass
-//    the structural checks, and `qemu-img check` (512-byte sectors, when installed).
+//    the structural checks with no leaked space, the file must hold no more blocks than were
+//    allocated at once, and `qemu-img check` must pass (512-byte sectors, when installed).
 // 2. Random workloads that lose power at a random write or flush (src/io/faulty.ts), with a
 //    random subset of the unflushed writes landing and one maybe torn: the image must open
 //    read-only and writable, read the same both ways, hold at least everything up to the last
@@ -59,6 +60,15 @@ const opArb = fc.oneof(
     weight: 1,
     arbitrary: fc.record({ kind: fc.constant('concurrent'), writes: fc.array(rangeArb, { minLength: 2, maxLength: 6 }) }),
   },
+  // Discard-and-rewrite cycles: free a range (discard or write-zeroes), maybe flush, write
+  // another (or the same) range: freed places must be reused, never showing old bytes.
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('cycle'),
+      rounds: fc.array(fc.record({ free: rangeArb, zero: fc.boolean(), flush: fc.boolean(), write: rangeArb }), { minLength: 1, maxLength: 3 }),
+    }),
+  },
 );
 
 /** A range of the disk, clamped into it; null when empty. */
@@ -106,6 +116,16 @@ async function compare(img, model, offset, length) {
   return null;
 }
 
+/** Blocks of `img` holding data now (as the writer sees them, committed or not). */
+async function liveBlocks(img) {
+  const blocks = new Set();
+  for (const x of await img.blockStatus(0, img.size)) {
+    if (x.type !== 'data') continue;
+    for (let b = Math.floor(x.offset / img.blockSize); b * img.blockSize < x.offset + x.length; b++) blocks.add(b);
+  }
+  return blocks.size;
+}
+
 const ZEROS = new Uint8Array(MiB);
 const isZero = (b) => bytesEqual(b, ZEROS.subarray(0, b.length));
 
@@ -131,6 +151,8 @@ test('writer property: random write / write-zeroes / discard / flush / reopen se
       const model = new SparseModel();
       let img = await VhdxImage.open(disk, { readOnly: false });
       let n = 0;
+      // Blocks allocated at most at once: the file must never need more places than that.
+      let peakBlocks = 0;
       const check = async (offset, length, what) => {
         const m = await compare(img, model, offset, length);
         if (m) assert.fail(`${what}: ${m}`);
@@ -186,6 +208,23 @@ test('writer property: random write / write-zeroes / discard / flush / reopen se
               img = await VhdxImage.open(disk, { readOnly: false });
               break;
             }
+            case 'cycle':
+              for (const [k, c] of op.rounds.entries()) {
+                const f = place(c.free, size);
+                if (f) {
+                  await (c.zero ? img.writeZeroes(f.offset, f.length) : img.discard(f.offset, f.length));
+                  model.zero(f.offset, f.length);
+                }
+                peakBlocks = Math.max(peakBlocks, await liveBlocks(img));
+                if (c.flush) await img.flush();
+                const w = place(c.write, size);
+                if (w) {
+                  const data = payload(n * 17 + k, w.length);
+                  await img.write(w.offset, data);
+                  model.write(w.offset, data);
+                }
+              }
+              break;
             case 'concurrent': {
               // Non-overlapping writes in flight together (overlaps would have no defined result).
               const ranges = [];
@@ -199,11 +238,14 @@ test('writer property: random write / write-zeroes / discard / flush / reopen se
               break;
             }
           }
+          peakBlocks = Math.max(peakBlocks, await liveBlocks(img));
         }
         await img.close();
       } finally {
         await img.close().catch(() => undefined);
       }
+      // Freed places were reused before the file grew, and close cut what was left at the end.
+      assert.ok(disk.size <= plan.fileSize + peakBlocks * MiB, `file of ${disk.size} bytes for at most ${peakBlocks} blocks at once`);
 
       const ro = await VhdxImage.open(disk);
       assert.equal(ro.header.logGuid, NIL);
@@ -218,7 +260,7 @@ test('writer property: random write / write-zeroes / discard / flush / reopen se
         }
       }
       await ro.close();
-      assert.deepEqual(await checkInvariants(disk), []);
+      assert.deepEqual(await checkInvariants(disk, { noLeaks: true }), []);
       if (dir && cfg.sector === 512) {
         const path = join(dir, `run-${runs}.vhdx`);
         writeSparseFile(path, disk);

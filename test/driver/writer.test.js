@@ -10,12 +10,13 @@ import { join } from 'node:path';
 import { FaultySource, MemorySource, VhdxImage } from '../../dist/index.js';
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
 import { HEADER } from '../../dist/format/header.js';
-import { PayloadState, payloadBatIndex } from '../../dist/format/bat.js';
+import { PayloadState } from '../../dist/format/bat.js';
 import { parseLogEntry } from '../../dist/driver/log.js';
 import { corpusFile, corpusManifest, corpusDir } from '../helpers/env.js';
 import { needCorpus } from '../helpers/corpus-prefix.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
+import { readPayloadEntry } from '../helpers/build.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -60,14 +61,6 @@ async function fileHeaders(src) {
 }
 const currentOf = ([a, b]) => (a.sequenceNumber > b.sequenceNumber ? a : b);
 
-/** Raw BAT entry of payload block `block`, from the file. */
-async function batEntry(src, plan, block) {
-  const b = new Uint8Array(8);
-  await src.read(plan.bat.offset + payloadBatIndex(plan.geometry, block) * 8, b);
-  const dv = new DataView(b.buffer);
-  const lo = dv.getUint32(0, true);
-  return { state: lo & 7, fileOffsetMB: dv.getUint32(4, true) * 4096 + (lo >>> 20) };
-}
 
 async function readBack(img, offset, length) {
   const b = new Uint8Array(length);
@@ -273,8 +266,8 @@ test('concurrent writes to one unallocated block allocate it once', async () => 
     ],
   );
   await img.close();
-  const e3 = await batEntry(disk, plan, 3);
-  const e4 = await batEntry(disk, plan, 4);
+  const e3 = await readPayloadEntry(disk, plan, 3);
+  const e4 = await readPayloadEntry(disk, plan, 4);
   assert.equal(e3.state, PayloadState.FULLY_PRESENT);
   assert.equal(e4.state, PayloadState.FULLY_PRESENT);
   assert.notEqual(e3.fileOffsetMB, e4.fileOffsetMB);
@@ -298,11 +291,11 @@ test('write-zeroes of a whole block makes it ZERO without writing data; discard 
   await img.flush();
   const after = disk.trace.slice(mark);
   assert.equal(after.filter((op) => region(plan, op) === 'payload').length, 0, 'no payload written');
-  assert.equal((await batEntry(disk, plan, 2)).state, PayloadState.ZERO);
-  assert.equal((await batEntry(disk, plan, 3)).state, PayloadState.UNMAPPED);
-  assert.equal((await batEntry(disk, plan, 16)).state, PayloadState.ZERO);
-  for (const b of [5, 6, 7]) assert.equal((await batEntry(disk, plan, b)).state, PayloadState.ZERO);
-  assert.equal((await batEntry(disk, plan, 2)).fileOffsetMB, 0);
+  assert.equal((await readPayloadEntry(disk, plan, 2)).state, PayloadState.ZERO);
+  assert.equal((await readPayloadEntry(disk, plan, 3)).state, PayloadState.UNMAPPED);
+  assert.equal((await readPayloadEntry(disk, plan, 16)).state, PayloadState.ZERO);
+  for (const b of [5, 6, 7]) assert.equal((await readPayloadEntry(disk, plan, b)).state, PayloadState.ZERO);
+  assert.equal((await readPayloadEntry(disk, plan, 2)).fileOffsetMB, 0);
   // Partial ranges of allocated blocks get zeros written in place; the block stays allocated.
   await img.write(B(9), pattern(9, MiB));
   await img.writeZeroes(B(9) + 4096, 8192);
@@ -319,8 +312,8 @@ test('write-zeroes of a whole block makes it ZERO without writing data; discard 
   reWant.set(pattern(7, 100), 100);
   assert.deepEqual(re, reWant);
   await img.close();
-  assert.equal((await batEntry(disk, plan, 9)).state, PayloadState.FULLY_PRESENT);
-  assert.equal((await batEntry(disk, plan, 2)).state, PayloadState.FULLY_PRESENT);
+  assert.equal((await readPayloadEntry(disk, plan, 9)).state, PayloadState.FULLY_PRESENT);
+  assert.equal((await readPayloadEntry(disk, plan, 2)).state, PayloadState.FULLY_PRESENT);
   assert.deepEqual(await checkInvariants(disk), []);
 });
 
@@ -328,7 +321,7 @@ test('fixed disks keep every block FULLY_PRESENT: zeroing and discard write zero
   const { plan, disk } = await newImage({ virtualSize: B(8), fixed: true, logicalSectorSize: 4096 });
   const img = await VhdxImage.open(disk, { readOnly: false });
   assert.equal(img.can.fastZero, false);
-  const before = await Promise.all([0, 1, 2, 3].map((b) => batEntry(disk, plan, b)));
+  const before = await Promise.all([0, 1, 2, 3].map((b) => readPayloadEntry(disk, plan, b)));
   await img.write(B(1), pattern(1, MiB));
   await img.write(B(2), pattern(2, MiB));
   await img.flush();
@@ -338,7 +331,7 @@ test('fixed disks keep every block FULLY_PRESENT: zeroing and discard write zero
   assert.equal(disk.counts.bytesWritten - mark, 2 * MiB, 'zeros written over both blocks');
   await img.close();
   assert.equal(disk.counts.truncates, 0, 'a fixed disk never grows');
-  for (const b of [0, 1, 2, 3]) assert.deepEqual(await batEntry(disk, plan, b), before[b]);
+  for (const b of [0, 1, 2, 3]) assert.deepEqual(await readPayloadEntry(disk, plan, b), before[b]);
   assert.equal(before[1].state, PayloadState.FULLY_PRESENT);
   const ro = await VhdxImage.open(disk);
   assert.deepEqual(await readBack(ro, B(1), 2 * MiB), new Uint8Array(2 * MiB));

@@ -208,6 +208,15 @@ export const itemValueAt = (plan, name) => plan.metadata.offset + plan.items[ite
 /** File offset of BAT entry `index`. */
 export const batEntryAt = (plan, index) => plan.bat.offset + index * 8;
 
+/** Payload block `block`'s BAT entry as the source holds it: { state, fileOffsetMB }. */
+export async function readPayloadEntry(src, plan, block) {
+  const b = new Uint8Array(8);
+  await src.read(batEntryAt(plan, payloadBatIndex(plan.geometry, block)), b);
+  const dv = new DataView(b.buffer);
+  const lo = dv.getUint32(0, true);
+  return { state: lo & 7, fileOffsetMB: dv.getUint32(4, true) * 4096 + (lo >>> 20) };
+}
+
 /** Set a BAT entry's raw bytes in `bytes` from { state, fileOffsetMB }. */
 export function putBatEntry(bytes, plan, index, entry) {
   bytes.set(batEntryBytes(entry), batEntryAt(plan, index));

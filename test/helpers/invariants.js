@@ -1,7 +1,7 @@
 // A small structural checker for images the writer produced, written independently of
 // src/driver/check.ts: headers, region tables, layout validation, and every BAT entry. The
 // library's own checkImage runs too, and any corruption or check error it reports is a finding
-// (leaks are not: a crash may leave placed-but-unreferenced blocks at the end of the file).
+// (leaks only with `noLeaks`: a crash may leave placed-but-unreferenced blocks in the file).
 // Differencing disks may also hold sector bitmap blocks and PARTIALLY_PRESENT payload blocks.
 // Returns a list of findings (strings); empty means the image is sound.
 import { HEADER } from '../../dist/format/header.js';
@@ -18,10 +18,10 @@ const NIL = '00000000-0000-0000-0000-000000000000';
 /**
  * Check `src` (any RandomAccessSource). Options:
  * - clean: the LogGuid must be zero (after a writable close).
- * - writerStates: payload states must be ones this writer produces or keeps (0, 2, 3, 6; and
- *   for fixed disks 6 only unless `fixedMayHoles`).
+ * - noLeaks: checkImage must find no leaked space (an image the writer closed without a crash
+ *   names all its space and ends at its last object).
  */
-export async function checkInvariants(src, { clean = true } = {}) {
+export async function checkInvariants(src, { clean = true, noLeaks = false } = {}) {
   const findings = [];
   const head = await readBytes(src, 0, MiB, 'header section');
   // Headers: at least one valid; the two differ by sequence number (or are identical).
@@ -95,6 +95,11 @@ export async function checkInvariants(src, { clean = true } = {}) {
       if (offset < MiB) findings.push(`BAT ${i}: block at ${offset} inside the header section`);
       if (offset + bs > fileSize) findings.push(`BAT ${i}: block at ${offset} (+${bs}) past the end of the file (${fileSize})`);
       blocks.push({ i, from: offset, to: offset + bs });
+    } else if (state === PayloadState.UNMAPPED && offset !== 0) {
+      // A discarded block keeps its place (the writer reuses it): an object like any block.
+      if (offset < MiB) findings.push(`BAT ${i}: UNMAPPED block's place at ${offset} inside the header section`);
+      if (offset + bs > fileSize) findings.push(`BAT ${i}: UNMAPPED block's place at ${offset} (+${bs}) past the end of the file (${fileSize})`);
+      blocks.push({ i, from: offset, to: offset + bs });
     } else if (state === PayloadState.ZERO || state === PayloadState.UNMAPPED || state === PayloadState.NOT_PRESENT) {
       if (offset !== 0) findings.push(`BAT ${i}: state ${state} with a file offset ${offset}`);
     } else {
@@ -115,7 +120,7 @@ export async function checkInvariants(src, { clean = true } = {}) {
   const lib = await checkImage(src);
   if (!lib.supported || !lib.canComplete) findings.push(`checkImage could not complete: ${lib.error?.reason} ${lib.error?.message}`);
   for (const f of lib.findings) {
-    if (f.severity === 'corruption' || (clean && f.reason.startsWith('LOG'))) findings.push(`checkImage: ${f.reason} ${f.message}`);
+    if (f.severity === 'corruption' || (clean && f.reason.startsWith('LOG')) || (noLeaks && f.severity === 'leak')) findings.push(`checkImage: ${f.reason} ${f.message}`);
   }
   return findings;
 }
