@@ -17,7 +17,7 @@ export const CHECK_EXIT = { clean: 0, incomplete: 1, corruption: 2, leaks: 3, un
 export async function checkCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values, positionals } = parse(
     args,
-    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' } },
+    { output: { type: 'string' }, repair: { type: 'string', short: 'r' }, progress: { type: 'boolean', short: 'p' }, 'force-share': { type: 'boolean', short: 'U' } },
     CHECK_USAGE,
   );
   const format = outputFormat(values.output);
@@ -25,9 +25,11 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
     throw new UsageError(`-r must be leaks or all, not ${String(repair)}\nusage: ${CHECK_USAGE}`);
   }
+  const forceShare = values['force-share'] === true;
+  if (forceShare && repair !== undefined) throw new UsageError('-U (--force-share) is for a check without -r: a repair writes the image');
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
   const path = positionals[0]!;
-  const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
+  const src = await NodeFileSource.open(path, { readOnly: repair === undefined, forceShare });
   let result: CheckResult;
   let repaired: RepairResult | null = null;
   // The progress bar's package loads only when asked for.

@@ -41,6 +41,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       'output-format': { type: 'string', short: 'O' },
       options: { type: 'string', short: 'o', multiple: true },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     CONVERT_USAGE,
   );
@@ -53,7 +54,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   const [srcPath, dstPath] = positionals as [string, string];
   refuseSameFile(srcPath, dstPath);
 
-  const src = await openSource(srcPath, inFmt, parentPaths(values.parents));
+  const src = await openSource(srcPath, inFmt, parentPaths(values.parents), values['force-share'] === true);
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
@@ -104,11 +105,11 @@ function probeFile(path: string): Format | undefined {
 }
 
 /** Open SRC as the format given, or as the format its first bytes show (VHDX identifier, else raw). */
-async function openSource(path: string, fmt: Format | undefined, parents: ParentPaths): Promise<BlockDevice> {
+async function openSource(path: string, fmt: Format | undefined, parents: ParentPaths, forceShare: boolean): Promise<BlockDevice> {
   let kind = fmt ?? probeFile(path);
   // A VHDX opens by path, so that a differencing image finds its parents (a chain is flattened).
-  if (kind === 'vhdx') return openFile(path, { parents });
-  const file = await NodeFileSource.open(path);
+  if (kind === 'vhdx') return openFile(path, { parents, forceShare });
+  const file = await NodeFileSource.open(path, { forceShare });
   try {
     if (kind === undefined) {
       const head = new Uint8Array(Math.min(8, file.size));
@@ -121,14 +122,14 @@ async function openSource(path: string, fmt: Format | undefined, parents: Parent
     throw e;
   }
   await file.close();
-  return openFile(path, { parents });
+  return openFile(path, { parents, forceShare });
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;
 
 async function toRaw(src: BlockDevice, dstPath: string, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const bar = progress?.(true, 'converting');
-  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false });
+  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true });
   let failed = true;
   try {
     await copyDevice(src, fileSink(dst), { signal, parallel: COPY_PARALLEL, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });

@@ -9,7 +9,7 @@ export { INFO_USAGE } from './usage.js';
 import { INFO_USAGE } from './usage.js';
 
 export async function infoCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' }, parents: { type: 'string' } }, INFO_USAGE);
+  const { values, positionals } = parse(args, { output: { type: 'string' }, allocation: { type: 'string' }, parents: { type: 'string' }, 'force-share': { type: 'boolean', short: 'U' } }, INFO_USAGE);
   const format = outputFormat(values.output);
   const allocation = values.allocation ?? 'auto';
   if (allocation !== 'auto' && allocation !== 'always' && allocation !== 'never') {
@@ -18,14 +18,15 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${INFO_USAGE}`);
   const path = positionals[0]!;
   const parents = parentPaths(values.parents);
+  const forceShare = values['force-share'] === true;
   let img: VhdxImage;
   let chainError: string | null = null;
   try {
-    img = await openFile(path, { parents });
+    img = await openFile(path, { parents, forceShare });
   } catch (e) {
     // A differencing image whose chain cannot be opened is still described, with the reason.
     if (parents === 'none' || !isVhdxError(e)) throw e;
-    img = await openFile(path, { parents: 'none' }).catch(() => {
+    img = await openFile(path, { parents: 'none', forceShare }).catch(() => {
       throw e;
     });
     chainError = e.message;

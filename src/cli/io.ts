@@ -105,6 +105,7 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
       format: { type: 'string', short: 'f' },
       help: { type: 'boolean', short: 'h' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     IO_USAGE,
   );
@@ -119,7 +120,9 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
   // Every command is parsed before the image is opened: a typo changes nothing.
   const commands = texts.map(parseCommand);
   const quiet = values.quiet === true;
-  const img = await openFile(positionals[0]!, { readOnly: values['read-only'] === true, parents: parentPaths(values.parents) });
+  const forceShare = values['force-share'] === true;
+  if (forceShare && values['read-only'] !== true) throw new UsageError('-U (--force-share) needs -r: only a read-only open may skip the lock');
+  const img = await openFile(positionals[0]!, { readOnly: values['read-only'] === true, parents: parentPaths(values.parents), forceShare });
   let failure: unknown = null;
   try {
     for (const c of commands) {

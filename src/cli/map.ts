@@ -8,11 +8,11 @@ import { MAP_USAGE } from './usage.js';
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function mapCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { output: { type: 'string' }, parents: { type: 'string' } }, MAP_USAGE);
+  const { values, positionals } = parse(args, { output: { type: 'string' }, parents: { type: 'string' }, 'force-share': { type: 'boolean', short: 'U' } }, MAP_USAGE);
   const format = outputFormat(values.output);
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${MAP_USAGE}`);
   const path = positionals[0]!;
-  const img = await openFile(path, { parents: parentPaths(values.parents) });
+  const img = await openFile(path, { parents: parentPaths(values.parents), forceShare: values['force-share'] === true });
   const names = img.chain.map((i) => i.name ?? path);
   try {
     let pending: Extent | null = null;

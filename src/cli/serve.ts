@@ -30,6 +30,7 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
       'export-name': { type: 'string', short: 'x' },
       description: { type: 'string', short: 'D' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     SERVE_USAGE,
   );
@@ -51,9 +52,11 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   if (Buffer.byteLength(name) > 4096 || name.includes('\0')) throw new UsageError('the export name is longer than 4096 bytes');
 
   // -r, or a file we may not write: read-only export.
+  const forceShare = values['force-share'] === true;
+  if (forceShare && values['read-only'] !== true) throw new UsageError('-U (--force-share) needs -r: only a read-only export may skip the lock');
   const readOnly = values['read-only'] === true || !(await writable(path));
   const parents = parentPaths(values.parents);
-  const device = await openDevice(path, fmt, readOnly, parents);
+  const device = await openDevice(path, fmt, readOnly, parents, forceShare);
   const debug = process.env.VHDX_DEBUG === '1';
   try {
     const server = await serveNbd(device, {
@@ -91,10 +94,10 @@ async function writable(path: string): Promise<boolean> {
 }
 
 /** FILE as the format given, or as its first bytes show (the VHDX identifier, else raw). */
-async function openDevice(path: string, fmt: string | undefined, readOnly: boolean, parents: ParentPaths): Promise<BlockDevice> {
+async function openDevice(path: string, fmt: string | undefined, readOnly: boolean, parents: ParentPaths, forceShare: boolean): Promise<BlockDevice> {
   let kind = fmt;
   if (kind === undefined) {
-    const file = await NodeFileSource.open(path);
+    const file = await NodeFileSource.open(path, { forceShare });
     try {
       const head = new Uint8Array(Math.min(8, file.size));
       await readExact(file, 0, head, 'file identifier');
@@ -103,7 +106,7 @@ async function openDevice(path: string, fmt: string | undefined, readOnly: boole
       await file.close();
     }
   }
-  if (kind === 'vhdx') return openFile(path, { readOnly, parents });
-  const src = await NodeFileSource.open(path, { readOnly });
+  if (kind === 'vhdx') return openFile(path, { readOnly, parents, forceShare });
+  const src = await NodeFileSource.open(path, { readOnly, forceShare });
   return new RawDevice(src);
 }

@@ -16,34 +16,41 @@ export class NodeFileSource implements RandomAccessSource {
 
   /**
    * Open `path`. Read-only unless `readOnly: false`; `create` makes a new file and fails when one
-   * exists, unless `truncate` is also set (then an existing file is emptied, as `qemu-img convert` does).
-   * Writable opens take the advisory lock `path.lock` (see lock.ts) unless `lock: false`
-   * (for files that are not images, such as a raw conversion's output).
+   * exists, unless `truncate` is also set (then an existing file is emptied, as `qemu-img convert`
+   * does, once it is locked). A writable open takes the file's write lock, a read-only open a
+   * shared lock (see lock.ts: by the file's identity, whatever name reaches it), and fails with
+   * EBUSY / LOCKED on a conflict. `forceShare` (read-only opens only) takes and checks no lock:
+   * unsafe against a concurrent writer, whose changes may be read half-made.
    */
   static async open(
     path: string,
-    opts: { readOnly?: boolean; create?: boolean; truncate?: boolean; lock?: boolean } = {},
+    opts: { readOnly?: boolean; create?: boolean; truncate?: boolean; forceShare?: boolean } = {},
   ): Promise<NodeFileSource> {
     const readOnly = opts.readOnly ?? true;
-    const flags = readOnly ? 'r' : opts.create ? (opts.truncate ? 'w+' : 'wx+') : 'r+';
-    // Writers take the lock before opening: a second writer fails without touching the file.
-    const lock = readOnly || opts.lock === false ? null : await lockFile(path);
-    let fd: number;
+    if (opts.forceShare && !readOnly) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path}: forceShare is for read-only opens only`);
+    const fd = await openUntouched(path, readOnly, opts.create === true, opts.truncate === true);
     try {
-      fd = await fsa.open(path, flags);
-    } catch (e) {
-      await lock?.release();
-      throw fsError(e, `cannot open ${path}`);
-    }
-    try {
-      const st = await fsa.fstat(fd);
+      const st = await fsa.fstatBig(fd);
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path} is not a regular file`);
       }
-      return new NodeFileSource(fd, st.size, readOnly, path, lock);
+      // Locked by what was opened; nothing is changed before the lock is held.
+      const lock = opts.forceShare ? null : await lockFile(st, path, readOnly ? 'read' : 'write');
+      try {
+        let size = Number(st.size);
+        if (opts.create && opts.truncate && size > 0) {
+          await fsa.ftruncate(fd, 0).catch((e: unknown) => {
+            throw fsError(e, `truncate of ${path} failed`);
+          });
+          size = 0;
+        }
+        return new NodeFileSource(fd, size, readOnly, path, lock);
+      } catch (e) {
+        await lock?.release();
+        throw e;
+      }
     } catch (e) {
       await fsa.close(fd);
-      await lock?.release();
       throw e;
     }
   }
@@ -103,6 +110,33 @@ export class NodeFileSource implements RandomAccessSource {
 
   private assertOpen(): void {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', `${this.path} is closed`);
+  }
+}
+
+/**
+ * Open without changing the file: an existing file to be replaced (`create` with `truncate`) is
+ * opened as it is and emptied only once locked; a new one is created exclusively.
+ */
+async function openUntouched(path: string, readOnly: boolean, create: boolean, truncate: boolean): Promise<number> {
+  try {
+    if (readOnly) return await fsa.open(path, 'r');
+    if (!create) return await fsa.open(path, 'r+');
+    if (!truncate) return await fsa.open(path, 'wx+');
+    // Replace: the file that is there, else a new one (one retry: it may appear meanwhile).
+    for (let tries = 0; ; tries++) {
+      try {
+        return await fsa.open(path, 'r+');
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ENOENT') throw e;
+      }
+      try {
+        return await fsa.open(path, 'wx+');
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EEXIST' || tries > 0) throw e;
+      }
+    }
+  } catch (e) {
+    throw fsError(e, `cannot open ${path}`);
   }
 }
 

@@ -1,0 +1,28 @@
+// A process that opens files when told, for the lock tests. Commands on stdin, one per line:
+//   open MODE PATH   MODE: read | write (the file, NodeFileSource) or image-read | image-write
+//                    (a VHDX and its chain, openFile); prints "ok" or "refused REASON MESSAGE"
+//   close            closes everything it opened; prints "closed"
+// It exits when stdin ends.
+import { createInterface } from 'node:readline';
+import { NodeFileSource, openFile } from '../../dist/node.js';
+
+const held = [];
+const say = (line) => process.stdout.write(`${line}\n`);
+
+for await (const line of createInterface({ input: process.stdin })) {
+  const [cmd, mode, ...rest] = line.split(' ');
+  const path = rest.join(' ');
+  if (cmd === 'open') {
+    try {
+      held.push(
+        mode.startsWith('image-') ? await openFile(path, { readOnly: mode === 'image-read' }) : await NodeFileSource.open(path, { readOnly: mode === 'read' }),
+      );
+      say('ok');
+    } catch (e) {
+      say(`refused ${e.reason ?? e.code} ${String(e.message).replace(/\n/g, ' ')}`);
+    }
+  } else if (cmd === 'close') {
+    for (const h of held.splice(0)) await h.close();
+    say('closed');
+  }
+}
