@@ -470,7 +470,7 @@ async function takeRead(dir: string, key: string, imagePath: string): Promise<Fi
 }
 
 /** `major:minor:inode` as /proc/locks prints a device and inode (Linux's dev_t encoding). */
-function procLocksId(dev: bigint, ino: bigint): string {
+export function procLocksId(dev: bigint, ino: bigint): string {
   const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
   const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
   return `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}:${ino}`;
@@ -486,21 +486,24 @@ async function respectProcLocks(st: BigIntStats, imagePath: string, mode: LockMo
     return; // no /proc: nothing to see
   }
   const id = procLocksId(st.dev, st.ino);
+  let writing: string | null = null;
+  let unshared: string | null = null;
   for (const line of text.split('\n')) {
     // "1: OFDLCK ADVISORY  READ -1 fe:00:2147336 100 101"; a waiting request has "->" after "1:".
     const [, type, , , pid, where, start, end] = line.trim().split(/\s+/);
     if ((type !== 'POSIX' && type !== 'OFDLCK') || where !== id) continue;
     const from = Number(start);
     const to = end === 'EOF' ? Infinity : Number(end);
-    const covers = (b: number): boolean => from <= b && b <= to;
     const who = `${type} lock on bytes ${start}-${end} of ${id} in /proc/locks${pid !== '-1' ? `, process ${pid}` : ''}`;
-    const find = `\`fuser -v ${imagePath}\` names the process`;
-    if (covers(QEMU_WRITE)) {
-      const unsafe = mode === 'read' ? ', or open it with -U (forceShare) to read it anyway (unsafe: the data may change while you read)' : '';
-      throw new VhdxError('EBUSY', 'LOCKED', `${imagePath} is open for writing by another program (QEMU's "write" lock: ${who}); close it there first (${find})${unsafe}`);
-    }
-    if (mode === 'write' && covers(QEMU_UNSHARED_WRITE)) {
-      throw new VhdxError('EBUSY', 'LOCKED', `${imagePath} is open by another program that lets no one else write it (QEMU's lock: ${who}); close it there first (${find})`);
-    }
+    if (from <= QEMU_WRITE && QEMU_WRITE <= to) writing ??= who;
+    if (from <= QEMU_UNSHARED_WRITE && QEMU_UNSHARED_WRITE <= to) unshared ??= who;
+  }
+  const find = `\`fuser -v ${imagePath}\` names the process`;
+  if (writing !== null) {
+    const unsafe = mode === 'read' ? ', or open it with -U (forceShare) to read it anyway (unsafe: the data may change while you read)' : '';
+    throw new VhdxError('EBUSY', 'LOCKED', `${imagePath} is open for writing by another program (QEMU's "write" lock: ${writing}); close it there first (${find})${unsafe}`);
+  }
+  if (mode === 'write' && unshared !== null) {
+    throw new VhdxError('EBUSY', 'LOCKED', `${imagePath} is open by another program that lets no one else write it (QEMU's lock: ${unshared}); close it there first (${find})`);
   }
 }
