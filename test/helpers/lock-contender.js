@@ -1,6 +1,7 @@
 // A process that opens files when told, for the lock tests. Commands on stdin, one per line:
-//   open MODE PATH   MODE: read | write (the file, NodeFileSource) or image-read | image-write
-//                    (a VHDX and its chain, openFile); prints "ok" or "refused REASON MESSAGE"
+//   open AT MODE PATH  at time AT (Date.now() milliseconds, so that all contenders start together)
+//                    opens PATH; MODE: read | write (the file, NodeFileSource) or image-read |
+//                    image-write (a VHDX and its chain, openFile); prints "ok" or "refused REASON MESSAGE"
 //   close            closes everything it opened; prints "closed"
 // It exits when stdin ends.
 import { createInterface } from 'node:readline';
@@ -10,9 +11,13 @@ const held = [];
 const say = (line) => process.stdout.write(`${line}\n`);
 
 for await (const line of createInterface({ input: process.stdin })) {
-  const [cmd, mode, ...rest] = line.split(' ');
+  const [cmd, at, mode, ...rest] = line.split(' ');
   const path = rest.join(' ');
   if (cmd === 'open') {
+    // Sleep until just before AT, then spin: the start is as close to AT as the scheduler allows.
+    const wait = Number(at) - Date.now() - 2;
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    while (Date.now() < Number(at));
     try {
       held.push(
         mode.startsWith('image-') ? await openFile(path, { readOnly: mode === 'image-read' }) : await NodeFileSource.open(path, { readOnly: mode === 'read' }),

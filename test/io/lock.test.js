@@ -22,7 +22,7 @@ const locked = (re) => (e) => e.code === 'EBUSY' && e.reason === 'LOCKED' && re.
 
 /** The pid of a process that has exited. */
 function deadPid() {
-  return spawnSync(process.execPath, ['-e', '']).pid;
+  return spawnSync('true').pid;
 }
 
 /** Put a record in the file's write lock, as a writer that died would leave it. */
