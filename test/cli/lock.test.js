@@ -214,19 +214,17 @@ async function holding(cmd, args, file) {
   };
 }
 
-test('QEMU holding an image: vhdx respects its locks', { skip: process.platform !== 'linux' ? 'Linux /proc/locks' : needTool('qemu-img', 'qemu-io') }, async () => {
+test('QEMU holding an image: vhdx writers respect its locks', { skip: process.platform !== 'linux' ? 'Linux /proc/locks' : needTool('qemu-img', 'qemu-io') }, async () => {
   const img = join(dir, 'qemu.vhdx');
   assert.equal((await vhdx(['create', '-q', img, '16M'])).code, 0);
-  // qemu-io read-write: no one else reads or writes it.
+  // qemu-io read-write: no one else writes it.
   let q = await holding('qemu-io', ['-f', 'vhdx', '-c', 'sleep 60000', img], img);
   try {
     const w = await vhdx(['io', '-c', 'write 0 4k', img]);
     assert.equal(w.code, 1);
     assert.match(w.stderr, /is open for writing by another program \(QEMU's "write" lock: OFDLCK lock on bytes .* in \/proc\/locks\).*fuser -v/);
-    const r = await vhdx(['info', img]);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /open for writing by another program.*-U \(forceShare\)/);
-    assert.equal((await vhdx(['info', '-U', img])).code, 0);
+    // Readers do not look at /proc/locks (see src/io/lock.ts: it costs an RCU grace period).
+    assert.equal((await vhdx(['info', img])).code, 0);
   } finally {
     await q.stop();
   }

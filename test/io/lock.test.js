@@ -2,9 +2,9 @@
 // say. test/cli/lock.test.js runs the same contests between real processes.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { linkSync, mkdirSync, symlinkSync, utimesSync, writeFileSync, existsSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { NodeFileSource, createFile, openFile } from '../../dist/node.js';
 import { lockPaths, UNREADABLE_STALE_MS } from '../../dist/io/lock.js';
@@ -96,6 +96,28 @@ test('a lock held by another host is respected, and the error says how to remove
   const f = file();
   const p = await plantWriter(f, { pid: 1, host: 'some-other-host', mode: 'write' });
   await assert.rejects(NodeFileSource.open(f, { readOnly: false }), locked(new RegExp(`on host some-other-host .*remove ${p}`)));
+  rmSync(dirname(p), { recursive: true });
+});
+
+test("a writer removes other files' records left by processes that are gone, and only those", async () => {
+  const f = file();
+  const { dir: lockDir } = await lockPaths(f);
+  const dead = deadPid();
+  const rec = (pid, host = hostname()) => JSON.stringify({ pid, host, mode: 'read' });
+  const gone = [join(lockDir, `.new.${dead}-0-x`), join(lockDir, `0-1.read.${dead}-1-x`), join(lockDir, `0-2.write`), join(lockDir, `.new.${dead}-3-x`)];
+  writeFileSync(gone[0], rec(dead));
+  writeFileSync(gone[1], rec(dead));
+  mkdirSync(gone[2]);
+  writeFileSync(join(gone[2], `${dead}-2-x`), rec(dead));
+  mkdirSync(gone[3]);
+  writeFileSync(join(gone[3], `${dead}-3-x`), rec(dead));
+  const kept = [join(lockDir, `0-4.read.${process.pid}-4-x`), join(lockDir, `0-5.read.${dead}-5-x`)];
+  writeFileSync(kept[0], rec(process.pid)); // alive
+  writeFileSync(kept[1], rec(dead, 'some-other-host')); // cannot be judged here
+  await (await NodeFileSource.open(f, { readOnly: false })).close();
+  for (const p of gone) assert.ok(!existsSync(p), p);
+  for (const p of kept) assert.ok(existsSync(p), p);
+  for (const p of kept) rmSync(p);
 });
 
 test('an empty or garbled lock record blocks only until it is a few seconds old, and the error says so', async () => {
