@@ -360,7 +360,7 @@ function hold(file: string, dir: string | null): FileLock {
  * see above).
  */
 export async function lockFile(st: BigIntStats, imagePath: string, mode: LockMode): Promise<FileLock> {
-  const dir = await ensureDir();
+  const [dir] = await Promise.all([ensureDir(), self()]); // independent: overlap them
   const key = lockKey(st);
   if (mode === 'read') return takeRead(dir, key, imagePath);
   const lock = await takeWrite(dir, key, imagePath);
