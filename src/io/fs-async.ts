@@ -34,6 +34,7 @@ export const mkdir = (path: string): Promise<void> => done((cb) => fs.mkdir(path
 export const rmdir = (path: string): Promise<void> => done((cb) => fs.rmdir(path, cb));
 export const chmod = (path: string, mode: number): Promise<void> => done((cb) => fs.chmod(path, mode, cb));
 export const readdir = (path: string): Promise<string[]> => call((cb) => fs.readdir(path, cb));
+export const utimes = (path: string, time: Date): Promise<void> => done((cb) => fs.utimes(path, time, time, cb));
 export const readText = (path: string): Promise<string> => call((cb) => fs.readFile(path, 'utf8', cb));
 export const fdatasync = (fd: number): Promise<void> => done((cb) => fs.fdatasync(fd, cb));
 export const ftruncate = (fd: number, size: number): Promise<void> => done((cb) => fs.ftruncate(fd, size, cb));

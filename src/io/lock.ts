@@ -92,7 +92,7 @@ interface LockRecord {
   command?: string;
 }
 
-const code = (e: unknown): string | undefined => (e as { code?: string }).code;
+const code = (e: unknown): string | undefined => (e as { code?: string } | undefined)?.code;
 const ignore = (): void => undefined;
 
 /** The lock folder of this host (VHDX_LOCK_DIR overrides it). */
@@ -326,10 +326,21 @@ function refusal(imagePath: string, found: { rec: LockRecord | null; ageMs: numb
 
 const held = new Set<{ file: string; dir: string | null }>();
 let exitHook = false;
+/** Held records are touched this often (ms), so that a temporary-file cleaner that removes files
+ * unmodified for days (systemd-tmpfiles: 10 days in /tmp on some systems) leaves them alone. */
+const REFRESH_MS = 6 * 3600_000;
+let refresher: ReturnType<typeof setInterval> | null = null;
 
 function hold(file: string, dir: string | null): FileLock {
   const entry = { file, dir };
   held.add(entry);
+  if (refresher === null) {
+    refresher = setInterval(() => {
+      const now = new Date();
+      for (const h of held) void fsa.utimes(h.file, now).catch(ignore);
+    }, REFRESH_MS);
+    refresher.unref(); // a lock alone does not keep the process running
+  }
   if (!exitHook) {
     exitHook = true;
     process.on('exit', () => {
@@ -347,6 +358,10 @@ function hold(file: string, dir: string | null): FileLock {
     path: file,
     async release() {
       if (!held.delete(entry)) return;
+      if (held.size === 0 && refresher !== null) {
+        clearInterval(refresher);
+        refresher = null;
+      }
       await fsa.unlink(file).catch(ignore);
       if (dir) await fsa.rmdir(dir).catch(ignore); // only if empty: another writer's folder stays
     },
@@ -360,10 +375,21 @@ function hold(file: string, dir: string | null): FileLock {
  * see above).
  */
 export async function lockFile(st: BigIntStats, imagePath: string, mode: LockMode): Promise<FileLock> {
-  const [dir] = await Promise.all([ensureDir(), self()]); // independent: overlap them
   const key = lockKey(st);
-  if (mode === 'read') return takeRead(dir, key, imagePath);
-  const lock = await takeWrite(dir, key, imagePath);
+  const take = async (): Promise<FileLock> => {
+    const [dir] = await Promise.all([ensureDir(), self()]); // independent: overlap them
+    return mode === 'read' ? takeRead(dir, key, imagePath) : takeWrite(dir, key, imagePath);
+  };
+  let lock: FileLock;
+  try {
+    lock = await take();
+  } catch (e) {
+    // The folder was removed since this process made it (a temporary-file cleaner): again, once.
+    if (!(e instanceof VhdxError) || code(e.cause) !== 'ENOENT') throw e;
+    ready.delete(lockDir());
+    lock = await take();
+  }
+  if (mode === 'read') return lock;
   try {
     await respectProcLocks(st, imagePath);
   } catch (e) {

@@ -180,3 +180,23 @@ test('the parents of an open chain are locked shared: no one writes a parent und
   assert.deepEqual(await lockRecords(P), []);
   assert.deepEqual(await lockRecords(C), []);
 });
+
+test('VHDX_LOCK_DIR moves the lock folder; a folder removed meanwhile (a /tmp cleaner) is made again', async () => {
+  const mine = join(dir, 'own-lock-dir');
+  const before = process.env.VHDX_LOCK_DIR;
+  process.env.VHDX_LOCK_DIR = mine;
+  try {
+    const f = file();
+    await (await NodeFileSource.open(f, { readOnly: false })).close();
+    assert.ok(existsSync(mine));
+    rmSync(mine, { recursive: true });
+    const w = await NodeFileSource.open(f, { readOnly: false });
+    assert.ok(existsSync(mine), 'made again');
+    assert.equal((await lockPaths(f)).dir, mine);
+    await assert.rejects(NodeFileSource.open(f), locked(new RegExp(`lock record ${mine}/`)));
+    await w.close();
+  } finally {
+    if (before === undefined) delete process.env.VHDX_LOCK_DIR;
+    else process.env.VHDX_LOCK_DIR = before;
+  }
+});
