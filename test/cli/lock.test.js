@@ -20,7 +20,7 @@ const TRIALS = 30;
 
 /** A lock-contender process (test/helpers/lock-contender.js) driven line by line. */
 function contender() {
-  const child = spawn(process.execPath, [join(repoRoot, 'test', 'helpers', 'lock-contender.js')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [join(repoRoot, 'test', 'helpers', 'lock-contender.js'), 'serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
   const waiting = [];
   createInterface({ input: child.stdout }).on('line', (l) => waiting.shift()?.(l));
   return {

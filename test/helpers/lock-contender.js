@@ -3,14 +3,15 @@
 //                    opens PATH; MODE: read | write (the file, NodeFileSource) or image-read |
 //                    image-write (a VHDX and its chain, openFile); prints "ok" or "refused REASON MESSAGE"
 //   close            closes everything it opened; prints "closed"
-// It exits when stdin ends.
+// It exits when stdin ends. Without the argument `serve` it does nothing (`node --test test/`
+// runs every file under test/, this one included, and must not wait for it).
 import { createInterface } from 'node:readline';
 import { NodeFileSource, openFile } from '../../dist/node.js';
 
 const held = [];
 const say = (line) => process.stdout.write(`${line}\n`);
 
-for await (const line of createInterface({ input: process.stdin })) {
+for await (const line of process.argv[2] === 'serve' ? createInterface({ input: process.stdin }) : []) {
   const [cmd, at, mode, ...rest] = line.split(' ');
   const path = rest.join(' ');
   if (cmd === 'open') {
