@@ -485,8 +485,8 @@ async function refuseIfReaders(dir: string, key: string, imagePath: string): Pro
  * Records of other files' locks whose process is gone (a reader or writer killed outright, a
  * process that died between preparing a record and placing it), removed by a writer as it lists
  * the folder: else they would stay until that file is next written, or for good once it is
- * deleted. Only a record whose pid (the first part of its token) no longer runs here is read,
- * and it goes only if it is stale by the usual rules (a record of another host never is).
+ * deleted. A record whose pid (the first part of its token) still runs here is not even read;
+ * the others go if they are stale by the usual rules (a record of another host never is).
  */
 async function tidyDead(dir: string, name: string): Promise<void> {
   const path = join(dir, name);
@@ -505,7 +505,7 @@ async function tidyDead(dir: string, name: string): Promise<void> {
 /** Remove the record at `path` (and the folder `within`, if given) when its process is gone. */
 async function tidyRecord(path: string, token: string, within: string | null): Promise<void> {
   const pid = Number(token.split('-')[0]);
-  if (!Number.isSafeInteger(pid) || pid <= 0 || running(pid)) return;
+  if (Number.isSafeInteger(pid) && pid > 0 && running(pid)) return; // a name not of ours is read
   const found = await readRecord(path);
   if (found === null || (await live(found))) return;
   await fsa.unlink(path).catch(ignore);

@@ -111,6 +111,12 @@ test("a writer removes other files' records left by processes that are gone, and
   writeFileSync(join(gone[2], `${dead}-2-x`), rec(dead));
   mkdirSync(gone[3]);
   writeFileSync(join(gone[3], `${dead}-3-x`), rec(dead));
+  const odd = join(lockDir, '0-6.write');
+  mkdirSync(odd);
+  writeFileSync(join(odd, 'not-a-token'), ''); // empty, and old: stale by its content
+  const old = (Date.now() - UNREADABLE_STALE_MS - 1000) / 1000;
+  utimesSync(join(odd, 'not-a-token'), old, old);
+  gone.push(odd);
   const kept = [join(lockDir, `0-4.read.${process.pid}-4-x`), join(lockDir, `0-5.read.${dead}-5-x`)];
   writeFileSync(kept[0], rec(process.pid)); // alive
   writeFileSync(kept[1], rec(dead, 'some-other-host')); // cannot be judged here
