@@ -49,7 +49,7 @@
  * while it refuses to share it (n = 1 is "write"). So a writer is refused by a POSIX or OFD lock
  * on byte 101 (a program writing) or on byte 201 (a program that lets no one else write). Only
  * writers look: reading /proc/locks takes the kernel's file-lock semaphore for writing, which
- * waits for an RCU grace period (measured 9-14 ms on an idle 2-core machine, against 0.6 ms for
+ * waits for an RCU grace period (9-14 ms measured on the 2-core test machine, against 0.6 ms for
  * the rest of an open) and stalls every file lock on the host meanwhile; a short read-only
  * command (`vhdx info`) would pay that each time. QEMU cannot see these lock files: it is not
  * kept from an image vhdx holds (the README says so).
