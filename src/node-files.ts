@@ -26,12 +26,21 @@ export interface OpenFileOptions extends Omit<OpenOptions, 'parent'> {
   parents?: ParentPaths | ParentResolver;
   /** Cache mode of the file and of its parents (default writeback; see CacheMode). */
   cache?: CacheMode;
+  /**
+   * Read-only opens only: take and check no lock, on the image or its parents (qemu's
+   * `force-share`, the CLI's -U). Unsafe while another process writes the image: reads may see
+   * its changes half-made, or fail. Without it, a read-only open holds a shared lock that keeps
+   * writers out, and is refused while a writer holds the image.
+   */
+  forceShare?: boolean;
 }
 
 /**
  * Open the VHDX file at `path`, read-only unless `readOnly: false`. A writable open takes the
- * image's lock (see NodeFileSource). A differencing image's parents are opened read-only, as
- * `parents` allows, and closed with it. Close the image to release the files.
+ * image's write lock, a read-only one a shared lock (see NodeFileSource; `forceShare` skips it).
+ * A differencing image's parents are opened read-only (holding shared locks, so no other
+ * process writes them under the child), as `parents` allows, and closed with it. Close the
+ * image to release the files and locks.
  */
 export async function openFile(path: string, opts: OpenFileOptions = {}): Promise<VhdxImage> {
   const real = await realpath(path).catch(() => resolve(path));
@@ -42,18 +51,18 @@ export async function openFile(path: string, opts: OpenFileOptions = {}): Promis
  * The resolver `openFile` would use for the differencing image at `path` under the `parents`
  * policy (undefined for 'none'): for callers that open the file themselves, such as `check`.
  */
-export async function parentResolver(path: string, parents: ParentPaths): Promise<ParentResolver | undefined> {
+export async function parentResolver(path: string, parents: ParentPaths, forceShare = false): Promise<ParentResolver | undefined> {
   if (parents === 'none') return undefined;
   const real = await realpath(path).catch(() => resolve(path));
-  return pathResolver(path, parents, new Set([real]), {}, false);
+  return pathResolver(path, parents, new Set([real]), forceShare ? { forceShare } : {}, false);
 }
 
 /** Open `path` and its chain; with `writableParent`, its direct parent is opened writable (commit). */
 async function openInChain(path: string, opts: OpenFileOptions, visited: Set<string>, writableParent = false): Promise<VhdxImage> {
-  const { parents = 'relative', cache, ...rest } = opts;
+  const { parents = 'relative', cache, forceShare, ...rest } = opts;
   const parent: ParentResolver | undefined =
     typeof parents === 'function' ? parents : parents === 'none' ? undefined : pathResolver(path, parents, visited, opts, writableParent);
-  const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true, ...(cache ? { cache } : {}) });
+  const src = await NodeFileSource.open(path, { readOnly: opts.readOnly ?? true, ...(cache ? { cache } : {}), ...(forceShare ? { forceShare } : {}) });
   try {
     return await VhdxImage.open(src, { ...rest, name: rest.name ?? path, ...(parent ? { parent } : {}) });
   } catch (e) {
@@ -64,16 +73,23 @@ async function openInChain(path: string, opts: OpenFileOptions, visited: Set<str
 
 /**
  * The host path a locator value names, or a reason it names none here. `relative_path` is taken
- * against the child's folder with Windows separators translated; absolute Windows paths
- * (`C:\…`, `\\?\C:\…`, `\\?\Volume{…}\…`, UNC) mean something only on Windows; a POSIX path
- * stored in `absolute_win32_path` (as `vhdx create -b` does off Windows) is used as it is.
+ * against the child's folder with Windows separators translated; one that leaves that folder
+ * (`..\\x`) is followed only under the `any` policy, like an absolute path, and the reason given
+ * says nothing of whether it exists. Absolute Windows paths (`C:\…`, `\\?\C:\…`,
+ * `\\?\Volume{…}\…`, UNC) mean something only on Windows; a POSIX path stored in
+ * `absolute_win32_path` (as `vhdx create -b` does off Windows) is used as it is.
  */
-function hostPath(key: string, value: string, childDir: string): { path: string } | { why: string } {
+function hostPath(key: string, value: string, childDir: string, policy: 'relative' | 'any'): { path: string } | { why: string } {
   const windows = sep === '\\';
   if (key === 'relative_path') {
     const rel = windows ? value : value.replace(/\\/g, '/');
     if (isAbsolute(rel) || /^[A-Za-z]:/.test(value)) return { why: 'not a relative path' };
-    return { path: resolve(childDir, rel) };
+    const path = resolve(childDir, rel);
+    const inside = relative(childDir, path);
+    if (policy !== 'any' && (inside === '..' || inside.startsWith(`..${sep}`) || isAbsolute(inside))) {
+      return { why: "not followed: it leaves the child's folder; such paths are followed only with parents 'any' / --parents=any" };
+    }
+    return { path };
   }
   if (value.startsWith('/') && !windows) return { path: value };
   if (windows) return { path: value.startsWith('\\\\?\\') && /^[A-Za-z]:/.test(value.slice(4)) ? value.slice(4) : value };
@@ -93,7 +109,7 @@ function pathResolver(childPath: string, policy: 'relative' | 'any', visited: Se
         tried.push(`${named(key, value)}: not followed (absolute parent paths are followed only with parents 'any' / --parents=any)`);
         continue;
       }
-      const where = hostPath(key, value, dirname(childPath));
+      const where = hostPath(key, value, dirname(resolve(childPath)), policy);
       if ('why' in where) {
         tried.push(`${named(key, value)}: ${where.why}`);
         continue;

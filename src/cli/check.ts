@@ -26,6 +26,7 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
       repair: { type: 'string', short: 'r' },
       progress: { type: 'boolean', short: 'p' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     CHECK_USAGE,
   );
@@ -35,6 +36,8 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
     throw new UsageError(`-r must be leaks or all, not ${String(repair)}\nusage: ${CHECK_USAGE}`);
   }
+  const forceShare = values['force-share'] === true;
+  if (forceShare && repair !== undefined) throw new UsageError('-U (--force-share) is for a check without -r: a repair writes the image');
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
   const path = positionals[0]!;
   if (fmt === 'raw') {
@@ -43,8 +46,8 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
     return CHECK_EXIT.unsupported;
   }
   // A differencing image's parent is opened as the readers open it (--parents=none: the image alone).
-  const parent = await parentResolver(path, parentPaths(values.parents));
-  const src = await NodeFileSource.open(path, { readOnly: repair === undefined });
+  const parent = await parentResolver(path, parentPaths(values.parents), forceShare);
+  const src = await NodeFileSource.open(path, { readOnly: repair === undefined, forceShare });
   let result: CheckResult;
   let repaired: RepairResult | null = null;
   // The progress bar's package loads only when asked for.

@@ -34,6 +34,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       cache: { type: 'string', short: 't' },
       'source-cache': { type: 'string', short: 'T' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     CONVERT_USAGE,
   );
@@ -51,7 +52,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   refuseSameFile(srcPath, dstPath);
   requireDirectory(dstPath, 'output');
 
-  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents), srcCache));
+  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents), srcCache, values['force-share'] === true));
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
@@ -92,16 +93,16 @@ function cacheMode(value: unknown, flag: string): CacheMode | undefined {
 }
 
 /** Open SRC as `kind`: a VHDX by path, so that a differencing image finds its parents (the chain is flattened). */
-async function openSource(path: string, kind: ImageFormat, parents: ParentPaths, cache: CacheMode): Promise<BlockDevice> {
-  if (kind === 'vhdx') return openFile(path, { parents, cache });
-  return new RawDevice(await NodeFileSource.open(path, { cache }));
+async function openSource(path: string, kind: ImageFormat, parents: ParentPaths, cache: CacheMode, forceShare: boolean): Promise<BlockDevice> {
+  if (kind === 'vhdx') return openFile(path, { parents, cache, forceShare });
+  return new RawDevice(await NodeFileSource.open(path, { cache, forceShare }));
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;
 
 async function toRaw(src: BlockDevice, dstPath: string, cache: CacheMode, progress: BarFactory, signal: AbortSignal): Promise<void> {
   const bar = progress?.(true, 'converting');
-  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, lock: false, cache });
+  const dst = await NodeFileSource.open(dstPath, { readOnly: false, create: true, truncate: true, cache });
   let failed = true;
   try {
     await copyDevice(src, fileSink(dst), { signal, parallel: COPY_PARALLEL, ...(bar ? { onProgress: (d: number, t: number) => bar.update(d, t) } : {}) });

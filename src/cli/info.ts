@@ -29,6 +29,7 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
       'backing-chain': { type: 'boolean' },
       allocation: { type: 'string' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     INFO_USAGE,
   );
@@ -41,6 +42,7 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   const path = positionals[0]!;
   const fmt = formatOption(values.format, 'image');
   const parents = parentPaths(values.parents);
+  const forceShare = values['force-share'] === true;
   const backingChain = values['backing-chain'] === true;
   if (imageFormat(path, fmt, io) === 'raw') {
     const raw = rawInfo(path);
@@ -50,11 +52,11 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   let img: VhdxImage;
   let chainError: string | null = null;
   try {
-    img = await openFile(path, { parents });
+    img = await openFile(path, { parents, forceShare });
   } catch (e) {
     // A differencing image whose chain cannot be opened is still described, with the reason.
     if (parents === 'none' || !isVhdxError(e)) throw namedError(path, e);
-    img = await openFile(path, { parents: 'none' }).catch(() => {
+    img = await openFile(path, { parents: 'none', forceShare }).catch(() => {
       throw namedError(path, e);
     });
     chainError = e.message;

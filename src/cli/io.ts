@@ -98,6 +98,7 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
       quiet: { type: 'boolean', short: 'q' },
       format: { type: 'string', short: 'f' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     IO_USAGE,
   );
@@ -110,8 +111,10 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
   const quiet = values.quiet === true;
   const path = positionals[0]!;
   const readOnly = values['read-only'] === true;
+  const forceShare = values['force-share'] === true;
+  if (forceShare && !readOnly) throw new UsageError('-U (--force-share) needs -r: only a read-only open may skip the lock');
   const img: WritableBlockDevice = await naming(path, async () =>
-    fmt === 'raw' ? new RawDevice(await NodeFileSource.open(path, { readOnly })) : openFile(path, { readOnly, parents: parentPaths(values.parents) }),
+    fmt === 'raw' ? new RawDevice(await NodeFileSource.open(path, { readOnly, forceShare })) : openFile(path, { readOnly, parents: parentPaths(values.parents), forceShare }),
   );
   let failure: unknown = null;
   try {

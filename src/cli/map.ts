@@ -12,14 +12,15 @@ import { MAP_USAGE } from './usage.js';
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function mapCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { format: { type: 'string', short: 'f' }, output: { type: 'string' }, parents: { type: 'string' } }, MAP_USAGE);
+  const { values, positionals } = parse(args, { format: { type: 'string', short: 'f' }, output: { type: 'string' }, parents: { type: 'string' }, 'force-share': { type: 'boolean', short: 'U' } }, MAP_USAGE);
   const format = outputFormat(values.output);
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${MAP_USAGE}`);
   const path = positionals[0]!;
+  const forceShare = values['force-share'] === true;
   const fmt = formatOption(values.format, 'image');
   // A raw file is one run of data, mapped to itself (Node cannot ask the file system for its holes).
   const img: BlockDevice = await naming(path, async () =>
-    imageFormat(path, fmt, io) === 'raw' ? new RawDevice(await NodeFileSource.open(path)) : openFile(path, { parents: parentPaths(values.parents) }),
+    imageFormat(path, fmt, io) === 'raw' ? new RawDevice(await NodeFileSource.open(path, { forceShare })) : openFile(path, { parents: parentPaths(values.parents), forceShare }),
   );
   const names = img instanceof VhdxImage ? img.chain.map((i) => i.name ?? path) : [path];
   const status = img instanceof VhdxImage ? (o: number, l: number) => img.blockStatus(o, l) : async (o: number, l: number): Promise<Extent[]> => [{ offset: o, length: l, type: 'data', fileOffset: o }];

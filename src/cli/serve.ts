@@ -37,6 +37,7 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
       'idle-timeout': { type: 'string' },
       'io-timeout': { type: 'string' },
       parents: { type: 'string' },
+      'force-share': { type: 'boolean', short: 'U' },
     },
     SERVE_USAGE,
   );
@@ -67,9 +68,11 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   if (values['io-timeout'] !== undefined) limits.ioTimeoutMs = seconds(values['io-timeout'], '--io-timeout');
 
   // -r, or a file we may not write: read-only export.
+  const forceShare = values['force-share'] === true;
+  if (forceShare && values['read-only'] !== true) throw new UsageError('-U (--force-share) needs -r: only a read-only export may skip the lock');
   const readOnly = values['read-only'] === true || !(await writable(path));
   const parents = parentPaths(values.parents);
-  const device = await naming(path, () => openDevice(path, imageFormat(path, fmt, io), readOnly, parents));
+  const device = await naming(path, () => openDevice(path, imageFormat(path, fmt, io), readOnly, parents, forceShare));
   const debug = process.env.VHDX_DEBUG === '1';
   // Clients refused or dropped by a limit: one line each, at most one a second (a flood of
   // connections must not become a flood of lines); the next line counts the ones held back.
@@ -131,7 +134,7 @@ async function writable(path: string): Promise<boolean> {
 }
 
 /** FILE as `kind`: a VHDX by path, so that a differencing image opens with its chain. */
-async function openDevice(path: string, kind: ImageFormat, readOnly: boolean, parents: ParentPaths): Promise<BlockDevice> {
-  if (kind === 'vhdx') return openFile(path, { readOnly, parents });
-  return new RawDevice(await NodeFileSource.open(path, { readOnly }));
+async function openDevice(path: string, kind: ImageFormat, readOnly: boolean, parents: ParentPaths, forceShare: boolean): Promise<BlockDevice> {
+  if (kind === 'vhdx') return openFile(path, { readOnly, parents, forceShare });
+  return new RawDevice(await NodeFileSource.open(path, { readOnly, forceShare }));
 }

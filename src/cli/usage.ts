@@ -2,16 +2,16 @@
  * Each subcommand's usage line and help, apart from its code so that --help loads no command.
  * The README's command-line synopsis is checked against these lines (test/cli/help.test.js).
  */
-export const CHECK_USAGE = 'vhdx check [-p] [-f vhdx|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] FILE';
+export const CHECK_USAGE = 'vhdx check [-p] [-U] [-f vhdx|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] FILE';
 export const CONVERT_USAGE =
-  'vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] [--parents=relative|any|none] SRC DST';
+  'vhdx convert [-p] [-U] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] [--parents=relative|any|none] SRC DST';
 export const CREATE_USAGE = 'vhdx create [-q] [-p] [-f vhdx] [-o OPTIONS] [-b PARENT [-F vhdx] [--parents=relative|any|none]] FILE [SIZE]';
 export const INFO_USAGE =
-  'vhdx info [-f vhdx|raw] [--output=human|json] [--backing-chain] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';
-export const IO_USAGE = 'vhdx io [-r] [-q] [-f vhdx|raw] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
-export const MAP_USAGE = 'vhdx map [-f vhdx|raw] [--output=human|json] [--parents=relative|any|none] FILE';
+  'vhdx info [-U] [-f vhdx|raw] [--output=human|json] [--backing-chain] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';
+export const IO_USAGE = 'vhdx io [-r [-U]] [-q] [-f vhdx|raw] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
+export const MAP_USAGE = 'vhdx map [-U] [-f vhdx|raw] [--output=human|json] [--parents=relative|any|none] FILE';
 export const SERVE_USAGE =
-  'vhdx serve [-r] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
+  'vhdx serve [-r [-U]] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
@@ -38,6 +38,7 @@ export const CREATE_OPTIONS_HELP = `create options (-o key=value,key=value; size
 
 const PARENTS = ['--parents=relative|any|none', "which parent paths of a differencing image are followed (default relative: relative_path only; any: absolute paths too; none: no parent)"];
 const PROGRESS = ['-p', 'show a progress bar on stderr'];
+const FORCE_SHARE = ['-U, --force-share', 'take and check no lock (read-only opens): unsafe while another process writes the image'];
 const QUIET = ['-q', 'print nothing but errors'];
 const OUTPUT = ['--output=human|json', 'output format (default human)'];
 const ONLY_VHDX = ['-f vhdx', 'the image format (only vhdx)'];
@@ -57,6 +58,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
     usage: INFO_USAGE,
     summary: 'describe the image: geometry, headers, log, regions, metadata, allocation, disk usage',
     options: [
+      FORCE_SHARE,
       ['-f vhdx|raw', `the image format; -f raw describes the file as a raw disk (${PROBED})`],
       OUTPUT,
       ['--backing-chain', "describe every image of a differencing image's chain in turn (JSON: an array)"],
@@ -67,7 +69,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
   map: {
     usage: MAP_USAGE,
     summary: "list the virtual disk's extents (as qemu-img map)",
-    options: [['-f vhdx|raw', `the image format (${PROBED}); a raw file is one data extent`], OUTPUT, PARENTS],
+    options: [FORCE_SHARE, ['-f vhdx|raw', `the image format (${PROBED}); a raw file is one data extent`], OUTPUT, PARENTS],
   },
   create: {
     usage: CREATE_USAGE,
@@ -87,6 +89,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
     summary: 'run read/write/discard/flush commands on an image (vhdx io -h lists them)',
     options: [
       ['-r', 'open read-only'],
+      ['-U, --force-share', 'with -r: take and check no lock (unsafe while another process writes the image)'],
       QUIET,
       ['-f vhdx|raw', 'the image format (default vhdx; raw: the file is the disk)'],
       PARENTS,
@@ -99,6 +102,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
     summary: 'check the image for corruption and leaked space (-r: repair; exit 0 clean, 2 corrupt, 3 leaks)',
     options: [
       PROGRESS,
+      ['-U, --force-share', 'without -r: take and check no lock (unsafe while another process writes the image)'],
       ['-f vhdx|raw', 'the image format (raw images cannot be checked: exit 63, as qemu-img)'],
       OUTPUT,
       ['-r leaks|all', 'repair leaked space, or everything that can be repaired safely'],
@@ -110,6 +114,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
     summary: 'copy a disk (a differencing chain flattened) into a new sparse raw file or VHDX image',
     options: [
       PROGRESS,
+      ['-U, --force-share', "take and check no lock on SRC (unsafe while another process writes it)"],
       ['-f raw|vhdx', `the source format (${PROBED})`],
       ['-O raw|vhdx', 'the output format (default raw)'],
       ['-o OPTIONS', 'create options for -O vhdx (vhdx create -o help lists them)'],
@@ -146,6 +151,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
     summary: 'export the disk over NBD (default 127.0.0.1:10809) until SIGINT/SIGTERM',
     options: [
       ['-r', 'export read-only'],
+      ['-U, --force-share', 'with -r: take and check no lock (unsafe while another process writes the image)'],
       ['-f raw|vhdx', `the image format (${PROBED})`],
       ['--bind ADDR', 'address to listen on (default 127.0.0.1)'],
       ['--port N', 'TCP port (default 10809; 0: any free port)'],

@@ -22,10 +22,19 @@ function done(start: (cb: (err: NodeJS.ErrnoException | null) => void) => void):
 export const open = (path: string, flags: string | number): Promise<number> => call((cb) => fs.open(path, flags, cb));
 export const close = (fd: number): Promise<void> => done((cb) => fs.close(fd, cb));
 export const fstat = (fd: number): Promise<fs.Stats> => call((cb) => fs.fstat(fd, cb));
+/** fstat with 64-bit fields: device and inode numbers exactly (a lock is keyed by them). */
+export const fstatBig = (fd: number): Promise<fs.BigIntStats> => call((cb) => fs.fstat(fd, { bigint: true }, cb));
+export const lstat = (path: string): Promise<fs.Stats> => call((cb) => fs.lstat(path, cb));
 export const stat = (path: string): Promise<fs.Stats> => call((cb) => fs.stat(path, cb));
 /** The C library's realpath (as fs/promises uses), not fs.realpath's walk with an lstat per path component. */
 export const realpath = (path: string): Promise<string> => call((cb) => fs.realpath.native(path, cb));
 export const unlink = (path: string): Promise<void> => done((cb) => fs.unlink(path, cb));
+export const rename = (from: string, to: string): Promise<void> => done((cb) => fs.rename(from, to, cb));
+export const mkdir = (path: string): Promise<void> => done((cb) => fs.mkdir(path, cb));
+export const rmdir = (path: string): Promise<void> => done((cb) => fs.rmdir(path, cb));
+export const chmod = (path: string, mode: number): Promise<void> => done((cb) => fs.chmod(path, mode, cb));
+export const readdir = (path: string): Promise<string[]> => call((cb) => fs.readdir(path, cb));
+export const utimes = (path: string, time: Date): Promise<void> => done((cb) => fs.utimes(path, time, time, cb));
 export const readText = (path: string): Promise<string> => call((cb) => fs.readFile(path, 'utf8', cb));
 export const fdatasync = (fd: number): Promise<void> => done((cb) => fs.fdatasync(fd, cb));
 export const ftruncate = (fd: number, size: number): Promise<void> => done((cb) => fs.ftruncate(fd, size, cb));

@@ -31,39 +31,43 @@ export class NodeFileSource implements RandomAccessSource {
 
   /**
    * Open `path`. Read-only unless `readOnly: false`; `create` makes a new file and fails when one
-   * exists, unless `truncate` is also set (then an existing file is emptied, as `qemu-img convert` does).
-   * Writable opens take the advisory lock `path.lock` (see lock.ts) unless `lock: false`
-   * (for files that are not images, such as a raw conversion's output). `cache` is the cache
+   * exists, unless `truncate` is also set (then an existing file is emptied, as `qemu-img convert`
+   * does, once it is locked). A writable open takes the file's write lock, a read-only open a
+   * shared lock (see lock.ts: by the file's identity, whatever name reaches it), and fails with
+   * EBUSY / LOCKED on a conflict. `forceShare` (read-only opens only) takes and checks no lock:
+   * unsafe against a concurrent writer, whose changes may be read half-made. `cache` is the cache
    * mode (default writeback).
    */
   static async open(
     path: string,
-    opts: { readOnly?: boolean; create?: boolean; truncate?: boolean; lock?: boolean; cache?: CacheMode } = {},
+    opts: { readOnly?: boolean; create?: boolean; truncate?: boolean; forceShare?: boolean; cache?: CacheMode } = {},
   ): Promise<NodeFileSource> {
     const readOnly = opts.readOnly ?? true;
     const cache = opts.cache ?? 'writeback';
-    const flags = openFlags(path, readOnly, opts.create === true, opts.truncate === true, cache);
-    // Writers take the lock before opening: a second writer fails without touching the file.
-    const lock = readOnly || opts.lock === false ? null : await lockFile(path);
-    let fd: number;
+    if (opts.forceShare && !readOnly) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path}: forceShare is for read-only opens only`);
+    const fd = await openUntouched(path, readOnly, opts.create === true, opts.truncate === true, cache);
     try {
-      fd = await fsa.open(path, flags);
-    } catch (e) {
-      await lock?.release();
-      if (isDirect(cache) && (e as { code?: string }).code === 'EINVAL') {
-        throw new VhdxError('ENOTSUP', 'IO_ERROR', `cannot open ${path} with cache mode ${cache}: its file system refuses O_DIRECT (tmpfs does)`, { cause: e });
-      }
-      throw fsError(e, `cannot open ${path}`);
-    }
-    try {
-      const st = await fsa.fstat(fd);
+      const st = await fsa.fstatBig(fd);
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${path} is not a regular file`);
       }
-      return new NodeFileSource(fd, st.size, readOnly, path, lock, cache, isDirect(cache) ? new DirectIo(fd) : null);
+      // Locked by what was opened; nothing is changed before the lock is held.
+      const lock = opts.forceShare ? null : await lockFile(st, path, readOnly ? 'read' : 'write');
+      try {
+        let size = Number(st.size);
+        if (opts.create && opts.truncate && size > 0) {
+          await fsa.ftruncate(fd, 0).catch((e: unknown) => {
+            throw fsError(e, `truncate of ${path} failed`);
+          });
+          size = 0;
+        }
+        return new NodeFileSource(fd, size, readOnly, path, lock, cache, isDirect(cache) ? new DirectIo(fd) : null);
+      } catch (e) {
+        await lock?.release();
+        throw e;
+      }
     } catch (e) {
       await fsa.close(fd);
-      await lock?.release();
       throw e;
     }
   }
@@ -154,15 +158,53 @@ function isDirect(cache: CacheMode): boolean {
 }
 
 /**
- * open(2) flags: the usual ones, with O_DSYNC for writethrough and directsync writers and
- * O_DIRECT for none and directsync (refused where the platform has no O_DIRECT).
+ * Open without changing the file: an existing file to be replaced (`create` with `truncate`) is
+ * opened as it is and emptied only once locked; a new one is created exclusively.
  */
-function openFlags(path: string, readOnly: boolean, create: boolean, truncate: boolean, cache: CacheMode): string | number {
-  if (cache === 'writeback' || cache === 'unsafe' || (readOnly && cache === 'writethrough')) {
-    return readOnly ? 'r' : create ? (truncate ? 'w+' : 'wx+') : 'r+';
+async function openUntouched(path: string, readOnly: boolean, create: boolean, truncate: boolean, cache: CacheMode): Promise<number> {
+  const open = async (how: 'r' | 'r+' | 'wx+'): Promise<number> => {
+    try {
+      return await fsa.open(path, openFlags(path, how, cache));
+    } catch (e) {
+      if (isDirect(cache) && (e as { code?: string }).code === 'EINVAL') {
+        throw new VhdxError('ENOTSUP', 'IO_ERROR', `cannot open ${path} with cache mode ${cache}: its file system refuses O_DIRECT (tmpfs does)`, { cause: e });
+      }
+      throw e;
+    }
+  };
+  try {
+    if (readOnly) return await open('r');
+    if (!create) return await open('r+');
+    if (!truncate) return await open('wx+');
+    // Replace: the file that is there, else a new one (one retry: it may appear meanwhile).
+    for (let tries = 0; ; tries++) {
+      try {
+        return await open('r+');
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ENOENT') throw e;
+      }
+      try {
+        return await open('wx+');
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EEXIST' || tries > 0) throw e;
+      }
+    }
+  } catch (e) {
+    if (e instanceof VhdxError) throw e;
+    throw fsError(e, `cannot open ${path}`);
   }
+}
+
+/**
+ * open(2) flags for `how` (read; read-write; create exclusively), with O_DSYNC for writethrough
+ * and directsync writers and O_DIRECT for none and directsync (refused where the platform has no
+ * O_DIRECT).
+ */
+function openFlags(path: string, how: 'r' | 'r+' | 'wx+', cache: CacheMode): string | number {
+  const readOnly = how === 'r';
+  if (cache === 'writeback' || cache === 'unsafe' || (readOnly && cache === 'writethrough')) return how;
   const c = constants;
-  let flags = readOnly ? c.O_RDONLY : c.O_RDWR | (create ? c.O_CREAT | (truncate ? c.O_TRUNC : c.O_EXCL) : 0);
+  let flags = readOnly ? c.O_RDONLY : c.O_RDWR | (how === 'wx+' ? c.O_CREAT | c.O_EXCL : 0);
   if (!readOnly && (cache === 'writethrough' || cache === 'directsync')) flags |= c.O_DSYNC;
   if (isDirect(cache)) {
     if (c.O_DIRECT === undefined) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `cannot open ${path} with cache mode ${cache}: this platform has no O_DIRECT`);

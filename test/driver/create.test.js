@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { MemorySource, VhdxImage, VhdxError, createImage, planCreate } from '../../dist/index.js';
 import { createFile, createOpenFile, openFile, packageVersion } from '../../dist/node.js';
 import { repoRoot } from '../helpers/env.js';
-import { shmScratch } from '../helpers/tools.js';
+import { lockRecords, lockRecordsNaming, shmScratch } from '../helpers/tools.js';
 
 const K = 1024;
 const M = K * K;
@@ -151,7 +151,7 @@ test('createFile: creator names the package version; the file is closed and unlo
   const img = await openFile(path, { readOnly: false }); // would fail if a lock were left
   assert.equal(img.layout.creator, `vhdx ${version}`);
   await img.close();
-  assert.equal(existsSync(`${path}.lock`), false);
+  assert.deepEqual(await lockRecords(path), []);
 });
 
 test('createFile refuses an existing file and leaves it alone', async () => {
@@ -177,17 +177,17 @@ test('createFile leaves no file behind on bad options or when aborted', async ()
     (e) => e instanceof VhdxError && e.reason === 'ABORTED',
   );
   assert.equal(existsSync(aborted), false, 'partly written file removed');
-  assert.equal(existsSync(`${aborted}.lock`), false, 'lock released');
+  assert.deepEqual(await lockRecordsNaming(aborted), [], 'lock released');
 });
 
 test('createOpenFile returns the new image open for writing, and on failure leaves no file', async () => {
   const path = join(dir, 'open.vhdx');
   const img = await createOpenFile(path, { size: 16 * M, blockSize: M });
   assert.equal(img.readOnly, false);
-  assert.equal(existsSync(`${path}.lock`), true, 'held under the create lock');
+  assert.equal((await lockRecords(path)).length, 2, 'held under the create lock (the write lock folder and its record)');
   await img.write(3 * M, new Uint8Array(4096).fill(0x5a));
   await img.close();
-  assert.equal(existsSync(`${path}.lock`), false, 'lock released on close');
+  assert.deepEqual(await lockRecords(path), [], 'lock released on close');
   const back = await openFile(path);
   const got = new Uint8Array(4096);
   await back.read(3 * M, got);
@@ -232,7 +232,7 @@ test('a fixed BAT skips the sector bitmap entry between chunks (4 GiB + at 1 MiB
   const { NodeFileSource } = await import('../../dist/node.js');
   const path = join(dir, 'fixed-chunks.vhdx');
   const plan = planLayout({ virtualSize: 4 * G + 3 * M, blockSize: M, fixed: true });
-  const src = await NodeFileSource.open(path, { readOnly: false, create: true, lock: false });
+  const src = await NodeFileSource.open(path, { readOnly: false, create: true });
   await writeNewImage(src, plan);
   await src.close();
   const img = await openFile(path);

@@ -2,7 +2,8 @@
 // without blocking the event loop (so subtests can overlap), file digests.
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { cliPath, scratch } from './env.js';
 
 /** A scratch folder on /dev/shm when it is writable (fast, sparse), else in the temp folder. */
@@ -93,4 +94,44 @@ export async function vhdxInProcess(args) {
   let stderr = '';
   const code = await main(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s) });
   return { code, stdout, stderr };
+}
+
+/**
+ * The lock records that name the file at `path` (its write lock's and its readers'), live or
+ * stale: empty once every opener has released it. See src/io/lock.ts.
+ */
+export async function lockRecords(path) {
+  const { lockPaths } = await import('../../dist/io/lock.js');
+  const { dir, writer, readerPrefix } = await lockPaths(path);
+  const found = readdirSync(dir).filter((n) => n.startsWith(readerPrefix)).map((n) => join(dir, n));
+  if (existsSync(writer)) found.push(writer, ...entries(writer).map((n) => join(writer, n)));
+  return found;
+}
+
+function entries(dir) {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return []; // released meanwhile
+  }
+}
+
+/** The lock records, anywhere in the lock folder, made for the path `path` (which may be gone). */
+export async function lockRecordsNaming(path) {
+  const { lockDir } = await import('../../dist/io/lock.js');
+  const dir = lockDir();
+  const want = resolve(path);
+  const files = [];
+  for (const n of readdirSync(dir)) {
+    const p = join(dir, n);
+    if (n.endsWith('.write')) files.push(...entries(p).map((m) => join(p, m)));
+    else if (n.includes('.read.')) files.push(p);
+  }
+  return files.filter((f) => {
+    try {
+      return JSON.parse(readFileSync(f, 'utf8')).path === want;
+    } catch {
+      return false; // released meanwhile, or not a record
+    }
+  });
 }

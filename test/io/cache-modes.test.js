@@ -39,7 +39,7 @@ test('every cache mode reads and writes the same bytes: unaligned, concurrent, p
     const path = join(dir, `${cache}.img`);
     let model = noise(size, random);
     writeFileSync(path, model);
-    const f = await NodeFileSource.open(path, { readOnly: false, cache, lock: false });
+    const f = await NodeFileSource.open(path, { readOnly: false, cache });
     for (let round = 0; round < 6; round++) {
       // Writes at once at random places and lengths (one up to 5 MiB, some past the end), cut so
       // that they do not overlap: the order they finish in does not matter.

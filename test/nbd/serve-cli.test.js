@@ -8,7 +8,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openFile } from '../../dist/node.js';
 import { needTool } from '../helpers/env.js';
-import { exec, must, sha256File, shmScratch, vhdx } from '../helpers/tools.js';
+import { exec, lockRecords, must, sha256File, shmScratch, vhdx } from '../helpers/tools.js';
 import { NbdTestClient, CMD } from './client.js';
 import { startServe, unixUri } from './serve.js';
 
@@ -88,7 +88,7 @@ describe('vhdx serve: arguments', () => {
     const r = await vhdx(['serve', '--port', port, img2]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /^vhdx: .*EADDRINUSE[^\n]*\n$/, 'one line');
-    assert.ok(!existsSync(`${img2}.lock`));
+    assert.deepEqual(await lockRecords(img2), []);
     assert.equal((await a.stop()).code, 0);
   });
 
@@ -137,7 +137,7 @@ describe('vhdx serve: what it exports', () => {
     assert.match(r.stdout + r.stderr, /Operation not permitted|read-only|Permission denied/i);
     assert.equal((await s.stop()).code, 0);
     assert.equal(sha256File(img), before);
-    assert.ok(!existsSync(`${img}.lock`));
+    assert.deepEqual(await lockRecords(img), []);
   });
 
   it('-f raw serves a raw file, read and write', { skip: needTool('qemu-img', 'qemu-io') }, async () => {
@@ -184,7 +184,7 @@ describe('vhdx serve: stopping', () => {
       assert.equal(code, 0, s.stderr());
       const rs = await settled;
       assert.ok(await c.closedWithin());
-      assert.ok(!existsSync(`${img}.lock`));
+      assert.deepEqual(await lockRecords(img), []);
       const info = JSON.parse((await vhdx(['info', '--output=json', img])).stdout);
       assert.equal(info.log.state, 'clean');
       assert.equal((await vhdx(['check', img])).code, 0);
