@@ -18,7 +18,7 @@ import { VhdxError } from '../errors.js';
 
 /** Bytes one range takes: start, end and where its data is (-1: zeros), as float64. */
 export const RANGE_BYTES = 24;
-/** Pending writes are resolved once there are this many, or as many as ranges resolved. */
+/** Pending writes are resolved once there are this many, or as many as ranges resolved (at most half the cap). */
 const MIN_BATCH = 65536;
 
 export interface OverlayOptions {
@@ -107,8 +107,11 @@ export class OverlaySource implements RandomAccessSource {
       this.dataUsed += length;
     }
     if (this.pending === this.pStarts.length) {
-      if (this.pending >= Math.max(MIN_BATCH, this.starts.length)) this.resolve();
-      else this.growPending();
+      // A batch is as large as what is resolved (at least MIN_BATCH), and never more than half
+      // the cap: resolving costs O(n log n) overall, and what resolves to few ranges fits.
+      const batch = Math.min(Math.max(MIN_BATCH, this.starts.length), Math.max(1, Math.floor(this.maxRanges / 2)));
+      if (this.pending >= batch) this.resolve();
+      else this.growPending(Math.min(Math.max(1024, 2 * this.pStarts.length), batch));
     }
     const i = this.pending++;
     this.pStarts[i] = start;
@@ -195,8 +198,7 @@ export class OverlaySource implements RandomAccessSource {
     this.data = grown;
   }
 
-  private growPending(): void {
-    const cap = Math.max(1024, 2 * this.pStarts.length);
+  private growPending(cap: number): void {
     this.checkRanges(this.starts.length + cap);
     const grow = (a: Float64Array): Float64Array => {
       const b = new Float64Array(cap);
