@@ -76,7 +76,8 @@ const SEED_PARENT_LINKAGE = '83ef5fc2-4f4f-4a3c-9a58-8d5e4c36d0a1';
  */
 const CRAFTED = [
   { name: 'a 16 MiB log whose every 4 KiB sector claims a ring-sized entry', image: 'logEverySector', expect: 'LOG_NO_VALID_SEQUENCE' },
-  { name: 'a log entry of 200,000 zero descriptors', image: 'logZeroDescriptors', expect: 'opened' },
+  { name: "a log entry of 200,000 zero descriptors reaching far past what the image's structures need", image: 'logZeroDescriptors', expect: 'LOG_REPLAY_FAILED' },
+  { name: "a log entry of 200,000 zero descriptors rewriting the same sectors inside the file", image: 'logZeroDescriptorsInside', expect: 'opened' },
 ];
 
 // ---- deterministic PRNG ------------------------------------------------------------------------
@@ -342,6 +343,16 @@ async function craftedImage(kind) {
       // LastFileOffset covers every sector zeroed (a replay may write nothing past it).
       const lastFileOffset = Math.ceil((plan.payloadOffset + (n + 1) * 8 * KiB) / MiB) * MiB;
       writeLog(bytes, plan, logGuid, [Array.from({ length: n }, (_, i) => ({ kind: 'zero', fileOffset: plan.payloadOffset + (n - i) * 8 * KiB, length: 4 * KiB }))], { lastFileOffset });
+      editHeaders(bytes, (h) => encodeGuid(logGuid, bytes, h + 48));
+      return bytes;
+    }
+    case 'logZeroDescriptorsInside': {
+      // Valid and within bounds: one entry zeroing 200,000 times the 512 alternate 4 KiB sectors of
+      // the image's four allocated blocks, in descending order, over and over.
+      const { bytes, plan } = await buildImage({ logSize: 8 * MiB, allocate: [0, 1, 2, 3] });
+      const n = 200000;
+      const at = (i) => plan.payloadOffset + (511 - (i % 512)) * 8 * KiB;
+      writeLog(bytes, plan, logGuid, [Array.from({ length: n }, (_, i) => ({ kind: 'zero', fileOffset: at(i), length: 4 * KiB }))]);
       editHeaders(bytes, (h) => encodeGuid(logGuid, bytes, h + 48));
       return bytes;
     }

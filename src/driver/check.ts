@@ -231,10 +231,11 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
 
   const headers = checkHeaders(head, got, rep);
 
-  // Everything the open validates.
+  // Everything the open validates. A dirty log is replayed in memory however many ranges that
+  // takes (it lasts as long as the check): repair 'all' is what writes such a log to the file.
   let layout: Layout | null = null;
   try {
-    layout = await openLayout(file);
+    layout = await openLayout(file, { maxOverlayRanges: Infinity });
   } catch (e) {
     if (!(e instanceof VhdxError)) throw e;
     if (e.code === 'ENOTSUP') return stop('unsupported', e);

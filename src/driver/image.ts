@@ -142,7 +142,8 @@ export class VhdxImage implements BlockDevice {
     if (!readOnly && (source.readOnly || !source.write || !source.flush || !source.truncate)) {
       throw new VhdxError('EROFS', 'READ_ONLY', 'a writable open needs a writable source');
     }
-    let layout = await openLayout(source);
+    // A writable open replays the log into the file, so the in-memory cap of a read-only one does not apply.
+    let layout = await openLayout(source, readOnly ? {} : { maxOverlayRanges: Infinity });
     let parent: VhdxImage | null = null;
     let linkedBy: VhdxImage['linkedBy'] = null;
     if (layout.hasParent && opts.parent) {

@@ -21,17 +21,41 @@ export type LogWrite =
   | { kind: 'zero'; fileOffset: number; length: number }
   | { kind: 'data'; fileOffset: number; data: Uint8Array };
 
-export interface LogEntry {
-  /** Offset of the entry inside the log. */
-  logOffset: number;
-  header: LogEntryHeader;
-  writes: LogWrite[];
+/**
+ * A valid entry of the ring. Its writes are decoded from the ring each time they are walked:
+ * nothing is kept per descriptor, so an entry of two million descriptors costs what its header
+ * does until it is replayed.
+ */
+export class LogEntry {
+  constructor(
+    /** Offset of the entry inside the log. */
+    readonly logOffset: number,
+    readonly header: LogEntryHeader,
+    private readonly log: Uint8Array,
+  ) {}
+
+  /** Call `fn` with each change the entry makes, in descriptor order. */
+  forEachWrite(fn: (w: LogWrite) => void): void {
+    walkDescriptors(this.log, this.logOffset, this.header, fn);
+  }
+
+  /** Data sectors the entry carries (one per data descriptor). */
+  get dataSectors(): number {
+    return this.header.entryLength / LOG_SECTOR_SIZE - descriptorSectors(this.header.descriptorCount);
+  }
 }
 
 export interface LogSequence {
   entries: LogEntry[];
   head: LogEntry;
 }
+
+const descriptorSignature = LOG_ZERO_DESCRIPTOR.field('signature');
+const ZERO_SIGNATURE = LOG_ZERO_DESCRIPTOR.fields.signature.expect;
+const DATA_SIGNATURE = LOG_DATA_DESCRIPTOR.fields.signature.expect;
+const zeroSequence = LOG_ZERO_DESCRIPTOR.field('sequenceNumber');
+const zeroFileOffset = LOG_ZERO_DESCRIPTOR.field('fileOffset');
+const zeroLength = LOG_ZERO_DESCRIPTOR.field('zeroLength');
 
 /** Bytes of the ring from `offset`, wrapping at the end. */
 function ringSlice(log: Uint8Array, offset: number, length: number): Uint8Array {
@@ -49,11 +73,6 @@ function ringSlice(log: Uint8Array, offset: number, length: number): Uint8Array 
  */
 export function parseLogEntry(log: Uint8Array, offset: number, logGuid: string): LogEntry | null {
   const L = log.length;
-  /** Sector `i` of the entry, as a view (sectors never straddle the ring's end: L is a multiple of 4 KiB). */
-  const sector = (i: number): Uint8Array => {
-    const at = (offset + i * LOG_SECTOR_SIZE) % L;
-    return log.subarray(at, at + LOG_SECTOR_SIZE);
-  };
   const first = log.subarray(offset, offset + LOG_SECTOR_SIZE);
   if (first.length < LOG_SECTOR_SIZE) return null;
   if (first[0] !== 0x6c || first[1] !== 0x6f || first[2] !== 0x67 || first[3] !== 0x65) return null; // "loge"
@@ -76,45 +95,65 @@ export function parseLogEntry(log: Uint8Array, offset: number, logGuid: string):
   // Check descriptors and data sectors in place, sector by sector, before the checksum: none of
   // an entry's later sectors can then begin another entry, so scanning a ring whose every sector
   // claims a ring-sized entry costs one pass over the ring instead of one pass per sector.
-  const writes: LogWrite[] = [];
-  let dataSector = descSectors;
-  for (let i = 0; i < h.descriptorCount; i++) {
-    const at = 64 + i * LOG_DESCRIPTOR_SIZE;
-    const inSector = at % LOG_SECTOR_SIZE;
-    const d = sector(Math.floor(at / LOG_SECTOR_SIZE)).subarray(inSector, inSector + LOG_DESCRIPTOR_SIZE);
-    const sig = String.fromCharCode(d[0]!, d[1]!, d[2]!, d[3]!);
-    try {
-      if (sig === 'zero') {
-        const z = LOG_ZERO_DESCRIPTOR.decode(d);
-        if (z.sequenceNumber !== h.sequenceNumber) return null;
-        if (z.fileOffset % LOG_SECTOR_SIZE !== 0 || z.zeroLength % LOG_SECTOR_SIZE !== 0) return null;
-        writes.push({ kind: 'zero', fileOffset: z.fileOffset, length: z.zeroLength });
-      } else if (sig === 'desc') {
-        const dd = LOG_DATA_DESCRIPTOR.decode(d);
-        if (dd.sequenceNumber !== h.sequenceNumber || dd.fileOffset % LOG_SECTOR_SIZE !== 0) return null;
-        if (dataSector >= sectors) return null;
-        const s = LOG_DATA_SECTOR.decode(sector(dataSector));
-        const seq = (BigInt(s.sequenceHigh) << 32n) | BigInt(s.sequenceLow);
-        if (seq !== h.sequenceNumber) return null;
-        // The 4 KiB written: leading 8 bytes and trailing 4 from the descriptor, the middle from the sector.
-        const data = new Uint8Array(LOG_SECTOR_SIZE);
-        data.set(dd.leadingBytes, 0);
-        data.set(s.data, 8);
-        data.set(dd.trailingBytes, LOG_SECTOR_SIZE - 4);
-        writes.push({ kind: 'data', fileOffset: dd.fileOffset, data });
-        dataSector++;
-      } else {
-        return null;
-      }
-    } catch {
-      return null;
-    }
-  }
   // An entry is its descriptor sectors and one data sector per data descriptor, nothing more.
-  if (dataSector !== sectors) return null;
+  if (walkDescriptors(log, offset, h) !== sectors) return null;
   const entry = ringSlice(log, offset, h.entryLength);
   if (viewOf(entry).getUint32(4, true) !== crc32cWithZeroField(entry, 4)) return null;
-  return { logOffset: offset, header: h, writes };
+  return new LogEntry(offset, h, log);
+}
+
+/**
+ * Walk the descriptors of the entry at `offset` of the ring (header `h`, already checked), each
+ * checked with the data sector of each data descriptor; with `fn`, hand it every write in order.
+ * Returns the number of sectors the descriptors and their data sectors take, or -1 at the first
+ * thing that is not valid.
+ */
+function walkDescriptors(log: Uint8Array, offset: number, h: LogEntryHeader, fn?: (w: LogWrite) => void): number {
+  const L = log.length;
+  const view = viewOf(log);
+  const sectors = h.entryLength / LOG_SECTOR_SIZE;
+  /** Ring offset of byte `at` of the entry (sectors never straddle the ring's end: L is a multiple of 4 KiB). */
+  const ringAt = (at: number): number => ((offset + at - (at % LOG_SECTOR_SIZE)) % L) + (at % LOG_SECTOR_SIZE);
+  let dataSector = descriptorSectors(h.descriptorCount);
+  for (let i = 0; i < h.descriptorCount; i++) {
+    const d = ringAt(64 + i * LOG_DESCRIPTOR_SIZE);
+    let w: LogWrite | null = null;
+    try {
+      const sig = descriptorSignature(view, log, d);
+      if (sig === ZERO_SIGNATURE) {
+        // Zero descriptors are the ones a log can hold millions of: read their fields alone.
+        if (zeroSequence(view, log, d) !== h.sequenceNumber) return -1;
+        const fileOffset = zeroFileOffset(view, log, d);
+        const length = zeroLength(view, log, d);
+        if (fileOffset % LOG_SECTOR_SIZE !== 0 || length % LOG_SECTOR_SIZE !== 0) return -1;
+        if (fn) w = { kind: 'zero', fileOffset, length };
+      } else if (sig === DATA_SIGNATURE) {
+        const dd = LOG_DATA_DESCRIPTOR.decode(log.subarray(d, d + LOG_DESCRIPTOR_SIZE));
+        if (dd.sequenceNumber !== h.sequenceNumber || dd.fileOffset % LOG_SECTOR_SIZE !== 0) return -1;
+        if (dataSector >= sectors) return -1;
+        const at = ringAt(dataSector * LOG_SECTOR_SIZE);
+        const s = LOG_DATA_SECTOR.decode(log.subarray(at, at + LOG_SECTOR_SIZE));
+        const seq = (BigInt(s.sequenceHigh) << 32n) | BigInt(s.sequenceLow);
+        if (seq !== h.sequenceNumber) return -1;
+        if (fn) {
+          // The 4 KiB written: leading 8 bytes and trailing 4 from the descriptor, the middle from the sector.
+          const data = new Uint8Array(LOG_SECTOR_SIZE);
+          data.set(dd.leadingBytes, 0);
+          data.set(s.data, 8);
+          data.set(dd.trailingBytes, LOG_SECTOR_SIZE - 4);
+          w = { kind: 'data', fileOffset: dd.fileOffset, data };
+        }
+        dataSector++;
+      } else {
+        return -1;
+      }
+    } catch {
+      return -1;
+    }
+    // Outside the try: what `fn` throws is the caller's.
+    if (w) fn!(w);
+  }
+  return dataSector;
 }
 
 /**
@@ -176,8 +215,8 @@ export const MAX_IMAGE_FILE_SIZE = 64 * 2 ** 40 + 64 * 2 ** 30;
  * Check that a sequence only writes where the log may write, before any of it is applied: never
  * the file identifier or the headers (region tables, at 192 KiB and 256 KiB, and everything after
  * 1 MiB are allowed), and nothing past the head's LastFileOffset, the size that holds every
- * structure; LastFileOffset itself no larger than any VHDX can be. These bound what a replay
- * writes or extends, however the log was crafted.
+ * structure; LastFileOffset itself no larger than any VHDX can be. The open then bounds both by
+ * what the replayed image's structures need (open.ts, `replayLimit`).
  */
 export function checkSequenceTargets(seq: LogSequence, logOffset: number): void {
   const forbiddenEnd = REGION_TABLE_OFFSETS[0];
@@ -189,7 +228,7 @@ export function checkSequenceTargets(seq: LogSequence, logOffset: number): void 
     });
   }
   for (const e of seq.entries) {
-    for (const w of e.writes) {
+    e.forEachWrite((w) => {
       const len = w.kind === 'zero' ? w.length : w.data.length;
       const where = { structure: 'log', offset: logOffset + e.logOffset };
       if (w.fileOffset < forbiddenEnd) {
@@ -202,6 +241,6 @@ export function checkSequenceTargets(seq: LogSequence, logOffset: number): void 
       if (w.fileOffset + len > last) {
         throw corrupt('LOG_REPLAY_FAILED', `log entry ${e.header.sequenceNumber} writes ${len} bytes at ${w.fileOffset}, past LastFileOffset ${last}`, where);
       }
-    }
+    });
   }
 }

@@ -7,10 +7,12 @@ import { VhdxError, corrupt } from '../errors.js';
 import { NIL_GUID, isNilGuid, randomGuid } from '../codec/guid.js';
 import { updateHeaders } from './headers.js';
 import { bytesEqual } from '../codec/bytes.js';
-import { readBytes, writeZeros, type RandomAccessSource } from '../io/source.js';
+import { viewOf } from '../codec/struct.js';
+import { readBytes, zeroInPlace, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   HEADER_SECTION_SIZE,
+  LOG_SECTOR_SIZE,
   ITEM_FILE_PARAMETERS,
   ITEM_LOGICAL_SECTOR_SIZE,
   ITEM_PARENT_LOCATOR,
@@ -58,9 +60,9 @@ import {
   type MetadataTableEntry,
 } from '../format/metadata.js';
 import { decodeParentLocator, type ParentLocator } from '../format/parent-locator.js';
-import { BAT_ENTRY_SIZE, batEntriesToWrite, batGeometry, type BatGeometry } from '../format/bat.js';
-import { OverlaySource } from './overlay.js';
-import { checkSequenceTargets, findActiveSequence, type LogSequence } from './log.js';
+import { BAT_ENTRY_SIZE, batEntriesToWrite, batGeometry, judgeBatEntry, type BatGeometry } from '../format/bat.js';
+import { OverlaySource, RANGE_BYTES } from './overlay.js';
+import { checkSequenceTargets, findActiveSequence, type LogEntry, type LogSequence } from './log.js';
 
 export type DiskType = 'fixed' | 'dynamic' | 'differencing';
 
@@ -79,10 +81,11 @@ export interface LogState {
   entries: number;
   /** Sequence number of the head entry, when dirty. */
   headSequenceNumber?: bigint;
-  /** The replay is held in memory over the file, which is untouched. */
+  /**
+   * The replay is held in memory over the file, which is untouched (`Layout.source`; a writable
+   * open writes it to the file: replayInPlace).
+   */
   replayedInMemory: boolean;
-  /** The active sequence, when dirty: a writable open applies it to the file (replayInPlace). */
-  sequence?: LogSequence;
 }
 
 export interface MetadataItem extends MetadataTableEntry {
@@ -141,6 +144,20 @@ const KNOWN_REGIONS: Record<string, string> = { [REGION_BAT]: 'BAT', [REGION_MET
 /** Largest log we replay in memory. Hyper-V and qemu make 1 MiB logs. */
 export const MAX_LOG_REPLAY_BYTES = 64 * MiB;
 
+/**
+ * Most ranges a read-only open's in-memory replay holds (24 bytes each: 6 MiB), besides the
+ * log's data sectors. A log that Hyper-V, qemu or this library writes needs one range per data
+ * sector at most (256 for a 1 MiB log, 8,192 for the largest we replay); only a crafted log of
+ * many scattered zero descriptors needs more, and is refused read-only. A writable open, and
+ * check, resolve any log this size allows (at most two million descriptors: 96 MiB of ranges).
+ */
+export const MAX_OVERLAY_RANGES = 1 << 18;
+
+export interface OpenLayoutOptions {
+  /** Most ranges the in-memory replay of a dirty log may hold (default MAX_OVERLAY_RANGES). */
+  maxOverlayRanges?: number;
+}
+
 /** Score a file by its first bytes: 100 when it carries the VHDX identifier, else 0. */
 export function probe(firstBytes: Uint8Array): number {
   const sig = 'vhdxfile';
@@ -181,7 +198,7 @@ export function recognize(head: Uint8Array): 'vhdx' | 'damaged-vhdx' | null {
  * Read and validate the image's structures. Writes nothing: a dirty log is replayed into an
  * overlay (`layout.source`), and a writer that wants it in the file calls `replayInPlace`.
  */
-export async function openLayout(file: RandomAccessSource): Promise<Layout> {
+export async function openLayout(file: RandomAccessSource, opts: OpenLayoutOptions = {}): Promise<Layout> {
   const fileSize = file.size;
   if (fileSize < 8) throw corrupt('NOT_VHDX', `file of ${fileSize} bytes is too small to be a VHDX`, { offset: 0 });
   // The header section holds everything up to the end of region table 2; read it at once.
@@ -265,6 +282,7 @@ export async function openLayout(file: RandomAccessSource): Promise<Layout> {
 
   // Replay a dirty log in memory.
   let source: RandomAccessSource = file;
+  let replay: Replay | null = null;
   const log: LogState = { dirty, logOffset, logLength, entries: 0, replayedInMemory: false };
   if (dirty) {
     if (logLength === 0) throw corrupt('LOG_NO_VALID_SEQUENCE', 'LogGuid is set but the log is empty', logWhere);
@@ -275,12 +293,11 @@ export async function openLayout(file: RandomAccessSource): Promise<Layout> {
     const seq = findActiveSequence(ring, current.logGuid);
     if (!seq) throw corrupt('LOG_NO_VALID_SEQUENCE', `the log holds no valid sequence for LogGuid {${current.logGuid}}`, logWhere);
     checkSequenceTargets(seq, logOffset);
-    const overlay = replayInto(seq, file, logOffset);
-    source = overlay;
+    replay = replayInto(seq, file, logOffset, opts.maxOverlayRanges ?? MAX_OVERLAY_RANGES);
+    source = replay.overlay;
     log.entries = seq.entries.length;
     log.headSequenceNumber = seq.head.header.sequenceNumber;
     log.replayedInMemory = true;
-    log.sequence = seq;
   }
   const size = source.size;
 
@@ -468,6 +485,21 @@ export async function openLayout(file: RandomAccessSource): Promise<Layout> {
   if (batRegion.length > maxBatBytes) {
     throw corrupt('BAT_TOO_LARGE', `BAT of ${batRegion.length} bytes is larger than the ${maxBatBytes} bytes its entries need`, batWhere);
   }
+  const batEntries = Math.min(Math.floor(batRegion.length / BAT_ENTRY_SIZE), wholeChunks);
+
+  if (replay) {
+    // Everything the replayed structures name is known: bound the replay by it.
+    const limit = replayLimit(replay.overlay, fileSize, logOffset + logLength, regions, batRegion, batEntries, geometry, hasParent, bs);
+    const far = replay.furthest;
+    if (far && far.end > limit) {
+      throw corrupt(
+        'LOG_REPLAY_FAILED',
+        `log entry ${far.entry.header.sequenceNumber} writes ${far.length} bytes at ${far.fileOffset}, past the ${limit} bytes the image's structures need (the file is ${fileSize} bytes)`,
+        { structure: 'log', offset: logOffset + far.entry.logOffset },
+      );
+    }
+    replay.overlay.capSize(limit);
+  }
 
   return {
     creator: ident.creator,
@@ -490,7 +522,7 @@ export async function openLayout(file: RandomAccessSource): Promise<Layout> {
     physicalSectorSize,
     parentLocator,
     geometry,
-    batEntries: Math.min(Math.floor(batRegion.length / BAT_ENTRY_SIZE), wholeChunks),
+    batEntries,
     log,
     source,
   };
@@ -506,45 +538,123 @@ function checkNotTruncated(seq: LogSequence, file: RandomAccessSource, logOffset
   }
 }
 
-/** Lay the sequence's writes over the file, in order, and extend to the head's LastFileOffset. */
-function replayInto(seq: LogSequence, file: RandomAccessSource, logOffset: number): OverlaySource {
+interface Replay {
+  overlay: OverlaySource;
+  /** The write that reaches furthest into the file (null when the sequence writes nothing). */
+  furthest: { entry: LogEntry; fileOffset: number; length: number; end: number } | null;
+}
+
+/**
+ * Lay the sequence's writes over the file, in order, and extend to the head's LastFileOffset
+ * (openLayout then caps that at what the replayed structures need). The overlay holds at most
+ * `maxRanges` ranges; past that the replay is refused, with what to do instead.
+ */
+function replayInto(seq: LogSequence, file: RandomAccessSource, logOffset: number, maxRanges: number): Replay {
   checkNotTruncated(seq, file, logOffset);
   const head = seq.head.header;
-  const overlay = new OverlaySource(file);
-  for (const e of seq.entries) {
-    for (const w of e.writes) {
-      if (w.kind === 'zero') overlay.put(w.fileOffset, w.length, null);
-      else overlay.put(w.fileOffset, w.data.length, w.data);
+  let dataBytes = 0;
+  for (const e of seq.entries) dataBytes += e.dataSectors * LOG_SECTOR_SIZE;
+  let furthest: Replay['furthest'] = null;
+  try {
+    const overlay = new OverlaySource(file, { maxRanges, dataBytes });
+    for (const e of seq.entries) {
+      e.forEachWrite((w) => {
+        const length = w.kind === 'zero' ? w.length : w.data.length;
+        overlay.put(w.fileOffset, length, w.kind === 'zero' ? null : w.data);
+        if (length > 0 && (!furthest || w.fileOffset + length > furthest.end)) furthest = { entry: e, fileOffset: w.fileOffset, length, end: w.fileOffset + length };
+      });
+    }
+    overlay.extendTo(head.lastFileOffset);
+    return { overlay, furthest };
+  } catch (e) {
+    if (e instanceof VhdxError && e.reason === 'LOG_REPLAY_FAILED') {
+      throw new VhdxError(
+        e.code,
+        e.reason,
+        `${e.message}, more than a read-only open holds (${maxRanges} ranges, ${maxRanges * RANGE_BYTES} bytes): replay the log into the file instead, with a writable open or \`vhdx check -r all\``,
+        { structure: 'log', offset: logOffset + seq.head.logOffset, cause: e },
+      );
+    }
+    throw e;
+  }
+}
+
+/**
+ * The largest file a replay may leave: what the replayed image's own structures can need, so a
+ * crafted log can neither grow the file without bound nor write where no structure lies.
+ *
+ * The file as it is stays: replay writes zeros only inside it. Past its end, a log can need room
+ * only for what was allocated in the transactions it carries, and it carries the metadata that
+ * names it (§2.3: every BAT, region table and metadata change goes through the log): a region
+ * the replayed region table places there (a BAT moved to grow, say), or a payload or sector
+ * bitmap block named by a BAT entry that the log itself writes (a writer appends a block, then
+ * logs its BAT entry; Hyper-V's LastFileOffset covers such a block). BAT entries the log does not
+ * write were in the file before its first entry, and so was the size holding their blocks (it was
+ * flushed: FlushedFileOffset, checked against the file's size), so those blocks lie inside the
+ * file, or the image is damaged whatever its log says. The region table and the BAT are read as
+ * replayed, since the log may be what moves them.
+ *
+ * Hence the bound: the largest of the file's size, the header section, the log, every region of
+ * the replayed table, and every block (taken whole: a writer allocates whole blocks, and a sector
+ * bitmap block is no larger) named by a BAT entry in the ranges the log writes; rounded up to
+ * 1 MiB, the unit files grow by.
+ */
+function replayLimit(
+  overlay: OverlaySource,
+  fileSize: number,
+  logEnd: number,
+  regions: readonly RegionTableEntry[],
+  bat: RegionTableEntry,
+  batEntries: number,
+  geometry: BatGeometry,
+  hasParent: boolean,
+  blockSize: number,
+): number {
+  let end = Math.max(fileSize, HEADER_SECTION_SIZE, logEnd);
+  for (const r of regions) end = Math.max(end, r.fileOffset + r.length);
+  const batEnd = bat.fileOffset + batEntries * BAT_ENTRY_SIZE;
+  for (const r of overlay.ranges()) {
+    if (!r.data || r.end <= bat.fileOffset || r.start >= batEnd) continue;
+    const view = viewOf(r.data);
+    const first = Math.ceil((Math.max(r.start, bat.fileOffset) - bat.fileOffset) / BAT_ENTRY_SIZE);
+    const last = Math.floor((Math.min(r.end, batEnd) - bat.fileOffset) / BAT_ENTRY_SIZE);
+    for (let i = first; i < last; i++) {
+      const at = bat.fileOffset + i * BAT_ENTRY_SIZE - r.start;
+      const v = judgeBatEntry(geometry, hasParent, Infinity, i, view.getUint32(at, true), view.getUint32(at + 4, true));
+      if (v.kind === 'present') end = Math.max(end, v.fileOffset + blockSize);
     }
   }
-  overlay.extendTo(head.lastFileOffset);
-  return overlay;
+  return Math.ceil(end / MiB) * MiB;
 }
 
 /**
  * Apply a dirty log to the file itself (§2.3.3): a header update with a new FileWriteGuid (replay
- * is a change to the file), every write of the active sequence in order, the file extended to the
- * head's LastFileOffset, a flush, then a header update clearing LogGuid. Returns the entries
- * applied (0 when the log was clean). Replaying twice is harmless: the writes are idempotent.
+ * is a change to the file), the replayed ranges written once each, a flush, then a header update
+ * clearing LogGuid. Returns the entries applied (0 when the log was clean). Replaying twice is
+ * harmless: the result is the same.
+ *
+ * Nothing is written that need not be: the ranges are the sequence's writes resolved (a sector
+ * written by many descriptors is written once, with its last value); the file is extended first,
+ * to the size the replay leaves (openLayout bounds it by what the image's structures need), so
+ * zeros past its old end cost nothing; and zeros inside it are written only over bytes that are
+ * not zero already.
  */
 export async function replayInPlace(file: RandomAccessSource): Promise<number> {
-  const layout = await openLayout(file);
-  const seq = layout.log.sequence;
-  if (!seq) return 0;
+  const layout = await openLayout(file, { maxOverlayRanges: Infinity });
+  if (!layout.log.dirty) return 0;
   if (!file.write || !file.flush || !file.truncate || file.readOnly) {
     throw new VhdxError('EROFS', 'READ_ONLY', 'replaying the log needs the file open for writing');
   }
-  checkNotTruncated(seq, file, layout.log.logOffset);
+  const overlay = layout.source;
+  if (!(overlay instanceof OverlaySource)) throw new Error('a dirty log opens with its replay over the file');
   let header = await updateHeaders(file, layout.current, { fileWriteGuid: randomGuid() });
-  const write = file.write.bind(file);
-  for (const e of seq.entries) {
-    for (const w of e.writes) {
-      if (w.kind === 'data') await write(w.fileOffset, w.data);
-      else await writeZeros(write, w.fileOffset, w.length);
-    }
+  const oldEnd = file.size;
+  if (overlay.size > oldEnd) await file.truncate(overlay.size);
+  for (const r of overlay.ranges()) {
+    if (r.data) await file.write(r.start, r.data);
+    else if (r.start < oldEnd) await zeroInPlace(file, r.start, Math.min(r.end, oldEnd) - r.start);
   }
-  if (file.size < seq.head.header.lastFileOffset) await file.truncate(seq.head.header.lastFileOffset);
   await file.flush();
   header = await updateHeaders(file, header, { logGuid: NIL_GUID });
-  return seq.entries.length;
+  return layout.log.entries;
 }

@@ -3,6 +3,7 @@
  * Backends: Node file (./node-file.ts, Node only), memory, Blob (browsers, read-only).
  */
 import { VhdxError } from '../errors.js';
+import { isZero } from '../codec/bytes.js';
 
 export interface RandomAccessSource {
   /** Current size in bytes. */
@@ -47,6 +48,25 @@ const ZERO_MIB = new Uint8Array(1024 * 1024);
 export async function writeZeros(write: (offset: number, data: Uint8Array) => Promise<void>, offset: number, length: number): Promise<void> {
   for (let done = 0; done < length; done += ZERO_MIB.length) {
     await write(offset + done, ZERO_MIB.subarray(0, Math.min(ZERO_MIB.length, length - done)));
+  }
+}
+
+/**
+ * Make [offset, offset + length) of `file`, which must lie inside it, read as zeros, writing only
+ * the 1 MiB pieces that are not zeros already: a replay or repair then neither rewrites zeros nor
+ * fills a sparse file's holes.
+ */
+export async function zeroInPlace(file: RandomAccessSource, offset: number, length: number): Promise<void> {
+  if (!file.write) throw new VhdxError('EROFS', 'READ_ONLY', 'the source is read-only');
+  if (offset < 0 || length < 0 || offset + length > file.size) {
+    throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `zeroing ${length} bytes at ${offset} reaches past the end of the ${file.size}-byte source`);
+  }
+  const piece = new Uint8Array(ZERO_MIB.length);
+  for (let done = 0; done < length; done += piece.length) {
+    const n = Math.min(piece.length, length - done);
+    const view = piece.subarray(0, n);
+    await readExact(file, offset + done, view, 'bytes to zero');
+    if (!isZero(view)) await file.write(offset + done, ZERO_MIB.subarray(0, n));
   }
 }
 

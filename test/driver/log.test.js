@@ -96,6 +96,13 @@ function ringWith(size, ...placed) {
 /** An entry with one 4 KiB data write (8 KiB long). */
 const oneWrite = (seq, tail, extra = {}) => ({ seq, tail, writes: [{ kind: 'data', fileOffset: 2 * MiB + seq * 4096, data: sector(seq) }], ...extra });
 
+/** The writes of a parsed log entry, in order (entries decode them from the ring on each walk). */
+function entryWrites(entry) {
+  const writes = [];
+  entry.forEachWrite((w) => writes.push(w));
+  return writes;
+}
+
 const offsetsOf = (seqOrNull) => seqOrNull && seqOrNull.entries.map((e) => e.logOffset);
 const seqsOf = (seqOrNull) => seqOrNull && seqOrNull.entries.map((e) => e.header.sequenceNumber);
 
@@ -108,8 +115,8 @@ test('parseLogEntry: the hand-written hex entry fixture (format/fixtures/log.js)
   assert.ok(e, 'a valid entry');
   assert.equal(e.logOffset, 0);
   assert.deepEqual({ ...e.header, checksum: 0 }, { ...LF.LOG_ENTRY_HEADER_VALUE, checksum: 0, tail: 0 });
-  assert.equal(e.writes.length, 1);
-  const [w] = e.writes;
+  assert.equal(entryWrites(e).length, 1);
+  const [w] = entryWrites(e);
   assert.equal(w.kind, 'data');
   assert.equal(w.fileOffset, 3 * MiB);
   assertBytesEqual(w.data, concat(LF.LOG_DATA_DESCRIPTOR_VALUE.leadingBytes, LF.DATA_SECTOR_PAYLOAD, LF.LOG_DATA_DESCRIPTOR_VALUE.trailingBytes));
@@ -139,28 +146,28 @@ test('parseLogEntry: data and zero descriptors in order, data rebuilt from descr
   assert.equal(e.header.sequenceNumber, 0x100000002n);
   assert.equal(e.header.flushedFileOffset, 9 * MiB);
   assert.equal(e.header.lastFileOffset, 12 * MiB);
-  assert.deepEqual(e.writes.map((w) => [w.kind, w.fileOffset, w.length ?? w.data.length]), [
+  assert.deepEqual(entryWrites(e).map((w) => [w.kind, w.fileOffset, w.length ?? w.data.length]), [
     ['data', 2 * MiB, 4096],
     ['zero', 8 * MiB, MiB],
     ['data', 2 * MiB + 4096, 4096],
   ]);
-  assertBytesEqual(e.writes[0].data, a);
-  assertBytesEqual(e.writes[2].data, b);
+  assertBytesEqual(entryWrites(e)[0].data, a);
+  assertBytesEqual(entryWrites(e)[2].data, b);
 });
 
 test('parseLogEntry: an entry with no descriptors and more descriptors than fit one sector', () => {
   const ring = new Uint8Array(64 * 4096);
   place(ring, 0, buildEntry({ seq: 1, tail: 0 }));
-  assert.deepEqual(parseLogEntry(ring, 0, GUID).writes, []);
+  assert.deepEqual(entryWrites(parseLogEntry(ring, 0, GUID)), []);
   const zeros = Array.from({ length: 130 }, (_, i) => ({ kind: 'zero', fileOffset: (4 + i) * MiB, length: 4096 }));
   const big = buildEntry({ seq: 2, tail: 8192, writes: [...zeros, { kind: 'data', fileOffset: 3 * MiB, data: sector(9) }] });
   assert.equal(big.length, 3 * 4096, 'two descriptor sectors and one data sector');
   place(ring, 8192, big);
   const e = parseLogEntry(ring, 8192, GUID);
   assert.ok(e);
-  assert.equal(e.writes.length, 131);
-  assert.deepEqual(e.writes[129], { kind: 'zero', fileOffset: 133 * MiB, length: 4096 });
-  assertBytesEqual(e.writes[130].data, sector(9));
+  assert.equal(entryWrites(e).length, 131);
+  assert.deepEqual(entryWrites(e)[129], { kind: 'zero', fileOffset: 133 * MiB, length: 4096 });
+  assertBytesEqual(entryWrites(e)[130].data, sector(9));
 });
 
 test('parseLogEntry rejects (null) every kind of invalid entry', () => {
@@ -211,8 +218,8 @@ test('parseLogEntry reads an entry that wraps around the end of the ring', () =>
   const ring = place(new Uint8Array(4 * 4096), 2 * 4096, entry); // sectors 2, 3, then 0
   const e = parseLogEntry(ring, 8192, GUID);
   assert.ok(e);
-  assertBytesEqual(e.writes[0].data, sector(3));
-  assertBytesEqual(e.writes[1].data, sector(4), 'its second data sector is at the ring start');
+  assertBytesEqual(entryWrites(e)[0].data, sector(3));
+  assertBytesEqual(entryWrites(e)[1].data, sector(4), 'its second data sector is at the ring start');
 });
 
 // findActiveSequence -----------------------------------------------------------------------
@@ -227,7 +234,7 @@ test('a single entry', () => {
   assert.deepEqual(offsetsOf(s), [16 * KiB]);
   assert.equal(s.head, s.entries[0]);
   assert.equal(s.head.header.sequenceNumber, 42n);
-  assertBytesEqual(s.head.writes[0].data, sector(42));
+  assertBytesEqual(entryWrites(s.head)[0].data, sector(42));
 });
 
 test('a sequence of three, applied tail to head', () => {
@@ -236,7 +243,7 @@ test('a sequence of three, applied tail to head', () => {
   assert.deepEqual(offsetsOf(s), [0, 8 * KiB, 16 * KiB]);
   assert.deepEqual(seqsOf(s), [1n, 2n, 3n]);
   assert.equal(s.head.logOffset, 16 * KiB);
-  assert.deepEqual(s.entries.map((e) => e.writes[0].fileOffset), [2 * MiB + 4096, 2 * MiB + 8192, 2 * MiB + 12288]);
+  assert.deepEqual(s.entries.map((e) => entryWrites(e)[0].fileOffset), [2 * MiB + 4096, 2 * MiB + 8192, 2 * MiB + 12288]);
 });
 
 test('a sequence wrapping around the ring end, its last entry split in two', () => {
@@ -254,8 +261,8 @@ test('a sequence wrapping around the ring end, its last entry split in two', () 
   const s = findActiveSequence(ring, GUID);
   assert.deepEqual(offsetsOf(s), [12 * KiB, 24 * KiB, 36 * KiB]);
   assert.deepEqual(seqsOf(s), [7n, 8n, 9n]);
-  assertBytesEqual(s.head.writes[0].data, sector(90));
-  assertBytesEqual(s.head.writes[1].data, sector(91));
+  assertBytesEqual(entryWrites(s.head)[0].data, sector(90));
+  assertBytesEqual(entryWrites(s.head)[1].data, sector(91));
 });
 
 test('a sequence continuing from the ring end to its start', () => {
@@ -403,7 +410,7 @@ test('corpus: iotest-dirtylog-10G-4M.vhdx: six entries of earlier logs are ignor
   const s = findActiveSequence(log, 'c82755bc-427f-1245-b72c-da70aaabe031');
   assert.deepEqual(offsetsOf(s), [48 * KiB]);
   assert.equal(s.head.header.sequenceNumber, 7n);
-  assert.deepEqual(s.head.writes.map((w) => [w.kind, w.fileOffset]), [['data', 2 * MiB]]);
+  assert.deepEqual(entryWrites(s.head).map((w) => [w.kind, w.fileOffset]), [['data', 2 * MiB]]);
   // Each older entry is valid for its own LogGuid (QEMU wrote one log per session).
   const older = [];
   for (let o = 0; o < 48 * KiB; o += 8 * KiB) {

@@ -1,7 +1,7 @@
 // src/driver/overlay.ts: a read-only view of a source with replayed log writes laid over it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { OverlaySource } from '../../dist/driver/overlay.js';
+import { OverlaySource, RANGE_BYTES } from '../../dist/driver/overlay.js';
 import { MemorySource } from '../../dist/io/source.js';
 import { assertBytesEqual, hex, seededRandom } from '../helpers/hex.js';
 
@@ -216,4 +216,72 @@ test('random puts, zeros, extensions and reads agree with a byte-array model', a
     }
     assertBytesEqual(await readAll(o, 0, o.size), model.read(0, model.bytes.length), `round ${round}: whole file`);
   }
+});
+
+test('more writes than one batch: resolving in batches agrees with the byte-array model', async () => {
+  // 150,000 puts over 3,000 bytes: resolved several times on the way, later writes winning.
+  const rnd = seededRandom(77);
+  const int = (n) => Math.floor(rnd() * n);
+  const base = baseBytes(2500);
+  const o = new OverlaySource(new MemorySource(base.slice()));
+  const model = new Model(base);
+  for (let op = 0; op < 150000; op++) {
+    const start = int(3000);
+    const length = 1 + int(40);
+    const data = int(3) === 0 ? null : Uint8Array.from({ length }, () => 1 + int(255));
+    o.put(start, length, data);
+    model.put(start, length, data);
+    if (op % 50000 === 49999) assertBytesEqual(await readAll(o, 0, o.size), model.read(0, model.bytes.length), `after ${op + 1} puts`);
+  }
+  assertBytesEqual(await readAll(o, 0, o.size), model.read(0, model.bytes.length));
+  assert.ok(o.segmentCount <= 3000, `${o.segmentCount} ranges over 3,000 bytes`);
+});
+
+test('the overlay never holds more ranges than its cap: a put past it is refused', () => {
+  const cap = 4096;
+  const o = new OverlaySource(new MemorySource(baseBytes(16)), { maxRanges: cap });
+  let err = null;
+  for (let i = 0; i < 100000 && !err; i++) {
+    try {
+      o.put(2 * i, 1, null); // separate one-byte ranges: none merge
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(o.rangesHeld <= cap, `${o.rangesHeld} ranges held after put ${i}`);
+  }
+  assert.equal(err?.reason, 'LOG_REPLAY_FAILED');
+  assert.equal(err?.code, 'ENOTSUP');
+  assert.ok(o.bytesHeld <= cap * RANGE_BYTES, `${o.bytesHeld} bytes held`);
+});
+
+test('writes repeating over the same bytes keep the ranges those bytes need, whatever their number', () => {
+  const o = new OverlaySource(new MemorySource(baseBytes(16)), { maxRanges: 4096 });
+  for (let i = 0; i < 500000; i++) o.put(((i * 7) % 100) * 2, 1, null);
+  assert.equal(o.segmentCount, 100);
+});
+
+test('ranges(): resolved, in order, zeros as null; adjacent zeros and data laid end to end become one range', () => {
+  const o = new OverlaySource(new MemorySource(baseBytes(64)));
+  o.put(40, 4, null);
+  o.put(0, 4, hex`01 02 03 04`);
+  o.put(4, 4, hex`05 06 07 08`);
+  o.put(44, 4, null);
+  o.put(20, 2, hex`aa bb`);
+  const got = [...o.ranges()].map((r) => [r.start, r.end, r.data && hex`${r.data}`]);
+  assert.deepEqual(got, [
+    [0, 8, hex`01 02 03 04 05 06 07 08`],
+    [20, 22, hex`aa bb`],
+    [40, 48, null],
+  ]);
+});
+
+test('capSize: the file ends at most there, never before the base or the furthest write', async () => {
+  const o = new OverlaySource(new MemorySource(baseBytes(16)));
+  o.put(20, 4, hex`d0 d1 d2 d3`);
+  o.extendTo(1000);
+  o.capSize(100);
+  assert.equal(o.size, 100);
+  o.capSize(8);
+  assert.equal(o.size, 24, 'not before the end of the last write');
+  assertBytesEqual(await readAll(o, 16, 8), hex`00 00 00 00 d0 d1 d2 d3`);
 });

@@ -7,7 +7,7 @@ import { crc32cWithZeroField } from '../../dist/codec/crc32c.js';
 import { encodeGuid } from '../../dist/codec/guid.js';
 import { HEADER } from '../../dist/format/header.js';
 import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import { LOG_ENTRY_HEADER, LOG_DATA_DESCRIPTOR, LOG_DATA_SECTOR, LOG_ZERO_DESCRIPTOR, descriptorSectors } from '../../dist/format/log.js';
+import { encodeLogEntry } from '../../dist/driver/log-writer.js';
 import { payloadBatIndex, PayloadState } from '../../dist/format/bat.js';
 import {
   ITEM_FILE_PARAMETERS,
@@ -79,67 +79,35 @@ export async function buildImage({ allocate = [], states = {}, logAllocate = [],
       // Sequence 42: the new BAT sector.
       [{ kind: 'data', fileOffset: plan.bat.offset, data: bat }],
     ]);
-    for (const at of HEADER_AT) {
-      encodeGuid(logGuid, bytes, at + 48);
-      HEADER.seal(bytes.subarray(at));
-    }
+    setLogGuid(bytes, logGuid);
   }
   return { bytes, plan, id, logGuid, blockFileOffset };
 }
 
 /**
- * Write log entries (one array of writes each) from log offset 0, sequence numbers 41, 42, ...,
- * every entry's Tail pointing at the first. Each write is { kind: 'zero', fileOffset, length } or
- * { kind: 'data', fileOffset, data: 4 KiB }.
+ * Write log entries (one array of writes each, encoded by the library's own encodeLogEntry) from
+ * log offset 0, sequence numbers 41, 42, ..., every entry's Tail pointing at the first. Each write
+ * is { kind: 'zero', fileOffset, length } or { kind: 'data', fileOffset, data: 4 KiB }.
+ * FlushedFileOffset is the file's size rounded down to 1 MiB (what a writer flushed), unless given.
  */
-export function writeLog(bytes, plan, logGuid, entries, { lastFileOffset } = {}) {
+export function writeLog(bytes, plan, logGuid, entries, { lastFileOffset, flushedFileOffset } = {}) {
   let at = 0;
   const fileEnd = Math.ceil(bytes.length / MiB) * MiB;
   const last = lastFileOffset ?? fileEnd;
+  const flushed = flushedFileOffset ?? fileEnd;
   entries.forEach((writes, n) => {
-    const seq = 41n + BigInt(n);
-    const data = writes.filter((w) => w.kind === 'data');
-    const descSectors = descriptorSectors(writes.length);
-    const length = 4 * KiB * (descSectors + data.length);
-    const entry = new Uint8Array(length);
-    LOG_ENTRY_HEADER.encode(
-      {
-        checksum: 0,
-        entryLength: length,
-        tail: 0,
-        sequenceNumber: seq,
-        descriptorCount: writes.length,
-        reserved: 0,
-        logGuid,
-        flushedFileOffset: fileEnd,
-        lastFileOffset: last,
-      },
-      entry,
-      0,
-    );
-    let sector = descSectors;
-    writes.forEach((w, i) => {
-      const d = 64 + i * 32;
-      if (w.kind === 'zero') {
-        LOG_ZERO_DESCRIPTOR.encode({ reserved: 0, zeroLength: w.length, fileOffset: w.fileOffset, sequenceNumber: seq }, entry, d);
-      } else {
-        LOG_DATA_DESCRIPTOR.encode(
-          { trailingBytes: w.data.subarray(4092), leadingBytes: w.data.subarray(0, 8), fileOffset: w.fileOffset, sequenceNumber: seq },
-          entry,
-          d,
-        );
-        LOG_DATA_SECTOR.encode(
-          { sequenceHigh: Number(seq >> 32n), data: w.data.subarray(8, 4092), sequenceLow: Number(seq & 0xffffffffn) },
-          entry,
-          sector * 4 * KiB,
-        );
-        sector++;
-      }
-    });
-    sealLogEntry(entry);
+    const entry = encodeLogEntry({ sequenceNumber: 41n + BigInt(n), tail: 0, logGuid, flushedFileOffset: flushed, lastFileOffset: last, writes });
     bytes.set(entry, plan.log.offset + at);
-    at += length;
+    at += entry.length;
   });
+}
+
+/** Set LogGuid in both headers (and reseal them): the log is dirty when `logGuid` is not nil. */
+export function setLogGuid(bytes, logGuid) {
+  for (const at of HEADER_AT) {
+    encodeGuid(logGuid, bytes, at + 48);
+    HEADER.seal(bytes.subarray(at));
+  }
 }
 
 function sealLogEntry(entry) {
