@@ -7,7 +7,7 @@ import { VhdxError, corrupt } from '../errors.js';
 import { NIL_GUID, isNilGuid, randomGuid } from '../codec/guid.js';
 import { updateHeaders } from './headers.js';
 import { bytesEqual } from '../codec/bytes.js';
-import { readBytes, writeZeros, type RandomAccessSource } from '../io/source.js';
+import { readBytes, writableSource, writeZeros, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   HEADER_SECTION_SIZE,
@@ -531,20 +531,18 @@ export async function replayInPlace(file: RandomAccessSource): Promise<number> {
   const layout = await openLayout(file);
   const seq = layout.log.sequence;
   if (!seq) return 0;
-  if (!file.write || !file.flush || !file.truncate || file.readOnly) {
-    throw new VhdxError('EROFS', 'READ_ONLY', 'replaying the log needs the file open for writing');
-  }
+  const out = writableSource(file, 'replaying the log needs the file open for writing');
   checkNotTruncated(seq, file, layout.log.logOffset);
-  let header = await updateHeaders(file, layout.current, { fileWriteGuid: randomGuid() });
-  const write = file.write.bind(file);
+  let header = await updateHeaders(out, layout.current, { fileWriteGuid: randomGuid() });
+  const write = out.write.bind(out);
   for (const e of seq.entries) {
     for (const w of e.writes) {
       if (w.kind === 'data') await write(w.fileOffset, w.data);
       else await writeZeros(write, w.fileOffset, w.length);
     }
   }
-  if (file.size < seq.head.header.lastFileOffset) await file.truncate(seq.head.header.lastFileOffset);
-  await file.flush();
-  header = await updateHeaders(file, header, { logGuid: NIL_GUID });
+  if (file.size < seq.head.header.lastFileOffset) await out.truncate(seq.head.header.lastFileOffset);
+  await out.flush();
+  header = await updateHeaders(out, header, { logGuid: NIL_GUID });
   return seq.entries.length;
 }
