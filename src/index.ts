@@ -18,7 +18,7 @@ export type { ImagePlan, ImageIdentity } from './driver/layout.js';
 export { RawDevice } from './device/raw.js';
 export { copyDevice, fileSink, deviceSink, type CopyOptions, type CopyResult, type CopySink } from './device/copy.js';
 export { checkImage, repairImage, MAX_FINDINGS, type CheckResult, type CheckOptions, type CheckError, type Finding, type FindingSeverity, type RepairMode, type RepairOptions, type RepairResult, type RepairAction } from './driver/check.js';
-export { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
+export { commitChild, type CommitOptions, type CommitResult } from './device/commit.js';
 export { readPartitions, inspectDisk, usedRuns, type DiskContents, type DiskPartition, type DiskFilesystem, type InspectOptions, type UsedRunsOptions } from './inspect/disk.js';
 export { detectFilesystem, FILESYSTEM_DRIVERS } from './inspect/registry.js';
 export { reclaimable, type Reclaimable, type ReclaimOptions } from './inspect/reclaim.js';
