@@ -11,7 +11,7 @@ export { decodeParentLocator, encodeParentLocator, type ParentLocator } from './
 export { probe, recognize, RECOGNIZE_BYTES, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
 export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';
-export type { WriteOptions, ZeroOptions } from './driver/writer.js';
+export type { BlockMove, MovedBlock, WriteOptions, ZeroOptions } from './driver/writer.js';
 export { replayInPlace } from './driver/open.js';
 export { createImage, planCreate, DEFAULT_BLOCK_SIZE, DEFAULT_LOG_SIZE, type CreateOptions, type CreateResult, type Subformat } from './driver/create.js';
 export type { ImagePlan, ImageIdentity } from './driver/layout.js';

@@ -12,7 +12,7 @@ import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
-import { Writer, entriesPerCommit, type FreeSpaceOptions, type WriteOptions, type ZeroOptions } from './writer.js';
+import { Writer, entriesPerCommit, type BlockMove, type FreeSpaceOptions, type MovedBlock, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
 import type { BitmapCacheOptions } from './bitmap-cache.js';
 import { BlockMap, LOOKUP_PARENT, LOOKUP_ZERO } from './mapping.js';
@@ -239,6 +239,22 @@ export class VhdxImage implements BlockDevice {
   async clearAllBlocks(opts: ProgressOptions & { contentUnchanged?: boolean } = {}): Promise<void> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
     await this.writable().clearAllBlocks(opts);
+  }
+
+  /**
+   * Move blocks to other places in the file (writable images): the disk reads the same
+   * throughout and after. Durable when this returns. The crash-ordering contract is at
+   * `Writer.moveBlocks`; compact and resize stand on it.
+   */
+  async moveBlocks(moves: readonly BlockMove[], opts: ProgressOptions = {}): Promise<MovedBlock[]> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().moveBlocks(moves, opts);
+  }
+
+  /** File offsets of the free places a move may take (writable images), lowest first. */
+  async freePlaces(): Promise<number[]> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().freePlaces();
   }
 
   /** The images of the chain from this one down to its last opened parent. */

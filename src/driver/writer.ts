@@ -53,14 +53,17 @@
  *   space (`check` finds no leak) and ends at its last object; the zeroing is bounded by
  *   MAX_UNOWNED_BYTES. A crash before close may leave unowned places unnamed: leaked, not unsafe.
  * - Fixed disks keep every block allocated (zeroing writes zeros); nothing is freed.
+ * - Moving a block (compact, resize): copy, then repoint, then one commit; the old place is free
+ *   only once that commit is in the file. The contract is at `moveBlocks`.
  *
- * Concurrency: writes into allocated blocks take no lock. Choosing places and commits serialise
- * on `metadataLock`; no payload I/O happens while it is held (zeroing a reused place happens
- * after). Concurrent writes to one unallocated block allocate it once: they share its place and
+ * Concurrency: writes into allocated blocks take no lock (a move of the block waits for those in
+ * flight). Choosing places and commits serialise on `metadataLock`; no payload I/O happens while
+ * it is held (zeroing a reused place happens after; a sector bitmap block's 1 MiB is the one
+ * exception, zeroed or moved under it). Concurrent writes to one unallocated block allocate it once: they share its place and
  * write in parallel (after its zeroing), the last to finish sets the BAT entry, and none returns
  * before that (a write that returned must be reachable by the next flush's commit).
  */
-import { VhdxError } from '../errors.js';
+import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
 import { MiB } from '../format/constants.js';
 import { BitmapState, PayloadState, type BatEntry } from '../format/bat.js';
@@ -134,6 +137,26 @@ export function entriesPerCommit(layout: Layout): number {
 
 /** Bytes of zeros written at a time when zeroing sectors of a differencing disk. */
 const ZERO_CHUNK = 1024 * 1024;
+/** Bytes copied at a time when a block moves. */
+const MOVE_CHUNK = 4 * MiB;
+
+/** A block to move (see Writer.moveBlocks). */
+export interface BlockMove {
+  /** A payload block, or the sector bitmap block of a chunk (differencing disks). */
+  kind: 'payload' | 'bitmap';
+  /** The payload block's index, or the chunk's. */
+  index: number;
+  /** Fresh space at the end of the file, or (payload blocks) a free place from `freePlaces`. */
+  to: 'end' | number;
+}
+
+/** A move made: the block, the place it left and the place it took (file offsets). */
+export interface MovedBlock {
+  kind: 'payload' | 'bitmap';
+  index: number;
+  from: number;
+  to: number;
+}
 /** Free places recorded at most (about 50 bytes each). */
 export const MAX_FREE_BLOCKS = 16384;
 /** Unowned free space recorded at most: what close may have to zero. */
@@ -794,6 +817,135 @@ export class Writer {
   /** Wait until a block being allocated has its BAT entry (or its allocation failed). */
   private async allocationSettled(block: number): Promise<void> {
     for (let a = this.allocating.get(block); a; a = this.allocating.get(block)) await a.done;
+  }
+
+  /**
+   * Move blocks to other places in the file: payload blocks (FULLY_PRESENT or PARTIALLY_PRESENT)
+   * and, on a differencing disk, sector bitmap blocks. The disk reads the same throughout, so
+   * this is a metadata change (a new FileWriteGuid, the DataWriteGuid kept). Compact and resize
+   * stand on it. Durable when it returns. Returns the moves made, with the places left; a block
+   * with nothing to move (not present, say) is left out.
+   *
+   * Crash ordering, for each block: its bytes are copied to the new place; then its entry points
+   * there in memory; one commit (payload flush, then the log entry with the changed BAT sectors,
+   * shared by all the moves of the call while they fit in one) puts every change in the file.
+   * Until that log entry is durable, the file's entries still point at the old places, which are
+   * never written: a crash at any point reads as before the move. The old place of a payload
+   * block is recorded free only after the commit (an unowned place no block takes back: reused
+   * by later allocations, cut at close when it ends the file); a sector bitmap block's old place
+   * (1 MiB) is not recorded: the caller decides what becomes of the places a move leaves.
+   *
+   * Destinations: 'end' is fresh space at the end of the file; a number is a free place this
+   * writer has recorded as durable (`freePlaces`), for payload blocks only. Taking another
+   * block's claim (an UNMAPPED block's kept place) drops the claim in the same log entry.
+   *
+   * Concurrency: a payload block moves under its block lock (no write-zeroes, discard or
+   * differencing write of the block meanwhile); writes into its place that were in flight finish
+   * before the copy starts, and those that come during the move wait for it, then go to the new
+   * place. Reads take no part: a read that looked the old place up before the entry changed
+   * finds the map's generation changed when its I/O ends, and reads again (the old place may
+   * hold another block's data by then). A sector bitmap block is copied and repointed under the
+   * metadata lock (1 MiB), so no commit writes one of its pages to the old place after the copy
+   * read it; pages changed since go to the new place at the next commit.
+   */
+  async moveBlocks(moves: readonly BlockMove[], opts: ProgressOptions = {}): Promise<MovedBlock[]> {
+    this.throwBackgroundError();
+    const seen = new Set<string>();
+    for (const m of moves) {
+      const limit = m.kind === 'payload' ? this.map.blocks : m.kind === 'bitmap' && this.bitmaps ? this.map.chunks : 0;
+      const what = `${m.kind} block ${m.index}`;
+      if (!Number.isSafeInteger(m.index) || m.index < 0 || m.index >= limit) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move ${what}: the disk has no such block`);
+      if (seen.has(`${m.kind} ${m.index}`) || (m.to !== 'end' && seen.has(`to ${m.to}`))) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${what} or its destination is named twice`);
+      seen.add(`${m.kind} ${m.index}`);
+      if (m.to === 'end') continue;
+      if (m.kind !== 'payload' || !Number.isSafeInteger(m.to) || m.to % MiB !== 0) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move ${what} to ${m.to}: only payload blocks go to a free place, a 1 MiB multiple`);
+      }
+      seen.add(`to ${m.to}`);
+    }
+    if (moves.length === 0) return [];
+    await this.beginMetadataChange();
+    return this.moveLock.run(async () => {
+      const done: MovedBlock[] = [];
+      for (const m of moves) {
+        throwIfAborted(opts.signal, 'moving blocks');
+        const r = m.kind === 'payload' ? await this.movePayload(m.index, m.to) : await this.moveBitmap(m.index);
+        if (r) done.push(r);
+        opts.onProgress?.(done.length, moves.length);
+      }
+      await this.commit(true);
+      for (const r of done) if (r.kind === 'payload') this.free.add({ fileOffset: r.from, block: null, owned: false, durable: true });
+      return done;
+    });
+  }
+
+  /** The free places this writer may hand out now (durable), lowest first: destinations for `moveBlocks`. */
+  async freePlaces(): Promise<number[]> {
+    return this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      return this.free.all().filter((b) => b.durable).map((b) => b.fileOffset);
+    });
+  }
+
+  /** One payload block's move (see moveBlocks), under its block lock. */
+  private movePayload(block: number, to: 'end' | number): Promise<MovedBlock | null> {
+    return this.blockLocks.run(block, async () => {
+      await this.allocationSettled(block);
+      let release = (): void => undefined;
+      this.moving.set(block, new Promise<void>((r) => (release = r)));
+      try {
+        await this.inPlace.drain();
+        const e = await this.map.entry(block);
+        if (e.state !== PayloadState.FULLY_PRESENT && e.state !== PayloadState.PARTIALLY_PRESENT) return null;
+        const from = e.fileOffsetMB * MiB;
+        const place = await this.metadataLock.run(async (): Promise<Placement> => {
+          if (this.scan === 'none') await this.scanForFreeSpace();
+          if (to === 'end') return { fileOffset: await this.freshSpace(this.layout.blockSize), reused: null };
+          const b = this.free.all().find((x) => x.fileOffset === to && x.durable);
+          if (!b) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move payload block ${block} to ${to}: not a free place`);
+          this.free.remove(b);
+          this.placing.add(b.fileOffset);
+          return { fileOffset: b.fileOffset, reused: b };
+        });
+        try {
+          await this.copyPlace(from, place.fileOffset, this.map.blockExtent(block));
+        } catch (err) {
+          this.unplace(place);
+          throw err;
+        }
+        await this.pointAt(block, { state: e.state, fileOffsetMB: place.fileOffset / MiB }, place);
+        this.map.moved();
+        return { kind: 'payload', index: block, from, to: place.fileOffset };
+      } finally {
+        this.moving.delete(block);
+        release();
+      }
+    });
+  }
+
+  /** One sector bitmap block's move to the end of the file (see moveBlocks), under the metadata lock. */
+  private moveBitmap(chunk: number): Promise<MovedBlock | null> {
+    return this.metadataLock.run(async () => {
+      const e = await this.map.bitmapEntry(chunk);
+      if (e.state !== BitmapState.PRESENT) return null;
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      const from = e.fileOffsetMB * MiB;
+      const at = await this.freshSpace(MiB);
+      await this.copyPlace(from, at, MiB);
+      await this.map.setBitmapEntry(chunk, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
+      this.map.moved();
+      return { kind: 'bitmap', index: chunk, from, to: at };
+    });
+  }
+
+  /** Copy `length` bytes of the file from `from` to `to`, 4 MiB at a time. */
+  private async copyPlace(from: number, to: number, length: number): Promise<void> {
+    const buf = new Uint8Array(Math.min(length, MOVE_CHUNK));
+    for (let done = 0; done < length; done += buf.length) {
+      const piece = buf.subarray(0, Math.min(buf.length, length - done));
+      await readExact(this.file, from + done, piece, 'payload block');
+      await this.file.write(to + done, piece);
+    }
   }
 
   /** Start a commit without waiting when the changes pending would fill a log entry. */
