@@ -10,7 +10,7 @@ import { MiB } from '../format/constants.js';
 import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, entryState, fragmentationPercentage, judgeBatEntry } from '../format/bat.js';
 import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
-import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
+import type { BatCacheOptions } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
 import { Writer, entriesPerCommit, type BlockMove, type FreeSpaceOptions, type MovedBlock, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
@@ -20,16 +20,6 @@ import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
 import { normalizeGuid, isGuid } from '../codec/guid.js';
 import { encodeParentLocator, type ParentLocator } from '../format/parent-locator.js';
 
-function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
-  return {
-    regionOffset: layout.batRegion.fileOffset,
-    regionLength: layout.batRegion.length,
-    entryCount: layout.batEntries,
-    geometry: layout.geometry,
-    hasParent: layout.hasParent,
-    fileSize: () => src.size,
-  };
-}
 import { bytesEqual } from '../codec/bytes.js';
 
 export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions, FreeSpaceOptions {
@@ -121,13 +111,12 @@ export class VhdxImage implements BlockDevice {
     this.linkedBy = linkedBy;
     this.depth = opts.depth ?? 0;
     this.name = opts.name;
-    const bat = new BatCache(this.src, batPlacement(layout, this.src), opts);
-    this.map = new BlockMap(this.src, bat, layout, opts);
+    this.map = new BlockMap(layout, opts);
     this.readOnly = out === null;
     this.writer =
       out === null
         ? null
-        : new Writer(out, layout, bat, this.map, {
+        : new Writer(out, layout, this.map, {
           parent,
           ...(opts.maxFreeBlocks !== undefined ? { maxFreeBlocks: opts.maxFreeBlocks } : {}),
           ...(opts.maxUnownedFreeBytes !== undefined ? { maxUnownedFreeBytes: opts.maxUnownedFreeBytes } : {}),

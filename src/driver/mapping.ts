@@ -31,7 +31,7 @@ import type { RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
 import { PayloadState, bitmapBatIndex, payloadBatIndex, type BatEntry, type BatGeometry } from '../format/bat.js';
 import type { ProgressOptions } from '../device/block-device.js';
-import type { BatCache } from './bat-cache.js';
+import { BatCache, type BatCacheOptions } from './bat-cache.js';
 import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
 import type { Layout } from './open.js';
 
@@ -63,6 +63,8 @@ export interface BitmapPlaces {
 }
 
 export class BlockMap implements BitmapPlaces {
+  /** The BAT's cache. Commits take its dirty sectors; lookups go through this class. */
+  readonly bat: BatCache;
   /** A differencing disk's sector bitmaps (null for other disks). */
   readonly bitmaps: SectorBitmaps | null;
   private readonly g: BatGeometry;
@@ -75,12 +77,21 @@ export class BlockMap implements BitmapPlaces {
   private readonly entryCount: number;
   private moves = 0;
 
-  constructor(
-    src: RandomAccessSource,
-    private readonly bat: BatCache,
-    layout: Layout,
-    opts: BitmapCacheOptions = {},
-  ) {
+  /** The mapping of the image `layout` describes, read through `layout.source` with caches bounded by `opts`. */
+  constructor(layout: Layout, opts: BatCacheOptions & BitmapCacheOptions = {}) {
+    const src: RandomAccessSource = layout.source;
+    this.bat = new BatCache(
+      src,
+      {
+        regionOffset: layout.batRegion.fileOffset,
+        regionLength: layout.batRegion.length,
+        entryCount: layout.batEntries,
+        geometry: layout.geometry,
+        hasParent: layout.hasParent,
+        fileSize: () => src.size,
+      },
+      opts,
+    );
     this.g = layout.geometry;
     this.blockSize = layout.blockSize;
     this.size = layout.virtualSize;

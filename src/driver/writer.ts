@@ -175,6 +175,8 @@ export class Writer {
   private readonly moving = new Map<number, Promise<void>>();
   /** Moves run one batch at a time. */
   private readonly moveLock = new Mutex();
+  /** The BAT's cache, for what commits take from it (dirty sectors); lookups go through `map`. */
+  private readonly bat: BatCache;
   private readonly bitmaps: SectorBitmaps | null;
   private readonly parent: BlockDevice | null;
   private nextDataWriteGuid: string | undefined;
@@ -208,11 +210,10 @@ export class Writer {
   constructor(
     private readonly file: WritableSource,
     private readonly layout: Layout,
-    /** The BAT's cache, for what commits take from it (dirty sectors); lookups go through `map`. */
-    private readonly bat: BatCache,
     private readonly map: BlockMap,
     opts: WriterOptions = {},
   ) {
+    this.bat = map.bat;
     this.bitmaps = map.bitmaps;
     this.parent = opts.parent ?? null;
     this.header = layout.current;
