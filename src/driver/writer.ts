@@ -763,7 +763,8 @@ export class Writer {
    * freed, or its place zeroed when the record of unowned space is full.
    */
   private async zeroBlock(block: number, state: number, fast: boolean): Promise<void> {
-    const e = await this.map.entry(block);
+    // No await between the caller's allocationSettled and this lookup when the page is cached.
+    const e = this.map.cachedEntry(block) ?? (await this.map.entry(block));
     if (e.state === PayloadState.PARTIALLY_PRESENT && this.bitmaps) {
       const lss = this.layout.logicalSectorSize;
       await this.bitmaps.set((block * this.layout.blockSize) / lss, this.map.blockExtent(block) / lss, false);
