@@ -11,14 +11,14 @@ export { decodeParentLocator, encodeParentLocator, type ParentLocator } from './
 export { probe, recognize, RECOGNIZE_BYTES, type Layout, type DiskType, type LogState, type HeaderInfo, type MetadataItem } from './driver/open.js';
 export { describe, AUTO_SCAN_BAT_BYTES, type ImageInfo, type DescribeOptions, type AllocationScan } from './driver/info.js';
 export { crc32c } from './codec/crc32c.js';
-export type { WriteOptions, ZeroOptions } from './driver/writer.js';
+export type { BlockMove, MovedBlock, WriteOptions, ZeroOptions } from './driver/writer.js';
 export { replayInPlace } from './driver/open.js';
 export { createImage, planCreate, DEFAULT_BLOCK_SIZE, DEFAULT_LOG_SIZE, type CreateOptions, type CreateResult, type Subformat } from './driver/create.js';
 export type { ImagePlan, ImageIdentity } from './driver/layout.js';
 export { RawDevice } from './device/raw.js';
 export { copyDevice, fileSink, deviceSink, type CopyOptions, type CopyResult, type CopySink } from './device/copy.js';
 export { checkImage, repairImage, MAX_FINDINGS, type CheckResult, type CheckOptions, type CheckError, type Finding, type FindingSeverity, type RepairMode, type RepairOptions, type RepairResult, type RepairAction } from './driver/check.js';
-export { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
+export { commitChild, type CommitOptions, type CommitResult } from './device/commit.js';
 export { readPartitions, inspectDisk, usedRuns, type DiskContents, type DiskPartition, type DiskFilesystem, type InspectOptions, type UsedRunsOptions } from './inspect/disk.js';
 export { detectFilesystem, FILESYSTEM_DRIVERS } from './inspect/registry.js';
 export { reclaimable, type Reclaimable, type ReclaimOptions } from './inspect/reclaim.js';

@@ -7,7 +7,7 @@ import { LOCATOR_TYPE_VHDX } from './format/constants.js';
 import type { ParentLocator } from './format/parent-locator.js';
 import { NodeFileSource, type CacheMode } from './io/node-file.js';
 import { PARENT_PATH_KEYS, VhdxImage, checkParent, locatorValue, type OpenOptions, type ParentResolver } from './driver/image.js';
-import { commitChild, type CommitOptions, type CommitResult } from './driver/commit.js';
+import { commitChild, type CommitOptions, type CommitResult } from './device/commit.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from './driver/create.js';
 import type { ImagePlan } from './driver/layout.js';
 import { VhdxError, isVhdxError } from './errors.js';

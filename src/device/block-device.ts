@@ -21,6 +21,13 @@ export interface Extent {
   /** File offset of the first byte, for 'data' extents whose bytes are contiguous in the file. */
   fileOffset?: number;
   /**
+   * For 'zero' and 'unallocated' extents: true when file space stands behind the range anyway
+   * (the zero blocks of a fixed disk keep the space the disk was made with). Absent when no
+   * storage does: the range is a hole (NBD block status says HOLE|ZERO, as qemu-nbd does). Data
+   * is always stored.
+   */
+  stored?: true;
+  /**
    * For differencing chains: which image holds the range (0 = the image itself, 1 its parent,
    * and so on; for `unallocated`, the last image consulted). Absent for images without a parent.
    * `fileOffset` is then an offset in that image's file.

@@ -1,15 +1,17 @@
 /**
  * Copy a block device's virtual disk into a sink (a raw file, or another block device such as a
- * new VHDX image), driven by block status: unallocated and zero extents are not written (the
- * sink keeps holes, or unallocated blocks), data extents are read and written in chunks with
- * several in flight so reads and writes overlap. Chunks of data that are all zeros are skipped
- * too, at 64 KiB granularity. A source without cheap extents (`can.extents` false, e.g. raw) is
- * read whole and relies on that zero detection alone, so each byte is read once.
+ * new VHDX image, or a differencing image's parent when it is committed), driven by block status:
+ * unallocated and zero extents are not written (the sink keeps holes, or unallocated blocks),
+ * data extents are read and written in chunks with several in flight so reads and writes overlap.
+ * Chunks of data that are all zeros are skipped too, at 64 KiB granularity. A source without
+ * cheap extents (`can.extents` false, e.g. raw) is read whole and relies on that zero detection
+ * alone, so each byte is read once. A caller may choose per extent what happens (`plan`): commit
+ * copies only the child's own extents and zeroes the parent where the child reads as zeros.
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
-import type { BlockDevice, ProgressOptions, WritableBlockDevice } from './block-device.js';
-import type { RandomAccessSource } from '../io/source.js';
+import type { BlockDevice, Extent, ProgressOptions, WritableBlockDevice } from './block-device.js';
+import { writableSource, type RandomAccessSource } from '../io/source.js';
 
 export interface CopyOptions extends ProgressOptions {
   /** Bytes per request (default 4 MiB). */
@@ -18,6 +20,12 @@ export interface CopyOptions extends ProgressOptions {
   parallel?: number;
   /** Skip writing ranges of data that read as zeros (default true). */
   detectZeroes?: boolean;
+  /**
+   * What happens to each extent of the source (default: data is copied, the rest skipped, which
+   * a fresh sink already reads as zeros): 'copy' reads it and writes it, 'zero' has the sink make
+   * it read as zeros (`CopySink.zero`), 'skip' leaves the sink as it is there.
+   */
+  plan?: (x: Extent) => 'copy' | 'zero' | 'skip';
 }
 
 export interface CopyResult {
@@ -25,6 +33,8 @@ export interface CopyResult {
   bytesRead: number;
   /** Bytes written to the sink. */
   bytesWritten: number;
+  /** Bytes the sink was asked to zero (extents planned 'zero'). */
+  bytesZeroed: number;
 }
 
 /**
@@ -36,20 +46,20 @@ export interface CopySink {
   readonly size?: number;
   /** Write `data` at `offset`. Several writes may be in flight at once. */
   write(offset: number, data: Uint8Array): Promise<void>;
+  /** Make [offset, offset + length) read as zeros (needed by a plan that zeroes). */
+  zero?(offset: number, length: number): Promise<void>;
   /** Called once after the last write, with the source's size: set the final size, make durable. */
   finish(size: number): Promise<void>;
 }
 
 /** A sink over a file: writes go to the file; at the end it is sized to the disk and flushed. */
-export function fileSink(file: RandomAccessSource): CopySink {
-  if (file.readOnly || !file.write || !file.truncate) throw new VhdxError('EROFS', 'READ_ONLY', 'copy destination is not writable');
-  const write = file.write.bind(file);
-  const truncate = file.truncate.bind(file);
+export function fileSink(to: RandomAccessSource): CopySink {
+  const file = writableSource(to, 'copy destination is not writable');
   return {
-    write,
+    write: file.write.bind(file),
     async finish(size) {
-      await truncate(size);
-      await file.flush?.();
+      await file.truncate(size);
+      await file.flush();
     },
   };
 }
@@ -60,6 +70,7 @@ export function deviceSink(dev: WritableBlockDevice): CopySink {
   return {
     size: dev.size,
     write: (offset, data) => dev.write(offset, data),
+    zero: (offset, length) => dev.writeZeroes(offset, length),
     finish: () => dev.flush(),
   };
 }
@@ -98,13 +109,15 @@ export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSo
   if (sink.size !== undefined && sink.size < size) {
     throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `copy destination of ${sink.size} bytes is smaller than the ${size}-byte source`);
   }
-  const result: CopyResult = { bytesRead: 0, bytesWritten: 0 };
+  const plan = opts.plan ?? ((x: Extent) => (x.type === 'data' ? 'copy' : 'skip'));
+  const result: CopyResult = { bytesRead: 0, bytesWritten: 0, bytesZeroed: 0 };
   let done = 0;
 
-  // A generator of data chunks [offset, length), walking block status window by window.
-  async function* chunks(): AsyncGenerator<[number, number]> {
+  // A generator of chunks [offset, length, zero] (zero: 1 to have the sink zero the range, 0 to
+  // copy it), walking block status window by window.
+  async function* chunks(): AsyncGenerator<[number, number, number]> {
     if (!src.can.extents) {
-      for (let o = 0; o < size; o += chunkSize) yield [o, Math.min(chunkSize, size - o)];
+      for (let o = 0; o < size; o += chunkSize) yield [o, Math.min(chunkSize, size - o), 0];
       return;
     }
     for (let w = 0; w < size; ) {
@@ -112,8 +125,12 @@ export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSo
       let end = w;
       for (const e of extents) {
         const eEnd = Math.min(size, e.offset + e.length);
-        if (e.type === 'data') {
-          for (let o = Math.max(e.offset, w); o < eEnd; o += chunkSize) yield [o, Math.min(chunkSize, eEnd - o)];
+        const what = plan(e);
+        if (what === 'copy') {
+          for (let o = Math.max(e.offset, w); o < eEnd; o += chunkSize) yield [o, Math.min(chunkSize, eEnd - o), 0];
+        } else if (what === 'zero') {
+          if (!sink.zero) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', 'the copy destination cannot zero a range');
+          yield [Math.max(e.offset, w), eEnd - Math.max(e.offset, w), 1];
         } else {
           done += eEnd - Math.max(e.offset, w);
         }
@@ -133,7 +150,14 @@ export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSo
       throwIfAborted(opts.signal, 'copy');
       const next = await it.next();
       if (next.done) return;
-      const [offset, length] = next.value;
+      const [offset, length, zero] = next.value;
+      if (zero === 1 && sink.zero) {
+        await sink.zero(offset, length);
+        result.bytesZeroed += length;
+        done += length;
+        opts.onProgress?.(done, size);
+        continue;
+      }
       const data = buf.subarray(0, length);
       await src.read(offset, data);
       result.bytesRead += length;

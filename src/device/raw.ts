@@ -7,7 +7,7 @@
  */
 import { VhdxError, checkRequestRange, type RequestKind } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
-import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
+import { isWritableSource, readExact, writeZeros, type RandomAccessSource, type WritableSource } from '../io/source.js';
 import type { DeviceCapabilities, Extent, WritableBlockDevice } from './block-device.js';
 
 /** Granularity of zero detection in block status. */
@@ -26,6 +26,8 @@ export class RawDevice implements WritableBlockDevice {
   readonly logicalSectorSize: number;
   readonly readOnly: boolean;
   readonly can: DeviceCapabilities;
+  /** The source, narrowed once to a writable one when it is (else null: the device is read-only). */
+  private readonly out: WritableSource | null;
   private closed = false;
 
   constructor(
@@ -34,9 +36,10 @@ export class RawDevice implements WritableBlockDevice {
   ) {
     this.size = source.size;
     this.logicalSectorSize = opts.logicalSectorSize ?? 512;
-    this.readOnly = source.readOnly || !source.write;
+    this.out = isWritableSource(source) ? source : null;
+    this.readOnly = this.out === null;
     const w = !this.readOnly;
-    this.can = { zero: w, fastZero: false, discard: false, extents: false, fua: w && source.flush !== undefined };
+    this.can = { zero: w, fastZero: false, discard: false, extents: false, fua: w };
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
@@ -74,8 +77,7 @@ export class RawDevice implements WritableBlockDevice {
 
   async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
     this.checkRange('write', offset, data.length);
-    const write = this.writable();
-    await write(offset, data);
+    await this.writable().write(offset, data);
     if (opts.fua) await this.flush();
   }
 
@@ -91,7 +93,7 @@ export class RawDevice implements WritableBlockDevice {
 
   async flush(): Promise<void> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'raw image is closed');
-    await this.source.flush?.();
+    await this.out?.flush();
   }
 
   async close(): Promise<void> {
@@ -100,16 +102,16 @@ export class RawDevice implements WritableBlockDevice {
     await this.source.close();
   }
 
-  private writable(): (offset: number, data: Uint8Array) => Promise<void> {
-    if (this.readOnly || !this.source.write) throw new VhdxError('EROFS', 'READ_ONLY', 'raw image is open read-only');
-    return this.source.write.bind(this.source);
+  private writable(): WritableSource {
+    if (!this.out) throw new VhdxError('EROFS', 'READ_ONLY', 'raw image is open read-only');
+    return this.out;
   }
 
   private async zero(kind: RequestKind, offset: number, length: number, fast: boolean): Promise<void> {
     this.checkRange(kind, offset, length);
-    const write = this.writable();
+    const out = this.writable();
     if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'a raw image cannot zero a range without writing it');
-    await writeZeros(write, offset, length);
+    await writeZeros((at, data) => out.write(at, data), offset, length);
   }
 
   /** Check a request in full without doing any of it (see BlockDevice.checkRequest). */

@@ -8,16 +8,14 @@ import { VhdxError, corrupt } from '../errors.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, encodeBatEntry, judgeBatEntry, type BatEntry, type BatGeometry } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, decodeBatEntry, encodeBatEntry, judgeBatEntry, type BatEntry, type BatGeometry } from '../format/bat.js';
 import { PageCache, type DirtyBatch } from './page-cache.js';
 
 export const BAT_PAGE_BYTES = 64 * 1024;
 const ENTRIES_PER_PAGE = BAT_PAGE_BYTES / BAT_ENTRY_SIZE;
 
 function decodeAt(page: DataView, index: number): BatEntry {
-  const at = (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE;
-  const lo = page.getUint32(at, true);
-  return { state: lo & 7, fileOffsetMB: page.getUint32(at + 4, true) * 4096 + (lo >>> 20) };
+  return decodeBatEntry(page, (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE);
 }
 
 export interface BatCacheOptions {

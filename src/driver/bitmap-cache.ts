@@ -10,8 +10,8 @@
 import { VhdxError } from '../errors.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB, SECTORS_PER_CHUNK } from '../format/constants.js';
-import { BitmapState, bitmapBatIndex, type BatGeometry } from '../format/bat.js';
-import type { BatCache } from './bat-cache.js';
+import { BitmapState, type BatGeometry } from '../format/bat.js';
+import type { BitmapPlaces } from './mapping.js';
 import { PageCache, type DirtyBatch } from './page-cache.js';
 
 const PAGE = 4096;
@@ -35,7 +35,7 @@ export class SectorBitmaps {
 
   constructor(
     private readonly src: RandomAccessSource,
-    private readonly bat: BatCache,
+    private readonly places: BitmapPlaces,
     private readonly g: BatGeometry,
     opts: BitmapCacheOptions = {},
   ) {
@@ -125,7 +125,7 @@ export class SectorBitmaps {
   takeDirty(max = Infinity): DirtyBatch {
     return this.pages.takeDirty(max, (key, page) => {
       const chunk = Math.floor(key / PAGES_PER_CHUNK);
-      const e = this.bat.cached(bitmapBatIndex(this.g, chunk));
+      const e = this.places.cachedBitmapEntry(chunk);
       if (!e || e.state !== BitmapState.PRESENT) {
         throw new VhdxError('EIO', 'IO_ERROR', `sector bitmap page of chunk ${chunk} changed without a bitmap block`);
       }
@@ -141,11 +141,14 @@ export class SectorBitmaps {
   private async readPage(key: number): Promise<Uint8Array> {
     const chunk = Math.floor(key / PAGES_PER_CHUNK);
     if (chunk >= this.g.bitmapBlocks) throw new VhdxError('EINVAL', 'OUT_OF_RANGE', `sector bitmap of chunk ${chunk} beyond the disk`);
-    const batIndex = bitmapBatIndex(this.g, chunk);
-    const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
     const page = new Uint8Array(PAGE);
-    if (e.state === BitmapState.PRESENT) {
-      await readExact(this.src, e.fileOffsetMB * MiB + (key % PAGES_PER_CHUNK) * PAGE, page, 'sector bitmap block');
+    // A bitmap block that moves while the page is read may leave other bytes in its old place: read again.
+    for (let gen = -1; gen !== this.places.generation; ) {
+      gen = this.places.generation;
+      const e = this.places.cachedBitmapEntry(chunk) ?? (await this.places.bitmapEntry(chunk));
+      if (e.state === BitmapState.PRESENT) {
+        await readExact(this.src, e.fileOffsetMB * MiB + (key % PAGES_PER_CHUNK) * PAGE, page, 'sector bitmap block');
+      } else page.fill(0);
     }
     return page;
   }

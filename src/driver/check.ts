@@ -24,7 +24,7 @@
 import { VhdxError, formatOffset, throwIfAborted, type ErrorReason } from '../errors.js';
 import { randomGuid } from '../codec/guid.js';
 import { viewOf } from '../codec/struct.js';
-import { readExact, type RandomAccessSource } from '../io/source.js';
+import { readExact, writableSource, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   alignUp,
@@ -38,7 +38,7 @@ import {
 import { HEADER, type Header } from '../format/header.js';
 import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_HEADER } from '../format/region-table.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE } from '../format/metadata.js';
-import { BAT_ENTRY_SIZE, BitmapState, PayloadState, judgeBatEntry } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, BitmapState, PayloadState, entryFileOffsetMB, entryState, judgeBatEntry } from '../format/bat.js';
 import { bytesEqual, isZero } from '../codec/bytes.js';
 import { scanBat as readBatWindows } from './bat-scan.js';
 import type { ProgressOptions } from '../device/block-device.js';
@@ -556,7 +556,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
   const classify = (index: number, lo: number, hi: number, report: boolean): [Kind, number] => {
     const isBitmap = index % period === C;
     const blockIndex = index - Math.floor(index / period);
-    const fileOffsetMB = hi * 4096 + (lo >>> 20);
+    const fileOffsetMB = entryFileOffsetMB(lo, hi);
     const fileOffset = fileOffsetMB * MiB;
     const claim: [Kind, number] = [fileOffsetMB > 0 && fileOffset < fileSize ? Kind.Claim : Kind.None, isBitmap ? MiB : bs];
     // The rules are the reader's (format/bat.ts); check reports instead of throwing.
@@ -601,7 +601,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
       const hi = view.getUint32(i * BAT_ENTRY_SIZE + 4, true);
       const isBitmap = index % period === C;
       if (isBitmap) {
-        if (chunkHasPartial && (lo & 7) !== BitmapState.PRESENT) {
+        if (chunkHasPartial && entryState(lo) !== BitmapState.PRESENT) {
           rep.add({
             severity: 'corruption',
             reason: 'BAD_BLOCK_STATE',
@@ -619,7 +619,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
         continue;
       }
       const [kind, extent] = classify(index, lo, hi, true);
-      const fileOffsetMB = hi * 4096 + (lo >>> 20);
+      const fileOffsetMB = entryFileOffsetMB(lo, hi);
       if (kind === Kind.Claim) {
         objEnd = Math.max(objEnd, fileOffsetMB * MiB + extent);
         markNamed(fileOffsetMB * MiB, fileOffsetMB * MiB + extent);
@@ -631,7 +631,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
       if (!isBitmap && extent < bs) markNamed(fileOffset + extent, fileOffset + bs);
       if (isBitmap) rep.r.bitmapBlocks++;
       else {
-        if ((lo & 7) === PayloadState.PARTIALLY_PRESENT) chunkHasPartial = true;
+        if (entryState(lo) === PayloadState.PARTIALLY_PRESENT) chunkHasPartial = true;
         if (rep.r.allocatedBlocks > 0 && fileOffset !== prevEnd) rep.r.fragmentedBlocks++;
         prevEnd = fileOffset + bs;
         rep.r.allocatedBlocks++;
@@ -692,7 +692,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
         if (lo === 0 && hi === 0) continue;
         const [kind, extent] = classify(index, lo, hi, false);
         if (kind !== Kind.Present) continue;
-        const mb = hi * 4096 + (lo >>> 20);
+        const mb = entryFileOffsetMB(lo, hi);
         const endUnit = mb + Math.ceil(extent / MiB);
         // First collided unit at or after mb (binary search), then those inside the block.
         let a = 0;
@@ -815,12 +815,10 @@ export interface RepairResult {
  * again. Changes nothing when the image has damage no repair can fix safely (`refused` says
  * which), when the check cannot complete, or when nothing needs repair.
  */
-export async function repairImage(source: RandomAccessSource, opts: RepairOptions): Promise<RepairResult> {
+export async function repairImage(file: RandomAccessSource, opts: RepairOptions): Promise<RepairResult> {
   const mode = opts.mode;
   if (mode !== 'leaks' && mode !== 'all') throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `repair mode must be 'leaks' or 'all', not ${String(mode)}`);
-  if (source.readOnly || !source.write || !source.flush || !source.truncate) {
-    throw new VhdxError('EROFS', 'READ_ONLY', 'repairing an image needs it open for writing');
-  }
+  const source = writableSource(file, 'repairing an image needs it open for writing');
   const checkOpts: CheckOptions = {};
   if (opts.signal) checkOpts.signal = opts.signal;
   if (opts.onProgress) checkOpts.onProgress = opts.onProgress;
@@ -901,8 +899,8 @@ export async function repairImage(source: RandomAccessSource, opts: RepairOption
     // image as readable as before.
     for (const copy of state.badRegionTables) {
       const off = REGION_TABLE_OFFSETS[copy - 1]!;
-      await source.write!(off, state.goodRegionTable);
-      await source.flush!();
+      await source.write(off, state.goodRegionTable);
+      await source.flush();
       out.actions.push({
         action: 'rewriteRegionTable',
         message: `rewrote region table ${copy} from region table ${copy === 1 ? 2 : 1}`,
@@ -916,8 +914,8 @@ export async function repairImage(source: RandomAccessSource, opts: RepairOption
   if (state.result.leaks > 0 && state.truncateTo !== null) {
     const to = state.truncateTo;
     const freed = (state.result.fileSize - to) / MiB;
-    await source.truncate!(to);
-    await source.flush!();
+    await source.truncate(to);
+    await source.flush();
     out.actions.push({
       action: 'truncateLeaks',
       message: `truncated the file from ${state.result.fileSize} to ${to} bytes, freeing ${freed} leaked MiB`,

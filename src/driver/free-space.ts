@@ -4,11 +4,11 @@
  * allocations take them before the file grows. Bounded: at most `maxBlocks` records, and at
  * most `maxUnownedBytes` of space that no BAT entry names (which the writer must settle at close,
  * with I/O). Lookups are by file offset (lowest first: allocations fill the file from the front,
- * leaving free space at the end, where close cuts it off) and by the BAT entry a place belongs to.
+ * leaving free space at the end, where close cuts it off) and by the payload block a place belongs to.
  */
 
 import { HEADER_SECTION_SIZE, MiB, REGION_BAT, REGION_METADATA } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, PayloadState } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, PayloadState, entryFileOffsetMB, entryReservedClear, entryState } from '../format/bat.js';
 import type { RandomAccessSource } from '../io/source.js';
 import { scanBat } from './bat-scan.js';
 import type { Layout } from './open.js';
@@ -52,9 +52,10 @@ export interface FreeSpaceScan {
   /**
    * Places named by UNMAPPED or UNDEFINED payload entries that kept their FileOffsetMB (from
    * BAT index `from` on, at most `max`), each a whole block inside the file, after the fixed
-   * objects' start, overlapping no fixed object and no place any other entry names.
+   * objects' start, overlapping no fixed object and no place any other entry names. `block` is
+   * the payload block whose entry names the place.
    */
-  claims: { entry: number; fileOffset: number }[];
+  claims: { block: number; fileOffset: number }[];
   /** BAT index to resume collecting from when `max` was reached, else -1. */
   resumeAt: number;
   /** The end of the last thing the image names: fixed objects and every entry's place (1 MiB multiple). */
@@ -72,7 +73,7 @@ export async function scanFreeSpace(
   layout: Layout,
   from: number,
   max: number,
-  skip: (entry: number, fileOffset: number) => boolean,
+  skip: (block: number, fileOffset: number) => boolean,
 ): Promise<FreeSpaceScan> {
   const g = layout.geometry;
   const period = g.chunkRatio + 1;
@@ -80,11 +81,11 @@ export async function scanFreeSpace(
   const fileSize = src.size;
   const fixed = fixedObjects(layout);
   let objectsEnd = fixed.end;
-  const claims: { entry: number; fileOffset: number }[] = [];
+  const claims: { block: number; fileOffset: number; index: number }[] = [];
   let resumeAt = -1;
   const at = (view: DataView, i: number): [number, number] => {
     const lo = view.getUint32(i * BAT_ENTRY_SIZE, true);
-    return [lo, view.getUint32(i * BAT_ENTRY_SIZE + 4, true) * 4096 + (lo >>> 20)];
+    return [lo, entryFileOffsetMB(lo, view.getUint32(i * BAT_ENTRY_SIZE + 4, true))];
   };
   const isClaim = (state: number): boolean => state === PayloadState.UNMAPPED || state === PayloadState.UNMAPPED_DRAFT || state === PayloadState.UNDEFINED;
   await scanBat(src, layout.batRegion.fileOffset, layout.batEntries, period, {}, (view, _bytes, first, count) => {
@@ -95,15 +96,16 @@ export async function scanFreeSpace(
       const isBitmap = index % period === g.chunkRatio;
       const start = mb * MiB;
       objectsEnd = Math.max(objectsEnd, start + (isBitmap ? MiB : bs));
-      if (isBitmap || index < from || resumeAt >= 0 || !isClaim(lo & 7) || (lo & 0x000ffff8) !== 0) continue;
-      if (index - Math.floor(index / period) >= g.payloadBlocks) continue;
-      if (start < HEADER_SECTION_SIZE || start + bs > fileSize || skip(index, start)) continue;
+      if (isBitmap || index < from || resumeAt >= 0 || !isClaim(entryState(lo)) || !entryReservedClear(lo)) continue;
+      const block = index - Math.floor(index / period);
+      if (block >= g.payloadBlocks) continue;
+      if (start < HEADER_SECTION_SIZE || start + bs > fileSize || skip(block, start)) continue;
       if (fixed.objects.some((o) => start < o.end && o.start < start + bs)) continue;
       if (claims.length >= max) resumeAt = index;
-      else claims.push({ entry: index, fileOffset: start });
+      else claims.push({ block, fileOffset: start, index });
     }
   });
-  if (claims.length === 0) return { claims, resumeAt, objectsEnd };
+  if (claims.length === 0) return { claims: [], resumeAt, objectsEnd };
   claims.sort((a, b) => a.fileOffset - b.fileOffset);
   const rejected = new Set<number>();
   await scanBat(src, layout.batRegion.fileOffset, layout.batEntries, period, {}, (view, _bytes, first, count) => {
@@ -121,10 +123,10 @@ export async function scanFreeSpace(
         if (claims[mid]!.fileOffset + bs <= start) a = mid + 1;
         else b = mid;
       }
-      for (let k = a; k < claims.length && claims[k]!.fileOffset < end; k++) if (claims[k]!.entry !== index) rejected.add(k);
+      for (let k = a; k < claims.length && claims[k]!.fileOffset < end; k++) if (claims[k]!.index !== index) rejected.add(k);
     }
   });
-  return { claims: claims.filter((_, k) => !rejected.has(k)), resumeAt, objectsEnd };
+  return { claims: claims.filter((_, k) => !rejected.has(k)).map(({ block, fileOffset }) => ({ block, fileOffset })), resumeAt, objectsEnd };
 }
 
 /** One free place of one payload block's size. */
@@ -132,16 +134,16 @@ export interface FreeBlock {
   /** File offset (a 1 MiB multiple). */
   fileOffset: number;
   /**
-   * BAT index of the payload entry this place belongs to. Owned: the entry names it (UNMAPPED or
+   * The payload block this place belongs to. Owned: the block's entry names it (UNMAPPED or
    * UNDEFINED with its FileOffsetMB kept), so it survives a reopen. Unowned: no entry names it;
-   * `entry` released it (it is ZERO or UNMAPPED with FileOffsetMB 0) and takes it back at close
-   * if nothing reused it.
+   * `block` released it (it is ZERO or UNMAPPED with FileOffsetMB 0) and takes it back at close
+   * if nothing reused it. Null: a place a moved block left (unowned, and no block to give it back to).
    */
-  entry: number;
+  block: number | null;
   owned: boolean;
   /**
    * The change that freed it is committed. Until then the file may still say the place holds
-   * `entry`'s data, so only `entry` itself may take it back (see writer.ts).
+   * `block`'s data, so only `block` itself may take it back (see writer.ts).
    */
   durable: boolean;
 }
@@ -149,7 +151,7 @@ export interface FreeBlock {
 export class FreeBlocks {
   /** Ascending by file offset. */
   private readonly sorted: FreeBlock[] = [];
-  private readonly byEntry = new Map<number, FreeBlock>();
+  private readonly byBlock = new Map<number, FreeBlock>();
   private unowned = 0;
 
   constructor(
@@ -176,9 +178,9 @@ export class FreeBlocks {
     return (this.unowned + 1) * this.blockSize <= this.maxUnownedBytes;
   }
 
-  /** Record `b` (its entry must have no record yet). False, recording nothing, when it does not fit. */
+  /** Record `b` (its block must have no record yet). False, recording nothing, when it does not fit. */
   add(b: FreeBlock): boolean {
-    if (this.byEntry.has(b.entry) || !this.hasRoom(b.owned)) return false;
+    if ((b.block !== null && this.byBlock.has(b.block)) || !this.hasRoom(b.owned)) return false;
     let lo = 0;
     let hi = this.sorted.length;
     while (lo < hi) {
@@ -187,14 +189,14 @@ export class FreeBlocks {
       else hi = mid;
     }
     this.sorted.splice(lo, 0, b);
-    this.byEntry.set(b.entry, b);
+    if (b.block !== null) this.byBlock.set(b.block, b);
     if (!b.owned) this.unowned++;
     return true;
   }
 
-  /** The record of BAT entry `entry`, if any. */
-  of(entry: number): FreeBlock | undefined {
-    return this.byEntry.get(entry);
+  /** The record of payload block `block`, if any. */
+  of(block: number): FreeBlock | undefined {
+    return this.byBlock.get(block);
   }
 
   /** The lowest free place whose release is durable, removed. */
@@ -218,7 +220,7 @@ export class FreeBlocks {
     const i = this.sorted.indexOf(b);
     if (i < 0) return;
     this.sorted.splice(i, 1);
-    this.byEntry.delete(b.entry);
+    if (b.block !== null) this.byBlock.delete(b.block);
     if (!b.owned) this.unowned--;
   }
 
@@ -249,7 +251,7 @@ export class FreeBlocks {
 
   clear(): void {
     this.sorted.length = 0;
-    this.byEntry.clear();
+    this.byBlock.clear();
     this.unowned = 0;
   }
 }

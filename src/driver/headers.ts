@@ -4,10 +4,9 @@
  * then the same is done once more so both slots hold the new state. A torn write of either slot
  * leaves the other, valid one current.
  */
-import { VhdxError } from '../errors.js';
 import { HEADER_OFFSETS } from '../format/constants.js';
 import { HEADER, type Header } from '../format/header.js';
-import type { RandomAccessSource } from '../io/source.js';
+import type { WritableSource } from '../io/source.js';
 
 export interface CurrentHeader extends Header {
   slot: 1 | 2;
@@ -16,8 +15,7 @@ export interface CurrentHeader extends Header {
 export type HeaderChanges = Partial<Pick<Header, 'fileWriteGuid' | 'dataWriteGuid' | 'logGuid' | 'logOffset' | 'logLength'>>;
 
 /** Write the updated header to both slots, flushing after each. Returns the new current header. */
-export async function updateHeaders(file: RandomAccessSource, current: CurrentHeader, changes: HeaderChanges): Promise<CurrentHeader> {
-  if (!file.write || !file.flush) throw new VhdxError('EROFS', 'READ_ONLY', 'headers cannot be updated: the file is read-only');
+export async function updateHeaders(file: WritableSource, current: CurrentHeader, changes: HeaderChanges): Promise<CurrentHeader> {
   let cur = current;
   for (let i = 0; i < 2; i++) {
     const slot: 1 | 2 = cur.slot === 1 ? 2 : 1;

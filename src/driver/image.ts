@@ -3,32 +3,23 @@
  * cache, reads at any offset and length, block status, and a streaming BAT scan for statistics.
  */
 import { VhdxError, checkRequestRange, corrupt, type RequestKind } from '../errors.js';
-import { readBytes, readExact, type RandomAccessSource } from '../io/source.js';
+import { readBytes, readExact, writableSource, type RandomAccessSource, type WritableSource } from '../io/source.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_TABLE_ENTRY, METADATA_TABLE_HEADER } from '../format/metadata.js';
 import { ITEM_PARENT_LOCATOR, METADATA_TABLE_SIZE } from '../format/constants.js';
 import { MiB } from '../format/constants.js';
-import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, PayloadState, bitmapBatIndex, fragmentationPercentage, judgeBatEntry, payloadBatIndex } from '../format/bat.js';
+import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, entryState, fragmentationPercentage, judgeBatEntry } from '../format/bat.js';
 import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
-import { BatCache, type BatCacheOptions, type BatPlacement } from './bat-cache.js';
+import type { BatCacheOptions } from './bat-cache.js';
 import { openLayout, replayInPlace, type Layout } from './open.js';
-import { Writer, entriesPerCommit, type FreeSpaceOptions, type WriteOptions, type ZeroOptions } from './writer.js';
+import { Writer, entriesPerCommit, type BlockMove, type FreeSpaceOptions, type MovedBlock, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
-import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
+import type { BitmapCacheOptions } from './bitmap-cache.js';
+import { BlockMap, LOOKUP_PARENT, LOOKUP_ZERO } from './mapping.js';
 import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
 import { normalizeGuid, isGuid } from '../codec/guid.js';
 import { encodeParentLocator, type ParentLocator } from '../format/parent-locator.js';
 
-function batPlacement(layout: Layout, src: RandomAccessSource): BatPlacement {
-  return {
-    regionOffset: layout.batRegion.fileOffset,
-    regionLength: layout.batRegion.length,
-    entryCount: layout.batEntries,
-    geometry: layout.geometry,
-    hasParent: layout.hasParent,
-    fileSize: () => src.size,
-  };
-}
 import { bytesEqual } from '../codec/bytes.js';
 
 export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions, FreeSpaceOptions {
@@ -86,14 +77,16 @@ export interface AllocationStats {
   fragmentationPercentage: number;
 }
 
+/** Bytes of the file read in one request at most. */
+const MAX_READ = 64 * MiB;
 
 export class VhdxImage implements BlockDevice {
   readonly readOnly: boolean;
   readonly can: DeviceCapabilities;
-  private readonly bat: BatCache;
+  /** The one translation of the virtual disk into the file (mapping.ts). */
+  private readonly map: BlockMap;
   private readonly src: RandomAccessSource;
   private readonly writer: Writer | null;
-  private readonly bitmaps: SectorBitmaps | null;
   private closed = false;
   /** The parent image of a differencing disk, when it was opened with a resolver. */
   readonly parent: VhdxImage | null;
@@ -107,6 +100,8 @@ export class VhdxImage implements BlockDevice {
   private constructor(
     readonly layout: Layout,
     private readonly file: RandomAccessSource,
+    /** The file narrowed to a writable source (writable opens), else null. */
+    out: WritableSource | null,
     opts: OpenOptions,
     parent: VhdxImage | null,
     linkedBy: VhdxImage['linkedBy'],
@@ -116,13 +111,12 @@ export class VhdxImage implements BlockDevice {
     this.linkedBy = linkedBy;
     this.depth = opts.depth ?? 0;
     this.name = opts.name;
-    this.bat = new BatCache(this.src, batPlacement(layout, this.src), opts);
-    this.bitmaps = layout.hasParent ? new SectorBitmaps(this.src, this.bat, layout.geometry, opts) : null;
-    this.readOnly = opts.readOnly ?? true;
-    this.writer = this.readOnly
-      ? null
-      : new Writer(file, layout, this.bat, {
-          bitmaps: this.bitmaps,
+    this.map = new BlockMap(layout, opts);
+    this.readOnly = out === null;
+    this.writer =
+      out === null
+        ? null
+        : new Writer(out, layout, this.map, {
           parent,
           ...(opts.maxFreeBlocks !== undefined ? { maxFreeBlocks: opts.maxFreeBlocks } : {}),
           ...(opts.maxUnownedFreeBytes !== undefined ? { maxUnownedFreeBytes: opts.maxUnownedFreeBytes } : {}),
@@ -139,9 +133,7 @@ export class VhdxImage implements BlockDevice {
    */
   static async open(source: RandomAccessSource, opts: OpenOptions = {}): Promise<VhdxImage> {
     const readOnly = opts.readOnly ?? true;
-    if (!readOnly && (source.readOnly || !source.write || !source.flush || !source.truncate)) {
-      throw new VhdxError('EROFS', 'READ_ONLY', 'a writable open needs a writable source');
-    }
+    const out = readOnly ? null : writableSource(source, 'a writable open needs a writable source');
     // A writable open replays the log into the file, so the in-memory cap of a read-only one does not apply.
     let layout = await openLayout(source, readOnly ? {} : { maxOverlayRanges: Infinity });
     let parent: VhdxImage | null = null;
@@ -159,12 +151,12 @@ export class VhdxImage implements BlockDevice {
         // file) would come to share its place with the next new block.
         await scanAllocation(layout, layout.source, {});
         entriesPerCommit(layout);
-        if (layout.log.dirty) {
-          await replayInPlace(source);
+        if (layout.log.dirty && out) {
+          await replayInPlace(out);
           layout = await openLayout(source);
         }
       }
-      return new VhdxImage(layout, source, { ...opts, readOnly }, parent, linkedBy);
+      return new VhdxImage(layout, source, out, opts, parent, linkedBy);
     } catch (e) {
       await parent?.close();
       throw e;
@@ -239,6 +231,22 @@ export class VhdxImage implements BlockDevice {
     await this.writable().clearAllBlocks(opts);
   }
 
+  /**
+   * Move blocks to other places in the file (writable images): the disk reads the same
+   * throughout and after. Durable when this returns. The crash-ordering contract is at
+   * `Writer.moveBlocks`; compact and resize stand on it.
+   */
+  async moveBlocks(moves: readonly BlockMove[], opts: ProgressOptions = {}): Promise<MovedBlock[]> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().moveBlocks(moves, opts);
+  }
+
+  /** File offsets of the free places a move may take (writable images), lowest first. */
+  async freePlaces(): Promise<number[]> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().freePlaces();
+  }
+
   /** The images of the chain from this one down to its last opened parent. */
   get chain(): VhdxImage[] {
     const out: VhdxImage[] = [];
@@ -304,85 +312,67 @@ export class VhdxImage implements BlockDevice {
   /** Fill `into` with the virtual disk's bytes at `offset`. */
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkOpenRange('read', offset, into.length);
-    if (this.bitmaps) return this.readDifferencing(offset, into, this.bitmaps, this.needParent());
-    const bs = this.layout.blockSize;
-    // Fast path: a request inside one block whose BAT page is cached (small random I/O).
-    const firstBlock = Math.floor(offset / bs);
-    if (offset + into.length <= (firstBlock + 1) * bs) {
-      const e = this.bat.cached(payloadBatIndex(this.layout.geometry, firstBlock));
-      if (e) {
-        if (e.state === PayloadState.FULLY_PRESENT) return readExact(this.src, e.fileOffsetMB * MiB + offset - firstBlock * bs, into, 'payload block');
-        into.fill(0);
-        return;
-      }
+    const parent = this.layout.hasParent ? this.needParent() : null;
+    if (into.length === 0) return;
+    // A block that moves under the read may leave other bytes in its old place: read again.
+    for (let gen = -1; gen !== this.map.generation; ) {
+      gen = this.map.generation;
+      // Fast path: a request inside one block whose BAT page is cached (small random I/O).
+      const at = this.map.fastLookup(offset, into.length);
+      if (at >= 0) await readExact(this.src, at, into, 'payload block');
+      else if (at === LOOKUP_ZERO) into.fill(0);
+      else if (at === LOOKUP_PARENT && parent) await parent.read(offset, into);
+      else await this.readRuns(offset, into, parent);
     }
-    let pos = 0;
-    // Walk block by block, merging runs of blocks that are contiguous in the file into one read.
-    let runFile = -1;
-    let runStart = 0;
-    let runLen = 0;
+  }
+
+  /**
+   * Read through the mapping's runs: data from this file (runs contiguous in the file as one
+   * read, up to MAX_READ), the parent's ranges from the parent, zeros for the rest.
+   */
+  private async readRuns(offset: number, into: Uint8Array, parent: VhdxImage | null): Promise<void> {
+    const end = offset + into.length;
     const pending: Promise<void>[] = [];
-    const flushRun = (): void => {
-      if (runLen > 0) {
-        pending.push(readExact(this.src, runFile, into.subarray(runStart, runStart + runLen), 'payload block'));
-        runLen = 0;
-      }
-    };
-    while (pos < into.length) {
-      const vo = offset + pos;
-      const blockIndex = Math.floor(vo / bs);
-      const inBlock = vo - blockIndex * bs;
-      const n = Math.min(bs - inBlock, into.length - pos);
-      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-      if (e.state === PayloadState.FULLY_PRESENT) {
-        const fo = e.fileOffsetMB * MiB + inBlock;
-        if (runLen > 0 && runFile + runLen === fo && runLen < 64 * MiB) runLen += n;
-        else {
-          flushRun();
-          runFile = fo;
-          runStart = pos;
-          runLen = n;
+    for (const r of await this.map.runs(offset, into.length)) {
+      const from = r.offset - offset;
+      const to = Math.min(r.offset + r.length, end) - offset;
+      if (r.kind === 'data') {
+        for (let p = from; p < to; p += MAX_READ) {
+          pending.push(readExact(this.src, r.fileOffset + p - from, into.subarray(p, Math.min(to, p + MAX_READ)), 'payload block'));
         }
-      } else {
-        flushRun();
-        into.fill(0, pos, pos + n);
-      }
-      pos += n;
+      } else if (r.kind === 'parent' && parent) {
+        pending.push(parent.read(offset + from, into.subarray(from, to)));
+      } else into.fill(0, from, to);
     }
-    flushRun();
     await Promise.all(pending);
   }
 
-  /** Extents of [offset, offset + length), merged, from the BAT alone. */
+  /**
+   * Extents of [offset, offset + length), merged, from the BAT (and sector bitmaps) alone. For a
+   * differencing disk: this image's data and zero extents at depth 0, and for what it leaves to
+   * its parent, the parent's extents one level deeper; `unallocated` remains only where no image
+   * of the chain has the range.
+   */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.checkOpenRange('block status', offset, length);
-    if (this.bitmaps) return this.blockStatusDifferencing(offset, length, this.bitmaps, this.needParent());
-    const bs = this.layout.blockSize;
+    const parent = this.layout.hasParent ? this.needParent() : null;
     const out: Extent[] = [];
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const blockIndex = Math.floor(pos / bs);
-      const blockEnd = Math.min((blockIndex + 1) * bs, this.size);
-      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-      const type: Extent['type'] =
-        e.state === PayloadState.FULLY_PRESENT ? 'data' : e.state === PayloadState.NOT_PRESENT ? 'unallocated' : 'zero';
-      const fileOffset = type === 'data' ? e.fileOffsetMB * MiB + (pos - blockIndex * bs) : undefined;
-      const last = out[out.length - 1];
-      if (
-        last &&
-        last.type === type &&
-        (type !== 'data' || (last.fileOffset !== undefined && last.fileOffset + last.length === fileOffset))
-      ) {
-        last.length += blockEnd - pos;
-      } else {
-        const x: Extent = { offset: pos, length: blockEnd - pos, type };
-        if (fileOffset !== undefined) x.fileOffset = fileOffset;
-        out.push(x);
+    for (const r of await this.map.runs(offset, length)) {
+      if (r.kind !== 'parent') {
+        const x: Extent = { offset: r.offset, length: r.length, type: r.kind };
+        if (r.kind === 'data') x.fileOffset = r.fileOffset;
+        else if (r.stored) x.stored = true;
+        if (parent) x.depth = 0;
+        pushExtent(out, x);
+        continue;
       }
-      pos = blockEnd;
+      if (!parent) continue;
+      const to = r.offset + r.length;
+      for (const x of await parent.blockStatus(r.offset, r.length)) {
+        const xEnd = Math.min(x.offset + x.length, to);
+        pushExtent(out, { ...x, length: xEnd - x.offset, depth: (x.depth ?? 0) + 1 });
+        if (xEnd >= to) break;
+      }
     }
     return out;
   }
@@ -433,11 +423,7 @@ export class VhdxImage implements BlockDevice {
    * bitmap entries of a differencing image), and those of its parents, which its writes read.
    */
   private async validateMapping(offset: number, length: number): Promise<void> {
-    const g = this.layout.geometry;
-    const firstBlock = Math.floor(offset / g.blockSize);
-    const lastBlock = Math.floor((offset + length - 1) / g.blockSize);
-    const last = this.layout.hasParent ? bitmapBatIndex(g, Math.floor(lastBlock / g.chunkRatio)) : payloadBatIndex(g, lastBlock);
-    await this.bat.validateEntries(payloadBatIndex(g, firstBlock), last);
+    await this.map.validate(offset, length);
     if (this.layout.hasParent) await this.needParent().validateMapping(offset, length);
   }
 
@@ -447,139 +433,21 @@ export class VhdxImage implements BlockDevice {
     }
     return this.parent;
   }
+}
 
-  /**
-   * Read a differencing disk: FULLY_PRESENT blocks from this file, NOT_PRESENT ones from the
-   * parent, PARTIALLY_PRESENT ones sector by sector as the sector bitmap says, the other
-   * states as zeros. Ranges bound for the parent are merged across blocks into one request.
-   */
-  private async readDifferencing(offset: number, into: Uint8Array, bitmaps: SectorBitmaps, parent: VhdxImage): Promise<void> {
-    const bs = this.layout.blockSize;
-    const lss = this.layout.logicalSectorSize;
-    const pending: Promise<void>[] = [];
-    let parentStart = -1; // position in `into` where a run bound for the parent starts
-    let parentLen = 0;
-    const toParent = (pos: number, n: number): void => {
-      if (parentLen > 0 && parentStart + parentLen === pos) parentLen += n;
-      else {
-        flushParent();
-        parentStart = pos;
-        parentLen = n;
-      }
-    };
-    const flushParent = (): void => {
-      if (parentLen > 0) {
-        pending.push(parent.read(offset + parentStart, into.subarray(parentStart, parentStart + parentLen)));
-        parentLen = 0;
-      }
-    };
-    const fromFile = (fileOffset: number, pos: number, n: number): void => {
-      pending.push(readExact(this.src, fileOffset, into.subarray(pos, pos + n), 'payload block'));
-    };
-    for (let pos = 0; pos < into.length; ) {
-      const vo = offset + pos;
-      const blockIndex = Math.floor(vo / bs);
-      const blockStart = blockIndex * bs;
-      const n = Math.min(blockStart + bs - vo, into.length - pos);
-      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-      if (e.state === PayloadState.FULLY_PRESENT) fromFile(e.fileOffsetMB * MiB + vo - blockStart, pos, n);
-      else if (e.state === PayloadState.NOT_PRESENT) toParent(pos, n);
-      else if (e.state === PayloadState.PARTIALLY_PRESENT) {
-        const firstSector = Math.floor(vo / lss);
-        const runs = await bitmaps.runs(firstSector, Math.ceil((vo + n) / lss) - firstSector);
-        let at = vo; // virtual offset where the current run starts, clipped to the request
-        let sector = firstSector;
-        for (const r of runs) {
-          sector += r.count;
-          const runEnd = Math.min(sector * lss, vo + n);
-          if (r.present) fromFile(e.fileOffsetMB * MiB + at - blockStart, at - offset, runEnd - at);
-          else toParent(at - offset, runEnd - at);
-          at = runEnd;
-        }
-      } else into.fill(0, pos, pos + n);
-      pos += n;
-    }
-    flushParent();
-    await Promise.all(pending);
-  }
-
-  /**
-   * Block status of a chain: this image's data and zero extents at depth 0, and for what it
-   * leaves to its parent, the parent's extents one level deeper. `unallocated` remains only
-   * where no image of the chain has the range.
-   */
-  private async blockStatusDifferencing(offset: number, length: number, bitmaps: SectorBitmaps, parent: VhdxImage): Promise<Extent[]> {
-    const bs = this.layout.blockSize;
-    const lss = this.layout.logicalSectorSize;
-    const out: Extent[] = [];
-    const push = (x: Extent): void => {
-      const last = out[out.length - 1];
-      if (
-        last &&
-        last.type === x.type &&
-        last.depth === x.depth &&
-        last.offset + last.length === x.offset &&
-        (x.type !== 'data' || (last.fileOffset !== undefined && last.fileOffset + last.length === x.fileOffset))
-      ) {
-        last.length += x.length;
-      } else out.push(x);
-    };
-    let parentFrom = -1;
-    let parentTo = -1;
-    const flushParent = async (): Promise<void> => {
-      if (parentTo > parentFrom) {
-        for (const x of await parent.blockStatus(parentFrom, parentTo - parentFrom)) {
-          const end = Math.min(x.offset + x.length, parentTo);
-          const y: Extent = { offset: x.offset, length: end - x.offset, type: x.type, depth: (x.depth ?? 0) + 1 };
-          if (x.fileOffset !== undefined) y.fileOffset = x.fileOffset;
-          push(y);
-          if (end >= parentTo) break;
-        }
-      }
-      parentFrom = parentTo = -1;
-    };
-    const toParent = async (from: number, to: number): Promise<void> => {
-      if (parentTo !== from) await flushParent();
-      if (parentFrom < 0) parentFrom = from;
-      parentTo = to;
-    };
-    const local = async (x: Extent): Promise<void> => {
-      await flushParent();
-      push(x);
-    };
-    const end = offset + length;
-    for (let pos = offset; pos < end; ) {
-      const blockIndex = Math.floor(pos / bs);
-      const blockStart = blockIndex * bs;
-      const blockEnd = Math.min(blockStart + bs, this.size);
-      // What the parent is asked for stops at the range's end: only the last extent may end past it.
-      const stop = Math.min(blockEnd, end);
-      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-      if (e.state === PayloadState.FULLY_PRESENT) {
-        await local({ offset: pos, length: blockEnd - pos, type: 'data', depth: 0, fileOffset: e.fileOffsetMB * MiB + pos - blockStart });
-      } else if (e.state === PayloadState.NOT_PRESENT) {
-        await toParent(pos, stop);
-      } else if (e.state === PayloadState.PARTIALLY_PRESENT) {
-        // Whole sectors from `pos` to the one holding `stop` (`pos` is sector aligned after the first).
-        let at = pos;
-        let sector = Math.floor(pos / lss);
-        for (const r of await bitmaps.runs(sector, Math.ceil(stop / lss) - sector)) {
-          sector += r.count;
-          const runEnd = Math.min(sector * lss, blockEnd);
-          if (r.present) await local({ offset: at, length: runEnd - at, type: 'data', depth: 0, fileOffset: e.fileOffsetMB * MiB + at - blockStart });
-          else await toParent(at, Math.min(runEnd, stop));
-          at = runEnd;
-        }
-      } else {
-        await local({ offset: pos, length: blockEnd - pos, type: 'zero', depth: 0 });
-      }
-      pos = blockEnd;
-    }
-    await flushParent();
-    return out;
-  }
+/** Append an extent, merged into the last one when it continues it (one kind, depth and storage; data contiguous in the file). */
+function pushExtent(out: Extent[], x: Extent): void {
+  const last = out[out.length - 1];
+  if (
+    last &&
+    last.type === x.type &&
+    last.depth === x.depth &&
+    last.stored === x.stored &&
+    last.offset + last.length === x.offset &&
+    (x.type !== 'data' || (last.fileOffset !== undefined && last.fileOffset + last.length === x.fileOffset))
+  ) {
+    last.length += x.length;
+  } else out.push(x);
 }
 
 /**
@@ -609,7 +477,7 @@ async function scanAllocation(layout: Layout, src: RandomAccessSource, opts: Pro
     if (count === windowEntries && count > period && uniformWindow(bytes, view, chunkBytes, g.chunkRatio)) {
       const firstBlock = (first / period) * g.chunkRatio;
       const blocks = Math.min(count - count / period, g.payloadBlocks - firstBlock);
-      if (blocks > 0) add(view.getUint32(0, true) & 7, Math.min(layout.virtualSize, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
+      if (blocks > 0) add(entryState(view.getUint32(0, true)), Math.min(layout.virtualSize, (firstBlock + blocks) * g.blockSize) - firstBlock * g.blockSize);
       return;
     }
     for (let i = 0; i < count; i++) {
@@ -646,7 +514,7 @@ async function scanAllocation(layout: Layout, src: RandomAccessSource, opts: Pro
 function uniformWindow(bytes: Uint8Array, view: DataView, chunkBytes: number, chunkRatio: number): boolean {
   const lo = view.getUint32(0, true);
   const hi = view.getUint32(4, true);
-  const state = lo & 7;
+  const state = entryState(lo);
   if (hi !== 0 || lo !== state || !(state <= 3 || state === 5)) return false;
   for (let i = 1; i < chunkRatio; i++) {
     if (view.getUint32(i * 8, true) !== lo || view.getUint32(i * 8 + 4, true) !== 0) return false;

@@ -11,7 +11,7 @@
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, normalizeGuid, randomGuid } from '../codec/guid.js';
 import { viewOf } from '../codec/struct.js';
-import type { RandomAccessSource } from '../io/source.js';
+import { isWritableSource, type RandomAccessSource, type WritableSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   alignUp,
@@ -341,8 +341,10 @@ export async function writeNewImage(
   id: ImageIdentity = randomIdentity(),
   opts: WriteImageOptions = {},
 ): Promise<ImageIdentity> {
-  if (source.readOnly || !source.write) throw new VhdxError('EROFS', 'READ_ONLY', 'cannot create an image on a read-only source');
-  if (!source.truncate) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'creating an image needs a source that can be truncated');
+  if (!isWritableSource(source)) {
+    if (source.readOnly || !source.write) throw new VhdxError('EROFS', 'READ_ONLY', 'cannot create an image on a read-only source');
+    throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'creating an image needs a source that can be flushed and truncated');
+  }
   throwIfAborted(opts.signal, 'image creation');
   await source.truncate(0);
   await source.truncate(plan.fileSize);
@@ -351,13 +353,13 @@ export async function writeNewImage(
     throwIfAborted(opts.signal, 'image creation');
     await source.write(w.offset, w.bytes);
   }
-  await source.flush?.();
+  await source.flush();
   return id;
 }
 
 /** Write zeros over [offset, offset + length) in large pieces, a few in flight, with progress. */
-async function fillZeroes(source: RandomAccessSource, offset: number, length: number, opts: ProgressOptions): Promise<void> {
-  const write = source.write!.bind(source);
+async function fillZeroes(source: WritableSource, offset: number, length: number, opts: ProgressOptions): Promise<void> {
+  const write = source.write.bind(source);
   const zeros = new Uint8Array(Math.min(FILL_CHUNK, length));
   let next = 0;
   let done = 0;

@@ -25,7 +25,7 @@ import {
   LOG_ZERO_DESCRIPTOR,
   descriptorSectors,
 } from '../format/log.js';
-import type { RandomAccessSource } from '../io/source.js';
+import type { WritableSource } from '../io/source.js';
 import type { LogWrite } from './log.js';
 
 export interface LogEntryFields {
@@ -121,7 +121,7 @@ export class LogRing {
   private sequence: bigint;
 
   constructor(
-    private readonly file: RandomAccessSource,
+    private readonly file: WritableSource,
     readonly logOffset: number,
     readonly logLength: number,
     readonly logGuid: string,
@@ -135,7 +135,6 @@ export class LogRing {
    * entry's sequence number.
    */
   async append(writes: readonly LogWrite[], flushedFileOffset: number, lastFileOffset: number): Promise<bigint> {
-    if (!this.file.write) throw new VhdxError('EROFS', 'READ_ONLY', 'the log cannot be written: the file is read-only');
     const length = logEntryLength(writes);
     if (length > this.logLength / 2) {
       throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `log entry of ${length} bytes is larger than half the ${this.logLength}-byte log`);

@@ -8,7 +8,7 @@ import { NIL_GUID, isNilGuid, randomGuid } from '../codec/guid.js';
 import { updateHeaders } from './headers.js';
 import { bytesEqual } from '../codec/bytes.js';
 import { viewOf } from '../codec/struct.js';
-import { readBytes, zeroInPlace, type RandomAccessSource } from '../io/source.js';
+import { readBytes, writableSource, zeroInPlace, type RandomAccessSource } from '../io/source.js';
 import {
   HEADER_OFFSETS,
   HEADER_SECTION_SIZE,
@@ -642,19 +642,17 @@ function replayLimit(
 export async function replayInPlace(file: RandomAccessSource): Promise<number> {
   const layout = await openLayout(file, { maxOverlayRanges: Infinity });
   if (!layout.log.dirty) return 0;
-  if (!file.write || !file.flush || !file.truncate || file.readOnly) {
-    throw new VhdxError('EROFS', 'READ_ONLY', 'replaying the log needs the file open for writing');
-  }
+  const out = writableSource(file, 'replaying the log needs the file open for writing');
   const overlay = layout.source;
   if (!(overlay instanceof OverlaySource)) throw new Error('a dirty log opens with its replay over the file');
-  let header = await updateHeaders(file, layout.current, { fileWriteGuid: randomGuid() });
-  const oldEnd = file.size;
-  if (overlay.size > oldEnd) await file.truncate(overlay.size);
+  let header = await updateHeaders(out, layout.current, { fileWriteGuid: randomGuid() });
+  const oldEnd = out.size;
+  if (overlay.size > oldEnd) await out.truncate(overlay.size);
   for (const r of overlay.ranges()) {
-    if (r.data) await file.write(r.start, r.data);
-    else if (r.start < oldEnd) await zeroInPlace(file, r.start, Math.min(r.end, oldEnd) - r.start);
+    if (r.data) await out.write(r.start, r.data);
+    else if (r.start < oldEnd) await zeroInPlace(out, r.start, Math.min(r.end, oldEnd) - r.start);
   }
-  await file.flush();
-  header = await updateHeaders(file, header, { logGuid: NIL_GUID });
+  await out.flush();
+  header = await updateHeaders(out, header, { logGuid: NIL_GUID });
   return layout.log.entries;
 }

@@ -53,27 +53,30 @@
  *   space (`check` finds no leak) and ends at its last object; the zeroing is bounded by
  *   MAX_UNOWNED_BYTES. A crash before close may leave unowned places unnamed: leaked, not unsafe.
  * - Fixed disks keep every block allocated (zeroing writes zeros); nothing is freed.
+ * - Moving a block (compact, resize): copy, then repoint, then one commit; the old place is free
+ *   only once that commit is in the file. The contract is at `moveBlocks`.
  *
- * Concurrency: writes into allocated blocks take no lock. Choosing places and commits serialise
- * on `metadataLock`; no payload I/O happens while it is held (zeroing a reused place happens
- * after). Concurrent writes to one unallocated block allocate it once: they share its place and
+ * Concurrency: writes into allocated blocks take no lock (a move of the block waits for those in
+ * flight). Choosing places and commits serialise on `metadataLock`; no payload I/O happens while
+ * it is held (zeroing a reused place happens after; a sector bitmap block's 1 MiB is the one
+ * exception, zeroed or moved under it). Concurrent writes to one unallocated block allocate it once: they share its place and
  * write in parallel (after its zeroing), the last to finish sets the BAT entry, and none returns
  * before that (a write that returned must be reachable by the next flush's commit).
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
 import { MiB } from '../format/constants.js';
-import { PayloadState, payloadBatIndex, type BatEntry } from '../format/bat.js';
-import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
+import { BitmapState, PayloadState, type BatEntry } from '../format/bat.js';
+import { readExact, writeZeros, type WritableSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
+import type { BlockMap } from './mapping.js';
 import { FreeBlocks, scanFreeSpace, type FreeBlock } from './free-space.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
-import { KeyedMutex, Mutex } from './mutex.js';
+import { InFlight, KeyedMutex, Mutex } from './mutex.js';
 import type { Layout } from './open.js';
 import type { SectorBitmaps } from './bitmap-cache.js';
 import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
-import { BitmapState, bitmapBatIndex } from '../format/bat.js';
 
 export interface WriteOptions {
   /** Durable when the call returns (forced unit access). */
@@ -117,8 +120,6 @@ export interface FreeSpaceOptions {
 }
 
 export interface WriterOptions extends FreeSpaceOptions {
-  /** A differencing disk's sector bitmaps (null otherwise). */
-  bitmaps?: SectorBitmaps | null;
   /** A differencing disk's parent, for the parts of sectors a write does not cover. */
   parent?: BlockDevice | null;
 }
@@ -136,6 +137,26 @@ export function entriesPerCommit(layout: Layout): number {
 
 /** Bytes of zeros written at a time when zeroing sectors of a differencing disk. */
 const ZERO_CHUNK = 1024 * 1024;
+/** Bytes copied at a time when a block moves. */
+const MOVE_CHUNK = 4 * MiB;
+
+/** A block to move (see Writer.moveBlocks). */
+export interface BlockMove {
+  /** A payload block, or the sector bitmap block of a chunk (differencing disks). */
+  kind: 'payload' | 'bitmap';
+  /** The payload block's index, or the chunk's. */
+  index: number;
+  /** Fresh space at the end of the file, or (payload blocks) a free place from `freePlaces`. */
+  to: 'end' | number;
+}
+
+/** A move made: the block, the place it left and the place it took (file offsets). */
+export interface MovedBlock {
+  kind: 'payload' | 'bitmap';
+  index: number;
+  from: number;
+  to: number;
+}
 /** Free places recorded at most (about 50 bytes each). */
 export const MAX_FREE_BLOCKS = 16384;
 /** Unowned free space recorded at most: what close may have to zero. */
@@ -143,8 +164,19 @@ export const MAX_UNOWNED_BYTES = 1024 * MiB;
 
 export class Writer {
   private readonly metadataLock = new Mutex();
-  /** Differencing disks: writes into a block that is not FULLY_PRESENT run one at a time. */
+  /**
+   * Per payload block, one at a time: writes into a block of a differencing disk that is not
+   * FULLY_PRESENT, zeroing, and moves.
+   */
   private readonly blockLocks = new KeyedMutex<number>();
+  /** Writes into blocks' current places, which take no lock: a move waits for those in flight. */
+  private readonly inPlace = new InFlight();
+  /** Blocks being moved, and when their move ends: writes into them wait for it. */
+  private readonly moving = new Map<number, Promise<void>>();
+  /** Moves run one batch at a time. */
+  private readonly moveLock = new Mutex();
+  /** The BAT's cache, for what commits take from it (dirty sectors); lookups go through `map`. */
+  private readonly bat: BatCache;
   private readonly bitmaps: SectorBitmaps | null;
   private readonly parent: BlockDevice | null;
   private nextDataWriteGuid: string | undefined;
@@ -164,7 +196,7 @@ export class Writer {
   private readonly free: FreeBlocks;
   /** Places taken from `free` whose new entry is not set yet (a scan must not record them again). */
   private readonly placing = new Set<number>();
-  /** BAT indexes whose sectors must reach the log in one entry: a reused place's old owner and new one. */
+  /** Payload blocks whose BAT sectors must reach the log in one entry: a reused place's old owner and new one. */
   private linked: [number, number][] = [];
   /** The free-space scan: not run yet, capped (resume at `scanFrom`), or complete. */
   private scan: 'none' | 'partial' | 'done' = 'none';
@@ -176,12 +208,13 @@ export class Writer {
   private backgroundError: unknown = null;
 
   constructor(
-    private readonly file: RandomAccessSource,
+    private readonly file: WritableSource,
     private readonly layout: Layout,
-    private readonly bat: BatCache,
+    private readonly map: BlockMap,
     opts: WriterOptions = {},
   ) {
-    this.bitmaps = opts.bitmaps ?? null;
+    this.bat = map.bat;
+    this.bitmaps = map.bitmaps;
     this.parent = opts.parent ?? null;
     this.header = layout.current;
     this.fileEnd = Math.ceil(file.size / MiB) * MiB;
@@ -245,8 +278,8 @@ export class Writer {
       // After the log is empty: every log entry names the file size it relied on, and replay
       // refuses a file shorter than that. The commit above released what lies past `cutTo`.
       if (cutTo !== null && this.file.size > cutTo) {
-        await this.file.truncate!(cutTo);
-        await this.file.flush!();
+        await this.file.truncate(cutTo);
+        await this.file.flush();
       }
     });
   }
@@ -268,11 +301,13 @@ export class Writer {
     for (const b of this.free.all()) {
       if (b.owned) continue;
       this.free.remove(b);
-      const e = await this.bat.entry(b.entry);
+      // A place a moved block left has no block to take it back.
+      if (b.block === null) continue;
+      const e = await this.map.entry(b.block);
       // Still as it released the place (an allocation would have taken the place back).
       if (e.fileOffsetMB !== 0 || (e.state !== PayloadState.ZERO && e.state !== PayloadState.UNMAPPED)) continue;
-      await writeZeros(this.file.write!.bind(this.file), b.fileOffset, this.extentOf(b.entry));
-      await this.bat.set(b.entry, { state: PayloadState.UNMAPPED, fileOffsetMB: b.fileOffset / MiB });
+      await writeZeros(this.fileWrite, b.fileOffset, this.map.blockExtent(b.block));
+      await this.map.setEntry(b.block, { state: PayloadState.UNMAPPED, fileOffsetMB: b.fileOffset / MiB });
     }
     this.fileEnd = end;
     return end < this.file.size ? end : null;
@@ -280,15 +315,13 @@ export class Writer {
 
   /** A recorded place's owner stops naming it (FileOffsetMB 0, state kept), if it still does. */
   private async dropClaim(b: FreeBlock): Promise<void> {
-    const e = await this.bat.entry(b.entry);
-    if (e.fileOffsetMB * MiB === b.fileOffset) await this.bat.set(b.entry, { state: e.state, fileOffsetMB: 0 });
+    if (b.block === null) return;
+    const e = await this.map.entry(b.block);
+    if (e.fileOffsetMB * MiB === b.fileOffset) await this.map.setEntry(b.block, { state: e.state, fileOffsetMB: 0 });
   }
 
-  /** Bytes of the virtual disk the payload block of BAT entry `batIndex` covers. */
-  private extentOf(batIndex: number): number {
-    const blockIndex = batIndex - Math.floor(batIndex / (this.layout.geometry.chunkRatio + 1));
-    return Math.min(this.layout.blockSize, this.layout.virtualSize - blockIndex * this.layout.blockSize);
-  }
+  /** The file's write, for writeZeros. */
+  private readonly fileWrite = (offset: number, data: Uint8Array): Promise<void> => this.file.write(offset, data);
 
   /**
    * First change of user-visible data in the session: a new DataWriteGuid, and a new
@@ -321,22 +354,14 @@ export class Writer {
    */
   async clearAllBlocks(opts: ProgressOptions & { contentUnchanged?: boolean } = {}): Promise<void> {
     this.throwBackgroundError();
-    // Every entry is valid before the headers change: the loop below reads them all.
-    await this.bat.validateEntries(0, this.layout.batEntries - 1);
+    // Every entry is valid before the headers change: clearing reads them all.
+    await this.map.validateAll();
     await (opts.contentUnchanged === true ? this.beginMetadataChange() : this.beginChange());
     await Promise.all([...this.allocating.values()].map((a) => a.done));
-    const total = this.layout.batEntries;
-    for (let i = 0; i < total; i++) {
-      if (i % 4096 === 0) {
-        throwIfAborted(opts.signal, 'clearing the blocks');
-        opts.onProgress?.(i, total);
-      }
-      const e = this.bat.cached(i) ?? (await this.bat.entry(i));
-      if (e.state !== PayloadState.NOT_PRESENT || e.fileOffsetMB !== 0) await this.bat.set(i, { state: PayloadState.NOT_PRESENT, fileOffsetMB: 0 });
+    await this.map.clearAll(opts, async () => {
       if (this.dirtyCount >= this.entriesPerCommit) await this.commit(false);
-    }
+    });
     await this.commit(true);
-    opts.onProgress?.(total, total);
     await this.metadataLock.run(async () => {
       const l = this.layout;
       const end = Math.max(l.log.logOffset + l.log.logLength, ...l.regions.map((r) => r.fileOffset + r.length));
@@ -346,8 +371,8 @@ export class Writer {
         // empty the log (LogGuid cleared, a fresh ring for the next commit) before cutting.
         if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
         this.ring = null;
-        await this.file.truncate!(end);
-        await this.file.flush!();
+        await this.file.truncate(end);
+        await this.file.flush();
       }
       this.fileEnd = Math.ceil(this.file.size / MiB) * MiB;
       this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
@@ -399,35 +424,33 @@ export class Writer {
    * their bits are set, and a NOT_PRESENT block becomes PARTIALLY_PRESENT (FULLY_PRESENT once
    * every bit is set).
    */
-  private async writeDifferencing(blockIndex: number, inBlock: number, data: Uint8Array, bitmaps: SectorBitmaps): Promise<void> {
-    const g = this.layout.geometry;
-    const batIndex = payloadBatIndex(g, blockIndex);
-    const e = await this.bat.entry(batIndex);
+  private async writeDifferencing(block: number, inBlock: number, data: Uint8Array, bitmaps: SectorBitmaps): Promise<void> {
+    const e = await this.map.entry(block);
     if (e.state === PayloadState.FULLY_PRESENT) {
-      await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
+      await this.file.write(e.fileOffsetMB * MiB + inBlock, data);
       return;
     }
     const bs = this.layout.blockSize;
-    const blockStart = blockIndex * bs;
-    const blockLen = Math.min(bs, this.layout.virtualSize - blockStart);
+    const blockStart = block * bs;
+    const blockLen = this.map.blockExtent(block);
     const partial = e.state === PayloadState.PARTIALLY_PRESENT;
     const showsParent = partial || e.state === PayloadState.NOT_PRESENT;
     if (!showsParent || (inBlock === 0 && data.length === blockLen)) {
       if (partial) {
-        await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
-        await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: e.fileOffsetMB });
+        await this.file.write(e.fileOffsetMB * MiB + inBlock, data);
+        await this.map.setEntry(block, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: e.fileOffsetMB });
         return;
       }
-      const place = await this.placeBlock(batIndex, true, blockLen, inBlock, inBlock + data.length);
+      const place = await this.placeBlock(block, true, blockLen, inBlock, inBlock + data.length);
       await this.writeInto(place, inBlock, data);
-      await this.pointAt(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
+      await this.pointAt(block, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
       return;
     }
     const lss = this.layout.logicalSectorSize;
     const alignedStart = Math.floor(inBlock / lss) * lss;
     const alignedEnd = Math.min(Math.ceil((inBlock + data.length) / lss) * lss, blockLen);
     // Sector-bitmap-tracked: fresh space only (see the contract).
-    const at = partial ? e.fileOffsetMB * MiB : (await this.placeBlock(batIndex, false, blockLen, alignedStart, alignedEnd)).fileOffset;
+    const at = partial ? e.fileOffsetMB * MiB : (await this.placeBlock(block, false, blockLen, alignedStart, alignedEnd)).fileOffset;
     let buf = data;
     if (alignedStart !== inBlock || alignedEnd !== inBlock + data.length) {
       buf = new Uint8Array(alignedEnd - alignedStart);
@@ -442,16 +465,16 @@ export class Writer {
       }
       buf.set(data, inBlock - alignedStart);
     }
-    await this.file.write!(at + alignedStart, buf);
-    await this.ensureBitmapBlock(Math.floor(blockIndex / g.chunkRatio));
+    await this.file.write(at + alignedStart, buf);
+    await this.ensureBitmapBlock(this.map.chunkOf(block));
     const blockSector = blockStart / lss;
     // A block allocated now may have bits left over from an earlier allocation: clear them first.
     if (!partial) await bitmaps.set(blockSector, blockLen / lss, false);
     await bitmaps.set((blockStart + alignedStart) / lss, (alignedEnd - alignedStart) / lss, true);
     if (await bitmaps.allSet(blockSector, blockLen / lss)) {
-      await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: at / MiB });
+      await this.map.setEntry(block, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: at / MiB });
     } else if (!partial) {
-      await this.bat.set(batIndex, { state: PayloadState.PARTIALLY_PRESENT, fileOffsetMB: at / MiB });
+      await this.map.setEntry(block, { state: PayloadState.PARTIALLY_PRESENT, fileOffsetMB: at / MiB });
     }
   }
 
@@ -462,67 +485,80 @@ export class Writer {
 
   /** Give chunk `chunk` its 1 MiB sector bitmap block (zeros: every sector from the parent) if it has none. */
   private async ensureBitmapBlock(chunk: number): Promise<void> {
-    const index = bitmapBatIndex(this.layout.geometry, chunk);
-    if ((this.bat.cached(index) ?? (await this.bat.entry(index))).state === BitmapState.PRESENT) return;
+    if ((this.map.cachedBitmapEntry(chunk) ?? (await this.map.bitmapEntry(chunk))).state === BitmapState.PRESENT) return;
     await this.metadataLock.run(async () => {
       if (this.scan === 'none') await this.scanForFreeSpace();
-      if ((await this.bat.entry(index)).state === BitmapState.PRESENT) return;
-      const at = this.fileEnd;
-      this.fileEnd += MiB;
-      if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
+      if ((await this.map.bitmapEntry(chunk)).state === BitmapState.PRESENT) return;
+      const at = await this.freshSpace(MiB);
       // Space a crash left after the last object may hold old bits: zeros first (1 MiB of
       // metadata, only in that case, so under the lock).
-      if (at < this.dirtyEnd) await writeZeros(this.file.write!.bind(this.file), at, Math.min(MiB, this.dirtyEnd - at));
-      await this.bat.set(index, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
+      if (at < this.dirtyEnd) await writeZeros(this.fileWrite, at, Math.min(MiB, this.dirtyEnd - at));
+      await this.map.setBitmapEntry(chunk, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
     });
   }
 
-  private async writeInBlock(blockIndex: number, inBlock: number, data: Uint8Array): Promise<void> {
-    const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-    const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-    if (e.state === PayloadState.FULLY_PRESENT) {
-      await this.file.write!(e.fileOffsetMB * MiB + inBlock, data);
-      return;
+  /** `bytes` of fresh space at the end of the file, the file grown to hold it (under `metadataLock`). */
+  private async freshSpace(bytes: number): Promise<number> {
+    const at = this.fileEnd;
+    this.fileEnd += bytes;
+    if (this.file.size < this.fileEnd) await this.file.truncate(this.fileEnd);
+    return at;
+  }
+
+  private async writeInBlock(block: number, inBlock: number, data: Uint8Array): Promise<void> {
+    // Writes into a block's place run without a lock; a move of the block waits for those in
+    // flight, and those that come while it runs wait for it (see moveBlocks).
+    for (let move = this.moving.get(block); move !== undefined; move = this.moving.get(block)) await move;
+    const p = this.inPlace.enter();
+    try {
+      const e = this.map.cachedEntry(block) ?? (await this.map.entry(block));
+      if (e.state === PayloadState.FULLY_PRESENT) {
+        await this.file.write(e.fileOffsetMB * MiB + inBlock, data);
+        return;
+      }
+    } finally {
+      this.inPlace.leave(p);
     }
-    if (this.bitmaps) return this.blockLocks.run(blockIndex, () => this.writeDifferencing(blockIndex, inBlock, data, this.bitmaps!));
-    // Join the block's allocation, or start it: nothing awaits between this lookup and the set.
-    let alloc = this.allocating.get(blockIndex);
+    const bitmaps = this.bitmaps;
+    if (bitmaps) return this.blockLocks.run(block, () => this.writeDifferencing(block, inBlock, data, bitmaps));
+    // Join the block's allocation, or start it: nothing awaits between the lookup above and the set.
+    let alloc = this.allocating.get(block);
     if (!alloc) {
       let finish = (): void => undefined;
       const done = new Promise<void>((r) => (finish = r));
-      const place = this.placeBlock(batIndex, true, this.extentOf(batIndex), inBlock, inBlock + data.length);
+      const place = this.placeBlock(block, true, this.map.blockExtent(block), inBlock, inBlock + data.length);
       alloc = { place, writers: 0, done, finish };
-      this.allocating.set(blockIndex, alloc);
+      this.allocating.set(block, alloc);
     }
     alloc.writers++;
     try {
-      await this.file.write!((await alloc.place).fileOffset + inBlock, data);
+      await this.file.write((await alloc.place).fileOffset + inBlock, data);
     } catch (e) {
       alloc.failure ??= e;
       throw e;
     } finally {
       // The last writer points the BAT at the block; the others return only once it has, so a
       // write that completed is always reachable by the next flush's commit.
-      if (--alloc.writers === 0) await this.settle(blockIndex, batIndex, alloc);
+      if (--alloc.writers === 0) await this.settle(block, alloc);
       else await alloc.done;
     }
     if (alloc.error !== undefined) throw alloc.error;
   }
 
   /**
-   * A place for the payload block of BAT entry `batIndex`: the entry's own free place, else the
-   * lowest free place, else the end of the file (only the end when `reuse` is false). A place
-   * that may hold old bytes gets zeros in its first `extent` bytes, except [keepFrom, keepTo),
-   * which the caller writes next. No payload I/O under the lock: the zeros come after it.
+   * A place for payload block `block`: its own free place, else the lowest free place, else the
+   * end of the file (only the end when `reuse` is false). A place that may hold old bytes gets
+   * zeros in its first `extent` bytes, except [keepFrom, keepTo), which the caller writes next.
+   * No payload I/O under the lock: the zeros come after it.
    */
-  private async placeBlock(batIndex: number, reuse: boolean, extent: number, keepFrom: number, keepTo: number): Promise<Placement> {
+  private async placeBlock(block: number, reuse: boolean, extent: number, keepFrom: number, keepTo: number): Promise<Placement> {
     let place: Placement | null = null;
     for (let tries = 0; !place; tries++) {
       place = await this.metadataLock.run(async (): Promise<Placement | null> => {
         if (this.scan === 'none') await this.scanForFreeSpace();
         let b: FreeBlock | undefined;
         if (reuse) {
-          b = this.free.of(batIndex);
+          b = this.free.of(block);
           if (b) this.free.remove(b);
           else {
             if (this.free.size === 0 && this.scan === 'partial') await this.scanForFreeSpace();
@@ -535,19 +571,15 @@ export class Writer {
           this.placing.add(b.fileOffset);
           return { fileOffset: b.fileOffset, reused: b };
         }
-        const at = this.fileEnd;
-        this.fileEnd += this.layout.blockSize;
-        if (this.file.size < this.fileEnd) await this.file.truncate!(this.fileEnd);
-        return { fileOffset: at, reused: null };
+        return { fileOffset: await this.freshSpace(this.layout.blockSize), reused: null };
       });
       if (!place) await this.commit(false);
     }
     // Old bytes: in all of a reused place; in fresh space, below `dirtyEnd`.
     const oldUpTo = place.reused ? extent : Math.min(extent, this.dirtyEnd - place.fileOffset);
     try {
-      const write = this.file.write!.bind(this.file);
-      if (keepFrom > 0 && oldUpTo > 0) await writeZeros(write, place.fileOffset, Math.min(keepFrom, oldUpTo));
-      if (keepTo < oldUpTo) await writeZeros(write, place.fileOffset + keepTo, oldUpTo - keepTo);
+      if (keepFrom > 0 && oldUpTo > 0) await writeZeros(this.fileWrite, place.fileOffset, Math.min(keepFrom, oldUpTo));
+      if (keepTo < oldUpTo) await writeZeros(this.fileWrite, place.fileOffset + keepTo, oldUpTo - keepTo);
     } catch (e) {
       this.unplace(place);
       throw e;
@@ -558,7 +590,7 @@ export class Writer {
   /** Write `data` at `inBlock` of a block's new place; a reused place goes back to the record when that fails. */
   private async writeInto(place: Placement, inBlock: number, data: Uint8Array): Promise<void> {
     try {
-      await this.file.write!(place.fileOffset + inBlock, data);
+      await this.file.write(place.fileOffset + inBlock, data);
     } catch (e) {
       this.unplace(place);
       throw e;
@@ -573,22 +605,23 @@ export class Writer {
   }
 
   /**
-   * Point BAT entry `batIndex` at its new place, whose payload is written. When the place was
-   * another entry's claim, that entry gives it up (FileOffsetMB 0) at the same time, and their
-   * sectors are linked so that one log entry carries both changes.
+   * Point payload block `block`'s entry at its new place, whose payload is written. When the
+   * place was another block's claim, that block gives it up (FileOffsetMB 0) at the same time,
+   * and their BAT sectors are linked so that one log entry carries both changes.
    */
-  private async pointAt(batIndex: number, entry: BatEntry, place: Placement): Promise<void> {
+  private async pointAt(block: number, entry: BatEntry, place: Placement): Promise<void> {
     const b = place.reused;
-    if (!b || !b.owned || b.entry === batIndex) {
-      await this.bat.set(batIndex, entry);
+    if (!b || !b.owned || b.block === null || b.block === block) {
+      await this.map.setEntry(block, entry);
       if (b) this.placing.delete(b.fileOffset);
       return;
     }
+    const owner = b.block;
     // Under the lock, so that no commit takes one change without the other.
     await this.metadataLock.run(async () => {
-      await this.bat.set(batIndex, entry);
+      await this.map.setEntry(block, entry);
       await this.dropClaim(b);
-      this.linked.push([b.entry, batIndex]);
+      this.linked.push([owner, block]);
       this.placing.delete(b.fileOffset);
     });
   }
@@ -601,21 +634,21 @@ export class Writer {
    */
   private async scanForFreeSpace(): Promise<void> {
     const first = this.scan === 'none';
-    if (this.layout.leaveBlocksAllocated && !this.layout.hasParent) {
+    if (this.layout.type === 'fixed') {
       this.scan = 'done'; // a fixed disk frees nothing
       return;
     }
-    const found = await scanFreeSpace(this.file, this.layout, this.scanFrom, this.free.maxBlocks - this.free.size, (entry, at) => this.placing.has(at) || this.free.of(entry) !== undefined);
+    const found = await scanFreeSpace(this.file, this.layout, this.scanFrom, this.free.maxBlocks - this.free.size, (block, at) => this.placing.has(at) || this.free.of(block) !== undefined);
     for (const c of found.claims) {
       // The file may lag behind memory: what counts is the entry now, still a claim on the place
       // (not, say, the block written back into its own place since).
-      const e = await this.bat.entry(c.entry);
+      const e = await this.map.entry(c.block);
       const claims = e.state === PayloadState.UNMAPPED || e.state === PayloadState.UNMAPPED_DRAFT || e.state === PayloadState.UNDEFINED;
-      if (claims && e.fileOffsetMB * MiB === c.fileOffset) this.free.add({ fileOffset: c.fileOffset, entry: c.entry, owned: true, durable: true });
+      if (claims && e.fileOffsetMB * MiB === c.fileOffset) this.free.add({ fileOffset: c.fileOffset, block: c.block, owned: true, durable: true });
       else if (first && e.fileOffsetMB === 0 && (e.state === PayloadState.ZERO || e.state === PayloadState.UNMAPPED)) {
         // Nothing else can name it: no place was handed out in this session yet.
         // The file still names it as an UNMAPPED claim, which reads as zeros: reusable at once.
-        this.free.add({ fileOffset: c.fileOffset, entry: c.entry, owned: false, durable: true });
+        this.free.add({ fileOffset: c.fileOffset, block: c.block, owned: false, durable: true });
       }
     }
     if (first && found.objectsEnd < this.fileEnd) {
@@ -633,7 +666,7 @@ export class Writer {
    * block read as before. A failed write into a reused place leaves the entry as it was.
    * Writers that join while this runs write to the same place and settle again (idempotent).
    */
-  private async settle(blockIndex: number, batIndex: number, alloc: PendingBlock): Promise<void> {
+  private async settle(block: number, alloc: PendingBlock): Promise<void> {
     try {
       const place = await alloc.place;
       if (alloc.failure !== undefined && place.reused) {
@@ -641,22 +674,25 @@ export class Writer {
         this.unplace(place);
         throw alloc.failure;
       }
-      await this.pointAt(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
+      await this.pointAt(block, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: place.fileOffset / MiB }, place);
     } catch (e) {
       alloc.error = e;
       throw e;
     } finally {
-      if (alloc.writers === 0 && this.allocating.get(blockIndex) === alloc) {
-        this.allocating.delete(blockIndex);
+      if (alloc.writers === 0 && this.allocating.get(block) === alloc) {
+        this.allocating.delete(block);
         alloc.finish();
       }
     }
   }
 
   /**
-   * Zero [offset, offset + length): whole blocks of a dynamic disk change state (`state`) without
-   * touching data; the rest gets zeros written where a block is allocated. Fixed disks keep every
-   * block allocated, so their blocks get zeros written.
+   * Zero [offset, offset + length), block by block under each block's lock. Whole blocks of a
+   * dynamic or differencing disk change state (`state`: ZERO for write-zeroes, UNMAPPED for
+   * discard; both hide a parent) without touching data. Elsewhere, and on fixed disks, which keep
+   * every block allocated, the range's runs say what to do: data gets zeros written in place,
+   * ranges that show the parent get zeros written as data (sector by sector, see
+   * writeDifferencing), and ranges that already read as zeros are left alone.
    */
   private async zeroRange(offset: number, length: number, state: number, fast: boolean): Promise<void> {
     this.throwBackgroundError();
@@ -664,29 +700,30 @@ export class Writer {
     if (fast) await this.refuseDataZeroing(offset, length);
     await this.beginChange();
     const bs = this.layout.blockSize;
-    const size = this.layout.virtualSize;
-    const fixed = this.layout.leaveBlocksAllocated;
-    if (this.bitmaps) {
-      await this.zeroDifferencing(offset, length, state, fast, this.bitmaps);
-      this.maybeCommitInBackground();
-      return;
-    }
+    const fixed = this.layout.type === 'fixed';
+    const bitmaps = this.bitmaps;
     for (let pos = offset; pos < offset + length; ) {
-      const blockIndex = Math.floor(pos / bs);
-      const blockStart = blockIndex * bs;
-      const blockEnd = Math.min(blockStart + bs, size);
+      const block = Math.floor(pos / bs);
+      const blockStart = block * bs;
+      const blockEnd = blockStart + this.map.blockExtent(block);
       const end = Math.min(offset + length, blockEnd);
-      const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-      await this.allocationSettled(blockIndex);
-      const e = this.bat.cached(batIndex) ?? (await this.bat.entry(batIndex));
-      const whole = pos === blockStart && end === blockEnd;
-      if (whole && !fixed) {
-        if (!(await this.freeBlock(batIndex, e, state))) await this.zeroPlace(batIndex, e, blockEnd - blockStart, fast);
-      } else if (e.state === PayloadState.FULLY_PRESENT) {
-        if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - pos} bytes at ${pos} would write data`);
-        const base = e.fileOffsetMB * MiB - blockStart;
-        await writeZeros(this.file.write!.bind(this.file), base + pos, end - pos);
-      }
+      const from = pos;
+      await this.blockLocks.run(block, async () => {
+        await this.allocationSettled(block);
+        if (from === blockStart && end === blockEnd && !fixed) return this.zeroBlock(block, state, fast);
+        for (const r of await this.map.runs(from, end - from)) {
+          const rEnd = Math.min(r.offset + r.length, end);
+          if (r.kind !== 'data' && r.kind !== 'parent') continue;
+          if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - from} bytes at ${from} would write data`);
+          if (r.kind === 'data') await writeZeros(this.fileWrite, r.fileOffset, rEnd - r.offset);
+          else if (bitmaps) {
+            const zeros = new Uint8Array(Math.min(ZERO_CHUNK, rEnd - r.offset));
+            for (let p = r.offset; p < rEnd; p += zeros.length) {
+              await this.writeDifferencing(block, p - blockStart, zeros.subarray(0, Math.min(zeros.length, rEnd - p)), bitmaps);
+            }
+          }
+        }
+      });
       pos = end;
     }
     this.maybeCommitInBackground();
@@ -694,86 +731,61 @@ export class Writer {
 
   /**
    * A fast zero fails before anything changes when zeroing [offset, offset + length) would write
-   * zeros as data: into any FULLY_PRESENT block of a fixed disk, or into a block the range covers
-   * only in part that holds data (FULLY_PRESENT) or shows its parent's (differencing disks).
+   * zeros as data: into data anywhere on a fixed disk; elsewhere into data or a range that shows
+   * its parent in a block the range covers only in part (whole blocks only change state).
    */
   private async refuseDataZeroing(offset: number, length: number): Promise<void> {
     const bs = this.layout.blockSize;
     const end = offset + length;
-    const fixed = this.layout.leaveBlocksAllocated && !this.bitmaps;
-    const first = Math.floor(offset / bs);
-    const last = Math.floor((end - 1) / bs);
-    // Whole blocks of other disks only change state: only the two end blocks can need data.
-    for (let b = first; b <= last; b = fixed || b === last ? b + 1 : last) {
-      const whole = offset <= b * bs && end >= Math.min((b + 1) * bs, this.layout.virtualSize);
-      if (whole && !fixed) continue;
-      const e = await this.bat.entry(payloadBatIndex(this.layout.geometry, b));
-      const showsParent = this.bitmaps !== null && (e.state === PayloadState.NOT_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT);
-      if (e.state === PayloadState.FULLY_PRESENT || showsParent) {
-        throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${length} bytes at ${offset} would write data into block ${b}`);
+    const ranges: [number, number][] = [];
+    if (this.layout.type === 'fixed') ranges.push([offset, end]);
+    else {
+      const firstBlock = Math.floor(offset / bs);
+      const lastBlock = Math.floor((end - 1) / bs);
+      const firstEnd = firstBlock * bs + this.map.blockExtent(firstBlock);
+      if (offset !== firstBlock * bs || end < firstEnd) ranges.push([offset, Math.min(end, firstEnd)]);
+      const lastEnd = lastBlock * bs + this.map.blockExtent(lastBlock);
+      if (lastBlock !== firstBlock && end !== lastEnd) ranges.push([lastBlock * bs, end]);
+    }
+    for (const [from, to] of ranges) {
+      for (const r of await this.map.runs(from, to - from)) {
+        if (r.kind === 'data' || r.kind === 'parent') {
+          throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${length} bytes at ${offset} would write data into block ${Math.floor(r.offset / bs)}`);
+        }
       }
     }
   }
 
   /**
-   * Zero a range of a differencing disk, block by block under each block's lock. Whole blocks
-   * take `state` (ZERO or UNMAPPED: both hide the parent). Elsewhere the range must stop showing
-   * the parent, so zeros are written as data into FULLY_PRESENT blocks and, sector by sector,
-   * into blocks that show the parent; blocks that already read as zeros are left alone.
+   * Make all of payload block `block` read as zeros in `state`, under its lock: a partially
+   * present block's bits are cleared first (bits of a block that is not PARTIALLY_PRESENT mean
+   * nothing, but readers such as libvhdi read them anyway: leave none behind), then the block is
+   * freed, or its place zeroed when the record of unowned space is full.
    */
-  private async zeroDifferencing(offset: number, length: number, state: number, fast: boolean, bitmaps: SectorBitmaps): Promise<void> {
-    const bs = this.layout.blockSize;
-    const size = this.layout.virtualSize;
-    for (let pos = offset; pos < offset + length; ) {
-      const blockIndex = Math.floor(pos / bs);
-      const blockStart = blockIndex * bs;
-      const blockEnd = Math.min(blockStart + bs, size);
-      const end = Math.min(offset + length, blockEnd);
-      const from = pos;
-      await this.blockLocks.run(blockIndex, async () => {
-        const batIndex = payloadBatIndex(this.layout.geometry, blockIndex);
-        const e = await this.bat.entry(batIndex);
-        if (from === blockStart && end === blockEnd) {
-          if (e.state === PayloadState.PARTIALLY_PRESENT) {
-            // Bits of a block that is not PARTIALLY_PRESENT mean nothing, but readers such as
-            // libvhdi read them anyway: leave none behind.
-            const lss = this.layout.logicalSectorSize;
-            await bitmaps.set(blockStart / lss, (blockEnd - blockStart) / lss, false);
-          }
-          if (!(await this.freeBlock(batIndex, e, state))) await this.zeroPlace(batIndex, e, blockEnd - blockStart, fast);
-          return;
-        }
-        const showsParent = e.state === PayloadState.NOT_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT;
-        if (e.state !== PayloadState.FULLY_PRESENT && !showsParent) return;
-        if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${end - from} bytes at ${from} would write data`);
-        if (e.state === PayloadState.FULLY_PRESENT) {
-          await writeZeros(this.file.write!.bind(this.file), e.fileOffsetMB * MiB + from - blockStart, end - from);
-          return;
-        }
-        const zeros = new Uint8Array(Math.min(ZERO_CHUNK, end - from));
-        for (let p = from; p < end; p += zeros.length) {
-          const n = Math.min(zeros.length, end - p);
-          await this.writeDifferencing(blockIndex, p - blockStart, zeros.subarray(0, n), bitmaps);
-        }
-      });
-      pos = end;
+  private async zeroBlock(block: number, state: number, fast: boolean): Promise<void> {
+    // No await between the caller's allocationSettled and this lookup when the page is cached.
+    const e = this.map.cachedEntry(block) ?? (await this.map.entry(block));
+    if (e.state === PayloadState.PARTIALLY_PRESENT && this.bitmaps) {
+      const lss = this.layout.logicalSectorSize;
+      await this.bitmaps.set((block * this.layout.blockSize) / lss, this.map.blockExtent(block) / lss, false);
     }
+    if (!(await this.freeBlock(block, e, state))) await this.zeroPlace(block, e, fast);
   }
 
   /**
-   * Make the whole block of BAT entry `batIndex` (now `e`) read as zeros in `state` (ZERO for
-   * write-zeroes, UNMAPPED for discard), recording the place it frees (see the contract). False
-   * when the unowned record is full: nothing changed, and the caller zeroes the place instead.
+   * Make all of payload block `block` (now `e`) read as zeros in `state` (ZERO for write-zeroes,
+   * UNMAPPED for discard), recording the place it frees (see the contract). False when the
+   * unowned record is full: nothing changed, and the caller zeroes the place instead.
    */
-  private async freeBlock(batIndex: number, e: BatEntry, state: number): Promise<boolean> {
+  private async freeBlock(block: number, e: BatEntry, state: number): Promise<boolean> {
     const place = e.fileOffsetMB * MiB;
     const present = e.state === PayloadState.FULLY_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT;
     // UNMAPPED or UNDEFINED keeping its FileOffsetMB (ZERO and NOT_PRESENT never name a place).
     const claim = !present && place !== 0 && e.state !== PayloadState.ZERO && e.state !== PayloadState.NOT_PRESENT;
     if (state === PayloadState.UNMAPPED && (e.state === PayloadState.FULLY_PRESENT || claim)) {
       // The entry keeps naming its place: owned (recorded while there is room; named on disk either way).
-      if (e.state !== state) await this.bat.set(batIndex, { state, fileOffsetMB: e.fileOffsetMB });
-      if (e.state === PayloadState.FULLY_PRESENT) this.free.add({ fileOffset: place, entry: batIndex, owned: true, durable: false });
+      if (e.state !== state) await this.map.setEntry(block, { state, fileOffsetMB: e.fileOffsetMB });
+      if (e.state === PayloadState.FULLY_PRESENT) this.free.add({ fileOffset: place, block, owned: true, durable: false });
       return true;
     }
     // The entry stops naming its place before the place is recorded free, so that no other
@@ -781,15 +793,15 @@ export class Writer {
     if (present) {
       // Write-zeroes, or a partially present block whose place may hold sectors never written.
       if (!this.free.hasRoom(false)) return false;
-      await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
-      this.free.add({ fileOffset: place, entry: batIndex, owned: false, durable: false });
+      await this.map.setEntry(block, { state, fileOffsetMB: 0 });
+      this.free.add({ fileOffset: place, block, owned: false, durable: false });
       return true;
     }
     // Write-zeroes of a claim: ZERO must not name the place. A recorded place stays recorded,
     // unowned; an unrecorded one is not this session's to reuse (not checked, or being reused).
-    const r = claim ? this.free.of(batIndex) : undefined;
+    const r = claim ? this.free.of(block) : undefined;
     if (r && !this.free.unownedRoom()) return false;
-    if (e.state !== state || e.fileOffsetMB !== 0) await this.bat.set(batIndex, { state, fileOffsetMB: 0 });
+    if (e.state !== state || e.fileOffsetMB !== 0) await this.map.setEntry(block, { state, fileOffsetMB: 0 });
     if (r) this.free.disown(r);
     return true;
   }
@@ -798,15 +810,144 @@ export class Writer {
    * Write-zeroes of a whole block when the unowned record is full: zeros are written over its
    * place, which it keeps (a partially present block becomes fully present, all zeros).
    */
-  private async zeroPlace(batIndex: number, e: BatEntry, extent: number, fast: boolean): Promise<void> {
-    if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing block ${batIndex - Math.floor(batIndex / (this.layout.geometry.chunkRatio + 1))} would write data`);
-    await writeZeros(this.file.write!.bind(this.file), e.fileOffsetMB * MiB, extent);
-    if (e.state === PayloadState.PARTIALLY_PRESENT) await this.bat.set(batIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: e.fileOffsetMB });
+  private async zeroPlace(block: number, e: BatEntry, fast: boolean): Promise<void> {
+    if (fast) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing block ${block} would write data`);
+    await writeZeros(this.fileWrite, e.fileOffsetMB * MiB, this.map.blockExtent(block));
+    if (e.state === PayloadState.PARTIALLY_PRESENT) await this.map.setEntry(block, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: e.fileOffsetMB });
   }
 
   /** Wait until a block being allocated has its BAT entry (or its allocation failed). */
-  private async allocationSettled(blockIndex: number): Promise<void> {
-    for (let a = this.allocating.get(blockIndex); a; a = this.allocating.get(blockIndex)) await a.done;
+  private async allocationSettled(block: number): Promise<void> {
+    for (let a = this.allocating.get(block); a; a = this.allocating.get(block)) await a.done;
+  }
+
+  /**
+   * Move blocks to other places in the file: payload blocks (FULLY_PRESENT or PARTIALLY_PRESENT)
+   * and, on a differencing disk, sector bitmap blocks. The disk reads the same throughout, so
+   * this is a metadata change (a new FileWriteGuid, the DataWriteGuid kept). Compact and resize
+   * stand on it. Durable when it returns. Returns the moves made, with the places left; a block
+   * with nothing to move (not present, say) is left out.
+   *
+   * Crash ordering, for each block: its bytes are copied to the new place; then its entry points
+   * there in memory; one commit (payload flush, then the log entry with the changed BAT sectors,
+   * shared by all the moves of the call while they fit in one) puts every change in the file.
+   * Until that log entry is durable, the file's entries still point at the old places, which are
+   * never written: a crash at any point reads as before the move. The old place of a payload
+   * block is recorded free only after the commit (an unowned place no block takes back: reused
+   * by later allocations, cut at close when it ends the file); a sector bitmap block's old place
+   * (1 MiB) is not recorded: the caller decides what becomes of the places a move leaves.
+   *
+   * Destinations: 'end' is fresh space at the end of the file; a number is a free place this
+   * writer has recorded as durable (`freePlaces`), for payload blocks only. Taking another
+   * block's claim (an UNMAPPED block's kept place) drops the claim in the same log entry.
+   *
+   * Concurrency: a payload block moves under its block lock (no write-zeroes, discard or
+   * differencing write of the block meanwhile); writes into its place that were in flight finish
+   * before the copy starts, and those that come during the move wait for it, then go to the new
+   * place. Reads take no part: a read that looked the old place up before the entry changed
+   * finds the map's generation changed when its I/O ends, and reads again (the old place may
+   * hold another block's data by then). A sector bitmap block is copied and repointed under the
+   * metadata lock (1 MiB), so no commit writes one of its pages to the old place after the copy
+   * read it; pages changed since go to the new place at the next commit.
+   */
+  async moveBlocks(moves: readonly BlockMove[], opts: ProgressOptions = {}): Promise<MovedBlock[]> {
+    this.throwBackgroundError();
+    const seen = new Set<string>();
+    for (const m of moves) {
+      const limit = m.kind === 'payload' ? this.map.blocks : m.kind === 'bitmap' && this.bitmaps ? this.map.chunks : 0;
+      const what = `${m.kind} block ${m.index}`;
+      if (!Number.isSafeInteger(m.index) || m.index < 0 || m.index >= limit) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move ${what}: the disk has no such block`);
+      if (seen.has(`${m.kind} ${m.index}`) || (m.to !== 'end' && seen.has(`to ${m.to}`))) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${what} or its destination is named twice`);
+      seen.add(`${m.kind} ${m.index}`);
+      if (m.to === 'end') continue;
+      if (m.kind !== 'payload' || !Number.isSafeInteger(m.to) || m.to % MiB !== 0) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move ${what} to ${m.to}: only payload blocks go to a free place, a 1 MiB multiple`);
+      }
+      seen.add(`to ${m.to}`);
+    }
+    if (moves.length === 0) return [];
+    await this.beginMetadataChange();
+    return this.moveLock.run(async () => {
+      const done: MovedBlock[] = [];
+      for (const m of moves) {
+        throwIfAborted(opts.signal, 'moving blocks');
+        const r = m.kind === 'payload' ? await this.movePayload(m.index, m.to) : await this.moveBitmap(m.index);
+        if (r) done.push(r);
+        opts.onProgress?.(done.length, moves.length);
+      }
+      await this.commit(true);
+      for (const r of done) if (r.kind === 'payload') this.free.add({ fileOffset: r.from, block: null, owned: false, durable: true });
+      return done;
+    });
+  }
+
+  /** The free places this writer may hand out now (durable), lowest first: destinations for `moveBlocks`. */
+  async freePlaces(): Promise<number[]> {
+    return this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      return this.free.all().filter((b) => b.durable).map((b) => b.fileOffset);
+    });
+  }
+
+  /** One payload block's move (see moveBlocks), under its block lock. */
+  private movePayload(block: number, to: 'end' | number): Promise<MovedBlock | null> {
+    return this.blockLocks.run(block, async () => {
+      await this.allocationSettled(block);
+      let release = (): void => undefined;
+      this.moving.set(block, new Promise<void>((r) => (release = r)));
+      try {
+        await this.inPlace.drain();
+        const e = await this.map.entry(block);
+        if (e.state !== PayloadState.FULLY_PRESENT && e.state !== PayloadState.PARTIALLY_PRESENT) return null;
+        const from = e.fileOffsetMB * MiB;
+        const place = await this.metadataLock.run(async (): Promise<Placement> => {
+          if (this.scan === 'none') await this.scanForFreeSpace();
+          if (to === 'end') return { fileOffset: await this.freshSpace(this.layout.blockSize), reused: null };
+          const b = this.free.all().find((x) => x.fileOffset === to && x.durable);
+          if (!b) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move payload block ${block} to ${to}: not a free place`);
+          this.free.remove(b);
+          this.placing.add(b.fileOffset);
+          return { fileOffset: b.fileOffset, reused: b };
+        });
+        try {
+          await this.copyPlace(from, place.fileOffset, this.map.blockExtent(block));
+        } catch (err) {
+          this.unplace(place);
+          throw err;
+        }
+        await this.pointAt(block, { state: e.state, fileOffsetMB: place.fileOffset / MiB }, place);
+        this.map.moved();
+        return { kind: 'payload', index: block, from, to: place.fileOffset };
+      } finally {
+        this.moving.delete(block);
+        release();
+      }
+    });
+  }
+
+  /** One sector bitmap block's move to the end of the file (see moveBlocks), under the metadata lock. */
+  private moveBitmap(chunk: number): Promise<MovedBlock | null> {
+    return this.metadataLock.run(async () => {
+      const e = await this.map.bitmapEntry(chunk);
+      if (e.state !== BitmapState.PRESENT) return null;
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      const from = e.fileOffsetMB * MiB;
+      const at = await this.freshSpace(MiB);
+      await this.copyPlace(from, at, MiB);
+      await this.map.setBitmapEntry(chunk, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
+      this.map.moved();
+      return { kind: 'bitmap', index: chunk, from, to: at };
+    });
+  }
+
+  /** Copy `length` bytes of the file from `from` to `to`, 4 MiB at a time. */
+  private async copyPlace(from: number, to: number, length: number): Promise<void> {
+    const buf = new Uint8Array(Math.min(length, MOVE_CHUNK));
+    for (let done = 0; done < length; done += buf.length) {
+      const piece = buf.subarray(0, Math.min(buf.length, length - done));
+      await readExact(this.file, from + done, piece, 'payload block');
+      await this.file.write(to + done, piece);
+    }
   }
 
   /** Start a commit without waiting when the changes pending would fill a log entry. */
@@ -842,7 +983,7 @@ export class Writer {
       return x;
     };
     for (const [a, b] of this.linked) {
-      const pair = [this.bat.sectorOf(a), this.bat.sectorOf(b)];
+      const pair = [this.map.batSectorOf(a), this.map.batSectorOf(b)];
       if (!pair.some((u) => this.bat.isDirty(u))) continue;
       for (const u of pair) if (!root.has(u)) root.set(u, u);
       const [ra, rb] = pair.map(find) as [number, number];
@@ -872,7 +1013,7 @@ export class Writer {
   private commit(flushAlways: boolean): Promise<void> {
     return this.metadataLock.run(async () => {
       if (this.dirtyCount === 0) {
-        if (flushAlways) await this.file.flush!();
+        if (flushAlways) await this.file.flush();
         this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
         this.free.markDurable();
         return;
@@ -888,20 +1029,20 @@ export class Writer {
         for (const [at] of others) this.pendingSectors.delete(at);
         let applied = false;
         try {
-          await this.file.flush!();
+          await this.file.flush();
           this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
           this.ring ??= new LogRing(this.file, this.layout.log.logOffset, this.layout.log.logLength, randomGuid());
           const sectors = [...batch.sectors, ...bitmapBatch.sectors, ...others.map(([fileOffset, data]) => ({ fileOffset, data }))];
           const writes = sectors.map((s) => ({ kind: 'data' as const, fileOffset: s.fileOffset, data: s.data }));
           await this.ring.append(writes, this.flushedSize, this.fileEnd);
-          await this.file.flush!();
+          await this.file.flush();
           if (this.header.logGuid !== this.ring.logGuid) {
             this.header = await updateHeaders(this.file, this.header, { logGuid: this.ring.logGuid });
           }
-          for (const s of sectors) await this.file.write!(s.fileOffset, s.data);
-          await this.file.flush!();
+          for (const s of sectors) await this.file.write(s.fileOffset, s.data);
+          await this.file.flush();
           applied = true;
-          this.linked = this.linked.filter(([a, b]) => this.bat.isDirty(this.bat.sectorOf(a)) || this.bat.isDirty(this.bat.sectorOf(b)));
+          this.linked = this.linked.filter(([a, b]) => this.bat.isDirty(this.map.batSectorOf(a)) || this.bat.isDirty(this.map.batSectorOf(b)));
         } finally {
           this.bat.release(batch, applied);
           this.bitmaps?.release(bitmapBatch, applied);

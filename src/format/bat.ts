@@ -40,17 +40,34 @@ export interface BatEntry {
   fileOffsetMB: number;
 }
 
-/** Decode the entry at byte `at` of `bytes` (which holds raw BAT bytes). */
+/**
+ * The entry's FileOffsetMB from its two little-endian 32-bit words: bits 20..63, 12 from the low
+ * word and 32 from the high one. Scans that walk raw BAT bytes use this and the two below, so the
+ * bit layout is written here only.
+ */
+export function entryFileOffsetMB(lo: number, hi: number): number {
+  return hi * 4096 + (lo >>> 20);
+}
+
+/** The entry's state (bits 0..2) from its low word. */
+export function entryState(lo: number): number {
+  return lo & 7;
+}
+
+/** True when the low word's reserved bits 3..19 are zero, as the specification requires. */
+export function entryReservedClear(lo: number): boolean {
+  return (lo & RESERVED_MASK) === 0;
+}
+
+/** Decode the entry at byte `at` of `view` (which holds raw BAT bytes). */
 export function decodeBatEntry(view: DataView, at: number): BatEntry {
   const lo = view.getUint32(at, true);
-  const hi = view.getUint32(at + 4, true);
-  // FileOffsetMB is bits 20..63: 12 bits from the low word, 32 from the high word.
-  return { state: lo & 7, fileOffsetMB: hi * 4096 + (lo >>> 20) };
+  return { state: entryState(lo), fileOffsetMB: entryFileOffsetMB(lo, view.getUint32(at + 4, true)) };
 }
 
 /** True when reserved bits 3..19 are zero, as the specification requires. */
 export function batEntryReservedClear(view: DataView, at: number): boolean {
-  return (view.getUint32(at, true) & RESERVED_MASK) === 0;
+  return entryReservedClear(view.getUint32(at, true));
 }
 
 export function encodeBatEntry(view: DataView, at: number, entry: BatEntry): void {
@@ -137,14 +154,14 @@ function mibHex(fileOffsetMB: number): string {
  * entry i + floor(i / C) for i < ceil(size / BlockSize) only), and qemu ignores them too.
  */
 export function judgeBatEntry(g: BatGeometry, hasParent: boolean, fileSize: number, index: number, lo: number, hi: number): BatEntryVerdict {
-  const state = lo & 7;
-  const fileOffsetMB = hi * 4096 + (lo >>> 20);
+  const state = entryState(lo);
+  const fileOffsetMB = entryFileOffsetMB(lo, hi);
   const fileOffset = fileOffsetMB * MiB;
   const isBitmap = (index + 1) % (g.chunkRatio + 1) === 0;
   const blockIndex = index - Math.floor(index / (g.chunkRatio + 1));
   const bad = (reason: Extract<BatEntryVerdict, { kind: 'bad' }>['reason'], message: string): BatEntryVerdict => ({ kind: 'bad', reason, message, state });
   if (!isBitmap && blockIndex >= g.payloadBlocks) return { kind: 'unused', state };
-  if ((lo & RESERVED_MASK) !== 0) {
+  if (!entryReservedClear(lo)) {
     return bad('BAD_BAT_ENTRY', `has reserved bits 3-19 set (0x${hi.toString(16).padStart(8, '0')}${lo.toString(16).padStart(8, '0')})`);
   }
   if (isBitmap) {

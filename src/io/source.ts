@@ -20,6 +20,29 @@ export interface RandomAccessSource {
   close(): Promise<void>;
 }
 
+/**
+ * A source that can be changed: what a writable image, a log replay, a repair and a copy's
+ * destination write through. Narrow a source once, where it comes in (`writableSource`); code
+ * that holds a WritableSource calls its methods without checking again.
+ */
+export interface WritableSource extends RandomAccessSource {
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Make every completed write and truncate durable. */
+  flush(): Promise<void>;
+  truncate(size: number): Promise<void>;
+}
+
+/** True when `src` can be written, flushed and truncated, and is not open read-only. */
+export function isWritableSource(src: RandomAccessSource): src is WritableSource {
+  return !src.readOnly && typeof src.write === 'function' && typeof src.flush === 'function' && typeof src.truncate === 'function';
+}
+
+/** `src` as a WritableSource, or EROFS / READ_ONLY with `message` (what needed it). */
+export function writableSource(src: RandomAccessSource, message: string): WritableSource {
+  if (!isWritableSource(src)) throw new VhdxError('EROFS', 'READ_ONLY', message);
+  return src;
+}
+
 /** Read exactly `into.length` bytes or fail with SHORT_READ naming what was being read. */
 export async function readExact(src: RandomAccessSource, offset: number, into: Uint8Array, what: string): Promise<void> {
   let done = 0;

@@ -507,7 +507,17 @@ export class Transmission {
   }
 
   private readsAsZero(e: Extent): boolean {
-    return e.type === 'zero' || (e.type === 'unallocated' && this.exp.unallocatedIsZero);
+    return (this.extentStatus(e) & STATE_ZERO) !== 0;
+  }
+
+  /**
+   * An extent's base:allocation flags, as qemu-nbd gives them: data 0; zeros with no storage
+   * behind them HOLE|ZERO, zeros that keep their storage (a fixed disk's) ZERO; unallocated
+   * ranges that would be a parent's data (a differencing image opened alone) 0.
+   */
+  private extentStatus(e: Extent): number {
+    if (e.type === 'data' || (e.type === 'unallocated' && !this.exp.unallocatedIsZero)) return 0;
+    return e.stored ? STATE_ZERO : STATE_HOLE | STATE_ZERO;
   }
 
   private async write(cHi: number, cLo: number, flags: number, offset: number, data: Buffer, charge: number): Promise<void> {
@@ -554,8 +564,7 @@ export class Transmission {
   }
 
   /**
-   * One BLOCK_STATUS chunk for base:allocation: data 0, zero extents ZERO, unallocated ones
-   * HOLE|ZERO (0 when they show a parent's data). Extents are clamped to the request; with
+   * One BLOCK_STATUS chunk for base:allocation (flags by `extentStatus`). Extents are clamped to the request; with
    * REQ_ONE exactly one is sent.
    */
   private async blockStatus(cHi: number, cLo: number, flags: number, offset: number, length: number): Promise<void> {
@@ -579,7 +588,7 @@ export class Transmission {
         const eEnd = Math.min(e.offset + e.length, end);
         if (eEnd <= pos) continue;
         if (e.offset > pos && !add(e.offset - pos, 0)) break;
-        const status = e.type === 'data' ? 0 : e.type === 'zero' ? STATE_ZERO : this.exp.unallocatedIsZero ? STATE_HOLE | STATE_ZERO : 0;
+        const status = this.extentStatus(e);
         if (!add(eEnd - pos, status)) break;
       }
       if (pairs.length === 0) pairs.push(length, 0);

@@ -345,15 +345,15 @@ test('commit frees the parent\'s blocks the child zeroed: the parent closes with
   await ro.close();
 });
 
-test('FreeBlocks: lowest durable first, own place by entry, trailing run, both caps', async () => {
+test('FreeBlocks: lowest durable first, own place by block, trailing run, both caps', async () => {
   const { FreeBlocks } = await import('../../dist/driver/free-space.js');
   const f = new FreeBlocks(MiB, 4, 2 * MiB);
-  const rec = (mb, entry, owned, durable = true) => ({ fileOffset: mb * MiB, entry, owned, durable });
+  const rec = (mb, block, owned, durable = true) => ({ fileOffset: mb * MiB, block, owned, durable });
   assert.equal(f.add(rec(9, 1, true)), true);
   assert.equal(f.add(rec(5, 2, false, false)), true);
   assert.equal(f.add(rec(7, 3, false)), true);
   assert.equal(f.add(rec(8, 4, false)), false, 'a third unowned MiB is past the 2 MiB cap');
-  assert.equal(f.add(rec(6, 1, true)), false, 'one record per entry');
+  assert.equal(f.add(rec(6, 1, true)), false, 'one record per block');
   assert.equal(f.add(rec(8, 5, true)), true);
   assert.equal(f.add(rec(3, 6, true)), false, 'the count cap');
   assert.equal(f.of(2).fileOffset, 5 * MiB);

@@ -3,7 +3,9 @@
 //
 // Operations: { kind: 'write', offset, data, fua? }, { kind: 'zero' | 'discard', offset, length },
 // { kind: 'flush' }, { kind: 'close' }, { kind: 'reopen' } (close and open again, writable),
-// { kind: 'parallel', ops: [...] } (issued together; they must not overlap).
+// { kind: 'parallel', ops: [...] } (issued together; they must not overlap),
+// { kind: 'move', moves } (moveBlocks: `moves` is a list, or a function of the image giving one;
+// the disk's content does not change, and the moves are durable when it returns).
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { FaultySource, VhdxImage } from '../../dist/index.js';
 import { SparseModel } from './model.js';
@@ -29,6 +31,8 @@ export function execute(img, op) {
       return img.close();
     case 'parallel':
       return Promise.all(op.ops.map((o) => execute(img, o)));
+    case 'move':
+      return (async () => img.moveBlocks(typeof op.moves === 'function' ? await op.moves(img) : op.moves))();
   }
 }
 
@@ -69,7 +73,7 @@ export async function runWorkload(base, list, crashAt, { open = (disk) => VhdxIm
         img = await open(disk);
       } else await execute(img, op);
       applyToModel(model, op);
-      if (op.kind === 'flush' || op.kind === 'close' || op.kind === 'reopen' || op.fua) {
+      if (op.kind === 'flush' || op.kind === 'close' || op.kind === 'reopen' || op.kind === 'move' || op.fua) {
         durable = model.clone();
         since = [];
       }

@@ -170,6 +170,41 @@ describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
     assert.match(totals, new RegExp(`^\\s*${5 * MiB}\\s+[\\d.]+%\\s+0\\s+data`, 'm'));
   });
 
+  // qemu-img starts every block of a new VHDX as ZERO (fixed disks too, with their space
+  // preallocated): unwritten ranges of a dynamic disk have no storage behind them and must show
+  // as holes (clients that skip holes rely on it); a fixed disk's keep their storage: zero alone.
+  it('--map over images qemu-img made and qemu-io partly wrote: holes where a dynamic disk was never written, zero alone on a fixed disk', { skip: needTool('qemu-img', 'qemu-io') }, async () => {
+    for (const [subformat, unwritten] of [
+      ['dynamic', '3 hole,zero'],
+      ['fixed', '2 zero'],
+    ]) {
+      const path = join(dir, `qemu-${subformat}.vhdx`);
+      await must('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', `subformat=${subformat},block_size=1M`, path, String(16 * MiB)]);
+      await must('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x5a 1M 1M', '-c', 'write -P 0x33 5M 4k', path]);
+      const sock = join(dir, `qemu-${subformat}.sock`);
+      const q = await startServe(['-r', '--socket', sock, path]);
+      try {
+        const rows = (await must('nbdinfo', ['--map', q.uri]))
+          .trim()
+          .split('\n')
+          .map((l) => l.trim().split(/\s+/));
+        assert.deepEqual(
+          rows.map((r) => [Number(r[0]) / MiB, Number(r[1]) / MiB, `${r[2]} ${r[3]}`]),
+          [
+            [0, 1, unwritten],
+            [1, 1, '0 data'],
+            [2, 3, unwritten],
+            [5, 1, '0 data'],
+            [6, 10, unwritten],
+          ],
+          subformat,
+        );
+      } finally {
+        await stopped(q);
+      }
+    }
+  });
+
   it('--can reports what is advertised; --is read-only tells the two exports apart', async () => {
     for (const f of ['flush', 'fua', 'trim', 'zero', 'fast-zero', 'multi-conn', 'df', 'cache']) {
       assert.equal((await exec('nbdinfo', ['--can', f, s.uri])).code, 0, f);

@@ -19,9 +19,10 @@
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { randomGuid } from '../codec/guid.js';
-import type { ProgressOptions } from '../device/block-device.js';
+import type { ProgressOptions } from './block-device.js';
+import { copyDevice, deviceSink } from './copy.js';
 import type { ParentLocator } from '../format/parent-locator.js';
-import type { VhdxImage } from './image.js';
+import type { VhdxImage } from '../driver/image.js';
 
 export interface CommitOptions extends ProgressOptions {
   /**
@@ -42,9 +43,6 @@ export interface CommitResult {
   /** The parent's DataWriteGuid after the merge. */
   parentDataWriteGuid: string;
 }
-
-const WINDOW = 1024 * 1024 * 1024;
-const COPY_CHUNK = 4 * 1024 * 1024;
 
 function withEntry(loc: ParentLocator, key: string, value: string | null): ParentLocator {
   const entries = loc.entries.filter((e) => e.key !== key);
@@ -68,7 +66,6 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
   if (!parent) throw new VhdxError('EINVAL', 'NO_PARENT', `${name} was opened without its parent`);
   if (child.readOnly || parent.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', 'commit needs the child and its parent open for writing');
   const loc = child.layout.parentLocator;
-  const into: VhdxImage = parent;
 
   // 1. The parent's next identity, named in the child first.
   let g: string;
@@ -79,35 +76,17 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
   }
   parent.setNextDataWriteGuid(g);
 
-  // 2. The child's own ranges (depth 0) into the parent.
-  let dataBytes = 0;
-  let zeroBytes = 0;
-  const size = child.size;
-  const parallel = Math.max(1, opts.parallel ?? 4);
-  const inFlight = new Set<Promise<void>>();
-  let failure: unknown = null;
-  const start = (task: () => Promise<void>): void => {
-    const p = task()
-      .catch((e: unknown) => {
-        failure ??= e;
-      })
-      .finally(() => inFlight.delete(p));
-    inFlight.add(p);
-  };
-  const copy = async (offset: number, length: number): Promise<void> => {
-    const buf = new Uint8Array(length);
-    await child.read(offset, buf);
-    await parent.write(offset, buf);
-  };
-  try {
-    await copyAll();
-  } finally {
-    await Promise.allSettled([...inFlight]);
-  }
-  if (failure !== null) throw failure;
+  // 2. The child's own ranges (depth 0) into the parent: its data copied (zeros included: they
+  // cover the parent's data), its zero ranges zeroed. The parent is flushed at the end.
+  const copied = await copyDevice(child, deviceSink(parent), {
+    parallel: opts.parallel ?? 4,
+    detectZeroes: false,
+    plan: (x) => ((x.depth ?? 0) !== 0 ? 'skip' : x.type === 'data' ? 'copy' : x.type === 'zero' ? 'zero' : 'skip'),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+  });
   // Cancelled during the copy: stop before the child is relinked (a second commit resumes).
   throwIfAborted(opts.signal, 'commit');
-  await parent.flush();
   const parentDataWriteGuid = parent.header.dataWriteGuid;
 
   // 3. The child shows the merged parent everywhere, and links to its new identity.
@@ -119,30 +98,5 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
     // The chain reads the same, so the child keeps its DataWriteGuid: its own children stay linked.
     await child.clearAllBlocks({ contentUnchanged: true, ...(opts.signal ? { signal: opts.signal } : {}) });
   }
-  return { dataBytes, zeroBytes, parentDataWriteGuid };
-
-  async function copyAll(): Promise<void> {
-    for (let w = 0; w < size && failure === null; w += WINDOW) {
-      throwIfAborted(opts.signal, 'commit');
-      const wEnd = Math.min(size, w + WINDOW);
-      for (const x of await child.blockStatus(w, wEnd - w)) {
-        if ((x.depth ?? 0) !== 0) continue;
-        const end = Math.min(x.offset + x.length, wEnd);
-        if (x.type === 'zero') {
-          await into.writeZeroes(x.offset, end - x.offset);
-          zeroBytes += end - x.offset;
-          continue;
-        }
-        if (x.type !== 'data') continue;
-        for (let pos = x.offset; pos < end && failure === null; pos += COPY_CHUNK) {
-          throwIfAborted(opts.signal, 'commit');
-          const n = Math.min(COPY_CHUNK, end - pos);
-          while (inFlight.size >= parallel) await Promise.race(inFlight);
-          start(() => copy(pos, n));
-          dataBytes += n;
-        }
-      }
-      opts.onProgress?.(wEnd, size);
-    }
-  }
+  return { dataBytes: copied.bytesRead, zeroBytes: copied.bytesZeroed, parentDataWriteGuid };
 }
