@@ -92,7 +92,7 @@ interface CommandRule {
 const NO_FLAGS: CommandRule['flags'] = [];
 
 // The one table of what each command is (DISC, which gets no reply, is handled apart).
-const RULES: ReadonlyMap<number, CommandRule> = new Map<number, CommandRule>([
+const RULES = byCommand([
   [Cmd.READ, { name: 'read', writes: false, pastEnd: Errno.EINVAL, advertisedBy: 0, flags: [[CFlag.DF, TFlag.SEND_DF]], length: 'payload', empty: 'done' }],
   [Cmd.WRITE, { name: 'write', writes: true, pastEnd: Errno.ENOSPC, advertisedBy: 0, flags: NO_FLAGS, length: 'payload', empty: 'done' }],
   [Cmd.FLUSH, { name: 'flush', writes: false, pastEnd: Errno.EINVAL, advertisedBy: TFlag.SEND_FLUSH, flags: NO_FLAGS, length: 'none', empty: 'done' }],
@@ -116,15 +116,25 @@ const RULES: ReadonlyMap<number, CommandRule> = new Map<number, CommandRule>([
   [Cmd.BLOCK_STATUS, { name: 'block status', writes: false, pastEnd: Errno.EINVAL, advertisedBy: 0, flags: [[CFlag.REQ_ONE, 0]], length: 'range', empty: 'refuse' }],
 ]);
 
+/** The table as an array indexed by command type (looked up once per request). */
+function byCommand(entries: readonly (readonly [Cmd, CommandRule])[]): readonly (CommandRule | undefined)[] {
+  const rules: (CommandRule | undefined)[] = [];
+  for (const [command, rule] of entries) rules[command] = rule;
+  return rules;
+}
+
 /** Whether `command` changes the disk (WRITE, TRIM, WRITE_ZEROES). */
 export function changesDisk(command: number): boolean {
-  return RULES.get(command)?.writes === true;
+  return RULES[command]?.writes === true;
 }
 
 /** The command flags `rule` accepts on a connection that advertised `advertised`. */
 function allowedFlags(rule: CommandRule, advertised: number): number {
   let allowed = (advertised & TFlag.SEND_FUA) !== 0 ? CFlag.FUA : 0;
-  for (const [flag, by] of rule.flags) if ((advertised & by) === by) allowed |= flag;
+  for (let i = 0; i < rule.flags.length; i++) {
+    const [flag, by] = rule.flags[i]!;
+    if ((advertised & by) === by) allowed |= flag;
+  }
   return allowed;
 }
 
@@ -138,33 +148,36 @@ export function decodeRequest(b: Buffer, rules: RequestRules): Decoded {
   const length = b.readUInt32BE(24);
 
   if (command === Cmd.DISC) return { kind: 'request', command, flags, cookie, offset, length };
-  const rule = RULES.get(command);
-  const refuse = (errno: Errno, message: string): Refusal | Violation => {
-    const drain = command === Cmd.WRITE ? length : 0;
-    if (drain > rules.drainLimit) return { kind: 'violation', message: `write of ${length} bytes is past the drain limit` };
-    return { kind: 'refusal', command, cookie, errno, message, drain };
-  };
-  if (!rule) return refuse(Errno.EINVAL, 'unknown command');
+  const rule = RULES[command];
+  const why = rule ? check(rule, command, flags, offset, length, rules) : ([Errno.EINVAL, 'unknown command'] as const);
+  if (why === null) return { kind: 'request', command, flags, cookie, offset, length };
+  if (why === 'done') return { kind: 'done', command, cookie };
+  // A refused WRITE's payload is drained first, unless it is too long to.
+  const drain = command === Cmd.WRITE ? length : 0;
+  if (drain > rules.drainLimit) return { kind: 'violation', message: `write of ${length} bytes is past the drain limit` };
+  return { kind: 'refusal', command, cookie, errno: why[0], message: why[1], drain };
+}
 
+/**
+ * The checks, in their one order: null when the request is to run, 'done' for a valid zero-length
+ * range, else the errno and message to refuse it with.
+ */
+function check(rule: CommandRule, command: number, flags: number, offset: number, length: number, rules: RequestRules): readonly [Errno, string] | 'done' | null {
   const advertised = rules.flags;
-  if (rule.writes && (advertised & TFlag.READ_ONLY) !== 0) return refuse(Errno.EPERM, 'the export is read-only');
-  if ((advertised & rule.advertisedBy) !== rule.advertisedBy) return refuse(Errno.EINVAL, 'command not advertised');
-  if (command === Cmd.BLOCK_STATUS && rules.context === null) return refuse(Errno.EINVAL, 'no metadata context was selected');
-  if ((flags & ~allowedFlags(rule, advertised)) !== 0) return refuse(Errno.EINVAL, 'unsupported flags');
-
+  if (rule.writes && (advertised & TFlag.READ_ONLY) !== 0) return [Errno.EPERM, 'the export is read-only'];
+  if ((advertised & rule.advertisedBy) !== rule.advertisedBy) return [Errno.EINVAL, 'command not advertised'];
+  if (command === Cmd.BLOCK_STATUS && rules.context === null) return [Errno.EINVAL, 'no metadata context was selected'];
+  if ((flags & ~allowedFlags(rule, advertised)) !== 0) return [Errno.EINVAL, 'unsupported flags'];
   if (rule.length === 'none') {
-    if (offset !== 0 || length !== 0) return refuse(Errno.EINVAL, `${rule.name} takes no offset or length`);
-  } else {
-    if (rule.length === 'payload' && length > rules.maxPayload) return refuse(Errno.EINVAL, `${rule.name} is longer than the maximum block size`);
-    const size = rules.size;
-    if (offset < 0 || offset > size || length > size - offset) {
-      const at = offset >= 0 ? `at offset ${offset}` : 'at an offset past 2^53';
-      return refuse(rule.pastEnd, `${rule.name} of ${length} bytes ${at} is outside the ${size}-byte export`);
-    }
-    if (length === 0) {
-      if (rule.empty === 'refuse') return refuse(Errno.EINVAL, `${rule.name} of 0 bytes`);
-      return { kind: 'done', command, cookie };
-    }
+    if (offset !== 0 || length !== 0) return [Errno.EINVAL, `${rule.name} takes no offset or length`];
+    return null;
   }
-  return { kind: 'request', command, flags, cookie, offset, length };
+  if (rule.length === 'payload' && length > rules.maxPayload) return [Errno.EINVAL, `${rule.name} is longer than the maximum block size`];
+  const size = rules.size;
+  if (offset < 0 || offset > size || length > size - offset) {
+    const at = offset >= 0 ? `at offset ${offset}` : 'at an offset past 2^53';
+    return [rule.pastEnd, `${rule.name} of ${length} bytes ${at} is outside the ${size}-byte export`];
+  }
+  if (length === 0) return rule.empty === 'refuse' ? [Errno.EINVAL, `${rule.name} of 0 bytes`] : 'done';
+  return null;
 }

@@ -300,7 +300,7 @@ export class Transmission {
     const dev = this.exp.device;
     switch (req.command) {
       case Cmd.READ:
-        return this.start(req, req.length + REPLY_BOUND, () => execute.read(dev, req, this.form));
+        return this.start(req, req.length + REPLY_BOUND, execute.read(dev, req, this.form));
       case Cmd.WRITE:
         this.pCharge = req.length + REPLY_BOUND;
         this.begin(this.pCharge);
@@ -309,12 +309,12 @@ export class Transmission {
         return;
       case Cmd.FLUSH:
         this.dirty = false;
-        return this.start(req, REPLY_BOUND, () => execute.flush(dev, req));
+        return this.start(req, REPLY_BOUND, execute.flush(dev, req));
       case Cmd.TRIM:
       case Cmd.WRITE_ZEROES:
-        return this.start(req, REPLY_BOUND, () => execute.zero(this.exp, req));
+        return this.start(req, REPLY_BOUND, execute.zero(this.exp, req));
       case Cmd.BLOCK_STATUS:
-        return this.start(req, this.blockStatusCharge, () => execute.blockStatus(dev, req, this.form));
+        return this.start(req, this.blockStatusCharge, execute.blockStatus(dev, req, this.form));
       case Cmd.CACHE:
         // Advisory: the page cache already does what a prefetch would.
         return this.send(successReply(req.command, req.cookie, this.form.structured), 0);
@@ -324,9 +324,10 @@ export class Transmission {
     }
   }
 
-  private start(req: Request, charge: number, run: () => Promise<Buffer>): void {
+  /** A request starts, charged `charge`, with its work under way. */
+  private start(req: Request, charge: number, work: Promise<Buffer>): void {
     this.begin(charge);
-    void this.settle(req, charge, run());
+    void this.settle(req, charge, work);
   }
 
   /** Send a request's reply, or its error; a write marks the connection dirty, a failed flush too. */
