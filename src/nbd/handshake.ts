@@ -281,29 +281,38 @@ export function optionReply(opt: number, type: number, payload?: Buffer): Buffer
   return out;
 }
 
-/** INFO/GO data: u32 name length, name, u16 count k, k u16 info codes; nothing more or less. */
-function parseInfoRequest(data: Buffer): { name: string; infos: Set<number> } | string {
-  if (data.length < 6) return 'request too short';
+/**
+ * The export name INFO, GO and the META_CONTEXT options start with (u32 length, name), checked to
+ * leave at least `rest` bytes after it; `end` is where it ends.
+ */
+function leadingName(data: Buffer, rest: number): { name: string; end: number } | string {
+  if (data.length < 4 + rest) return 'request too short';
   const nameLength = data.readUInt32BE(0);
-  if (nameLength > data.length - 6) return 'name length overruns the request';
+  if (nameLength > data.length - 4 - rest) return 'name length overruns the request';
   const name = decodeString(data.subarray(4, 4 + nameLength));
   if (name === null) return 'bad export name';
-  const k = data.readUInt16BE(4 + nameLength);
-  if (data.length !== 6 + nameLength + 2 * k) return 'request length does not match its info count';
+  return { name, end: 4 + nameLength };
+}
+
+/** INFO/GO data: u32 name length, name, u16 count k, k u16 info codes; nothing more or less. */
+function parseInfoRequest(data: Buffer): { name: string; infos: Set<number> } | string {
+  const head = leadingName(data, 2);
+  if (typeof head === 'string') return head;
+  const { name, end } = head;
+  const k = data.readUInt16BE(end);
+  if (data.length !== end + 2 + 2 * k) return 'request length does not match its info count';
   const infos = new Set<number>();
-  for (let i = 0; i < k; i++) infos.add(data.readUInt16BE(6 + nameLength + 2 * i));
+  for (let i = 0; i < k; i++) infos.add(data.readUInt16BE(end + 2 + 2 * i));
   return { name, infos };
 }
 
 /** LIST/SET_META_CONTEXT data: u32 name length, name, u32 query count, queries (u32 length, text). */
 function parseContextRequest(data: Buffer): { name: string; queries: string[] } | string {
-  if (data.length < 8) return 'request too short';
-  const nameLength = data.readUInt32BE(0);
-  if (nameLength > data.length - 8) return 'name length overruns the request';
-  const name = decodeString(data.subarray(4, 4 + nameLength));
-  if (name === null) return 'bad export name';
-  const count = data.readUInt32BE(4 + nameLength);
-  let pos = 8 + nameLength;
+  const head = leadingName(data, 4);
+  if (typeof head === 'string') return head;
+  const { name, end } = head;
+  const count = data.readUInt32BE(end);
+  let pos = end + 4;
   const queries: string[] = [];
   // Each query takes at least 4 bytes, so the loop ends by the option's length, not the count.
   for (let i = 0; i < count; i++) {
