@@ -125,10 +125,11 @@ describe('NBD reply encoders', () => {
 
 describe('block status into replies', () => {
   const data = (offset, length) => ({ offset, length, type: 'data' });
-  const zero = (offset, length) => ({ offset, length, type: 'zero' });
+  // Zeros with storage behind them (a fixed disk's zero blocks): ZERO alone, as qemu-nbd reports them.
+  const zero = (offset, length) => ({ offset, length, type: 'zero', stored: true });
   const unallocated = (offset, length) => ({ offset, length, type: 'unallocated' });
 
-  it('base:allocation flags: data 0, zero ZERO, unallocated HOLE|ZERO, or 0 where it shows a parent', () => {
+  it('base:allocation flags: data 0, stored zeros ZERO, unallocated HOLE|ZERO, or 0 where it shows a parent', () => {
     assert.equal(extentStatus(data(0, 1), true), 0);
     assert.equal(extentStatus(zero(0, 1), true), 2);
     assert.equal(extentStatus(zero(0, 1), false), 2);
