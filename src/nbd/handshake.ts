@@ -123,6 +123,19 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
     if (!fixed && opt !== Opt.EXPORT_NAME) throw new ProtocolViolation(`option ${opt} from a client without fixed newstyle`);
     const reply = (type: number, payload?: Buffer): void => io.write(optionReply(opt, type, payload));
     const fail = (type: number, message: string): void => reply(type, Buffer.from(message));
+    /** A parsed INFO, GO or META_CONTEXT request and the export it names; null when refused (the error is sent). */
+    const target = <T extends { name: string }>(req: T | string): { req: T; exp: NbdExport } | null => {
+      if (typeof req === 'string') {
+        fail(Rep.ERR_INVALID, req);
+        return null;
+      }
+      const exp = exports.lookup(req.name);
+      if (!exp) {
+        fail(Rep.ERR_UNKNOWN, 'no such export');
+        return null;
+      }
+      return { req, exp };
+    };
 
     switch (opt) {
       case Opt.EXPORT_NAME: {
@@ -132,10 +145,7 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
         if (!exp) throw new ProtocolViolation(`EXPORT_NAME for an unknown export`);
         if (io.admit() !== null) return null;
         const flags = transmissionFlags(exp, structured);
-        const out = Buffer.alloc(noZeroes ? 10 : 134);
-        putU64(out, exp.size, 0);
-        out.writeUInt16BE(flags, 8);
-        io.write(out);
+        io.write(exportNameReply(exp.size, flags, noZeroes));
         return { export: exp, structured, allocationContext: contextFor === exp ? ALLOCATION_CONTEXT_ID : null, flags };
       }
       case Opt.ABORT:
@@ -146,15 +156,7 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
           fail(Rep.ERR_INVALID, 'LIST takes no data');
           break;
         }
-        for (const e of exports.all) {
-          const name = Buffer.from(e.name);
-          const desc = Buffer.from(e.description);
-          const p = Buffer.alloc(4 + name.length + desc.length);
-          p.writeUInt32BE(name.length, 0);
-          name.copy(p, 4);
-          desc.copy(p, 4 + name.length);
-          reply(Rep.SERVER, p);
-        }
+        for (const e of exports.all) reply(Rep.SERVER, serverEntry(e.name, e.description));
         reply(Rep.ACK);
         break;
       case Opt.STRUCTURED_REPLY:
@@ -167,16 +169,9 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
         break;
       case Opt.INFO:
       case Opt.GO: {
-        const req = parseInfoRequest(data);
-        if (typeof req === 'string') {
-          fail(Rep.ERR_INVALID, req);
-          break;
-        }
-        const exp = exports.lookup(req.name);
-        if (!exp) {
-          fail(Rep.ERR_UNKNOWN, 'no such export');
-          break;
-        }
+        const t = target(parseInfoRequest(data));
+        if (!t) break;
+        const { req, exp } = t;
         const refusal = opt === Opt.GO ? io.admit() : null;
         if (refusal !== null) {
           // The client may try again, ABORT, or go; the handshake limits still hold.
@@ -184,23 +179,10 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
           break;
         }
         const flags = transmissionFlags(exp, structured);
-        const info = Buffer.alloc(12);
-        info.writeUInt16BE(Info.EXPORT, 0);
-        putU64(info, exp.size, 2);
-        info.writeUInt16BE(flags, 10);
-        reply(Rep.INFO, info);
-        if (req.infos.has(Info.NAME)) reply(Rep.INFO, Buffer.concat([u16(Info.NAME), Buffer.from(exp.name)]));
-        if (req.infos.has(Info.DESCRIPTION) && exp.description !== '') {
-          reply(Rep.INFO, Buffer.concat([u16(Info.DESCRIPTION), Buffer.from(exp.description)]));
-        }
-        if (req.infos.has(Info.BLOCK_SIZE)) {
-          const b = Buffer.alloc(14);
-          b.writeUInt16BE(Info.BLOCK_SIZE, 0);
-          b.writeUInt32BE(limits.minimumBlockSize, 2);
-          b.writeUInt32BE(limits.preferredBlockSize, 6);
-          b.writeUInt32BE(limits.maximumPayload, 10);
-          reply(Rep.INFO, b);
-        }
+        reply(Rep.INFO, exportInfo(exp.size, flags));
+        if (req.infos.has(Info.NAME)) reply(Rep.INFO, numberThenText(2, Info.NAME, exp.name));
+        if (req.infos.has(Info.DESCRIPTION) && exp.description !== '') reply(Rep.INFO, numberThenText(2, Info.DESCRIPTION, exp.description));
+        if (req.infos.has(Info.BLOCK_SIZE)) reply(Rep.INFO, blockSizeInfo(limits));
         reply(Rep.ACK);
         if (opt === Opt.GO) {
           return { export: exp, structured, allocationContext: contextFor === exp ? ALLOCATION_CONTEXT_ID : null, flags };
@@ -216,26 +198,16 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
           fail(Rep.ERR_INVALID, 'SET_META_CONTEXT needs structured replies first');
           break;
         }
-        const req = parseContextRequest(data);
-        if (typeof req === 'string') {
-          fail(Rep.ERR_INVALID, req);
-          break;
-        }
-        const exp = exports.lookup(req.name);
-        if (!exp) {
-          fail(Rep.ERR_UNKNOWN, 'no such export');
-          break;
-        }
+        const t = target(parseContextRequest(data));
+        if (!t) break;
+        const { req, exp } = t;
         // Only base:allocation exists. LIST with no query, or the query "base:", lists it; an exact
         // match lists or selects it; anything else is silently ignored.
         const match = set
           ? req.queries.includes(BASE_ALLOCATION)
           : req.queries.length === 0 || req.queries.some((q) => q === BASE_ALLOCATION || q === 'base:');
         if (match) {
-          const p = Buffer.alloc(4 + BASE_ALLOCATION.length);
-          p.writeUInt32BE(set ? ALLOCATION_CONTEXT_ID : 0, 0);
-          p.write(BASE_ALLOCATION, 4, 'utf8');
-          reply(Rep.META_CONTEXT, p);
+          reply(Rep.META_CONTEXT, numberThenText(4, set ? ALLOCATION_CONTEXT_ID : 0, BASE_ALLOCATION));
           if (set) contextFor = exp;
         }
         reply(Rep.ACK);
@@ -251,9 +223,50 @@ export async function negotiate(io: HandshakeIo, exports: ExportTable, limits: H
   }
 }
 
-function u16(v: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeUInt16BE(v, 0);
+// Option reply payloads.
+
+/** Reply to EXPORT_NAME: size, transmission flags, and 124 zero bytes unless the client said NO_ZEROES. */
+function exportNameReply(size: number, flags: number, noZeroes: boolean): Buffer {
+  const out = Buffer.alloc(noZeroes ? 10 : 134);
+  putU64(out, size, 0);
+  out.writeUInt16BE(flags, 8);
+  return out;
+}
+
+/** INFO_EXPORT: size and transmission flags. */
+function exportInfo(size: number, flags: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt16BE(Info.EXPORT, 0);
+  putU64(b, size, 2);
+  b.writeUInt16BE(flags, 10);
+  return b;
+}
+
+/** A big-endian u16 or u32, then text: INFO_NAME and INFO_DESCRIPTION (u16 type), REP_META_CONTEXT (u32 id). */
+function numberThenText(size: 2 | 4, value: number, text: string): Buffer {
+  const b = Buffer.alloc(size + Buffer.byteLength(text));
+  b.writeUIntBE(value, 0, size);
+  b.write(text, size, 'utf8');
+  return b;
+}
+
+/** INFO_BLOCK_SIZE: minimum, preferred, maximum payload. */
+function blockSizeInfo(limits: HandshakeLimits): Buffer {
+  const b = Buffer.alloc(14);
+  b.writeUInt16BE(Info.BLOCK_SIZE, 0);
+  b.writeUInt32BE(limits.minimumBlockSize, 2);
+  b.writeUInt32BE(limits.preferredBlockSize, 6);
+  b.writeUInt32BE(limits.maximumPayload, 10);
+  return b;
+}
+
+/** REP_SERVER: name length, name, description. */
+function serverEntry(name: string, description: string): Buffer {
+  const n = Buffer.byteLength(name);
+  const b = Buffer.alloc(4 + n + Buffer.byteLength(description));
+  b.writeUInt32BE(n, 0);
+  b.write(name, 4, 'utf8');
+  b.write(description, 4 + n, 'utf8');
   return b;
 }
 
@@ -268,29 +281,38 @@ export function optionReply(opt: number, type: number, payload?: Buffer): Buffer
   return out;
 }
 
-/** INFO/GO data: u32 name length, name, u16 count k, k u16 info codes; nothing more or less. */
-function parseInfoRequest(data: Buffer): { name: string; infos: Set<number> } | string {
-  if (data.length < 6) return 'request too short';
+/**
+ * The export name INFO, GO and the META_CONTEXT options start with (u32 length, name), checked to
+ * leave at least `rest` bytes after it; `end` is where it ends.
+ */
+function leadingName(data: Buffer, rest: number): { name: string; end: number } | string {
+  if (data.length < 4 + rest) return 'request too short';
   const nameLength = data.readUInt32BE(0);
-  if (nameLength > data.length - 6) return 'name length overruns the request';
+  if (nameLength > data.length - 4 - rest) return 'name length overruns the request';
   const name = decodeString(data.subarray(4, 4 + nameLength));
   if (name === null) return 'bad export name';
-  const k = data.readUInt16BE(4 + nameLength);
-  if (data.length !== 6 + nameLength + 2 * k) return 'request length does not match its info count';
+  return { name, end: 4 + nameLength };
+}
+
+/** INFO/GO data: u32 name length, name, u16 count k, k u16 info codes; nothing more or less. */
+function parseInfoRequest(data: Buffer): { name: string; infos: Set<number> } | string {
+  const head = leadingName(data, 2);
+  if (typeof head === 'string') return head;
+  const { name, end } = head;
+  const k = data.readUInt16BE(end);
+  if (data.length !== end + 2 + 2 * k) return 'request length does not match its info count';
   const infos = new Set<number>();
-  for (let i = 0; i < k; i++) infos.add(data.readUInt16BE(6 + nameLength + 2 * i));
+  for (let i = 0; i < k; i++) infos.add(data.readUInt16BE(end + 2 + 2 * i));
   return { name, infos };
 }
 
 /** LIST/SET_META_CONTEXT data: u32 name length, name, u32 query count, queries (u32 length, text). */
 function parseContextRequest(data: Buffer): { name: string; queries: string[] } | string {
-  if (data.length < 8) return 'request too short';
-  const nameLength = data.readUInt32BE(0);
-  if (nameLength > data.length - 8) return 'name length overruns the request';
-  const name = decodeString(data.subarray(4, 4 + nameLength));
-  if (name === null) return 'bad export name';
-  const count = data.readUInt32BE(4 + nameLength);
-  let pos = 8 + nameLength;
+  const head = leadingName(data, 4);
+  if (typeof head === 'string') return head;
+  const { name, end } = head;
+  const count = data.readUInt32BE(end);
+  let pos = end + 4;
   const queries: string[] = [];
   // Each query takes at least 4 bytes, so the loop ends by the option's length, not the count.
   for (let i = 0; i < count; i++) {

@@ -118,6 +118,12 @@ export const enum Errno {
   ESHUTDOWN = 108,
 }
 
+/**
+ * A request's cookie (the protocol's "handle"): 8 bytes the client chooses and the server echoes
+ * in every reply to that request, carried as one u64.
+ */
+export type Cookie = bigint;
+
 export const REQUEST_HEADER_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
 export const CHUNK_HEADER_SIZE = 20;

@@ -1,8 +1,8 @@
 /**
- * The transmission phase of one connection: requests parsed from the input as it arrives, each
- * started at once (many in flight, answered in whatever order they finish), replies written
- * whole (header and payload in one buffer, or one write, so replies never interleave inside a
- * message).
+ * The transmission phase of one connection: flow control and dispatch. Request headers are read
+ * from the input as it arrives and decoded (decode.ts); each request is started at once with the
+ * device capability it needs (execute.ts), many in flight, answered in whatever order they
+ * finish; replies (encode.ts) are queued whole, so they never interleave inside a message.
  *
  * Backpressure: before each new request header the connection checks its limits (requests in
  * flight, bytes held, bytes queued on the socket unsent) and the server's byte budget; over any
@@ -18,30 +18,13 @@
  * under its limit, so the total never passes limit + maxPayload + REPLY_BOUND.
  */
 import type { Socket } from 'node:net';
-import type { Extent } from '../device/block-device.js';
 import type { NbdExport } from './export.js';
 import type { InputBuffer } from './input.js';
 import { ProtocolViolation, type Negotiated } from './handshake.js';
-import {
-  CFlag,
-  CHUNK_HEADER_SIZE,
-  Chunk,
-  Cmd,
-  Errno,
-  REPLY_FLAG_DONE,
-  REQUEST_HEADER_SIZE,
-  REQUEST_MAGIC,
-  SIMPLE_REPLY_MAGIC,
-  SIMPLE_REPLY_SIZE,
-  STATE_HOLE,
-  STATE_ZERO,
-  STRUCTURED_REPLY_MAGIC,
-  TFlag,
-  errnoOf,
-  getU64,
-  putU64,
-} from './protocol.js';
-
+import { changesDisk, decodeRequest, type Refusal, type Request, type RequestRules } from './decode.js';
+import { errorReply, successReply } from './encode.js';
+import * as execute from './execute.js';
+import { Cmd, Errno, REQUEST_HEADER_SIZE, errnoOf } from './protocol.js';
 export interface TransmissionLimits {
   /** Largest READ or WRITE payload (advertised as the maximum block size). */
   maxPayload: number;
@@ -88,39 +71,29 @@ export class ByteBudget {
   }
 }
 
-const HEADER = 0;
-const PAYLOAD = 1;
-const DRAIN = 2;
 
-/** Error messages are cut to this many bytes: far below qemu's 1000-byte limit on non-data chunks. */
-const MAX_MESSAGE_BYTES = 200;
 /**
  * Bytes charged to every request for its reply beyond the payload: a simple reply (16), a data
- * chunk's header and offset (28), an error chunk (26 + message) all fit.
+ * chunk's header and offset (28), an error chunk (26 + a message of at most MAX_MESSAGE_BYTES) all fit.
  */
 export const REPLY_BOUND = 256;
 
 export class Transmission {
   private readonly exp: NbdExport;
-  private readonly structured: boolean;
-  private readonly context: number | null;
-  private readonly flags: number;
-  /** Sparse reads (hole chunks) are possible: structured replies and a device with block status. */
-  private readonly sparseReads: boolean;
+  private readonly rules: RequestRules;
+  private readonly form: execute.ReplyForm;
+  /** What a BLOCK_STATUS request is charged: its chunk with up to maxExtents extents. */
+  private readonly blockStatusCharge: number;
 
-  private state = HEADER;
-  // The WRITE whose payload is being gathered, or the one being drained.
-  private pCookieHi = 0;
-  private pCookieLo = 0;
-  private pFlags = 0;
-  private pOffset = 0;
-  private pLength = 0;
-  private pErrno = 0;
-  /** What the request being gathered or drained was charged. */
-  private pCharge = 0;
+  /** The WRITE whose payload is being gathered. */
+  private gathering: Request | null = null;
   private parts: Buffer[] = [];
   private got = 0;
+  /** The refused WRITE whose payload is being read and dropped. */
+  private draining: Refusal | null = null;
   private drainLeft = 0;
+  /** What the WRITE being gathered or drained was charged. */
+  private pCharge = 0;
 
   private inFlight = 0;
   private bytesHeld = 0;
@@ -153,10 +126,10 @@ export class Transmission {
     private readonly onError: (e: unknown) => void,
   ) {
     this.exp = negotiated.export;
-    this.structured = negotiated.structured;
-    this.context = negotiated.allocationContext;
-    this.flags = negotiated.flags;
-    this.sparseReads = this.structured && this.exp.device.can.extents;
+    const context = negotiated.allocationContext;
+    this.rules = { size: this.exp.size, flags: negotiated.flags, context, maxPayload: limits.maxPayload, drainLimit: limits.drainLimit };
+    this.form = { structured: negotiated.structured, unallocatedIsZero: this.exp.unallocatedIsZero, context, maxExtents: limits.maxExtents };
+    this.blockStatusCharge = REPLY_BOUND + execute.blockStatusBound(this.form);
     this.finished = new Promise((r) => (this.resolveFinished = r));
   }
 
@@ -171,7 +144,7 @@ export class Transmission {
    * going on: a request in flight or half received, input not yet read, replies not yet written.
    */
   idleSince(): number | null {
-    if (this.stopping || this.inFlight > 0 || this.state !== HEADER || this.input.available > 0 || this.bytesHeld > 0) return null;
+    if (this.stopping || this.inFlight > 0 || this.midRequest || this.input.available > 0 || this.bytesHeld > 0) return null;
     return this.lastActivity;
   }
 
@@ -182,8 +155,13 @@ export class Transmission {
    */
   stalled(): 'replies' | 'request' | null {
     if (this.socket.writableLength > 0) return 'replies';
-    if (!this.stopping && !this.paused && (this.state !== HEADER || this.input.available > 0)) return 'request';
+    if (!this.stopping && !this.paused && (this.midRequest || this.input.available > 0)) return 'request';
     return null;
+  }
+
+  /** A WRITE's payload is being gathered or drained. */
+  private get midRequest(): boolean {
+    return this.gathering !== null || this.draining !== null;
   }
 
   /** New input arrived, a request finished, or the socket drained: read requests while allowed. */
@@ -218,10 +196,11 @@ export class Transmission {
     if (!this.stopping) {
       this.stopping = true;
       this.budget.forget(this.wake);
-      if (this.state !== HEADER) {
+      if (this.midRequest) {
         // A write whose payload will never be complete (or be drained): give back its charge.
-        if (this.state === PAYLOAD) this.inFlight--;
-        this.state = HEADER;
+        if (this.gathering) this.inFlight--;
+        this.gathering = null;
+        this.draining = null;
         this.release(this.pCharge);
       }
       this.parts = [];
@@ -236,24 +215,26 @@ export class Transmission {
   private pumpLoop(): void {
     const input = this.input;
     while (!this.stopping) {
-      if (this.state === PAYLOAD) {
+      const g = this.gathering;
+      if (g) {
         if (input.available === 0) return this.needInput();
-        const piece = input.takeSome(this.pLength - this.got);
+        const piece = input.takeSome(g.length - this.got);
         this.parts.push(piece);
         this.got += piece.length;
-        if (this.got === this.pLength) {
-          this.state = HEADER;
-          const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.pLength);
+        if (this.got === g.length) {
+          this.gathering = null;
+          const data = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, g.length);
           this.parts = [];
-          void this.write(this.pCookieHi, this.pCookieLo, this.pFlags, this.pOffset, data, this.pCharge);
+          void this.settle(g, this.pCharge, execute.write(this.exp, g, data));
         }
         continue;
       }
-      if (this.state === DRAIN) {
+      const d = this.draining;
+      if (d) {
         this.drainLeft -= input.skip(this.drainLeft);
         if (this.drainLeft > 0) return this.needInput();
-        this.state = HEADER;
-        this.simple(this.pCookieHi, this.pCookieLo, this.pErrno, this.pCharge);
+        this.draining = null;
+        this.refuse(d, this.pCharge);
         continue;
       }
       if (!this.admissible()) return this.hold();
@@ -290,104 +271,83 @@ export class Transmission {
     }
   }
 
-  /** Parse one request header and start (or refuse) it. */
+  /** Decode one request header and act on it. */
   private request(h: Buffer): void {
-    if (h.readUInt32BE(0) !== REQUEST_MAGIC) return this.violation('bad request magic');
-    const flags = h.readUInt16BE(4);
-    const type = h.readUInt16BE(6);
-    const cHi = h.readUInt32BE(8);
-    const cLo = h.readUInt32BE(12);
-    const offset = getU64(h, 16); // -1 when >= 2^53: out of range for any disk
-    const length = h.readUInt32BE(24);
-    const size = this.exp.size;
-    const inRange = offset >= 0 && offset <= size && length <= size - offset;
-    /** Why a request out of range is refused, naming it as the client sent it. */
-    const outside = (kind: string): string => `${kind} of ${length} bytes ${offset >= 0 ? `at offset ${offset}` : 'at an offset past 2^53'} is outside the ${size}-byte export`;
-    const fua = (this.flags & TFlag.SEND_FUA) !== 0 ? CFlag.FUA : 0;
-
-    switch (type) {
-      case Cmd.READ: {
-        const allowed = fua | (this.structured ? CFlag.DF : 0);
-        if ((flags & ~allowed) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (length > this.limits.maxPayload) return this.fail(type, cHi, cLo, Errno.EINVAL, 'read is longer than the maximum block size');
-        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('read'));
-        if (length === 0) return this.ok(type, cHi, cLo);
-        const charge = length + REPLY_BOUND;
-        this.begin(charge);
-        void this.read(cHi, cLo, flags, offset, length, charge);
+    const d = decodeRequest(h, this.rules);
+    switch (d.kind) {
+      case 'request':
+        return this.dispatch(d);
+      case 'done':
+        return this.send(successReply(d.command, d.cookie, this.form.structured), 0);
+      case 'refusal':
+        if (d.drain === 0) return this.refuse(d, 0);
+        // Keep the stream in step: read and drop the payload, then refuse. Only the reply is held.
+        this.draining = d;
+        this.drainLeft = d.drain;
+        this.pCharge = REPLY_BOUND;
+        this.charge(REPLY_BOUND);
         return;
-      }
-      case Cmd.WRITE: {
-        let errno = 0;
-        if (!this.exp.writable) errno = Errno.EPERM;
-        else if ((flags & ~fua) !== 0) errno = Errno.EINVAL;
-        else if (length > this.limits.maxPayload) errno = Errno.EINVAL;
-        else if (!inRange) errno = Errno.ENOSPC;
-        this.pCookieHi = cHi;
-        this.pCookieLo = cLo;
-        if (errno !== 0) {
-          // Keep the stream in step: read and drop the payload, then refuse.
-          if (length > this.limits.drainLimit) return this.violation(`write of ${length} bytes is past the drain limit`);
-          this.pErrno = errno;
-          this.drainLeft = length;
-          this.pCharge = REPLY_BOUND; // the payload is dropped as it arrives; only the reply is held
-          this.charge(REPLY_BOUND);
-          this.state = DRAIN;
-          return;
-        }
-        if (length === 0) return this.ok(type, cHi, cLo);
-        this.pCharge = length + REPLY_BOUND;
-        this.begin(this.pCharge);
-        this.pFlags = flags;
-        this.pOffset = offset;
-        this.pLength = length;
-        this.got = 0;
-        this.state = PAYLOAD;
-        return;
-      }
-      case Cmd.DISC:
-        void this.stop();
-        return;
-      case Cmd.FLUSH:
-        if ((flags & ~fua) !== 0 || offset !== 0 || length !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'FLUSH takes no flags, offset or length');
-        this.begin(REPLY_BOUND);
-        void this.flush(cHi, cLo);
-        return;
-      case Cmd.TRIM:
-      case Cmd.WRITE_ZEROES: {
-        const trim = type === Cmd.TRIM;
-        if (!this.exp.writable) return this.fail(type, cHi, cLo, Errno.EPERM, 'the export is read-only');
-        const advertised = trim ? TFlag.SEND_TRIM : TFlag.SEND_WRITE_ZEROES;
-        if ((this.flags & advertised) === 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'command not advertised');
-        const allowed = fua | (trim ? 0 : CFlag.NO_HOLE | ((this.flags & TFlag.SEND_FAST_ZERO) !== 0 ? CFlag.FAST_ZERO : 0));
-        if ((flags & ~allowed) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (!inRange) return this.fail(type, cHi, cLo, trim ? Errno.EINVAL : Errno.ENOSPC, outside(trim ? 'trim' : 'write zeroes'));
-        if (length === 0) return this.ok(type, cHi, cLo);
-        this.begin(REPLY_BOUND);
-        void this.zero(trim, cHi, cLo, flags, offset, length);
-        return;
-      }
-      case Cmd.CACHE:
-        // Advisory: the page cache already does what a prefetch would.
-        if ((flags & ~fua) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('cache'));
-        return this.ok(type, cHi, cLo);
-      case Cmd.BLOCK_STATUS:
-        if (!this.structured || this.context === null) return this.fail(type, cHi, cLo, Errno.EINVAL, 'no metadata context was selected');
-        if ((flags & ~(fua | CFlag.REQ_ONE)) !== 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'unsupported flags');
-        if (!inRange) return this.fail(type, cHi, cLo, Errno.EINVAL, outside('block status'));
-        if (length === 0) return this.fail(type, cHi, cLo, Errno.EINVAL, 'block status of 0 bytes');
-        this.begin(this.blockStatusCharge);
-        void this.blockStatus(cHi, cLo, flags, offset, length);
-        return;
-      default:
-        return this.fail(type, cHi, cLo, Errno.EINVAL, 'unknown command');
+      case 'violation':
+        return this.violation(d.message);
     }
   }
 
-  /** A BLOCK_STATUS reply: its chunk header, context id and up to maxExtents extents. */
-  private get blockStatusCharge(): number {
-    return REPLY_BOUND + 8 * this.limits.maxExtents;
+  /**
+   * Start a request: charge what it can come to hold, and run it on the device capability it
+   * needs (see execute.ts). A WRITE first gathers its payload.
+   */
+  private dispatch(req: Request): void {
+    const dev = this.exp.device;
+    switch (req.command) {
+      case Cmd.READ:
+        return this.start(req, req.length + REPLY_BOUND, execute.read(dev, req, this.form));
+      case Cmd.WRITE:
+        this.pCharge = req.length + REPLY_BOUND;
+        this.begin(this.pCharge);
+        this.gathering = req;
+        this.got = 0;
+        return;
+      case Cmd.FLUSH:
+        this.dirty = false;
+        return this.start(req, REPLY_BOUND, execute.flush(dev, req));
+      case Cmd.TRIM:
+      case Cmd.WRITE_ZEROES:
+        return this.start(req, REPLY_BOUND, execute.zero(this.exp, req));
+      case Cmd.BLOCK_STATUS:
+        return this.start(req, this.blockStatusCharge, execute.blockStatus(dev, req, this.form));
+      case Cmd.CACHE:
+        // Advisory: the page cache already does what a prefetch would.
+        return this.send(successReply(req.command, req.cookie, this.form.structured), 0);
+      case Cmd.DISC:
+        void this.stop();
+        return;
+    }
+  }
+
+  /** A request starts, charged `charge`, with its work under way. */
+  private start(req: Request, charge: number, work: Promise<Buffer>): void {
+    this.begin(charge);
+    void this.settle(req, charge, work);
+  }
+
+  /** Send a request's reply, or its error; a write marks the connection dirty, a failed flush too. */
+  private async settle(req: Request, charge: number, reply: Promise<Buffer>): Promise<void> {
+    try {
+      const out = await reply;
+      if (changesDisk(req.command)) this.dirty = true;
+      this.send(out, charge);
+    } catch (e) {
+      if (req.command === Cmd.FLUSH) this.dirty = true;
+      const errno = errnoOf(e);
+      if (errno === Errno.EIO) this.onError(e);
+      this.send(errorReply(req.command, req.cookie, errno, e instanceof Error ? e.message : String(e), this.form.structured), charge);
+    } finally {
+      this.end();
+    }
+  }
+
+  private refuse(r: Refusal, charged: number): void {
+    this.send(errorReply(r.command, r.cookie, r.errno, r.message, this.form.structured), charged);
   }
 
   /** A request starts, charged `bytes` (its reply hands the charge on to the bytes it sends). */
@@ -414,240 +374,11 @@ export class Transmission {
     this.budget.give(n);
   }
 
-  private async read(cHi: number, cLo: number, flags: number, offset: number, length: number, charge: number): Promise<void> {
-    try {
-      const dev = this.exp.device;
-      let out: Buffer;
-      if (!this.structured) {
-        out = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + length);
-        await dev.read(offset, out.subarray(SIMPLE_REPLY_SIZE));
-        simpleHeader(out, 0, cHi, cLo);
-      } else if ((flags & CFlag.DF) !== 0 || !this.sparseReads) {
-        out = await this.readData(cHi, cLo, offset, length);
-      } else {
-        out = await this.readSparse(cHi, cLo, offset, length);
-      }
-      this.send(out, charge);
-    } catch (e) {
-      this.failWith(Cmd.READ, cHi, cLo, e, charge);
-    } finally {
-      this.end();
-    }
-  }
-
-  /** One OFFSET_DATA chunk (with DONE) holding the whole range, read straight into the reply. */
-  private async readData(cHi: number, cLo: number, offset: number, length: number): Promise<Buffer> {
-    const out = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 8 + length);
-    await this.exp.device.read(offset, out.subarray(CHUNK_HEADER_SIZE + 8));
-    chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.OFFSET_DATA, cHi, cLo, 8 + length);
-    putU64(out, offset, CHUNK_HEADER_SIZE);
-    return out;
-  }
-
-  /**
-   * A READ answered from block status: OFFSET_HOLE chunks for ranges that read as zeros, data
-   * chunks (read in parallel, straight into the reply) for the rest; DONE on the last chunk. When
-   * the holes are too small to make that shorter than one data chunk, one data chunk it is (so a
-   * READ reply never passes its length + 28 bytes).
-   */
-  private async readSparse(cHi: number, cLo: number, offset: number, length: number): Promise<Buffer> {
-    const end = offset + length;
-    const extents = await this.exp.device.blockStatus(offset, length);
-    const first = extents[0];
-    // Most reads lie inside one data extent: one data chunk.
-    if (first && first.type === 'data' && first.offset <= offset && first.offset + first.length >= end) {
-      return this.readData(cHi, cLo, offset, length);
-    }
-    // Segments as [start, length, hole] triples, adjacent ones of one kind merged.
-    const segs: number[] = [];
-    let pos = offset;
-    const add = (start: number, n: number, hole: number): void => {
-      const k = segs.length;
-      if (k > 0 && segs[k - 1] === hole) segs[k - 2]! += n;
-      else segs.push(start, n, hole);
-    };
-    for (const e of extents) {
-      if (pos >= end) break;
-      const eEnd = Math.min(e.offset + e.length, end);
-      if (eEnd <= pos) continue;
-      if (e.offset > pos) {
-        add(pos, e.offset - pos, 0); // a gap the device did not describe: read it
-        pos = e.offset;
-      }
-      add(pos, eEnd - pos, this.readsAsZero(e) ? 1 : 0);
-      pos = eEnd;
-    }
-    if (pos < end) add(pos, end - pos, 0);
-
-    let total = 0;
-    for (let i = 0; i < segs.length; i += 3) total += segs[i + 2] === 1 ? CHUNK_HEADER_SIZE + 12 : CHUNK_HEADER_SIZE + 8 + segs[i + 1]!;
-    if (total > CHUNK_HEADER_SIZE + 8 + length) return this.readData(cHi, cLo, offset, length);
-    const out = Buffer.allocUnsafe(total);
-    const reads: Promise<void>[] = [];
-    let at = 0;
-    for (let i = 0; i < segs.length; i += 3) {
-      const start = segs[i]!;
-      const n = segs[i + 1]!;
-      const last = i + 3 === segs.length ? REPLY_FLAG_DONE : 0;
-      if (segs[i + 2] === 1) {
-        chunkHeader(out, at, last, Chunk.OFFSET_HOLE, cHi, cLo, 12);
-        putU64(out, start, at + CHUNK_HEADER_SIZE);
-        out.writeUInt32BE(n, at + CHUNK_HEADER_SIZE + 8);
-        at += CHUNK_HEADER_SIZE + 12;
-      } else {
-        chunkHeader(out, at, last, Chunk.OFFSET_DATA, cHi, cLo, 8 + n);
-        putU64(out, start, at + CHUNK_HEADER_SIZE);
-        const body = at + CHUNK_HEADER_SIZE + 8;
-        reads.push(this.exp.device.read(start, out.subarray(body, body + n)));
-        at = body + n;
-      }
-    }
-    await Promise.all(reads);
-    return out;
-  }
-
-  private readsAsZero(e: Extent): boolean {
-    return (this.extentStatus(e) & STATE_ZERO) !== 0;
-  }
-
-  /**
-   * An extent's base:allocation flags, as qemu-nbd gives them: data 0; zeros with no storage
-   * behind them HOLE|ZERO, zeros that keep their storage (a fixed disk's) ZERO; unallocated
-   * ranges that would be a parent's data (a differencing image opened alone) 0.
-   */
-  private extentStatus(e: Extent): number {
-    if (e.type === 'data' || (e.type === 'unallocated' && !this.exp.unallocatedIsZero)) return 0;
-    return e.stored ? STATE_ZERO : STATE_HOLE | STATE_ZERO;
-  }
-
-  private async write(cHi: number, cLo: number, flags: number, offset: number, data: Buffer, charge: number): Promise<void> {
-    try {
-      const w = this.exp.writable!;
-      const fua = (flags & CFlag.FUA) !== 0;
-      await w.write(offset, data, fua && w.can.fua ? { fua: true } : undefined);
-      if (fua && !w.can.fua) await w.flush();
-      this.dirty = true;
-      this.simple(cHi, cLo, 0, charge);
-    } catch (e) {
-      this.failWith(Cmd.WRITE, cHi, cLo, e, charge);
-    } finally {
-      this.end();
-    }
-  }
-
-  private async flush(cHi: number, cLo: number): Promise<void> {
-    try {
-      this.dirty = false;
-      await this.exp.device.flush();
-      this.simple(cHi, cLo, 0, REPLY_BOUND);
-    } catch (e) {
-      this.dirty = true;
-      this.failWith(Cmd.FLUSH, cHi, cLo, e, REPLY_BOUND);
-    } finally {
-      this.end();
-    }
-  }
-
-  private async zero(trim: boolean, cHi: number, cLo: number, flags: number, offset: number, length: number): Promise<void> {
-    try {
-      const w = this.exp.writable!;
-      if (trim) await w.discard(offset, length);
-      else await w.writeZeroes(offset, length, { mayDiscard: (flags & CFlag.NO_HOLE) === 0, fast: (flags & CFlag.FAST_ZERO) !== 0 });
-      if ((flags & CFlag.FUA) !== 0) await w.flush();
-      this.dirty = true;
-      this.simple(cHi, cLo, 0, REPLY_BOUND);
-    } catch (e) {
-      this.failWith(trim ? Cmd.TRIM : Cmd.WRITE_ZEROES, cHi, cLo, e, REPLY_BOUND);
-    } finally {
-      this.end();
-    }
-  }
-
-  /**
-   * One BLOCK_STATUS chunk for base:allocation (flags by `extentStatus`). Extents are clamped to the request; with
-   * REQ_ONE exactly one is sent.
-   */
-  private async blockStatus(cHi: number, cLo: number, flags: number, offset: number, length: number): Promise<void> {
-    try {
-      const dev = this.exp.device;
-      const end = offset + length;
-      const extents: Extent[] = dev.can.extents ? await dev.blockStatus(offset, length) : [{ offset, length, type: 'data' }];
-      const max = (flags & CFlag.REQ_ONE) !== 0 ? 1 : this.limits.maxExtents;
-      const pairs: number[] = []; // [length, status] per extent
-      let pos = offset;
-      const add = (n: number, status: number): boolean => {
-        const k = pairs.length;
-        if (k > 0 && pairs[k - 1] === status) pairs[k - 2]! += n;
-        else if (k / 2 >= max) return false;
-        else pairs.push(n, status);
-        pos += n;
-        return true;
-      };
-      for (const e of extents) {
-        if (pos >= end) break;
-        const eEnd = Math.min(e.offset + e.length, end);
-        if (eEnd <= pos) continue;
-        if (e.offset > pos && !add(e.offset - pos, 0)) break;
-        const status = this.extentStatus(e);
-        if (!add(eEnd - pos, status)) break;
-      }
-      if (pairs.length === 0) pairs.push(length, 0);
-      const n = pairs.length / 2;
-      const out = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 4 + 8 * n);
-      chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.BLOCK_STATUS, cHi, cLo, 4 + 8 * n);
-      out.writeUInt32BE(this.context!, CHUNK_HEADER_SIZE);
-      for (let i = 0; i < pairs.length; i++) out.writeUInt32BE(pairs[i]!, CHUNK_HEADER_SIZE + 4 + 4 * i);
-      this.send(out, this.blockStatusCharge);
-    } catch (e) {
-      this.failWith(Cmd.BLOCK_STATUS, cHi, cLo, e, this.blockStatusCharge);
-    } finally {
-      this.end();
-    }
-  }
-
-  // Replies: `charged` is what the request was charged (0 for a refusal answered at once, which
-  // is charged here, within the step that read its header).
-
-  private ok(type: number, cHi: number, cLo: number): void {
-    if (this.structured && type === Cmd.READ) {
-      const out = Buffer.allocUnsafe(CHUNK_HEADER_SIZE);
-      chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.NONE, cHi, cLo, 0);
-      this.send(out, 0);
-    } else this.simple(cHi, cLo, 0, 0);
-  }
-
-  private failWith(type: number, cHi: number, cLo: number, e: unknown, charged: number): void {
-    const errno = errnoOf(e);
-    if (errno === Errno.EIO) this.onError(e);
-    this.fail(type, cHi, cLo, errno, e instanceof Error ? e.message : String(e), charged);
-  }
-
-  /**
-   * Refuse a request. READ and BLOCK_STATUS answers must be structured once structured replies
-   * are on; the others may use simple replies, which every client reads.
-   */
-  private fail(type: number, cHi: number, cLo: number, errno: number, message: string, charged = 0): void {
-    if (this.structured && (type === Cmd.READ || type === Cmd.BLOCK_STATUS)) {
-      const msg = utf8Prefix(message, MAX_MESSAGE_BYTES);
-      const out = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 6 + msg.length);
-      chunkHeader(out, 0, REPLY_FLAG_DONE, Chunk.ERROR, cHi, cLo, 6 + msg.length);
-      out.writeUInt32BE(errno, CHUNK_HEADER_SIZE);
-      out.writeUInt16BE(msg.length, CHUNK_HEADER_SIZE + 4);
-      msg.copy(out, CHUNK_HEADER_SIZE + 6);
-      this.send(out, charged);
-    } else this.simple(cHi, cLo, errno, charged);
-  }
-
-  private simple(cHi: number, cLo: number, errno: number, charged: number): void {
-    const out = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
-    simpleHeader(out, errno, cHi, cLo);
-    this.send(out, charged);
-  }
-
   /**
    * Queue a whole reply; from here on the request's charge is the reply's size, until the socket
    * has written it. Replies finished in one turn of the event loop go out together in one writev
-   * when the turn ends: one system call for many small replies.
+   * when the turn ends: one system call for many small replies. `charged` is what the request
+   * was charged (0 for a reply sent in the step that read its header: charged here).
    */
   private send(out: Buffer, charged: number): void {
     if (this.closed || this.socket.destroyed) {
@@ -720,29 +451,4 @@ export class Transmission {
   private endSocket(): void {
     if (!this.closed && !this.socket.destroyed) this.socket.end();
   }
-}
-
-/** At most `max` bytes of `text` in UTF-8, cut at a character boundary. */
-function utf8Prefix(text: string, max: number): Buffer {
-  const b = Buffer.from(text.length > max ? text.slice(0, max) : text);
-  if (b.length <= max) return b;
-  let end = max;
-  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--; // back off to the start of a character
-  return b.subarray(0, end);
-}
-
-function simpleHeader(out: Buffer, errno: number, cHi: number, cLo: number): void {
-  out.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-  out.writeUInt32BE(errno, 4);
-  out.writeUInt32BE(cHi, 8);
-  out.writeUInt32BE(cLo, 12);
-}
-
-function chunkHeader(out: Buffer, at: number, flags: number, type: number, cHi: number, cLo: number, length: number): void {
-  out.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at);
-  out.writeUInt16BE(flags, at + 4);
-  out.writeUInt16BE(type, at + 6);
-  out.writeUInt32BE(cHi, at + 8);
-  out.writeUInt32BE(cLo, at + 12);
-  out.writeUInt32BE(length, at + 16);
 }
