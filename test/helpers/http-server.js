@@ -21,7 +21,8 @@
 //   redirect=PORT    answer 302 to the same path and query on 127.0.0.1:PORT
 //   redirect-parent=PORT  the same, for every object but those named *child.vhdx
 // Static files of the repository are served at /s/PATH (the built library, the tests' modules,
-// the web page). GET /count/o/... gives the request counts of an object path as JSON.
+// the web page); /blank is an empty page. GET /count/o/... gives the request counts of an object
+// path as JSON.
 import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
@@ -94,6 +95,10 @@ export async function startRangeServer() {
       res.setHeader('Content-Type', 'application/json');
       res.end(JSON.stringify(counts.get(u.pathname.slice('/count'.length)) ?? { GET: 0, HEAD: 0, OPTIONS: 0, ifMatch: 0 }));
       return;
+    }
+    if (u.pathname === '/blank') {
+      res.writeHead(200, { 'Content-Type': 'text/html' });
+      return void res.end('<!doctype html><title>blank</title>');
     }
     if (u.pathname.startsWith('/s/')) {
       const rel = normalize(decodeURIComponent(u.pathname.slice(3)));
