@@ -22,7 +22,8 @@
 //   redirect-parent=PORT  the same, for every object but those named *child.vhdx
 // Static files of the repository are served at /s/PATH (the built library, the tests' modules,
 // the web page); /blank is an empty page. GET /count/o/... gives the request counts of an object
-// path as JSON.
+// path as JSON (GET, HEAD, OPTIONS, ifMatch: requests carrying If-Match, maxInFlight: the most
+// requests of the path answered at once).
 import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
@@ -128,6 +129,10 @@ export async function startRangeServer() {
       return void res.end();
     }
     const c = count(key, req.method);
+    // Requests of this path being answered at once, and the most seen.
+    c.inFlight = (c.inFlight ?? 0) + 1;
+    c.maxInFlight = Math.max(c.maxInFlight ?? 0, c.inFlight);
+    res.on('close', () => c.inFlight--);
     cors(sw);
     const redirect = sw.redirect ?? (name.endsWith('child.vhdx') ? undefined : sw['redirect-parent']);
     if (redirect) {

@@ -86,17 +86,13 @@ test('a corpus image read over HTTP in Chromium has its raw SHA-256', { skip: no
   assert.equal(hex, fixed.rawSha256);
 });
 
-/** Drop `url`'s bytes on the page as a file named `name`, as a user dragging it in would. */
-async function dropFromUrl(url, name) {
-  await page.evaluate(
-    async ({ url, name }) => {
-      const bytes = await (await fetch(url)).arrayBuffer();
-      const dt = new DataTransfer();
-      dt.items.add(new File([bytes], name));
-      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
-    },
-    { url, name },
-  );
+/** Drop files on the page, as a user dragging them in would: [url their bytes come from, name]. */
+async function drop(...files) {
+  await page.evaluate(async (files) => {
+    const dt = new DataTransfer();
+    for (const [url, name] of files) dt.items.add(new File([await (await fetch(url)).arrayBuffer()], name));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, files);
 }
 
 async function shown() {
@@ -110,7 +106,7 @@ async function shown() {
 
 test('the page, opened from a file, shows a dropped image', { skip: noCorpus }, async () => {
   await page.goto(pathToFileURL(join(repoRoot, 'dist', 'web', 'index.html')).href);
-  await dropFromUrl(`${server.origin}/o/-/corpus/fixed.vhdx`, 'fixed.vhdx');
+  await drop([`${server.origin}/o/-/corpus/fixed.vhdx`, 'fixed.vhdx']);
   const s = await shown();
   assert.equal(s.type, 'fixed');
   assert.match(s.size, /\(10485760 bytes\)/);
@@ -119,7 +115,7 @@ test('the page, opened from a file, shows a dropped image', { skip: noCorpus }, 
 
 test('the page shows a dropped image and saves its raw disk to a picked file and as a download', { skip: noCorpus }, async (t) => {
   await page.goto(`${server.origin}/s/dist/web/index.html`);
-  await dropFromUrl(`${server.origin}/o/-/corpus/fixed.vhdx`, 'fixed.vhdx');
+  await drop([`${server.origin}/o/-/corpus/fixed.vhdx`, 'fixed.vhdx']);
   const s = await shown();
   assert.equal(s.type, 'fixed');
   assert.deepEqual(s.filesystems, ['ntfs']);
@@ -161,4 +157,21 @@ test('the page opens an image by URL from another origin and counts its requests
   assert.match(s.size, /\(104857600 bytes\)/);
   assert.deepEqual(s.filesystems, ['fat32']);
   assert.match(await page.textContent('#stats'), /\d+ HTTP requests/);
+});
+
+test('the page opens a child dropped together with its parent as one chain', { skip }, async () => {
+  await page.goto(`${server.origin}/s/dist/web/index.html`);
+  // The parent first: the page finds which file is the child.
+  await drop([`${server.origin}/o/-/chain/base.vhdx`, 'base.vhdx'], [`${server.origin}/o/-/chain/child.vhdx`, 'child.vhdx']);
+  await page.waitForSelector('#chain li', { timeout: 20_000 });
+  assert.equal(await page.textContent('#image-type'), 'differencing');
+  const levels = await page.$$eval('#chain li', (lis) => lis.map((li) => li.textContent));
+  assert.equal(levels.length, 2);
+  assert.match(levels[0], /^child\.vhdx: differencing/);
+  assert.match(levels[1], /^base\.vhdx: dynamic/);
+  // Alone, the child opens without its parent and says why.
+  await page.goto(`${server.origin}/s/dist/web/index.html`);
+  await drop([`${server.origin}/o/-/chain/child.vhdx`, 'child.vhdx']);
+  await page.waitForSelector('#chain .error', { timeout: 20_000 });
+  assert.match(await page.textContent('#chain .error'), /base\.vhdx is not among the dropped files/);
 });

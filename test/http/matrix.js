@@ -132,6 +132,29 @@ export const cases = [
     },
   },
   {
+    name: 'the cache holds at most cacheBytes; large reads split into requests of maxRequestBytes, at most maxInFlight at once',
+    async run({ lib, base, counts }) {
+      const p = path('', 'blob.bin');
+      const B = 64 * 1024;
+      const src = await lib.HttpSource.open(base + p, { ...FAST, firstRequestBytes: B, cacheBytes: 4 * B, maxRequestBytes: 256 * 1024, maxInFlight: 2 });
+      const expect = pattern(BLOB_SIZE, 1);
+      // Blocks 5, 13, ..., 45 (not in sequence: no read-ahead), then block 5 again: evicted.
+      for (let b = 5; b <= 45; b += 8) await readAt(src, b * B, 100);
+      const before = src.stats.requests;
+      eq(before, 7, 'requests for the first block and 6 more');
+      await readAt(src, 45 * B, 100);
+      eq(src.stats.requests, before, 'the newest block is cached');
+      await readAt(src, 5 * B, 100);
+      eq(src.stats.requests, before + 1, 'the oldest block was evicted');
+      const start = src.stats.requests;
+      equalBytes(await readAt(src, 0, 3 * MiB), expect.subarray(0, 3 * MiB), 'large read');
+      eq(src.stats.requests - start, 12, 'requests of 256 KiB for 3 MiB');
+      const c = await counts(p);
+      if (c.maxInFlight > 2) fail(`${c.maxInFlight} requests in flight at once`);
+      await src.close();
+    },
+  },
+  {
     name: 'a server without ranges (200): a small object is read whole, a large one is NO_RANGES',
     async run({ lib, base }) {
       const src = await lib.HttpSource.open(base + path('no-ranges', 'small.bin'), FAST);
