@@ -139,11 +139,11 @@ async function openFromUrl(url: string, authorization: string | undefined): Prom
   let chainError: string | null = null;
   const img = await replaceImage(async () => {
     try {
-      return await openUrl(url, { stats: s, ...(headers ? { headers } : {}) });
+      return await openUrl(url, { http: { stats: s, ...(headers ? { headers } : {}) } });
     } catch (e) {
       if (!isVhdxError(e) || !['PARENT_NOT_FOUND', 'PARENT_MISMATCH', 'PARENT_LOOP', 'PARENT_NOT_ALLOWED', 'CHAIN_TOO_DEEP'].includes(e.reason)) throw e;
       chainError = e.message;
-      return openUrl(url, { stats: s, parents: 'none', ...(headers ? { headers } : {}) });
+      return openUrl(url, { parents: 'none', http: { stats: s, ...(headers ? { headers } : {}) } });
     }
   });
   await opened(img, img.name ?? url, chainError);

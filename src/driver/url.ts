@@ -7,9 +7,14 @@ import { VhdxError, isVhdxError } from '../errors.js';
 import { HttpSource, redactUrl, type HttpSourceOptions, type HttpStats } from '../io/http.js';
 import { PARENT_PATH_KEYS, VhdxImage, locatorValue, type OpenOptions, type ParentResolver } from './image.js';
 
-export interface OpenUrlOptions extends Omit<OpenOptions, 'parent' | 'readOnly'>, Omit<HttpSourceOptions, 'size'> {
+export interface OpenUrlOptions extends Omit<OpenOptions, 'parent' | 'readOnly'> {
   /** Images over HTTP open read-only: `false` is refused (EROFS / READ_ONLY). */
   readOnly?: boolean;
+  /**
+   * How the image and its parents are read (headers, cache, retries, timeouts, signal; see
+   * HttpSourceOptions). Their `stats` counts the requests of the whole chain.
+   */
+  http?: Omit<HttpSourceOptions, 'size'>;
   /**
    * How a differencing image's parent is found: `relative` (the default) follows the locator's
    * relative_path from the child's URL and refuses a parent served from another origin (after
@@ -24,17 +29,20 @@ export interface OpenUrlOptions extends Omit<OpenOptions, 'parent' | 'readOnly'>
   parentQuery?: 'inherit' | 'none';
 }
 
+/** OpenUrlOptions with the counters every source of the chain adds to. */
+type ChainOptions = OpenUrlOptions & { http: { stats: HttpStats } };
+
 /**
  * Open the VHDX image at `url` read-only over HTTP range requests, with its parents as
- * `parents` says (sharing `stats`, headers and the other source options). Close the image to
- * end its requests.
+ * `parents` says (read with the same `http` options, counted in the same `http.stats`). Close
+ * the image to end its requests.
  */
 export async function openUrl(url: string, opts: OpenUrlOptions = {}): Promise<VhdxImage> {
   if (opts.readOnly === false) {
     throw new VhdxError('EROFS', 'READ_ONLY', `${redactUrl(url)}: images read over HTTP are read-only (download the file to change it)`);
   }
-  const stats = opts.stats ?? { requests: 0, bytesReceived: 0, retries: 0 };
-  return openInChain(url, { ...opts, stats }, new Set(), null);
+  const stats = opts.http?.stats ?? { requests: 0, bytesReceived: 0, retries: 0 };
+  return openInChain(url, { ...opts, http: { ...opts.http, stats } }, new Set(), null);
 }
 
 /** Where a URL points, for loop detection: without its query and fragment. */
@@ -47,11 +55,11 @@ function identity(url: string): string {
  * Open `url` and its chain. `origin`: the origin the answers must come from after redirects
  * (a parent under the `relative` policy), or null.
  */
-async function openInChain(url: string, opts: OpenUrlOptions & { stats: HttpStats }, visited: Set<string>, origin: string | null): Promise<VhdxImage> {
-  const { parents = 'relative', parentQuery, readOnly, depth, name, ...sourceOpts } = opts;
+async function openInChain(url: string, opts: ChainOptions, visited: Set<string>, origin: string | null): Promise<VhdxImage> {
+  const { parents = 'relative', parentQuery, readOnly, depth, name, http, ...openOpts } = opts;
   void readOnly;
   void parentQuery;
-  const src = await HttpSource.open(url, sourceOpts);
+  const src = await HttpSource.open(url, http);
   const servedFrom = new URL(src.finalUrl).origin;
   if (origin !== null && servedFrom !== origin) {
     await src.close();
@@ -60,7 +68,7 @@ async function openInChain(url: string, opts: OpenUrlOptions & { stats: HttpStat
   const here = new Set([...visited, identity(src.finalUrl)]);
   const parent = typeof parents === 'function' ? parents : parents === 'none' ? undefined : urlParentResolver(url, opts, here);
   try {
-    return await VhdxImage.open(src, { ...sourceOpts, readOnly: true, name: name ?? redactUrl(url), ...(depth !== undefined ? { depth } : {}), ...(parent ? { parent } : {}) });
+    return await VhdxImage.open(src, { ...openOpts, readOnly: true, name: name ?? redactUrl(url), ...(depth !== undefined ? { depth } : {}), ...(parent ? { parent } : {}) });
   } catch (e) {
     await src.close();
     throw e;
@@ -86,7 +94,7 @@ export function relativeParentUrl(relativePath: string, childUrl: string, parent
  * The resolver `openUrl` uses: the parent is at the locator's relative_path from the child's
  * URL, served from the child's origin unless `parents` is `any`; loops are refused.
  */
-export function urlParentResolver(childUrl: string, opts: OpenUrlOptions & { stats: HttpStats }, visited: Set<string>): ParentResolver {
+export function urlParentResolver(childUrl: string, opts: ChainOptions, visited: Set<string>): ParentResolver {
   const policy = opts.parents === 'any' ? 'any' : 'relative';
   const child = redactUrl(childUrl);
   return async ({ locator, depth }) => {

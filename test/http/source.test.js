@@ -96,7 +96,7 @@ test('corpus images read over HTTP to their raw SHA-256, touching only a part of
     const name = `corpus/${e.file.replace(/\.gz$/, '')}`;
     server.objects.set(name, { path });
     const stats = { requests: 0, bytesReceived: 0, retries: 0 };
-    const img = await lib.openUrl(`${server.origin}/o/-/${encodeURIComponent(name)}`, { stats });
+    const img = await lib.openUrl(`${server.origin}/o/-/${encodeURIComponent(name)}`, { http: { stats } });
     try {
       assert.equal(img.size, e.virtualSize, `${e.file}: virtual size`);
       assert.equal(await diskSha256(img), e.rawSha256, `${e.file}: raw SHA-256 over HTTP`);
