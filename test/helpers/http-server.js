@@ -45,7 +45,9 @@ function parseSwitches(seg) {
 /** Bytes of a version of an object: version 0 as given, later ones with every byte flipped. */
 function versionBytes(bytes, version) {
   if (version === 0) return bytes;
-  return Uint8Array.from(bytes, (b) => b ^ version);
+  const out = new Uint8Array(bytes.length);
+  for (let i = 0; i < bytes.length; i++) out[i] = bytes[i] ^ version;
+  return out;
 }
 
 /**
@@ -66,7 +68,7 @@ export async function startRangeServer() {
   async function objectBytes(name, version) {
     const o = objects.get(name);
     if (!o) return null;
-    if (o.bytes) return { size: o.bytes.length, read: (a, b) => versionBytes(o.bytes, version).subarray(a, b) };
+    if (o.bytes) return { size: o.bytes.length, read: (a, b) => versionBytes(o.bytes.subarray(a, b), version) };
     const size = (await stat(o.path)).size;
     return {
       size,

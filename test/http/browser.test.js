@@ -140,8 +140,16 @@ test('the page shows a dropped image and saves its raw disk to a picked file and
   });
   const [download] = await Promise.all([page.waitForEvent('download', { timeout: 20_000 }), page.click('#save-disk')]);
   assert.equal(download.suggestedFilename(), 'fixed.raw');
-  const downloaded = createHash('sha256').update(readFileSync(await download.path())).digest('hex');
-  assert.equal(downloaded, fixed.rawSha256, 'raw copy as a download');
+  const raw = readFileSync(await download.path());
+  assert.equal(createHash('sha256').update(raw).digest('hex'), fixed.rawSha256, 'raw copy as a download');
+
+  // A partition: the bytes of its range of the disk.
+  const [part] = await Promise.all([page.waitForEvent('download', { timeout: 20_000 }), page.click('#partitions .save-partition')]);
+  assert.equal(part.suggestedFilename(), 'fixed-p1.raw');
+  const start = Number(await page.textContent('#partitions tr.partition td:nth-child(2)'));
+  const got = readFileSync(await part.path());
+  assert.ok(got.length > 0 && start > 0);
+  assert.ok(got.equals(raw.subarray(start, start + got.length)), 'the partition saved is its range of the disk');
 
   const shot = join(mkdtempSync(join(tmpdir(), 'vhdx-page-')), 'page.png');
   await page.screenshot({ path: shot, fullPage: true });

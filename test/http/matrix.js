@@ -233,10 +233,11 @@ export const cases = [
     name: 'a slow server: a stalled answer or body times out and is retried; stalling forever is TIMED_OUT',
     async run({ lib, base }) {
       for (const sw of ['stall=1', 'stall-body=1']) {
-        // The stalled attempt costs the whole timeout; the next one answers well within it.
-        const src = await lib.HttpSource.open(base + path(sw, 'blob.bin'), { ...FAST, timeout: 1000 });
+        // The stalled attempt costs the whole timeout. (On a loaded machine a later attempt
+        // might time out too: that is one retry more, not a failure.)
+        const src = await lib.HttpSource.open(base + path(sw, 'blob.bin'), { ...FAST, timeout: 500 });
         equalBytes(await readAt(src, 0, 1000), pattern(BLOB_SIZE, 1).subarray(0, 1000), `${sw} bytes`);
-        eq(src.stats.retries, 1, `${sw} retries`);
+        if (src.stats.retries < 1) fail(`${sw}: no retry`);
         await src.close();
       }
       await rejects(() => lib.HttpSource.open(base + path('stall=99', 'blob.bin'), { ...FAST, timeout: 200, retries: 1 }), 'TIMED_OUT', 'EIO');
