@@ -66,7 +66,7 @@ async function openInChain(url: string, opts: ChainOptions, visited: Set<string>
     throw new VhdxError('EPERM', 'PARENT_NOT_ALLOWED', `${redactUrl(url)} is served from ${servedFrom}, another origin than its child's (parents 'any' allows that)`);
   }
   const here = new Set([...visited, identity(src.finalUrl)]);
-  const parent = typeof parents === 'function' ? parents : parents === 'none' ? undefined : urlParentResolver(url, opts, here);
+  const parent = typeof parents === 'function' ? parents : parents === 'none' ? undefined : chainResolver(url, opts, here);
   try {
     return await VhdxImage.open(src, { ...openOpts, readOnly: true, name: name ?? redactUrl(url), ...(depth !== undefined ? { depth } : {}), ...(parent ? { parent } : {}) });
   } catch (e) {
@@ -92,9 +92,14 @@ export function relativeParentUrl(relativePath: string, childUrl: string, parent
 
 /**
  * The resolver `openUrl` uses: the parent is at the locator's relative_path from the child's
- * URL, served from the child's origin unless `parents` is `any`; loops are refused.
+ * URL, served from the child's origin unless `parents` is `any`, opened with the same options;
+ * loops are refused. `visited`: the images already in the chain (URLs without their query).
  */
-export function urlParentResolver(childUrl: string, opts: ChainOptions, visited: Set<string>): ParentResolver {
+export function urlParentResolver(childUrl: string, opts: OpenUrlOptions = {}, visited: Set<string> = new Set([identity(childUrl)])): ParentResolver {
+  return chainResolver(childUrl, { ...opts, http: { ...opts.http, stats: opts.http?.stats ?? { requests: 0, bytesReceived: 0, retries: 0 } } }, visited);
+}
+
+function chainResolver(childUrl: string, opts: ChainOptions, visited: Set<string>): ParentResolver {
   const policy = opts.parents === 'any' ? 'any' : 'relative';
   const child = redactUrl(childUrl);
   return async ({ locator, depth }) => {

@@ -300,6 +300,10 @@ export const cases = [
       const child = (await counts(p)).GET;
       const parent = (await counts(p.replace('child.vhdx', 'base.vhdx'))).GET;
       if (!(child > 0 && parent > 0 && stats.requests >= child + parent)) fail(`stats count ${stats.requests} requests, the server saw ${child} + ${parent}`);
+      // The resolver alone, for an image opened from a source of one's own.
+      const own = await lib.VhdxImage.open(await lib.HttpSource.open(`${base}${p}?sig=t`, FAST), { parent: lib.urlParentResolver(`${base}${p}?sig=t`, { http: FAST }) });
+      eq(own.parent?.size, expect.length, 'parent through urlParentResolver');
+      await own.close();
       await rejects(() => lib.openUrl(`${base}${p}?sig=t`, { http: FAST, parentQuery: 'none' }), 'HTTP_STATUS', 'EPERM');
       await rejects(() => lib.openUrl(base + path('', 'orphan/child.vhdx'), { http: FAST }), 'PARENT_NOT_FOUND', 'ENOENT');
       const port = new URL(other).port;
