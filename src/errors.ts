@@ -62,6 +62,19 @@ export type ErrorReason =
   | 'ABORTED'
   | 'BAD_ARGUMENT'
   | 'IO_ERROR'
+  // Sources read over HTTP (src/io/http.ts):
+  /** The object behind a URL changed while it was being read (its ETag, Last-Modified or size). */
+  | 'SOURCE_CHANGED'
+  /** The server answers a range request with the whole object, and the object is too large for that. */
+  | 'NO_RANGES'
+  /** The server answered with a status that ends the request (404, 403, ...), or kept failing. */
+  | 'HTTP_STATUS'
+  /** The server sent nothing for longer than the timeout, on every attempt. */
+  | 'TIMED_OUT'
+  /** An answer that contradicts the request (another range, a body of the wrong length, multipart). */
+  | 'BAD_RESPONSE'
+  /** Neither the range answer nor a HEAD request gives the object's size. */
+  | 'SIZE_UNKNOWN'
   // Findings of `checkImage` that no open raises:
   | 'BLOCK_OVERLAP'
   | 'REGION_TABLE_MISMATCH'

@@ -4,6 +4,8 @@
  */
 export { VhdxError, isVhdxError, type ErrorCode, type ErrorReason } from './errors.js';
 export { MemorySource, BlobSource, readExact, type RandomAccessSource } from './io/source.js';
+export { HttpSource, type HttpSourceOptions, type HttpStats, type HttpValidator } from './io/http.js';
+export { openUrl, urlParentResolver, type OpenUrlOptions } from './driver/url.js';
 export { FaultySource, type FaultyOptions, type FaultyOp, type CrashImageOptions } from './io/faulty.js';
 export type { BlockDevice, WritableBlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
 export { VhdxImage, checkParent, locatorValue, MAX_CHAIN_DEPTH, type OpenOptions, type AllocationStats, type ParentResolver, type ParentRequest } from './driver/image.js';

@@ -1,0 +1,37 @@
+// The VHDX images the HTTP conformance matrix (test/http/matrix.js) reads, made with the library.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import * as lib from '../../dist/node.js';
+import { chainContent, diskContent } from '../http/matrix.js';
+
+const MiB = 1024 * 1024;
+
+/** Write `content` into a new image's virtual disk wherever it is not zero, in 1 MiB pieces. */
+async function fill(path, content) {
+  const img = await lib.openFile(path, { readOnly: false });
+  for (let o = 0; o < content.length; o += MiB) {
+    const piece = content.subarray(o, o + MiB);
+    if (piece.some((b) => b !== 0)) await img.write(o, piece);
+  }
+  await img.close();
+}
+
+/** The images the matrix reads: disk.vhdx, a chain (chain/base + chain/child), and a child without its parent. */
+export async function makeMatrixImages(folder) {
+  const disk = join(folder, 'disk.vhdx');
+  await lib.createFile(disk, { size: 16 * MiB, blockSize: MiB });
+  await fill(disk, diskContent());
+  mkdirSync(join(folder, 'chain'));
+  mkdirSync(join(folder, 'orphan'));
+  const base = join(folder, 'chain', 'base.vhdx');
+  await lib.createFile(base, { size: 16 * MiB, blockSize: MiB });
+  await fill(base, diskContent());
+  const child = join(folder, 'chain', 'child.vhdx');
+  await lib.createFile(child, { parent: base, blockSize: MiB });
+  const img = await lib.openFile(child, { readOnly: false });
+  const c = chainContent();
+  await img.write(2 * MiB + 4096, c.subarray(2 * MiB + 4096, 3 * MiB + 4096));
+  await img.write(12 * MiB, c.subarray(12 * MiB, 12 * MiB + 8192));
+  await img.close();
+  return { 'disk.vhdx': { path: disk }, 'chain/base.vhdx': { path: base }, 'chain/child.vhdx': { path: child }, 'orphan/child.vhdx': { path: child } };
+}
