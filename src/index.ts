@@ -29,3 +29,4 @@ export { VhdImage, checkVhdParent, type VhdOpenOptions, type VhdParentResolver, 
 export { createVhd, geometryFor, type CreateVhdOptions, type CreateVhdResult, type VhdSubformat, type VhdParentPath } from './vhd/create.js';
 export { readVhdLayout, type VhdLayout, type VhdLocator, type LayoutProblem } from './vhd/layout.js';
 export { diskSizeOf, chsForSectors, isChsExact, chsRoundUp, type SizeRule, type Chs, type DiskSize } from './vhd/geometry.js';
+export { checkVhd, repairVhd, type VhdCheckResult, type VhdCheckOptions, type VhdRepairOptions, type VhdRepairResult, type VhdRepairAction } from './vhd/check.js';

@@ -26,7 +26,7 @@
  * refused with BAD_VIRTUAL_SIZE rather than read short or past the data.
  */
 import { VhdxError } from '../errors.js';
-import type { Footer } from './footer.js';
+import { creatorText, type Footer } from './footer.js';
 
 export interface Chs {
   cylinders: number;
@@ -102,12 +102,37 @@ export type SizeRule = 'auto' | 'current-size' | 'chs';
 /** Creators whose disks the `'auto'` rule sizes by their CHS geometry (qemu 10.0's list). */
 export const CHS_CREATORS: readonly string[] = ['vpc ', 'qemu'];
 
+/** Creators qemu 2.6 to 9.2 sizes by Current Size (every other creator by CHS, unless the geometry is the maximum). */
+export const QEMU_LEGACY_CURRENT_SIZE_CREATORS: readonly string[] = ['win ', 'qem2', 'd2v ', 'CTXS', 'tap\0'];
+
+/** The size each family of readers gives a footer's disk, in bytes. */
+export interface SizesByReader {
+  /** Hyper-V, Windows, Azure, libvhdi, 7-Zip: Current Size. */
+  currentSize: number;
+  /** qemu 2.6 to 9.2. */
+  qemuLegacy: number;
+  /** qemu 10.0 and later, and this library's 'auto' rule. */
+  qemu10: number;
+}
+
+export function sizesByReader(f: Footer): SizesByReader {
+  const chs = footerChs(f);
+  const chsSize = chsSectors(chs) * 512;
+  const current = Math.floor(f.currentSize / 512) * 512;
+  const max = isMaxChs(chs);
+  return {
+    currentSize: current,
+    qemuLegacy: max || QEMU_LEGACY_CURRENT_SIZE_CREATORS.includes(f.creatorApplication) ? current : chsSize,
+    qemu10: max || !CHS_CREATORS.includes(f.creatorApplication) ? current : chsSize,
+  };
+}
+
 export interface DiskSize {
   /** The disk's size in bytes (a multiple of 512). */
   size: number;
   /** Which answer was taken. */
   from: 'current-size' | 'chs';
-  /** The other answer, in bytes, when it differs. */
+  /** The other answer, in bytes, when it differs (null when the geometry is the maximum: then it means "use the current size"). */
   otherSize: number | null;
   /** Why, for people. */
   why: string;
@@ -125,7 +150,7 @@ export function diskSizeOf(f: Footer, rule: SizeRule = 'auto'): DiskSize {
   const chs = footerChs(f);
   const chsSize = chsSectors(chs) * 512;
   const current = Math.floor(f.currentSize / 512) * 512;
-  const app = JSON.stringify(f.creatorApplication).replace(/\\u0000/g, '\\0');
+  const app = `"${creatorText(f.creatorApplication)}"`;
   let from: DiskSize['from'];
   let why: string;
   if (rule === 'chs') {
@@ -146,5 +171,5 @@ export function diskSizeOf(f: Footer, rule: SizeRule = 'auto'): DiskSize {
   }
   const size = from === 'chs' ? chsSize : current;
   const other = from === 'chs' ? current : chsSize;
-  return { size, from, otherSize: other === size ? null : other, why };
+  return { size, from, otherSize: other === size || isMaxChs(chs) ? null : other, why };
 }

@@ -14,11 +14,11 @@
 import { VhdxError, corrupt, formatOffset, type ErrorReason } from '../errors.js';
 import { bytesEqual } from '../codec/bytes.js';
 import { readBytes, type RandomAccessSource } from '../io/source.js';
-import { DISK_TYPE_NAMES, FOOTER, FOOTER_COOKIE, FOOTER_SIZE, footerProblems, type Footer, type Problem, type VhdDiskType } from './footer.js';
+import { DISK_TYPE_NAMES, FOOTER, creatorText, FOOTER_COOKIE, FOOTER_SIZE, footerProblems, type Footer, type Problem, type VhdDiskType } from './footer.js';
 import { DYNAMIC_HEADER, DYNAMIC_HEADER_COOKIE, DYNAMIC_HEADER_SIZE, dynamicHeaderProblems, type DynamicHeader } from './dynamic-header.js';
 import { MAX_LOCATOR_DATA, PlatformCode, decodeLocatorPath, locatorSpaceBytes, platformName } from './parent-locator.js';
 import { BAT_ENTRY_SIZE, SECTOR, UNALLOCATED, batBytes, bitmapBytes, blockCount } from './bat.js';
-import { MAX_DYNAMIC_VHD_SIZE, MAX_FIXED_VHD_SIZE, diskSizeOf, type DiskSize, type SizeRule } from './geometry.js';
+import { MAX_DYNAMIC_VHD_SIZE, MAX_FIXED_VHD_SIZE, diskSizeOf, sizesByReader, type DiskSize, type SizeRule } from './geometry.js';
 
 /** A problem found in a file's structures, with where it is. */
 export interface LayoutProblem extends Problem {
@@ -198,12 +198,15 @@ export async function readVhdLayout(src: RandomAccessSource, opts: LayoutOptions
   if (footer.currentSize % SECTOR !== 0) {
     add(footerName, footerAt, [{ severity: 'warning', reason: 'BAD_VIRTUAL_SIZE', message: `current size ${footer.currentSize} is not a multiple of 512; the disk ends at ${Math.floor(footer.currentSize / SECTOR) * SECTOR}` }]);
   }
-  if (sizeInfo.otherSize !== null) {
+  const readers = sizesByReader(footer);
+  if (readers.currentSize !== readers.qemuLegacy || readers.currentSize !== readers.qemu10 || sizeInfo.size !== readers.currentSize) {
     add(footerName, footerAt, [
       {
         severity: 'warning',
         reason: 'SIZE_RULES_DISAGREE',
-        message: `readers disagree on this disk's size: ${sizeInfo.size} bytes from the ${sizeInfo.from === 'chs' ? 'CHS geometry' : 'current size'} (used: ${sizeInfo.why}), ${sizeInfo.otherSize} from the ${sizeInfo.from === 'chs' ? 'current size' : 'CHS geometry'}`,
+        message:
+          `readers disagree on this disk's size (creator "${creatorText(footer.creatorApplication)}"): Hyper-V, Azure, libvhdi and 7-Zip read ${readers.currentSize} bytes, ` +
+          `qemu 2.6 to 9.2 reads ${readers.qemuLegacy}, qemu 10 reads ${readers.qemu10}; ${sizeInfo.size} is used (${sizeInfo.why})`,
       },
     ]);
   }

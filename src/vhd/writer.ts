@@ -38,6 +38,14 @@ import type { VhdBat, VhdBitmaps } from './tables.js';
 /** Changed BAT sectors and bitmaps kept at most before a write commits them. */
 const MAX_DIRTY = 4096;
 const ZEROS = new Uint8Array(1024 * 1024);
+/** Bytes of the disk one bitmap byte covers: what a write completes around its clear sectors. */
+const UNIT = 8 * SECTOR;
+
+/** Writes (at offsets in the block's data) and the runs of sectors whose bits they make set. */
+interface UnitPlan {
+  writes: { at: number; data: Uint8Array }[];
+  set: [number, number][];
+}
 
 export class VhdWriter {
   /** Where the next block goes; the footer's place after the next commit. */
@@ -162,73 +170,92 @@ export class VhdWriter {
   private async writeWithBits(block: number, inBlock: number, data: Uint8Array, zeros: boolean): Promise<void> {
     const sector = await this.bat.entry(block);
     const sectorsPerBlock = this.blockSize / SECTOR;
-    const first = Math.floor(inBlock / SECTOR);
-    const last = Math.ceil((inBlock + data.length) / SECTOR); // one past
-    if (sector === UNALLOCATED) {
-      const bits = new Uint8Array(this.bitmapBytes);
-      let at = inBlock;
-      let buf = data;
-      let writeData = true;
-      if (!this.differencing) {
-        // Every sector present: the block's space is fresh, so what the write leaves reads as zeros.
-        setBits(bits, 0, sectorsPerBlock, true);
-      } else if (zeros && inBlock === 0 && data.length === this.blockSize) {
-        setBits(bits, 0, sectorsPerBlock, true);
-        writeData = false; // fresh space already reads as zeros
-      } else {
-        ({ at, buf } = await this.completeSectors(block, inBlock, data, null));
-        setBits(bits, first, last - first, true);
+    let bits: Uint8Array | null = null;
+    if (sector !== UNALLOCATED) {
+      bits = (await this.bitmaps.get(block)).bits;
+      const first = Math.floor(inBlock / SECTOR);
+      if (allBitsSet(bits, first, Math.ceil((inBlock + data.length) / SECTOR) - first)) {
+        await this.src.write!(sector * SECTOR + this.bitmapBytes + inBlock, data);
+        return;
       }
-      const place = this.placeBlock();
-      await this.waitForFooter(place);
-      const dataAt = place + this.bitmapBytes;
-      const writes = [this.src.write!(place, bits)];
-      if (writeData) writes.push(this.src.write!(dataAt + at, buf));
-      // The file must reach the block's end, so that its unwritten parts read as zeros (never
-      // past the end of the file) until the footer follows it: its last sector, if nothing else.
-      const tail = writeData ? Math.max(at + buf.length, this.blockSize - SECTOR) : this.blockSize - SECTOR;
-      if (tail < this.blockSize) writes.push(this.src.write!(dataAt + tail, ZEROS.subarray(0, this.blockSize - tail)));
-      await Promise.all(writes);
-      await this.bitmaps.added(block, place, bits);
-      await this.bat.set(block, place / SECTOR);
+    }
+    let plan: UnitPlan;
+    if (sector === UNALLOCATED && !this.differencing) {
+      // Every sector present: the block's space is fresh, so what the write leaves reads as zeros.
+      plan = { writes: [{ at: inBlock, data }], set: [[0, sectorsPerBlock]] };
+    } else if (sector === UNALLOCATED && zeros && inBlock === 0 && data.length === this.blockSize) {
+      plan = { writes: [], set: [[0, sectorsPerBlock]] }; // fresh space already reads as zeros
+    } else {
+      plan = await this.completeUnits(block, inBlock, data, bits);
+    }
+    if (sector !== UNALLOCATED) {
+      const dataAt = sector * SECTOR + this.bitmapBytes;
+      await Promise.all(plan.writes.map((w) => this.src.write!(dataAt + w.at, w.data)));
+      await this.bitmaps.change(block, (b) => plan.set.forEach(([first, count]) => setBits(b, first, count, true)));
       return;
     }
-    const bm = await this.bitmaps.get(block);
-    if (allBitsSet(bm.bits, first, last - first)) {
-      await this.src.write!(sector * SECTOR + this.bitmapBytes + inBlock, data);
-      return;
-    }
-    const { at, buf } = await this.completeSectors(block, inBlock, data, bm.bits);
-    await this.src.write!(sector * SECTOR + this.bitmapBytes + at, buf);
-    await this.bitmaps.change(block, (bits) => setBits(bits, first, last - first, true));
+    const newBits = new Uint8Array(this.bitmapBytes);
+    for (const [first, count] of plan.set) setBits(newBits, first, count, true);
+    const place = this.placeBlock();
+    await this.waitForFooter(place);
+    const dataAt = place + this.bitmapBytes;
+    const writes = [this.src.write!(place, newBits), ...plan.writes.map((w) => this.src.write!(dataAt + w.at, w.data))];
+    // The file must reach the block's end, so that its unwritten parts read as zeros (never past
+    // the end of the file) until the footer follows it: its last sector, if no write reaches it.
+    const reach = Math.max(0, ...plan.writes.map((w) => w.at + w.data.length));
+    const tail = Math.max(reach, this.blockSize - SECTOR);
+    if (tail < this.blockSize) writes.push(this.src.write!(dataAt + tail, ZEROS.subarray(0, this.blockSize - tail)));
+    await Promise.all(writes);
+    await this.bitmaps.added(block, place, newBits);
+    await this.bat.set(block, place / SECTOR);
   }
 
   /**
-   * Widen a write to whole sectors where it cuts a sector whose bit is clear (or every cut sector,
-   * when `bits` is null: a block not yet allocated): the rest of such a sector comes from what it
-   * reads as now, the parent's data or zeros. Sectors whose bit is set are written as given.
+   * What to write for a write into sectors some of whose bits are clear (`bits` null: a block not
+   * yet allocated, all clear). Every clear sector of the 4 KiB units (eight sectors: one bitmap
+   * byte) the write touches is filled: the write's bytes where it covers them, what the sector
+   * reads as now (the parent's data, or zeros) elsewhere; and its bit is set. Sectors whose bit
+   * is already set get only the write's own bytes (never a read-modify-write, which could undo a
+   * concurrent write into them). So no bitmap byte is left part set by this writer: libvhdi
+   * (20210425) reads the clear sectors after a set one in such a byte as zeros, not the parent's.
    */
-  private async completeSectors(block: number, inBlock: number, data: Uint8Array, bits: Uint8Array | null): Promise<{ at: number; buf: Uint8Array }> {
+  private async completeUnits(block: number, inBlock: number, data: Uint8Array, bits: Uint8Array | null): Promise<UnitPlan> {
     const end = inBlock + data.length;
-    const first = Math.floor(inBlock / SECTOR);
-    const last = Math.ceil(end / SECTOR) - 1;
+    const blockLen = Math.min(this.blockSize, this.layout.size - block * this.blockSize);
+    const u0 = Math.floor(inBlock / UNIT) * UNIT;
+    const u1 = Math.min(Math.ceil(end / UNIT) * UNIT, blockLen);
+    // The units' bytes: what they read as now around the write, the write in the middle.
+    const buf = new Uint8Array(u1 - u0);
+    if (this.differencing) {
+      const blockStart = block * this.blockSize;
+      const parent = this.needParent();
+      await Promise.all([
+        inBlock > u0 ? parent.read(blockStart + u0, buf.subarray(0, inBlock - u0)) : undefined,
+        u1 > end ? parent.read(blockStart + end, buf.subarray(end - u0)) : undefined,
+      ]);
+    }
+    buf.set(data, inBlock - u0);
     const clear = (s: number): boolean => bits === null || ((bits[s >>> 3]! >>> (7 - (s & 7))) & 1) === 0;
-    const headCut = inBlock % SECTOR !== 0 && clear(first);
-    const tailCut = end % SECTOR !== 0 && clear(last);
-    if (!headCut && !tailCut) return { at: inBlock, buf: data };
-    const at = headCut ? first * SECTOR : inBlock;
-    const stop = tailCut ? (last + 1) * SECTOR : end;
-    const buf = new Uint8Array(stop - at);
-    const blockStart = block * this.blockSize;
-    const fill = async (s: number): Promise<void> => {
-      const piece = buf.subarray(s * SECTOR - at, (s + 1) * SECTOR - at);
-      if (this.differencing) await this.needParent().read(blockStart + s * SECTOR, piece);
-      // A dynamic disk's clear sector reads as zeros: the buffer already is.
-    };
-    if (headCut) await fill(first);
-    if (tailCut && (last !== first || !headCut)) await fill(last);
-    buf.set(data, inBlock - at);
-    return { at, buf };
+    // Byte ranges to write, in order and merged: a clear sector whole, a set one only where the write covers it.
+    const ranges: [number, number][] = [];
+    const set: [number, number][] = [];
+    for (let s = u0 / SECTOR; s < u1 / SECTOR; s++) {
+      let from = s * SECTOR;
+      let to = from + SECTOR;
+      if (clear(s)) {
+        const last = set[set.length - 1];
+        if (last && last[0] + last[1] === s) last[1]++;
+        else set.push([s, 1]);
+      } else {
+        from = Math.max(from, inBlock);
+        to = Math.min(to, end);
+        if (to <= from) continue;
+      }
+      const last = ranges[ranges.length - 1];
+      if (last && last[1] === from) last[1] = to;
+      else ranges.push([from, to]);
+    }
+    return { writes: ranges.map(([from, to]) => ({ at: from, data: buf.subarray(from - u0, to - u0) })), set };
   }
 
   /** Take the place of a new block at the end of the file (synchronous: no two blocks get one place). */
