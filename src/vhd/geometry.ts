@@ -5,7 +5,9 @@
  * agree only for "CHS-exact" sizes. Readers differ in which they believe:
  *
  * - Virtual PC shows the guest the CHS geometry (its Current Size is often larger).
- * - Hyper-V, Windows (Disk Management, Mount-VHD), Azure, libvhdi and 7-Zip use Current Size.
+ * - Hyper-V, Windows (Disk Management, Mount-VHD), Azure and 7-Zip use Current Size.
+ * - libvhdi (20210425) uses Original Size (offset 40), which every creator writes equal to
+ *   Current Size; the two differ only in a disk resized after it was made.
  * - qemu before 2.6 used CHS, except for Disk2VHD's "d2v " files.
  * - qemu 2.6 to 9.2 uses Current Size when the creator is "win " (Hyper-V), "qem2" (qemu with
  *   force_size), "d2v " (Disk2VHD), "CTXS" (XenConverter) or "tap\0" (XenServer), or when the
@@ -17,8 +19,8 @@
  *   geometry.
  *
  * The rule applied here (`'auto'`) is qemu 10.0's: the CHS geometry for "vpc " and "qemu" unless
- * it is the maximum geometry, Current Size for every other creator. It gives Hyper-V's, Azure's,
- * libvhdi's and 7-Zip's answer for every file they make or read, and Virtual PC's for Virtual PC's
+ * it is the maximum geometry, Current Size for every other creator. It gives Hyper-V's, Azure's
+ * and 7-Zip's answer for every file they make or read, and Virtual PC's for Virtual PC's
  * files, which are the only ones whose Current Size is known to overstate the disk. Options
  * override it: `'current-size'` (what Hyper-V does) and `'chs'` (what Virtual PC does).
  *
@@ -107,8 +109,10 @@ export const QEMU_LEGACY_CURRENT_SIZE_CREATORS: readonly string[] = ['win ', 'qe
 
 /** The size each family of readers gives a footer's disk, in bytes. */
 export interface SizesByReader {
-  /** Hyper-V, Windows, Azure, libvhdi, 7-Zip: Current Size. */
+  /** Hyper-V, Windows, Azure, 7-Zip: Current Size. */
   currentSize: number;
+  /** libvhdi: Original Size. */
+  originalSize: number;
   /** qemu 2.6 to 9.2. */
   qemuLegacy: number;
   /** qemu 10.0 and later, and this library's 'auto' rule. */
@@ -122,6 +126,7 @@ export function sizesByReader(f: Footer): SizesByReader {
   const max = isMaxChs(chs);
   return {
     currentSize: current,
+    originalSize: f.originalSize > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Math.floor(Number(f.originalSize) / 512) * 512,
     qemuLegacy: max || QEMU_LEGACY_CURRENT_SIZE_CREATORS.includes(f.creatorApplication) ? current : chsSize,
     qemu10: max || !CHS_CREATORS.includes(f.creatorApplication) ? current : chsSize,
   };
@@ -167,7 +172,7 @@ export function diskSizeOf(f: Footer, rule: SizeRule = 'auto'): DiskSize {
     why = `creator ${app} sizes its disks by the CHS geometry (Virtual PC; qemu without force_size)`;
   } else {
     from = 'current-size';
-    why = `creator ${app} is sized by its current size, as Hyper-V, Azure, libvhdi, 7-Zip and qemu 10 read it`;
+    why = `creator ${app} is sized by its current size, as Hyper-V, Azure, 7-Zip and qemu 10 read it`;
   }
   const size = from === 'chs' ? chsSize : current;
   const other = from === 'chs' ? current : chsSize;

@@ -199,14 +199,14 @@ export async function readVhdLayout(src: RandomAccessSource, opts: LayoutOptions
     add(footerName, footerAt, [{ severity: 'warning', reason: 'BAD_VIRTUAL_SIZE', message: `current size ${footer.currentSize} is not a multiple of 512; the disk ends at ${Math.floor(footer.currentSize / SECTOR) * SECTOR}` }]);
   }
   const readers = sizesByReader(footer);
-  if (readers.currentSize !== readers.qemuLegacy || readers.currentSize !== readers.qemu10 || sizeInfo.size !== readers.currentSize) {
+  if (new Set([readers.currentSize, readers.originalSize, readers.qemuLegacy, readers.qemu10, sizeInfo.size]).size > 1) {
     add(footerName, footerAt, [
       {
         severity: 'warning',
         reason: 'SIZE_RULES_DISAGREE',
         message:
-          `readers disagree on this disk's size (creator "${creatorText(footer.creatorApplication)}"): Hyper-V, Azure, libvhdi and 7-Zip read ${readers.currentSize} bytes, ` +
-          `qemu 2.6 to 9.2 reads ${readers.qemuLegacy}, qemu 10 reads ${readers.qemu10}; ${sizeInfo.size} is used (${sizeInfo.why})`,
+          `readers disagree on this disk's size (creator "${creatorText(footer.creatorApplication)}"): Hyper-V, Azure and 7-Zip read ${readers.currentSize} bytes, ` +
+          `libvhdi ${readers.originalSize} (the original size), qemu 2.6 to 9.2 ${readers.qemuLegacy}, qemu 10 ${readers.qemu10}; ${sizeInfo.size} is used (${sizeInfo.why})`,
       },
     ]);
   }

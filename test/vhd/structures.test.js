@@ -188,7 +188,7 @@ test('size rules: which size each reader family gives per creator application', 
     assert.equal(diskSizeOf(f(app)).size, want.auto, `auto ${JSON.stringify(app)}`);
     assert.equal(diskSizeOf(f(app), 'current-size').size, cur);
     assert.equal(diskSizeOf(f(app), 'chs').size, chs);
-    assert.deepEqual(sizesByReader(f(app)), { currentSize: cur, qemuLegacy: want.legacy, qemu10: want.auto }, JSON.stringify(app));
+    assert.deepEqual(sizesByReader(f(app)), { currentSize: cur, originalSize: 104865792, qemuLegacy: want.legacy, qemu10: want.auto }, JSON.stringify(app));
   }
   // The maximum geometry means "use the current size" for every creator.
   const max = { ...f('vpc '), cylinders: 65535, heads: 16, sectorsPerTrack: 255 };
