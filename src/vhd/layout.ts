@@ -132,22 +132,23 @@ export async function readVhdLayout(src: RandomAccessSource, opts: LayoutOptions
       endOffset = fileSize - (FOOTER_SIZE - 1);
     }
   }
-  const endFooter = FOOTER.decode(endBytes, { lenient: true, fileOffset: endOffset, name: 'VHD footer' });
-  const endProblems = hasCookie(endBytes) ? footerProblems(endFooter, endBytes) : null;
-  const endValid = endProblems !== null && !endProblems.some((p) => p.severity === 'corruption');
+  const end = readFooter(endBytes, endOffset, 'VHD footer');
+  const endProblems = end?.problems ?? null;
+  const endValid = end !== null && end.footer !== null && !end.problems.some((p) => p.severity === 'corruption');
 
   // The copy at offset 0, which only dynamic and differencing disks have.
   const headBytes = fileSize >= 2 * FOOTER_SIZE ? await readBytes(src, 0, FOOTER_SIZE, 'VHD footer copy') : null;
-  const headFooter = headBytes && hasCookie(headBytes) ? FOOTER.decode(headBytes, { lenient: true, fileOffset: 0, name: 'VHD footer copy' }) : null;
-  const headProblems = headFooter && headBytes ? footerProblems(headFooter, headBytes) : null;
-  const headValid = headProblems !== null && !headProblems.some((p) => p.severity === 'corruption');
-  const headDynamic = headValid && headFooter !== null && headFooter.diskType !== 2;
+  const head = headBytes ? readFooter(headBytes, 0, 'VHD footer copy') : null;
+  const headProblems = head?.problems ?? null;
+  const headValid = head !== null && head.footer !== null && !head.problems.some((p) => p.severity === 'corruption');
+  const headFooter = headValid ? head.footer : null;
+  const headDynamic = headFooter !== null && headFooter.diskType !== 2;
 
   let footer: Footer;
   let footerBytes: Uint8Array;
   let footerFrom: VhdLayout['footerFrom'];
   if (endValid) {
-    footer = endFooter;
+    footer = end.footer!;
     footerBytes = endBytes;
     footerFrom = 'end';
     add('VHD footer', endOffset, endProblems ?? []);
@@ -316,6 +317,19 @@ export async function openVhdLayout(src: RandomAccessSource, opts: LayoutOptions
     throw new VhdxError(p.reason === 'NUMBER_TOO_LARGE' ? 'EOVERFLOW' : 'EINVAL', p.reason, p.message, { structure: p.structure, offset: p.offset });
   }
   return { layout, warnings: problems };
+}
+
+/** A footer's values and problems, or null when `bytes` do not start with the cookie (not a footer at all). */
+function readFooter(bytes: Uint8Array, fileOffset: number, name: string): { footer: Footer | null; problems: Problem[] } | null {
+  if (!hasCookie(bytes)) return null;
+  try {
+    const footer = FOOTER.decode(bytes, { lenient: true, fileOffset, name });
+    return { footer, problems: footerProblems(footer, bytes) };
+  } catch (e) {
+    // A size too large for a number.
+    if (e instanceof VhdxError) return { footer: null, problems: [{ severity: 'corruption', reason: e.reason, message: e.summary }] };
+    throw e;
+  }
 }
 
 function hasCookie(b: Uint8Array): boolean {
