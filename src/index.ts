@@ -30,3 +30,4 @@ export { createVhd, geometryFor, type CreateVhdOptions, type CreateVhdResult, ty
 export { readVhdLayout, type VhdLayout, type VhdLocator, type LayoutProblem } from './vhd/layout.js';
 export { diskSizeOf, chsForSectors, isChsExact, chsRoundUp, type SizeRule, type Chs, type DiskSize } from './vhd/geometry.js';
 export { checkVhd, repairVhd, type VhdCheckResult, type VhdCheckOptions, type VhdRepairOptions, type VhdRepairResult, type VhdRepairAction } from './vhd/check.js';
+export { azureProblems, AZURE_MAX_SIZE, type AzureProblem, type AzureRule } from './vhd/azure.js';
