@@ -46,34 +46,6 @@ export const u32: FieldType<number> = {
   encode: (v, _b, at, x) => v.setUint32(at, x >>> 0, true),
 };
 
-/** A u64 that must fit a JavaScript number exactly (byte offsets and sizes). */
-export const u64: FieldType<number> = {
-  size: 8,
-  kind: 'u64',
-  decode: (v, _b, at, where) => {
-    const hi = v.getUint32(at + 4, true);
-    if (hi > 0x1fffff) {
-      throw new VhdxError(
-        'EOVERFLOW',
-        'NUMBER_TOO_LARGE',
-        `${where.field} is 0x${v.getBigUint64(at, true).toString(16)}, beyond 2^53`,
-        { structure: where.structure, offset: where.offset },
-      );
-    }
-    return hi * 0x100000000 + v.getUint32(at, true);
-  },
-  encode: (v, _b, at, x) => {
-    safeU64(x);
-    v.setUint32(at, x % 0x100000000, true);
-    v.setUint32(at + 4, Math.floor(x / 0x100000000), true);
-  },
-};
-
-/** A u64 that must fit a JavaScript number exactly; the checks of `u64`. */
-function safeU64(x: number): void {
-  if (!Number.isSafeInteger(x) || x < 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `u64 value out of range: ${x}`);
-}
-
 export const u16be: FieldType<number> = {
   size: 2,
   kind: 'u16be',
@@ -88,28 +60,37 @@ export const u32be: FieldType<number> = {
   encode: (v, _b, at, x) => v.setUint32(at, x >>> 0, false),
 };
 
-/** A big-endian u64 that must fit a JavaScript number exactly (byte offsets and sizes). */
-export const u64be: FieldType<number> = {
-  size: 8,
-  kind: 'u64be',
-  decode: (v, _b, at, where) => {
-    const hi = v.getUint32(at, false);
-    if (hi > 0x1fffff) {
-      throw new VhdxError(
-        'EOVERFLOW',
-        'NUMBER_TOO_LARGE',
-        `${where.field} is 0x${v.getBigUint64(at, false).toString(16)}, beyond 2^53`,
-        { structure: where.structure, offset: where.offset },
-      );
-    }
-    return hi * 0x100000000 + v.getUint32(at + 4, false);
-  },
-  encode: (v, _b, at, x) => {
-    safeU64(x);
-    v.setUint32(at + 4, x % 0x100000000, false);
-    v.setUint32(at, Math.floor(x / 0x100000000), false);
-  },
-};
+/** A u64 that must fit a JavaScript number exactly (byte offsets and sizes), in either byte order. */
+function safeU64Type(littleEndian: boolean): FieldType<number> {
+  const [lo, hi] = littleEndian ? [0, 4] : [4, 0];
+  return {
+    size: 8,
+    kind: littleEndian ? 'u64' : 'u64be',
+    decode: (v, _b, at, where) => {
+      const high = v.getUint32(at + hi, littleEndian);
+      if (high > 0x1fffff) {
+        throw new VhdxError(
+          'EOVERFLOW',
+          'NUMBER_TOO_LARGE',
+          `${where.field} is 0x${v.getBigUint64(at, littleEndian).toString(16)}, beyond 2^53`,
+          { structure: where.structure, offset: where.offset },
+        );
+      }
+      return high * 0x100000000 + v.getUint32(at + lo, littleEndian);
+    },
+    encode: (v, _b, at, x) => {
+      if (!Number.isSafeInteger(x) || x < 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `u64 value out of range: ${x}`);
+      v.setUint32(at + lo, x % 0x100000000, littleEndian);
+      v.setUint32(at + hi, Math.floor(x / 0x100000000), littleEndian);
+    },
+  };
+}
+
+/** A u64 that must fit a JavaScript number exactly (byte offsets and sizes). */
+export const u64 = safeU64Type(true);
+
+/** A big-endian u64 that must fit a JavaScript number exactly (VHD's offsets and sizes). */
+export const u64be = safeU64Type(false);
 
 /** A full-range big-endian u64 (fields that may hold all ones). */
 export const u64bigbe: FieldType<bigint> = {

@@ -19,38 +19,18 @@
 import { VhdxError, throwIfAborted, type ErrorReason } from '../errors.js';
 import type { RandomAccessSource } from '../io/source.js';
 import type { ProgressOptions } from '../device/block-device.js';
-import { MAX_FINDINGS, type CheckError, type Finding, type RepairMode } from '../driver/check.js';
+import { MAX_FINDINGS, type CheckResult, type Finding, type RepairMode } from '../driver/check.js';
 import { FOOTER_SIZE, type VhdDiskType } from './footer.js';
 import { readVhdLayout, type LayoutOptions, type VhdLayout } from './layout.js';
 import { scanVhdBat } from './bat-scan.js';
 import { VhdImage, checkVhdParent, type VhdParentResolver } from './image.js';
 
-export interface VhdCheckResult {
+/** A check's result, in the shape of VHDX's CheckResult (`leaks` counts blocks' worth of space here, not MiB). */
+export interface VhdCheckResult extends Omit<CheckResult, 'format' | 'type' | 'log' | 'bitmapBlocks'> {
   format: 'vpc';
-  /** False when the file is not a VHD (exit 63 in the CLI's terms). */
-  supported: boolean;
-  /** False when the check could not read what it needed. */
-  canComplete: boolean;
-  error: CheckError | null;
-  /** Findings in the order found; at most MAX_FINDINGS are kept (the counts cover all). */
-  findings: Finding[];
-  omittedFindings: number;
-  corruptions: number;
-  /** Leaked blocks' worth of space (a partial block at the end counts as one). */
-  leaks: number;
-  leakedBytes: number;
-  warnings: number;
-  checkErrors: number;
-  fileSize: number;
-  /** Where the image's last structure or block ends (the footer belongs there). Null when not known. */
-  imageEndOffset: number | null;
   type: VhdDiskType | null;
   /** The disk's size in bytes, by the size rule in use. */
   size: number | null;
-  totalBlocks: number;
-  allocatedBlocks: number;
-  /** Allocated blocks that do not follow the previous one in the file (disk order). */
-  fragmentedBlocks: number;
 }
 
 export interface VhdCheckOptions extends ProgressOptions, LayoutOptions {

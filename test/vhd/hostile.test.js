@@ -9,6 +9,7 @@ import { MemorySource, VhdImage, VhdxError, checkVhd, repairVhd } from '../../di
 import { FOOTER } from '../../dist/vhd/footer.js';
 import { DYNAMIC_HEADER } from '../../dist/vhd/dynamic-header.js';
 import { pattern } from '../helpers/model.js';
+import { seededRandom } from '../helpers/hex.js';
 import { KiB, MiB, copyOf, newVhd, patchFooter } from '../helpers/vhd.js';
 
 /** A dynamic VHD of 4 MiB in 1 MiB blocks, blocks 0 and 2 written: its bytes. */
@@ -130,17 +131,6 @@ test('parent locators: data past the end, or over the BAT, is BAD_PARENT_LOCATOR
   await rejects(VhdImage.open(new MemorySource(long)), 'BAD_PARENT_LOCATOR');
 });
 
-/** mulberry32 */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('fuzz: mutated VHDs give only typed errors (open, reads, block status, a write, check, repair)', async (t) => {
   // Small seeds: fixed, dynamic with data in 4 KiB blocks, differencing over a fixed parent.
@@ -158,7 +148,7 @@ test('fuzz: mutated VHDs give only typed errors (open, reads, block status, a wr
   const seeds = [fixedSrc.bytes().slice(), dynSrc.bytes().slice(), diffSrc.bytes().slice()];
   const resolver = async (req) => VhdImage.open(copyOf(fixedSrc), { depth: req.depth, chain: req.chain });
 
-  const r = rng(17);
+  const r = seededRandom(17);
   const pick = (n) => Math.floor(r() * n);
   const hostile = () => [0, 1, 511, 512, 0xffffffff, 0x7fffffff, 0x80000000, pick(2 ** 32), pick(70000)][pick(9)];
   const mutate = (seed) => {

@@ -6,19 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FaultySource, MemorySource, VhdImage, createVhd } from '../../dist/index.js';
 import { SparseModel, pattern, bytesEqual } from '../helpers/model.js';
+import { seededRandom } from '../helpers/hex.js';
 import { KiB, MiB, copyOf, memoryResolver, newVhd } from '../helpers/vhd.js';
 
-/** mulberry32 */
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function assertReadsModel(img, model, label) {
   const got = new Uint8Array(img.size);
@@ -33,7 +23,7 @@ async function assertReadsModel(img, model, label) {
 
 /** Random writes, zeroes and discards (some unaligned, some across blocks), applied to image and model. */
 async function randomOps(img, model, seed, count) {
-  const r = rng(seed);
+  const r = seededRandom(seed);
   for (let i = 0; i < count; i++) {
     const len = 1 + Math.floor(r() * (r() < 0.3 ? 700 * KiB : 9000));
     const off = Math.floor(r() * (img.size - len));
