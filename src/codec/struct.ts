@@ -135,15 +135,15 @@ export function ascii(size: number): FieldType<string> {
   };
 }
 
-/** UTF-16LE text in a fixed field, ending at the first NUL character or the field's end. */
-export function utf16(size: number): FieldType<string> {
+/** UTF-16 text in a fixed field, ending at the first NUL character or the field's end. */
+function utf16Type(size: number, littleEndian: boolean): FieldType<string> {
   return {
     size,
-    kind: `utf16(${size})`,
+    kind: `${littleEndian ? 'utf16' : 'utf16be'}(${size})`,
     decode: (v, _b, at) => {
       let s = '';
       for (let i = 0; i + 1 < size; i += 2) {
-        const c = v.getUint16(at + i, true);
+        const c = v.getUint16(at + i, littleEndian);
         if (c === 0) break;
         s += String.fromCharCode(c);
       }
@@ -152,31 +152,19 @@ export function utf16(size: number): FieldType<string> {
     encode: (v, b, at, x) => {
       b.fill(0, at, at + size);
       const n = Math.min(x.length, Math.floor(size / 2));
-      for (let i = 0; i < n; i++) v.setUint16(at + i * 2, x.charCodeAt(i), true);
+      for (let i = 0; i < n; i++) v.setUint16(at + i * 2, x.charCodeAt(i), littleEndian);
     },
   };
 }
 
-/** UTF-16BE text in a fixed field (VHD's parent name), ending at the first NUL character or the field's end. */
+/** UTF-16LE text in a fixed field (VHDX), ending at the first NUL character or the field's end. */
+export function utf16(size: number): FieldType<string> {
+  return utf16Type(size, true);
+}
+
+/** UTF-16BE text in a fixed field (VHD's parent name). */
 export function utf16be(size: number): FieldType<string> {
-  return {
-    size,
-    kind: `utf16be(${size})`,
-    decode: (v, _b, at) => {
-      let s = '';
-      for (let i = 0; i + 1 < size; i += 2) {
-        const c = v.getUint16(at + i, false);
-        if (c === 0) break;
-        s += String.fromCharCode(c);
-      }
-      return s;
-    },
-    encode: (v, b, at, x) => {
-      b.fill(0, at, at + size);
-      const n = Math.min(x.length, Math.floor(size / 2));
-      for (let i = 0; i < n; i++) v.setUint16(at + i * 2, x.charCodeAt(i), false);
-    },
-  };
+  return utf16Type(size, false);
 }
 
 /**
