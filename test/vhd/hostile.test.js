@@ -185,7 +185,7 @@ test('fuzz: mutated VHDs give only typed errors (open, reads, block status, a wr
   };
   let typed = 0;
   let opened = 0;
-  const rounds = 1500;
+  const rounds = 1000;
   for (let i = 0; i < rounds; i++) {
     const bytes = mutate(seeds[i % seeds.length]);
     const guard = async (what, fn) => {
