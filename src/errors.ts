@@ -108,7 +108,24 @@ export type ErrorReason =
   /** A partition starts after it ends, outside its table's usable range or its extended partition. */
   | 'PARTITION_BAD_RANGE'
   /** Two partitions share sectors. */
-  | 'PARTITION_OVERLAP';
+  | 'PARTITION_OVERLAP'
+  // VHD (src/vhd): what the older format adds to the reasons above.
+  /** No VHD footer ("conectix") at the end of the file, nor a copy at its start. */
+  | 'NOT_VHD'
+  /** A footer's disk type is not fixed (2), dynamic (3) or differencing (4). */
+  | 'BAD_DISK_TYPE'
+  /** A dynamic or differencing VHD whose footer at the end is missing or damaged (its copy at offset 0 is good). */
+  | 'FOOTER_MISSING'
+  /** The footer at the end and its copy at offset 0 are both valid but differ. */
+  | 'FOOTER_MISMATCH'
+  /** The footer says the disk holds a virtual machine's saved state. */
+  | 'SAVED_STATE'
+  /** The stored size and the CHS geometry give different disk sizes (readers disagree on which is right). */
+  | 'SIZE_RULES_DISAGREE'
+  /** The dynamic header's Max Table Entries is not the disk's block count (some readers refuse the file). */
+  | 'BAT_SIZE_MISMATCH'
+  /** A rule Azure applies to uploaded VHDs is broken (azureProblems). */
+  | 'AZURE_RULE';
 
 export interface VhdxErrorDetails {
   /** Name of the on-disk structure concerned, e.g. "header 2" or "region table 1". */

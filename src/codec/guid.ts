@@ -37,6 +37,12 @@ export function decodeUuid(bytes: Uint8Array, at = 0): string {
   return s;
 }
 
+/** Store a UUID in RFC 4122 byte order (the inverse of decodeUuid). */
+export function encodeUuid(uuid: string, into: Uint8Array, at = 0): void {
+  const hex = normalizeGuid(uuid).replace(/-/g, '');
+  for (let i = 0; i < 16; i++) into[at + i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+}
+
 export function isGuid(text: string): boolean {
   return GUID_RE.test(unbrace(text));
 }

@@ -3,10 +3,13 @@
  * (checks signatures and the checksum, throws a VhdxError naming the structure and file offset)
  * and `encode` (zero-fills every byte no field covers, computes the checksum) from the table, and
  * the TypeScript type of the decoded value from the same table.
+ *
+ * VHDX is little-endian with CRC-32C checksums; VHD (the older format) is big-endian with a
+ * one's-complement byte sum: both kinds of field and checksum are here.
  */
 import { VhdxError, corrupt } from '../errors.js';
 import { crc32cWithZeroField } from './crc32c.js';
-import { decodeGuid, encodeGuid } from './guid.js';
+import { decodeGuid, decodeUuid, encodeGuid, encodeUuid } from './guid.js';
 
 export interface FieldType<T> {
   readonly size: number;
@@ -43,27 +46,58 @@ export const u32: FieldType<number> = {
   encode: (v, _b, at, x) => v.setUint32(at, x >>> 0, true),
 };
 
+export const u16be: FieldType<number> = {
+  size: 2,
+  kind: 'u16be',
+  decode: (v, _b, at) => v.getUint16(at, false),
+  encode: (v, _b, at, x) => v.setUint16(at, x, false),
+};
+
+export const u32be: FieldType<number> = {
+  size: 4,
+  kind: 'u32be',
+  decode: (v, _b, at) => v.getUint32(at, false),
+  encode: (v, _b, at, x) => v.setUint32(at, x >>> 0, false),
+};
+
+/** A u64 that must fit a JavaScript number exactly (byte offsets and sizes), in either byte order. */
+function safeU64Type(littleEndian: boolean): FieldType<number> {
+  const [lo, hi] = littleEndian ? [0, 4] : [4, 0];
+  return {
+    size: 8,
+    kind: littleEndian ? 'u64' : 'u64be',
+    decode: (v, _b, at, where) => {
+      const high = v.getUint32(at + hi, littleEndian);
+      if (high > 0x1fffff) {
+        throw new VhdxError(
+          'EOVERFLOW',
+          'NUMBER_TOO_LARGE',
+          `${where.field} is 0x${v.getBigUint64(at, littleEndian).toString(16)}, beyond 2^53`,
+          { structure: where.structure, offset: where.offset },
+        );
+      }
+      return high * 0x100000000 + v.getUint32(at + lo, littleEndian);
+    },
+    encode: (v, _b, at, x) => {
+      if (!Number.isSafeInteger(x) || x < 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `u64 value out of range: ${x}`);
+      v.setUint32(at + lo, x % 0x100000000, littleEndian);
+      v.setUint32(at + hi, Math.floor(x / 0x100000000), littleEndian);
+    },
+  };
+}
+
 /** A u64 that must fit a JavaScript number exactly (byte offsets and sizes). */
-export const u64: FieldType<number> = {
+export const u64 = safeU64Type(true);
+
+/** A big-endian u64 that must fit a JavaScript number exactly (VHD's offsets and sizes). */
+export const u64be = safeU64Type(false);
+
+/** A full-range big-endian u64 (fields that may hold all ones). */
+export const u64bigbe: FieldType<bigint> = {
   size: 8,
-  kind: 'u64',
-  decode: (v, _b, at, where) => {
-    const hi = v.getUint32(at + 4, true);
-    if (hi > 0x1fffff) {
-      throw new VhdxError(
-        'EOVERFLOW',
-        'NUMBER_TOO_LARGE',
-        `${where.field} is 0x${v.getBigUint64(at, true).toString(16)}, beyond 2^53`,
-        { structure: where.structure, offset: where.offset },
-      );
-    }
-    return hi * 0x100000000 + v.getUint32(at, true);
-  },
-  encode: (v, _b, at, x) => {
-    if (!Number.isSafeInteger(x) || x < 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `u64 value out of range: ${x}`);
-    v.setUint32(at, x % 0x100000000, true);
-    v.setUint32(at + 4, Math.floor(x / 0x100000000), true);
-  },
+  kind: 'u64bigbe',
+  decode: (v, _b, at) => v.getBigUint64(at, false),
+  encode: (v, _b, at, x) => v.setBigUint64(at, x, false),
 };
 
 /** A full-range u64 (sequence numbers). */
@@ -79,6 +113,14 @@ export const guid: FieldType<string> = {
   kind: 'guid',
   decode: (_v, b, at) => decodeGuid(b, at),
   encode: (_v, b, at, x) => encodeGuid(x, b, at),
+};
+
+/** A UUID stored in RFC 4122 byte order (VHD's unique ids), as lowercase text. */
+export const uuid: FieldType<string> = {
+  size: 16,
+  kind: 'uuid',
+  decode: (_v, b, at) => decodeUuid(b, at),
+  encode: (_v, b, at, x) => encodeUuid(x, b, at),
 };
 
 /** Fixed-length ASCII text such as a signature. */
@@ -98,15 +140,15 @@ export function ascii(size: number): FieldType<string> {
   };
 }
 
-/** UTF-16LE text in a fixed field, ending at the first NUL character or the field's end. */
-export function utf16(size: number): FieldType<string> {
+/** UTF-16 text in a fixed field, ending at the first NUL character or the field's end. */
+function utf16Type(size: number, littleEndian: boolean): FieldType<string> {
   return {
     size,
-    kind: `utf16(${size})`,
+    kind: `${littleEndian ? 'utf16' : 'utf16be'}(${size})`,
     decode: (v, _b, at) => {
       let s = '';
       for (let i = 0; i + 1 < size; i += 2) {
-        const c = v.getUint16(at + i, true);
+        const c = v.getUint16(at + i, littleEndian);
         if (c === 0) break;
         s += String.fromCharCode(c);
       }
@@ -115,7 +157,36 @@ export function utf16(size: number): FieldType<string> {
     encode: (v, b, at, x) => {
       b.fill(0, at, at + size);
       const n = Math.min(x.length, Math.floor(size / 2));
-      for (let i = 0; i < n; i++) v.setUint16(at + i * 2, x.charCodeAt(i), true);
+      for (let i = 0; i < n; i++) v.setUint16(at + i * 2, x.charCodeAt(i), littleEndian);
+    },
+  };
+}
+
+/** UTF-16LE text in a fixed field (VHDX), ending at the first NUL character or the field's end. */
+export function utf16(size: number): FieldType<string> {
+  return utf16Type(size, true);
+}
+
+/** UTF-16BE text in a fixed field (VHD's parent name). */
+export function utf16be(size: number): FieldType<string> {
+  return utf16Type(size, false);
+}
+
+/**
+ * `count` structures of one kind side by side (VHD's eight parent locator entries). Each element
+ * is decoded with its own name ("…[3]") and file offset, and encoded by its own declaration.
+ */
+export function array<F extends Fields>(element: Struct<F>, count: number): FieldType<Decoded<F>[]> {
+  return {
+    size: element.size * count,
+    kind: `${element.name}[${count}]`,
+    decode: (_v, b, at, where) =>
+      Array.from({ length: count }, (_, i) =>
+        element.decode(b.subarray(at + i * element.size), { fileOffset: where.offset + i * element.size, name: `${where.structure} ${where.field}[${i}]` }),
+      ),
+    encode: (_v, b, at, x) => {
+      if (x.length !== count) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${element.name}: ${count} elements expected, ${x.length} given`);
+      x.forEach((e, i) => element.encode(e as Encodable<F>, b, at + i * element.size));
     },
   };
 }
@@ -133,6 +204,25 @@ export function bytes(size: number): FieldType<Uint8Array> {
   };
 }
 
+/** How a checksum field's value is computed from the structure's bytes, the field itself taken as zero. */
+export interface Checksum {
+  readonly name: string;
+  compute(bytes: Uint8Array, fieldAt: number, fieldSize: number): number;
+}
+
+/** CRC-32C (VHDX). */
+export const CRC32C_SUM: Checksum = { name: 'CRC-32C', compute: (b, at) => crc32cWithZeroField(b, at) };
+
+/** The one's complement of the sum of every byte (VHD's footer and dynamic header). */
+export const ONES_COMPLEMENT_SUM: Checksum = {
+  name: "one's complement byte sum",
+  compute: (b, at, size) => {
+    let sum = 0;
+    for (let i = 0; i < b.length; i++) if (i < at || i >= at + size) sum += b[i]!;
+    return ~sum >>> 0;
+  },
+};
+
 export interface FieldSpec<T> {
   readonly at: number;
   readonly type: FieldType<T>;
@@ -140,12 +230,14 @@ export interface FieldSpec<T> {
   readonly expect?: T;
   /** This field holds the CRC-32C of the whole structure, computed with the field zeroed. */
   readonly crc32c?: true;
+  /** This field holds the structure's checksum, computed this way (`crc32c: true` is CRC32C_SUM). */
+  readonly checksum?: Checksum;
 }
 
 type Fields = Record<string, FieldSpec<any>>;
 type ValueOf<S> = S extends FieldSpec<infer T> ? T : never;
 type AutoKeys<F extends Fields> = {
-  [K in keyof F]: F[K] extends { expect: unknown } ? K : F[K] extends { crc32c: true } ? K : never;
+  [K in keyof F]: F[K] extends { expect: unknown } ? K : F[K] extends { crc32c: true } ? K : F[K] extends { checksum: Checksum } ? K : never;
 }[keyof F];
 
 export type Decoded<F extends Fields> = { -readonly [K in keyof F]: ValueOf<F[K]> };
@@ -189,18 +281,21 @@ export function defineStruct<F extends Fields>(name: string, size: number, field
   for (const [k, f] of entries) {
     if (f.at < 0 || f.at + f.type.size > size) throw new Error(`struct ${name}: field ${k} outside ${size} bytes`);
   }
-  const checksumField = entries.find(([, f]) => f.crc32c);
-  const checksumAt = checksumField?.[1].at;
+  const checksumEntry = entries.find(([, f]) => f.crc32c || f.checksum);
+  const checksumField = checksumEntry?.[1];
+  const checksumAlgorithm = checksumField?.checksum ?? CRC32C_SUM;
+  const isChecksum = (f: FieldSpec<unknown>): boolean => f === checksumField;
+  const checksumPlace = { structure: name, field: checksumEntry?.[0] ?? '', offset: checksumField?.at ?? 0 };
+  const computeChecksum = (b: Uint8Array, f: FieldSpec<unknown>): number => checksumAlgorithm.compute(b.subarray(0, size), f.at, f.type.size);
 
   const checksumOk = (b: Uint8Array): boolean => {
-    if (checksumAt === undefined) return true;
-    return viewOf(b).getUint32(checksumAt, true) === crc32cWithZeroField(b.subarray(0, size), checksumAt);
+    if (checksumField === undefined) return true;
+    return checksumField.type.decode(viewOf(b), b, checksumField.at, checksumPlace) === computeChecksum(b, checksumField);
   };
 
   const seal = (b: Uint8Array): void => {
-    if (checksumAt === undefined) return;
-    const view = viewOf(b);
-    view.setUint32(checksumAt, crc32cWithZeroField(b.subarray(0, size), checksumAt), true);
+    if (checksumField === undefined) return;
+    checksumField.type.encode(viewOf(b), b, checksumField.at, computeChecksum(b, checksumField));
   };
 
   return {
@@ -240,7 +335,7 @@ export function defineStruct<F extends Fields>(name: string, size: number, field
         }
         out[k] = value;
       }
-      if (!opts.lenient && checksumAt !== undefined && !checksumOk(b)) {
+      if (!opts.lenient && checksumField !== undefined && !checksumOk(b)) {
         throw corrupt('BAD_CHECKSUM', `${label} checksum mismatch`, { structure: label, offset: base });
       }
       return out as Decoded<F>;
@@ -252,7 +347,7 @@ export function defineStruct<F extends Fields>(name: string, size: number, field
       const view = viewOf(b);
       const v = value as Record<string, unknown>;
       for (const [k, f] of entries) {
-        if (f.crc32c) continue;
+        if (isChecksum(f)) continue;
         const x = v[k] !== undefined ? v[k] : f.expect;
         if (x === undefined) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${name}: field ${k} missing`);
         f.type.encode(view, b, f.at, x);

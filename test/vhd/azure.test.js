@@ -1,0 +1,35 @@
+// azureProblems (src/vhd/azure.ts): a fixed VHD of whole MiB whose file is its size + 512 passes;
+// each broken rule is named, with the next valid size for a size that is not whole MiB.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { MemorySource, azureProblems } from '../../dist/index.js';
+import { MiB, newVhd, patchFooter } from '../helpers/vhd.js';
+
+const rules = async (bytes) => (await azureProblems(new MemorySource(bytes))).map((p) => `${p.severity}:${p.rule}`).sort();
+
+test('a fixed VHD of whole MiB, footer at the end, read alike by every reader, breaks no rule', async () => {
+  const { src } = await newVhd({ size: 100 * MiB, subformat: 'fixed' });
+  assert.deepEqual(await azureProblems(src), []);
+});
+
+test('each broken Azure rule is named', async () => {
+  const { src: dyn } = await newVhd({ size: 100 * MiB });
+  assert.deepEqual(await rules(dyn.bytes()), ['error:fixed']);
+  const { src: odd } = await newVhd({ size: 100 * MiB + 4096, subformat: 'fixed' });
+  const p = await azureProblems(odd);
+  assert.deepEqual(p.map((x) => x.rule), ['whole-mib']);
+  assert.match(p[0].message, new RegExp(`next valid size is ${101 * MiB} bytes`));
+  const { src: fixed } = await newVhd({ size: 4 * MiB, subformat: 'fixed' });
+  const bytes = fixed.bytes().slice();
+  const padded = new Uint8Array(bytes.length + 512);
+  padded.set(bytes.subarray(0, bytes.length - 512));
+  padded.set(bytes.subarray(bytes.length - 512), bytes.length);
+  assert.deepEqual(await rules(padded), ['error:file-size']);
+  const badSum = bytes.slice();
+  badSum[badSum.length - 100] = 9;
+  assert.deepEqual(await rules(badSum), ['error:checksum']);
+  assert.deepEqual(await rules(bytes.subarray(0, bytes.length - 512)), ['error:footer']);
+  // A creator qemu before 10 sizes by the geometry, which describes another size.
+  const wa = patchFooter(bytes.slice(), () => ({ creatorApplication: 'wa\0\0', cylinders: 100, heads: 4, sectorsPerTrack: 17 }), { at0: false });
+  assert.deepEqual(await rules(wa), ['warning:same-size-everywhere']);
+});

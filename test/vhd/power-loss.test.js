@@ -1,0 +1,169 @@
+// Power loss during dynamic and differencing VHD writes (src/vhd/writer.ts through
+// src/io/faulty.ts). A dry run counts the mutating operations of a workload; then for each one the
+// workload runs again on a FaultySource that dies there, and the post-crash disk is built several
+// ways (nothing unflushed lands, everything lands, random subsets with a write torn at 4 KiB or
+// 512 bytes). Each post-crash image must open read-only (from the footer copy at offset 0 if the
+// end one is gone), and after `repairVhd` (mode 'all') it must have no corruption, no leak repair
+// can still fix, open writable, and read the same: every byte what the last completed flush left,
+// or what a write issued after it put there. Blocks never written must never read as data.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { VhdImage, checkVhd, repairVhd } from '../../dist/index.js';
+import { crashCheck, pattern, bytesEqual, SparseModel } from '../helpers/model.js';
+import { readRanges, runWorkload } from '../helpers/workload.js';
+import { KiB, MiB, copyOf, newVhd } from '../helpers/vhd.js';
+
+const BS = 512 * KiB;
+
+function ops(build) {
+  let seed = 0;
+  const w = (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
+  const zero = (offset, length) => ({ kind: 'zero', offset, length });
+  const discard = (offset, length) => ({ kind: 'discard', offset, length });
+  return build({ w, zero, discard, flush: { kind: 'flush' }, close: { kind: 'close' }, parallel: (...list) => ({ kind: 'parallel', ops: list }) });
+}
+
+// Allocations one by one and together, in-place writes, writes into the clear sectors of an
+// allocated block, writes across blocks, FUA, zeroes over data and over holes, a reopen (a new session appends after the last one's footer).
+const WORKLOAD = ops(({ w, zero, discard, flush, close, parallel }) => [
+  w(0, 4 * KiB),
+  w(BS + 1000, BS), // two blocks at once, unaligned
+  flush,
+  w(100, 200), // in place
+  w(200 * KiB + 7, 5000), // into sectors of an allocated block whose bits are clear
+  w(5 * BS + 3, 700, true), // FUA allocation
+  zero(BS, 8 * KiB), // zeros written into data
+  discard(9 * BS, BS), // a hole stays a hole
+  parallel(w(3 * BS, 4 * KiB), w(3 * BS + 64 * KiB, 4 * KiB), w(7 * BS + 17, 9000), w(10 * BS - 10, 20)),
+  w(12 * BS, 4 * KiB),
+  { kind: 'reopen' },
+  w(13 * BS + 512, 1536),
+  w(3 * BS + 100, 50),
+  zero(3 * BS + 300 * KiB + 1, 8 * KiB), // zeros into clear sectors of an allocated block
+  flush,
+  w(200 * KiB + 4000, 3000), // half set, half clear
+  parallel(w(14 * BS, BS), w(15 * BS, 100)),
+  w(2 * BS - 5, 10),
+  close,
+]);
+
+function touchedRanges(list, size) {
+  const blocks = new Set();
+  const visit = (op) => {
+    if (op.kind === 'parallel') return op.ops.forEach(visit);
+    const len = op.kind === 'write' ? op.data.length : op.length;
+    if (len === undefined) return;
+    for (let b = Math.floor(op.offset / BS); b * BS < op.offset + len; b++) blocks.add(b);
+  };
+  list.forEach(visit);
+  return [...blocks].sort((a, b) => a - b).map((b) => [b * BS, Math.min(BS, size - b * BS)]);
+}
+
+const VARIANTS = (n) => [
+  { keep: 'none' },
+  { keep: 'all' },
+  { keep: 'random', seed: n * 7 + 1, tear: true },
+  ...(n % 2 === 0 ? [{ keep: 'random', seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
+];
+
+async function checkCrash(crashed, { ranges, touched, durable, since, label, open }) {
+  const failures = [];
+  const fail = (m) => failures.push(`${label}: ${m}`);
+  let before;
+  try {
+    const ro = await open(copyOf(crashed), false);
+    before = (await readRanges(ro, ranges)).map((b) => b.slice());
+    for (const x of await ro.blockStatus(0, ro.size)) {
+      if (x.type !== 'data' || (x.depth ?? 0) > 0) continue;
+      for (let b = Math.floor(x.offset / BS); b * BS < x.offset + x.length; b++) if (!touched.has(b)) fail(`block ${b} was never written but reads as data`);
+    }
+    await ro.close();
+  } catch (e) {
+    fail(`read-only open failed: ${e.reason ?? ''} ${e.message}`);
+    return failures;
+  }
+  ranges.forEach(([offset], i) => {
+    const m = crashCheck(before[i], offset, durable, since);
+    if (m) fail(`read-only: ${m}`);
+  });
+  const repaired = copyOf(crashed);
+  const r = await repairVhd(repaired, { mode: 'all', ...(open.parent ? { parent: open.parent } : {}) });
+  if (r.refusal) return [...failures, `${label}: repair refused: ${r.refusal} ${JSON.stringify(r.refused)}`];
+  const bad = r.after.findings.filter((f) => f.severity === 'corruption' || (f.severity === 'leak' && f.repairableBy !== null));
+  if (bad.length > 0) fail(`after repair: ${JSON.stringify(bad)}`);
+  try {
+    const rw = await open(repaired, true);
+    const after = await readRanges(rw, ranges);
+    ranges.forEach(([offset], i) => {
+      if (!bytesEqual(after[i], before[i])) fail(`range at ${offset} reads differently after the repair`);
+    });
+    // A session after the repair writes and closes cleanly.
+    await rw.write(11 * BS + 4096, new Uint8Array(4096).fill(0xee));
+    await rw.close();
+    const c = await checkVhd(repaired, open.parent ? { parent: open.parent } : {});
+    const worse = c.findings.filter((f) => f.severity === 'corruption' || (f.severity === 'leak' && f.repairableBy !== null));
+    if (worse.length > 0) fail(`after a session on the repaired image: ${JSON.stringify(worse)}`);
+  } catch (e) {
+    fail(`writable open after repair failed: ${e.reason ?? ''} ${e.message}`);
+  }
+  return failures;
+}
+
+async function crashEverywhere(base, list, size, { open, model }) {
+  const ranges = touchedRanges(list, size);
+  const touched = new Set(ranges.map(([o]) => o / BS));
+  const runOpts = { open: (disk) => open(disk, true), ...(model ? { model } : {}) };
+  const dry = await runWorkload(base, list, undefined, runOpts);
+  const total = dry.disk.mutations;
+  assert.ok(total > 15, `only ${total} mutating operations`);
+  {
+    const img = await open(dry.disk.clone(), false);
+    const got = await readRanges(img, ranges);
+    ranges.forEach(([offset], i) => assert.equal(crashCheck(got[i], offset, dry.model, []), null, `dry run at ${offset}`));
+    const c = await checkVhd(dry.disk.clone(), open.parent ? { parent: open.parent } : {});
+    assert.deepEqual(c.findings.filter((f) => f.severity !== 'warning'), [], 'a workload without a crash leaves a clean image');
+    assert.equal(c.leaks, 0);
+  }
+  const failures = [];
+  let images = 0;
+  for (let n = 1; n <= total; n++) {
+    const run = await runWorkload(base, list, n, runOpts);
+    assert.ok(run.disk.isCrashed, `crash point ${n} not reached`);
+    for (const v of VARIANTS(n)) {
+      const label = `crash at operation ${n}/${total} (${run.disk.trace?.[n - 1]?.kind}), ${JSON.stringify(v)}`;
+      failures.push(...(await checkCrash(run.disk.crashImage(v), { ranges, touched, durable: run.durable, since: run.since, label, open })));
+      images++;
+    }
+    if (failures.length > 20) break;
+  }
+  assert.deepEqual(failures.slice(0, 8), [], `${failures.length} failures over ${images} crash images`);
+  return { total, images };
+}
+
+test('power loss at every write and flush of a dynamic VHD: after repairVhd every flushed write reads back', async (t) => {
+  const size = 16 * BS;
+  const { src } = await newVhd({ size, blockSize: BS });
+  const open = (disk, writable) => VhdImage.open(disk, { readOnly: !writable });
+  const { total, images } = await crashEverywhere(src.bytes().slice(), WORKLOAD, size, { open });
+  t.diagnostic(`${total} crash points, ${images} crash images`);
+});
+
+test('power loss at every write and flush of a differencing VHD: sectors completed from the parent are never lost', async (t) => {
+  const size = 16 * BS;
+  const { src: psrc } = await newVhd({ size, blockSize: BS });
+  const model = new SparseModel();
+  const p = await VhdImage.open(psrc, { readOnly: false });
+  for (const [off, len, seed] of [[0, 3 * BS, 101], [5 * BS, 2 * BS + 5000, 102], [12 * BS, BS, 103], [15 * BS - 4096, 8192, 104]]) {
+    const data = pattern(seed, len);
+    await p.write(off, data);
+    model.write(off, data);
+  }
+  await p.close();
+  const parentImg = await VhdImage.open(copyOf(psrc));
+  const { src: csrc } = await newVhd({ parent: parentImg, blockSize: BS, parentPaths: [{ platform: 'W2ru', path: '.\\p.vhd' }] });
+  const parent = async () => VhdImage.open(copyOf(psrc));
+  const open = (disk, writable) => VhdImage.open(disk, { readOnly: !writable, parent });
+  open.parent = parent;
+  const { total, images } = await crashEverywhere(csrc.bytes().slice(), WORKLOAD, size, { open, model });
+  t.diagnostic(`${total} crash points, ${images} crash images`);
+});
