@@ -173,6 +173,14 @@ export class FreeBlocks {
     return this.sorted.length < this.maxBlocks && (owned || this.unownedRoom());
   }
 
+  /**
+   * True when `n` more blocks of unowned space fit, each a new record or an owned one disowned
+   * (new records need a slot each; `n` slots is the most they can need).
+   */
+  roomForUnowned(n: number): boolean {
+    return this.sorted.length + n <= this.maxBlocks && (this.unowned + n) * this.blockSize <= this.maxUnownedBytes;
+  }
+
   /** True when one more block of unowned space fits (a new record, or an owned one disowned). */
   unownedRoom(): boolean {
     return (this.unowned + 1) * this.blockSize <= this.maxUnownedBytes;

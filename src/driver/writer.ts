@@ -754,6 +754,20 @@ export class Writer {
         }
       }
     }
+    if (this.layout.type === 'fixed') return;
+    // Whole blocks change state, each giving up its place to the record of unowned free space;
+    // when that record cannot take them all, some would have zeros written instead (zeroPlace):
+    // refuse now rather than fail halfway.
+    let places = 0;
+    // The blocks the range covers whole (the disk's last block may be short).
+    for (let b = Math.ceil(offset / bs); b * bs < end && b * bs + this.map.blockExtent(b) <= end; b++) {
+      const e = this.map.cachedEntry(b) ?? (await this.map.entry(b));
+      if (e.state === PayloadState.FULLY_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT) places++;
+      else if (e.fileOffsetMB !== 0 && this.free.of(b)) places++;
+    }
+    if (places > 0 && !this.free.roomForUnowned(places)) {
+      throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `zeroing ${length} bytes at ${offset} would write zeros into ${places} blocks: the record of free space is full`);
+    }
   }
 
   /**

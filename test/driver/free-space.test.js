@@ -240,6 +240,28 @@ test('the record is bounded: past the unowned cap write-zeroes writes zeros and 
   await ro.close();
 });
 
+test('a fast zero over more whole blocks than the record can take fails before it changes any', async () => {
+  const { plan, disk } = await newDisk({ virtualSize: B(16) });
+  let img = await open(disk);
+  for (let b = 0; b < 6; b++) await img.write(B(b), pattern(b + 1, MiB));
+  await img.close();
+  img = await open(disk, { maxUnownedFreeBytes: B(2) });
+  // Blocks 0-3: four places to give up, room for two. Without the check, blocks 0 and 1 changed
+  // state before block 2 failed (ENOTSUP mid-request).
+  await assert.rejects(img.writeZeroes(0, B(4), { fast: true }), (e) => e.code === 'ENOTSUP' && /record of free space is full/.test(e.message));
+  for (let b = 0; b < 4; b++) assert.deepEqual(await readBack(img, B(b), MiB), pattern(b + 1, MiB), `block ${b} untouched`);
+  await img.writeZeroes(0, B(2), { fast: true }); // what fits still works
+  await img.close();
+  // Close gives the two places back as UNMAPPED claims (see the writer's contract).
+  for (const b of [0, 1]) assert.notEqual((await readPayloadEntry(disk, plan, b)).state, PayloadState.FULLY_PRESENT, `block ${b}`);
+  for (const b of [2, 3]) assert.equal((await readPayloadEntry(disk, plan, b)).state, PayloadState.FULLY_PRESENT, `block ${b}`);
+  await assertTidy(disk, 'after the refused fast zero');
+  const ro = await VhdxImage.open(disk);
+  for (const b of [0, 1]) assert.ok(isZero(await readBack(ro, B(b), MiB)), `block ${b} reads zeros`);
+  for (const b of [2, 3]) assert.deepEqual(await readBack(ro, B(b), MiB), pattern(b + 1, MiB), `block ${b} kept`);
+  await ro.close();
+});
+
 test('a failed write into a reused place leaves the entry as it was, and the place free', async () => {
   const { plan, disk } = await newDisk({ virtualSize: B(16) });
   let img = await open(disk);
