@@ -1,7 +1,7 @@
 /** Node.js entry: everything in the browser-safe entry, plus opening and creating files by path. */
 export * from './index.js';
 export { NodeFileSource, CACHE_MODES, type CacheMode } from './io/node-file.js';
-export { openFile, openDevice, type OpenFileOptions, type OpenDeviceOptions, type FileOptions } from './device/open-node.js';
+export { openFile, openDevice, parentResolver, type OpenFileOptions, type OpenDeviceOptions, type FileOptions } from './device/open-node.js';
 export { createFile, createOpenFile, type CreateFileOptions } from './device/create-file.js';
 export { commitFile, rebaseFile, type CommitFileOptions, type CommitChildOutcome } from './device/commit-file.js';
 export { locatorFor } from './device/parents-node.js';

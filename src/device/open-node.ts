@@ -96,6 +96,15 @@ export async function openFile(path: string, opts: OpenFileOptions = {}): Promis
   return (await openDevice(path, { ...opts, format: 'vhdx' })) as VhdxImage;
 }
 
+/**
+ * The resolver `openFile` would use for the differencing VHDX at `path` under the `parents`
+ * policy (undefined for 'none'): for callers that open the file themselves, such as `checkImage`.
+ */
+export async function parentResolver(path: string, parents: ParentPaths, forceShare = false): Promise<ParentResolver | undefined> {
+  const level = { location: path, name: path, depth: 0, visited: new Set([await fileIdentity(path)]) };
+  return vhdxParentResolver(fileStore(forceShare ? { forceShare } : {}), level, { parents });
+}
+
 /** A store for `name`: the host's files, or the web for an http(s) URL. */
 function storeFor(name: string, opts: FileOptions & UrlOptions & { parents?: ParentPaths }): ImageStore {
   if (isUrl(name)) return urlStore({ ...(opts.http ? { http: opts.http } : {}), ...(opts.parentQuery ? { parentQuery: opts.parentQuery } : {}), ...(opts.parents ? { parents: opts.parents } : {}) });
