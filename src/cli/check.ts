@@ -72,18 +72,15 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
     };
     // A VHD is checked as one (named by -f, or found by the probe); anything else as a VHDX,
     // whose check says what it is not.
+    const mode = repair as RepairMode | undefined;
     if (fmt === 'vpc' || (fmt === undefined && (await detectFormat(src)) === 'vpc')) {
       const vopts = { ...opts, ...(vhdParents ? { parent: vhdParents } : {}) };
-      if (repair !== undefined) {
-        repaired = await repairVhd(src, { ...vopts, mode: repair as RepairMode });
-        result = repaired.after;
-      } else result = await checkVhd(src, vopts);
+      repaired = mode ? await repairVhd(src, { ...vopts, mode }) : null;
+      result = repaired?.after ?? (await checkVhd(src, vopts));
     } else {
       const xopts = { ...opts, ...(vhdxParents ? { parent: vhdxParents } : {}) };
-      if (repair !== undefined) {
-        repaired = await repairImage(src, { ...xopts, mode: repair as RepairMode });
-        result = repaired.after;
-      } else result = await checkImage(src, xopts);
+      repaired = mode ? await repairImage(src, { ...xopts, mode }) : null;
+      result = repaired?.after ?? (await checkImage(src, xopts));
     }
   } finally {
     bar?.stop();
