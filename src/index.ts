@@ -5,7 +5,8 @@
 export { VhdxError, isVhdxError, type ErrorCode, type ErrorReason } from './errors.js';
 export { MemorySource, BlobSource, readExact, type RandomAccessSource } from './io/source.js';
 export { HttpSource, type HttpSourceOptions, type HttpStats, type HttpValidator } from './io/http.js';
-export { openUrl, urlParentResolver, type OpenUrlOptions } from './driver/url.js';
+export { openUrl, urlParentResolver, probeFormat, type OpenUrlOptions, type ImageFormat, type OpenedDevice, type DeviceOptions } from './device/open.js';
+export { relativeParentUrl, type ParentPaths } from './device/parents.js';
 export { FaultySource, type FaultyOptions, type FaultyOp, type CrashImageOptions } from './io/faulty.js';
 export type { BlockDevice, WritableBlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';
 export { VhdxImage, checkParent, locatorValue, MAX_CHAIN_DEPTH, type OpenOptions, type AllocationStats, type ParentResolver, type ParentRequest } from './driver/image.js';

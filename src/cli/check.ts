@@ -4,13 +4,20 @@
  * 63 the image cannot be checked (not a VHDX, or a feature this check does not handle). After a
  * repair the status describes the image as repaired.
  */
-import { NodeFileSource } from '../io/node-file.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
+import { checkVhd, repairVhd, type VhdCheckResult, type VhdRepairResult } from '../vhd/check.js';
 import { formatOffset } from '../errors.js';
+import type { HttpStats } from '../io/http.js';
 import { fragmentationPercentage } from '../format/bat.js';
-import { parentResolver } from '../node-files.js';
+import { openImageSource } from '../device/open-node.js';
+import { detectFormat } from '../device/open.js';
+import { isUrl } from '../device/parents.js';
 import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
-import { formatOption } from './image-format.js';
+import { formatOption, newHttpStats, READ_FORMATS, reportHttp } from './image-format.js';
+
+/** A check of either format: VHDX's result, or VHD's in the same shape. */
+type AnyCheck = CheckResult | VhdCheckResult;
+type AnyRepair = RepairResult | VhdRepairResult;
 
 export { CHECK_USAGE } from './usage.js';
 import { CHECK_USAGE } from './usage.js';
@@ -27,10 +34,11 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
       progress: { type: 'boolean', short: 'p' },
       parents: { type: 'string' },
       'force-share': { type: 'boolean', short: 'U' },
+      verbose: { type: 'boolean', short: 'v' },
     },
     CHECK_USAGE,
   );
-  const fmt = formatOption(values.format, 'image');
+  const fmt = formatOption(values.format, 'image', READ_FORMATS);
   const format = outputFormat(values.output);
   const repair = values.repair;
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') {
@@ -46,38 +54,51 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
     return CHECK_EXIT.unsupported;
   }
   // A differencing image's parent is opened as the readers open it (--parents=none: the image alone).
-  const parent = await parentResolver(path, parentPaths(values.parents), forceShare);
-  const src = await NodeFileSource.open(path, { readOnly: repair === undefined, forceShare });
-  let result: CheckResult;
-  let repaired: RepairResult | null = null;
+  const stats = isUrl(path) ? newHttpStats() : null;
+  const { source: src, vhdxParents, vhdParents } = await openImageSource(path, {
+    readOnly: repair === undefined,
+    forceShare,
+    parents: parentPaths(values.parents),
+    ...(stats ? { http: { stats } } : {}),
+  });
+  let result: AnyCheck;
+  let repaired: AnyRepair | null = null;
   // The progress bar's package loads only when asked for.
   const bar = values.progress === true ? (await import('./progress.js')).progressBar(true, 'checking', 'entries') : null;
   try {
     const opts = {
       ...(signal ? { signal } : {}),
-      ...(parent ? { parent } : {}),
       ...(bar ? { onProgress: (done: number, total: number) => bar.update(done, total) } : {}),
     };
-    if (repair !== undefined) {
-      repaired = await repairImage(src, { ...opts, mode: repair as RepairMode });
-      result = repaired.after;
-    } else result = await checkImage(src, opts);
+    // A VHD is checked as one (named by -f, or found by the probe); anything else as a VHDX,
+    // whose check says what it is not.
+    const mode = repair as RepairMode | undefined;
+    if (fmt === 'vpc' || (fmt === undefined && (await detectFormat(src)) === 'vpc')) {
+      const vopts = { ...opts, ...(vhdParents ? { parent: vhdParents } : {}) };
+      repaired = mode ? await repairVhd(src, { ...vopts, mode }) : null;
+      result = repaired?.after ?? (await checkVhd(src, vopts));
+    } else {
+      const xopts = { ...opts, ...(vhdxParents ? { parent: vhdxParents } : {}) };
+      repaired = mode ? await repairImage(src, { ...xopts, mode }) : null;
+      result = repaired?.after ?? (await checkImage(src, xopts));
+    }
   } finally {
     bar?.stop();
     await src.close();
   }
 
-  if (format === 'json') io.out(JSON.stringify(checkJson(path, result, repaired), null, 2) + '\n');
+  if (format === 'json') io.out(JSON.stringify(checkJson(path, result, repaired, stats), null, 2) + '\n');
   else {
     if (repaired) io.out(humanRepair(repaired));
     if (result.supported) io.out(humanCheck(result));
     if (!result.supported) io.err(`vhdx: ${path}: this image cannot be checked: ${result.error?.message ?? 'not supported'}\n`);
     else if (!result.canComplete) io.err(`vhdx: ${path}: the check could not complete: ${result.error?.message ?? 'read error'}\n`);
   }
+  reportHttp(stats, values.verbose === true, io);
   return exitStatus(result);
 }
 
-export function exitStatus(r: CheckResult): number {
+export function exitStatus(r: AnyCheck): number {
   if (!r.supported) return CHECK_EXIT.unsupported;
   if (!r.canComplete) return CHECK_EXIT.incomplete;
   if (r.corruptions > 0) return CHECK_EXIT.corruption;
@@ -92,7 +113,7 @@ function where(f: { structure?: string | undefined; offset?: number | undefined 
   return f.offset !== undefined ? ` (at file offset ${formatOffset(f.offset)})` : '';
 }
 
-function humanCheck(r: CheckResult): string {
+function humanCheck(r: AnyCheck): string {
   const lines: string[] = [];
   for (const f of r.findings) {
     const fix = f.repairableBy ? `; 'vhdx check -r ${f.repairableBy}' repairs it` : '';
@@ -124,11 +145,11 @@ function humanCheck(r: CheckResult): string {
   return lines.join('\n') + '\n';
 }
 
-function humanRepair(p: RepairResult): string {
+function humanRepair(p: AnyRepair): string {
   const lines: string[] = [];
   if (p.actions.length > 0) {
     lines.push('The following inconsistencies were found and repaired:', '', `    ${p.leaksFixed} leaked clusters`, `    ${p.corruptionsFixed} corruptions`);
-    if (p.logEntriesReplayed > 0) lines.push(`    ${p.logEntriesReplayed} log entries replayed into the file`);
+    if ('logEntriesReplayed' in p && p.logEntriesReplayed > 0) lines.push(`    ${p.logEntriesReplayed} log entries replayed into the file`);
     lines.push('');
     for (const a of p.actions) lines.push(`  ${a.message}`);
     lines.push('', 'Double checking the fixed image now...');
@@ -141,7 +162,7 @@ function humanRepair(p: RepairResult): string {
 }
 
 /** The JSON form: the check's fields with stable camelCase keys, absent values as null. */
-export function checkJson(path: string, r: CheckResult, repaired: RepairResult | null): Record<string, unknown> {
+export function checkJson(path: string, r: AnyCheck, repaired: AnyRepair | null, http: HttpStats | null = null): Record<string, unknown> {
   const finding = (f: Finding): Record<string, unknown> => ({
     severity: f.severity,
     reason: f.reason,
@@ -168,8 +189,8 @@ export function checkJson(path: string, r: CheckResult, repaired: RepairResult |
     allocatedBlocks: r.allocatedBlocks,
     fragmentedBlocks: r.fragmentedBlocks,
     fragmentationPercentage: fragmentationPercentage(r.fragmentedBlocks, r.allocatedBlocks),
-    bitmapBlocks: r.bitmapBlocks,
-    log: r.log,
+    bitmapBlocks: 'bitmapBlocks' in r ? r.bitmapBlocks : null,
+    log: 'log' in r ? r.log : null,
     findings: r.findings.map(finding),
     omittedFindings: r.omittedFindings,
     exitCode: exitStatus(r),
@@ -179,12 +200,14 @@ export function checkJson(path: string, r: CheckResult, repaired: RepairResult |
       mode: repaired.mode,
       leaksFixed: repaired.leaksFixed,
       corruptionsFixed: repaired.corruptionsFixed,
-      logEntriesReplayed: repaired.logEntriesReplayed,
-      actions: repaired.actions.map((a) => ({ action: a.action, message: a.message, structure: a.structure ?? null, offset: a.offset ?? null })),
+      logEntriesReplayed: 'logEntriesReplayed' in repaired ? repaired.logEntriesReplayed : 0,
+      actions: repaired.actions.map((a) => ({ action: a.action, message: a.message, structure: 'structure' in a ? (a.structure ?? null) : null, offset: a.offset ?? null })),
       refusal: repaired.refusal,
       refused: repaired.refused.map(finding),
       before: { corruptions: repaired.before.corruptions, leaks: repaired.before.leaks, leakedBytes: repaired.before.leakedBytes, warnings: repaired.before.warnings },
     };
   }
+  if ('size' in r) out.size = r.size;
+  if (http) out.http = { ...http };
   return out;
 }

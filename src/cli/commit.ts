@@ -1,6 +1,6 @@
 /** `vhdx commit [-p] [-d | --remove] [--parents=relative|any] CHILD`: merge a differencing image into its parent. */
-import { commitFile, type CommitChildOutcome } from '../node-files.js';
-import { formatOption } from './image-format.js';
+import { commitFile, type CommitChildOutcome } from '../device/commit-file.js';
+import { formatOption, refuseUrl } from './image-format.js';
 import { naming, parentPaths, parse, UsageError, type Io } from './common.js';
 
 export { COMMIT_USAGE } from './usage.js';
@@ -33,6 +33,7 @@ export async function commitCommand(args: string[], io: Io, signal: AbortSignal)
   const parents = parentPaths(values.parents);
   if (parents === 'none') throw new UsageError('commit needs the parent: --parents=none cannot be used');
   const child = positionals[0]!;
+  refuseUrl(child);
   const bar = values.progress === true ? (await import('./progress.js')).progressBar(true, 'committing') : null;
   let r;
   try {

@@ -1,5 +1,5 @@
 /** What every subcommand shares: argument parsing, sizes, output, errors. */
-import type { ParentPaths } from '../node-files.js';
+import type { ParentPaths } from '../device/parents.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { statSync } from 'node:fs';
 import { dirname } from 'node:path';

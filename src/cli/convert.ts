@@ -5,15 +5,15 @@
 import { statSync } from 'node:fs';
 import { unlink } from '../io/fs-async.js';
 import { availableParallelism } from 'node:os';
-import { createOpenFile, openFile, type ParentPaths } from '../node-files.js';
+import { createOpenFile } from '../device/create-file.js';
 import { CACHE_MODES, NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
-import { RawDevice } from '../device/raw.js';
 import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
 import type { BlockDevice } from '../device/block-device.js';
+import { isUrl } from '../device/parents.js';
 import { namedError, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
 import { parseCreateOptions, type CreateOptionValues } from './create.js';
-import { formatOption, imageFormat, type ImageFormat } from './image-format.js';
+import { formatOption, newHttpStats, openImage, READ_FORMATS, refuseUrl, reportHttp } from './image-format.js';
 import type { Progress } from './progress.js';
 
 // Requests in flight: one per CPU (at least 2). On 2 cores, 2 beat 4 and 8 in both directions
@@ -35,6 +35,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
       'source-cache': { type: 'string', short: 'T' },
       parents: { type: 'string' },
       'force-share': { type: 'boolean', short: 'U' },
+      verbose: { type: 'boolean', short: 'v' },
     },
     CONVERT_USAGE,
   );
@@ -43,16 +44,20 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   const dstCache = cacheMode(values.cache, '-t') ?? 'unsafe';
   const srcCache = cacheMode(values['source-cache'], '-T') ?? 'writeback';
   if (positionals.length !== 2) throw new UsageError(`expected SRC and DST\nusage: ${CONVERT_USAGE}`);
-  const inFmt = formatOption(values['source-format'], 'source');
+  const inFmt = formatOption(values['source-format'], 'source', READ_FORMATS);
   const outFmt = formatOption(values['output-format'], 'output') ?? 'raw';
   const specs = (values.options as string[] | undefined) ?? [];
   if (specs.length > 0 && outFmt !== 'vhdx') throw new UsageError('-o options apply to -O vhdx only');
   const createOpts = parseCreateOptions(specs);
   const [srcPath, dstPath] = positionals as [string, string];
+  refuseUrl(dstPath);
   refuseSameFile(srcPath, dstPath);
   requireDirectory(dstPath, 'output');
 
-  const src = await naming(srcPath, () => openSource(srcPath, imageFormat(srcPath, inFmt, io), parentPaths(values.parents), srcCache, values['force-share'] === true));
+  const stats = isUrl(srcPath) ? newHttpStats() : null;
+  const src = await naming(srcPath, () =>
+    openImage(srcPath, inFmt, { parents: parentPaths(values.parents), cache: srcCache, forceShare: values['force-share'] === true, ...(stats ? { http: { stats } } : {}) }, io),
+  );
   // The progress bar's package loads only when asked for.
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
@@ -64,6 +69,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   } finally {
     await src.close();
   }
+  reportHttp(stats, values.verbose === true, io);
   return 0;
 }
 
@@ -90,12 +96,6 @@ function cacheMode(value: unknown, flag: string): CacheMode | undefined {
   if (value === undefined) return undefined;
   if (!(CACHE_MODES as readonly unknown[]).includes(value)) throw new UsageError(`${flag}: unknown cache mode ${String(value)} (${CACHE_MODES.join(', ')})`);
   return value as CacheMode;
-}
-
-/** Open SRC as `kind`: a VHDX by path, so that a differencing image finds its parents (the chain is flattened). */
-async function openSource(path: string, kind: ImageFormat, parents: ParentPaths, cache: CacheMode, forceShare: boolean): Promise<BlockDevice> {
-  if (kind === 'vhdx') return openFile(path, { parents, cache, forceShare });
-  return new RawDevice(await NodeFileSource.open(path, { cache, forceShare }));
 }
 
 type BarFactory = ((enabled: boolean, label: string) => Progress) | null;

@@ -1,5 +1,5 @@
 /** `vhdx create [-q] [-p] [-o OPTIONS] [-b PARENT] FILE [SIZE]`: a new, empty VHDX file, or a differencing child of PARENT. */
-import { createFile } from '../node-files.js';
+import { createFile } from '../device/create-file.js';
 import { planCreate, type CreateOptions } from '../driver/create.js';
 import { formatOption } from './image-format.js';
 import { naming, parentPaths, parse, parseSize, requireDirectory, UsageError, type Io } from './common.js';

@@ -1,12 +1,17 @@
 /** `vhdx info [-f vhdx|raw] [--output=human|json] [--backing-chain] FILE` */
-import { openFile } from '../node-files.js';
 import { describe, type ImageInfo } from '../driver/info.js';
 import { humanSize, namedError, naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
-import { diskUsage, formatOption, imageFormat } from './image-format.js';
+import { diskUsage, formatOption, newHttpStats, openImage, READ_FORMATS, reportHttp } from './image-format.js';
 import { isVhdxError } from '../errors.js';
-import type { VhdxImage } from '../driver/image.js';
+import { VhdxImage } from '../driver/image.js';
+import { VhdImage } from '../vhd/image.js';
+import { describeVhd, type VhdInfo } from '../vhd/info.js';
+import { RawDevice } from '../device/raw.js';
+import type { OpenedDevice } from '../device/open.js';
+import { isUrl } from '../device/parents.js';
+import type { HttpStats } from '../io/http.js';
+import type { BlockDevice } from '../device/block-device.js';
 import { describeContents, type ContentsInfo } from '../inspect/contents.js';
-import { statSync } from 'node:fs';
 
 export { INFO_USAGE } from './usage.js';
 import { INFO_USAGE } from './usage.js';
@@ -30,6 +35,7 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
       allocation: { type: 'string' },
       parents: { type: 'string' },
       'force-share': { type: 'boolean', short: 'U' },
+      verbose: { type: 'boolean', short: 'v' },
     },
     INFO_USAGE,
   );
@@ -40,28 +46,44 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${INFO_USAGE}`);
   const path = positionals[0]!;
-  const fmt = formatOption(values.format, 'image');
+  const fmt = formatOption(values.format, 'image', READ_FORMATS);
   const parents = parentPaths(values.parents);
   const forceShare = values['force-share'] === true;
   const backingChain = values['backing-chain'] === true;
-  if (imageFormat(path, fmt, io) === 'raw') {
-    const raw = rawInfo(path);
-    io.out(format === 'json' ? JSON.stringify(backingChain ? [raw] : raw, null, 2) + '\n' : humanRawInfo(raw));
-    return 0;
-  }
-  let img: VhdxImage;
+  const stats = isUrl(path) ? newHttpStats() : null;
+  const open = (p: typeof parents): Promise<OpenedDevice> => openImage(path, fmt, { parents: p, forceShare, ...(stats ? { http: { stats } } : {}) }, io);
+  let img: OpenedDevice;
   let chainError: string | null = null;
   try {
-    img = await openFile(path, { parents, forceShare });
+    img = await open(parents);
   } catch (e) {
     // A differencing image whose chain cannot be opened is still described, with the reason.
     if (parents === 'none' || !isVhdxError(e)) throw namedError(path, e);
-    img = await openFile(path, { parents: 'none', forceShare }).catch(() => {
+    img = await open('none').catch(() => {
       throw namedError(path, e);
     });
     chainError = e.message;
   }
   await naming(path, async () => {
+    const out = (infos: object[]): void => {
+      if (format === 'json') {
+        const withHttp = stats ? infos.map((i) => ({ ...i, http: { ...stats } })) : infos;
+        io.out(JSON.stringify(backingChain ? withHttp : withHttp[0], null, 2) + '\n');
+      }
+    };
+    if (img instanceof RawDevice) {
+      const raw = rawInfo(path, img);
+      out([raw]);
+      if (format !== 'json') io.out(humanRawInfo(raw));
+      return;
+    }
+    if (img instanceof VhdImage) {
+      const levels = backingChain ? img.chain : [img];
+      const infos = levels.map((level, depth) => vhdInfo(depth === 0 ? path : (level.name ?? path), level, depth === 0 ? chainError : null));
+      out(infos);
+      if (format !== 'json') io.out(infos.map(humanVhdInfo).join('\n'));
+      return;
+    }
     // With --backing-chain, every image of the chain in turn, as `qemu-img info --backing-chain`.
     const levels = backingChain ? img.chain : [img];
     const infos: FileInfo[] = [];
@@ -71,9 +93,10 @@ export async function infoCommand(args: string[], io: Io): Promise<number> {
       if (depth === 0 && chainError !== null) info.chainError = chainError;
       infos.push(info);
     }
-    if (format === 'json') io.out(JSON.stringify(backingChain ? infos : infos[0], null, 2) + '\n');
-    else io.out(infos.map(humanInfo).join('\n'));
+    out(infos);
+    if (format !== 'json') io.out(infos.map(humanInfo).join('\n'));
   }).finally(() => img.close());
+  reportHttp(stats, values.verbose === true, io);
   return 0;
 }
 
@@ -82,7 +105,7 @@ function withFile(filename: string, info: ImageInfo, contents: ContentsInfo | { 
   const out: Record<string, unknown> = { filename };
   for (const [k, v] of Object.entries(info)) {
     out[k] = v;
-    if (k === 'fileSize') out.actualSize = diskUsage(filename);
+    if (k === 'fileSize') out.actualSize = actualSize(filename);
   }
   return Object.assign(out, contents) as unknown as FileInfo;
 }
@@ -92,7 +115,7 @@ function withFile(filename: string, info: ImageInfo, contents: ContentsInfo | { 
  * (never with --allocation=never; blocks are read for zeros when few enough or with =always).
  * A disk that cannot be read (a differencing image without its parent) says why instead.
  */
-async function contentsOf(img: VhdxImage, info: ImageInfo, allocation: string): Promise<ContentsInfo | { contentsError: string }> {
+async function contentsOf(img: BlockDevice, info: ImageInfo, allocation: string): Promise<ContentsInfo | { contentsError: string }> {
   const allocated = info.allocation?.bytesByState.fullyPresent ?? 0;
   try {
     return await describeContents(img, {
@@ -114,9 +137,48 @@ interface RawInfo {
 }
 
 /** `info -f raw`: the file is the disk, as `qemu-img info` describes a raw file. */
-function rawInfo(path: string): RawInfo {
-  const size = statSync(path).size;
-  return { filename: path, format: 'raw', virtualSize: size, fileSize: size, actualSize: diskUsage(path) };
+function rawInfo(path: string, dev: RawDevice): RawInfo {
+  return { filename: path, format: 'raw', virtualSize: dev.size, fileSize: dev.size, actualSize: actualSize(path) };
+}
+
+/** Bytes a file takes on the host; unknown for an image read over HTTP. */
+function actualSize(name: string): number | null {
+  return isUrl(name) ? null : diskUsage(name);
+}
+
+type VhdFileInfo = { filename: string } & VhdInfo & { actualSize: number | null; chainError?: string };
+
+function vhdInfo(filename: string, img: VhdImage, chainError: string | null): VhdFileInfo {
+  const { fileSize, ...rest } = describeVhd(img);
+  const { format, type, virtualSize, ...more } = rest;
+  return { filename, format, type, virtualSize, fileSize, actualSize: actualSize(filename), ...more, ...(chainError !== null ? { chainError } : {}) };
+}
+
+function humanVhdInfo(i: VhdFileInfo): string {
+  const g = i.geometry;
+  const lines = [
+    `image: ${i.filename}`,
+    'file format: vpc',
+    `type: ${i.type}`,
+    `virtual size: ${humanSize(i.virtualSize)} (${i.virtualSize} bytes)`,
+    `file size: ${humanSize(i.fileSize)} (${i.fileSize} bytes)`,
+    diskSizeLine(i.actualSize),
+    ...(i.blockSize !== null ? [`block size: ${humanSize(i.blockSize)}`] : []),
+    `size rule: ${i.sizeRule.from}: ${i.sizeRule.why}${i.sizeRule.otherSize !== null ? ` (the other rule gives ${i.sizeRule.otherSize} bytes)` : ''}`,
+    `current size: ${i.currentSize} bytes, original size: ${i.originalSize} bytes`,
+    `geometry: ${g.cylinders} cylinders, ${g.heads} heads, ${g.sectorsPerTrack} sectors per track`,
+    `creator: ${JSON.stringify(i.creator.application)} version ${i.creator.version} on ${JSON.stringify(i.creator.hostOs)}`,
+    `unique id: ${i.uniqueId}`,
+    `created: ${i.created}`,
+    ...(i.savedState ? ['saved state: yes'] : []),
+    ...(i.footerFrom === 'head' ? ["footer: the copy at offset 0 (the footer at the end is missing or damaged; 'vhdx check -r all' repairs it)"] : []),
+  ];
+  if (i.parent) {
+    lines.push(`parent: ${i.parent.name}, unique id ${i.parent.uniqueId}`);
+    for (const p of i.parents) lines.push(`backing file (depth ${p.depth}): ${p.name ?? '(unnamed)'}, ${p.type}, unique id ${p.uniqueId}`);
+    if (i.chainError !== undefined) lines.push(`backing chain: not opened: ${i.chainError}`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 function diskSizeLine(actual: number | null): string {

@@ -10,11 +10,8 @@
  * OFF and LEN are bytes, 0x hex, or take K, M, G, T suffixes. The first failing command stops
  * the run (exit status 1) after the image is closed.
  */
-import { openFile } from '../node-files.js';
 import type { WritableBlockDevice } from '../device/block-device.js';
-import { RawDevice } from '../device/raw.js';
-import { NodeFileSource } from '../io/node-file.js';
-import { formatOption } from './image-format.js';
+import { formatOption, openImage, READ_FORMATS } from './image-format.js';
 import { formatOffset } from '../errors.js';
 import { bytesEqual } from '../codec/bytes.js';
 import { namedError, naming, parentPaths, parse, parseSize, UsageError, type Io } from './common.js';
@@ -102,7 +99,7 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
     },
     IO_USAGE,
   );
-  const fmt = formatOption(values.format, 'image') ?? 'vhdx';
+  const fmt = formatOption(values.format, 'image', READ_FORMATS);
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${IO_USAGE}`);
   const texts = (values.cmd as string[] | undefined) ?? [];
   if (texts.length === 0) throw new UsageError(`give at least one -c COMMAND\nusage: ${IO_USAGE}\n${IO_COMMANDS_HELP}`);
@@ -113,9 +110,8 @@ export async function ioCommand(args: string[], io: Io): Promise<number> {
   const readOnly = values['read-only'] === true;
   const forceShare = values['force-share'] === true;
   if (forceShare && !readOnly) throw new UsageError('-U (--force-share) needs -r: only a read-only open may skip the lock');
-  const img: WritableBlockDevice = await naming(path, async () =>
-    fmt === 'raw' ? new RawDevice(await NodeFileSource.open(path, { readOnly, forceShare })) : openFile(path, { readOnly, parents: parentPaths(values.parents), forceShare }),
-  );
+  // A file that is neither VHDX nor VHD is written as raw only when -f raw says so.
+  const img: WritableBlockDevice = await naming(path, () => openImage(path, fmt, { readOnly, parents: parentPaths(values.parents), forceShare, probeRaw: false }, io));
   let failure: unknown = null;
   try {
     for (const c of commands) {

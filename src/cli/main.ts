@@ -49,7 +49,7 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await (await import('./serve.js')).serveCommand(rest, io, controller.signal);
       case '--version':
       case '-V':
-        io.out(`vhdx ${(await import('../node-files.js')).packageVersion()}\n`);
+        io.out(`vhdx ${(await import('../package-version.js')).packageVersion()}\n`);
         return 0;
       case undefined:
       case 'help':

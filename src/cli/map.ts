@@ -1,29 +1,30 @@
 /** `vhdx map [-f vhdx|raw] [--output=human|json] FILE`: the disk's extents, in the shape of `qemu-img map`. */
-import { openFile } from '../node-files.js';
 import { naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
-import type { BlockDevice, Extent } from '../device/block-device.js';
+import type { Extent } from '../device/block-device.js';
 import { RawDevice } from '../device/raw.js';
-import { NodeFileSource } from '../io/node-file.js';
-import { VhdxImage } from '../driver/image.js';
-import { formatOption, imageFormat } from './image-format.js';
+import { isUrl } from '../device/parents.js';
+import { formatOption, newHttpStats, openImage, READ_FORMATS, reportHttp } from './image-format.js';
 
 export { MAP_USAGE } from './usage.js';
 import { MAP_USAGE } from './usage.js';
 const WINDOW = 1024 * 1024 * 1024;
 
 export async function mapCommand(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parse(args, { format: { type: 'string', short: 'f' }, output: { type: 'string' }, parents: { type: 'string' }, 'force-share': { type: 'boolean', short: 'U' } }, MAP_USAGE);
+  const { values, positionals } = parse(
+    args,
+    { format: { type: 'string', short: 'f' }, output: { type: 'string' }, parents: { type: 'string' }, 'force-share': { type: 'boolean', short: 'U' }, verbose: { type: 'boolean', short: 'v' } },
+    MAP_USAGE,
+  );
   const format = outputFormat(values.output);
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${MAP_USAGE}`);
   const path = positionals[0]!;
   const forceShare = values['force-share'] === true;
-  const fmt = formatOption(values.format, 'image');
+  const fmt = formatOption(values.format, 'image', READ_FORMATS);
+  const stats = isUrl(path) ? newHttpStats() : null;
+  const img = await naming(path, () => openImage(path, fmt, { parents: parentPaths(values.parents), forceShare, ...(stats ? { http: { stats } } : {}) }, io));
   // A raw file is one run of data, mapped to itself (Node cannot ask the file system for its holes).
-  const img: BlockDevice = await naming(path, async () =>
-    imageFormat(path, fmt, io) === 'raw' ? new RawDevice(await NodeFileSource.open(path, { forceShare })) : openFile(path, { parents: parentPaths(values.parents), forceShare }),
-  );
-  const names = img instanceof VhdxImage ? img.chain.map((i) => i.name ?? path) : [path];
-  const status = img instanceof VhdxImage ? (o: number, l: number) => img.blockStatus(o, l) : async (o: number, l: number): Promise<Extent[]> => [{ offset: o, length: l, type: 'data', fileOffset: o }];
+  const names = img instanceof RawDevice ? [path] : img.chain.map((i) => i.name ?? path);
+  const status = img instanceof RawDevice ? async (o: number, l: number): Promise<Extent[]> => [{ offset: o, length: l, type: 'data', fileOffset: o }] : (o: number, l: number) => img.blockStatus(o, l);
   await naming(path, async () => {
     let pending: Extent | null = null;
     let first = true;
@@ -66,6 +67,7 @@ export async function mapCommand(args: string[], io: Io): Promise<number> {
     if (pending) emit(pending);
     if (format === 'json') io.out(first ? '[]\n' : ']\n');
   }).finally(() => img.close());
+  reportHttp(stats, values.verbose === true, io);
   return 0;
 }
 

@@ -1,6 +1,6 @@
 /** `vhdx rebase -u -b NEWPARENT CHILD`: point a differencing image at its parent's new place. */
-import { rebaseFile } from '../node-files.js';
-import { formatOption } from './image-format.js';
+import { rebaseFile } from '../device/commit-file.js';
+import { formatOption, refuseUrl } from './image-format.js';
 import { naming, parentPaths, parse, UsageError, type Io } from './common.js';
 
 export { REBASE_USAGE } from './usage.js';
@@ -29,6 +29,7 @@ export async function rebaseCommand(args: string[], io: Io): Promise<number> {
   if (values.backing === undefined) throw new UsageError(`-b NEWPARENT is required\nusage: ${REBASE_USAGE}`);
   if (positionals.length !== 1) throw new UsageError(`expected one CHILD\nusage: ${REBASE_USAGE}`);
   const child = positionals[0]!;
+  refuseUrl(child);
   await naming(child, () => rebaseFile(child, values.backing as string, { parents: parentPaths(values.parents) }));
   void io;
   return 0;

@@ -9,14 +9,11 @@
  * and nbdkit have no idle or I/O timeout, so those are named for what they time.
  */
 import { access, constants } from 'node:fs/promises';
-import { openFile, type ParentPaths } from '../node-files.js';
-import { NodeFileSource } from '../io/node-file.js';
-import { RawDevice } from '../device/raw.js';
-import type { BlockDevice } from '../device/block-device.js';
+import { isUrl } from '../device/parents.js';
 import { serveNbd, DEFAULT_PORT, type NbdLimits } from '../nbd/server.js';
 import { ClientDropped, ProtocolViolation } from '../nbd/handshake.js';
 import { humanSize, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
-import { formatOption, imageFormat, type ImageFormat } from './image-format.js';
+import { formatOption, newHttpStats, openImage, READ_FORMATS, reportHttp } from './image-format.js';
 
 export { SERVE_USAGE } from './usage.js';
 import { SERVE_USAGE } from './usage.js';
@@ -38,12 +35,13 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
       'io-timeout': { type: 'string' },
       parents: { type: 'string' },
       'force-share': { type: 'boolean', short: 'U' },
+      verbose: { type: 'boolean', short: 'v' },
     },
     SERVE_USAGE,
   );
   if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${SERVE_USAGE}`);
   const path = positionals[0]!;
-  const fmt = formatOption(values.format, 'image');
+  const fmt = formatOption(values.format, 'image', READ_FORMATS);
   const socketPath = values.socket as string | undefined;
   if (socketPath !== undefined && (values.port !== undefined || values.bind !== undefined)) {
     throw new UsageError('--socket cannot be combined with --port or --bind');
@@ -70,9 +68,10 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   // -r, or a file we may not write: read-only export.
   const forceShare = values['force-share'] === true;
   if (forceShare && values['read-only'] !== true) throw new UsageError('-U (--force-share) needs -r: only a read-only export may skip the lock');
-  const readOnly = values['read-only'] === true || !(await writable(path));
+  const readOnly = values['read-only'] === true || (!isUrl(path) && !(await writable(path)));
   const parents = parentPaths(values.parents);
-  const device = await naming(path, () => openDevice(path, imageFormat(path, fmt, io), readOnly, parents, forceShare));
+  const stats = isUrl(path) ? newHttpStats() : null;
+  const device = await naming(path, () => openImage(path, fmt, { readOnly, parents, forceShare, ...(stats ? { http: { stats } } : {}) }, io));
   const debug = process.env.VHDX_DEBUG === '1';
   // Clients refused or dropped by a limit: one line each, at most one a second (a flood of
   // connections must not become a flood of lines); the next line counts the ones held back.
@@ -111,6 +110,7 @@ export async function serveCommand(args: string[], io: Io, signal: AbortSignal):
   } finally {
     await device.close();
   }
+  reportHttp(stats, values.verbose === true, io);
   return 0;
 }
 
@@ -131,10 +131,4 @@ async function writable(path: string): Promise<boolean> {
     if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') return false;
     return true; // a missing file fails properly at open
   }
-}
-
-/** FILE as `kind`: a VHDX by path, so that a differencing image opens with its chain. */
-async function openDevice(path: string, kind: ImageFormat, readOnly: boolean, parents: ParentPaths, forceShare: boolean): Promise<BlockDevice> {
-  if (kind === 'vhdx') return openFile(path, { readOnly, parents, forceShare });
-  return new RawDevice(await NodeFileSource.open(path, { readOnly, forceShare }));
 }

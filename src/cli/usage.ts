@@ -2,16 +2,16 @@
  * Each subcommand's usage line and help, apart from its code so that --help loads no command.
  * The README's command-line synopsis is checked against these lines (test/cli/help.test.js).
  */
-export const CHECK_USAGE = 'vhdx check [-p] [-U] [-f vhdx|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] FILE';
+export const CHECK_USAGE = 'vhdx check [-p] [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] FILE';
 export const CONVERT_USAGE =
-  'vhdx convert [-p] [-U] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] [--parents=relative|any|none] SRC DST';
+  'vhdx convert [-p] [-U] [-v] [-f raw|vhdx|vpc] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] [--parents=relative|any|none] SRC DST';
 export const CREATE_USAGE = 'vhdx create [-q] [-p] [-f vhdx] [-o OPTIONS] [-b PARENT [-F vhdx] [--parents=relative|any|none]] FILE [SIZE]';
 export const INFO_USAGE =
-  'vhdx info [-U] [-f vhdx|raw] [--output=human|json] [--backing-chain] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';
-export const IO_USAGE = 'vhdx io [-r [-U]] [-q] [-f vhdx|raw] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
-export const MAP_USAGE = 'vhdx map [-U] [-f vhdx|raw] [--output=human|json] [--parents=relative|any|none] FILE';
+  'vhdx info [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [--backing-chain] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';
+export const IO_USAGE = 'vhdx io [-r [-U]] [-q] [-f vhdx|vpc|raw] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
+export const MAP_USAGE = 'vhdx map [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [--parents=relative|any|none] FILE';
 export const SERVE_USAGE =
-  'vhdx serve [-r [-U]] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
+  'vhdx serve [-r [-U]] [-v] [-f raw|vhdx|vpc] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
@@ -43,7 +43,9 @@ const QUIET = ['-q', 'print nothing but errors'];
 const OUTPUT = ['--output=human|json', 'output format (default human)'];
 const ONLY_VHDX = ['-f vhdx', 'the image format (only vhdx)'];
 const PROBED =
-  'without -f the format is probed: a file that is not a VHDX is taken as raw, with a warning; an empty file, or one that looks like a damaged VHDX, is refused';
+  'without -f the format is probed: a VHDX by its identifier, a VHD by its footer; anything else is taken as raw, with a warning; an empty file, or one that looks like a damaged VHDX, is refused';
+const VERBOSE = ['-v, --verbose', 'for an image read over HTTP: print the requests made and bytes received on stderr'];
+const URLS = 'FILE may be an http:// or https:// URL (read-only; parents are found relative to it)\n';
 
 interface CommandHelp {
   usage: string;
@@ -59,17 +61,20 @@ export const COMMANDS: Record<string, CommandHelp> = {
     summary: 'describe the image: geometry, headers, log, regions, metadata, allocation, disk usage',
     options: [
       FORCE_SHARE,
-      ['-f vhdx|raw', `the image format; -f raw describes the file as a raw disk (${PROBED})`],
+      ['-f vhdx|vpc|raw', `the image format (vpc or vhd: VHD); -f raw describes the file as a raw disk (${PROBED})`],
       OUTPUT,
+      VERBOSE,
       ['--backing-chain', "describe every image of a differencing image's chain in turn (JSON: an array)"],
       ['--allocation=auto|always|never', 'scan the BAT for the allocation summary: auto when the BAT is at most 64 MiB'],
       PARENTS,
     ],
+    more: URLS,
   },
   map: {
     usage: MAP_USAGE,
     summary: "list the virtual disk's extents (as qemu-img map)",
-    options: [FORCE_SHARE, ['-f vhdx|raw', `the image format (${PROBED}); a raw file is one data extent`], OUTPUT, PARENTS],
+    options: [FORCE_SHARE, ['-f vhdx|vpc|raw', `the image format (${PROBED}); a raw file is one data extent`], OUTPUT, VERBOSE, PARENTS],
+    more: URLS,
   },
   create: {
     usage: CREATE_USAGE,
@@ -91,7 +96,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ['-r', 'open read-only'],
       ['-U, --force-share', 'with -r: take and check no lock (unsafe while another process writes the image)'],
       QUIET,
-      ['-f vhdx|raw', 'the image format (default vhdx; raw: the file is the disk)'],
+      ['-f vhdx|vpc|raw', 'the image format (default: a VHD when its footer says so, else vhdx; raw: the file is the disk)'],
       PARENTS,
       ['-c COMMAND', 'a command to run; repeat for more, they run in order'],
     ],
@@ -103,11 +108,13 @@ export const COMMANDS: Record<string, CommandHelp> = {
     options: [
       PROGRESS,
       ['-U, --force-share', 'without -r: take and check no lock (unsafe while another process writes the image)'],
-      ['-f vhdx|raw', 'the image format (raw images cannot be checked: exit 63, as qemu-img)'],
+      ['-f vhdx|vpc|raw', 'the image format (default: a VHD when its footer says so, else vhdx; raw images cannot be checked: exit 63, as qemu-img)'],
       OUTPUT,
+      VERBOSE,
       ['-r leaks|all', 'repair leaked space, or everything that can be repaired safely'],
       PARENTS,
     ],
+    more: URLS,
   },
   convert: {
     usage: CONVERT_USAGE,
@@ -115,7 +122,8 @@ export const COMMANDS: Record<string, CommandHelp> = {
     options: [
       PROGRESS,
       ['-U, --force-share', "take and check no lock on SRC (unsafe while another process writes it)"],
-      ['-f raw|vhdx', `the source format (${PROBED})`],
+      ['-f raw|vhdx|vpc', `the source format (${PROBED}); SRC may be an http(s) URL`],
+      VERBOSE,
       ['-O raw|vhdx', 'the output format (default raw)'],
       ['-o OPTIONS', 'create options for -O vhdx (vhdx create -o help lists them)'],
       ['-t CACHE', "DST's cache mode: unsafe (default, as qemu-img: no flush), writeback (one flush at the end), writethrough, directsync, none"],
@@ -152,7 +160,8 @@ export const COMMANDS: Record<string, CommandHelp> = {
     options: [
       ['-r', 'export read-only'],
       ['-U, --force-share', 'with -r: take and check no lock (unsafe while another process writes the image)'],
-      ['-f raw|vhdx', `the image format (${PROBED})`],
+      ['-f raw|vhdx|vpc', `the image format (${PROBED}); with -r, FILE may be an http(s) URL`],
+      VERBOSE,
       ['--bind ADDR', 'address to listen on (default 127.0.0.1)'],
       ['--port N', 'TCP port (default 10809; 0: any free port)'],
       ['--socket PATH', 'listen on a Unix socket instead'],

@@ -108,7 +108,7 @@ export interface CheckResult {
 export interface CheckOptions extends ProgressOptions {
   /**
    * For a differencing image: opens its parent, as `OpenOptions.parent` does for the readers
-   * (`parentResolver` in node-files gives the one `openFile` uses). The parent is then opened and
+   * (`openImageSource` in device/open-node.ts gives the one `openDevice` uses). The parent is then opened and
    * checked against the locator, and a parent that cannot be opened or does not match is a
    * corruption. Without it, only the locator itself is checked.
    */
@@ -479,13 +479,18 @@ async function checkParentLocator(layout: Layout, rep: Report, opts: CheckOption
   }
   if (!opts.parent) return;
   let parent: VhdxImage;
+  const verified = new WeakSet<VhdxImage>(); // parents the resolver checked already
+  const verify = (p: VhdxImage): void => {
+    checkParent(layout, p);
+    verified.add(p);
+  };
   try {
-    parent = await opts.parent({ locator: loc, child: layout, depth: 1 });
+    parent = await opts.parent({ locator: loc, child: layout, depth: 1, verify });
   } catch (e) {
     return corruption(e);
   }
   try {
-    checkParent(layout, parent);
+    if (!verified.has(parent)) checkParent(layout, parent);
   } catch (e) {
     corruption(e);
   } finally {

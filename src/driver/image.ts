@@ -49,6 +49,11 @@ export interface ParentRequest {
   child: Layout;
   /** Depth the parent will have in the chain (1 = the opened image's parent). */
   depth: number;
+  /**
+   * Check a candidate against the locator as the open will (checkParent; throws PARENT_MISMATCH),
+   * for resolvers that try several paths. A parent that passed here is not checked again.
+   */
+  verify(parent: VhdxImage): void;
 }
 
 /** Opens the parent a locator names; see OpenOptions.parent. */
@@ -138,14 +143,16 @@ export class VhdxImage implements BlockDevice {
     let layout = await openLayout(source, readOnly ? {} : { maxOverlayRanges: Infinity });
     let parent: VhdxImage | null = null;
     let linkedBy: VhdxImage['linkedBy'] = null;
+    // Parents a resolver checked already, with the linkage that matched.
+    const verified = new WeakMap<VhdxImage, 'parent_linkage' | 'parent_linkage2'>();
     if (layout.hasParent && opts.parent) {
       const depth = (opts.depth ?? 0) + 1;
       if (depth > MAX_CHAIN_DEPTH) throw new VhdxError('EINVAL', 'CHAIN_TOO_DEEP', `the chain of parents is deeper than ${MAX_CHAIN_DEPTH}`);
       const loc = layout.parentLocator!;
-      parent = await opts.parent({ locator: loc, child: layout, depth });
+      parent = await opts.parent({ locator: loc, child: layout, depth, verify: (p) => void verified.set(p, checkParent(layout, p, opts.name)) });
     }
     try {
-      if (parent) linkedBy = checkParent(layout, parent, opts.name);
+      if (parent) linkedBy = verified.get(parent) ?? checkParent(layout, parent, opts.name);
       if (!readOnly) {
         // A writer appends blocks at the end of the file: an entry pointing past it (a truncated
         // file) would come to share its place with the next new block.

@@ -170,6 +170,7 @@ async function checkParent(layout: VhdLayout, rep: Report, opts: VhdCheckOptions
   }
   if (!opts.parent) return;
   let parent: VhdImage | null = null;
+  const verified = new WeakSet<VhdImage>(); // parents the resolver checked already
   try {
     const h = d.header;
     parent = await opts.parent({
@@ -180,8 +181,12 @@ async function checkParent(layout: VhdLayout, rep: Report, opts: VhdCheckOptions
       child: layout,
       depth: 1,
       chain: [layout.footer.uniqueId],
+      verify: (p) => {
+        checkVhdParent(layout, p, opts);
+        verified.add(p);
+      },
     });
-    checkVhdParent(layout, parent, opts);
+    if (!verified.has(parent)) checkVhdParent(layout, parent, opts);
   } catch (e) {
     if (!(e instanceof VhdxError) || e.reason === 'ABORTED') throw e;
     rep.add({ severity: 'corruption', reason: e.reason, message: `the parent: ${e.summary}`, structure: 'VHD dynamic header', offset: d.headerOffset });

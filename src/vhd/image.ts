@@ -40,6 +40,11 @@ export interface VhdParentRequest {
   depth: number;
   /** Unique ids of the images below the parent, the opened image first. Pass it to VhdImage.open as `chain`. */
   chain: readonly string[];
+  /**
+   * Check a candidate as the open will (checkVhdParent; throws PARENT_MISMATCH or PARENT_LOOP),
+   * for resolvers that try several paths. A parent that passed here is not checked again.
+   */
+  verify(parent: VhdImage): void;
 }
 
 /** Opens the parent a differencing VHD names (read-only), like VHDX's ParentResolver. */
@@ -126,6 +131,8 @@ export class VhdImage implements WritableBlockDevice {
     }
     if (!readOnly) await checkWritable(source, layout, opts.name);
     let parent: VhdImage | null = null;
+    // Parents a resolver checked already.
+    const verified = new WeakSet<VhdImage>();
     if (layout.type === 'differencing' && opts.parent) {
       const depth = (opts.depth ?? 0) + 1;
       if (depth > MAX_CHAIN_DEPTH) throw new VhdxError('EINVAL', 'CHAIN_TOO_DEEP', `the chain of parents is deeper than ${MAX_CHAIN_DEPTH}`);
@@ -138,9 +145,13 @@ export class VhdImage implements WritableBlockDevice {
         child: layout,
         depth,
         chain: [...chain, id],
+        verify: (p) => {
+          checkVhdParent(layout, p, { ...opts, chain: [...chain, id] });
+          verified.add(p);
+        },
       });
       try {
-        checkVhdParent(layout, parent, { ...opts, chain: [...chain, id] });
+        if (!verified.has(parent)) checkVhdParent(layout, parent, { ...opts, chain: [...chain, id] });
       } catch (e) {
         await parent.close();
         throw e;

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as lib from '../../dist/node.js';
 import { parseContentRange, parseRetryAfter, redactUrl } from '../../dist/io/http.js';
-import { relativeParentUrl } from '../../dist/driver/url.js';
+import { relativeParentUrl } from '../../dist/device/parents.js';
 import { startRangeServer } from '../helpers/http-server.js';
 import { corpusFile, corpusManifest } from '../helpers/env.js';
 import { makeMatrixImages } from '../helpers/http-images.js';
