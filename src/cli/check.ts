@@ -5,11 +5,12 @@
  * repair the status describes the image as repaired.
  */
 import { NodeFileSource } from '../io/node-file.js';
+import { azureProblems, type AzureProblem } from '../vhd/azure.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
 import { formatOffset } from '../errors.js';
 import { fragmentationPercentage } from '../format/bat.js';
 import { parentResolver } from '../node-files.js';
-import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import { naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
 import { formatOption } from './image-format.js';
 
 export { CHECK_USAGE } from './usage.js';
@@ -27,9 +28,11 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
       progress: { type: 'boolean', short: 'p' },
       parents: { type: 'string' },
       'force-share': { type: 'boolean', short: 'U' },
+      azure: { type: 'boolean' },
     },
     CHECK_USAGE,
   );
+  if (values.azure === true) return azureCheck(values, positionals, io);
   const fmt = formatOption(values.format, 'image');
   const format = outputFormat(values.output);
   const repair = values.repair;
@@ -75,6 +78,39 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
     else if (!result.canComplete) io.err(`vhdx: ${path}: the check could not complete: ${result.error?.message ?? 'read error'}\n`);
   }
   return exitStatus(result);
+}
+
+/**
+ * `check --azure FILE`: every rule of Azure's for an uploaded VHD that FILE breaks (azure.ts), and
+ * warnings (readers that would see another size). Exit 0 when Azure accepts the file, 2 when it
+ * breaks any rule. Reads the footer only; the file is taken as a VHD whatever it is (a VHDX or a
+ * raw file breaks the footer rule).
+ */
+async function azureCheck(values: Record<string, unknown>, positionals: string[], io: Io): Promise<number> {
+  if (values.repair !== undefined) throw new UsageError('--azure only checks: -r cannot repair a file into an Azure disk (vhdx convert -O vpc -o azure=on makes one)');
+  if (values.parents !== undefined) throw new UsageError('--azure checks one fixed VHD: --parents does not apply');
+  formatOption(values.format, 'image', ['vpc']);
+  const format = outputFormat(values.output);
+  if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
+  const path = positionals[0]!;
+  const src = await naming(path, () => NodeFileSource.open(path, { forceShare: values['force-share'] === true }));
+  let problems: AzureProblem[];
+  try {
+    problems = await azureProblems(src);
+  } finally {
+    await src.close();
+  }
+  const errors = problems.filter((p) => p.severity === 'error').length;
+  const code = errors > 0 ? CHECK_EXIT.corruption : CHECK_EXIT.clean;
+  if (format === 'json') {
+    io.out(JSON.stringify({ filename: path, azure: { accepted: errors === 0, problems }, exitCode: code }, null, 2) + '\n');
+  } else {
+    const lines = problems.map((p) => `${p.severity === 'error' ? 'ERROR' : 'Warning'}: [${p.rule}] ${p.message}`);
+    if (lines.length > 0) lines.push('');
+    lines.push(errors === 0 ? 'Azure accepts this VHD as a disk.' : `${errors} Azure rule${errors === 1 ? ' is' : 's are'} broken: Azure refuses this file (vhdx convert -O vpc -o azure=on makes one it accepts).`);
+    io.out(lines.join('\n') + '\n');
+  }
+  return code;
 }
 
 export function exitStatus(r: CheckResult): number {

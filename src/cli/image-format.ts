@@ -9,15 +9,16 @@ import { RECOGNIZE_BYTES, probe, recognize } from '../driver/open.js';
 import { VhdxError } from '../errors.js';
 import { UsageError, type Io } from './common.js';
 
-export type ImageFormat = 'raw' | 'vhdx';
+export type ImageFormat = 'raw' | 'vhdx' | 'vpc';
 
-/** The value of -f (or -O, -F), checked against the formats the command handles. */
+/** The value of -f (or -O, -F), checked against the formats the command handles; `vhd` is another name for `vpc` (qemu's name for VHD). */
 export function formatOption(value: unknown, what: string, allowed: readonly ImageFormat[] = ['raw', 'vhdx']): ImageFormat | undefined {
   if (value === undefined) return undefined;
-  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+  const name = value === 'vhd' ? 'vpc' : value;
+  if (typeof name !== 'string' || !(allowed as readonly string[]).includes(name)) {
     throw new UsageError(`${what} format ${String(value)} is not supported (${allowed.length === 1 ? `only ${allowed[0]}` : allowed.join(' or ')})`);
   }
-  return value as ImageFormat;
+  return name as ImageFormat;
 }
 
 /**
