@@ -191,10 +191,15 @@ test('convert -o azure=on refuses a size that is not whole MiB, naming the next 
   assert.equal((await vhdx(['check', '--azure', dst])).code, 0);
 });
 
-test('convert -O vpc refuses contradicting options before touching DST', async () => {
+test('convert -O vpc refuses contradicting options and sizes a VHD cannot hold before touching DST', async () => {
   const raw = makeRaw('small.raw', MiB, []);
+  // Sparse files: nothing is read before the refusal.
+  const huge = makeRaw('huge.raw', 2041 * 1024 * MiB, []);
+  const past8T = makeRaw('past8t.raw', 8 * 1024 * 1024 * MiB + 1, []);
   const dst = join(dir, 'refused-convert.vhd');
-  for (const [args, message] of [
+  for (const [args, message, from = raw] of [
+    [['-O', 'vpc'], /a dynamic VHD is at most 2190433320960 bytes/, huge],
+    [['-O', 'vpc', '-o', 'azure=round'], /Azure takes disks of at most 8796091973632 bytes/, past8T],
     [['-O', 'vpc', '-o', 'azure=on,subformat=dynamic'], /azure takes a fixed VHD only/],
     [['-O', 'vpc', '-o', 'subformat=fixed,azure=round,block_size=1M'], /has no blocks/],
     [['-O', 'vpc', '-o', 'azure=yes'], /azure must be on, round or off/],
@@ -203,7 +208,7 @@ test('convert -O vpc refuses contradicting options before touching DST', async (
     [['-O', 'raw', '-o', 'subformat=fixed'], /-o options apply to -O vhdx and -O vpc only/],
     [['-O', 'qcow2'], /output format qcow2 is not supported \(raw or vhdx or vpc\)/],
   ]) {
-    const r = await vhdx(['convert', '-f', 'raw', ...args, raw, dst]);
+    const r = await vhdx(['convert', '-f', 'raw', ...args, from, dst]);
     assert.equal(r.code, 1, args.join(' '));
     assert.match(r.stderr, message);
     assert.equal(existsSync(dst), false, `${args.join(' ')} made no file`);
