@@ -5,12 +5,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NodeFileSource } from '../../dist/node.js';
 import { VhdImage, azureProblems, checkVhd } from '../../dist/index.js';
 import { needTool } from '../helpers/env.js';
-import { must, needPyvhdi, pyvhdiDigest, shmScratch, vhdxInProcess as vhdx } from '../helpers/tools.js';
+import { must, needPyvhdi, pyvhdiDigest, shmScratch, sparseRaw, vhdxInProcess as vhdx } from '../helpers/tools.js';
 import { pattern } from '../helpers/model.js';
 import { KiB, MiB, patchFooter } from '../helpers/vhd.js';
 
@@ -44,19 +44,7 @@ async function ours(path) {
   }
 }
 
-/** A sparse raw file of `size` bytes with data at [offset, bytes] places and a run of written zeros. */
-function makeRaw(name, size, places, zeroRun) {
-  const path = join(dir, name);
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, size);
-    for (const [at, bytes] of places) writeSync(fd, bytes, 0, bytes.length, at);
-    if (zeroRun) writeSync(fd, new Uint8Array(zeroRun[1]), 0, zeroRun[1], zeroRun[0]);
-  } finally {
-    closeSync(fd);
-  }
-  return path;
-}
+const makeRaw = (name, size, places, zeroRun) => sparseRaw(dir, name, size, places, zeroRun);
 
 /** A dynamic VHDX of 20 MiB with data in 2 MiB blocks 0, 1 and 7 (of a VHD), the rest holes. */
 async function sourceVhdx(name) {
