@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { cli, fsType, have, scratchDir, sh, withoutCaCerts } from './lib.js';
 import { benchRuns, diskRounds, plainCopyArgs, rounds, spread, startNote } from './convert-common.js';
 
-export function run({ runs, sizeGiB = 2 } = {}) {
-  if (!have('qemu-img')) return { name: 'convert-raw', skipped: 'qemu-img not installed' };
+/** A dynamic VHDX of `sizeGiB` GiB of random data in 32 MiB blocks, laid out by qemu-img in one run (made once; kept in the bench folder). */
+export function allocatedImage(sizeGiB) {
   const raw = join(scratchDir, `rand-${sizeGiB}g.raw`);
   const img = join(scratchDir, `rand-${sizeGiB}g-32m.vhdx`);
   if (!existsSync(img)) {
@@ -18,6 +18,12 @@ export function run({ runs, sizeGiB = 2 } = {}) {
     sh('qemu-img', ['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic,block_size=32M', raw, img]);
     if (made) rmSync(raw);
   }
+  return img;
+}
+
+export function run({ runs, sizeGiB = 2 } = {}) {
+  if (!have('qemu-img')) return { name: 'convert-raw', skipped: 'qemu-img not installed' };
+  const img = allocatedImage(sizeGiB);
   // qemu lays the blocks out in order, one run of the file: the plain loop copies that run.
   const extents = JSON.parse(sh(process.execPath, [cli, 'map', '--output=json', img]));
   if (extents.length !== 1 || !extents[0].data || extents[0].offset === undefined) throw new Error(`${img} is not one allocated run: ${JSON.stringify(extents)}`);

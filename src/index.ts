@@ -29,8 +29,8 @@ export { describeContents, type ContentsInfo, type ContentsOptions } from './ins
 export type { Partition, PartitionKind, PartitionFinding, PartitionScheme, PartitionTable } from './inspect/partition-table.js';
 export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './inspect/filesystem.js';
 export { VhdImage, checkVhdParent, type VhdOpenOptions, type VhdParentResolver, type VhdParentRequest } from './vhd/image.js';
-export { createVhd, geometryFor, type CreateVhdOptions, type CreateVhdResult, type VhdSubformat, type VhdParentPath } from './vhd/create.js';
+export { createVhd, planVhd, geometryFor, type VhdPlan, type CreateVhdOptions, type CreateVhdResult, type VhdSubformat, type VhdParentPath } from './vhd/create.js';
 export { readVhdLayout, type VhdLayout, type VhdLocator, type LayoutProblem } from './vhd/layout.js';
 export { diskSizeOf, chsForSectors, isChsExact, chsRoundUp, type SizeRule, type Chs, type DiskSize } from './vhd/geometry.js';
 export { checkVhd, repairVhd, type VhdCheckResult, type VhdCheckOptions, type VhdRepairOptions, type VhdRepairResult, type VhdRepairAction } from './vhd/check.js';
-export { azureProblems, AZURE_MAX_SIZE, type AzureProblem, type AzureRule } from './vhd/azure.js';
+export { azureProblems, azureSize, azureCreateOptions, AZURE_CREATOR, AZURE_MAX_SIZE, type AzureProblem, type AzureRule } from './vhd/azure.js';

@@ -4,6 +4,8 @@
  * 63 the image cannot be checked (not a VHDX, or a feature this check does not handle). After a
  * repair the status describes the image as repaired.
  */
+import { NodeFileSource } from '../io/node-file.js';
+import { azureProblems, type AzureProblem } from '../vhd/azure.js';
 import { checkImage, repairImage, type CheckResult, type Finding, type RepairMode, type RepairResult } from '../driver/check.js';
 import { checkVhd, repairVhd, type VhdCheckResult, type VhdRepairResult } from '../vhd/check.js';
 import { formatOffset } from '../errors.js';
@@ -12,7 +14,7 @@ import { fragmentationPercentage } from '../format/bat.js';
 import { openImageSource } from '../device/open-node.js';
 import { detectFormat } from '../device/open.js';
 import { isUrl } from '../device/parents.js';
-import { outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
+import { naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
 import { formatOption, newHttpStats, READ_FORMATS, reportHttp } from './image-format.js';
 
 /** A check of either format: VHDX's result, or VHD's in the same shape. */
@@ -35,9 +37,11 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
       parents: { type: 'string' },
       'force-share': { type: 'boolean', short: 'U' },
       verbose: { type: 'boolean', short: 'v' },
+      azure: { type: 'boolean' },
     },
     CHECK_USAGE,
   );
+  if (values.azure === true) return azureCheck(values, positionals, io);
   const fmt = formatOption(values.format, 'image', READ_FORMATS);
   const format = outputFormat(values.output);
   const repair = values.repair;
@@ -96,6 +100,39 @@ export async function checkCommand(args: string[], io: Io, signal?: AbortSignal)
   }
   reportHttp(stats, values.verbose === true, io);
   return exitStatus(result);
+}
+
+/**
+ * `check --azure FILE`: every rule of Azure's for an uploaded VHD that FILE breaks (azure.ts), and
+ * warnings (readers that would see another size). Exit 0 when Azure accepts the file, 2 when it
+ * breaks any rule. Reads the footer only; the file is taken as a VHD whatever it is (a VHDX or a
+ * raw file breaks the footer rule).
+ */
+async function azureCheck(values: Record<string, unknown>, positionals: string[], io: Io): Promise<number> {
+  if (values.repair !== undefined) throw new UsageError('--azure only checks: -r cannot repair a file into an Azure disk (vhdx convert -O vpc -o azure=on makes one)');
+  if (values.parents !== undefined) throw new UsageError('--azure checks one fixed VHD: --parents does not apply');
+  formatOption(values.format, 'image', ['vpc']);
+  const format = outputFormat(values.output);
+  if (positionals.length !== 1) throw new UsageError(`expected one FILE\nusage: ${CHECK_USAGE}`);
+  const path = positionals[0]!;
+  const src = await naming(path, () => NodeFileSource.open(path, { forceShare: values['force-share'] === true }));
+  let problems: AzureProblem[];
+  try {
+    problems = await azureProblems(src);
+  } finally {
+    await src.close();
+  }
+  const errors = problems.filter((p) => p.severity === 'error').length;
+  const code = errors > 0 ? CHECK_EXIT.corruption : CHECK_EXIT.clean;
+  if (format === 'json') {
+    io.out(JSON.stringify({ filename: path, azure: { accepted: errors === 0, problems }, exitCode: code }, null, 2) + '\n');
+  } else {
+    const lines = problems.map((p) => `${p.severity === 'error' ? 'ERROR' : 'Warning'}: [${p.rule}] ${p.message}`);
+    if (lines.length > 0) lines.push('');
+    lines.push(errors === 0 ? 'Azure accepts this VHD as a disk.' : `${errors} Azure rule${errors === 1 ? ' is' : 's are'} broken: Azure refuses this file (vhdx convert -O vpc -o azure=on makes one it accepts).`);
+    io.out(lines.join('\n') + '\n');
+  }
+  return code;
 }
 
 export function exitStatus(r: AnyCheck): number {

@@ -1,6 +1,6 @@
 /**
- * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] SRC DST`: copy a virtual disk into
- * a new raw file or a new VHDX image, sparsely (zero and unallocated ranges are not written).
+ * `vhdx convert [-p] [-f raw|vhdx] [-O raw|vhdx|vpc] [-o OPTIONS] [-t CACHE] [-T CACHE] SRC DST`: copy a virtual disk into
+ * a new raw file, VHDX image or VHD image, sparsely (zero and unallocated ranges are not written).
  */
 import { statSync } from 'node:fs';
 import { unlink } from '../io/fs-async.js';
@@ -9,10 +9,10 @@ import { createOpenFile } from '../device/create-file.js';
 import { CACHE_MODES, NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { VhdxImage } from '../driver/image.js';
 import { copyDevice, deviceSink, fileSink } from '../device/copy.js';
-import type { BlockDevice } from '../device/block-device.js';
+import type { BlockDevice, WritableBlockDevice } from '../device/block-device.js';
 import { isUrl } from '../device/parents.js';
 import { namedError, naming, parentPaths, parse, requireDirectory, UsageError, type Io } from './common.js';
-import { parseCreateOptions, type CreateOptionValues } from './create.js';
+import { createVhdFile, parseCreateOptions, parseVhdOptions, vhdCreateOptions, type CreateOptionValues, type VhdOptionValues } from './create.js';
 import { formatOption, newHttpStats, openImage, READ_FORMATS, refuseUrl, reportHttp } from './image-format.js';
 import type { Progress } from './progress.js';
 
@@ -45,10 +45,11 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   const srcCache = cacheMode(values['source-cache'], '-T') ?? 'writeback';
   if (positionals.length !== 2) throw new UsageError(`expected SRC and DST\nusage: ${CONVERT_USAGE}`);
   const inFmt = formatOption(values['source-format'], 'source', READ_FORMATS);
-  const outFmt = formatOption(values['output-format'], 'output') ?? 'raw';
+  const outFmt = formatOption(values['output-format'], 'output', ['raw', 'vhdx', 'vpc']) ?? 'raw';
   const specs = (values.options as string[] | undefined) ?? [];
-  if (specs.length > 0 && outFmt !== 'vhdx') throw new UsageError('-o options apply to -O vhdx only');
-  const createOpts = parseCreateOptions(specs);
+  if (specs.length > 0 && outFmt === 'raw') throw new UsageError('-o options apply to -O vhdx and -O vpc only');
+  const createOpts = outFmt === 'vhdx' ? parseCreateOptions(specs) : {};
+  const vhdOpts = outFmt === 'vpc' ? parseVhdOptions(specs, true) : {};
   const [srcPath, dstPath] = positionals as [string, string];
   refuseUrl(dstPath);
   refuseSameFile(srcPath, dstPath);
@@ -62,6 +63,7 @@ export async function convertCommand(args: string[], io: Io, signal: AbortSignal
   const progress = values.progress === true ? (await import('./progress.js')).progressBar : null;
   try {
     if (outFmt === 'raw') await toRaw(src, dstPath, dstCache, progress, signal);
+    else if (outFmt === 'vpc') await toVhd(src, dstPath, vhdOpts, dstCache, progress, signal);
     else await toVhdx(src, dstPath, { ...createOpts, cache: dstCache }, progress, signal);
   } catch (e) {
     // Errors of the files name them; anything else is said to be about the conversion.
@@ -144,6 +146,24 @@ async function toVhdx(src: BlockDevice, dstPath: string, opts: CreateOptionValue
   } finally {
     allocBar?.stop();
   }
+  await copyInto(src, dst, dstPath, progress, signal);
+}
+
+/**
+ * Create DST as a VHD (replacing a file there; `-o` as for create -f vpc, or azure) sized to the
+ * source rounded up to 512 bytes (azure: checked or rounded to a whole MiB), then copy into it.
+ * A fixed VHD's data is a sparse file, so the source's holes stay holes in either type.
+ */
+async function toVhd(src: BlockDevice, dstPath: string, opts: VhdOptionValues, cache: CacheMode, progress: BarFactory, signal: AbortSignal): Promise<void> {
+  if (src.size === 0) throw new UsageError('the source is empty: a VHD disk cannot have size 0');
+  // Azure's refusal names the source's own size.
+  const create = vhdCreateOptions(opts, opts.azure !== undefined ? src.size : Math.ceil(src.size / 512) * 512);
+  const dst = await createVhdFile(dstPath, { ...create, overwrite: true, cache });
+  await copyInto(src, dst, dstPath, progress, signal);
+}
+
+/** Copy `src` into the new image `dst`, then close it; DST is removed if either fails. */
+async function copyInto(src: BlockDevice, dst: WritableBlockDevice & { close(): Promise<void> }, dstPath: string, progress: BarFactory, signal: AbortSignal): Promise<void> {
   let failed = true;
   try {
     const bar = progress?.(true, 'converting');

@@ -2,10 +2,10 @@
  * Each subcommand's usage line and help, apart from its code so that --help loads no command.
  * The README's command-line synopsis is checked against these lines (test/cli/help.test.js).
  */
-export const CHECK_USAGE = 'vhdx check [-p] [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] FILE';
+export const CHECK_USAGE = 'vhdx check [-p] [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] [--azure] FILE';
 export const CONVERT_USAGE =
-  'vhdx convert [-p] [-U] [-v] [-f raw|vhdx|vpc] [-O raw|vhdx] [-o OPTIONS] [-t CACHE] [-T CACHE] [--parents=relative|any|none] SRC DST';
-export const CREATE_USAGE = 'vhdx create [-q] [-p] [-f vhdx] [-o OPTIONS] [-b PARENT [-F vhdx] [--parents=relative|any|none]] FILE [SIZE]';
+  'vhdx convert [-p] [-U] [-v] [-f raw|vhdx|vpc] [-O raw|vhdx|vpc] [-o OPTIONS] [-t CACHE] [-T CACHE] [--parents=relative|any|none] SRC DST';
+export const CREATE_USAGE = 'vhdx create [-q] [-p] [-f vhdx|vpc] [-o OPTIONS] [-b PARENT [-F vhdx] [--parents=relative|any|none]] FILE [SIZE]';
 export const INFO_USAGE =
   'vhdx info [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [--backing-chain] [--allocation=auto|always|never] [--parents=relative|any|none] FILE';
 export const IO_USAGE = 'vhdx io [-r [-U]] [-q] [-f vhdx|vpc|raw] [--parents=relative|any|none] -c COMMAND [-c COMMAND]... FILE';
@@ -34,6 +34,15 @@ export const CREATE_OPTIONS_HELP = `create options (-o key=value,key=value; size
   log_size=SIZE               log size, a multiple of 1M (default 1M)
   logical_sector_size=512|4096   sector size the disk shows (default 512; QEMU opens only 512)
   physical_sector_size=512|4096  reported physical sector size (default 4096, not below the logical)
+`;
+
+/** The `-o` options of create -f vpc and convert -O vpc (vhd is another name for vpc). */
+export const VPC_OPTIONS_HELP = `vpc (VHD) options (-o key=value,key=value; sizes take K, M, G, T suffixes):
+  subformat=dynamic|fixed     dynamic (default): blocks allocated on first write;
+                              fixed: the disk's bytes, then the footer (a sparse file)
+  block_size=SIZE             block size of a dynamic disk, a power of two from 512 to 2G (default 2M)
+  azure=on|round|off          convert -O vpc only: a fixed VHD Azure accepts; the size must be a
+                              whole number of MiB (on) or is padded up to one (round)
 `;
 
 const PARENTS = ['--parents=relative|any|none', "which parent paths of a differencing image are followed (default relative: relative_path only; any: absolute paths too; none: no parent)"];
@@ -78,12 +87,12 @@ export const COMMANDS: Record<string, CommandHelp> = {
   },
   create: {
     usage: CREATE_USAGE,
-    summary: 'make a new image (-o help lists the options; an existing FILE is not overwritten)',
+    summary: 'make a new VHDX or VHD image (-o help lists the options; an existing FILE is not overwritten)',
     options: [
       QUIET,
       ['-p', 'show a progress bar on stderr (a fixed image is written whole)'],
-      ONLY_VHDX,
-      ['-o OPTIONS', 'comma-separated key=value create options; -o help lists them'],
+      ['-f vhdx|vpc', 'the image format: vhdx (default) or vpc (VHD; vhd is the same name)'],
+      ['-o OPTIONS', 'comma-separated key=value create options; -o help (with -f vpc: -f vpc -o help) lists them'],
       ['-b PARENT', 'make a differencing image over PARENT (size and sector sizes are the parent\'s)'],
       ['-F vhdx', "the parent's format (only vhdx)"],
       PARENTS,
@@ -113,19 +122,20 @@ export const COMMANDS: Record<string, CommandHelp> = {
       VERBOSE,
       ['-r leaks|all', 'repair leaked space, or everything that can be repaired safely'],
       PARENTS,
+      ['--azure', 'instead: list every rule of Azure\'s the VHD breaks (fixed, whole MiB, size limit, footer); exit 2 when any'],
     ],
     more: URLS,
   },
   convert: {
     usage: CONVERT_USAGE,
-    summary: 'copy a disk (a differencing chain flattened) into a new sparse raw file or VHDX image',
+    summary: 'copy a disk (a differencing chain flattened) into a new sparse raw file, VHDX or VHD image',
     options: [
       PROGRESS,
       ['-U, --force-share', "take and check no lock on SRC (unsafe while another process writes it)"],
       ['-f raw|vhdx|vpc', `the source format (${PROBED}); SRC may be an http(s) URL`],
       VERBOSE,
-      ['-O raw|vhdx', 'the output format (default raw)'],
-      ['-o OPTIONS', 'create options for -O vhdx (vhdx create -o help lists them)'],
+      ['-O raw|vhdx|vpc', 'the output format (default raw; vpc: VHD, vhd is the same name)'],
+      ['-o OPTIONS', 'create options for -O vhdx or -O vpc (vhdx create [-f vpc] -o help lists them); -O vpc -o azure=on|round: a fixed VHD Azure accepts'],
       ['-t CACHE', "DST's cache mode: unsafe (default, as qemu-img: no flush), writeback (one flush at the end), writethrough, directsync, none"],
       ['-T CACHE', "SRC's cache mode: writeback (default), none or directsync (O_DIRECT: bypass the page cache), writethrough, unsafe"],
       PARENTS,

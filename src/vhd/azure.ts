@@ -8,7 +8,9 @@
  * Beyond Azure's own rules, a warning when readers would not all see that size (the sizes each
  * reader family takes differ: see geometry.ts), since the disk then changes size on the way.
  */
+import { VhdxError } from '../errors.js';
 import type { RandomAccessSource } from '../io/source.js';
+import type { CreateVhdOptions } from './create.js';
 import { FOOTER_SIZE } from './footer.js';
 import { sizesByReader } from './geometry.js';
 import { readVhdLayout } from './layout.js';
@@ -56,4 +58,39 @@ export async function azureProblems(source: RandomAccessSource): Promise<AzurePr
     });
   }
   return out;
+}
+
+/**
+ * The footer fields of a VHD made for Azure: Hyper-V's creator ("win ", version 10.0, host
+ * "Wi2k"), so that every reader takes Current Size as the size: qemu 2.6 to 9.2 does so only for
+ * a few creators (else it believes the geometry, rounded down from the size), qemu 10 for every
+ * creator but "vpc " and "qemu", Hyper-V, Azure and 7-Zip always, and libvhdi reads Original
+ * Size, which createVhd writes equal. The geometry is then the specification's for the size (see
+ * geometryFor), as Hyper-V writes it, rather than the maximum: a generation 1 virtual machine's
+ * BIOS shows it to the guest.
+ */
+export const AZURE_CREATOR = { creatorApplication: 'win ', creatorVersion: 0x000a0000, creatorHostOs: 'Wi2k' } as const;
+
+/**
+ * The size of an Azure-ready disk holding `size` bytes: `size` when it is a whole number of MiB;
+ * with `round`, the next whole MiB (the disk grows by zeros at its end); otherwise a BAD_ARGUMENT
+ * error naming that next size. A size past what a page blob holds is refused either way.
+ */
+export function azureSize(size: number, round = false): number {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `size ${size} is not a positive number of bytes`);
+  const next = Math.ceil(size / MiB) * MiB;
+  if (next !== size && !round) {
+    throw new VhdxError(
+      'EINVAL',
+      'BAD_ARGUMENT',
+      `Azure needs a size that is a whole number of MiB; ${size} bytes is ${(size / MiB).toFixed(7).replace(/0+$/, '')} MiB: the next valid size is ${next} bytes (${next / MiB} MiB), which azure=round pads to`,
+    );
+  }
+  if (next > AZURE_MAX_SIZE) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `Azure takes disks of at most ${AZURE_MAX_SIZE} bytes (what a page blob holds, its footer included); ${next} asked`);
+  return next;
+}
+
+/** createVhd's options for an Azure-ready disk holding `size` bytes: fixed, sized by `azureSize`, Hyper-V's creator. */
+export function azureCreateOptions(size: number, round = false): CreateVhdOptions {
+  return { size: azureSize(size, round), subformat: 'fixed', ...AZURE_CREATOR };
 }

@@ -4,8 +4,10 @@
  * The footer's sizes: Current Size is the size asked for, exactly (a multiple of 512). The CHS
  * geometry is the specification's for that size when it describes the size exactly; otherwise
  * it is the maximum 65535 × 16 × 255, which qemu since 2.6 (2015), Hyper-V, libvhdi and 7-Zip all
- * read as "the disk is Current Size bytes" (qemu's own `force_size` images do the same). So every
- * reader sees the size asked for, whatever it thinks of the creator field. `roundToGeometry`
+ * read as "the disk is Current Size bytes". So every reader sees the size asked for, whatever it
+ * thinks of the creator field. A creator every qemu already sizes by Current Size ("win ",
+ * "qem2", as Azure-ready images use: see azure.ts) gets the specification's geometry at every
+ * size, rounded down as Hyper-V and qemu's `force_size` write it. `roundToGeometry`
  * instead rounds the size up to the next CHS-exact one, as qemu does without `force_size`, for
  * Virtual PC, which only believes the geometry.
  *
@@ -21,7 +23,7 @@ import { FEATURE_RESERVED, FOOTER, FOOTER_SIZE, FORMAT_VERSION, DiskType, NO_DAT
 import { DEFAULT_VHD_BLOCK_SIZE, DYNAMIC_HEADER, DYNAMIC_HEADER_SIZE, HEADER_VERSION, MAX_VHD_BLOCK_SIZE, MIN_VHD_BLOCK_SIZE, isPowerOfTwo } from './dynamic-header.js';
 import { MAX_LOCATOR_DATA, PARENT_LOCATOR_COUNT, PlatformCode, encodeLocatorPath, type ParentLocatorEntry } from './parent-locator.js';
 import { SECTOR, batBytes, blockCount } from './bat.js';
-import { MAX_CHS, MAX_DYNAMIC_VHD_SIZE, MAX_FIXED_VHD_SIZE, chsForSectors, chsRoundUp, isChsExact, type Chs } from './geometry.js';
+import { CHS_CREATORS, MAX_CHS, MAX_DYNAMIC_VHD_SIZE, MAX_FIXED_VHD_SIZE, QEMU_LEGACY_CURRENT_SIZE_CREATORS, chsForSectors, chsRoundUp, isChsExact, type Chs } from './geometry.js';
 import type { VhdImage } from './image.js';
 
 export type VhdSubformat = 'fixed' | 'dynamic';
@@ -82,17 +84,36 @@ function bad(message: string): VhdxError {
   return new VhdxError('EINVAL', 'BAD_ARGUMENT', message);
 }
 
-/** The geometry written for a disk of `size` bytes (see the top of this file). */
-export function geometryFor(size: number): Chs {
-  return isChsExact(size) ? chsForSectors(size / SECTOR) : { ...MAX_CHS };
+/**
+ * The geometry written for a disk of `size` bytes made under the name `creator` (see the top of
+ * this file): the specification's when it describes the size exactly, or when the creator is one
+ * every qemu sizes by Current Size whatever the geometry ("win ", "qem2"...: then the geometry is
+ * only what a BIOS shows a guest, and Hyper-V writes the specification's); else the maximum.
+ */
+export function geometryFor(size: number, creator: string = DEFAULT_CREATOR_APPLICATION): Chs {
+  const byCurrentSize = QEMU_LEGACY_CURRENT_SIZE_CREATORS.includes(creator) && !CHS_CREATORS.includes(creator);
+  return isChsExact(size) || byCurrentSize ? chsForSectors(size / SECTOR) : { ...MAX_CHS };
+}
+
+/** What a VHD will be made as: the options checked and their defaults filled in (`planVhd`). */
+export interface VhdPlan {
+  type: 'fixed' | 'dynamic' | 'differencing';
+  /** The disk's size in bytes (rounded when `roundToGeometry`). */
+  size: number;
+  /** Block size (used by dynamic and differencing disks only). */
+  blockSize: number;
+  geometry: Chs;
+  creatorApplication: string;
+  creatorHostOs: string;
+  uniqueId: string;
+  time: number;
 }
 
 /**
- * Create a VHD in `source` (writable and truncatable; its content is discarded). Options are
- * checked before anything is written; the source is flushed, not closed.
+ * Check `opts` as `createVhd` does, writing nothing: a caller that must not touch a file before
+ * the options are known good (a CLI replacing an existing file) asks here first.
  */
-export async function createVhd(source: RandomAccessSource, opts: CreateVhdOptions): Promise<CreateVhdResult> {
-  if (source.readOnly || !source.write || !source.flush || !source.truncate) throw new VhdxError('EROFS', 'READ_ONLY', 'creating a VHD needs a writable source');
+export function planVhd(opts: CreateVhdOptions): VhdPlan {
   const parent = opts.parent ?? null;
   const subformat = opts.subformat ?? 'dynamic';
   if (subformat !== 'fixed' && subformat !== 'dynamic') throw bad(`subformat ${String(subformat)} is not fixed or dynamic`);
@@ -119,6 +140,17 @@ export async function createVhd(source: RandomAccessSource, opts: CreateVhdOptio
   const uniqueId = opts.uniqueId ?? randomGuid();
   if (!isGuid(uniqueId)) throw bad(`uniqueId ${JSON.stringify(uniqueId)} is not a UUID`);
   const time = opts.time ?? Date.now();
+  return { type, size, blockSize, geometry: geometryFor(size, creatorApplication), creatorApplication, creatorHostOs, uniqueId, time };
+}
+
+/**
+ * Create a VHD in `source` (writable and truncatable; its content is discarded). Options are
+ * checked before anything is written (`planVhd`); the source is flushed, not closed.
+ */
+export async function createVhd(source: RandomAccessSource, opts: CreateVhdOptions): Promise<CreateVhdResult> {
+  if (source.readOnly || !source.write || !source.flush || !source.truncate) throw new VhdxError('EROFS', 'READ_ONLY', 'creating a VHD needs a writable source');
+  const parent = opts.parent ?? null;
+  const { type, size, blockSize, geometry, creatorApplication, creatorHostOs, uniqueId, time } = planVhd(opts);
 
   // Differencing: the locators' data, placed after the BAT.
   const blocks = blockCount(size, blockSize);
@@ -144,7 +176,6 @@ export async function createVhd(source: RandomAccessSource, opts: CreateVhdOptio
   const parentName = opts.parentName ?? (paths[0] ? paths[0].path.split(/[\\/]/).pop()! : '');
   if (parentName.length > 256) throw bad('parent name longer than 256 UTF-16 characters');
 
-  const geometry = geometryFor(size);
   const footer: Footer = {
     cookie: 'conectix',
     features: FEATURE_RESERVED,

@@ -168,7 +168,7 @@ test('DST is replaced; same file, -o without -O vhdx and bad options are refused
   assert.equal((await dataBlocks(out)).img.size, M);
   const cases = [
     [['convert', '-O', 'vhdx', raw, raw], /SRC and DST are the same file/],
-    [['convert', '-o', 'block_size=1M', raw, join(dir, 'x.raw')], /-o options apply to -O vhdx only/],
+    [['convert', '-o', 'block_size=1M', raw, join(dir, 'x.raw')], /-o options apply to -O vhdx and -O vpc only/],
     [['convert', '-O', 'qcow2', raw, join(dir, 'x.qcow2')], /output format qcow2 is not supported/],
     [['convert', '-f', 'vmdk', raw, join(dir, 'x.raw')], /source format vmdk is not supported/],
     [['convert', '-O', 'vhdx', '-o', 'block_size=3M', raw, join(dir, 'bad.vhdx')], /block size 3 MiB/],

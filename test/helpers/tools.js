@@ -2,7 +2,7 @@
 // without blocking the event loop (so subtests can overlap), file digests.
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { cliPath, scratch } from './env.js';
 
@@ -134,4 +134,22 @@ export async function lockRecordsNaming(path) {
       return false; // released meanwhile, or not a record
     }
   });
+}
+
+/**
+ * A sparse raw file `name` in `dir` of `size` bytes with data at the given [offset, bytes] places;
+ * also a run of explicitly written zeros (`zeroRun`: [offset, length]; not a hole), which a
+ * sparse copy must not allocate either.
+ */
+export function sparseRaw(dir, name, size, places, zeroRun) {
+  const path = join(dir, name);
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, size);
+    for (const [at, bytes] of places) writeSync(fd, bytes, 0, bytes.length, at);
+    if (zeroRun) writeSync(fd, new Uint8Array(zeroRun[1]), 0, zeroRun[1], zeroRun[0]);
+  } finally {
+    closeSync(fd);
+  }
+  return path;
 }
