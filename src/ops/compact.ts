@@ -164,11 +164,13 @@ export async function compact(image: VhdxImage, opts: CompactOptions = {}): Prom
     await image.flush();
     const m = await pack(image, opts.signal, (k) => report(size + ((dealt + moved + k) / Math.max(1, toRelease + keptBlocks)) * size));
     moved += m;
-    await image.trimEnd();
+    const sizeBefore = image.fileSize;
+    const cut = (await image.trimEnd()) < sizeBefore;
     report(size + ((dealt + moved) / Math.max(1, toRelease + keptBlocks)) * size);
-    // Done when everything is released and nothing more moves; a round that does neither cannot
-    // be followed by one that does (the record of free space stays as it is).
-    if ((nextBatch().length === 0 && m === 0) || (n === 0 && m === 0)) break;
+    // A round that released, moved or cut something may have made room in the record of free
+    // space for holes it could not hold yet; one that did none of these leaves all as it was.
+    // Each move takes a block lower in the file, so the rounds end.
+    if (n === 0 && m === 0 && !cut) break;
   }
   // Blocks the writer had no room to release (a record of free space that no round could
   // empty): not released, so not counted.
