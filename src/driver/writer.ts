@@ -365,15 +365,7 @@ export class Writer {
     await this.metadataLock.run(async () => {
       const l = this.layout;
       const end = Math.max(l.log.logOffset + l.log.logLength, ...l.regions.map((r) => r.fileOffset + r.length));
-      if (this.file.size > end) {
-        // Every log entry names the file size it relied on (FlushedFileOffset), and replay refuses
-        // a file shorter than that as truncated. The commit above put everything in place, so
-        // empty the log (LogGuid cleared, a fresh ring for the next commit) before cutting.
-        if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
-        this.ring = null;
-        await this.file.truncate(end);
-        await this.file.flush();
-      }
+      await this.cutAfterEmptyingLog(end);
       this.fileEnd = Math.ceil(this.file.size / MiB) * MiB;
       this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
       // Nothing names any place now, and the file ends at its structures.
@@ -382,6 +374,20 @@ export class Writer {
       this.dirtyEnd = 0;
       this.scan = 'done';
     });
+  }
+
+  /**
+   * Cut the file to `end` when it is longer (under `metadataLock`, after a commit that put
+   * everything in place). Every log entry names the file size it relied on (FlushedFileOffset),
+   * and replay refuses a file shorter than that as truncated: the log is emptied first (LogGuid
+   * cleared, a fresh ring for the next commit).
+   */
+  private async cutAfterEmptyingLog(end: number): Promise<void> {
+    if (this.file.size <= end) return;
+    if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
+    this.ring = null;
+    await this.file.truncate(end);
+    await this.file.flush();
   }
 
   /** First change of the session that leaves the disk's data alone (a parent locator): a new FileWriteGuid. */
@@ -985,13 +991,8 @@ export class Writer {
       let end = fixedObjects(this.layout).end;
       for await (const p of this.map.places()) end = Math.max(end, p.fileOffset + p.length);
       end = Math.ceil(end / MiB) * MiB;
-      if (this.file.size > end) {
-        if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
-        this.ring = null;
-        await this.file.truncate(end);
-        await this.file.flush();
-        this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
-      }
+      await this.cutAfterEmptyingLog(end);
+      this.flushedSize = Math.min(this.flushedSize, Math.floor(this.file.size / MiB) * MiB);
       this.fileEnd = Math.min(this.fileEnd, end);
       this.dirtyEnd = Math.min(this.dirtyEnd, end);
       for (const b of this.free.all()) if (b.fileOffset + this.layout.blockSize > end) this.free.remove(b);

@@ -9,6 +9,8 @@ import { isZero } from '../codec/bytes.js';
 import { throwIfAborted, VhdxError } from '../errors.js';
 import type { Run } from './filesystem.js';
 
+/** Bytes of a unit read at a time when looking for zeros. */
+const ZERO_PIECE = 256 * 1024;
 /** Block status is asked for this much of the disk at a time. */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
 
@@ -92,10 +94,16 @@ export async function* reclaimableUnits(dev: BlockDevice, opts: ReclaimOptions):
         if (!r || r.start >= start + len) reclaim = 'unused';
         else if (opts.scanZeros) {
           throwIfAborted(opts.signal, 'reclaimable scan');
-          buf ??= new Uint8Array(bs);
-          const b = buf.subarray(0, len);
-          await dev.read(start, b);
-          if (isZero(b)) reclaim = 'zero';
+          // Piece by piece, stopping at the first that is not all zeros: a block of data costs
+          // one small read, not the whole block.
+          buf ??= new Uint8Array(Math.min(bs, ZERO_PIECE));
+          let zero = true;
+          for (let at = 0; at < len && zero; at += buf.length) {
+            const b = buf.subarray(0, Math.min(buf.length, len - at));
+            await dev.read(start + at, b);
+            zero = isZero(b);
+          }
+          if (zero) reclaim = 'zero';
         }
         yield { unit, length: len, reclaim };
       }
