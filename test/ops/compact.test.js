@@ -1,7 +1,7 @@
 // vhdx compact (src/ops/compact.ts), in memory: what it releases and keeps, and power loss at
-// every write and flush of a compact of a dynamic disk (ext4 with deleted files, its free space
-// full of old bytes) and of a differencing disk (junk written into the filesystem's free space
-// through the child). After every crash the image opens, passes check (leaks allowed), reads
+// every write and flush of a compact of a dynamic disk (ext4 with deleted files and NTFS with
+// truncated ones, their free space full of old bytes) and of a differencing disk (junk written
+// into the filesystem's free space through the child). After every crash the image opens, passes check (leaks allowed), reads
 // every byte any filesystem uses as before, and a second compact finishes the job: the same
 // file size as an uninterrupted run, nothing leaked.
 import { test } from 'node:test';
@@ -44,6 +44,27 @@ async function ext4Fixture() {
   for (const f of ['f1', 'f3']) await must('debugfs', ['-w', '-R', `rm /${f}`, raw], sbinEnv);
   ext4Cache = new Uint8Array(readFileSync(raw));
   return ext4Cache;
+}
+
+let ntfsCache = null;
+/**
+ * An 8 MiB NTFS volume over old bytes (mkntfs -Q writes only its structures): files copied in
+ * with ntfscp, two of them then truncated to nothing (ntfstruncate), their data left on disk.
+ */
+async function ntfsFixture() {
+  if (ntfsCache) return ntfsCache;
+  const dir = shmScratch('vhdx-compact-ntfs-');
+  const raw = join(dir, 'fs.raw');
+  writeFileSync(raw, noise(98, SIZE));
+  await must('mkntfs', ['-F', '-Q', '-q', raw], sbinEnv);
+  for (let i = 1; i <= 4; i++) {
+    writeFileSync(join(dir, `f${i}`), noise(20 + i, 1200 * 1024 + i * 4096));
+    await must('ntfscp', ['-q', raw, join(dir, `f${i}`), `f${i}`], sbinEnv);
+  }
+  const ls = await must('ntfsls', ['-i', raw], sbinEnv);
+  for (const f of ['f1', 'f3']) await must('ntfstruncate', ['-f', raw, new RegExp(`^\\s*(\\d+)\\s+${f}$`, 'm').exec(ls)[1], '0x80', '0'], sbinEnv);
+  ntfsCache = new Uint8Array(readFileSync(raw));
+  return ntfsCache;
 }
 
 /** A dynamic VHDX (1 MiB blocks) in memory holding `bytes`, every block allocated. */
@@ -194,6 +215,19 @@ test('power loss at every write and flush of a compact of a dynamic ext4 disk: u
   await probe.close();
   // A record of free space of one block: a round per released block of release, pack and cut.
   const open = (d, ro = false) => VhdxImage.open(d, { readOnly: ro, maxUnownedFreeBytes: MiB });
+  const total = await crashEverywhere(base, { open, want: fs, used });
+  t.diagnostic(`${total} crash points`);
+});
+
+const noNtfs = (await needTool('mkntfs', 'ntfs-3g')) || (await needTool('ntfscp', 'ntfs-3g')) || (await needTool('ntfstruncate', 'ntfs-3g'));
+
+test('power loss at every write and flush of a compact of a dynamic NTFS disk: used bytes kept, a rerun finishes', { skip: noNtfs }, async (t) => {
+  const fs = await ntfsFixture();
+  const base = await vhdxOf(fs);
+  const probe = await VhdxImage.open(new FaultySource(base));
+  const used = await usedOf(probe);
+  await probe.close();
+  const open = (d, ro = false) => VhdxImage.open(d, { readOnly: ro });
   const total = await crashEverywhere(base, { open, want: fs, used });
   t.diagnostic(`${total} crash points`);
 });
