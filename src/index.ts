@@ -24,7 +24,7 @@ export { checkImage, repairImage, MAX_FINDINGS, type CheckResult, type CheckOpti
 export { commitChild, type CommitOptions, type CommitResult } from './device/commit.js';
 export { readPartitions, inspectDisk, usedRuns, type DiskContents, type DiskPartition, type DiskFilesystem, type InspectOptions, type UsedRunsOptions } from './inspect/disk.js';
 export { detectFilesystem, FILESYSTEM_DRIVERS } from './inspect/registry.js';
-export { reclaimable, type Reclaimable, type ReclaimOptions } from './inspect/reclaim.js';
+export { reclaimable, reclaimableUnits, type Reclaimable, type ReclaimOptions, type UnitVerdict } from './inspect/reclaim.js';
 export { describeContents, type ContentsInfo, type ContentsOptions } from './inspect/contents.js';
 export type { Partition, PartitionKind, PartitionFinding, PartitionScheme, PartitionTable } from './inspect/partition-table.js';
 export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './inspect/filesystem.js';
@@ -34,3 +34,5 @@ export { readVhdLayout, type VhdLayout, type VhdLocator, type LayoutProblem } fr
 export { diskSizeOf, chsForSectors, isChsExact, chsRoundUp, type SizeRule, type Chs, type DiskSize } from './vhd/geometry.js';
 export { checkVhd, repairVhd, type VhdCheckResult, type VhdCheckOptions, type VhdRepairOptions, type VhdRepairResult, type VhdRepairAction } from './vhd/check.js';
 export { azureProblems, azureSize, azureCreateOptions, AZURE_CREATOR, AZURE_MAX_SIZE, type AzureProblem, type AzureRule } from './vhd/azure.js';
+export { compact, COMPACT_MODES, type CompactMode, type CompactOptions, type CompactReport, type SkippedArea } from './ops/compact.js';
+export type { PlacedBlock } from './driver/mapping.js';

@@ -13,6 +13,7 @@ export const MAP_USAGE = 'vhdx map [-U] [-v] [-f vhdx|vpc|raw] [--output=human|j
 export const SERVE_USAGE =
   'vhdx serve [-r [-U]] [-v] [-f raw|vhdx|vpc] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
+export const COMPACT_USAGE = 'vhdx compact [-p] [--dry-run] [--mode=full|zeroes|filesystem] [--output=human|json] FILE';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
 /** `vhdx io`'s -c commands. */
@@ -182,6 +183,17 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ['--io-timeout S', 'drop a client whose request or unread replies make no progress for S seconds (default 30; 0: never)'],
       PARENTS,
     ],
+  },
+  compact: {
+    usage: COMPACT_USAGE,
+    summary: "give a dynamic or differencing image's unneeded space back, in place (offline)",
+    options: [
+      PROGRESS,
+      ['--dry-run', 'print what would be released, by reason, and the resulting file size; write nothing'],
+      ['--mode=full|zeroes|filesystem', 'what releases a block: zeroes: all its bytes are zero; filesystem: no filesystem uses it (untrusted or unknown ones count as used); full (default): either'],
+      OUTPUT,
+    ],
+    more: 'The image must not be in use (shut the VM or WSL down first). An interrupted compact leaves a\nconsistent image; running it again finishes the job.\n',
   },
 };
 

@@ -15,7 +15,7 @@ import { openLayout, replayInPlace, type Layout } from './open.js';
 import { Writer, entriesPerCommit, type BlockMove, type FreeSpaceOptions, type MovedBlock, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
 import type { BitmapCacheOptions } from './bitmap-cache.js';
-import { BlockMap, LOOKUP_PARENT, LOOKUP_ZERO } from './mapping.js';
+import { BlockMap, LOOKUP_PARENT, LOOKUP_ZERO, type PlacedBlock } from './mapping.js';
 import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
 import { normalizeGuid, isGuid } from '../codec/guid.js';
 import { encodeParentLocator, type ParentLocator } from '../format/parent-locator.js';
@@ -252,6 +252,40 @@ export class VhdxImage implements BlockDevice {
   async freePlaces(): Promise<number[]> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
     return this.writable().freePlaces();
+  }
+
+  /**
+   * Release whole payload blocks (writable dynamic and differencing images): each block that
+   * holds data becomes ZERO with no place (never NOT_PRESENT, which would show a parent). Stops
+   * when the writer's record of free space is full and returns how many of `blocks` it dealt
+   * with; committing, moving and `trimEnd` make room. See Writer.releaseBlocks.
+   */
+  async releaseBlocks(blocks: readonly number[], opts: ProgressOptions = {}): Promise<number> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().releaseBlocks(blocks, opts);
+  }
+
+  /** Record the holes of the file that nothing names as free places (writable images); returns how many. */
+  async recordHoles(): Promise<number> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().recordHoles();
+  }
+
+  /** Commit and cut the file after its last object, never below a region (writable images); returns the file size. */
+  async trimEnd(): Promise<number> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable().trimEnd();
+  }
+
+  /** Every BAT entry that names a place in the file (payload and sector bitmap blocks), in BAT order. */
+  placedBlocks(opts: ProgressOptions = {}): AsyncGenerator<PlacedBlock> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.map.places(opts);
+  }
+
+  /** The file's size now. */
+  get fileSize(): number {
+    return this.src.size;
   }
 
   /** The images of the chain from this one down to its last opened parent. */

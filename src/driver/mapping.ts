@@ -48,6 +48,18 @@ export interface Run {
   stored: boolean;
 }
 
+/** An entry that names a place in the file (see BlockMap.places). */
+export interface PlacedBlock {
+  kind: 'payload' | 'bitmap';
+  /** The payload block's index, or the chunk's. */
+  index: number;
+  /** The entry's state (PayloadState or BitmapState). */
+  state: number;
+  fileOffset: number;
+  /** Bytes the place takes: a payload block, or 1 MiB for a sector bitmap block. */
+  length: number;
+}
+
 /** `fastLookup`: the request needs `runs` (it crosses a block, its BAT page is not cached, or the block is partially present). */
 export const LOOKUP_MISS = -1;
 /** `fastLookup`: the request reads as zeros. */
@@ -192,6 +204,32 @@ export class BlockMap implements BitmapPlaces {
       if (e.state !== PayloadState.NOT_PRESENT || e.fileOffsetMB !== 0) {
         await this.bat.set(i, { state: PayloadState.NOT_PRESENT, fileOffsetMB: 0 });
         await step();
+      }
+    }
+    opts.onProgress?.(total, total);
+  }
+
+  /**
+   * Every entry that names a place in the file, in BAT order, as memory has it now: payload
+   * blocks (any state: an UNMAPPED claim names its place too) and sector bitmap blocks. Progress
+   * is in entries. Compact and the writer's hole finder walk the BAT through this.
+   */
+  async *places(opts: ProgressOptions = {}): AsyncGenerator<PlacedBlock> {
+    const total = this.entryCount;
+    const period = this.g.chunkRatio + 1;
+    for (let i = 0; i < total; i++) {
+      if (i % 4096 === 0) {
+        throwIfAborted(opts.signal, 'walking the BAT');
+        opts.onProgress?.(i, total);
+      }
+      const e = this.bat.cached(i) ?? (await this.bat.entry(i));
+      if (e.fileOffsetMB === 0) continue;
+      const fileOffset = e.fileOffsetMB * MiB;
+      if (i % period === this.g.chunkRatio) yield { kind: 'bitmap', index: Math.floor(i / period), state: e.state, fileOffset, length: MiB };
+      else {
+        const block = i - Math.floor(i / period);
+        // An entry past the disk's last block that names a place still takes the space.
+        yield { kind: 'payload', index: block, state: e.state, fileOffset, length: this.blockSize };
       }
     }
     opts.onProgress?.(total, total);

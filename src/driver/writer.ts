@@ -70,7 +70,7 @@ import { BitmapState, PayloadState, type BatEntry } from '../format/bat.js';
 import { readExact, writeZeros, type WritableSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
 import type { BlockMap } from './mapping.js';
-import { FreeBlocks, scanFreeSpace, type FreeBlock } from './free-space.js';
+import { FreeBlocks, fixedObjects, scanFreeSpace, type FreeBlock } from './free-space.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { LogRing, maxDataWritesPerEntry } from './log-writer.js';
 import { InFlight, KeyedMutex, Mutex } from './mutex.js';
@@ -365,15 +365,7 @@ export class Writer {
     await this.metadataLock.run(async () => {
       const l = this.layout;
       const end = Math.max(l.log.logOffset + l.log.logLength, ...l.regions.map((r) => r.fileOffset + r.length));
-      if (this.file.size > end) {
-        // Every log entry names the file size it relied on (FlushedFileOffset), and replay refuses
-        // a file shorter than that as truncated. The commit above put everything in place, so
-        // empty the log (LogGuid cleared, a fresh ring for the next commit) before cutting.
-        if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
-        this.ring = null;
-        await this.file.truncate(end);
-        await this.file.flush();
-      }
+      await this.cutAfterEmptyingLog(end);
       this.fileEnd = Math.ceil(this.file.size / MiB) * MiB;
       this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
       // Nothing names any place now, and the file ends at its structures.
@@ -382,6 +374,20 @@ export class Writer {
       this.dirtyEnd = 0;
       this.scan = 'done';
     });
+  }
+
+  /**
+   * Cut the file to `end` when it is longer (under `metadataLock`, after a commit that put
+   * everything in place). Every log entry names the file size it relied on (FlushedFileOffset),
+   * and replay refuses a file shorter than that as truncated: the log is emptied first (LogGuid
+   * cleared, a fresh ring for the next commit).
+   */
+  private async cutAfterEmptyingLog(end: number): Promise<void> {
+    if (this.file.size <= end) return;
+    if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
+    this.ring = null;
+    await this.file.truncate(end);
+    await this.file.flush();
   }
 
   /** First change of the session that leaves the disk's data alone (a parent locator): a new FileWriteGuid. */
@@ -852,8 +858,9 @@ export class Writer {
    * (1 MiB) is not recorded: the caller decides what becomes of the places a move leaves.
    *
    * Destinations: 'end' is fresh space at the end of the file; a number is a free place this
-   * writer has recorded as durable (`freePlaces`), for payload blocks only. Taking another
-   * block's claim (an UNMAPPED block's kept place) drops the claim in the same log entry.
+   * writer has recorded as durable (`freePlaces`, `recordHoles`). Taking another block's claim
+   * (an UNMAPPED block's kept place) drops the claim in the same log entry; a sector bitmap block
+   * only takes a place no entry names.
    *
    * Concurrency: a payload block moves under its block lock (no write-zeroes, discard or
    * differencing write of the block meanwhile); writes into its place that were in flight finish
@@ -874,8 +881,8 @@ export class Writer {
       if (seen.has(`${m.kind} ${m.index}`) || (m.to !== 'end' && seen.has(`to ${m.to}`))) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `${what} or its destination is named twice`);
       seen.add(`${m.kind} ${m.index}`);
       if (m.to === 'end') continue;
-      if (m.kind !== 'payload' || !Number.isSafeInteger(m.to) || m.to % MiB !== 0) {
-        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move ${what} to ${m.to}: only payload blocks go to a free place, a 1 MiB multiple`);
+      if (!Number.isSafeInteger(m.to) || m.to % MiB !== 0) {
+        throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move ${what} to ${m.to}: a free place is a 1 MiB multiple`);
       }
       seen.add(`to ${m.to}`);
     }
@@ -885,7 +892,7 @@ export class Writer {
       const done: MovedBlock[] = [];
       for (const m of moves) {
         throwIfAborted(opts.signal, 'moving blocks');
-        const r = m.kind === 'payload' ? await this.movePayload(m.index, m.to) : await this.moveBitmap(m.index);
+        const r = m.kind === 'payload' ? await this.movePayload(m.index, m.to) : await this.moveBitmap(m.index, m.to);
         if (r) done.push(r);
         opts.onProgress?.(done.length, moves.length);
       }
@@ -900,6 +907,110 @@ export class Writer {
     return this.metadataLock.run(async () => {
       if (this.scan === 'none') await this.scanForFreeSpace();
       return this.free.all().filter((b) => b.durable).map((b) => b.fileOffset);
+    });
+  }
+
+  /**
+   * Release whole payload blocks that hold data (compact): each becomes ZERO with no place, on
+   * a differencing disk too (ZERO hides the parent; NOT_PRESENT would show it), and its place
+   * is recorded free, reusable once the release is committed. A user-visible change (the disk
+   * reads zeros there): a new DataWriteGuid. Blocks that hold no data are passed over. Stops,
+   * changing nothing more, when the record of unowned space is full: returns how many of
+   * `blocks` were dealt with, in order (commit, move and `trimEnd` make room for the rest).
+   * Committed as the log fills; the caller flushes.
+   */
+  async releaseBlocks(blocks: readonly number[], opts: ProgressOptions = {}): Promise<number> {
+    this.throwBackgroundError();
+    if (this.layout.type === 'fixed') throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'a fixed disk keeps every block: nothing can be released');
+    for (const b of blocks) {
+      if (!Number.isSafeInteger(b) || b < 0 || b >= this.map.blocks) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot release payload block ${b}: the disk has no such block`);
+    }
+    if (blocks.length === 0) return 0;
+    await this.beginChange();
+    let done = 0;
+    for (const block of blocks) {
+      throwIfAborted(opts.signal, 'releasing blocks');
+      const released = await this.blockLocks.run(block, async () => {
+        await this.allocationSettled(block);
+        const e = await this.map.entry(block);
+        if (e.state !== PayloadState.FULLY_PRESENT && e.state !== PayloadState.PARTIALLY_PRESENT) return true;
+        if (!this.free.hasRoom(false)) return false;
+        await this.zeroBlock(block, PayloadState.ZERO, true);
+        return true;
+      });
+      if (!released) break;
+      done++;
+      if (this.dirtyCount >= this.entriesPerCommit) await this.commit(false);
+      opts.onProgress?.(done, blocks.length);
+    }
+    return done;
+  }
+
+  /**
+   * Record as free every whole, 1 MiB-aligned payload-block-sized place below the end of the
+   * file's objects that nothing names: no fixed object, no BAT entry (in memory, which a commit
+   * first makes the file's), no place being handed out. Such space is left by a crash between a
+   * release or a move and the cut that follows, or by other writers. Records while there is
+   * room; returns how many were added (0 when allocations are in flight: nothing is then sure).
+   */
+  async recordHoles(): Promise<number> {
+    this.throwBackgroundError();
+    await this.commit(true);
+    return this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      if (this.dirtyCount > 0 || this.allocating.size > 0 || this.placing.size > 0) return 0;
+      const units = Math.floor(this.fileEnd / MiB);
+      const bs = this.layout.blockSize;
+      // One byte per MiB of the file: 1 MiB of memory per TiB.
+      const taken = new Uint8Array(units);
+      const mark = (start: number, length: number): void => {
+        taken.fill(1, Math.floor(start / MiB), Math.min(units, Math.ceil((start + length) / MiB)));
+      };
+      const fixed = fixedObjects(this.layout);
+      for (const o of fixed.reserve ? [...fixed.objects, fixed.reserve] : fixed.objects) mark(o.start, o.end - o.start);
+      for await (const p of this.map.places()) mark(p.fileOffset, p.length);
+      for (const b of this.free.all()) mark(b.fileOffset, bs);
+      const need = bs / MiB;
+      let added = 0;
+      for (let u = 0; u + need <= units; ) {
+        const busy = taken.subarray(u, u + need).lastIndexOf(1);
+        if (busy >= 0) {
+          u += busy + 1;
+          continue;
+        }
+        if (!this.free.add({ fileOffset: u * MiB, block: null, owned: false, durable: true })) break;
+        added++;
+        u += need;
+      }
+      return added;
+    });
+  }
+
+  /**
+   * Cut the file after its last object now, not only at close (compact, between rounds): free
+   * places that end the file are released (claims dropped), everything is committed, the log is
+   * emptied (replay refuses a file shorter than an entry relied on), and the file is cut at the
+   * end of the last fixed object or named place, never below a region. Returns the file size.
+   * Does not cut while allocations are in flight.
+   */
+  async trimEnd(): Promise<number> {
+    this.throwBackgroundError();
+    await this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      for (const b of this.free.takeTrailing(this.fileEnd)) if (b.owned) await this.dropClaim(b);
+    });
+    await this.commit(true);
+    return this.metadataLock.run(async () => {
+      if (this.dirtyCount > 0 || this.allocating.size > 0 || this.placing.size > 0) return this.file.size;
+      let end = fixedObjects(this.layout).end;
+      for await (const p of this.map.places()) end = Math.max(end, p.fileOffset + p.length);
+      end = Math.ceil(end / MiB) * MiB;
+      await this.cutAfterEmptyingLog(end);
+      this.flushedSize = Math.min(this.flushedSize, Math.floor(this.file.size / MiB) * MiB);
+      this.fileEnd = Math.min(this.fileEnd, end);
+      this.dirtyEnd = Math.min(this.dirtyEnd, end);
+      for (const b of this.free.all()) if (b.fileOffset + this.layout.blockSize > end) this.free.remove(b);
+      return this.file.size;
     });
   }
 
@@ -939,15 +1050,30 @@ export class Writer {
     });
   }
 
-  /** One sector bitmap block's move to the end of the file (see moveBlocks), under the metadata lock. */
-  private moveBitmap(chunk: number): Promise<MovedBlock | null> {
+  /**
+   * One sector bitmap block's move (see moveBlocks), under the metadata lock: to the end of the
+   * file, or into the first 1 MiB of a free place no entry names (the rest of a larger place is
+   * then named by nothing: a later `recordHoles` finds what of it is whole).
+   */
+  private moveBitmap(chunk: number, to: 'end' | number): Promise<MovedBlock | null> {
     return this.metadataLock.run(async () => {
       const e = await this.map.bitmapEntry(chunk);
       if (e.state !== BitmapState.PRESENT) return null;
       if (this.scan === 'none') await this.scanForFreeSpace();
       const from = e.fileOffsetMB * MiB;
-      const at = await this.freshSpace(MiB);
-      await this.copyPlace(from, at, MiB);
+      let taken: FreeBlock | null = null;
+      if (to !== 'end') {
+        taken = this.free.all().find((x) => x.fileOffset === to && x.durable && !x.owned) ?? null;
+        if (!taken) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot move sector bitmap block ${chunk} to ${to}: not a free place that no entry names`);
+        this.free.remove(taken);
+      }
+      const at = taken ? taken.fileOffset : await this.freshSpace(MiB);
+      try {
+        await this.copyPlace(from, at, MiB);
+      } catch (err) {
+        if (taken) this.free.add(taken);
+        throw err;
+      }
       await this.map.setBitmapEntry(chunk, { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
       this.map.moved();
       return { kind: 'bitmap', index: chunk, from, to: at };

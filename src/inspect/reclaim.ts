@@ -9,6 +9,8 @@ import { isZero } from '../codec/bytes.js';
 import { throwIfAborted, VhdxError } from '../errors.js';
 import type { Run } from './filesystem.js';
 
+/** Bytes of a unit read at a time when looking for zeros. */
+const ZERO_PIECE = 256 * 1024;
 /** Block status is asked for this much of the disk at a time. */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
 
@@ -47,8 +49,21 @@ async function* allocatedExtents(dev: BlockDevice, opts: ProgressOptions): Async
   }
 }
 
-/** Count the reclaimable bytes of `dev`. The used runs and the extents are walked together, once. */
-export async function reclaimable(dev: BlockDevice, opts: ReclaimOptions): Promise<Reclaimable> {
+/** One allocated unit of the device and what a compact may do with it. */
+export interface UnitVerdict {
+  /** The unit's index (a VHDX payload block). */
+  unit: number;
+  /** Bytes of the disk it covers (the last unit may be short). */
+  length: number;
+  /** 'unused': no filesystem uses any byte of it; 'zero': used, but all zeros (when scanned); null: it stays. */
+  reclaim: 'unused' | 'zero' | null;
+}
+
+/**
+ * Every allocated unit of `dev`, ascending, with its verdict. The used runs and the extents are
+ * walked together, once; a unit a used run touches is read only when `scanZeros` is set.
+ */
+export async function* reclaimableUnits(dev: BlockDevice, opts: ReclaimOptions): AsyncGenerator<UnitVerdict> {
   const bs = opts.blockSize;
   if (!Number.isSafeInteger(bs) || bs <= 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `block size ${bs} is not a positive integer`);
   const used = opts.used[Symbol.asyncIterator]();
@@ -65,28 +80,46 @@ export async function reclaimable(dev: BlockDevice, opts: ReclaimOptions): Promi
     }
     return run;
   };
-  const out: Reclaimable = { unusedBytes: 0, zeroBytes: opts.scanZeros ? 0 : null, allocatedBytes: 0 };
   let buf: Uint8Array | null = null;
   let lastUnit = -1;
-  for await (const e of allocatedExtents(dev, opts)) {
-    // Whole units: an extent may start or end inside one (a partially present block).
-    for (let unit = Math.max(Math.floor(e.offset / bs), lastUnit + 1); unit * bs < e.offset + e.length; unit++) {
-      lastUnit = unit;
-      const start = unit * bs;
-      const len = Math.min(bs, dev.size - start);
-      out.allocatedBytes += len;
-      const r = await runAfter(start);
-      if (!r || r.start >= start + len) {
-        out.unusedBytes += len;
-      } else if (out.zeroBytes !== null) {
-        throwIfAborted(opts.signal, 'reclaimable scan');
-        buf ??= new Uint8Array(bs);
-        const b = buf.subarray(0, len);
-        await dev.read(start, b);
-        if (isZero(b)) out.zeroBytes += len;
+  try {
+    for await (const e of allocatedExtents(dev, opts)) {
+      // Whole units: an extent may start or end inside one (a partially present block).
+      for (let unit = Math.max(Math.floor(e.offset / bs), lastUnit + 1); unit * bs < e.offset + e.length; unit++) {
+        lastUnit = unit;
+        const start = unit * bs;
+        const len = Math.min(bs, dev.size - start);
+        const r = await runAfter(start);
+        let reclaim: UnitVerdict['reclaim'] = null;
+        if (!r || r.start >= start + len) reclaim = 'unused';
+        else if (opts.scanZeros) {
+          throwIfAborted(opts.signal, 'reclaimable scan');
+          // Piece by piece, stopping at the first that is not all zeros: a block of data costs
+          // one small read, not the whole block.
+          buf ??= new Uint8Array(Math.min(bs, ZERO_PIECE));
+          let zero = true;
+          for (let at = 0; at < len && zero; at += buf.length) {
+            const b = buf.subarray(0, Math.min(buf.length, len - at));
+            await dev.read(start + at, b);
+            zero = isZero(b);
+          }
+          if (zero) reclaim = 'zero';
+        }
+        yield { unit, length: len, reclaim };
       }
     }
+  } finally {
+    await used.return?.();
   }
-  await used.return?.();
+}
+
+/** Count the reclaimable bytes of `dev` (see reclaimableUnits). */
+export async function reclaimable(dev: BlockDevice, opts: ReclaimOptions): Promise<Reclaimable> {
+  const out: Reclaimable = { unusedBytes: 0, zeroBytes: opts.scanZeros ? 0 : null, allocatedBytes: 0 };
+  for await (const u of reclaimableUnits(dev, opts)) {
+    out.allocatedBytes += u.length;
+    if (u.reclaim === 'unused') out.unusedBytes += u.length;
+    else if (u.reclaim === 'zero' && out.zeroBytes !== null) out.zeroBytes += u.length;
+  }
   return out;
 }
