@@ -13,6 +13,7 @@ export const MAP_USAGE = 'vhdx map [-U] [-f vhdx|raw] [--output=human|json] [--p
 export const SERVE_USAGE =
   'vhdx serve [-r [-U]] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
+export const WEB_USAGE = 'vhdx web [--bind ADDR] [--port N] [--open]';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
 /** `vhdx io`'s -c commands. */
@@ -162,6 +163,15 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ['--idle-timeout S', 'when the server is full, let go of the client idle longest if idle for S seconds (default 60; 0: never)'],
       ['--io-timeout S', 'drop a client whose request or unread replies make no progress for S seconds (default 30; 0: never)'],
       PARENTS,
+    ],
+  },
+  web: {
+    usage: WEB_USAGE,
+    summary: 'serve the web page that inspects images in the browser (default http://127.0.0.1:8080/) until SIGINT/SIGTERM',
+    options: [
+      ['--bind ADDR', 'address to listen on (default 127.0.0.1)'],
+      ['--port N', 'TCP port (default 8080; 0: any free port)'],
+      ['--open', "open the page in the desktop's browser"],
     ],
   },
 };
