@@ -157,14 +157,19 @@ test('the page shows a dropped image and saves its raw disk to a picked file and
   t.diagnostic(`screenshot: ${shot}`);
 });
 
-test('the page opens an image by URL from another origin and counts its requests', { skip: noCorpus }, async () => {
-  await page.goto(`${server.origin}/s/dist/web/index.html`);
+/** Open the page at `pageUrl`, have it open the corpus's dynamic image from the other origin, and check what it shows. */
+async function openDynamicByUrl(pageUrl) {
+  await page.goto(pageUrl);
   await page.fill('#url', `${server.origin2}/o/-/corpus/config2_base.vhdx`);
   await page.click('#url-form button[type=submit]');
   const s = await shown();
   assert.equal(s.type, 'dynamic');
   assert.match(s.size, /\(104857600 bytes\)/);
   assert.deepEqual(s.filesystems, ['fat32']);
+}
+
+test('the page opens an image by URL from another origin and counts its requests', { skip: noCorpus }, async () => {
+  await openDynamicByUrl(`${server.origin}/s/dist/web/index.html`);
   assert.match(await page.textContent('#stats'), /\d+ HTTP requests/);
 });
 
@@ -188,13 +193,7 @@ test('the page opens a child dropped together with its parent as one chain', { s
 test('the page served by vhdx web opens an image by URL from another origin', { skip: noCorpus }, async () => {
   const web = await startVhdxWeb();
   try {
-    await page.goto(web.url);
-    await page.fill('#url', `${server.origin2}/o/-/corpus/config2_base.vhdx`);
-    await page.click('#url-form button[type=submit]');
-    const s = await shown();
-    assert.equal(s.type, 'dynamic');
-    assert.match(s.size, /\(104857600 bytes\)/);
-    assert.deepEqual(s.filesystems, ['fat32']);
+    await openDynamicByUrl(web.url);
   } finally {
     assert.equal((await web.stop()).code, 0);
   }
