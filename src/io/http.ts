@@ -211,8 +211,12 @@ export class HttpSource implements RandomAccessSource {
   private pumping = false;
   private active = 0;
   private readonly slotWaiters: (() => void)[] = [];
-  /** End of the last small read, the read-ahead window grown by reads that continue it, and the last block asked for ahead. */
+  /**
+   * End of the last small read, where the run of small reads continuing each other began, the
+   * read-ahead window grown by that run, and the last block asked for ahead.
+   */
   private lastEnd = -1;
+  private runStart = -1;
   private window = 0;
   private aheadEnd = -1;
 
@@ -309,15 +313,21 @@ export class HttpSource implements RandomAccessSource {
    * Grow the read-ahead window while small reads continue each other (2 blocks, doubling up to
    * readAhead), and once less than half a window is left ahead of the reader, ask for the next
    * window at once: read-ahead goes out in runs of half a window or more, not block by block.
+   * A run starts reading ahead only once it has covered two blocks: a structure read as a table
+   * and then its few small items (a VHDX's metadata, a GPT header and its entries) continues
+   * itself without streaming, and reading ahead for it cost `vhdx info` over HTTP two requests
+   * and 576 KiB more for the metadata region alone.
    */
   private readAhead(offset: number, n: number, last: number): void {
     const sequential = offset === this.lastEnd;
     this.lastEnd = offset + n;
     if (!sequential) {
+      this.runStart = offset;
       this.window = 0;
       this.aheadEnd = last;
       return;
     }
+    if (offset + n - this.runStart < 2 * this.blockSize) return;
     this.window = Math.min(this.readAheadMax, Math.max(2, this.window * 2));
     if (this.aheadEnd - last >= this.window / 2) return;
     const to = Math.min(Math.floor((this.objectSize - 1) / this.blockSize), last + this.window);
