@@ -4,6 +4,7 @@
  */
 import { CELL_DATA, CELL_UNALLOCATED, CELL_ZERO, MAX_DEPTH_SHOWN, type ChainLevel, type Reply, type Request } from './protocol.js';
 import type { ContentsInfo, ImageInfo } from '../src/index.js';
+import { humanSize as size } from '../src/human-size.js';
 
 /** The worker's bundled source, put here by scripts/bundle-web.js: a worker from a Blob URL works from file:// too. */
 declare const WORKER_SOURCE: string;
@@ -16,19 +17,6 @@ const $ = <T extends HTMLElement>(id: string): T => {
   if (!el) throw new Error(`missing #${id}`);
   return el as T;
 };
-
-const UNITS = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-/** A byte count the way `vhdx info` writes it (1024-based, up to two decimals). */
-function size(n: number): string {
-  let u = 0;
-  let v = n;
-  while (v >= 1024 && u < UNITS.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  if (u === 0) return `${n} bytes`;
-  return `${Number.isInteger(v) ? v : v.toFixed(2).replace(/0+$/, '').replace(/\.$/, '')} ${UNITS[u]}`;
-}
 
 function el(tag: string, text?: string, attrs: Record<string, string> = {}): HTMLElement {
   const e = document.createElement(tag);

@@ -52,19 +52,7 @@ export function outputFormat(value: unknown): 'human' | 'json' {
   return v;
 }
 
-const UNITS = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-/** 1073741824 -> "1 GiB", 1536 -> "1.5 KiB" (as qemu-img prints sizes). */
-export function humanSize(n: number): string {
-  let u = 0;
-  let v = n;
-  while (v >= 1024 && u < UNITS.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  if (u === 0) return `${n} bytes`;
-  const s = v >= 100 || Number.isInteger(v) ? String(Math.round(v * 100) / 100) : v.toFixed(2).replace(/0+$/, '').replace(/\.$/, '');
-  return `${s} ${UNITS[u]}`;
-}
+export { humanSize } from '../human-size.js';
 
 const SIZE_RE = /^(0x[0-9a-f]+|[0-9]+(?:\.[0-9]+)?)([kmgtpe]?)(?:i?b)?$/i;
 const SUFFIX: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };

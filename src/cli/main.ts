@@ -49,6 +49,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await (await import('./compact.js')).compactCommand(rest, io, controller.signal);
       case 'serve':
         return await (await import('./serve.js')).serveCommand(rest, io, controller.signal);
+      case 'web':
+        return await (await import('./web.js')).webCommand(rest, io, controller.signal);
       case '--version':
       case '-V':
         io.out(`vhdx ${(await import('../package-version.js')).packageVersion()}\n`);

@@ -14,6 +14,7 @@ export const SERVE_USAGE =
   'vhdx serve [-r [-U]] [-v] [-f raw|vhdx|vpc] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
 export const COMPACT_USAGE = 'vhdx compact [-p] [--dry-run] [--mode=full|zeroes|filesystem] [--output=human|json] FILE';
+export const WEB_USAGE = 'vhdx web [--bind ADDR] [--port N] [--open]';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
 /** `vhdx io`'s -c commands. */
@@ -194,6 +195,15 @@ export const COMMANDS: Record<string, CommandHelp> = {
       OUTPUT,
     ],
     more: 'The image must not be in use (shut the VM or WSL down first). An interrupted compact leaves a\nconsistent image; running it again finishes the job.\n',
+  },
+  web: {
+    usage: WEB_USAGE,
+    summary: 'serve the web page that inspects images in the browser (default http://127.0.0.1:8080/) until SIGINT/SIGTERM',
+    options: [
+      ['--bind ADDR', 'address to listen on (default 127.0.0.1)'],
+      ['--port N', 'TCP port (default 8080; 0: any free port)'],
+      ['--open', "open the page in the desktop's browser"],
+    ],
   },
 };
 

@@ -155,18 +155,19 @@ function checkPositive(name: string, v: number, min: number, max = Number.MAX_SA
   return v;
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/**
+ * Wait `ms`, unless `onStop` (see HttpSource.whileOpen) stops the wait first with a reason.
+ */
+function sleep(ms: number, onStop: (stop: (reason: unknown) => void) => () => void): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
+    const forget = onStop((reason) => {
+      clearTimeout(t);
+      reject(reason);
+    });
     const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
+      forget();
       resolve();
     }, ms);
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -211,8 +212,18 @@ export class HttpSource implements RandomAccessSource {
   private pumping = false;
   private active = 0;
   private readonly slotWaiters: (() => void)[] = [];
-  /** End of the last small read, the read-ahead window grown by reads that continue it, and the last block asked for ahead. */
+  /**
+   * What close() or the caller's signal must stop: requests in flight, waits for a slot, backoff
+   * sleeps. One listener on `life` for all of them (a listener each passed Node's limit of 10
+   * per signal, and a warning went to stderr, with a few requests queued).
+   */
+  private readonly stoppers = new Set<(reason: unknown) => void>();
+  /**
+   * End of the last small read, where the run of small reads continuing each other began, the
+   * read-ahead window grown by that run, and the last block asked for ahead.
+   */
   private lastEnd = -1;
+  private runStart = -1;
   private window = 0;
   private aheadEnd = -1;
 
@@ -246,6 +257,14 @@ export class HttpSource implements RandomAccessSource {
     if (opts.size !== undefined) checkPositive('size', opts.size, 0);
     this.knownSize = opts.size;
     this.stats = opts.stats ?? { requests: 0, bytesReceived: 0, retries: 0 };
+    this.life.signal.addEventListener(
+      'abort',
+      () => {
+        for (const stop of [...this.stoppers]) stop(this.life.signal.reason);
+        this.stoppers.clear();
+      },
+      { once: true },
+    );
     const signal = opts.signal;
     if (signal) {
       const stop = (): void => this.life.abort(new VhdxError('ECANCELED', 'ABORTED', `reading ${redactUrl(url)} cancelled`, { cause: signal.reason }));
@@ -309,15 +328,21 @@ export class HttpSource implements RandomAccessSource {
    * Grow the read-ahead window while small reads continue each other (2 blocks, doubling up to
    * readAhead), and once less than half a window is left ahead of the reader, ask for the next
    * window at once: read-ahead goes out in runs of half a window or more, not block by block.
+   * A run starts reading ahead only once it has covered two blocks: a structure read as a table
+   * and then its few small items (a VHDX's metadata, a GPT header and its entries) continues
+   * itself without streaming, and reading ahead for it cost `vhdx info` over HTTP two requests
+   * and 576 KiB more for the metadata region alone.
    */
   private readAhead(offset: number, n: number, last: number): void {
     const sequential = offset === this.lastEnd;
     this.lastEnd = offset + n;
     if (!sequential) {
+      this.runStart = offset;
       this.window = 0;
       this.aheadEnd = last;
       return;
     }
+    if (offset + n - this.runStart < 2 * this.blockSize) return;
     this.window = Math.min(this.readAheadMax, Math.max(2, this.window * 2));
     if (this.aheadEnd - last >= this.window / 2) return;
     const to = Math.min(Math.floor((this.objectSize - 1) / this.blockSize), last + this.window);
@@ -571,15 +596,25 @@ export class HttpSource implements RandomAccessSource {
     if (failed) throw failed.reason;
   }
 
+  /**
+   * Have `stop` called with the reason when the source is closed or cancelled (at once if it
+   * already is). Returns the function that forgets it.
+   */
+  private whileOpen(stop: (reason: unknown) => void): () => void {
+    if (this.life.signal.aborted) {
+      stop(this.life.signal.reason);
+      return () => {};
+    }
+    this.stoppers.add(stop);
+    return () => this.stoppers.delete(stop);
+  }
+
   private async acquire(): Promise<void> {
     while (this.active >= this.maxInFlight) {
-      const signal = this.life.signal;
       await new Promise<void>((resolve, reject) => {
-        if (signal.aborted) return reject(signal.reason);
-        const onAbort = (): void => reject(signal.reason);
-        signal.addEventListener('abort', onAbort, { once: true });
+        const forget = this.whileOpen(reject);
         this.slotWaiters.push(() => {
-          signal.removeEventListener('abort', onAbort);
+          forget();
           resolve();
         });
       });
@@ -730,11 +765,10 @@ export class HttpSource implements RandomAccessSource {
       }, this.timeout);
     };
     const life = this.life.signal;
-    const onLife = (): void => ctrl.abort();
-    life.addEventListener('abort', onLife, { once: true });
+    const forget = this.whileOpen(() => ctrl.abort());
     const done = (): void => {
       clearTimeout(timer);
-      life.removeEventListener('abort', onLife);
+      forget();
     };
     const failure = (e: unknown): unknown => {
       done();
@@ -798,7 +832,7 @@ export class HttpSource implements RandomAccessSource {
           throw new VhdxError(e.final.code, e.final.reason, `${e.message}: the server asks to retry after ${Math.ceil(e.retryAfterMs / 1000)} s, longer than the ${this.maxRetryDelay} ms allowed`);
         }
         this.stats.retries++;
-        await sleep(e.retryAfterMs ?? backoff, this.life.signal);
+        await sleep(e.retryAfterMs ?? backoff, (stop) => this.whileOpen(stop));
       }
     }
   }

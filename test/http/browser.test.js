@@ -3,7 +3,7 @@
 // against a second origin, a corpus image read over HTTP to its raw SHA-256, and the page itself:
 // a corpus image opened by drop (from the server and from file://) and by URL, its type, size and
 // partitions shown, a raw copy saved through the File System Access API and as a download, both
-// hashed. One browser for the file; a screenshot of the page is kept in a temp folder.
+// hashed; and the page as `vhdx web` serves it. One browser for the file; a screenshot of the page is kept in a temp folder.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -15,6 +15,7 @@ import { startRangeServer } from '../helpers/http-server.js';
 import { corpusFile, corpusManifest, repoRoot } from '../helpers/env.js';
 import { matrixObjects } from './matrix.js';
 import { makeMatrixImages } from '../helpers/http-images.js';
+import { startVhdxWeb } from '../helpers/web.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 let playwright = null;
@@ -156,14 +157,19 @@ test('the page shows a dropped image and saves its raw disk to a picked file and
   t.diagnostic(`screenshot: ${shot}`);
 });
 
-test('the page opens an image by URL from another origin and counts its requests', { skip: noCorpus }, async () => {
-  await page.goto(`${server.origin}/s/dist/web/index.html`);
+/** Open the page at `pageUrl`, have it open the corpus's dynamic image from the other origin, and check what it shows. */
+async function openDynamicByUrl(pageUrl) {
+  await page.goto(pageUrl);
   await page.fill('#url', `${server.origin2}/o/-/corpus/config2_base.vhdx`);
   await page.click('#url-form button[type=submit]');
   const s = await shown();
   assert.equal(s.type, 'dynamic');
   assert.match(s.size, /\(104857600 bytes\)/);
   assert.deepEqual(s.filesystems, ['fat32']);
+}
+
+test('the page opens an image by URL from another origin and counts its requests', { skip: noCorpus }, async () => {
+  await openDynamicByUrl(`${server.origin}/s/dist/web/index.html`);
   assert.match(await page.textContent('#stats'), /\d+ HTTP requests/);
 });
 
@@ -182,4 +188,13 @@ test('the page opens a child dropped together with its parent as one chain', { s
   await drop([`${server.origin}/o/-/chain/child.vhdx`, 'child.vhdx']);
   await page.waitForSelector('#chain .error', { timeout: 20_000 });
   assert.match(await page.textContent('#chain .error'), /base\.vhdx is not among the dropped files/);
+});
+
+test('the page served by vhdx web opens an image by URL from another origin', { skip: noCorpus }, async () => {
+  const web = await startVhdxWeb();
+  try {
+    await openDynamicByUrl(web.url);
+  } finally {
+    assert.equal((await web.stop()).code, 0);
+  }
 });

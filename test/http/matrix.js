@@ -132,6 +132,24 @@ export const cases = [
     },
   },
   {
+    name: 'a table read and then its few small items (VHDX metadata) asks for no read-ahead',
+    async run({ lib, base }) {
+      const src = await lib.HttpSource.open(base + path('', 'blob.bin'), { ...FAST, firstRequestBytes: 4096 });
+      const expect = pattern(BLOB_SIZE, 1);
+      const B = 64 * 1024;
+      // The metadata table (one block), then its items just after it, each continuing the last.
+      equalBytes(await readAt(src, 2 * MiB, B), expect.subarray(2 * MiB, 2 * MiB + B), 'table');
+      let at = 2 * MiB + B;
+      for (const n of [8, 8, 16, 4, 4]) {
+        equalBytes(await readAt(src, at, n), expect.subarray(at, at + n), `item at ${at}`);
+        at += n;
+      }
+      eq(src.stats.requests, 3, 'requests: the first, the table block, the items block');
+      eq(src.stats.bytesReceived, 4096 + 2 * B, 'bytes received');
+      await src.close();
+    },
+  },
+  {
     name: 'the cache holds at most cacheBytes; large reads split into requests of maxRequestBytes, at most maxInFlight at once',
     async run({ lib, base, counts }) {
       const p = path('', 'blob.bin');

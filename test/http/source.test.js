@@ -140,3 +140,23 @@ test('a corpus differencing image opens over HTTP with its parent beside it and 
     await local.close();
   }
 });
+
+test('many reads waiting for a request slot print no MaxListenersExceededWarning, and close() ends them all', async () => {
+  const warnings = [];
+  const onWarning = (w) => warnings.push(w);
+  process.on('warning', onWarning);
+  try {
+    const src = await lib.HttpSource.open(`${server.origin}/o/-/blob.bin`, { maxInFlight: 1, firstRequestBytes: 4096, maxRequestBytes: 256 * 1024 });
+    // 12 large reads: one request at a time, the others wait for the slot (one listener each before).
+    const reads = Array.from({ length: 12 }, (_, i) => src.read(i * 256 * 1024, new Uint8Array(256 * 1024)));
+    const all = await Promise.all(reads);
+    assert.ok(all.every((n) => n === 256 * 1024));
+    const waiting = Array.from({ length: 12 }, (_, i) => src.read(i * 256 * 1024 + 1, new Uint8Array(256 * 1024)));
+    await src.close();
+    for (const r of await Promise.allSettled(waiting)) assert.equal(r.status === 'rejected' ? r.reason.reason : 'read', 'CLOSED');
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(warnings.map((w) => w.name), []);
+  } finally {
+    process.off('warning', onWarning);
+  }
+});
