@@ -40,7 +40,7 @@ export async function vhdxSeeds() {
   out.push({ name: 'sector4k', bytes: (await buildImage({ virtualSize: 16 * MiB, blockSize: 4 * MiB, logicalSectorSize: 4096, physicalSectorSize: 4096, allocate: [0, 3] })).bytes });
   out.push({ name: 'dirty log', bytes: await dirtySeed() });
   out.push({ name: 'differencing', bytes: await differencingSeed() });
-  const q = withTool('q.vhdx', 0, (p) => tool('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'subformat=dynamic,block_size=1M', p, '8M']) && tool('qemu-io', ['-q', '-f', 'vhdx', '-c', 'write -P 0x5a 0 64k', '-c', 'write -P 0xa5 3M 4k', p]));
+  const q = withTool('q.vhdx', 0, (p) => tool('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'subformat=dynamic,block_size=1M', p, '8M']) && tool('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x5a 0 64k', '-c', 'write -P 0xa5 3M 4k', p]));
   if (q) out.push({ name: 'qemu-img dynamic', bytes: q });
   return out;
 }
@@ -114,7 +114,7 @@ export async function vhdSeedsAndParent() {
     { name: 'dynamic', bytes: parentBytes },
     { name: 'differencing', bytes: diff.bytes().slice() },
   ];
-  const q = withTool('q.vhd', 0, (p) => tool('qemu-img', ['create', '-q', '-f', 'vpc', p, '4M']) && tool('qemu-io', ['-q', '-f', 'vpc', '-c', 'write -P 0x5a 0 64k', p]));
+  const q = withTool('q.vhd', 0, (p) => tool('qemu-img', ['create', '-q', '-f', 'vpc', p, '4M']) && tool('qemu-io', ['-f', 'vpc', '-c', 'write -P 0x5a 0 64k', p]));
   if (q) seeds.push({ name: 'qemu-img vpc', bytes: q });
   const parent = async (req) => VhdImage.open(new MemorySource(parentBytes, { readOnly: true }), { depth: req.depth, chain: req.chain });
   return { seeds, parent };
