@@ -10,11 +10,13 @@
 // The input being run is always in the shared buffer given by the parent: [0] executions,
 // [1] length, then the bytes, so the parent can save it when the worker hangs or dies.
 import { parentPort, workerData } from 'node:worker_threads';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { Coverage } from './coverage.js';
 import { execute, signature } from './rules.js';
 import { mutate } from './mutate.js';
+import { minimise } from './minimise.js';
 import { makeRng } from './rng.js';
-import { loadInputs, saveCorpusInput, saveCrash, hashOf } from './store.js';
+import { inputNames, readInput, saveCorpusInput, saveCrash, hashOf } from './store.js';
 import { loadTarget } from './targets/index.js';
 
 const { targetName, seconds, corpusDir, crashDir, seed, shared, maxExecs } = workerData;
@@ -26,7 +28,22 @@ const ctx = await target.setup();
 const cov = new Coverage((url) => url.includes('/dist/') && !url.includes('/node_modules/'));
 const rng = makeRng(seed);
 const seen = new Set();
+/**
+ * The corpus in memory, each input compressed (images are megabytes, mostly zeros), with the
+ * most recently used ones kept inflated.
+ */
 const corpus = [];
+const inflated = new Map();
+const INFLATED_MAX = 12;
+const keep = (bytes) => corpus.push({ id: corpus.length, z: deflateRawSync(bytes, { level: 1 }) });
+function bytesOf(entry) {
+  let b = inflated.get(entry.id);
+  if (b) inflated.delete(entry.id);
+  else b = new Uint8Array(inflateRawSync(entry.z));
+  inflated.set(entry.id, b);
+  if (inflated.size > INFLATED_MAX) inflated.delete(inflated.keys().next().value);
+  return b;
+}
 const crashSigs = new Set();
 const stats = { execs: 0, kept: 0, crashes: 0, minimiseExecs: 0, outcomes: {} };
 
@@ -49,51 +66,14 @@ function recordCrash(r, bytes) {
 }
 
 /** Shrink `child` (derived from `parent`) while it still reaches every feature of `needed`. */
-async function minimise(child, parent, needed) {
-  let best = child;
-  const keeps = async (candidate) => {
+function shrink(child, parent, needed) {
+  return minimise(child, parent, async (candidate) => {
     stats.minimiseExecs++;
     const { r, features } = await run(candidate);
     if (r.rule) return false;
     const got = new Set(features);
     return needed.every((f) => got.has(f));
-  };
-  let budget = 48;
-  if (target.stream) {
-    for (let chunk = Math.max(1, best.length >> 1); chunk >= 1 && budget > 0; chunk >>= 1) {
-      for (let at = 0; at + chunk <= best.length && budget > 0; ) {
-        const candidate = new Uint8Array(best.length - chunk);
-        candidate.set(best.subarray(0, at));
-        candidate.set(best.subarray(at + chunk), at);
-        budget--;
-        if (await keeps(candidate)) best = candidate;
-        else at += chunk;
-      }
-    }
-    return best;
-  }
-  // Images: revert each run of changed bytes to the parent's, largest runs last.
-  if (best.length > parent.length) {
-    budget--;
-    const cut = best.slice(0, parent.length);
-    if (await keeps(cut)) best = cut;
-  }
-  const n = Math.min(best.length, parent.length);
-  const runs = [];
-  for (let i = 0; i < n && runs.length < 64; i++) {
-    if (best[i] === parent[i]) continue;
-    let j = i;
-    while (j < n && j - i < 64 && best[j] !== parent[j]) j++;
-    runs.push([i, j]);
-    i = j;
-  }
-  for (const [i, j] of runs) {
-    if (budget-- <= 0) break;
-    const candidate = best.slice();
-    candidate.set(parent.subarray(i, j), i);
-    if (await keeps(candidate)) best = candidate;
-  }
-  return best;
+  }, { stream: Boolean(target.stream) });
 }
 
 function addFeatures(features) {
@@ -111,24 +91,26 @@ const report = (final = false) => {
   parentPort.postMessage({ type: final ? 'done' : 'stats', elapsed: Math.round((performance.now() - t0) / 1000), features: seen.size, corpus: corpus.length, ...stats });
 };
 
-// Learn what the seeds and the saved corpus reach.
-const initial = [...(await target.seeds(ctx)), ...loadInputs(corpusDir)];
+// Learn what the seeds and the saved corpus reach (read one at a time: they are megabytes each).
 const known = new Set();
-for (const { bytes } of initial) {
+const initial = [...(await target.seeds(ctx)).map((s) => () => s.bytes), ...inputNames(corpusDir).map((n) => () => readInput(corpusDir, n))];
+for (const read of initial) {
+  const bytes = read();
   const h = hashOf(bytes);
   if (known.has(h)) continue;
   known.add(h);
   const { r, features } = await run(bytes);
   if (r.rule) recordCrash(r, bytes);
   addFeatures(features);
-  corpus.push({ bytes });
+  keep(bytes);
 }
 parentPort.postMessage({ type: 'loaded', inputs: corpus.length, features: seen.size });
 
 while ((performance.now() - t0) / 1000 < seconds && stats.execs < maxExecs && corpus.length > 0) {
   // Newer entries (deeper paths) a little more often than older ones.
   const entry = rng.chance(0.3) ? corpus[corpus.length - 1 - rng.int(Math.min(8, corpus.length))] : rng.pick(corpus);
-  const { bytes } = mutate(entry.bytes, rng, {
+  const parent = bytesOf(entry);
+  const { bytes } = mutate(parent, rng, {
     structures: target.structures ? (b) => target.structures(b) : null,
     guids: target.guids ?? (() => []),
     stream: Boolean(target.stream),
@@ -144,11 +126,11 @@ while ((performance.now() - t0) / 1000 < seconds && stats.execs < maxExecs && co
   }
   const fresh = features.filter((f) => !seen.has(f));
   if (fresh.length > 0) {
-    const small = await minimise(bytes, entry.bytes, fresh);
+    const small = await shrink(bytes, parent, fresh);
     const again = await run(small);
     addFeatures(again.features);
     addFeatures(features);
-    corpus.push({ bytes: small });
+    keep(small);
     stats.kept++;
     saveCorpusInput(corpusDir, small);
   }

@@ -13,13 +13,21 @@ export const defaultCrashes = (target) => resolve(fuzzRoot, 'crashes', target);
 
 export const hashOf = (bytes) => createHash('sha1').update(bytes).digest('hex').slice(0, 16);
 
-/** Every input in `dir` (none when it does not exist): [{ name, bytes }], sorted by name. */
-export function loadInputs(dir) {
+/** Names of the inputs in `dir` (none when it does not exist), sorted. */
+export function inputNames(dir) {
   if (!existsSync(dir)) return [];
   return readdirSync(dir)
     .filter((f) => f.endsWith('.gz'))
-    .sort()
-    .map((f) => ({ name: f, bytes: new Uint8Array(gunzipSync(readFileSync(join(dir, f)))) }));
+    .sort();
+}
+
+export function readInput(dir, name) {
+  return new Uint8Array(gunzipSync(readFileSync(join(dir, name))));
+}
+
+/** Every input in `dir`: [{ name, bytes }], sorted by name. */
+export function loadInputs(dir) {
+  return inputNames(dir).map((name) => ({ name, bytes: readInput(dir, name) }));
 }
 
 export function saveInput(dir, name, bytes) {
