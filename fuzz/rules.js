@@ -5,12 +5,15 @@
 // when it throws anything else (named `untyped-<ErrorName>`), throws RuleBroken (a property the
 // target checks: named by the target), reads through a GuardedSource more than MAX_READ at once
 // (`unchecked-size`: a buffer sized by a number taken from the input), or takes longer than its
-// bound per input (`slow`). A synchronous hang (`hang`) and running out of heap (`heap`) are
+// bound per input (`slow`), or leaves more than MAX_BUFFER_GROWTH of buffers allocated (`heap`). A synchronous hang (`hang`) and running out of heap (`heap`) are
 // caught by the parent process of the campaign (fuzz/run.js), which holds the input in shared memory.
 import { VhdxError } from '../dist/index.js';
 
 /** A single read larger than this is a buffer sized by an unchecked number. */
 export const MAX_READ = 64 * 1024 * 1024;
+
+/** Buffer memory one input may leave allocated (measured after it ran: a bounded heap per input). */
+export const MAX_BUFFER_GROWTH = 512 * 1024 * 1024;
 
 /** A property the target checks was broken; `rule` names it (and the crash file). */
 export class RuleBroken extends Error {
@@ -81,6 +84,7 @@ export class GuardedSource {
 export async function execute(target, ctx, input) {
   let timer;
   const bound = target.timeMs ?? 5000;
+  const buffersBefore = process.memoryUsage().arrayBuffers;
   const t0 = performance.now();
   try {
     const timeout = new Promise((_, reject) => {
@@ -89,6 +93,8 @@ export async function execute(target, ctx, input) {
     const outcome = await Promise.race([target.run(input, ctx), timeout]);
     const ms = performance.now() - t0;
     if (ms > bound) return { rule: 'slow', message: `took ${Math.round(ms)} ms (bound ${bound} ms)` };
+    const grown = process.memoryUsage().arrayBuffers - buffersBefore;
+    if (grown > MAX_BUFFER_GROWTH) return { rule: 'heap', message: `${Math.round(grown / 2 ** 20)} MiB of buffers allocated by one input` };
     return { outcome: outcome ?? 'ok', ms };
   } catch (e) {
     if (e instanceof RuleBroken) return { rule: e.rule, message: e.message, stack: e.stack };

@@ -1,7 +1,7 @@
 // What the image targets share: reading everything a reader can (as info, map, convert and the
 // NBD server do), bounded per input.
-import { describe } from '../../dist/index.js';
-import { RuleBroken } from '../rules.js';
+import { describe, VhdxError } from '../../dist/index.js';
+import { GuardedSource, RuleBroken } from '../rules.js';
 
 const MiB = 1024 * 1024;
 /** Bytes of data extents read per input at most (many BAT entries may name the same block). */
@@ -46,4 +46,33 @@ export async function contentHash(img, limit = 64 * MiB) {
     h.update(buf.subarray(0, n));
   }
   return h.digest('hex');
+}
+
+/**
+ * The check and the readers on one image: `check(src)` (checkImage or checkVhd) and
+ * `open(src)` then readEverything. Throws RuleBroken when check finds no corruption and could
+ * complete but the readers refuse; else returns the readers' refusal reason, 'clean' or 'check-only'.
+ */
+export async function checkAgreesWithReaders(bytes, { check, open, describeIt = true }) {
+  const src = new GuardedSource(bytes);
+  const r = await check(src);
+  const clean = r.supported && r.canComplete && r.corruptions === 0;
+  let refused = null;
+  try {
+    const img = await open(src);
+    try {
+      await readEverything(img, { describeIt });
+    } finally {
+      await img.close();
+    }
+  } catch (e) {
+    if (!(e instanceof VhdxError)) throw e;
+    refused = e;
+  }
+  src.assertClean();
+  if (clean && refused) {
+    const findings = r.findings.map((f) => `${f.severity} ${f.reason}`).join(', ') || 'none';
+    throw new RuleBroken('check-clean-but-unreadable', `${r.format} check found no corruption (findings: ${findings}) but the readers refused: ${refused.reason}: ${refused.message}`);
+  }
+  return refused ? refused.reason : clean ? 'clean' : 'check-only';
 }

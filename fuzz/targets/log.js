@@ -8,7 +8,7 @@ import { GuardedSource, RuleBroken } from '../rules.js';
 import { vhdxStructures, vhdxGuids } from '../formats.js';
 import { dirtySeed } from '../seeds.js';
 import { contentHash } from './common.js';
-import { checkAgreesWithReaders } from './vhdx.js';
+import { vhdxAgreement } from './vhdx.js';
 
 const sameBytes = (a, b) => a.length === b.length && Buffer.compare(a, b) === 0;
 
@@ -62,6 +62,6 @@ export default {
     if (inMemory !== null && inPlace === null) throw new RuleBroken('replay-in-place-unreadable', 'the in-memory replay opened and read, the image replayed in place does not');
     const r = await checkImage(new GuardedSource(once));
     if (r.log && r.log.state !== 'clean') throw new RuleBroken('replayed-log-dirty', `check finds the log ${r.log.state} after a replay in place`);
-    return checkAgreesWithReaders(once, undefined);
+    return vhdxAgreement(once, undefined);
   },
 };
