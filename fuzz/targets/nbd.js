@@ -103,10 +103,11 @@ export default {
     const answer = await new Promise((resolve, reject) => {
       let got = 0;
       const s = createConnection(ctx.path);
+      const closeMs = CLOSE_MS * (ctx.timeScale ?? 1);
       const timer = setTimeout(() => {
         s.destroy();
-        reject(new RuleBroken('nbd-no-close', `the connection is still open ${CLOSE_MS} ms after the client's stream ended (${got} bytes answered)`));
-      }, CLOSE_MS);
+        reject(new RuleBroken('nbd-no-close', `the connection is still open ${closeMs} ms after the client's stream ended (${got} bytes answered)`));
+      }, closeMs);
       s.on('connect', () => s.end(bytes));
       s.on('data', (d) => {
         got += d.length;
