@@ -18,9 +18,13 @@ function bucket(count) {
 }
 
 export class Coverage {
-  /** @param {(url: string) => boolean} wanted  scripts whose blocks count as features */
-  constructor(wanted) {
+  /**
+   * @param {(url: string) => boolean} wanted  scripts whose blocks count as features
+   * @param {{ counts?: boolean }} opts  counts: false makes a feature the block alone (distillation)
+   */
+  constructor(wanted, { counts = true } = {}) {
     this.wanted = wanted;
+    this.counts = counts;
     this.session = new Session();
     this.session.connect();
     this.post('Profiler.enable');
@@ -57,7 +61,7 @@ export class Coverage {
           if (r.count === 0) continue;
           // Blocks are identified by where they start and end in the script; the count by its bucket.
           let h = Math.imul(sid, 0x9e3779b1) ^ Math.imul(r.startOffset, 0x85ebca6b) ^ Math.imul(r.endOffset + 1, 0xc2b2ae35);
-          h = (Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) + bucket(r.count)) >>> 0;
+          h = (Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) + (this.counts ? bucket(r.count) : 0)) >>> 0;
           features.push(h);
         }
       }

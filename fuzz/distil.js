@@ -1,6 +1,7 @@
 // Corpus distillation: keep the fewest inputs of a corpus directory that together reach every
-// feature the whole directory reaches (greedy: the inputs reaching most features first), and
-// delete the rest. What remains is what the CI replay (test/fuzz-regression.test.js) runs.
+// block the whole directory and the seeds reach (greedy: the inputs reaching most blocks first;
+// hit counts are ignored here, unlike in a campaign, to keep the set small), and delete the
+// rest. What remains is what the CI replay (test/fuzz-regression.test.js) runs.
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Coverage } from './coverage.js';
@@ -11,7 +12,7 @@ import { loadTarget } from './targets/index.js';
 export async function distil(targetName, corpusDir) {
   const target = await loadTarget(targetName);
   const ctx = await target.setup();
-  const cov = new Coverage((url) => url.includes('/dist/'));
+  const cov = new Coverage((url) => url.includes('/dist/'), { counts: false });
   const inputs = loadInputs(corpusDir);
   const measured = [];
   cov.take();
