@@ -14,10 +14,10 @@ if (isMainThread) {
   const { test } = await import('node:test');
   const assert = (await import('node:assert/strict')).default;
   const { TARGETS } = await import('../fuzz/targets/index.js');
-  const { loadInputs, defaultCorpus, defaultCrashes } = await import('../fuzz/store.js');
+  const { inputNames, defaultCorpus, defaultCrashes } = await import('../fuzz/store.js');
   for (const target of Object.keys(TARGETS)) {
-    const corpus = loadInputs(defaultCorpus(target)).length;
-    const crashes = loadInputs(defaultCrashes(target)).length;
+    const corpus = inputNames(defaultCorpus(target)).length;
+    const crashes = inputNames(defaultCrashes(target)).length;
     test(`fuzz regression ${target}: seeds, ${corpus} corpus inputs and ${crashes} former crashes keep every rule`, { timeout: 5 * 60 * 1000 }, async () => {
       const r = await replay(target);
       assert.deepEqual(r.broken, []);
@@ -62,20 +62,22 @@ function replay(target) {
 async function worker(name) {
   const { loadTarget } = await import('../fuzz/targets/index.js');
   const { execute } = await import('../fuzz/rules.js');
-  const { loadInputs, defaultCorpus, defaultCrashes } = await import('../fuzz/store.js');
+  const { inputNames, readInput, defaultCorpus, defaultCrashes } = await import('../fuzz/store.js');
   const target = await loadTarget(name);
   const ctx = await target.setup();
   // Time bounds six times the campaign's: here only a hang, not a loaded machine, may fail.
   ctx.timeScale = 6;
   const seeds = await target.seeds(ctx);
+  // Read one at a time: the images are megabytes each.
+  const inDir = (dir, kind) => inputNames(dir).map((n) => ({ name: `${kind}/${name}/${n}`, read: () => readInput(dir, n) }));
   const all = [
-    ...seeds.map((s) => ({ name: `seed ${s.name}`, bytes: s.bytes })),
-    ...loadInputs(defaultCorpus(name)).map((s) => ({ name: `corpus/${name}/${s.name}`, bytes: s.bytes })),
-    ...loadInputs(defaultCrashes(name)).map((s) => ({ name: `crashes/${name}/${s.name}`, bytes: s.bytes })),
+    ...seeds.map((s) => ({ name: `seed ${s.name}`, read: () => s.bytes })),
+    ...inDir(defaultCorpus(name), 'corpus'),
+    ...inDir(defaultCrashes(name), 'crashes'),
   ];
   for (const input of all) {
     parentPort.postMessage({ type: 'input', name: input.name });
-    const r = await execute(target, ctx, input.bytes);
+    const r = await execute(target, ctx, input.read());
     if (r.rule) parentPort.postMessage({ type: 'broken', name: input.name, rule: r.rule, message: r.message });
   }
   await target.teardown?.(ctx);
