@@ -1,7 +1,7 @@
 // Seed inputs, made by the test suite's own builders (test/helpers) and, when installed, by the
 // peer tools (qemu-img, mke2fs, mkntfs) on small images.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemorySource, VhdxImage, VhdxError, createVhd, VhdImage } from '../dist/index.js';
@@ -33,6 +33,14 @@ function withTool(name, size, make) {
   }
 }
 
+/** A corpus image (../shared/corpus, test/helpers/env.js) of at most `maxBytes`, or null when absent or larger. */
+export async function corpusSeed(gzName, maxBytes) {
+  const { corpusDir, corpusFile } = await import('../test/helpers/env.js');
+  if (!existsSync(join(corpusDir, gzName))) return null;
+  const bytes = new Uint8Array(readFileSync(await corpusFile(gzName)));
+  return bytes.length <= maxBytes ? { name: `corpus ${gzName}`, bytes } : null;
+}
+
 export async function vhdxSeeds() {
   const out = [];
   out.push({ name: 'dynamic', bytes: (await buildImage({ virtualSize: 16 * MiB, blockSize: MiB, allocate: [0, 5, 15], states: { 7: 2, 8: 3, 9: 1 } })).bytes });
@@ -42,6 +50,9 @@ export async function vhdxSeeds() {
   out.push({ name: 'differencing', bytes: await differencingSeed() });
   const q = withTool('q.vhdx', 0, (p) => tool('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'subformat=dynamic,block_size=1M', p, '8M']) && tool('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x5a 0 64k', '-c', 'write -P 0xa5 3M 4k', p]));
   if (q) out.push({ name: 'qemu-img dynamic', bytes: q });
+  // Windows-made (Hyper-V) fixed image, when the corpus is there.
+  const fixed = await corpusSeed('fixed.vhdx.gz', 16 * MiB);
+  if (fixed) out.push(fixed);
   return out;
 }
 
