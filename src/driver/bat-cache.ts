@@ -33,6 +33,11 @@ export interface BatPlacement {
   hasParent: boolean;
   /** The file's current size, for checking that blocks lie inside it. */
   fileSize: () => number;
+  /**
+   * The image's structures after the header section (log, regions): a block placed over one is
+   * refused, since a write there would overwrite the structure (found by the fuzz campaign).
+   */
+  structures?: readonly { name: string; start: number; end: number }[];
 }
 
 const SECTOR = 4096;
@@ -139,6 +144,15 @@ export class BatCache {
       const v = judgeBatEntry(this.at.geometry, this.at.hasParent, fileSize, first + i, lo, hi);
       if (v.kind === 'bad') {
         throw corrupt(v.reason, `block ${v.message}`, { structure: `BAT entry ${first + i}`, offset: this.regionOffset + (first + i) * BAT_ENTRY_SIZE });
+      }
+      if (v.kind === 'present') {
+        const o = this.at.structures?.find((x) => v.fileOffset < x.end && v.fileOffset + v.extent > x.start);
+        if (o) {
+          throw corrupt('BLOCK_OVERLAP', `block at file offset 0x${v.fileOffset.toString(16)} (+${v.extent}) overlaps ${o.name} (0x${o.start.toString(16)} to 0x${o.end.toString(16)})`, {
+            structure: `BAT entry ${first + i}`,
+            offset: this.regionOffset + (first + i) * BAT_ENTRY_SIZE,
+          });
+        }
       }
     }
   }

@@ -28,12 +28,13 @@
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import type { RandomAccessSource } from '../io/source.js';
-import { MiB } from '../format/constants.js';
+import { HEADER_SECTION_SIZE, MiB } from '../format/constants.js';
 import { PayloadState, bitmapBatIndex, payloadBatIndex, type BatEntry, type BatGeometry } from '../format/bat.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import { BatCache, type BatCacheOptions } from './bat-cache.js';
 import { SectorBitmaps, type BitmapCacheOptions } from './bitmap-cache.js';
 import type { Layout } from './open.js';
+import { fixedObjects } from './free-space.js';
 
 export type RunKind = 'data' | 'zero' | 'parent' | 'unallocated';
 
@@ -101,6 +102,8 @@ export class BlockMap implements BitmapPlaces {
         geometry: layout.geometry,
         hasParent: layout.hasParent,
         fileSize: () => src.size,
+        // The header section is judged with every entry (BAT_ENTRY_IN_HEADER); the rest here.
+        structures: fixedObjects(layout).objects.filter((o) => o.start >= HEADER_SECTION_SIZE),
       },
       opts,
     );

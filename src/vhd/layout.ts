@@ -164,6 +164,9 @@ export async function readVhdLayout(src: RandomAccessSource, opts: LayoutOptions
     return { layout: null, problems };
   } else if (headProblems !== null) {
     add('VHD footer copy', 0, headProblems);
+    // A good footer at offset 0 alone, of a fixed disk (which has no copy there): nothing says
+    // where the disk ends. Its warnings alone must not pass for the verdict (found by fuzzing).
+    if (headValid) add('VHD footer', endOffset, [{ severity: 'corruption', reason: 'FOOTER_MISSING', message: 'no footer at the end of the file, and the one at offset 0 is of a fixed disk, which keeps none there' }]);
     return { layout: null, problems };
   } else {
     return bad('VHD footer', endOffset, 'NOT_VHD', `no VHD footer ("${FOOTER_COOKIE}") at the end of the file or at its start`);
