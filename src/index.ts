@@ -33,3 +33,4 @@ export { readVhdLayout, type VhdLayout, type VhdLocator, type LayoutProblem } fr
 export { diskSizeOf, chsForSectors, isChsExact, chsRoundUp, type SizeRule, type Chs, type DiskSize } from './vhd/geometry.js';
 export { checkVhd, repairVhd, type VhdCheckResult, type VhdCheckOptions, type VhdRepairOptions, type VhdRepairResult, type VhdRepairAction } from './vhd/check.js';
 export { azureProblems, AZURE_MAX_SIZE, type AzureProblem, type AzureRule } from './vhd/azure.js';
+export { resize, minimumSize, type ResizeOptions, type ResizeResult } from './ops/resize.js';
