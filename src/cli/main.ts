@@ -45,6 +45,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await (await import('./commit.js')).commitCommand(rest, io, controller.signal);
       case 'rebase':
         return await (await import('./rebase.js')).rebaseCommand(rest, io);
+      case 'resize':
+        return await (await import('./resize.js')).resizeCommand(rest, io, controller.signal);
       case 'serve':
         return await (await import('./serve.js')).serveCommand(rest, io, controller.signal);
       case '--version':

@@ -13,6 +13,7 @@ export const MAP_USAGE = 'vhdx map [-U] [-f vhdx|raw] [--output=human|json] [--p
 export const SERVE_USAGE =
   'vhdx serve [-r [-U]] [-f raw|vhdx] [--bind ADDR] [--port N | --socket PATH] [--export-name NAME] [-e N] [--handshake-limit S] [--idle-timeout S] [--io-timeout S] [--parents=relative|any|none] FILE';
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
+export const RESIZE_USAGE = 'vhdx resize [-q] [-p] [-f vhdx] [--shrink] [--to-minimum] [--force] [--no-gpt-fix] [--parents=relative|any|none] FILE [+|-]SIZE';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
 /** `vhdx io`'s -c commands. */
@@ -145,6 +146,21 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ['-F vhdx', "the parent's format (only vhdx)"],
       PARENTS,
     ],
+  },
+  resize: {
+    usage: RESIZE_USAGE,
+    summary: 'grow or shrink the virtual disk in place, crash-safe; the GPT backup moves to the new end',
+    options: [
+      QUIET,
+      PROGRESS,
+      ONLY_VHDX,
+      ['--shrink', 'allow a smaller size (as qemu-img): refused if it cuts a partition, a filesystem or data'],
+      ['--to-minimum', 'shrink to the end of the last partition (GPT backup included), rounded up to 1 MiB; no SIZE'],
+      ['--force', 'shrink even through partitions, filesystems and data'],
+      ['--no-gpt-fix', 'leave the GPT as it is (by default its backup moves to the new end, as sgdisk -e)'],
+      PARENTS,
+    ],
+    more: 'SIZE: bytes or K, M, G, T; +SIZE and -SIZE are relative to the current size. Partitions and filesystems are not resized: use growpart, resize2fs or ntfsresize.\n',
   },
   serve: {
     usage: SERVE_USAGE,

@@ -1010,12 +1010,12 @@ export class Writer {
    * Payload blocks from `first` on (past a new, smaller end of the disk) give up their places:
    * entries NOT_PRESENT with FileOffsetMB 0, committed as the log fills, the places recorded free
    * (while the record has room), and the sector bitmap entries of the chunks wholly past it
-   * cleared too (their 1 MiB places are not recorded). The caller has already made these blocks
-   * invisible (the size change is in the file), so no reader sees the release half-done.
+   * cleared too (their 1 MiB places are not recorded). The blocks read as zeros after: the
+   * caller is cutting them off (a shrink changes the size next).
    */
   async releaseBlocksFrom(first: number, opts: ProgressOptions = {}): Promise<void> {
     this.throwBackgroundError();
-    await this.beginMetadataChange();
+    await this.beginChange();
     await Promise.all([...this.allocating.values()].map((a) => a.done));
     const clear = { state: PayloadState.NOT_PRESENT, fileOffsetMB: 0 };
     for (let b = Math.max(0, first); b < this.map.blocks; b++) {

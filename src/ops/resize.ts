@@ -26,13 +26,14 @@
  *
  * Shrink. Only when asked (`shrink`), and never through a partition, a filesystem, the GPT's
  * backup or data a parent shows unless `force`. The GPT's backup is written at the new end
- * first (inside the old disk); then the size changes in one log entry; then the entries past
- * the new end (invisible now) release their blocks, kept blocks that sit high in the file move
- * down into the places released, and the file is cut after its last object. A crash after the
- * size change leaves the new size, perhaps with space not yet released (leaked, never unsafe).
+ * first (inside the old disk); the blocks past the new end are released (their entries
+ * NOT_PRESENT, committed as the log fills: that range reads as zeros from then on, it is being
+ * cut); the size changes in one log entry; kept blocks that sit high in the file move down into
+ * the places released; the file is cut after its last object. A crash leaves the old size (its
+ * cut-off range perhaps partly zeroed) or the new one (perhaps not yet cut: leaked space).
  *
  * The image given must be open writable; it is closed, and the image reopened at its new size
- * is returned.
+ * is returned (when the size does not change, the image itself).
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { ITEM_VIRTUAL_DISK_SIZE, MiB, MAX_VIRTUAL_SIZE, REGION_BAT, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, alignUp } from '../format/constants.js';
@@ -116,9 +117,18 @@ export async function resize(image: VhdxImage, newSize: number, opts: ResizeOpti
   if (!Number.isSafeInteger(newSize) || newSize <= 0 || newSize > MAX_VIRTUAL_SIZE || newSize % lss !== 0) {
     throw bad(`size ${newSize} is not a positive multiple of the ${lss}-byte logical sector size up to 64 TiB`);
   }
-  const base = { image, oldSize, newSize, batGrowth: 0, blocksMoved: 0, gpt: null };
-  if (newSize === oldSize) return base;
   const gptFix = opts.gptFix ?? true;
+  if (newSize === oldSize) {
+    // Nothing to resize; a GPT whose backup is not at the end (an earlier grow cut short, or
+    // another tool's resize) is moved there.
+    const table = gptFix ? await readPartitions(image) : null;
+    const misplaced = table?.gpt && table.gpt.alternateLba !== Math.floor(oldSize / table.sectorSize) - 1;
+    const gpt = table && misplaced ? await moveGptBackup(image, table, oldSize, oldSize, { clearOld: true }) : null;
+    return { image, oldSize, newSize, batGrowth: 0, blocksMoved: 0, gpt };
+  }
+  if (image.layout.hasParent && newSize > oldSize) {
+    throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'growing a differencing disk past its parent is not supported yet (the chain requires equal sizes)');
+  }
   if (newSize < oldSize) {
     if (opts.shrink !== true && opts.toMinimum !== true) {
       throw new VhdxError('EINVAL', 'SHRINK_NOT_ASKED', `${newSize} bytes is smaller than the disk's ${oldSize}: shrinking cuts data off, and needs --shrink (the shrink option)`);
@@ -291,10 +301,12 @@ async function shrink(image: VhdxImage, newSize: number, opts: ResizeOptions, gp
   const blockEnd = Math.min(gNew.payloadBlocks * bs, oldSize);
   if (blockEnd > newSize) await image.writeZeroes(newSize, blockEnd - newSize);
   await image.flush();
-  // 3. The size, in one log entry.
-  await w.logSectors([await sizeSectors(image, newSize)], { dataChange: true });
-  // 4. Release what lies past the end, move kept blocks down, cut.
+  // 3. Release what lies past the new end, then the size in one log entry, then move kept
+  // blocks down and cut. Releasing first keeps every entry the format describes consistent at
+  // every step (a crash before the size change leaves the old size, its cut-off range reading
+  // as zeros where released); entries past a disk's last block are never left stale.
   await w.releaseBlocksFrom(gNew.payloadBlocks, opts);
+  await w.logSectors([await sizeSectors(image, newSize)], { dataChange: true });
   const moves = await shrinkMoves(image, newSize, await image.freePlaces(), opts);
   const blocksMoved = (await image.moveBlocks(moves, opts)).length;
   const cut = await w.objectsEnd();
