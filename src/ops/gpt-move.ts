@@ -49,11 +49,11 @@ export interface GptMove {
  * Write the backup of `table`'s GPT (read from `dev` with its primary valid) for a disk of
  * `newSize` bytes (the table was made for `oldSize`): entry array and header at the new end, then the primary header, then the
  * protective MBR's size. `dev` must already be large enough to hold the new end (before a
- * shrink, or after a grow). With `clearOld`, the old backup header's sector is zeroed (after a
- * grow it lies inside the new usable space). Returns null when there is no valid primary GPT to
- * follow (nothing is written).
+ * shrink, or after a grow). The old backup is left where it was, as `sgdisk -e` and `sfdisk
+ * --relocate gpt-bak-std` leave it (after a grow it is free space inside the usable range).
+ * Returns null when there is no valid primary GPT to follow (nothing is written).
  */
-export async function moveGptBackup(dev: WritableBlockDevice, table: PartitionTable, oldSize: number, newSize: number, opts: { clearOld: boolean }): Promise<GptMove | null> {
+export async function moveGptBackup(dev: WritableBlockDevice, table: PartitionTable, oldSize: number, newSize: number): Promise<GptMove | null> {
   const gpt = table.gpt;
   if (table.scheme !== 'gpt' || !gpt || gpt.copy !== 'primary') return null;
   const ss = table.sectorSize;
@@ -87,12 +87,8 @@ export async function moveGptBackup(dev: WritableBlockDevice, table: PartitionTa
   await dev.flush();
   await dev.write(ss, primary);
   await protectiveMbrFollows(dev, ss, oldSectors, newSectors);
-  const fromLba = h.alternateLba;
-  if (opts.clearOld && fromLba !== to.backupLba && fromLba > 1 && fromLba < Math.min(oldSectors, to.entriesLba)) {
-    await dev.write(fromLba * ss, new Uint8Array(ss));
-  }
   await dev.flush();
-  return { fromLba, toLba: to.backupLba, lastUsableLba: to.lastUsableLba };
+  return { fromLba: h.alternateLba, toLba: to.backupLba, lastUsableLba: to.lastUsableLba };
 }
 
 /** The header's CRC-32 over its first `headerSize` bytes (the field itself counted as zero). */

@@ -123,7 +123,7 @@ export async function resize(image: VhdxImage, newSize: number, opts: ResizeOpti
     // another tool's resize) is moved there.
     const table = gptFix ? await readPartitions(image) : null;
     const misplaced = table?.gpt && table.gpt.alternateLba !== Math.floor(oldSize / table.sectorSize) - 1;
-    const gpt = table && misplaced ? await moveGptBackup(image, table, oldSize, oldSize, { clearOld: true }) : null;
+    const gpt = table && misplaced ? await moveGptBackup(image, table, oldSize, oldSize) : null;
     return { image, oldSize, newSize, batGrowth: 0, blocksMoved: 0, gpt };
   }
   if (image.layout.hasParent && newSize > oldSize) {
@@ -265,7 +265,7 @@ async function grow(image: VhdxImage, newSize: number, opts: ResizeOptions, gptF
   const reopened = await image.reopen();
   let gpt: GptMove | null = null;
   if (gptFix) {
-    gpt = await moveGptBackup(reopened, await readPartitions(reopened), oldSize, newSize, { clearOld: true });
+    gpt = await moveGptBackup(reopened, await readPartitions(reopened), oldSize, newSize);
   }
   return { image: reopened, oldSize, newSize, batGrowth: newLength - l.batRegion.length, blocksMoved, gpt };
 }
@@ -296,7 +296,7 @@ async function shrink(image: VhdxImage, newSize: number, opts: ResizeOptions, gp
   const gNew = batGeometry(newSize, bs, l.logicalSectorSize, l.hasParent);
   // 1. The GPT's backup at the new end, inside the old disk.
   let gpt: GptMove | null = null;
-  if (gptFix) gpt = await moveGptBackup(image, await readPartitions(image), oldSize, newSize, { clearOld: false });
+  if (gptFix) gpt = await moveGptBackup(image, await readPartitions(image), oldSize, newSize);
   // 2. The new last block's bytes past the new end read as zeros (should the disk grow again).
   const blockEnd = Math.min(gNew.payloadBlocks * bs, oldSize);
   if (blockEnd > newSize) await image.writeZeroes(newSize, blockEnd - newSize);

@@ -61,7 +61,9 @@ async function powerLossSweep(bytes, work, expect) {
   for (let n = 1; n <= total; n++) {
     const dying = new FaultySource(bytes, { crashAt: n });
     await assert.rejects(work(dying), undefined, `crash at ${n}`);
-    const variants = [{ keep: 'none' }, { keep: 'all' }, { keep: 'random', seed: n, tear: true }];
+    // Nothing pending lands, or a random part with one write torn (every pending write landing is
+    // the next crash point's 'nothing pending' but for the last, which the no-crash run covers).
+    const variants = [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }];
     for (const v of variants) seen.add(await assertOldOrNew(dying.crashImage(v), { ...expect, what: `crash at ${n}/${total} ${JSON.stringify(v)}` }));
   }
   // Both outcomes happen across the sweep: the test would notice a resize that never lands.
