@@ -125,7 +125,14 @@ export type ErrorReason =
   /** The dynamic header's Max Table Entries is not the disk's block count (some readers refuse the file). */
   | 'BAT_SIZE_MISMATCH'
   /** A rule Azure applies to uploaded VHDs is broken (azureProblems). */
-  | 'AZURE_RULE';
+  | 'AZURE_RULE'
+  // Resize (src/ops/resize.ts).
+  /** A smaller size was asked for without the shrink option (--shrink). */
+  | 'SHRINK_NOT_ASKED'
+  /** A shrink would cut through a partition, a filesystem, the GPT's backup, or data a parent shows. */
+  | 'SHRINK_CUTS_DATA'
+  /** The BAT region cannot grow where it is (another structure follows it). */
+  | 'BAT_CANNOT_GROW';
 
 export interface VhdxErrorDetails {
   /** Name of the on-disk structure concerned, e.g. "header 2" or "region table 1". */

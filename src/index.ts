@@ -36,3 +36,4 @@ export { checkVhd, repairVhd, type VhdCheckResult, type VhdCheckOptions, type Vh
 export { azureProblems, azureSize, azureCreateOptions, AZURE_CREATOR, AZURE_MAX_SIZE, type AzureProblem, type AzureRule } from './vhd/azure.js';
 export { compact, COMPACT_MODES, type CompactMode, type CompactOptions, type CompactReport, type SkippedArea } from './ops/compact.js';
 export type { PlacedBlock } from './driver/mapping.js';
+export { resize, minimumSize, type ResizeOptions, type ResizeResult } from './ops/resize.js';

@@ -47,6 +47,8 @@ export async function main(argv: string[], io: Io = defaultIo()): Promise<number
         return await (await import('./rebase.js')).rebaseCommand(rest, io);
       case 'compact':
         return await (await import('./compact.js')).compactCommand(rest, io, controller.signal);
+      case 'resize':
+        return await (await import('./resize.js')).resizeCommand(rest, io, controller.signal);
       case 'serve':
         return await (await import('./serve.js')).serveCommand(rest, io, controller.signal);
       case 'web':

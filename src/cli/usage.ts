@@ -15,6 +15,7 @@ export const SERVE_USAGE =
 export const COMMIT_USAGE = 'vhdx commit [-q] [-p] [-f vhdx] [-d | --remove] [--parents=relative|any] CHILD';
 export const COMPACT_USAGE = 'vhdx compact [-p] [--dry-run] [--mode=full|zeroes|filesystem] [--output=human|json] FILE';
 export const WEB_USAGE = 'vhdx web [--bind ADDR] [--port N] [--open]';
+export const RESIZE_USAGE = 'vhdx resize [-q] [-p] [-f vhdx] [--shrink] [--to-minimum] [--force] [--no-gpt-fix] [--parents=relative|any|none] FILE [+|-]SIZE';
 export const REBASE_USAGE = 'vhdx rebase [-f vhdx] -u -b NEWPARENT [-F vhdx] [--parents=relative|any|none] CHILD';
 
 /** `vhdx io`'s -c commands. */
@@ -165,6 +166,21 @@ export const COMMANDS: Record<string, CommandHelp> = {
       ['-F vhdx', "the parent's format (only vhdx)"],
       PARENTS,
     ],
+  },
+  resize: {
+    usage: RESIZE_USAGE,
+    summary: 'grow or shrink the virtual disk in place, crash-safe; the GPT backup moves to the new end',
+    options: [
+      QUIET,
+      PROGRESS,
+      ONLY_VHDX,
+      ['--shrink', 'allow a smaller size (as qemu-img): refused if it cuts a partition, a filesystem or data'],
+      ['--to-minimum', 'shrink to the end of the last partition (GPT backup included), rounded up to 1 MiB; no SIZE'],
+      ['--force', 'shrink even through partitions, filesystems and data'],
+      ['--no-gpt-fix', 'leave the GPT as it is (by default its backup moves to the new end, as sgdisk -e)'],
+      PARENTS,
+    ],
+    more: 'SIZE: bytes or K, M, G, T; +SIZE and -SIZE are relative to the current size. Partitions and filesystems are not resized: use growpart, resize2fs or ntfsresize.\n',
   },
   serve: {
     usage: SERVE_USAGE,

@@ -188,7 +188,9 @@ export class FreeBlocks {
 
   /** Record `b` (its block must have no record yet). False, recording nothing, when it does not fit. */
   add(b: FreeBlock): boolean {
-    if ((b.block !== null && this.byBlock.has(b.block)) || !this.hasRoom(b.owned)) return false;
+    // Only unowned places with a block count against the unowned cap: close may zero those; a
+    // place no block takes back (a moved block's, a released one past a shrunk disk's end) never is.
+    if ((b.block !== null && this.byBlock.has(b.block)) || !this.hasRoom(b.owned || b.block === null)) return false;
     let lo = 0;
     let hi = this.sorted.length;
     while (lo < hi) {
@@ -198,7 +200,7 @@ export class FreeBlocks {
     }
     this.sorted.splice(lo, 0, b);
     if (b.block !== null) this.byBlock.set(b.block, b);
-    if (!b.owned) this.unowned++;
+    if (!b.owned && b.block !== null) this.unowned++;
     return true;
   }
 
@@ -229,7 +231,7 @@ export class FreeBlocks {
     if (i < 0) return;
     this.sorted.splice(i, 1);
     if (b.block !== null) this.byBlock.delete(b.block);
-    if (!b.owned) this.unowned--;
+    if (!b.owned && b.block !== null) this.unowned--;
   }
 
   /** Turn an owned record into an unowned one (its entry no longer names the place). False when that does not fit. */

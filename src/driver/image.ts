@@ -107,7 +107,7 @@ export class VhdxImage implements BlockDevice {
     private readonly file: RandomAccessSource,
     /** The file narrowed to a writable source (writable opens), else null. */
     out: WritableSource | null,
-    opts: OpenOptions,
+    private readonly opts: OpenOptions,
     parent: VhdxImage | null,
     linkedBy: VhdxImage['linkedBy'],
   ) {
@@ -286,6 +286,37 @@ export class VhdxImage implements BlockDevice {
   /** The file's size now. */
   get fileSize(): number {
     return this.src.size;
+  }
+
+  /**
+   * The writer, for whole-image operations that change the layout (src/ops/resize.ts) through
+   * its layout-change methods. Not for general use: the image must be reopened after.
+   * @internal
+   */
+  layoutWriter(): Writer {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    return this.writable();
+  }
+
+  /**
+   * End this session (as close does) but keep the file, its lock and the parent, and open the
+   * image again from what the file now says: after its layout changed. This object is closed.
+   */
+  async reopen(): Promise<VhdxImage> {
+    if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
+    this.closed = true;
+    const parent = this.parent;
+    try {
+      await this.writer?.close();
+      return await VhdxImage.open(this.file, { ...this.opts, readOnly: this.readOnly, ...(parent ? { parent: async () => parent } : {}) });
+    } catch (e) {
+      try {
+        await this.file.close();
+      } finally {
+        await parent?.close();
+      }
+      throw e;
+    }
   }
 
   /** The images of the chain from this one down to its last opened parent. */

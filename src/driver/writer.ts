@@ -65,7 +65,7 @@
  */
 import { VhdxError, throwIfAborted } from '../errors.js';
 import { NIL_GUID, randomGuid } from '../codec/guid.js';
-import { MiB } from '../format/constants.js';
+import { MiB, REGION_TABLE_OFFSETS } from '../format/constants.js';
 import { BitmapState, PayloadState, type BatEntry } from '../format/bat.js';
 import { readExact, writeZeros, type WritableSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
@@ -206,6 +206,8 @@ export class Writer {
   private readonly entriesPerCommit: number;
   private backgroundCommit: Promise<void> | null = null;
   private backgroundError: unknown = null;
+  /** The layout changed (finishLayoutChange): this writer's picture of the image is out of date. */
+  private retired = false;
 
   constructor(
     private readonly file: WritableSource,
@@ -269,6 +271,7 @@ export class Writer {
    * space off the end of the file. The file stays open (the caller closes it).
    */
   async close(): Promise<void> {
+    if (this.retired) return;
     if (this.backgroundCommit) await this.backgroundCommit.catch(() => undefined);
     const cutTo = this.backgroundError === null ? await this.settleFreeSpace() : null;
     await this.commit(true);
@@ -1090,6 +1093,197 @@ export class Writer {
     }
   }
 
+  // ---- Layout changes: the virtual size and the BAT region (resize, src/ops/resize.ts) ----
+  //
+  // Resize changes what the open layout describes (the disk's size, the BAT region), which this
+  // writer and its mapping were built from. So the writer takes part only as far as the old
+  // layout stays true: it moves blocks, releases entries past a new end (which stay at their BAT
+  // indices: an index depends on the block and the chunk ratio only), and carries the caller's
+  // sectors through the log. Then `finishLayoutChange` ends the session: the image is reopened.
+
+  /**
+   * Keep [from, to) of the file for a structure the caller will place there: no allocation or
+   * move lands in it (the end of the file is moved past it, the file grown), and no free place
+   * recorded inside it is handed out. The caller moves the blocks out of it first (`blocksIn`).
+   */
+  async reserveFileRange(from: number, to: number): Promise<void> {
+    this.throwBackgroundError();
+    await this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      for (const b of this.free.all()) if (b.fileOffset < to && b.fileOffset + this.layout.blockSize > from) this.free.remove(b);
+      if (this.fileEnd < to) await this.freshSpace(to - this.fileEnd);
+    });
+  }
+
+  /**
+   * The payload blocks (present ones) and sector bitmap blocks whose places overlap [from, to),
+   * as moves to the end of the file. A claim there (an UNMAPPED or UNDEFINED entry that kept its
+   * place) is dropped now, in memory, so it no longer names the range after the next commit.
+   */
+  async blocksIn(from: number, to: number, opts: ProgressOptions = {}): Promise<BlockMove[]> {
+    this.throwBackgroundError();
+    await this.beginMetadataChange();
+    const bs = this.layout.blockSize;
+    const out: BlockMove[] = [];
+    const overlaps = (at: number, len: number): boolean => at !== 0 && at < to && at + len > from;
+    for (let b = 0; b < this.map.blocks; b++) {
+      if (b % 4096 === 0) throwIfAborted(opts.signal, 'looking for blocks to move');
+      const e = this.map.cachedEntry(b) ?? (await this.map.entry(b));
+      if (!overlaps(e.fileOffsetMB * MiB, bs)) continue;
+      if (e.state === PayloadState.FULLY_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT) out.push({ kind: 'payload', index: b, to: 'end' });
+      else {
+        const r = this.free.of(b);
+        if (r) this.free.remove(r);
+        await this.map.setEntry(b, { state: e.state, fileOffsetMB: 0 });
+      }
+    }
+    if (this.bitmaps) {
+      for (let c = 0; c < this.map.chunks; c++) {
+        const e = await this.map.bitmapEntry(c);
+        if (e.state === BitmapState.PRESENT && overlaps(e.fileOffsetMB * MiB, MiB)) out.push({ kind: 'bitmap', index: c, to: 'end' });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Payload blocks from `first` on (past a new, smaller end of the disk) give up their places:
+   * entries NOT_PRESENT with FileOffsetMB 0, committed as the log fills, the places recorded free
+   * (while the record has room), and the sector bitmap entries of the chunks wholly past it
+   * cleared too (their 1 MiB places are not recorded). The blocks read as zeros after: the
+   * caller is cutting them off (a shrink changes the size next).
+   */
+  async releaseBlocksFrom(first: number, opts: ProgressOptions = {}): Promise<void> {
+    this.throwBackgroundError();
+    await this.beginChange();
+    await Promise.all([...this.allocating.values()].map((a) => a.done));
+    const clear = { state: PayloadState.NOT_PRESENT, fileOffsetMB: 0 };
+    for (let b = Math.max(0, first); b < this.map.blocks; b++) {
+      if (b % 4096 === 0) throwIfAborted(opts.signal, 'releasing blocks');
+      const e = this.map.cachedEntry(b) ?? (await this.map.entry(b));
+      if (e.state === PayloadState.NOT_PRESENT && e.fileOffsetMB === 0) continue;
+      const present = e.state === PayloadState.FULLY_PRESENT || e.state === PayloadState.PARTIALLY_PRESENT;
+      const r = this.free.of(b);
+      if (r) this.free.remove(r);
+      await this.map.setEntry(b, clear);
+      if (present) this.free.add({ fileOffset: e.fileOffsetMB * MiB, block: null, owned: false, durable: false });
+      if (this.dirtyCount >= this.entriesPerCommit) await this.commit(false);
+    }
+    if (this.bitmaps) {
+      for (let c = Math.ceil(first / this.layout.geometry.chunkRatio); c < this.map.chunks; c++) {
+        const e = await this.map.bitmapEntry(c);
+        if (e.state === BitmapState.NOT_PRESENT && e.fileOffsetMB === 0) continue;
+        await this.map.setBitmapEntry(c, clear);
+        if (this.dirtyCount >= this.entriesPerCommit) await this.commit(false);
+      }
+    }
+    await this.commit(true);
+  }
+
+  /** Where the last object the image names ends (fixed objects and every entry's place), after committing. */
+  async objectsEnd(): Promise<number> {
+    this.throwBackgroundError();
+    await this.commit(true);
+    return this.metadataLock.run(async () => (await scanFreeSpace(this.file, this.layout, 0, 0, () => true)).objectsEnd);
+  }
+
+  /**
+   * Write zeros over [offset, offset + length) of the file, outside the log: for space no
+   * structure names yet (a BAT region's growth, a new fixed block) or bytes no reader looks at
+   * (the part of the last block past the disk's end). The caller vouches for that.
+   */
+  async zeroFileRange(offset: number, length: number): Promise<void> {
+    this.throwBackgroundError();
+    if (offset % 4096 !== 0 || length % 4096 !== 0 || offset < MiB) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot zero ${length} bytes at ${offset}: whole 4 KiB sectors after the header section only`);
+    await this.metadataLock.run(async () => {
+      if (this.file.size < offset + length) await this.file.truncate(offset + length);
+      await writeZeros(this.fileWrite, offset, length);
+    });
+  }
+
+  /**
+   * Fresh space of `bytes` (a 1 MiB multiple) at the end of the file, zeros written (not sparse):
+   * a fixed disk's new blocks. Returns where it starts.
+   */
+  async appendZeros(bytes: number, opts: ProgressOptions = {}): Promise<number> {
+    this.throwBackgroundError();
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes % MiB !== 0) throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot append ${bytes} bytes: a 1 MiB multiple`);
+    const at = await this.metadataLock.run(async () => {
+      if (this.scan === 'none') await this.scanForFreeSpace();
+      return this.freshSpace(bytes);
+    });
+    const buf = new Uint8Array(Math.min(bytes, MOVE_CHUNK));
+    for (let done = 0; done < bytes; done += buf.length) {
+      throwIfAborted(opts.signal, 'allocating blocks');
+      await this.file.write(at + done, buf.subarray(0, Math.min(buf.length, bytes - done)));
+      opts.onProgress?.(done + buf.length, bytes);
+    }
+    return at;
+  }
+
+  /**
+   * Carry whole 4 KiB sectors through the log, one log entry per group, in order, after every
+   * change made so far is committed: each group reaches the file all or nothing, and a group is
+   * durable before the next is written. The first group starts with a header update: a new
+   * DataWriteGuid too when `dataChange` (the disk reads differently after: its size). The
+   * sectors may lie anywhere past the headers (region tables on) and outside the log (the log "MUST carry every
+   * metadata update", [MS-VHDX] §2.3: BAT, metadata region, region tables alike); sectors inside
+   * the BAT region must not be ones this writer holds changes for (the caller's changes are to
+   * entries this layout does not index). Each group must fit one entry (`maxSectorsPerEntry`).
+   */
+  async logSectors(groups: readonly (readonly { fileOffset: number; data: Uint8Array }[])[], opts: { dataChange: boolean }): Promise<void> {
+    this.throwBackgroundError();
+    const logEnd = this.layout.log.logOffset + this.layout.log.logLength;
+    for (const g of groups) {
+      if (g.length > this.entriesPerCommit) throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', `${g.length} sectors do not fit one log entry (at most ${this.entriesPerCommit})`);
+      for (const x of g) {
+        const inLog = x.fileOffset < logEnd && x.fileOffset + 4096 > this.layout.log.logOffset;
+        if (x.fileOffset % 4096 !== 0 || x.data.length !== 4096 || x.fileOffset < REGION_TABLE_OFFSETS[0] || inLog) {
+          throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `a logged write is one 4 KiB sector past the headers (a region table or later) and outside the log (offset ${x.fileOffset}, ${x.data.length} bytes)`);
+        }
+      }
+    }
+    await (opts.dataChange ? this.beginChange() : this.beginMetadataChange());
+    await this.commit(true);
+    await this.metadataLock.run(async () => {
+      for (const g of groups) {
+        if (g.length === 0) continue;
+        await this.file.flush();
+        this.flushedSize = Math.floor(this.file.size / MiB) * MiB;
+        this.ring ??= new LogRing(this.file, this.layout.log.logOffset, this.layout.log.logLength, randomGuid());
+        await this.ring.append(g.map((x) => ({ kind: 'data' as const, fileOffset: x.fileOffset, data: x.data })), this.flushedSize, Math.max(this.fileEnd, Math.ceil(this.file.size / MiB) * MiB));
+        await this.file.flush();
+        if (this.header.logGuid !== this.ring.logGuid) this.header = await updateHeaders(this.file, this.header, { logGuid: this.ring.logGuid });
+        for (const x of g) await this.file.write(x.fileOffset, x.data);
+        await this.file.flush();
+      }
+    });
+  }
+
+  /** Sectors one `logSectors` group may hold for this image. */
+  get maxSectorsPerEntry(): number {
+    return this.entriesPerCommit;
+  }
+
+  /**
+   * End a session whose layout changed: commit, empty the log, cut the file to `cutTo` when
+   * given (after the log is empty: every entry names the file size it relied on), and refuse
+   * everything after (close then only lets go). The caller reopens the image.
+   */
+  async finishLayoutChange(cutTo: number | null): Promise<void> {
+    this.throwBackgroundError();
+    await this.commit(true);
+    await this.metadataLock.run(async () => {
+      if (this.header.logGuid !== NIL_GUID) this.header = await updateHeaders(this.file, this.header, { logGuid: NIL_GUID });
+      this.ring = null;
+      if (cutTo !== null && this.file.size > cutTo) {
+        await this.file.truncate(cutTo);
+        await this.file.flush();
+      }
+      this.retired = true;
+    });
+  }
+
   /** Start a commit without waiting when the changes pending would fill a log entry. */
   private maybeCommitInBackground(): void {
     if (this.dirtyCount < this.entriesPerCommit || this.backgroundCommit) return;
@@ -1102,7 +1296,9 @@ export class Writer {
       });
   }
 
+  /** Refuse work after a failed background commit, or after the layout changed (finishLayoutChange). */
   private throwBackgroundError(): void {
+    if (this.retired) throw new VhdxError('EINVAL', 'CLOSED', 'the image changed its layout (resize): reopen it');
     if (this.backgroundError) {
       const e = this.backgroundError;
       throw e instanceof VhdxError ? e : new VhdxError('EIO', 'IO_ERROR', 'a background commit failed', { cause: e });

@@ -12,7 +12,7 @@ import { COMMANDS } from '../../dist/cli/usage.js';
 const names = Object.keys(COMMANDS);
 
 test('every subcommand prints its usage on stdout and exits 0 for --help and -h, also beside arguments it would refuse', async () => {
-  assert.deepEqual(names, ['info', 'map', 'create', 'io', 'check', 'convert', 'commit', 'rebase', 'serve', 'compact', 'web']);
+  assert.deepEqual(names, ['info', 'map', 'create', 'io', 'check', 'convert', 'commit', 'rebase', 'resize', 'serve', 'compact', 'web']);
   await Promise.all(
     names.flatMap((name) =>
       [['--help'], ['-h'], ['--no-such-option', '--help'], ['extra', 'operands', '-h']].map(async (args, k) => {
