@@ -2,8 +2,9 @@
  * Checking and repairing an image (`vhdx check [-r leaks|all]`).
  *
  * `checkImage` reports what is wrong as data, never as an exception for damage it can describe:
- * everything the open validates (a failed open becomes a finding), both headers and both region
- * table copies one by one, reserved fields, the log's state, and one streaming pass over the BAT
+ * every problem the format's parsers find as the open reads the image (`readLayout`: both headers
+ * and both region table copies one by one, reserved fields, and where the open stops, if it
+ * does), then its own cross-structure passes: the log's state, the parent, one streaming pass over the BAT
  * (states allowed for the disk type, blocks inside the file, after the header section, and
  * overlapping nothing), then the leaked space: whole MiB after the image's last object, and MiB
  * inside the file that nothing names. Named means a structure, a present block, or the place a

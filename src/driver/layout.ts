@@ -40,7 +40,7 @@ import {
   FILE_PARAMETERS_LEAVE_BLOCKS_ALLOCATED,
   LOGICAL_SECTOR_SIZE,
   METADATA_FLAG_IS_REQUIRED,
-  METADATA_FLAG_IS_VIRTUAL_DISK,
+  REQUIRED_SYSTEM_ITEMS,
   PHYSICAL_SECTOR_SIZE,
   VIRTUAL_DISK_ID,
   VIRTUAL_DISK_SIZE,
@@ -169,13 +169,7 @@ export function planLayout(opts: LayoutOptions): ImagePlan {
   const hasParent = parentLocator !== undefined;
 
   // Metadata items, packed from 64 KiB into the region in the order Hyper-V uses.
-  const itemSpecs: [string, number, number][] = [
-    [ITEM_FILE_PARAMETERS, FILE_PARAMETERS.size, METADATA_FLAG_IS_REQUIRED],
-    [ITEM_VIRTUAL_DISK_SIZE, VIRTUAL_DISK_SIZE.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-    [ITEM_VIRTUAL_DISK_ID, VIRTUAL_DISK_ID.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-    [ITEM_LOGICAL_SECTOR_SIZE, LOGICAL_SECTOR_SIZE.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-    [ITEM_PHYSICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-  ];
+  const itemSpecs: [string, number, number][] = REQUIRED_SYSTEM_ITEMS.map((i) => [i.itemId, i.size, i.flags]);
   if (parentLocator) {
     const length = encodeParentLocator(parentLocator).length;
     if (length > MAX_METADATA_ITEM_SIZE) throw badArgument(`parent locator of ${length} bytes is larger than 1 MiB`);

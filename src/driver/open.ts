@@ -14,8 +14,7 @@ import { HEADER_OFFSETS, HEADER_SECTION_SIZE, LOG_SECTOR_SIZE, METADATA_TABLE_SI
 import { FILE_IDENTIFIER } from '../format/file-identifier.js';
 import { HEADER, parseHeaders, type HeaderCopy } from '../format/header.js';
 import { REGION_TABLE_HEADER, chooseRegionTable, parseRegionEntries, type RegionTableEntry } from '../format/region-table.js';
-import { parseDiskParameters, parseMetadataTable, systemItemsToRead, type MetadataItem } from '../format/metadata.js';
-import type { ParentLocator } from '../format/parent-locator.js';
+import { parseDiskParameters, parseMetadataTable, systemItemsToRead, type DiskParameters, type MetadataItem } from '../format/metadata.js';
 import { BAT_ENTRY_SIZE, batGeometry, judgeBatEntry, parseBatRegion, type BatGeometry } from '../format/bat.js';
 import { findActiveSequence, parseLogPlacement, sequenceTargetProblem, type LogEntry, type LogSequence } from '../format/log-entry.js';
 import { fatal, firstFatal, problemError, type Parsed, type Problem } from '../format/problem.js';
@@ -45,7 +44,7 @@ export interface LogState {
   replayedInMemory: boolean;
 }
 
-export interface Layout {
+export interface Layout extends DiskParameters {
   creator: string;
   fileSize: number;
   headers: [HeaderInfo | null, HeaderInfo | null];
@@ -58,14 +57,6 @@ export interface Layout {
   metadataRegion: RegionTableEntry;
   metadataItems: MetadataItem[];
   type: DiskType;
-  blockSize: number;
-  leaveBlocksAllocated: boolean;
-  hasParent: boolean;
-  virtualSize: number;
-  diskId: string;
-  logicalSectorSize: number;
-  physicalSectorSize: number;
-  parentLocator: ParentLocator | null;
   geometry: BatGeometry;
   /** BAT entries we may index (those the geometry needs; the region holds at least these). */
   batEntries: number;
@@ -269,14 +260,7 @@ async function composeLayout(file: RandomAccessSource, opts: OpenLayoutOptions, 
     metadataRegion: md,
     metadataItems: items,
     type: disk.hasParent ? 'differencing' : disk.leaveBlocksAllocated ? 'fixed' : 'dynamic',
-    blockSize: disk.blockSize,
-    leaveBlocksAllocated: disk.leaveBlocksAllocated,
-    hasParent: disk.hasParent,
-    virtualSize: disk.virtualSize,
-    diskId: disk.diskId,
-    logicalSectorSize: disk.logicalSectorSize,
-    physicalSectorSize: disk.physicalSectorSize,
-    parentLocator: disk.parentLocator,
+    ...disk,
     geometry,
     batEntries: bat.entries,
     log,

@@ -76,14 +76,17 @@ export const SYSTEM_ITEM_NAMES: Readonly<Record<string, string>> = {
   [ITEM_PARENT_LOCATOR]: 'parentLocator',
 };
 
-/** The system items every image has, in the order they are read, with their sizes. */
-const REQUIRED_ITEMS = [
-  [ITEM_FILE_PARAMETERS, FILE_PARAMETERS.size],
-  [ITEM_VIRTUAL_DISK_SIZE, VIRTUAL_DISK_SIZE.size],
-  [ITEM_VIRTUAL_DISK_ID, VIRTUAL_DISK_ID.size],
-  [ITEM_LOGICAL_SECTOR_SIZE, LOGICAL_SECTOR_SIZE.size],
-  [ITEM_PHYSICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE.size],
-] as const;
+/**
+ * The system items every image has, with their sizes and the flags a new image gives them, in
+ * the order Hyper-V places them (and the open reads them).
+ */
+export const REQUIRED_SYSTEM_ITEMS: readonly { itemId: string; size: number; flags: number }[] = [
+  { itemId: ITEM_FILE_PARAMETERS, size: FILE_PARAMETERS.size, flags: METADATA_FLAG_IS_REQUIRED },
+  { itemId: ITEM_VIRTUAL_DISK_SIZE, size: VIRTUAL_DISK_SIZE.size, flags: METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK },
+  { itemId: ITEM_VIRTUAL_DISK_ID, size: VIRTUAL_DISK_ID.size, flags: METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK },
+  { itemId: ITEM_LOGICAL_SECTOR_SIZE, size: LOGICAL_SECTOR_SIZE.size, flags: METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK },
+  { itemId: ITEM_PHYSICAL_SECTOR_SIZE, size: PHYSICAL_SECTOR_SIZE.size, flags: METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK },
+];
 
 /** A metadata table entry with what its flags say and the name messages use. */
 export interface MetadataItem extends MetadataTableEntry {
@@ -174,7 +177,7 @@ export function systemItem(items: readonly MetadataItem[], itemId: string): Meta
  */
 export function systemItemsToRead(items: readonly MetadataItem[], tableOffset: number): Parsed<MetadataItem[]> {
   const out: MetadataItem[] = [];
-  for (const [id, size] of REQUIRED_ITEMS) {
+  for (const { itemId: id, size } of REQUIRED_SYSTEM_ITEMS) {
     const it = systemItem(items, id);
     if (!it) return { value: null, problems: [fatal('MISSING_REQUIRED_ITEM', `the required ${SYSTEM_ITEM_NAMES[id]} item is missing`, 'metadata table', tableOffset)] };
     if (it.length !== size) {
