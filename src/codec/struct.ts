@@ -266,6 +266,11 @@ export interface Struct<F extends Fields> {
   /** Recompute the checksum field in place over the first `size` bytes (after writing entries). */
   seal(bytes: Uint8Array): void;
   /**
+   * True when every constant field (the signature) holds its value in the structure starting at
+   * `at` of `bytes`, which may be shorter than the structure (false when it does not reach them).
+   */
+  signatureOk(bytes: Uint8Array, at?: number): boolean;
+  /**
    * A reader of field `key` alone, for the structure starting at `base` of `view` (over `bytes`):
    * no signature or checksum check, and nothing else decoded, for loops over millions of records.
    */
@@ -293,6 +298,15 @@ export function defineStruct<F extends Fields>(name: string, size: number, field
     return checksumField.type.decode(viewOf(b), b, checksumField.at, checksumPlace) === computeChecksum(b, checksumField);
   };
 
+  const expected = entries.filter(([, f]) => f.expect !== undefined);
+  const signatureOk = (b: Uint8Array, at = 0): boolean => {
+    for (const [k, f] of expected) {
+      if (b.length < at + f.at + f.type.size) return false;
+      if (f.type.decode(viewOf(b), b, at + f.at, { structure: name, field: k, offset: at + f.at }) !== f.expect) return false;
+    }
+    return true;
+  };
+
   const seal = (b: Uint8Array): void => {
     if (checksumField === undefined) return;
     checksumField.type.encode(viewOf(b), b, checksumField.at, computeChecksum(b, checksumField));
@@ -304,6 +318,7 @@ export function defineStruct<F extends Fields>(name: string, size: number, field
     fields,
     checksumOk,
     seal,
+    signatureOk,
     field(key) {
       const f = fields[key]!;
       // One place, updated per call: a field type reads it only to word an error, at once.

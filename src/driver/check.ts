@@ -2,8 +2,9 @@
  * Checking and repairing an image (`vhdx check [-r leaks|all]`).
  *
  * `checkImage` reports what is wrong as data, never as an exception for damage it can describe:
- * everything the open validates (a failed open becomes a finding), both headers and both region
- * table copies one by one, reserved fields, the log's state, and one streaming pass over the BAT
+ * every problem the format's parsers find as the open reads the image (`readLayout`: both headers
+ * and both region table copies one by one, reserved fields, and where the open stops, if it
+ * does), then its own cross-structure passes: the log's state, the parent, one streaming pass over the BAT
  * (states allowed for the disk type, blocks inside the file, after the header section, and
  * overlapping nothing), then the leaked space: whole MiB after the image's last object, and MiB
  * inside the file that nothing names. Named means a structure, a present block, or the place a
@@ -23,29 +24,16 @@
  */
 import { VhdxError, formatOffset, throwIfAborted, type ErrorReason } from '../errors.js';
 import { randomGuid } from '../codec/guid.js';
-import { viewOf } from '../codec/struct.js';
-import { readExact, writableSource, type RandomAccessSource } from '../io/source.js';
-import {
-  HEADER_OFFSETS,
-  alignUp,
-  HEADER_SIZE,
-  MiB,
-  METADATA_TABLE_SIZE,
-  ITEM_PARENT_LOCATOR,
-  REGION_TABLE_OFFSETS,
-  REGION_TABLE_SIZE,
-} from '../format/constants.js';
-import { HEADER, type Header } from '../format/header.js';
-import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_HEADER } from '../format/region-table.js';
-import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE } from '../format/metadata.js';
+import { writableSource, type RandomAccessSource } from '../io/source.js';
+import { HEADER_OFFSETS, alignUp, MiB, ITEM_PARENT_LOCATOR, REGION_TABLE_OFFSETS } from '../format/constants.js';
 import { BAT_ENTRY_SIZE, BitmapState, PayloadState, entryFileOffsetMB, entryState, judgeBatEntry } from '../format/bat.js';
-import { bytesEqual, isZero } from '../codec/bytes.js';
+import { problemError, problemFromError } from '../format/problem.js';
 import { scanBat as readBatWindows } from './bat-scan.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
-import { openLayout, probe, replayInPlace, type DiskType, type Layout } from './open.js';
+import { readLayout, replayInPlace, type DiskType, type Layout } from './open.js';
 import { PARENT_PATH_KEYS, checkParent, locatorLinkage, locatorValue, type ParentResolver, type VhdxImage } from './image.js';
-import { REGION_NAMES, fixedObjects, type FixedObject } from './free-space.js';
+import { fixedObjects, type FixedObject } from './free-space.js';
 
 export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
 export type RepairMode = 'leaks' | 'all';
@@ -210,51 +198,30 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
   const aborted = (): void => throwIfAborted(opts.signal, 'check');
   aborted();
 
-  // The header section as far as the file has it. Headers never go through the log, so the
-  // file's own bytes are what counts.
-  const headEnd = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
-  const head = new Uint8Array(headEnd);
-  let got = 0;
-  try {
-    while (got < headEnd) {
-      const n = await file.read(got, head.subarray(got));
-      if (n <= 0) break;
-      got += n;
-    }
-  } catch (e) {
-    if (e instanceof VhdxError) return stop('incomplete', e);
-    throw e;
+  // Everything the open validates, as the parsers' problems. A dirty log is replayed in memory
+  // however many ranges that takes (it lasts as long as the check): repair 'all' is what writes
+  // such a log to the file.
+  const read = await readLayout(file, { maxOverlayRanges: Infinity });
+  const e = read.error;
+  if (e?.code === 'ECANCELED') throw e;
+  const problems = e && e.reason !== 'IO_ERROR' ? [...read.problems, problemFromError(e, 'fatal')] : read.problems;
+  for (const p of problems) {
+    if (p.severity === 'fatal' && (p.reason === 'NOT_VHDX' || p.code === 'ENOTSUP')) return stop('unsupported', e ?? problemError(p));
+    // Where the open stops may repeat what a copy's own problem said already.
+    if (p.severity === 'fatal' && rep.has(p.reason, p.fileOffset)) continue;
+    const f: Omit<Finding, 'repairableBy'> = { severity: p.severity === 'fatal' ? 'corruption' : p.severity, reason: p.reason, message: p.message };
+    if (p.structure !== undefined) f.structure = p.structure;
+    if (p.fileOffset !== undefined) f.offset = p.fileOffset;
+    rep.add(f);
   }
-  if (probe(head.subarray(0, got)) === 0) {
-    return stop('unsupported', new VhdxError('EINVAL', 'NOT_VHDX', 'no "vhdxfile" signature: not a VHDX image', { structure: 'file identifier', offset: 0 }));
-  }
-
-  const headers = checkHeaders(head, got, rep);
-
-  // Everything the open validates. A dirty log is replayed in memory however many ranges that
-  // takes (it lasts as long as the check): repair 'all' is what writes such a log to the file.
-  let layout: Layout | null = null;
-  try {
-    layout = await openLayout(file, { maxOverlayRanges: Infinity });
-  } catch (e) {
-    if (!(e instanceof VhdxError)) throw e;
-    if (e.code === 'ENOTSUP') return stop('unsupported', e);
-    if (e.code === 'ECANCELED') throw e;
-    if (e.reason === 'IO_ERROR') return stop('incomplete', e);
-    if (!rep.has(e.reason, e.offset)) {
-      const f: Omit<Finding, 'repairableBy'> = { severity: 'corruption', reason: e.reason, message: e.summary };
-      if (e.structure !== undefined) f.structure = e.structure;
-      if (e.offset !== undefined) f.offset = e.offset;
-      rep.add(f);
-    }
-  }
+  if (e?.reason === 'IO_ERROR') return stop('incomplete', e);
+  const layout = read.layout;
   state.layout = layout;
   const src = layout?.source ?? file;
 
   try {
-    await checkRegionTables(src, got, head, layout, rep, state);
     if (!layout) {
-      // The header and region table findings stand; nothing after them can be read safely.
+      // The findings so far stand; nothing after them can be read safely.
       return state;
     }
     // A damaged copy can be rewritten from the good one only when the image opens.
@@ -263,7 +230,9 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
         if (f.severity === 'corruption' && f.reason !== 'NO_VALID_HEADER') f.repairableBy = 'all';
       }
     }
-    state.damagedHeaders = headers.damaged.filter((slot) => slot !== layout!.current.slot);
+    state.damagedHeaders = read.damagedHeaders;
+    state.badRegionTables = read.badRegionTables;
+    state.goodRegionTable = read.goodRegionTable;
 
     rep.r.type = layout.type;
     rep.r.log = { state: layout.log.dirty ? 'dirty' : 'clean', entries: layout.log.entries };
@@ -278,7 +247,6 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
         repairableBy: 'all',
       });
     }
-    await checkMetadataReserved(src, layout, rep);
     await checkParentLocator(layout, rep, opts);
     aborted();
     await scanBat(src, layout, rep, state, opts);
@@ -287,168 +255,6 @@ async function runCheck(file: RandomAccessSource, opts: CheckOptions): Promise<C
     throw e;
   }
   return state;
-}
-
-/** Both headers, one by one: valid, version, reserved bytes, and which is current. */
-function checkHeaders(head: Uint8Array, got: number, rep: Report): { damaged: number[] } {
-  const decoded: (Header | null)[] = [];
-  const damaged: number[] = [];
-  for (let i = 0; i < 2; i++) {
-    const off = HEADER_OFFSETS[i]!;
-    const name = `header ${i + 1}`;
-    if (got < off + HEADER_SIZE) {
-      decoded.push(null);
-      continue; // the open reports the truncated file
-    }
-    const bytes = head.subarray(off, off + HEADER_SIZE);
-    try {
-      decoded.push(HEADER.decode(bytes, { fileOffset: off, name }));
-    } catch (e) {
-      if (!(e instanceof VhdxError)) throw e;
-      decoded.push(null);
-      damaged.push(i + 1);
-      const what = e.reason === 'BAD_SIGNATURE' ? 'has no "head" signature' : e.reason === 'BAD_CHECKSUM' ? 'fails its checksum' : `is invalid (${e.reason})`;
-      rep.add({ severity: 'corruption', reason: e.reason, message: `${name} ${what}`, structure: name, offset: off });
-      continue;
-    }
-    if (!isZero(bytes.subarray(80, HEADER_SIZE))) {
-      rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: `${name} has non-zero bytes in its reserved area (bytes 80 to 4095)`, structure: name, offset: off + 80 });
-    }
-  }
-  const [h1, h2] = decoded;
-  if (h1 && h2) {
-    if (h1.sequenceNumber === h2.sequenceNumber) {
-      const a = head.subarray(HEADER_OFFSETS[0], HEADER_OFFSETS[0] + HEADER_SIZE);
-      const b = head.subarray(HEADER_OFFSETS[1], HEADER_OFFSETS[1] + HEADER_SIZE);
-      if (bytesEqual(a, b)) {
-        rep.add({
-          severity: 'info',
-          reason: 'EQUAL_SEQUENCE_NUMBERS',
-          message: `both headers have sequence number ${h1.sequenceNumber} and identical content (as Disk2VHD writes them); header 1 is used`,
-          structure: 'header 1',
-          offset: HEADER_OFFSETS[0],
-        });
-      }
-      // Equal numbers with different content: the open reports NO_VALID_HEADER.
-    } else {
-      // The non-current header must be usable too: a torn update leaves the older one as the
-      // fallback, so a bad version there is damage.
-      const [older, slot] = h1.sequenceNumber < h2.sequenceNumber ? [h1, 1] : [h2, 2];
-      if (older.version !== 1 || older.logVersion !== 0) {
-        const name = `header ${slot}`;
-        damaged.push(slot);
-        rep.add({
-          severity: 'corruption',
-          reason: 'BAD_VERSION',
-          message: `${name} (not current) has version ${older.version} and log version ${older.logVersion}, expected 1 and 0`,
-          structure: name,
-          offset: HEADER_OFFSETS[slot - 1],
-        });
-      }
-    }
-  }
-  return { damaged };
-}
-
-/** Both region table copies: each valid, and identical to each other; reserved fields. */
-async function checkRegionTables(
-  src: RandomAccessSource,
-  got: number,
-  head: Uint8Array,
-  layout: Layout | null,
-  rep: Report,
-  state: CheckState,
-): Promise<void> {
-  const copies: (Uint8Array | null)[] = [];
-  for (let i = 0; i < 2; i++) {
-    const off = REGION_TABLE_OFFSETS[i]!;
-    // A dirty log may rewrite region tables: read them through the replayed view.
-    if (layout && layout.log.dirty) {
-      const b = new Uint8Array(REGION_TABLE_SIZE);
-      await readExact(src, off, b, `region table ${i + 1}`);
-      copies.push(b);
-    } else copies.push(got >= off + REGION_TABLE_SIZE ? head.subarray(off, off + REGION_TABLE_SIZE) : null);
-  }
-  const valid: boolean[] = [];
-  for (let i = 0; i < 2; i++) {
-    const b = copies[i];
-    const name = `region table ${i + 1}`;
-    const off = REGION_TABLE_OFFSETS[i]!;
-    if (!b) {
-      valid.push(false);
-      continue;
-    }
-    try {
-      REGION_TABLE_HEADER.decode(b, { fileOffset: off, name });
-      valid.push(true);
-    } catch (e) {
-      if (!(e instanceof VhdxError)) throw e;
-      valid.push(false);
-      const what = e.reason === 'BAD_SIGNATURE' ? 'has no "regi" signature' : e.reason === 'BAD_CHECKSUM' ? 'fails its checksum' : `is invalid (${e.reason})`;
-      if (!rep.has(e.reason, off)) rep.add({ severity: 'corruption', reason: e.reason, message: `${name} ${what}`, structure: name, offset: off });
-      else {
-        const f = rep.r.findings.find((x) => x.reason === e.reason && x.offset === off);
-        if (f) f.message = `${name} ${what}`;
-      }
-    }
-  }
-  if (!layout) return;
-  // The open used copy 1 when valid, else copy 2: that is the image's region table.
-  const used = layout.regionTableCopy - 1;
-  const good = copies[used]!;
-  state.goodRegionTable = good;
-  const other = 1 - used;
-  if (!valid[other]) state.badRegionTables.push(other + 1);
-  else if (!bytesEqual(good, copies[other]!)) {
-    state.badRegionTables.push(other + 1);
-    rep.add({
-      severity: 'corruption',
-      reason: 'REGION_TABLE_MISMATCH',
-      message: `region table ${other + 1} is valid but differs from region table ${used + 1}, which is the one used`,
-      structure: `region table ${other + 1}`,
-      offset: REGION_TABLE_OFFSETS[other],
-    });
-  }
-  const where = { structure: `region table ${used + 1}`, offset: REGION_TABLE_OFFSETS[used]! };
-  const dv = viewOf(good);
-  if (dv.getUint32(12, true) !== 0) {
-    rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: `${where.structure} has a non-zero reserved field`, ...where, offset: where.offset + 12 });
-  }
-  layout.regions.forEach((r, i) => {
-    const at = REGION_ENTRIES_AT + i * REGION_ENTRY_SIZE;
-    if ((r.flags & ~1) !== 0) {
-      rep.add({
-        severity: 'warning',
-        reason: 'RESERVED_NONZERO',
-        message: `${where.structure} entry ${i} (${REGION_NAMES[r.guid] ?? `region {${r.guid}}`}) has reserved flag bits set (0x${(r.flags >>> 0).toString(16)})`,
-        structure: `${where.structure} entry ${i}`,
-        offset: where.offset + at + 28,
-      });
-    }
-  });
-}
-
-/** Reserved fields of the metadata table (the open validated the rest). */
-async function checkMetadataReserved(src: RandomAccessSource, layout: Layout, rep: Report): Promise<void> {
-  const off = layout.metadataRegion.fileOffset;
-  const table = new Uint8Array(METADATA_TABLE_SIZE);
-  await readExact(src, off, table, 'metadata table');
-  const dv = viewOf(table);
-  if (dv.getUint16(8, true) !== 0 || !isZero(table.subarray(12, 32))) {
-    rep.add({ severity: 'warning', reason: 'RESERVED_NONZERO', message: 'the metadata table header has non-zero reserved fields', structure: 'metadata table', offset: off });
-  }
-  layout.metadataItems.forEach((item, i) => {
-    const at = METADATA_ENTRIES_AT + i * METADATA_ENTRY_SIZE;
-    if ((item.flags & ~7) !== 0 || dv.getUint32(at + 28, true) !== 0) {
-      rep.add({
-        severity: 'warning',
-        reason: 'RESERVED_NONZERO',
-        message: `metadata table entry ${i} (${item.name}) has reserved bits set`,
-        structure: `metadata table entry ${i}`,
-        offset: off + at,
-      });
-    }
-  });
 }
 
 /**

@@ -4,7 +4,7 @@
  * entry adds `createFile`, which makes the file exclusively and removes it when anything fails.
  */
 import { VhdxError } from '../errors.js';
-import { MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE, MIN_BLOCK_SIZE, MiB } from '../format/constants.js';
+import { MiB } from '../format/constants.js';
 import { isGuid } from '../codec/guid.js';
 import type { ProgressOptions } from '../device/block-device.js';
 import type { RandomAccessSource } from '../io/source.js';
@@ -63,13 +63,10 @@ function bad(message: string): VhdxError {
   return new VhdxError('EINVAL', 'BAD_ARGUMENT', message);
 }
 
-function mib(n: number): string {
-  return n % MiB === 0 ? `${n / MiB} MiB` : `${n} bytes`;
-}
-
 /**
  * Check create options and plan the image, without any I/O. Throws VhdxError EINVAL /
- * BAD_ARGUMENT with a message naming the option for anything the format cannot hold.
+ * BAD_ARGUMENT with a message naming the option for anything the format cannot hold (the
+ * geometry rules are the format's, checked by planLayout).
  */
 export function planCreate(opts: CreateOptions): ImagePlan {
   const {
@@ -83,26 +80,6 @@ export function planCreate(opts: CreateOptions): ImagePlan {
   } = opts;
   if (subformat !== 'dynamic' && subformat !== 'fixed') throw bad(`subformat ${String(subformat)} is not dynamic or fixed`);
   if (opts.parentLocator && subformat !== 'dynamic') throw bad('a differencing disk cannot be fixed');
-  if (logicalSectorSize !== 512 && logicalSectorSize !== 4096) {
-    throw bad(`logical sector size ${String(logicalSectorSize)} is not 512 or 4096`);
-  }
-  if (physicalSectorSize !== 512 && physicalSectorSize !== 4096) {
-    throw bad(`physical sector size ${String(physicalSectorSize)} is not 512 or 4096`);
-  }
-  if (physicalSectorSize < logicalSectorSize) {
-    throw bad(`physical sector size ${physicalSectorSize} is smaller than the logical sector size ${logicalSectorSize}`);
-  }
-  if (!Number.isSafeInteger(size) || size <= 0) throw bad(`size ${String(size)} is not a positive number of bytes`);
-  if (size > MAX_VIRTUAL_SIZE) throw bad(`size ${size} is larger than the format's 64 TiB`);
-  if (size % logicalSectorSize !== 0) {
-    throw bad(`size ${size} is not a multiple of the ${logicalSectorSize}-byte logical sector size`);
-  }
-  if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw bad(`block size ${mib(blockSize)} is not a power of two from 1 MiB to 256 MiB`);
-  }
-  if (!Number.isSafeInteger(logSize) || logSize <= 0 || logSize % MiB !== 0 || logSize > 0xffffffff) {
-    throw bad(`log size ${mib(logSize)} is not a non-zero multiple of 1 MiB below 4 GiB`);
-  }
   if (typeof creator !== 'string' || creator.length > MAX_CREATOR_LENGTH) {
     throw bad(`creator text is longer than ${MAX_CREATOR_LENGTH} UTF-16 code units`);
   }

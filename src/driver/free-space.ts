@@ -7,7 +7,8 @@
  * leaving free space at the end, where close cuts it off) and by the payload block a place belongs to.
  */
 
-import { HEADER_SECTION_SIZE, MiB, REGION_BAT, REGION_METADATA } from '../format/constants.js';
+import { HEADER_SECTION_SIZE, MiB } from '../format/constants.js';
+import { regionName } from '../format/region-table.js';
 import { BAT_ENTRY_SIZE, PayloadState, entryFileOffsetMB, entryReservedClear, entryState } from '../format/bat.js';
 import type { RandomAccessSource } from '../io/source.js';
 import { scanBat } from './bat-scan.js';
@@ -23,9 +24,6 @@ export interface FixedObject {
 /** Space after a metadata region that ends the regions, which qemu-img leaves for it to grow. */
 export const QEMU_METADATA_RESERVE = 4 * MiB;
 
-/** What messages call the regions this driver knows. */
-export const REGION_NAMES: Record<string, string> = { [REGION_BAT]: 'BAT region', [REGION_METADATA]: 'metadata region' };
-
 /**
  * The image's fixed objects, and where they end. When the metadata region is the last of them,
  * the end includes the room qemu-img leaves after it ("for future expansion": a fresh qemu-img
@@ -35,7 +33,7 @@ export function fixedObjects(layout: Layout): { objects: FixedObject[]; end: num
   const objects: FixedObject[] = [{ name: 'the header section', start: 0, end: HEADER_SECTION_SIZE }];
   if (layout.log.logLength > 0) objects.push({ name: 'the log', start: layout.log.logOffset, end: layout.log.logOffset + layout.log.logLength });
   for (const r of layout.regions) {
-    objects.push({ name: `the ${REGION_NAMES[r.guid] ?? `region {${r.guid}}`}`, start: r.fileOffset, end: r.fileOffset + r.length });
+    objects.push({ name: `the ${regionName(r.guid)}`, start: r.fileOffset, end: r.fileOffset + r.length });
   }
   let end = Math.max(...objects.map((o) => o.end));
   const md = layout.metadataRegion;

@@ -5,12 +5,11 @@
  * leaves the other, valid one current.
  */
 import { HEADER_OFFSETS } from '../format/constants.js';
-import { HEADER, type Header } from '../format/header.js';
+import { HEADER, type Header, type HeaderCopy } from '../format/header.js';
 import type { WritableSource } from '../io/source.js';
 
-export interface CurrentHeader extends Header {
-  slot: 1 | 2;
-}
+/** The header a session writes from: the current one, with its slot. */
+export type CurrentHeader = HeaderCopy;
 
 export type HeaderChanges = Partial<Pick<Header, 'fileWriteGuid' | 'dataWriteGuid' | 'logGuid' | 'logOffset' | 'logLength'>>;
 

@@ -4,7 +4,7 @@
  */
 import { VhdxError, checkRequestRange, corrupt, type RequestKind } from '../errors.js';
 import { readBytes, readExact, writableSource, type RandomAccessSource, type WritableSource } from '../io/source.js';
-import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_TABLE_ENTRY, METADATA_TABLE_HEADER } from '../format/metadata.js';
+import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_FLAG_IS_USER, metadataEntries, placeMetadataItem, setMetadataItem } from '../format/metadata.js';
 import { ITEM_PARENT_LOCATOR, METADATA_TABLE_SIZE } from '../format/constants.js';
 import { MiB } from '../format/constants.js';
 import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, entryState, fragmentationPercentage, judgeBatEntry } from '../format/bat.js';
@@ -190,19 +190,13 @@ export class VhdxImage implements BlockDevice {
     const bytes = encodeParentLocator(loc);
     const region = this.layout.metadataRegion;
     const table = await readBytes(this.file, region.fileOffset, METADATA_TABLE_SIZE, 'metadata table');
-    const count = METADATA_TABLE_HEADER.decode(table, { fileOffset: region.fileOffset }).entryCount;
-    const entries = Array.from({ length: count }, (_, i) => METADATA_TABLE_ENTRY.decode(table.subarray(METADATA_ENTRIES_AT + i * METADATA_ENTRY_SIZE)));
-    const k = entries.findIndex((e) => e.itemId === ITEM_PARENT_LOCATOR);
-    if (k < 0) throw corrupt('MISSING_REQUIRED_ITEM', 'the metadata table has no parent locator', { structure: 'metadata table', offset: region.fileOffset });
-    const old = entries[k]!;
-    const others = entries.filter((e, i) => i !== k && e.length > 0);
-    const fits = (at: number): boolean =>
-      at >= METADATA_TABLE_SIZE && at + bytes.length <= region.length && others.every((o) => at + bytes.length <= o.offset || o.offset + o.length <= at);
-    let at = old.offset;
-    if (!fits(at)) {
-      at = Math.max(METADATA_TABLE_SIZE, ...others.map((o) => o.offset + o.length));
-      if (!fits(at)) throw new VhdxError('ENOSPC', 'BAD_ARGUMENT', `a parent locator of ${bytes.length} bytes does not fit in the metadata region`);
-    }
+    const entries = metadataEntries(table);
+    const k = entries.findIndex((e) => e.itemId === ITEM_PARENT_LOCATOR && (e.flags & METADATA_FLAG_IS_USER) === 0);
+    const old = entries[k];
+    if (!old) throw corrupt('MISSING_REQUIRED_ITEM', 'the metadata table has no parent locator', { structure: 'metadata table', offset: region.fileOffset });
+    const at = placeMetadataItem(entries, ITEM_PARENT_LOCATOR, bytes.length, region.length);
+    if (at === null) throw new VhdxError('ENOSPC', 'BAD_ARGUMENT', `a parent locator of ${bytes.length} bytes does not fit in the metadata region`);
+    const newTable = setMetadataItem(table, ITEM_PARENT_LOCATOR, { offset: at, length: bytes.length });
     // The changed 4 KiB sectors of the region, read once and patched in memory.
     const sectors = new Map<number, Uint8Array>();
     const patch = async (offset: number, data: Uint8Array): Promise<void> => {
@@ -220,9 +214,8 @@ export class VhdxImage implements BlockDevice {
     };
     await patch(old.offset, new Uint8Array(old.length));
     await patch(at, bytes);
-    const entry = new Uint8Array(METADATA_ENTRY_SIZE);
-    METADATA_TABLE_ENTRY.encode({ ...old, offset: at, length: bytes.length }, entry, 0);
-    await patch(METADATA_ENTRIES_AT + k * METADATA_ENTRY_SIZE, entry);
+    const entryAt = METADATA_ENTRIES_AT + k * METADATA_ENTRY_SIZE;
+    await patch(entryAt, newTable.subarray(entryAt, entryAt + METADATA_ENTRY_SIZE));
     await w.writeMetadataSectors([...sectors].map(([off, data]) => ({ fileOffset: region.fileOffset + off, data })));
     await w.flush();
     this.layout.parentLocator = loc;

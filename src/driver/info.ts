@@ -1,6 +1,7 @@
 /** The description `vhdx info` prints: stable camelCase keys, plain JSON values. */
 import type { VhdxImage, AllocationStats } from './image.js';
 import type { ProgressOptions } from '../device/block-device.js';
+import { KNOWN_REGIONS } from '../format/region-table.js';
 
 export interface ImageInfo {
   format: 'vhdx';
@@ -40,10 +41,6 @@ export interface DescribeOptions extends ProgressOptions {
   allocation?: AllocationScan;
 }
 
-const REGION_NAMES: Record<string, string> = {
-  '2dc27766-f623-4200-9d64-115e9bfd4a08': 'bat',
-  '8b7ca206-4790-4b9a-b8fe-575f050f886e': 'metadata',
-};
 
 export async function describe(img: VhdxImage, opts: DescribeOptions = {}): Promise<ImageInfo> {
   const l = img.layout;
@@ -80,7 +77,7 @@ export async function describe(img: VhdxImage, opts: DescribeOptions = {}): Prom
       copiesValid: l.regionTableCopiesValid,
       regions: l.regions.map((r) => ({
         guid: r.guid,
-        name: REGION_NAMES[r.guid] ?? 'unknown',
+        name: KNOWN_REGIONS[r.guid]?.toLowerCase() ?? 'unknown',
         fileOffset: r.fileOffset,
         length: r.length,
         required: (r.flags & 1) !== 0,

@@ -22,11 +22,8 @@ import {
   ITEM_PHYSICAL_SECTOR_SIZE,
   ITEM_VIRTUAL_DISK_ID,
   ITEM_VIRTUAL_DISK_SIZE,
-  MAX_BLOCK_SIZE,
   MAX_METADATA_ITEM_SIZE,
-  MAX_VIRTUAL_SIZE,
   METADATA_TABLE_SIZE,
-  MIN_BLOCK_SIZE,
   MiB,
   OBJECT_ALIGNMENT,
   REGION_BAT,
@@ -34,6 +31,7 @@ import {
   REGION_TABLE_OFFSETS,
 } from '../format/constants.js';
 import { FILE_IDENTIFIER } from '../format/file-identifier.js';
+import { blockSizeRule, logSizeRule, sectorSizeRule, virtualSizeRule } from '../format/geometry.js';
 import { HEADER } from '../format/header.js';
 import { REGION_FLAG_REQUIRED, encodeRegionTable, type RegionTableEntry } from '../format/region-table.js';
 import {
@@ -42,7 +40,7 @@ import {
   FILE_PARAMETERS_LEAVE_BLOCKS_ALLOCATED,
   LOGICAL_SECTOR_SIZE,
   METADATA_FLAG_IS_REQUIRED,
-  METADATA_FLAG_IS_VIRTUAL_DISK,
+  REQUIRED_SYSTEM_ITEMS,
   PHYSICAL_SECTOR_SIZE,
   VIRTUAL_DISK_ID,
   VIRTUAL_DISK_SIZE,
@@ -133,6 +131,15 @@ function badArgument(message: string): VhdxError {
   return new VhdxError('EINVAL', 'BAD_ARGUMENT', message);
 }
 
+/** Throw BAD_ARGUMENT when a geometry rule says `subject` is not allowed. */
+function ruleHolds(subject: string, problem: string | null): void {
+  if (problem !== null) throw badArgument(`${subject} ${problem}`);
+}
+
+/** A size in MiB when it is whole MiB, else in bytes. */
+function sizeText(n: number): string {
+  return n % MiB === 0 ? `${n / MiB} MiB` : `${n} bytes`;
+}
 
 /**
  * Decide where every structure of a new image goes. Pure: the same options give the same plan.
@@ -149,32 +156,20 @@ export function planLayout(opts: LayoutOptions): ImagePlan {
     creator = 'vhdx (npm)',
     parentLocator,
   } = opts;
-  if (logicalSectorSize !== 512 && logicalSectorSize !== 4096) {
-    throw badArgument(`logical sector size ${String(logicalSectorSize)} is not 512 or 4096`);
+  // The format's geometry rules (format/geometry.ts), as option errors.
+  ruleHolds(`logical sector size ${String(logicalSectorSize)}`, sectorSizeRule(logicalSectorSize));
+  ruleHolds(`physical sector size ${String(physicalSectorSize)}`, sectorSizeRule(physicalSectorSize));
+  if (physicalSectorSize < logicalSectorSize) {
+    throw badArgument(`physical sector size ${physicalSectorSize} is smaller than the logical sector size ${logicalSectorSize}`);
   }
-  if (physicalSectorSize !== 512 && physicalSectorSize !== 4096) {
-    throw badArgument(`physical sector size ${String(physicalSectorSize)} is not 512 or 4096`);
-  }
-  if (!Number.isSafeInteger(virtualSize) || virtualSize <= 0 || virtualSize > MAX_VIRTUAL_SIZE || virtualSize % logicalSectorSize !== 0) {
-    throw badArgument(`virtual size ${virtualSize} is not a positive multiple of ${logicalSectorSize} up to 64 TiB`);
-  }
-  if (!Number.isSafeInteger(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
-    throw badArgument(`block size ${blockSize} is not a power of two from 1 MiB to 256 MiB`);
-  }
-  if (!Number.isSafeInteger(logSize) || logSize <= 0 || logSize % OBJECT_ALIGNMENT !== 0 || logSize > 0xffffffff) {
-    throw badArgument(`log size ${logSize} is not a non-zero multiple of 1 MiB below 4 GiB`);
-  }
+  ruleHolds(`size ${String(virtualSize)}`, virtualSizeRule(virtualSize, logicalSectorSize));
+  ruleHolds(`block size ${sizeText(blockSize)}`, blockSizeRule(blockSize));
+  ruleHolds(`log size ${sizeText(logSize)}`, logSizeRule(logSize));
   if (fixed && parentLocator) throw badArgument('a differencing disk cannot be fixed');
   const hasParent = parentLocator !== undefined;
 
   // Metadata items, packed from 64 KiB into the region in the order Hyper-V uses.
-  const itemSpecs: [string, number, number][] = [
-    [ITEM_FILE_PARAMETERS, FILE_PARAMETERS.size, METADATA_FLAG_IS_REQUIRED],
-    [ITEM_VIRTUAL_DISK_SIZE, VIRTUAL_DISK_SIZE.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-    [ITEM_VIRTUAL_DISK_ID, VIRTUAL_DISK_ID.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-    [ITEM_LOGICAL_SECTOR_SIZE, LOGICAL_SECTOR_SIZE.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-    [ITEM_PHYSICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE.size, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK],
-  ];
+  const itemSpecs: [string, number, number][] = REQUIRED_SYSTEM_ITEMS.map((i) => [i.itemId, i.size, i.flags]);
   if (parentLocator) {
     const length = encodeParentLocator(parentLocator).length;
     if (length > MAX_METADATA_ITEM_SIZE) throw badArgument(`parent locator of ${length} bytes is larger than 1 MiB`);

@@ -3,6 +3,7 @@
  * cache; these functions convert one entry at a time.
  */
 import { SECTORS_PER_CHUNK, MiB } from './constants.js';
+import { fatal, type Parsed } from './problem.js';
 
 /** Payload block states (§2.5.1.1). 5 is the draft-0.95 value of UNMAPPED. */
 export const PayloadState = {
@@ -194,4 +195,22 @@ export function judgeBatEntry(g: BatGeometry, hasParent: boolean, fileSize: numb
  */
 export function fragmentationPercentage(breaks: number, allocatedBlocks: number): number {
   return allocatedBlocks > 1 ? Math.round((breaks / (allocatedBlocks - 1)) * 10000) / 100 : 0;
+}
+
+/**
+ * Check the BAT region's size for a disk of geometry `g`: large enough for every entry the disk
+ * indexes, and not larger than whole chunks (or what a writer gives it) rounded up to 1 MiB.
+ * Gives the number of entries that may be indexed.
+ */
+export function parseBatRegion(region: { fileOffset: number; length: number }, g: BatGeometry, hasParent: boolean): Parsed<{ entries: number }> {
+  const where = ['BAT region', region.fileOffset] as const;
+  if (region.length < g.entriesNeeded * BAT_ENTRY_SIZE) {
+    return { value: null, problems: [fatal('BAT_TOO_SMALL', `BAT of ${region.length} bytes cannot hold the ${g.entriesNeeded} entries the disk needs`, ...where)] };
+  }
+  const wholeChunks = g.bitmapBlocks * (g.chunkRatio + 1);
+  const maxBytes = Math.ceil((Math.max(wholeChunks, batEntriesToWrite(g, hasParent)) * BAT_ENTRY_SIZE) / MiB) * MiB;
+  if (region.length > maxBytes) {
+    return { value: null, problems: [fatal('BAT_TOO_LARGE', `BAT of ${region.length} bytes is larger than the ${maxBytes} bytes its entries need`, ...where)] };
+  }
+  return { value: { entries: Math.min(Math.floor(region.length / BAT_ENTRY_SIZE), wholeChunks) }, problems: [] };
 }

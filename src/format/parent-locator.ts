@@ -1,6 +1,7 @@
 /** Parent locator metadata item (§2.6.2.6). */
 import { defineStruct, u16, u32, guid, type Decoded } from '../codec/struct.js';
-import { VhdxError, corrupt } from '../errors.js';
+import { VhdxError } from '../errors.js';
+import { fatal, orThrow, tryDecode, type Parsed } from './problem.js';
 
 export const PARENT_LOCATOR_HEADER = defineStruct('parent locator header', 20, {
   locatorType: { at: 0, type: guid },
@@ -28,14 +29,17 @@ function utf16le(b: Uint8Array, at: number, length: number): string {
   return s;
 }
 
-/** Decode the item from its bytes. `fileOffset` names the item's place in errors. */
-export function decodeParentLocator(item: Uint8Array, fileOffset = 0): ParentLocator {
-  const where = { structure: 'parent locator', offset: fileOffset };
-  const h = PARENT_LOCATOR_HEADER.decode(item, { fileOffset });
+/**
+ * Parse the item from its bytes: the table fits, every key and value is non-empty UTF-16 inside
+ * the item after the table, no key twice. `fileOffset` names the item's place in problems.
+ */
+export function parseParentLocator(item: Uint8Array, fileOffset = 0): Parsed<ParentLocator> {
+  const stop = (message: string): Parsed<ParentLocator> => ({ value: null, problems: [fatal('BAD_PARENT_LOCATOR', message, 'parent locator', fileOffset)] });
+  const header = tryDecode(() => PARENT_LOCATOR_HEADER.decode(item, { fileOffset }), 'fatal');
+  if ('problem' in header) return { value: null, problems: [header.problem] };
+  const h = header.value;
   const tableEnd = PARENT_LOCATOR_HEADER.size + h.keyValueCount * PARENT_LOCATOR_ENTRY.size;
-  if (tableEnd > item.length) {
-    throw corrupt('BAD_PARENT_LOCATOR', `${h.keyValueCount} key/value entries do not fit in ${item.length} bytes`, where);
-  }
+  if (tableEnd > item.length) return stop(`${h.keyValueCount} key/value entries do not fit in ${item.length} bytes`);
   const entries: { key: string; value: string }[] = [];
   const seen = new Set<string>();
   for (let i = 0; i < h.keyValueCount; i++) {
@@ -47,15 +51,20 @@ export function decodeParentLocator(item: Uint8Array, fileOffset = 0): ParentLoc
       [e.valueOffset, e.valueLength, 'value'],
     ] as const) {
       if (len === 0 || len % 2 !== 0 || off < tableEnd || off + len > item.length) {
-        throw corrupt('BAD_PARENT_LOCATOR', `entry ${i} ${what} (offset ${off}, length ${len}) is out of bounds or malformed`, where);
+        return stop(`entry ${i} ${what} (offset ${off}, length ${len}) is out of bounds or malformed`);
       }
     }
     const key = utf16le(item, e.keyOffset, e.keyLength);
-    if (seen.has(key)) throw corrupt('BAD_PARENT_LOCATOR', `duplicate key ${JSON.stringify(key)}`, where);
+    if (seen.has(key)) return stop(`duplicate key ${JSON.stringify(key)}`);
     seen.add(key);
     entries.push({ key, value: utf16le(item, e.valueOffset, e.valueLength) });
   }
-  return { locatorType: h.locatorType, entries };
+  return { value: { locatorType: h.locatorType, entries }, problems: [] };
+}
+
+/** Decode the item from its bytes, throwing the first problem `parseParentLocator` finds. */
+export function decodeParentLocator(item: Uint8Array, fileOffset = 0): ParentLocator {
+  return orThrow(parseParentLocator(item, fileOffset));
 }
 
 /** Encode a locator: header, entry table, then keys and values packed in order. */

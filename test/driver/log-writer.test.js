@@ -1,8 +1,9 @@
 // The log writer's entries round-trip through the log parser the replay uses.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { encodeLogEntry, logEntryLength, maxDataWritesPerEntry, LogRing } from '../../dist/driver/log-writer.js';
-import { parseLogEntry, findActiveSequence } from '../../dist/driver/log.js';
+import { LogRing } from '../../dist/driver/log-writer.js';
+import { encodeLogEntry, logEntryLength, maxDataWritesPerEntry } from '../../dist/format/log-entry.js';
+import { parseLogEntry, findActiveSequence } from '../../dist/format/log-entry.js';
 import { MemorySource } from '../../dist/index.js';
 
 const GUID = '0a1b2c3d-4e5f-4607-8819-2a3b4c5d6e7f';

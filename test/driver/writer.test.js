@@ -11,7 +11,7 @@ import { FaultySource, MemorySource, VhdxImage } from '../../dist/index.js';
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
 import { HEADER } from '../../dist/format/header.js';
 import { PayloadState } from '../../dist/format/bat.js';
-import { parseLogEntry } from '../../dist/driver/log.js';
+import { parseLogEntry } from '../../dist/format/log-entry.js';
 import { corpusFile, corpusManifest, corpusDir } from '../helpers/env.js';
 import { needCorpus } from '../helpers/corpus-prefix.js';
 import { checkInvariants } from '../helpers/invariants.js';

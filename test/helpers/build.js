@@ -7,7 +7,7 @@ import { crc32cWithZeroField } from '../../dist/codec/crc32c.js';
 import { encodeGuid } from '../../dist/codec/guid.js';
 import { HEADER } from '../../dist/format/header.js';
 import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import { encodeLogEntry } from '../../dist/driver/log-writer.js';
+import { encodeLogEntry } from '../../dist/format/log-entry.js';
 import { payloadBatIndex, PayloadState } from '../../dist/format/bat.js';
 import {
   ITEM_FILE_PARAMETERS,

@@ -1,9 +1,9 @@
-// src/driver/log.ts: parsing log entries and finding the active sequence in the ring (MS-VHDX §2.3.3).
+// src/format/log-entry.ts: parsing log entries and finding the active sequence in the ring (MS-VHDX §2.3.3).
 // Rings are built by hand: entries made with the format encoders, their checksum computed over
 // EntryLength bytes with the checksum field taken as zero, then laid into the ring (wrapping).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { checkSequenceTargets, findActiveSequence, parseLogEntry } from '../../dist/driver/log.js';
+import { checkSequenceTargets, findActiveSequence, parseLogEntry } from '../../dist/format/log-entry.js';
 import {
   LOG_DATA_DESCRIPTOR,
   LOG_DATA_SECTOR,

@@ -1,12 +1,16 @@
 /**
- * Finding the active log sequence (§2.3.3). Pure logic over the log's bytes: the caller reads
- * the ring and applies the result (to an overlay on read-only opens, to the file otherwise).
+ * Log entries (§2.3), pure codecs over the log's bytes: parsing and validating an entry of the
+ * ring, finding the active sequence (§2.3.3), checking where a sequence may write, and encoding
+ * an entry. The driver reads the ring and applies the result (to an overlay on read-only opens,
+ * to the file otherwise), and places new entries in the ring (driver/log-writer.ts).
  */
 import { crc32cWithZeroField } from '../codec/crc32c.js';
 import { viewOf } from '../codec/struct.js';
-import { corrupt } from '../errors.js';
-import { HEADER_OFFSETS, LOG_SECTOR_SIZE, REGION_TABLE_OFFSETS } from '../format/constants.js';
+import { VhdxError } from '../errors.js';
+import { HEADER_OFFSETS, HEADER_SECTION_SIZE, LOG_SECTOR_SIZE, OBJECT_ALIGNMENT, REGION_TABLE_OFFSETS } from './constants.js';
 import {
+  DESCRIPTORS_IN_FIRST_SECTOR,
+  DESCRIPTORS_PER_SECTOR,
   LOG_DATA_DESCRIPTOR,
   LOG_DATA_SECTOR,
   LOG_DESCRIPTOR_SIZE,
@@ -14,7 +18,32 @@ import {
   LOG_ZERO_DESCRIPTOR,
   descriptorSectors,
   type LogEntryHeader,
-} from '../format/log.js';
+} from './log.js';
+import { fatal, problemError, type Parsed, type Problem } from './problem.js';
+
+/** Where the current header puts the log, and whether it must be replayed. */
+export interface LogPlacement {
+  logOffset: number;
+  logLength: number;
+  /** LogGuid is not nil: the log holds entries not yet applied. */
+  dirty: boolean;
+}
+
+/**
+ * Check the log's place (from the current header) in a file of `fileSize` bytes: 1 MiB aligned,
+ * after the header section, inside the file; a dirty log is not empty.
+ */
+export function parseLogPlacement(placement: LogPlacement, fileSize: number): Parsed<LogPlacement> {
+  const { logOffset, logLength, dirty } = placement;
+  const stop = (reason: Problem['reason'], message: string): Parsed<LogPlacement> => ({ value: null, problems: [fatal(reason, message, 'log', logOffset)] });
+  if (logLength % OBJECT_ALIGNMENT !== 0 || logOffset % OBJECT_ALIGNMENT !== 0) return stop('LOG_MISALIGNED', `log at ${logOffset} of ${logLength} bytes is not 1 MiB aligned`);
+  if (logLength > 0 && logOffset < HEADER_SECTION_SIZE) return stop('LOG_OVERLAP', `log at ${logOffset} lies inside the header section`);
+  if (logOffset + logLength > fileSize && (dirty || logLength > 0)) {
+    return stop('LOG_OUT_OF_BOUNDS', `log at ${logOffset} of ${logLength} bytes ends beyond the file (${fileSize})`);
+  }
+  if (dirty && logLength === 0) return stop('LOG_NO_VALID_SEQUENCE', 'LogGuid is set but the log is empty');
+  return { value: placement, problems: [] };
+}
 
 /** One change an entry makes to the file. */
 export type LogWrite =
@@ -74,8 +103,7 @@ function ringSlice(log: Uint8Array, offset: number, length: number): Uint8Array 
 export function parseLogEntry(log: Uint8Array, offset: number, logGuid: string): LogEntry | null {
   const L = log.length;
   const first = log.subarray(offset, offset + LOG_SECTOR_SIZE);
-  if (first.length < LOG_SECTOR_SIZE) return null;
-  if (first[0] !== 0x6c || first[1] !== 0x6f || first[2] !== 0x67 || first[3] !== 0x65) return null; // "loge"
+  if (first.length < LOG_SECTOR_SIZE || !LOG_ENTRY_HEADER.signatureOk(first)) return null;
   let h: LogEntryHeader;
   try {
     h = LOG_ENTRY_HEADER.decode(first);
@@ -212,35 +240,130 @@ export function findActiveSequence(log: Uint8Array, logGuid: string): LogSequenc
 export const MAX_IMAGE_FILE_SIZE = 64 * 2 ** 40 + 64 * 2 ** 30;
 
 /**
- * Check that a sequence only writes where the log may write, before any of it is applied: never
- * the file identifier or the headers (region tables, at 192 KiB and 256 KiB, and everything after
- * 1 MiB are allowed), and nothing past the head's LastFileOffset, the size that holds every
- * structure; LastFileOffset itself no larger than any VHDX can be. The open then bounds both by
- * what the replayed image's structures need (open.ts, `replayLimit`).
+ * Where a sequence writes that the log may not, before any of it is applied: the file
+ * identifier or the headers (region tables, at 192 KiB and 256 KiB, and everything after 1 MiB
+ * are allowed), anything past the head's LastFileOffset, the size that holds every structure;
+ * or a LastFileOffset larger than any VHDX can be. Null when the sequence keeps to its place.
+ * The open then bounds both by what the replayed image's structures need (open.ts, `replayLimit`).
  */
-export function checkSequenceTargets(seq: LogSequence, logOffset: number): void {
+export function sequenceTargetProblem(seq: LogSequence, logOffset: number): Problem | null {
   const forbiddenEnd = REGION_TABLE_OFFSETS[0];
   const last = seq.head.header.lastFileOffset;
   if (last > MAX_IMAGE_FILE_SIZE) {
-    throw corrupt('LOG_REPLAY_FAILED', `log entry ${seq.head.header.sequenceNumber} has LastFileOffset ${last}, larger than any VHDX file (${MAX_IMAGE_FILE_SIZE})`, {
-      structure: 'log',
-      offset: logOffset + seq.head.logOffset,
-    });
+    return fatal('LOG_REPLAY_FAILED', `log entry ${seq.head.header.sequenceNumber} has LastFileOffset ${last}, larger than any VHDX file (${MAX_IMAGE_FILE_SIZE})`, 'log', logOffset + seq.head.logOffset);
   }
   for (const e of seq.entries) {
+    let found: Problem | null = null;
     e.forEachWrite((w) => {
+      if (found) return;
       const len = w.kind === 'zero' ? w.length : w.data.length;
-      const where = { structure: 'log', offset: logOffset + e.logOffset };
+      const at = logOffset + e.logOffset;
       if (w.fileOffset < forbiddenEnd) {
-        throw corrupt(
+        found = fatal(
           'LOG_REPLAY_FAILED',
           `log entry ${e.header.sequenceNumber} writes to file offset ${w.fileOffset}, inside the identifier or headers (${HEADER_OFFSETS.join(', ')})`,
-          where,
+          'log',
+          at,
         );
-      }
-      if (w.fileOffset + len > last) {
-        throw corrupt('LOG_REPLAY_FAILED', `log entry ${e.header.sequenceNumber} writes ${len} bytes at ${w.fileOffset}, past LastFileOffset ${last}`, where);
+      } else if (w.fileOffset + len > last) {
+        found = fatal('LOG_REPLAY_FAILED', `log entry ${e.header.sequenceNumber} writes ${len} bytes at ${w.fileOffset}, past LastFileOffset ${last}`, 'log', at);
       }
     });
+    if (found) return found;
   }
+  return null;
 }
+
+/** `sequenceTargetProblem`, thrown. */
+export function checkSequenceTargets(seq: LogSequence, logOffset: number): void {
+  const p = sequenceTargetProblem(seq, logOffset);
+  if (p) throw problemError(p);
+}
+
+export interface LogEntryFields {
+  sequenceNumber: bigint;
+  /** Log offset of the oldest entry of the sequence (this writer: the entry's own offset). */
+  tail: number;
+  logGuid: string;
+  flushedFileOffset: number;
+  lastFileOffset: number;
+  writes: readonly LogWrite[];
+}
+
+/** Bytes an entry holding these writes takes in the ring. */
+export function logEntryLength(writes: readonly LogWrite[]): number {
+  const data = writes.filter((w) => w.kind === 'data').length;
+  return (descriptorSectors(writes.length) + data) * LOG_SECTOR_SIZE;
+}
+
+/** The most writes of 4 KiB data sectors one entry can carry in a ring of `logLength` bytes. */
+export function maxDataWritesPerEntry(logLength: number): number {
+  const sectors = logLength / LOG_SECTOR_SIZE;
+  // n data sectors need descriptorSectors(n) + n <= sectors.
+  let n = Math.max(0, sectors - 1);
+  while (n > 0 && descriptorSectors(n) + n > sectors) n--;
+  return n;
+}
+
+/** Encode one complete entry: header and descriptors, then one data sector per data write. */
+export function encodeLogEntry(f: LogEntryFields): Uint8Array {
+  for (const w of f.writes) {
+    const len = w.kind === 'data' ? w.data.length : w.length;
+    if (w.fileOffset % LOG_SECTOR_SIZE !== 0 || len % LOG_SECTOR_SIZE !== 0 || (w.kind === 'data' && len !== LOG_SECTOR_SIZE)) {
+      throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `log write at ${w.fileOffset} of ${len} bytes is not one aligned 4 KiB sector (or an aligned zero range)`);
+    }
+  }
+  const length = logEntryLength(f.writes);
+  const entry = new Uint8Array(length);
+  LOG_ENTRY_HEADER.encode(
+    {
+      checksum: 0,
+      entryLength: length,
+      tail: f.tail,
+      sequenceNumber: f.sequenceNumber,
+      descriptorCount: f.writes.length,
+      reserved: 0,
+      logGuid: f.logGuid,
+      flushedFileOffset: f.flushedFileOffset,
+      lastFileOffset: f.lastFileOffset,
+    },
+    entry,
+    0,
+  );
+  let dataSector = descriptorSectors(f.writes.length);
+  f.writes.forEach((w, i) => {
+    // Descriptor i: after the 64-byte header in sector 0, then 128 per later sector.
+    const at =
+      i < DESCRIPTORS_IN_FIRST_SECTOR
+        ? 64 + i * LOG_DESCRIPTOR_SIZE
+        : LOG_SECTOR_SIZE * (1 + Math.floor((i - DESCRIPTORS_IN_FIRST_SECTOR) / DESCRIPTORS_PER_SECTOR)) +
+          ((i - DESCRIPTORS_IN_FIRST_SECTOR) % DESCRIPTORS_PER_SECTOR) * LOG_DESCRIPTOR_SIZE;
+    if (w.kind === 'zero') {
+      LOG_ZERO_DESCRIPTOR.encode({ reserved: 0, zeroLength: w.length, fileOffset: w.fileOffset, sequenceNumber: f.sequenceNumber }, entry, at);
+    } else {
+      LOG_DATA_DESCRIPTOR.encode(
+        {
+          trailingBytes: w.data.subarray(LOG_SECTOR_SIZE - 4),
+          leadingBytes: w.data.subarray(0, 8),
+          fileOffset: w.fileOffset,
+          sequenceNumber: f.sequenceNumber,
+        },
+        entry,
+        at,
+      );
+      LOG_DATA_SECTOR.encode(
+        {
+          sequenceHigh: Number(f.sequenceNumber >> 32n),
+          data: w.data.subarray(8, LOG_SECTOR_SIZE - 4),
+          sequenceLow: Number(f.sequenceNumber & 0xffffffffn),
+        },
+        entry,
+        dataSector * LOG_SECTOR_SIZE,
+      );
+      dataSector++;
+    }
+  });
+  viewOf(entry).setUint32(4, crc32cWithZeroField(entry, 4), true);
+  return entry;
+}
+
