@@ -18,6 +18,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { makeRng } from '../fuzz/rng.js';
 import { MemorySource, VhdxImage, VhdxError, describe } from '../dist/index.js';
 import { checkImage } from '../dist/driver/check.js';
 import { LOCATOR_TYPE_VHDX } from '../dist/format/constants.js';
@@ -82,32 +83,9 @@ const CRAFTED = [
 
 // ---- deterministic PRNG ------------------------------------------------------------------------
 
-/** sfc32, seeded through splitmix32 from (seed, case): every case is independent and replayable. */
+/** The fuzz harness's PRNG (fuzz/rng.js), seeded from (seed, case): every case is independent and replayable. */
 function caseRng(seed, caseIndex) {
-  let s = (seed ^ Math.imul(caseIndex + 1, 0x9e3779b9)) >>> 0;
-  const split = () => {
-    s = (s + 0x9e3779b9) >>> 0;
-    let z = s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    return (z ^ (z >>> 16)) >>> 0;
-  };
-  let a = split();
-  let b = split();
-  let c = split();
-  let d = split();
-  const next = () => {
-    const t = (((a + b) >>> 0) + d) >>> 0;
-    d = (d + 1) >>> 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) >>> 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) >>> 0;
-    return t;
-  };
-  const rng = () => next() / 2 ** 32;
-  rng.int = (n) => Math.floor(rng() * n);
-  rng.pick = (arr) => arr[rng.int(arr.length)];
+  const rng = makeRng(seed ^ Math.imul(caseIndex + 1, 0x9e3779b9));
   rng.weighted = (table) => {
     const total = table.reduce((s, [w]) => s + w, 0);
     let r = rng() * total;
