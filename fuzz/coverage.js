@@ -17,6 +17,14 @@ function bucket(count) {
   return 8;
 }
 
+/**
+ * Whether a script is the library: its build under dist/, or its sources under src/ when the
+ * tests run them (test/setup/ts-hooks.js serves imports of dist/ from src/).
+ */
+export function isLibrary(url) {
+  return /\/(dist|src)\//.test(url) && !url.includes('/node_modules/');
+}
+
 export class Coverage {
   /**
    * @param {(url: string) => boolean} wanted  scripts whose blocks count as features

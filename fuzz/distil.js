@@ -4,7 +4,7 @@
 // rest. What remains is what the CI replay (test/fuzz-regression.test.js) runs.
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { Coverage } from './coverage.js';
+import { Coverage, isLibrary } from './coverage.js';
 import { execute } from './rules.js';
 import { loadInputs } from './store.js';
 import { loadTarget } from './targets/index.js';
@@ -12,7 +12,7 @@ import { loadTarget } from './targets/index.js';
 export async function distil(targetName, corpusDir) {
   const target = await loadTarget(targetName);
   const ctx = await target.setup();
-  const cov = new Coverage((url) => url.includes('/dist/'), { counts: false });
+  const cov = new Coverage(isLibrary, { counts: false });
   const inputs = loadInputs(corpusDir);
   const measured = [];
   cov.take();

@@ -11,7 +11,7 @@
 // [1] length, then the bytes, so the parent can save it when the worker hangs or dies.
 import { parentPort, workerData } from 'node:worker_threads';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { Coverage } from './coverage.js';
+import { Coverage, isLibrary } from './coverage.js';
 import { execute, signature } from './rules.js';
 import { mutate } from './mutate.js';
 import { minimise } from './minimise.js';
@@ -25,7 +25,7 @@ const inputArea = new Uint8Array(shared, 8);
 
 const target = await loadTarget(targetName);
 const ctx = await target.setup();
-const cov = new Coverage((url) => url.includes('/dist/') && !url.includes('/node_modules/'));
+const cov = new Coverage(isLibrary);
 const rng = makeRng(seed);
 const seen = new Set();
 /**

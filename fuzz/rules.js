@@ -112,8 +112,8 @@ export async function execute(target, ctx, input) {
 export function signature(result) {
   const frames = String(result.stack ?? '')
     .split('\n')
-    .filter((l) => l.includes('/dist/'))
+    .filter((l) => /\/(dist|src)\//.test(l) && !l.includes('/node_modules/'))
     .slice(0, 2)
-    .map((l) => l.replace(/:\d+\)?$/, '').replace(/^.*\/dist\//, ''));
+    .map((l) => l.replace(/:\d+\)?$/, '').replace(/^.*\/(dist|src)\//, '').replace(/\.ts\b/, '.js'));
   return `${result.rule}|${frames.join('|') || result.message.replace(/\d+/g, 'N').slice(0, 80)}`;
 }

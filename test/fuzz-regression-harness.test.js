@@ -23,7 +23,7 @@ import { vhdxSeeds, vhdSeedsAndParent, diskSeeds } from '../fuzz/seeds.js';
 import { makeRng } from '../fuzz/rng.js';
 import { execute, GuardedSource, RuleBroken } from '../fuzz/rules.js';
 import { minimise } from '../fuzz/minimise.js';
-import { Coverage } from '../fuzz/coverage.js';
+import { Coverage, isLibrary } from '../fuzz/coverage.js';
 import { repoRoot } from './helpers/env.js';
 
 const SPAN_FIELDS = new Set(['headerSize', 'entryLength', 'usaOffset', 'usaCount', 'roCompat', 'checksumType', 'magic']);
@@ -82,7 +82,7 @@ test('format-aware mutations reseal the checksums the library checks: VHDX, VHD,
 });
 
 test('coverage: the same path twice gives no new feature, another branch does', async () => {
-  const cov = new Coverage((url) => url.includes('/dist/'));
+  const cov = new Coverage(isLibrary);
   cov.take();
   const run = async (b) => {
     await execute({ run: async (x) => new GuardedSource(x).read(0, new Uint8Array(x.length > 4 ? 4 : 1)) }, {}, b);

@@ -7,7 +7,11 @@ import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { startVhdxWeb } from '../helpers/web.js';
 import { vhdxInProcess } from '../helpers/tools.js';
-import { filePath, startWebServer, webRoot } from '../../dist/cli/web.js';
+import { fileURLToPath } from 'node:url';
+import { filePath, startWebServer } from '../../dist/cli/web.js';
+
+/** The page the build made (the installed command finds it beside itself: webRoot). */
+const builtPage = fileURLToPath(new URL('../../dist/web/', import.meta.url));
 
 /** One request with the path sent as written (fetch would normalise `..` away). */
 function raw(url, path, method = 'GET') {
@@ -23,7 +27,7 @@ function raw(url, path, method = 'GET') {
 }
 
 test('the web server gives the built page with its content types, HEAD without a body, and 404/405 for the rest', async () => {
-  const web = await startWebServer(webRoot(), '127.0.0.1', 0);
+  const web = await startWebServer(builtPage, '127.0.0.1', 0);
   try {
     assert.match(web.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
     const index = await raw(web.url, '/');
@@ -48,7 +52,7 @@ test('the web server gives the built page with its content types, HEAD without a
 });
 
 test('the web server refuses every path that leaves its folder, however it is spelled', async () => {
-  const web = await startWebServer(webRoot(), '127.0.0.1', 0);
+  const web = await startWebServer(builtPage, '127.0.0.1', 0);
   try {
     for (const p of ['/../package.json', '/../../package.json', '/%2e%2e/package.json', '/..%2fpackage.json', '/%2E%2E%2F%2E%2E%2Fpackage.json', '/..%5cpackage.json', '/./index.html', '/%00', '/%ff']) {
       const r = await raw(web.url, p);

@@ -1,0 +1,48 @@
+// Module hooks for the tests (registered by test/setup/register.js), on the main thread and in
+// every worker thread the tests start:
+// - an import of the build's output under dist/ loads the TypeScript source under src/ instead,
+//   so that every test, and every helper, fuzz target or worker a test loads, runs one copy of
+//   the library: the sources, never a build that may be stale (files the build makes that have
+//   no source, the bundles, stay as they are);
+// - an import of `x.js` that does not exist loads `x.ts` beside it (TypeScript's own rule), and
+//   `.ts` files are compiled by esbuild (types are checked by `tsc -p tsconfig.test.json`).
+// Why not tsx: on Node 20 its hooks do not reach worker threads, and the fuzz and corrupt-input
+// tests run their cases in workers.
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { transform } from 'esbuild';
+
+const root = new URL('../../', import.meta.url);
+const dist = new URL('dist/', root).href;
+const src = new URL('src/', root).href;
+
+/** The file URL a specifier names, when it names a file by a relative path or a file: URL. */
+function fileUrl(specifier, parentURL) {
+  if (!parentURL || !(specifier.startsWith('.') || specifier.startsWith('file:') || specifier.startsWith('/'))) return null;
+  return new URL(specifier, parentURL);
+}
+
+export async function resolve(specifier, context, next) {
+  const url = fileUrl(specifier, context.parentURL);
+  if (url && url.pathname.endsWith('.js')) {
+    const fromDist = url.href.startsWith(dist) ? new URL(url.href.slice(dist.length).replace(/\.js$/, '.ts'), src) : null;
+    if (fromDist && existsSync(fileURLToPath(fromDist))) return next(fromDist.href, context);
+    if (!existsSync(fileURLToPath(url))) {
+      const ts = new URL(url.href.replace(/\.js$/, '.ts'));
+      if (existsSync(fileURLToPath(ts))) return next(ts.href, context);
+    }
+  }
+  return next(specifier, context);
+}
+
+export async function load(url, context, next) {
+  if (url.startsWith('file:') && url.endsWith('.ts')) {
+    const path = fileURLToPath(url);
+    const out = await transform(await readFile(path, 'utf8'), {
+      loader: 'ts', format: 'esm', target: 'es2022', sourcemap: 'inline', sourcefile: path,
+    });
+    return { format: 'module', source: out.code, shortCircuit: true };
+  }
+  return next(url, context);
+}
