@@ -471,7 +471,8 @@ export class Writer {
         const sector = buf.subarray(s - alignedStart, s - alignedStart + lss);
         const here = partial && (await bitmaps.allSet((blockStart + s) / lss, 1));
         if (here) await readExact(this.file, at + s, sector, 'payload block');
-        else await this.needParent().read(blockStart + s, sector);
+        else if (blockStart + s < this.map.parentEnd) await this.needParent().read(blockStart + s, sector);
+        // Past the parent's end (a child grown past it) the sector reads as zeros: `buf` has them.
       }
       buf.set(data, inBlock - alignedStart);
     }

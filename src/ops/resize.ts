@@ -8,7 +8,9 @@
  * blocks, allocated and written with zeros): the old layout indexes none of them, so these
  * earlier log entries change nothing a reader sees, and a crash before the size change leaves
  * the old disk. The old last block's bytes past the old end are zeroed (outside the log: no
- * reader looks at them yet) so the added range reads as zeros.
+ * reader looks at them yet) so the added range reads as zeros. A differencing disk grows past
+ * its parent the same way: its new blocks are NOT_PRESENT, and past the parent's end the
+ * mapping shows zeros where it would show the parent (driver/mapping.ts).
  *
  * Growing the BAT region. [MS-VHDX] §2.3: the log "MUST carry every metadata update", and a log
  * entry's data descriptors may name any file offset: region tables included (§2.3.1.3 names no
@@ -125,9 +127,6 @@ export async function resize(image: VhdxImage, newSize: number, opts: ResizeOpti
     const misplaced = table?.gpt && table.gpt.alternateLba !== Math.floor(oldSize / table.sectorSize) - 1;
     const gpt = table && misplaced ? await moveGptBackup(image, table, oldSize, oldSize) : null;
     return { image, oldSize, newSize, batGrowth: 0, blocksMoved: 0, gpt };
-  }
-  if (image.layout.hasParent && newSize > oldSize) {
-    throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'growing a differencing disk past its parent is not supported yet (the chain requires equal sizes)');
   }
   if (newSize < oldSize) {
     if (opts.shrink !== true && opts.toMinimum !== true) {
