@@ -294,11 +294,11 @@ export class VhdxImage implements BlockDevice {
   /**
    * End this session (as close does) but keep the file, its lock and the parent, and open the
    * image again from what the file now says: after its layout changed. This object is closed.
+   * `parent` replaces the parent (one reopened after its own layout changed: commit grows it).
    */
-  async reopen(): Promise<VhdxImage> {
+  async reopen(parent: VhdxImage | null = this.parent): Promise<VhdxImage> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
     this.closed = true;
-    const parent = this.parent;
     try {
       await this.writer?.close();
       return await VhdxImage.open(this.file, { ...this.opts, readOnly: this.readOnly, ...(parent ? { parent: async () => parent } : {}) });
