@@ -1204,6 +1204,18 @@ export class Writer {
   }
 
   /**
+   * Write `data` (whole 4 KiB sectors) at `offset` of the file, outside the log: into space no
+   * structure names yet (a relocated BAT before the region table names it). The caller vouches.
+   */
+  async writeFileRange(offset: number, data: Uint8Array): Promise<void> {
+    this.throwBackgroundError();
+    if (offset % 4096 !== 0 || data.length % 4096 !== 0 || offset < MiB || offset + data.length > this.file.size) {
+      throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot write ${data.length} bytes at ${offset}: whole 4 KiB sectors after the header section, inside the file`);
+    }
+    await this.metadataLock.run(() => this.fileWrite(offset, data));
+  }
+
+  /**
    * Fresh space of `bytes` (a 1 MiB multiple) at the end of the file, zeros written (not sparse):
    * a fixed disk's new blocks. Returns where it starts.
    */
