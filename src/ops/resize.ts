@@ -215,20 +215,21 @@ async function batSectors(image: VhdxImage, fromIndex: number, toIndex: number, 
 }
 
 /**
- * Write a BAT `newLength` bytes long at `at` (fresh space, zeroed, that no structure names yet):
- * the current BAT's bytes with the entries from `fromIndex` on as `entryAt` says (null: kept).
- * In 1 MiB pieces (memory does not grow with the BAT); pieces that stay zero are not written.
+ * Write a larger BAT at `at` (fresh space, zeroed, that no structure names yet): the current
+ * BAT's bytes with the entries from `fromIndex` to `toIndex` (exclusive) as `entryAt` says (null:
+ * kept); past them the space stays zero (NOT_PRESENT). In 1 MiB pieces (memory does not grow
+ * with the BAT); pieces that stay zero are not written.
  */
-async function writeRelocatedBat(image: VhdxImage, w: Writer, at: number, newLength: number, fromIndex: number, entryAt: (index: number) => BatEntry | null, opts: ProgressOptions): Promise<void> {
+async function writeRelocatedBat(image: VhdxImage, w: Writer, at: number, toIndex: number, fromIndex: number, entryAt: (index: number) => BatEntry | null, opts: ProgressOptions): Promise<void> {
   const old = image.layout.batRegion;
   const per = MiB / BAT_ENTRY_SIZE;
-  for (let off = 0; off < newLength; off += MiB) {
+  for (let off = 0; off < toIndex * BAT_ENTRY_SIZE; off += MiB) {
     throwIfAborted(opts.signal, 'writing the BAT');
     const piece = new Uint8Array(MiB);
     if (off < old.length) piece.set(await readBytes(image.layout.source, old.fileOffset + off, Math.min(MiB, old.length - off), 'BAT'));
     const view = new DataView(piece.buffer);
     const first = off / BAT_ENTRY_SIZE;
-    for (let i = Math.max(fromIndex, first); i < first + per; i++) {
+    for (let i = Math.max(fromIndex, first); i < Math.min(toIndex, first + per); i++) {
       const e = entryAt(i);
       if (e) encodeBatEntry(view, (i - first) * BAT_ENTRY_SIZE, e);
     }
@@ -284,13 +285,16 @@ async function grow(image: VhdxImage, newSize: number, opts: ResizeOptions, gptF
     return { state: PayloadState.FULLY_PRESENT, fileOffsetMB: firstNewPlaceMB + (block - gOld.payloadBlocks) * (bs / MiB) };
   };
   const firstChanged = Math.min(l.batEntries, payloadBatIndex(gNew, gOld.payloadBlocks));
+  // Past the old region the BAT reads as zeros (zeroed above, or fresh space), which is
+  // NOT_PRESENT: only a fixed disk's new entries there need writing.
+  const lastChanged = (l.type === 'fixed' ? newLength : l.batRegion.length) / BAT_ENTRY_SIZE;
   let batAt = batStart;
   if (relocate) {
     batAt = await w.appendZeros(newLength, opts);
-    await writeRelocatedBat(image, w, batAt, newLength, firstChanged, entryAt, opts);
+    await writeRelocatedBat(image, w, batAt, lastChanged, firstChanged, entryAt, opts);
   }
   await image.flush();
-  const pre = relocate ? [] : await batSectors(image, firstChanged, newLength / BAT_ENTRY_SIZE, l.batRegion.length, entryAt);
+  const pre = relocate ? [] : await batSectors(image, firstChanged, lastChanged, l.batRegion.length, entryAt);
   const last = [...(await sizeSectors(image, newSize)), ...(batGrows ? await regionTableSectors(image, batAt, newLength) : [])];
   await w.logSectors([...groups(pre, w.maxSectorsPerEntry), last], { dataChange: true });
   await w.finishLayoutChange(null);
