@@ -91,7 +91,9 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
   // 1b. A parent smaller than the child grows to its size; the child is reopened over it.
   const parentGrowth = child.size - parent.size;
   if (parentGrowth <= 0) return merge(child, parent, 0, opts);
-  const grown = (await resize(parent, child.size, { gptFix: false })).image;
+  // The child's sectors hold its own GPT (moved when it grew), which the merge copies: the
+  // parent's table is left alone.
+  const grown = (await resize(parent, child.size, { gptFix: false, ...(opts.signal ? { signal: opts.signal } : {}) })).image;
   let reopened: VhdxImage;
   try {
     grown.setNextDataWriteGuid(g);

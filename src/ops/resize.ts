@@ -28,9 +28,9 @@
  * grow in place: a larger BAT is written at the end of the file instead (the current entries
  * copied, the new ones set; no reader looks there yet), flushed, and the same one log entry
  * carries both region table copies (the BAT region's new offset and length) and the size. A
- * crash before that entry is durable leaves the old disk (and unnamed space past its objects, a
- * leak that the next writable session cuts); after it, the new one, whose old BAT region is free
- * space (the writer's free-space scan finds it).
+ * crash before that entry is durable leaves the old disk (and unnamed space past its objects);
+ * after it, the new one, where the old BAT region is space no structure names (check reports
+ * it as leaked; nothing reuses it in place, convert writes a copy without it).
  *
  * Shrink. Only when asked (`shrink`), and never through a partition, a filesystem, the GPT's
  * backup or data a parent shows unless `force`. The GPT's backup is written at the new end
