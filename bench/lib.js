@@ -32,18 +32,21 @@ export function sh(cmd, args, opts = {}) {
   return r.stdout;
 }
 
-/** Run a command once; wall seconds and (with GNU time) peak RSS in MB. */
+/**
+ * Run a command once; wall seconds and (with GNU time) peak RSS in MB and CPU seconds (user +
+ * system: what the command cost, whatever the machine's load).
+ */
 export function timeCmd(cmd, args, { before } = {}) {
   if (before) before();
   const useTime = existsSync('/usr/bin/time');
   const t0 = process.hrtime.bigint();
   const r = useTime
-    ? spawnSync('/usr/bin/time', ['-f', '%M', cmd, ...args], { encoding: 'utf8', maxBuffer: 256 << 20 })
+    ? spawnSync('/usr/bin/time', ['-f', '%M %U %S', cmd, ...args], { encoding: 'utf8', maxBuffer: 256 << 20 })
     : spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 << 20 });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  const rssMB = useTime ? Number(r.stderr.trim().split('\n').pop()) / 1024 : NaN;
-  return { wall, rssMB, stdout: r.stdout };
+  const [rss, user, sys] = useTime ? r.stderr.trim().split('\n').pop().split(' ').map(Number) : [NaN, NaN, NaN];
+  return { wall, rssMB: rss / 1024, cpu: user + sys, stdout: r.stdout };
 }
 
 /**

@@ -130,9 +130,7 @@ export type ErrorReason =
   /** A smaller size was asked for without the shrink option (--shrink). */
   | 'SHRINK_NOT_ASKED'
   /** A shrink would cut through a partition, a filesystem, the GPT's backup, or data a parent shows. */
-  | 'SHRINK_CUTS_DATA'
-  /** The BAT region cannot grow where it is (another structure follows it). */
-  | 'BAT_CANNOT_GROW';
+  | 'SHRINK_CUTS_DATA';
 
 export interface VhdxErrorDetails {
   /** Name of the on-disk structure concerned, e.g. "header 2" or "region table 1". */

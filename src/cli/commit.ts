@@ -1,7 +1,7 @@
 /** `vhdx commit [-p] [-d | --remove] [--parents=relative|any] CHILD`: merge a differencing image into its parent. */
 import { commitFile, type CommitChildOutcome } from '../device/commit-file.js';
 import { formatOption, refuseUrl } from './image-format.js';
-import { naming, parentPaths, parse, UsageError, type Io } from './common.js';
+import { humanSize, naming, parentPaths, parse, UsageError, type Io } from './common.js';
 
 export { COMMIT_USAGE } from './usage.js';
 import { COMMIT_USAGE } from './usage.js';
@@ -49,7 +49,8 @@ export async function commitCommand(args: string[], io: Io, signal: AbortSignal)
     bar?.stop();
   }
   if (values.quiet !== true) {
-    io.out(`Image committed into ${r.parentPath ?? 'its parent'}: ${r.dataBytes} bytes of data, ${r.zeroBytes} bytes of zeros; ${OUTCOME_TEXT[outcome]}.\n`);
+    const grew = r.parentGrowth > 0 ? ` (the parent grew by ${humanSize(r.parentGrowth)} to the child's size)` : '';
+    io.out(`Image committed into ${r.parentPath ?? 'its parent'}${grew}: ${r.dataBytes} bytes of data, ${r.zeroBytes} bytes of zeros; ${OUTCOME_TEXT[outcome]}.\n`);
   }
   return 0;
 }

@@ -39,9 +39,10 @@ export async function commitFile(childPath: string, opts: CommitFileOptions = {}
   let parentPath: string | null;
   try {
     result = await commitChild(child, { ...commitOpts, emptyChild: outcome === 'empty' });
-    parentPath = child.parent?.name ?? null;
+    parentPath = result.image.parent?.name ?? null;
+    await result.image.close(); // closes (and so flushes) the parent too
   } finally {
-    await child.close(); // closes (and so flushes) the parent too
+    await child.close(); // when commit failed (or reopened it: closed already)
   }
   if (outcome === 'remove') await unlink(childPath);
   return { ...result, parentPath };

@@ -6,6 +6,10 @@
  *    parent_linkage2 (through the child's log, durable) before the parent is touched. The child
  *    then links to the parent both before its DataWriteGuid changes (parent_linkage) and after
  *    (parent_linkage2 = G).
+ * 1b. A child grown past its parent (resize) grows the parent to its size first, as
+ *    `qemu-img commit` truncates a smaller base up: the parent's grow is its first change and
+ *    gives it DataWriteGuid G (so the child stays linked, through parent_linkage2, whether the
+ *    grow is durable or not), and the range it adds reads as zeros, as the child showed it.
  * 2. The child's own data is copied into the parent, whose first write gives it DataWriteGuid G.
  *    Every range written to the parent is one the child covers itself, so the chain's content
  *    does not change while the parent fills. The parent is flushed.
@@ -23,6 +27,7 @@ import type { ProgressOptions } from './block-device.js';
 import { copyDevice, deviceSink } from './copy.js';
 import type { ParentLocator } from '../format/parent-locator.js';
 import type { VhdxImage } from '../driver/image.js';
+import { resize } from '../ops/resize.js';
 
 export interface CommitOptions extends ProgressOptions {
   /**
@@ -42,6 +47,13 @@ export interface CommitResult {
   zeroBytes: number;
   /** The parent's DataWriteGuid after the merge. */
   parentDataWriteGuid: string;
+  /**
+   * The child to go on with (and close): the one passed in, or, when the parent had to grow,
+   * the child reopened over the grown parent (the one passed in and its old parent are closed).
+   */
+  image: VhdxImage;
+  /** Bytes the parent grew by (0 when it had the child's size). */
+  parentGrowth: number;
 }
 
 function withEntry(loc: ParentLocator, key: string, value: string | null): ParentLocator {
@@ -76,6 +88,30 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
   }
   parent.setNextDataWriteGuid(g);
 
+  // 1b. A parent smaller than the child grows to its size; the child is reopened over it.
+  const parentGrowth = child.size - parent.size;
+  if (parentGrowth <= 0) return merge(child, parent, 0, opts);
+  // The child's sectors hold its own GPT (moved when it grew), which the merge copies: the
+  // parent's table is left alone.
+  const grown = (await resize(parent, child.size, { gptFix: false, ...(opts.signal ? { signal: opts.signal } : {}) })).image;
+  let reopened: VhdxImage;
+  try {
+    grown.setNextDataWriteGuid(g);
+    reopened = await child.reopen(grown);
+  } catch (e) {
+    await grown.close();
+    throw e;
+  }
+  try {
+    return await merge(reopened, grown, parentGrowth, opts);
+  } catch (e) {
+    await reopened.close();
+    throw e;
+  }
+}
+
+/** Steps 2 and 3 (see the top of this file), once `parent` has the child's size. */
+async function merge(child: VhdxImage, parent: VhdxImage, parentGrowth: number, opts: CommitOptions): Promise<CommitResult> {
   // 2. The child's own ranges (depth 0) into the parent: its data copied (zeros included: they
   // cover the parent's data), its zero ranges zeroed. The parent is flushed at the end.
   const copied = await copyDevice(child, deviceSink(parent), {
@@ -93,10 +129,10 @@ export async function commitChild(child: VhdxImage, opts: CommitOptions = {}): P
   if (opts.emptyChild ?? true) {
     // Relinked first: from here on the child accepts only the merged parent, never a copy of
     // the parent as it was (a half-emptied child over the old content would read wrong).
-    const relinked = withEntry(withEntry(child.layout.parentLocator, 'parent_linkage2', null), 'parent_linkage', `{${parentDataWriteGuid}}`);
+    const relinked = withEntry(withEntry(child.layout.parentLocator!, 'parent_linkage2', null), 'parent_linkage', `{${parentDataWriteGuid}}`);
     await child.setParentLocator(relinked);
     // The chain reads the same, so the child keeps its DataWriteGuid: its own children stay linked.
     await child.clearAllBlocks({ contentUnchanged: true, ...(opts.signal ? { signal: opts.signal } : {}) });
   }
-  return { dataBytes: copied.bytesRead, zeroBytes: copied.bytesZeroed, parentDataWriteGuid };
+  return { dataBytes: copied.bytesRead, zeroBytes: copied.bytesZeroed, parentDataWriteGuid, image: child, parentGrowth };
 }

@@ -116,7 +116,7 @@ export class VhdxImage implements BlockDevice {
     this.linkedBy = linkedBy;
     this.depth = opts.depth ?? 0;
     this.name = opts.name;
-    this.map = new BlockMap(layout, opts);
+    this.map = new BlockMap(layout, opts, parent?.size);
     this.readOnly = out === null;
     this.writer =
       out === null
@@ -294,11 +294,11 @@ export class VhdxImage implements BlockDevice {
   /**
    * End this session (as close does) but keep the file, its lock and the parent, and open the
    * image again from what the file now says: after its layout changed. This object is closed.
+   * `parent` replaces the parent (one reopened after its own layout changed: commit grows it).
    */
-  async reopen(): Promise<VhdxImage> {
+  async reopen(parent: VhdxImage | null = this.parent): Promise<VhdxImage> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
     this.closed = true;
-    const parent = this.parent;
     try {
       await this.writer?.close();
       return await VhdxImage.open(this.file, { ...this.opts, readOnly: this.readOnly, ...(parent ? { parent: async () => parent } : {}) });
@@ -609,8 +609,8 @@ export function locatorLinkage(loc: ParentLocator): { linkage: string; linkage2:
 
 /**
  * Check that `parent` is the image the child's locator names: the VHDX locator type, a
- * DataWriteGuid equal to parent_linkage (or parent_linkage2), and the child's logical sector
- * size and virtual size. Returns the key that matched.
+ * DataWriteGuid equal to parent_linkage (or parent_linkage2), the child's logical sector
+ * size, and a virtual size no larger than the child's. Returns the key that matched.
  */
 export function checkParent(child: Layout, parent: VhdxImage, childName?: string): 'parent_linkage' | 'parent_linkage2' {
   const loc = child.parentLocator;
@@ -632,8 +632,10 @@ export function checkParent(child: Layout, parent: VhdxImage, childName?: string
   if (parent.logicalSectorSize !== child.logicalSectorSize) {
     throw new VhdxError('EINVAL', 'PARENT_MISMATCH', `${parentName} has ${parent.logicalSectorSize}-byte logical sectors, the child ${child.logicalSectorSize}-byte`);
   }
-  if (parent.size !== child.virtualSize) {
-    throw new VhdxError('EINVAL', 'PARENT_MISMATCH', `${parentName} is ${parent.size} bytes, the child ${child.virtualSize} bytes`);
+  // A child grown past its parent (resize) reads zeros past the parent's end; a smaller one
+  // would hide part of its parent, which nothing makes: refused.
+  if (parent.size > child.virtualSize) {
+    throw new VhdxError('EINVAL', 'PARENT_MISMATCH', `${parentName} is ${parent.size} bytes, more than the child's ${child.virtualSize} bytes`);
   }
   return linkedBy;
 }

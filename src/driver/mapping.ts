@@ -11,7 +11,9 @@
  * - `parent`: the range reads as the parent does (NOT_PRESENT blocks and the unset sectors of
  *   a differencing disk);
  * - `unallocated`: NOT_PRESENT blocks of a disk without a parent (zeros).
- * A disk without a parent never yields `parent`. `stored` says whether file space stands behind
+ * A disk without a parent never yields `parent`. A differencing disk grown past its parent's
+ * size (resize) shows zeros, not its parent, past the parent's end: what would be a `parent`
+ * run there is a `zero` run (not stored). `stored` says whether file space stands behind
  * the run: always for data; for zero and unallocated runs only on a fixed disk, whose blocks
  * keep the space the disk was made with whatever their state. The place an UNMAPPED or UNDEFINED
  * entry may keep (a free-space claim, see writer.ts) holds no part of the block's content and is
@@ -89,9 +91,14 @@ export class BlockMap implements BitmapPlaces {
   private readonly zeroStored: boolean;
   private readonly entryCount: number;
   private moves = 0;
+  /** Where the parent's disk ends (the disk's size when the parent is as large, or unknown). */
+  readonly parentEnd: number;
 
-  /** The mapping of the image `layout` describes, read through `layout.source` with caches bounded by `opts`. */
-  constructor(layout: Layout, opts: BatCacheOptions & BitmapCacheOptions = {}) {
+  /**
+   * The mapping of the image `layout` describes, read through `layout.source` with caches bounded
+   * by `opts`. `parentSize`: a differencing disk's parent's size, when the parent is open.
+   */
+  constructor(layout: Layout, opts: BatCacheOptions & BitmapCacheOptions = {}, parentSize?: number) {
     const src: RandomAccessSource = layout.source;
     this.bat = new BatCache(
       src,
@@ -114,6 +121,7 @@ export class BlockMap implements BitmapPlaces {
     this.hasParent = layout.hasParent;
     this.zeroStored = layout.type === 'fixed';
     this.entryCount = layout.batEntries;
+    this.parentEnd = Math.min(parentSize ?? layout.virtualSize, layout.virtualSize);
     this.bitmaps = layout.hasParent ? new SectorBitmaps(src, this, this.g, opts) : null;
   }
 
@@ -261,7 +269,8 @@ export class BlockMap implements BitmapPlaces {
       case PayloadState.PARTIALLY_PRESENT:
         return LOOKUP_MISS;
       case PayloadState.NOT_PRESENT:
-        return this.hasParent ? LOOKUP_PARENT : LOOKUP_ZERO;
+        if (!this.hasParent || offset >= this.parentEnd) return LOOKUP_ZERO;
+        return offset + length <= this.parentEnd ? LOOKUP_PARENT : LOOKUP_MISS;
       default:
         return LOOKUP_ZERO;
     }
@@ -293,11 +302,11 @@ export class BlockMap implements BitmapPlaces {
           sector += r.count;
           const runEnd = Math.min(sector * lss, blockEnd);
           if (r.present) push(out, at, runEnd - at, 'data', base + at, true);
-          else push(out, at, Math.min(runEnd, stop) - at, 'parent', -1, false);
+          else this.pushParent(out, at, Math.min(runEnd, stop));
           at = runEnd;
         }
       } else if (e.state === PayloadState.NOT_PRESENT) {
-        if (this.hasParent) push(out, pos, stop - pos, 'parent', -1, false);
+        if (this.hasParent) this.pushParent(out, pos, stop);
         else push(out, pos, blockEnd - pos, 'unallocated', -1, this.zeroStored);
       } else {
         push(out, pos, blockEnd - pos, 'zero', -1, this.zeroStored);
@@ -305,6 +314,13 @@ export class BlockMap implements BitmapPlaces {
       pos = blockEnd;
     }
     return out;
+  }
+
+  /** [from, to) shows the parent: a parent run, and zeros for what lies past the parent's end. */
+  private pushParent(out: Run[], from: number, to: number): void {
+    const cut = Math.max(from, Math.min(to, this.parentEnd));
+    if (cut > from) push(out, from, cut - from, 'parent', -1, false);
+    if (to > cut) push(out, cut, to - cut, 'zero', -1, false);
   }
 }
 

@@ -471,7 +471,8 @@ export class Writer {
         const sector = buf.subarray(s - alignedStart, s - alignedStart + lss);
         const here = partial && (await bitmaps.allSet((blockStart + s) / lss, 1));
         if (here) await readExact(this.file, at + s, sector, 'payload block');
-        else await this.needParent().read(blockStart + s, sector);
+        else if (blockStart + s < this.map.parentEnd) await this.needParent().read(blockStart + s, sector);
+        // Past the parent's end (a child grown past it) the sector reads as zeros: `buf` has them.
       }
       buf.set(data, inBlock - alignedStart);
     }
@@ -1200,6 +1201,18 @@ export class Writer {
       if (this.file.size < offset + length) await this.file.truncate(offset + length);
       await writeZeros(this.fileWrite, offset, length);
     });
+  }
+
+  /**
+   * Write `data` (whole 4 KiB sectors) at `offset` of the file, outside the log: into space no
+   * structure names yet (a relocated BAT before the region table names it). The caller vouches.
+   */
+  async writeFileRange(offset: number, data: Uint8Array): Promise<void> {
+    this.throwBackgroundError();
+    if (offset % 4096 !== 0 || data.length % 4096 !== 0 || offset < MiB || offset + data.length > this.file.size) {
+      throw new VhdxError('EINVAL', 'BAD_ARGUMENT', `cannot write ${data.length} bytes at ${offset}: whole 4 KiB sectors after the header section, inside the file`);
+    }
+    await this.metadataLock.run(() => this.fileWrite(offset, data));
   }
 
   /**

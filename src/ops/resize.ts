@@ -8,12 +8,14 @@
  * blocks, allocated and written with zeros): the old layout indexes none of them, so these
  * earlier log entries change nothing a reader sees, and a crash before the size change leaves
  * the old disk. The old last block's bytes past the old end are zeroed (outside the log: no
- * reader looks at them yet) so the added range reads as zeros.
+ * reader looks at them yet) so the added range reads as zeros. A differencing disk grows past
+ * its parent the same way: its new blocks are NOT_PRESENT, and past the parent's end the
+ * mapping shows zeros where it would show the parent (driver/mapping.ts).
  *
  * Growing the BAT region. [MS-VHDX] §2.3: the log "MUST carry every metadata update", and a log
  * entry's data descriptors may name any file offset: region tables included (§2.3.1.3 names no
- * restriction but the header section and the log itself, which the log never writes). We choose
- * to extend the BAT region in place, not to write a larger BAT elsewhere: the payload blocks that
+ * restriction but the header section and the log itself, which the log never writes). When
+ * nothing fixed follows the region, it is extended in place: the payload blocks that
  * follow the region are moved to the end of the file first (copy, flush, BAT through the log:
  * `moveBlocks`, each move durable and invisible to readers), the space the region grows into is
  * zeroed (all NOT_PRESENT) and flushed, and then one log entry carries both region table copies
@@ -22,7 +24,13 @@
  * only the region's own growth in free space, never a second copy of a BAT that may be large.
  * Until that one entry is durable the file reads as the old disk (the moved blocks are reached
  * through their new entries); after it, as the new one. When another fixed structure (the log,
- * the metadata region) follows the BAT, the region cannot grow in place: BAT_CANNOT_GROW.
+ * the metadata region) follows the BAT (qemu-img's layout, Hyper-V's .avhdx), the region cannot
+ * grow in place: a larger BAT is written at the end of the file instead (the current entries
+ * copied, the new ones set; no reader looks there yet), flushed, and the same one log entry
+ * carries both region table copies (the BAT region's new offset and length) and the size. A
+ * crash before that entry is durable leaves the old disk (and unnamed space past its objects);
+ * after it, the new one, where the old BAT region is space no structure names (check reports
+ * it as leaked; nothing reuses it in place, convert writes a copy without it).
  *
  * Shrink. Only when asked (`shrink`), and never through a partition, a filesystem, the GPT's
  * backup or data a parent shows unless `force`. The GPT's backup is written at the new end
@@ -126,9 +134,6 @@ export async function resize(image: VhdxImage, newSize: number, opts: ResizeOpti
     const gpt = table && misplaced ? await moveGptBackup(image, table, oldSize, oldSize) : null;
     return { image, oldSize, newSize, batGrowth: 0, blocksMoved: 0, gpt };
   }
-  if (image.layout.hasParent && newSize > oldSize) {
-    throw new VhdxError('ENOTSUP', 'BAD_ARGUMENT', 'growing a differencing disk past its parent is not supported yet (the chain requires equal sizes)');
-  }
   if (newSize < oldSize) {
     if (opts.shrink !== true && opts.toMinimum !== true) {
       throw new VhdxError('EINVAL', 'SHRINK_NOT_ASKED', `${newSize} bytes is smaller than the disk's ${oldSize}: shrinking cuts data off, and needs --shrink (the shrink option)`);
@@ -158,10 +163,10 @@ async function sizeSectors(image: VhdxImage, size: number): Promise<Sector[]> {
   return out;
 }
 
-/** Both region table copies with the BAT region's length set to `batLength`: the sectors that change. */
-async function regionTableSectors(image: VhdxImage, batLength: number): Promise<Sector[]> {
+/** Both region table copies with the BAT region at `batOffset`, `batLength` bytes long: the sectors that change. */
+async function regionTableSectors(image: VhdxImage, batOffset: number, batLength: number): Promise<Sector[]> {
   const l = image.layout;
-  const table = encodeRegionTable(l.regions.map((r) => (r.guid === REGION_BAT ? { ...r, length: batLength } : r)));
+  const table = encodeRegionTable(l.regions.map((r) => (r.guid === REGION_BAT ? { ...r, fileOffset: batOffset, length: batLength } : r)));
   const out: Sector[] = [];
   for (const copy of REGION_TABLE_OFFSETS) {
     const now = await readBytes(l.source, copy, REGION_TABLE_SIZE, 'region table');
@@ -209,6 +214,29 @@ async function batSectors(image: VhdxImage, fromIndex: number, toIndex: number, 
   return out;
 }
 
+/**
+ * Write a larger BAT at `at` (fresh space, zeroed, that no structure names yet): the current
+ * BAT's bytes with the entries from `fromIndex` to `toIndex` (exclusive) as `entryAt` says (null:
+ * kept); past them the space stays zero (NOT_PRESENT). In 1 MiB pieces (memory does not grow
+ * with the BAT); pieces that stay zero are not written.
+ */
+async function writeRelocatedBat(image: VhdxImage, w: Writer, at: number, toIndex: number, fromIndex: number, entryAt: (index: number) => BatEntry | null, opts: ProgressOptions): Promise<void> {
+  const old = image.layout.batRegion;
+  const per = MiB / BAT_ENTRY_SIZE;
+  for (let off = 0; off < toIndex * BAT_ENTRY_SIZE; off += MiB) {
+    throwIfAborted(opts.signal, 'writing the BAT');
+    const piece = new Uint8Array(MiB);
+    if (off < old.length) piece.set(await readBytes(image.layout.source, old.fileOffset + off, Math.min(MiB, old.length - off), 'BAT'));
+    const view = new DataView(piece.buffer);
+    const first = off / BAT_ENTRY_SIZE;
+    for (let i = Math.max(fromIndex, first); i < Math.min(toIndex, first + per); i++) {
+      const e = entryAt(i);
+      if (e) encodeBatEntry(view, (i - first) * BAT_ENTRY_SIZE, e);
+    }
+    if (off < old.length || piece.some((x) => x !== 0)) await w.writeFileRange(at + off, piece);
+  }
+}
+
 async function grow(image: VhdxImage, newSize: number, opts: ResizeOptions, gptFix: boolean): Promise<ResizeResult> {
   const l = image.layout;
   const oldSize = l.virtualSize;
@@ -220,14 +248,13 @@ async function grow(image: VhdxImage, newSize: number, opts: ResizeOptions, gptF
   const newLength = Math.max(l.batRegion.length, alignUp(newEntries * BAT_ENTRY_SIZE, MiB));
   const batStart = l.batRegion.fileOffset;
   const batEnd = batStart + l.batRegion.length;
+  const batGrows = newLength > l.batRegion.length;
+  // The log or the metadata region in the way of the BAT's growth: it is written elsewhere.
+  const growTo = batStart + newLength;
+  const relocate = batGrows && fixedObjects(l).objects.some((o) => o.start < growTo && o.end > batEnd);
   let blocksMoved = 0;
-  // 1. Room for the BAT: blocks out of the space it grows into, that space zeroed.
-  if (newLength > l.batRegion.length) {
-    const growTo = batStart + newLength;
-    const inTheWay = fixedObjects(l).objects.find((o) => o.start < growTo && o.end > batEnd);
-    if (inTheWay) {
-      throw new VhdxError('ENOTSUP', 'BAT_CANNOT_GROW', `the BAT region must grow to ${newLength} bytes for ${newSize} bytes of disk, and ${inTheWay.name} follows it: not supported`);
-    }
+  // 1. Room for the BAT in place: blocks out of the space it grows into, that space zeroed.
+  if (batGrows && !relocate) {
     await w.reserveFileRange(batEnd, growTo);
     const moves = await w.blocksIn(batEnd, growTo, opts);
     blocksMoved = (await image.moveBlocks(moves, opts)).length;
@@ -244,10 +271,10 @@ async function grow(image: VhdxImage, newSize: number, opts: ResizeOptions, gptF
   const newBlocks = gNew.payloadBlocks - gOld.payloadBlocks;
   let firstNewPlaceMB = 0;
   if (l.type === 'fixed' && newBlocks > 0) firstNewPlaceMB = (await w.appendZeros(newBlocks * bs, opts)) / MiB;
-  await image.flush();
   // 4. Entries the bigger disk brings into use, then one entry with the size (and region tables).
   // Kept as they are: old blocks' payload entries and, on a differencing disk, old chunks' bitmap
-  // entries. Everything else from the first entry the old layout may not index on is rewritten.
+  // entries. Everything else from the first entry the old layout may not index on is rewritten:
+  // through the log in place, or, for a relocated BAT, in its new copy before anything names it.
   const period = gNew.chunkRatio + 1;
   const absent: BatEntry = { state: PayloadState.NOT_PRESENT, fileOffsetMB: 0 };
   const entryAt = (index: number): BatEntry | null => {
@@ -258,8 +285,17 @@ async function grow(image: VhdxImage, newSize: number, opts: ResizeOptions, gptF
     return { state: PayloadState.FULLY_PRESENT, fileOffsetMB: firstNewPlaceMB + (block - gOld.payloadBlocks) * (bs / MiB) };
   };
   const firstChanged = Math.min(l.batEntries, payloadBatIndex(gNew, gOld.payloadBlocks));
-  const pre = await batSectors(image, firstChanged, newLength / BAT_ENTRY_SIZE, l.batRegion.length, entryAt);
-  const last = [...(await sizeSectors(image, newSize)), ...(newLength > l.batRegion.length ? await regionTableSectors(image, newLength) : [])];
+  // Past the old region the BAT reads as zeros (zeroed above, or fresh space), which is
+  // NOT_PRESENT: only a fixed disk's new entries there need writing.
+  const lastChanged = (l.type === 'fixed' ? newLength : l.batRegion.length) / BAT_ENTRY_SIZE;
+  let batAt = batStart;
+  if (relocate) {
+    batAt = await w.appendZeros(newLength, opts);
+    await writeRelocatedBat(image, w, batAt, lastChanged, firstChanged, entryAt, opts);
+  }
+  await image.flush();
+  const pre = relocate ? [] : await batSectors(image, firstChanged, lastChanged, l.batRegion.length, entryAt);
+  const last = [...(await sizeSectors(image, newSize)), ...(batGrows ? await regionTableSectors(image, batAt, newLength) : [])];
   await w.logSectors([...groups(pre, w.maxSectorsPerEntry), last], { dataChange: true });
   await w.finishLayoutChange(null);
   const reopened = await image.reopen();

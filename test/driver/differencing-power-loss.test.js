@@ -13,7 +13,7 @@
 //    that content and the child empty.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, MemorySource, VhdxImage, commitChild } from '../../dist/index.js';
+import { FaultySource, MemorySource, VhdxImage, commitChild, resize } from '../../dist/index.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { bytesEqual, crashCheck, pattern } from '../helpers/model.js';
 import { runWorkload } from '../helpers/workload.js';
@@ -202,12 +202,22 @@ function machine(files, crashAt) {
   return { sources: files.map(wrap), get mutations() { return n; } };
 }
 
-/** A chain with content, as durable bytes: [child, parent]; and its content. */
-async function committableChain({ size, sector }) {
+/**
+ * A chain with content, as durable bytes: [child, parent]; and its content. `grow`: the child is
+ * first grown by that many bytes past its parent (resize) and written past the parent's end.
+ */
+async function committableChain({ size, sector, grow = 0 }) {
   const { psrc, pmodel, childBase } = await parentAndChild({ size, sector, childBlockSize: MiB });
   const csrc = new FaultySource(childBase, { writeCache: false });
-  const c = await VhdxImage.open(csrc, { readOnly: false, parent: () => VhdxImage.open(psrc) });
+  const open = () => VhdxImage.open(csrc, { readOnly: false, parent: () => VhdxImage.open(psrc) });
+  let c = await open();
   const model = pmodel.clone();
+  if (grow > 0) {
+    c = (await resize(c, size + grow)).image;
+    const past = pattern(77, 5000);
+    await c.write(size + 4096 + 100, past);
+    model.write(size + 4096 + 100, past);
+  }
   const list = childWorkload(MiB, sector).filter((op) => op.kind !== 'reopen' && op.kind !== 'close');
   const apply = async (op) => {
     if (op.kind === 'parallel') return Promise.all(op.ops.map(apply));
@@ -229,21 +239,29 @@ function openPair(child, parent, writable) {
   return VhdxImage.open(child, { readOnly: !writable, name: 'child', parent: () => VhdxImage.open(parent, { readOnly: !writable, name: 'parent' }) });
 }
 
-test('power loss during commit: the chain reads as before, and a second commit completes the merge', async (t) => {
-  const size = B(10);
-  const { child, parent, model } = await committableChain({ size, sector: 512 });
+/**
+ * Commit at every crash point (or a spread): the chain reads as before, a second commit completes
+ * the merge. `grow`: the child was grown past its parent by that many bytes (commit grows the
+ * parent first).
+ */
+async function commitSweep(t, { grow = 0 } = {}) {
+  const { child, parent, model } = await committableChain({ size: B(10), sector: 512, grow });
+  const size = B(10) + grow;
 
   const runCommit = async (crashAt) => {
     const files = [new FaultySource(child, { trace: true }), new FaultySource(parent, { trace: true })];
     const m = machine(files, crashAt);
     try {
       const img = await openPair(m.sources[0], m.sources[1], true);
+      let cur = img;
       try {
-        await commitChild(img);
+        cur = (await commitChild(img)).image;
       } finally {
-        await img.close().catch((e) => {
-          if (crashAt === undefined) throw e;
-        });
+        for (const i of new Set([cur, img])) {
+          await i.close().catch((e) => {
+            if (crashAt === undefined) throw e;
+          });
+        }
       }
     } catch (e) {
       if (crashAt === undefined || !files[0].isCrashed) throw e;
@@ -289,7 +307,7 @@ test('power loss during commit: the chain reads as before, and a second commit c
         const again = await openPair(c, p, true);
         const m2 = await compareWith(again, model, 0, size, BUFS);
         if (m2) failures.push(`${label}: the chain after in-place replay: ${m2}`);
-        await commitChild(again);
+        await (await commitChild(again)).image.close();
         await again.close();
         const pp = await VhdxImage.open(p);
         const m3 = await compareWith(pp, model, 0, size, BUFS);
@@ -316,4 +334,8 @@ test('power loss during commit: the chain reads as before, and a second commit c
     if (failures.length > 10) break;
   }
   assert.deepEqual(failures, []);
-});
+}
+
+test('power loss during commit: the chain reads as before, and a second commit completes the merge', (t) => commitSweep(t));
+
+test('power loss during the commit of a child grown past its parent (the parent grows first): the chain reads as before, a second commit completes it', (t) => commitSweep(t, { grow: B(3) + 512 }));

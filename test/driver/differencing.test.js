@@ -464,11 +464,18 @@ test('broken chains in memory: PARENT_MISMATCH, CHAIN_TOO_DEEP, NO_PARENT; paren
   assert.ok(bytesEqual(await readAt(viaAlt, 0, 4096), await readAt(await openParent(), 0, 4096)));
   await viaAlt.close();
 
-  // Logical sector size and virtual size must be the parent's.
+  // Logical sector size must be the parent's; the virtual size at least the parent's.
   const sec4k = await makeChild({ size, logicalSectorSize: 4096 }, { locator: locatorOf(null, { linkage: dwg }) });
   await rejectsWith(VhdxImage.open(sec4k, { parent: openParent }), 'PARENT_MISMATCH', /512-byte logical sectors, the child 4096-byte/);
+  const smaller = await makeChild({ size: size - MiB, logicalSectorSize: 512 }, { locator: locatorOf(null, { linkage: dwg }) });
+  await rejectsWith(VhdxImage.open(smaller, { parent: openParent }), 'PARENT_MISMATCH', /is 8388608 bytes, more than the child's 7340032 bytes/);
+  // A child larger than its parent (grown by resize; this used to be refused): the parent
+  // shows below its end, zeros past it.
   const bigger = await makeChild({ size: size + MiB, logicalSectorSize: 512 }, { locator: locatorOf(null, { linkage: dwg }) });
-  await rejectsWith(VhdxImage.open(bigger, { parent: openParent }), 'PARENT_MISMATCH', /is 8388608 bytes, the child 9437184 bytes/);
+  const big = await VhdxImage.open(bigger, { parent: openParent });
+  assert.ok(bytesEqual(await readAt(big, 0, 4096), await readAt(await openParent(), 0, 4096)));
+  assert.ok((await readAt(big, size - 512, MiB + 512)).subarray(512).every((x) => x === 0), 'zeros past the parent');
+  await big.close();
 
   // A resolver that keeps finding parents: the chain stops at MAX_CHAIN_DEPTH.
   const selfish = await makeChild({ size, logicalSectorSize: 512 }, { locator: locatorOf(null, { linkage: dwg }) });
@@ -547,9 +554,10 @@ test('broken chains on files: mismatch, missing parent, loops, sizes, path polic
     const S = join(dir, 'sector-mismatch.vhdx');
     await writeChildFile(S, P4, { relative: '.\\parent4k.vhdx', lss: 512 });
     await rejectsWith(openFile(S), 'PARENT_MISMATCH', /4096-byte logical sectors, the child 512-byte/);
+    // A child smaller than its parent (a larger one is a grown child and opens).
     const Z = join(dir, 'size-mismatch.vhdx');
-    await writeChildFile(Z, P, { relative: '.\\parent.vhdx', size: 16 * MiB });
-    await rejectsWith(openFile(Z), 'PARENT_MISMATCH', /is 8388608 bytes, the child 16777216 bytes/);
+    await writeChildFile(Z, P, { relative: '.\\parent.vhdx', size: 4 * MiB });
+    await rejectsWith(openFile(Z), 'PARENT_MISMATCH', /is 8388608 bytes, more than the child's 4194304 bytes/);
   }
 
   // A loop: a child whose parent is itself, and A → B → A.

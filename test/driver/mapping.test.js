@@ -211,3 +211,24 @@ for (const type of ['dynamic', 'fixed', 'differencing']) {
     });
   }
 }
+
+// A differencing disk grown past its parent (resize): what would show the parent past the
+// parent's end is a zero run (not stored). The parent ends inside a partially present block (8),
+// so the cut falls between a block's sectors, and inside the chunk's run of NOT_PRESENT blocks.
+for (const lss of [512, 4096]) {
+  test(`the mapping of a differencing disk with ${lss}-byte sectors larger than its parent shows zeros past the parent's end`, async () => {
+    const d = await build({ lss, type: 'differencing' });
+    for (const parentEnd of [8 * MiB + 5 * lss, 20 * MiB]) {
+      const map = new BlockMap(d.layout, {}, parentEnd);
+      assert.equal(map.parentEnd, parentEnd);
+      const model = { ...d, at: (o) => (o >= parentEnd && d.at(o).kind === 'parent' ? { kind: 'zero', stored: false } : d.at(o)) };
+      const list = [...ranges(d, lss * 7), [parentEnd - lss, 2 * lss], [parentEnd - 100, 200], [Math.floor(parentEnd / MiB) * MiB, MiB]];
+      for (const [offset, length] of list) {
+        const runs = await map.runs(offset, length);
+        const m = checkRuns(model, runs, offset, length);
+        assert.equal(m, null, `parent end ${parentEnd}, [${offset}, +${length}): ${m}\n${JSON.stringify(runs.slice(0, 8))}`);
+        if (length <= MiB) assert.equal(map.fastLookup(offset, length), wantLookup(model, offset, length), `fastLookup of [${offset}, +${length})`);
+      }
+    }
+  });
+}

@@ -9,6 +9,9 @@ import { FaultySource, MemorySource, VhdxImage, resize } from '../../dist/index.
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
+import { needTool, run, scratch } from '../helpers/env.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -94,6 +97,31 @@ test('power loss at every write and flush of a grow that extends the BAT region 
     await r.image.close();
   };
   await powerLossSweep(bytes, work, { oldSize: GROW.layout.virtualSize, newSize: GROW.newSize, writes: GROW.writes });
+});
+
+// qemu-img's layout (and Hyper-V's .avhdx): log, BAT, then the metadata region right after the
+// BAT. The BAT cannot grow in place: a larger one is written at the end of the file and one log
+// entry switches both region table copies (and the size) to it.
+test('power loss at every write and flush of a grow that relocates the BAT (metadata after it, qemu-img\'s layout) leaves the old disk or the new one', { skip: needTool('qemu-img') }, async () => {
+  const dir = scratch('vhdx-resize-reloc-');
+  const path = join(dir, 'q.vhdx');
+  run('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'subformat=dynamic,block_size=1M', path, String(64 * MiB)]);
+  const mem = new MemorySource(new Uint8Array(readFileSync(path)));
+  const img = await VhdxImage.open(mem, { readOnly: false });
+  const { batRegion, metadataRegion } = img.layout;
+  assert.equal(metadataRegion.fileOffset, batRegion.fileOffset + batRegion.length, 'qemu-img puts the metadata right after the BAT');
+  for (const [at, data] of GROW.writes) await img.write(at, data);
+  await img.close();
+  const bytes = mem.bytes().slice();
+  const work = async (src) => {
+    const r = await resize(await VhdxImage.open(src, { readOnly: false }), GROW.newSize);
+    assert.equal(r.batGrowth, MiB);
+    assert.equal(r.blocksMoved, 0, 'nothing moves: the BAT goes elsewhere');
+    assert.ok(r.image.layout.batRegion.fileOffset >= bytes.length, `the BAT is at the old end of the file (${r.image.layout.batRegion.fileOffset})`);
+    assert.equal(r.image.layout.batRegion.length, 2 * MiB);
+    await r.image.close();
+  };
+  await powerLossSweep(bytes, work, { oldSize: 64 * MiB, newSize: GROW.newSize, writes: GROW.writes });
 });
 
 // A shrink that releases blocks past the new end, moves a kept block that sits high in the file
