@@ -1,5 +1,5 @@
 /** Creating VHDX files by path (Node): a new image, or a differencing child over a parent file. */
-import { unlink } from '../io/fs-async.js';
+import { unlink } from 'node:fs/promises';
 import { NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { VhdxImage, type ParentResolver } from '../driver/image.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from '../driver/create.js';
