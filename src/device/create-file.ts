@@ -24,7 +24,7 @@ export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentL
   parent?: string;
   /** How the parent's own chain is opened (default 'relative'). */
   parents?: ParentPaths | ParentResolver;
-  /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). */
+  /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). @internal */
   onPlan?: (plan: ImagePlan) => void;
   /** Cache mode of the new file (default writeback; see CacheMode). */
   cache?: CacheMode;
