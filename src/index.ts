@@ -20,7 +20,7 @@ export { openUrl, urlParentResolver, probeFormat, type OpenUrlOptions, type UrlO
 export type { ParentPaths } from './device/parents.js';
 
 // VHDX images: open, describe, create, check and repair, commit.
-export { VhdxImage, MAX_CHAIN_DEPTH, type OpenOptions, type AllocationStats, type ParentResolver, type ParentRequest } from './driver/image.js';
+export { VhdxImage, locatorValue, MAX_CHAIN_DEPTH, type OpenOptions, type AllocationStats, type ParentResolver, type ParentRequest } from './driver/image.js';
 export type { ParentLocator } from './format/parent-locator.js';
 export type { DiskType } from './driver/open.js';
 export type { BatCacheOptions } from './driver/bat-cache.js';

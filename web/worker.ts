@@ -12,6 +12,7 @@ import {
   describe,
   describeContents,
   isVhdxError,
+  locatorValue,
   openUrl,
   type BlockDevice,
   type ContentsInfo,
@@ -19,7 +20,7 @@ import {
   type HttpStats,
   type ParentResolver,
 } from '../src/index.js';
-import { PARENT_PATH_KEYS, locatorValue } from '../src/driver/image.js';
+import { PARENT_PATH_KEYS } from '../src/driver/image.js';
 import { CELL_DATA, CELL_UNALLOCATED, CELL_ZERO, MAX_DEPTH_SHOWN, type ChainLevel, type Reply, type Request } from './protocol.js';
 
 interface WorkerScope {
