@@ -9,6 +9,8 @@
 //
 // The source map costs a start nothing: Node reads it only once source maps are enabled.
 //
+// Imports of node:fs/promises resolve to src/cli/fs-promises.ts (callback fs): see why there.
+//
 // Then a V8 code cache for the bundle (dist/vhdx-cli.cjs.cache): a child process loads the
 // bundle, runs info and map on a scratch image so that the functions those run are compiled, and
 // saves what V8 compiled. Only the short commands, whose time is mostly start-up: a cache is
@@ -18,7 +20,15 @@ import { build } from 'esbuild';
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+
+/** The CLI's stand-in for node:fs/promises (src/cli/fs-promises.ts says why). */
+const fsPromises = {
+  name: 'fs-promises-over-callbacks',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?fs\/promises$/ }, () => ({ path: resolve('src/cli/fs-promises.ts') }));
+  },
+};
 
 await build({
   entryPoints: ['src/cli/main.ts'],
@@ -33,6 +43,7 @@ await build({
   sourcemap: 'linked',
   sourcesContent: false,
   external: ['cli-progress'],
+  plugins: [fsPromises],
   banner: { js: "const __vhdxImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
   define: { 'import.meta.url': '__vhdxImportMetaUrl' },
   logLevel: 'warning',

@@ -3,7 +3,8 @@
 // in-memory replay; after the replay check finds no dirty log; and check never calls clean a
 // replayed image the readers refuse. (A log may legitimately write damage into the image, so a
 // replayed image is not required to be free of corruption.)
-import { VhdxImage, VhdxError, checkImage, replayInPlace } from '../../dist/index.js';
+import { VhdxImage, VhdxError, checkImage } from '../../dist/index.js';
+import { replayInPlace } from '../../dist/driver/open.js';
 import { GuardedSource, RuleBroken } from '../rules.js';
 import { vhdxStructures, vhdxGuids } from '../formats.js';
 import { corpusSeed, dirtySeed } from '../seeds.js';

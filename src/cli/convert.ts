@@ -3,7 +3,7 @@
  * a new raw file, VHDX image or VHD image, sparsely (zero and unallocated ranges are not written).
  */
 import { statSync } from 'node:fs';
-import { unlink } from '../io/fs-async.js';
+import { unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { createOpenFile } from '../device/create-file.js';
 import { CACHE_MODES, NodeFileSource, type CacheMode } from '../io/node-file.js';

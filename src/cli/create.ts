@@ -5,7 +5,7 @@
 import { createFile } from '../device/create-file.js';
 import { planCreate, type CreateOptions } from '../driver/create.js';
 import { VhdxError } from '../errors.js';
-import { unlink } from '../io/fs-async.js';
+import { unlink } from 'node:fs/promises';
 import { NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { azureCreateOptions } from '../vhd/azure.js';
 import { createVhd, planVhd, type CreateVhdOptions, type VhdPlan } from '../vhd/create.js';

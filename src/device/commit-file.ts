@@ -1,5 +1,5 @@
 /** Commit and rebase of differencing VHDX files by path (Node). */
-import { unlink } from '../io/fs-async.js';
+import { unlink } from 'node:fs/promises';
 import { checkParent, type ParentResolver } from '../driver/image.js';
 import { VhdxError } from '../errors.js';
 import { commitChild, type CommitOptions, type CommitResult } from './commit.js';

@@ -1,5 +1,5 @@
 /** Creating VHDX files by path (Node): a new image, or a differencing child over a parent file. */
-import { unlink } from '../io/fs-async.js';
+import { unlink } from 'node:fs/promises';
 import { NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { VhdxImage, type ParentResolver } from '../driver/image.js';
 import { createImage, planCreate, DEFAULT_CREATOR, type CreateOptions, type CreateResult } from '../driver/create.js';
@@ -24,7 +24,7 @@ export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentL
   parent?: string;
   /** How the parent's own chain is opened (default 'relative'). */
   parents?: ParentPaths | ParentResolver;
-  /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). */
+  /** Called with the checked plan before the file is made (`vhdx create` prints its `Formatting …` line there). @internal */
   onPlan?: (plan: ImagePlan) => void;
   /** Cache mode of the new file (default writeback; see CacheMode). */
   cache?: CacheMode;

@@ -2,7 +2,7 @@
  * Parents on the host's files (Node): where a parent path points, under the policy of parents.ts,
  * and the locator a new child needs to find its parent.
  */
-import { realpath, stat } from '../io/fs-async.js';
+import { realpath, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { LOCATOR_TYPE_VHDX } from '../format/constants.js';
 import type { ParentLocator } from '../format/parent-locator.js';

@@ -45,7 +45,7 @@ export interface CreateOptions extends ProgressOptions {
 }
 
 export interface CreateResult {
-  /** Where every structure went. */
+  /** Where every structure went. @internal */
   plan: ImagePlan;
   /** The GUIDs written. */
   identity: ImageIdentity;

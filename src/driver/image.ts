@@ -11,7 +11,7 @@ import { BAT_ENTRY_SIZE, PAYLOAD_STATE_NAMES, entryState, fragmentationPercentag
 import { batWindowEntries, scanBat } from './bat-scan.js';
 import type { BlockDevice, DeviceCapabilities, Extent, ProgressOptions } from '../device/block-device.js';
 import type { BatCacheOptions } from './bat-cache.js';
-import { openLayout, replayInPlace, type Layout } from './open.js';
+import { openLayout, replayInPlace, type DiskType, type Layout } from './open.js';
 import { Writer, entriesPerCommit, type BlockMove, type FreeSpaceOptions, type MovedBlock, type WriteOptions, type ZeroOptions } from './writer.js';
 import type { CurrentHeader } from './headers.js';
 import type { BitmapCacheOptions } from './bitmap-cache.js';
@@ -45,7 +45,7 @@ export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions, FreeSp
 export interface ParentRequest {
   /** The child's parent locator (key/value pairs). */
   locator: ParentLocator;
-  /** The child's layout. */
+  /** The child's layout. @internal */
   child: Layout;
   /** Depth the parent will have in the chain (1 = the opened image's parent). */
   depth: number;
@@ -103,6 +103,7 @@ export class VhdxImage implements BlockDevice {
   readonly name: string | undefined;
 
   private constructor(
+    /** The layout read at open; the driver's own (its source and state change as it writes). @internal */
     readonly layout: Layout,
     private readonly file: RandomAccessSource,
     /** The file narrowed to a writable source (writable opens), else null. */
@@ -319,7 +320,7 @@ export class VhdxImage implements BlockDevice {
     return out;
   }
 
-  /** The current header: after writes, the one this session last wrote. */
+  /** The current header: after writes, the one this session last wrote. @internal */
   get header(): CurrentHeader {
     return this.writer ? { ...this.writer.currentHeader } : this.layout.current;
   }
@@ -370,7 +371,7 @@ export class VhdxImage implements BlockDevice {
   get blockSize(): number {
     return this.layout.blockSize;
   }
-  get type(): Layout['type'] {
+  get type(): DiskType {
     return this.layout.type;
   }
 

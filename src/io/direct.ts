@@ -8,7 +8,7 @@
  * it waits for the writes in flight and holds the others back meanwhile. Memory is bounded by
  * the slots (SLOTS × SLOT_BYTES), whatever the requests' sizes.
  */
-import * as fsa from './fs-async.js';
+import type { FdFile } from './node-file.js';
 
 // The one WebAssembly API used here (the project's TypeScript libraries do not declare it).
 declare const WebAssembly: { Memory: new (descriptor: { initial: number }) => { buffer: ArrayBuffer } };
@@ -31,7 +31,7 @@ export class DirectIo {
   /** A write widened past the file's end grew it beyond its size: trimmed by `settle`. */
   overhang = false;
 
-  constructor(private readonly fd: number) {
+  constructor(private readonly file: FdFile) {
     this.memory = new WebAssembly.Memory({ initial: (SLOTS * SLOT_BYTES) / WASM_PAGE }).buffer;
     for (let i = 0; i < SLOTS; i++) this.free.push(i);
   }
@@ -44,7 +44,7 @@ export class DirectIo {
       const start = alignDown(pos);
       const end = Math.min(alignUp(offset + into.length), start + SLOT_BYTES);
       const n = await this.withSlot(async (slot) => {
-        const got = await fsa.read(this.fd, slot.subarray(0, end - start), start);
+        const got = await this.file.read(slot.subarray(0, end - start), start);
         const useful = Math.max(0, Math.min(got, offset + into.length - start) - (pos - start));
         into.set(slot.subarray(pos - start, pos - start + useful), done);
         return useful;
@@ -76,7 +76,7 @@ export class DirectIo {
       await this.withSlot(async (slot) => {
         const view = slot.subarray(0, part.length);
         view.set(part);
-        await fsa.writeAll(this.fd, view, start);
+        await this.file.writeAll(view, start);
       });
     } finally {
       if (--this.writing === 0) this.idle?.();
@@ -93,10 +93,10 @@ export class DirectIo {
         this.idle = null;
         await this.withSlot(async (slot) => {
           const view = slot.subarray(0, end - start);
-          const got = await fsa.read(this.fd, view, start);
+          const got = await this.file.read(view, start);
           view.fill(0, got);
           view.set(part, pos - start);
-          await fsa.writeAll(this.fd, view, start);
+          await this.file.writeAll(view, start);
           if (got < end - start) this.overhang = true;
         });
       } finally {

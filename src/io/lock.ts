@@ -57,7 +57,7 @@
  * The lock folder is writable by every user, so that one user's process can take over the stale
  * lock of another's: the locks keep honest programs apart, not hostile local users.
  */
-import * as fsa from './fs-async.js';
+import * as fsp from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
 import { rmdirSync, unlinkSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
@@ -108,14 +108,9 @@ function lockKey(st: BigIntStats): string {
 
 /** Where the lock of the file at `path` lives (for tests and tools; the file must exist). */
 export async function lockPaths(path: string): Promise<{ dir: string; writer: string; readerPrefix: string }> {
-  const fd = await fsa.open(path, 'r');
-  try {
-    const key = lockKey(await fsa.fstatBig(fd));
-    const dir = lockDir();
-    return { dir, writer: join(dir, `${key}.write`), readerPrefix: `${key}.read.` };
-  } finally {
-    await fsa.close(fd);
-  }
+  const key = lockKey(await fsp.stat(path, { bigint: true }));
+  const dir = lockDir();
+  return { dir, writer: join(dir, `${key}.write`), readerPrefix: `${key}.read.` };
 }
 
 const ready = new Map<string, Promise<string>>();
@@ -126,12 +121,12 @@ function ensureDir(): Promise<string> {
   if (!p) {
     p = (async () => {
       try {
-        await fsa.mkdir(dir);
-        if (!process.env.VHDX_LOCK_DIR) await fsa.chmod(dir, 0o777);
+        await fsp.mkdir(dir);
+        if (!process.env.VHDX_LOCK_DIR) await fsp.chmod(dir, 0o777);
       } catch (e) {
         if (code(e) !== 'EEXIST') throw dirError(dir, e);
       }
-      const st = await fsa.lstat(dir).catch((e: unknown) => {
+      const st = await fsp.lstat(dir).catch((e: unknown) => {
         throw dirError(dir, e);
       });
       if (!st.isDirectory()) throw dirError(dir, new Error('it is not a folder (a symbolic link is not followed)'));
@@ -155,7 +150,7 @@ function dirError(dir: string, e: unknown): VhdxError {
 /** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or '' where there is none. */
 async function startTime(pid: number): Promise<string> {
   try {
-    const stat = await fsa.readText(`/proc/${pid}/stat`);
+    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
     return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
   } catch {
@@ -167,7 +162,7 @@ let selfPromise: Promise<{ host: string; boot: string; start: string }> | null =
 function self(): Promise<{ host: string; boot: string; start: string }> {
   selfPromise ??= (async () => ({
     host: hostname(),
-    boot: (await fsa.readText('/proc/sys/kernel/random/boot_id').catch(() => '')).trim(),
+    boot: (await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => '')).trim(),
     start: await startTime(process.pid),
   }))();
   return selfPromise;
@@ -201,16 +196,11 @@ async function prepare(dir: string, token: string, imagePath: string, mode: Lock
   let file = tmp;
   try {
     if (mode === 'write') {
-      await fsa.mkdir(tmp);
-      await fsa.chmod(tmp, 0o777); // another user's process may remove this record once it is stale
+      await fsp.mkdir(tmp);
+      await fsp.chmod(tmp, 0o777); // another user's process may remove this record once it is stale
       file = join(tmp, token);
     }
-    const fd = await fsa.open(file, 'wx');
-    try {
-      await fsa.writeAll(fd, new TextEncoder().encode(JSON.stringify(rec) + '\n'), 0);
-    } finally {
-      await fsa.close(fd);
-    }
+    await fsp.writeFile(file, JSON.stringify(rec) + '\n', { flag: 'wx' });
   } catch (e) {
     await discard(tmp, mode === 'write' ? token : null);
     throw new VhdxError('EIO', 'IO_ERROR', `cannot write a lock record in ${dir}: ${(e as Error).message}`, { cause: e });
@@ -219,29 +209,29 @@ async function prepare(dir: string, token: string, imagePath: string, mode: Lock
 }
 
 async function discard(tmp: string, inner: string | null): Promise<void> {
-  if (inner === null) return fsa.unlink(tmp).catch(ignore);
-  await fsa.unlink(join(tmp, inner)).catch(ignore);
-  await fsa.rmdir(tmp).catch(ignore);
+  if (inner === null) return fsp.unlink(tmp).catch(ignore);
+  await fsp.unlink(join(tmp, inner)).catch(ignore);
+  await fsp.rmdir(tmp).catch(ignore);
 }
 
 /** A record and its age, or null when it is gone. */
 async function readRecord(path: string): Promise<{ rec: LockRecord | null; ageMs: number } | null> {
-  let fd: number;
+  let file: fsp.FileHandle;
   try {
-    fd = await fsa.open(path, 'r');
+    file = await fsp.open(path, 'r');
   } catch (e) {
     if (code(e) === 'ENOENT') return null;
     return { rec: null, ageMs: Infinity }; // unreadable (a folder, no permission): damage
   }
   try {
-    const st = await fsa.fstat(fd);
+    const st = await file.stat();
     const buf = new Uint8Array(RECORD_MAX + 1);
-    const n = st.isFile() ? await fsa.read(fd, buf, 0) : 0;
+    const n = st.isFile() ? (await file.read(buf, 0, buf.length, 0)).bytesRead : 0;
     return { rec: n <= RECORD_MAX ? parseRecord(new TextDecoder().decode(buf.subarray(0, n))) : null, ageMs: Date.now() - st.mtimeMs };
   } catch {
     return { rec: null, ageMs: Infinity };
   } finally {
-    await fsa.close(fd);
+    await file.close();
   }
 }
 
@@ -279,7 +269,7 @@ async function live(found: { rec: LockRecord | null; ageMs: number }): Promise<b
 /** The record paths of a write lock (a folder; a plain file there is judged as one record). */
 async function writerRecords(target: string): Promise<string[] | null> {
   try {
-    return (await fsa.readdir(target)).map((n) => join(target, n));
+    return (await fsp.readdir(target)).map((n) => join(target, n));
   } catch (e) {
     if (code(e) === 'ENOENT') return null;
     if (code(e) === 'ENOTDIR') return [target];
@@ -337,7 +327,7 @@ function hold(file: string, dir: string | null): FileLock {
   if (refresher === null) {
     refresher = setInterval(() => {
       const now = new Date();
-      for (const h of held) void fsa.utimes(h.file, now).catch(ignore);
+      for (const h of held) void fsp.utimes(h.file, now, now).catch(ignore);
     }, REFRESH_MS);
     refresher.unref(); // a lock alone does not keep the process running
   }
@@ -362,8 +352,8 @@ function hold(file: string, dir: string | null): FileLock {
         clearInterval(refresher);
         refresher = null;
       }
-      await fsa.unlink(file).catch(ignore);
-      if (dir) await fsa.rmdir(dir).catch(ignore); // only if empty: another writer's folder stays
+      await fsp.unlink(file).catch(ignore);
+      if (dir) await fsp.rmdir(dir).catch(ignore); // only if empty: another writer's folder stays
     },
   };
 }
@@ -409,7 +399,7 @@ async function takeWrite(dir: string, key: string, imagePath: string): Promise<F
   try {
     for (let attempt = 0; attempt < ATTEMPTS && !taken; attempt++) {
       try {
-        await fsa.rename(tmp, target);
+        await fsp.rename(tmp, target);
         taken = true;
         break;
       } catch (e) {
@@ -442,7 +432,7 @@ async function clearStaleWriter(target: string, imagePath: string): Promise<bool
   const records = await writerRecords(target);
   if (records === null) return false;
   if (records.length === 0) {
-    await fsa.rmdir(target).catch(ignore); // fails if a writer's rename landed meanwhile
+    await fsp.rmdir(target).catch(ignore); // fails if a writer's rename landed meanwhile
     return true;
   }
   for (const path of records) {
@@ -450,7 +440,7 @@ async function clearStaleWriter(target: string, imagePath: string): Promise<bool
     if (found === null) continue;
     if (await live(found)) throw refusal(imagePath, found, path, 'write');
     try {
-      await fsa.unlink(path);
+      await fsp.unlink(path);
     } catch (e) {
       if (code(e) === 'ENOENT') continue; // another contender removed it
       const who = found.rec ? `process ${found.rec.pid}, which no longer runs` : 'damaged';
@@ -464,7 +454,7 @@ async function refuseIfReaders(dir: string, key: string, imagePath: string): Pro
   const prefix = `${key}.read.`;
   let names: string[];
   try {
-    names = await fsa.readdir(dir);
+    names = await fsp.readdir(dir);
   } catch (e) {
     throw dirError(dir, e);
   }
@@ -477,7 +467,7 @@ async function refuseIfReaders(dir: string, key: string, imagePath: string): Pro
     const found = await readRecord(path);
     if (found === null) continue;
     if (await live(found)) throw refusal(imagePath, found, path, 'write');
-    await fsa.unlink(path).catch(ignore); // a stale reader: tidy up if we may
+    await fsp.unlink(path).catch(ignore); // a stale reader: tidy up if we may
   }
 }
 
@@ -491,11 +481,11 @@ async function refuseIfReaders(dir: string, key: string, imagePath: string): Pro
 async function tidyDead(dir: string, name: string): Promise<void> {
   const path = join(dir, name);
   if (name.endsWith('.write')) {
-    for (const token of await fsa.readdir(path).catch(() => [] as string[])) await tidyRecord(join(path, token), token, null);
-    await fsa.rmdir(path).catch(ignore); // only if empty
+    for (const token of await fsp.readdir(path).catch(() => [] as string[])) await tidyRecord(join(path, token), token, null);
+    await fsp.rmdir(path).catch(ignore); // only if empty
   } else if (name.startsWith('.new.')) {
     const token = name.slice('.new.'.length);
-    const isDir = (await fsa.lstat(path).catch(() => null))?.isDirectory() ?? false;
+    const isDir = (await fsp.lstat(path).catch(() => null))?.isDirectory() ?? false;
     await tidyRecord(isDir ? join(path, token) : path, token, isDir ? path : null);
   } else if (name.includes('.read.')) {
     await tidyRecord(path, name.slice(name.indexOf('.read.') + '.read.'.length), null);
@@ -508,8 +498,8 @@ async function tidyRecord(path: string, token: string, within: string | null): P
   if (Number.isSafeInteger(pid) && pid > 0 && running(pid)) return; // a name not of ours is read
   const found = await readRecord(path);
   if (found === null || (await live(found))) return;
-  await fsa.unlink(path).catch(ignore);
-  if (within !== null) await fsa.rmdir(within).catch(ignore);
+  await fsp.unlink(path).catch(ignore);
+  if (within !== null) await fsp.rmdir(within).catch(ignore);
 }
 
 async function takeRead(dir: string, key: string, imagePath: string): Promise<FileLock> {
@@ -517,7 +507,7 @@ async function takeRead(dir: string, key: string, imagePath: string): Promise<Fi
   const tmp = await prepare(dir, token, imagePath, 'read');
   const mine = join(dir, `${key}.read.${token}`);
   try {
-    await fsa.rename(tmp, mine);
+    await fsp.rename(tmp, mine);
   } catch (e) {
     await discard(tmp, null);
     throw new VhdxError('EIO', 'IO_ERROR', `cannot take the lock ${mine}: ${(e as Error).message}`, { cause: e });
@@ -547,7 +537,7 @@ async function respectProcLocks(st: BigIntStats, imagePath: string): Promise<voi
   if (process.platform !== 'linux') return;
   let text: string;
   try {
-    text = await fsa.readText('/proc/locks');
+    text = await fsp.readFile('/proc/locks', 'utf8');
   } catch {
     return; // no /proc: nothing to see
   }

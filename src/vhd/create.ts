@@ -69,6 +69,7 @@ export interface CreateVhdOptions {
 }
 
 export interface CreateVhdResult {
+  /** The footer written (for the CLI's output). @internal */
   footer: Footer;
   /** The disk's size in bytes. */
   size: number;

@@ -35,6 +35,7 @@ export interface VhdParentRequest {
   /** The parent's unique id and modification time the child was made against. */
   parentUniqueId: string;
   parentTimestamp: number;
+  /** The child's structures. @internal */
   child: VhdLayout;
   /** Depth the parent will have in the chain (1: the opened image's parent). Pass it to VhdImage.open. */
   depth: number;
@@ -90,6 +91,7 @@ export class VhdImage implements WritableBlockDevice {
   private closed = false;
 
   private constructor(
+    /** The structures read at open (the driver's own). @internal */
     readonly layout: VhdLayout,
     private readonly src: RandomAccessSource,
     opts: VhdOpenOptions,
@@ -166,6 +168,7 @@ export class VhdImage implements WritableBlockDevice {
   get type(): VhdDiskType {
     return this.layout.type;
   }
+  /** The footer as decoded (for info and check). @internal */
   get footer(): Footer {
     return this.layout.footer;
   }

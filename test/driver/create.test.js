@@ -5,8 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, VhdxImage, VhdxError, createImage, planCreate } from '../../dist/index.js';
-import { createFile, createOpenFile, openFile, packageVersion } from '../../dist/node.js';
+import { MemorySource, VhdxImage, VhdxError, createImage } from '../../dist/index.js';
+import { planCreate } from '../../dist/driver/create.js';
+import { createFile, createOpenFile, openFile } from '../../dist/node.js';
+import { packageVersion } from '../../dist/package-version.js';
 import { repoRoot } from '../helpers/env.js';
 import { lockRecords, lockRecordsNaming, shmScratch } from '../helpers/tools.js';
 

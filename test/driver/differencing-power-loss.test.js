@@ -13,7 +13,8 @@
 //    that content and the child empty.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, MemorySource, VhdxImage, commitChild, resize } from '../../dist/index.js';
+import { MemorySource, VhdxImage, commitChild, resize } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { bytesEqual, crashCheck, pattern } from '../helpers/model.js';
 import { runWorkload } from '../helpers/workload.js';

@@ -20,7 +20,8 @@ import { existsSync, renameSync, writeFileSync, mkdirSync, readFileSync } from '
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
-import { FaultySource, MAX_CHAIN_DEPTH, VhdxError, VhdxImage, checkImage, commitChild, createImage, openFile, createFile, commitFile, rebaseFile } from '../../dist/node.js';
+import { MAX_CHAIN_DEPTH, VhdxError, VhdxImage, checkImage, commitChild, createImage, openFile, createFile, commitFile, rebaseFile } from '../../dist/node.js';
+import { FaultySource } from '../../dist/testing.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { SparseModel, bytesEqual } from '../helpers/model.js';
 import { writeSparseFile } from '../helpers/workload.js';

@@ -5,7 +5,8 @@
 // the file at its last object, and the caps on the in-memory record hold.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, MemorySource, VhdxImage, commitChild } from '../../dist/index.js';
+import { MemorySource, VhdxImage, commitChild } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { planLayout, writeNewImage, setBatEntry } from '../../dist/driver/layout.js';
 import { PayloadState, payloadBatIndex } from '../../dist/format/bat.js';
 import { checkImage } from '../../dist/driver/check.js';

@@ -6,7 +6,8 @@
 // image's reads and block status are checked against the same model.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, VhdxImage } from '../../dist/index.js';
+import { VhdxImage } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { planLayout, writeNewImage, setBatEntry } from '../../dist/driver/layout.js';
 import { openLayout } from '../../dist/driver/open.js';
 import { BlockMap, LOOKUP_MISS, LOOKUP_PARENT, LOOKUP_ZERO } from '../../dist/driver/mapping.js';

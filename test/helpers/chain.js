@@ -1,7 +1,8 @@
 // Differencing chains in memory for the driver tests: a dynamic parent with known content, a
 // child made over it (the locator built as locatorFor builds it), and the checks a chain must
 // pass (block status tiling the disk, each extent's depth, the child's own sectors).
-import { FaultySource, VhdxImage, createImage } from '../../dist/index.js';
+import { VhdxImage, createImage } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
 import { SparseModel, bytesEqual, noisePayloads } from './model.js';
 

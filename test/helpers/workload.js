@@ -7,7 +7,8 @@
 // { kind: 'move', moves } (moveBlocks: `moves` is a list, or a function of the image giving one;
 // the disk's content does not change, and the moves are durable when it returns).
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
-import { FaultySource, VhdxImage } from '../../dist/index.js';
+import { VhdxImage } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { SparseModel } from './model.js';
 
 /** Apply a completed operation to the model. */

@@ -2,7 +2,7 @@
 // must be right, or a crash test could pass by accident.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 
 const KiB = 1024;
 

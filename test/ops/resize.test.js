@@ -5,7 +5,8 @@
 // range's bytes intact and the added range reading as zeros. Refusals change nothing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, MemorySource, VhdxImage, resize } from '../../dist/index.js';
+import { MemorySource, VhdxImage, resize } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';

@@ -4,7 +4,8 @@
 // checked; the writes land in the order that keeps the file consistent without a log.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource, MemorySource, VhdImage, createVhd } from '../../dist/index.js';
+import { MemorySource, VhdImage, createVhd } from '../../dist/index.js';
+import { FaultySource } from '../../dist/testing.js';
 import { SparseModel, pattern, bytesEqual } from '../helpers/model.js';
 import { seededRandom } from '../helpers/hex.js';
 import { KiB, MiB, copyOf, memoryResolver, newVhd } from '../helpers/vhd.js';
