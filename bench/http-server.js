@@ -2,7 +2,7 @@
 // that the clients measured (vhdx, curl) never share its event loop: `node bench/http-server.js
 // DIR` serves the files of DIR at /NAME on 127.0.0.1, on a free port it prints as one line of
 // JSON ({"port":N}). python3 -m http.server serves no ranges, and the tests' server
-// (test/helpers/http-server.js) holds each answer in memory, which a whole 64 GiB download cannot.
+// (test/helpers/http-server.ts) holds each answer in memory, which a whole 64 GiB download cannot.
 //
 // Single ranges (206, Content-Range), 416 past the end, 200 for a GET without Range, HEAD, a
 // strong ETag and Last-Modified with If-Match checked: what object storage answers. Bodies are

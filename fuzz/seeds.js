@@ -33,7 +33,7 @@ function withTool(name, size, make) {
   }
 }
 
-/** A corpus image (../shared/corpus, test/helpers/env.js) of at most `maxBytes`, or null when absent or larger. */
+/** A corpus image (../shared/corpus, test/helpers/env.ts) of at most `maxBytes`, or null when absent or larger. */
 export async function corpusSeed(gzName, maxBytes) {
   const { corpusDir, corpusFile } = await import('../test/helpers/env.js');
   if (!existsSync(join(corpusDir, gzName))) return null;

@@ -7,7 +7,7 @@
 //    equal a model (the parent overlaid by the child's changes); the parent is never written;
 //    block status tiles the disk, its depth-0 extents are exactly the sectors the child changed,
 //    and what it gives to the parent reads as the parent does; the child passes the structural
-//    checks (test/helpers/invariants.js, which runs checkImage too).
+//    checks (test/helpers/invariants.ts, which runs checkImage too).
 // 2. Chains three deep: reads, and block status at depths 0, 1 and 2.
 // 3. Broken chains fail with typed errors: PARENT_MISMATCH, PARENT_NOT_FOUND, PARENT_LOOP,
 //    CHAIN_TOO_DEEP, NO_PARENT; parent_linkage2 links too; the path policies.

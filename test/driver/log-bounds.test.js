@@ -1,7 +1,7 @@
 // Hostile logs are bounded (issue 11, findings 4 and 5): a replay writes nothing it need not,
 // never grows the file past what the replayed image's own structures need, and a read-only open
 // holds its in-memory replay within a stated cap. Logs are encoded by the library's own
-// encodeLogEntry (through test/helpers/build.js) and carry valid checksums: only their content
+// encodeLogEntry (through test/helpers/build.ts) and carry valid checksums: only their content
 // is hostile.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

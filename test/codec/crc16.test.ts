@@ -1,7 +1,7 @@
 // CRC-16 (reflected 0xA001), the checksum of ext4 group descriptors without metadata_csum.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { crc16Update } from '../../dist/codec/crc16.js';
+import { crc16Update } from '../../src/codec/crc16.js';
 
 const check = new TextEncoder().encode('123456789');
 

@@ -1,9 +1,9 @@
 // src/codec/struct.ts: defineStruct derives decode and encode from one field table.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ascii, bytes, defineStruct, guid, u16, u32, u64, u64big, u8, utf16 } from '../../dist/codec/struct.js';
-import { crc32cWithZeroField } from '../../dist/codec/crc32c.js';
-import { VhdxError } from '../../dist/errors.js';
+import { ascii, bytes, defineStruct, guid, u16, u32, u64, u64big, u8, utf16 } from '../../src/codec/struct.js';
+import { crc32cWithZeroField } from '../../src/codec/crc32c.js';
+import { VhdxError } from '../../src/errors.js';
 import { assertBytesEqual, assertVhdxError, crc32cRef, hex, patchCrc32c } from '../helpers/hex.js';
 
 // A made-up 64-byte structure using every field type, with gaps no field covers.
@@ -108,7 +108,7 @@ test('encode computes the checksum over the structure with the field zeroed', ()
 test('encode refuses missing fields, bad u64 values and a short target buffer', () => {
   const { word, ...noWord } = SAMPLE_VALUE;
   assert.equal(word, 0x12345678);
-  const e = assertVhdxError(() => SAMPLE.encode(noWord), 'BAD_ARGUMENT', 'EINVAL');
+  const e = assertVhdxError(() => SAMPLE.encode(noWord as typeof SAMPLE_VALUE), 'BAD_ARGUMENT', 'EINVAL'); // deliberately missing `word`
   assert.match(e.message, /word/);
   assertVhdxError(() => SAMPLE.encode({ ...SAMPLE_VALUE, offset: 2 ** 53 }), 'BAD_ARGUMENT', 'EINVAL');
   assertVhdxError(() => SAMPLE.encode({ ...SAMPLE_VALUE, offset: -1 }), 'BAD_ARGUMENT', 'EINVAL');
@@ -164,7 +164,7 @@ test('bad signature: BAD_SIGNATURE naming the structure and its file offset', ()
 
 test('bad checksum: BAD_CHECKSUM naming the structure and its file offset', () => {
   const b = SAMPLE_FIXTURE.slice();
-  b[12] ^= 0x01; // one bit of "word"
+  b[12]! ^= 0x01; // one bit of "word"
   const e = assertVhdxError(() => SAMPLE.decode(b, { fileOffset: 0x20000 }), 'BAD_CHECKSUM', 'EINVAL');
   assert.match(e.message, /sample at file offset 0x20000/);
   assert.equal(e.offset, 0x20000);
@@ -173,7 +173,7 @@ test('bad checksum: BAD_CHECKSUM naming the structure and its file offset', () =
   assert.equal(assertVhdxError(() => SAMPLE.decode(b), 'BAD_CHECKSUM').offset, 0);
   // The checksum field itself damaged.
   const c = SAMPLE_FIXTURE.slice();
-  c[4] ^= 0x80;
+  c[4]! ^= 0x80;
   assertVhdxError(() => SAMPLE.decode(c), 'BAD_CHECKSUM');
   // An uncovered byte is still inside the checksum.
   const d = SAMPLE_FIXTURE.slice();

@@ -11,9 +11,10 @@ import {
   LOG_ENTRY_HEADER,
   LOG_ZERO_DESCRIPTOR,
   descriptorSectors,
-} from '../../dist/format/log.js';
-import { LOG_SECTOR_SIZE } from '../../dist/format/constants.js';
-import { crc32cWithZeroField } from '../../dist/codec/crc32c.js';
+} from '../../src/format/log.js';
+import { LOG_SECTOR_SIZE } from '../../src/format/constants.js';
+import { crc32cWithZeroField } from '../../src/codec/crc32c.js';
+import type { DecodeOptions } from '../../src/codec/struct.js';
 import { assertBytesEqual, assertRoundTrip, assertVhdxError, concat } from '../helpers/hex.js';
 import * as F from './fixtures/log.js';
 
@@ -33,9 +34,9 @@ test('entry header: decode and identity', () => {
 });
 
 test('entry header: the checksum is a plain field (it covers the whole entry, not just these 64 bytes)', () => {
-  assert.equal(LOG_ENTRY_HEADER.fields.checksum.crc32c, undefined);
+  assert.equal(Reflect.get(LOG_ENTRY_HEADER.fields.checksum, 'crc32c'), undefined);
   const b = F.LOG_ENTRY_HEADER_FIXTURE.slice();
-  b[16] ^= 1; // another sequence number, same stored checksum: still decodes
+  b[16]! ^= 1; // another sequence number, same stored checksum: still decodes
   assert.equal(LOG_ENTRY_HEADER.decode(b).sequenceNumber, F.SEQ ^ 1n);
   assert.equal(LOG_ENTRY_HEADER.decode(b).checksum, 0x12345678);
 });
@@ -76,7 +77,7 @@ test('descriptor and data sector rebuild the 4 KiB they log', () => {
 });
 
 test('each signature is checked: BAD_SIGNATURE', () => {
-  const cases = [
+  const cases: [{ decode(b: Uint8Array, opts?: DecodeOptions): unknown }, Uint8Array, string][] = [
     [LOG_ENTRY_HEADER, F.LOG_ENTRY_HEADER_FIXTURE, 'log entry header'],
     [LOG_ZERO_DESCRIPTOR, F.LOG_ZERO_DESCRIPTOR_FIXTURE, 'log zero descriptor'],
     [LOG_DATA_DESCRIPTOR, F.LOG_DATA_DESCRIPTOR_FIXTURE, 'log data descriptor'],
@@ -84,7 +85,7 @@ test('each signature is checked: BAD_SIGNATURE', () => {
   ];
   for (const [struct, fixture, name] of cases) {
     const b = fixture.slice();
-    b[0] ^= 0x20; // upper case first letter
+    b[0]! ^= 0x20; // upper case first letter
     const e = assertVhdxError(() => struct.decode(b, { fileOffset: 0x101000 }), 'BAD_SIGNATURE', 'EINVAL');
     assert.match(e.message, new RegExp(`${name} at file offset 0x101000`));
   }
@@ -115,7 +116,7 @@ test('encoding from values gives the fixtures', () => {
 });
 
 test('descriptorSectors: 126 descriptors in the first sector, 128 in each later one', () => {
-  const cases = [[0, 1], [1, 1], [126, 1], [127, 2], [254, 2], [255, 3], [382, 3], [383, 4]];
+  const cases = [[0, 1], [1, 1], [126, 1], [127, 2], [254, 2], [255, 3], [382, 3], [383, 4]] as const;
   for (const [count, sectors] of cases) assert.equal(descriptorSectors(count), sectors, `${count} descriptors`);
   // Descriptors are contiguous across sectors: descriptor i sits at byte 64 + 32 i.
   for (const count of [126, 254, 382]) assert.equal(64 + count * 32, descriptorSectors(count) * 4096);

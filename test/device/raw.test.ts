@@ -1,13 +1,13 @@
 // RawDevice: reads, block status found by scanning 64 KiB grains, writes, and range checks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, RawDevice, VhdxError } from '../../dist/index.js';
+import { MemorySource, RawDevice, VhdxError } from '../../src/index.js';
 
 const K = 1024;
 const M = K * K;
 const G64 = 64 * K;
 
-function source(size, fills) {
+function source(size: number, fills: readonly (readonly [number, number, number])[]) {
   const bytes = new Uint8Array(size);
   for (const [at, len, v] of fills) bytes.fill(v, at, at + len);
   return new MemorySource(bytes);
@@ -52,7 +52,7 @@ test('writes, write-zeroes and discard change the bytes; read-only sources refus
   await dev.writeZeroes(M, M + 5 - M);
   await dev.discard(M + 100, 50);
   await assert.rejects(dev.writeZeroes(0, 1, { fast: true }), (e) => e instanceof VhdxError && e.code === 'ENOTSUP');
-  await assert.rejects(dev.write(2 * M - 1, new Uint8Array(2)), (e) => e.reason === 'OUT_OF_RANGE');
+  await assert.rejects(dev.write(2 * M - 1, new Uint8Array(2)), (e) => e instanceof VhdxError && e.reason === 'OUT_OF_RANGE');
   const b = src.bytes();
   assert.deepEqual([...b.subarray(9, 14)], [0xee, 1, 2, 3, 0xee]);
   assert.ok(b.subarray(M, M + 5).every((x) => x === 0) && b[M + 5] === 0xee);

@@ -8,8 +8,10 @@ import {
   REGION_TABLE_ENTRY,
   REGION_TABLE_HEADER,
   encodeRegionTable,
-} from '../../dist/format/region-table.js';
-import { MAX_REGION_ENTRIES, REGION_BAT, REGION_METADATA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE } from '../../dist/format/constants.js';
+  type RegionTableEntry,
+} from '../../src/format/region-table.js';
+import { MAX_REGION_ENTRIES, REGION_BAT, REGION_METADATA, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE } from '../../src/format/constants.js';
+import type { DecodeOptions } from '../../src/codec/struct.js';
 import { assertBytesEqual, assertRoundTrip, assertVhdxError } from '../helpers/hex.js';
 import { corpusManifest } from '../helpers/env.js';
 import { corpusBytes, needCorpus } from '../helpers/corpus-prefix.js';
@@ -25,9 +27,9 @@ import {
 } from './fixtures/region-table.js';
 
 /** Decode a whole table: its header and its entries. */
-function decodeTable(b, opts) {
+function decodeTable(b: Uint8Array, opts?: DecodeOptions) {
   const header = REGION_TABLE_HEADER.decode(b, opts);
-  const entries = [];
+  const entries: RegionTableEntry[] = [];
   for (let i = 0; i < header.entryCount; i++) entries.push(REGION_TABLE_ENTRY.decode(b.subarray(REGION_ENTRIES_AT + i * REGION_ENTRY_SIZE)));
   return { header, entries };
 }
@@ -75,7 +77,7 @@ test('an empty table: the header struct alone round-trips', () => {
 test('the checksum covers the entries and the zeros after them', () => {
   for (const at of [12, 16, 40, 79, 80, 65535]) {
     const b = REGION_TABLE_FIXTURE.slice();
-    b[at] ^= 1;
+    b[at]! ^= 1;
     const e = assertVhdxError(() => REGION_TABLE_HEADER.decode(b, { name: 'region table 2', fileOffset: 262144 }), 'BAD_CHECKSUM', 'EINVAL');
     assert.match(e.message, /region table 2 at file offset 0x40000/);
   }
@@ -117,6 +119,7 @@ test('corpus: region table 1 of iotest-dynamic-1G.vhdx is the fixture', { skip: 
 for (const entry of corpusManifest() ?? []) {
   test(`corpus: ${entry.file}: both region tables decode, are identical and re-encode byte for byte`, { skip: needCorpus(entry.file) }, async () => {
     const [t1, t2] = await Promise.all(REGION_TABLE_OFFSETS.map((at) => corpusBytes(entry.file, at, 65536)));
+    assert.ok(t1 && t2);
     assertBytesEqual(t2, t1, 'the two copies');
     const { entries } = decodeTable(t1, { name: 'region table 1', fileOffset: REGION_TABLE_OFFSETS[0] });
     assert.deepEqual(entries.map((e) => e.guid).sort(), [REGION_BAT, REGION_METADATA].sort());

@@ -1,7 +1,7 @@
 // src/format/file-identifier.ts: the file type identifier at offset 0 (MS-VHDX §2.2.1).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FILE_IDENTIFIER } from '../../dist/format/file-identifier.js';
+import { FILE_IDENTIFIER } from '../../src/format/file-identifier.js';
 import { assertBytesEqual, assertRoundTrip, assertVhdxError, hex, padTo, utf16le } from '../helpers/hex.js';
 import { corpusBytes, needCorpus } from '../helpers/corpus-prefix.js';
 import {

@@ -14,14 +14,14 @@ import {
   encodeBatEntry,
   fileOffsetOf,
   payloadBatIndex,
-} from '../../dist/format/bat.js';
+} from '../../src/format/bat.js';
 import { assertBytesEqual, seededRandom } from '../helpers/hex.js';
 import { corpusBytes, needCorpus } from '../helpers/corpus-prefix.js';
 import { BAT_FIXTURE, BAT_FIXTURE_VALUES, BAT_RESERVED_FIXTURE, BAT_RESERVED_VALUES } from './fixtures/bat.js';
 
 const MiB = 1048576;
 const GiB = 1024 * MiB;
-const viewOf = (b) => new DataView(b.buffer, b.byteOffset, b.byteLength);
+const viewOf = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
 test('state values follow the notes', () => {
   assert.deepEqual(PayloadState, {
@@ -138,7 +138,7 @@ test('geometry of the corpus disks: payload blocks, bitmap entries, entries need
 
 test('entries needed at chunk boundaries: P + floor((P - 1) / C) without a parent, whole chunks with one', () => {
   const C = 4096; // 512-byte sectors, 1 MiB blocks: a chunk is 4 GiB
-  const at = (blocks, parent) => batGeometry(blocks * MiB, MiB, 512, parent);
+  const at = (blocks: number, parent: boolean) => batGeometry(blocks * MiB, MiB, 512, parent);
   assert.equal(at(1, false).entriesNeeded, 1);
   assert.equal(at(C, false).entriesNeeded, C, 'exactly one chunk: no bitmap entry needed after it');
   assert.equal(batEntriesToWrite(at(C, false), false), C + 1, 'but the writer writes P + ceil(P / C)');
@@ -163,13 +163,13 @@ test('entries needed at chunk boundaries: P + floor((P - 1) / C) without a paren
 test('interleave: payload block i at i + floor(i / C), the bitmap entry of chunk k at k(C + 1) + C', () => {
   const g = batGeometry(GiB, 256 * MiB, 512, true); // C = 16
   assert.equal(g.chunkRatio, 16);
-  const payload = [[0, 0], [1, 1], [15, 15], [16, 17], [17, 18], [31, 32], [32, 34], [47, 49], [48, 51]];
+  const payload: [number, number][] = [[0, 0], [1, 1], [15, 15], [16, 17], [17, 18], [31, 32], [32, 34], [47, 49], [48, 51]];
   for (const [i, index] of payload) assert.equal(payloadBatIndex(g, i), index, `payload block ${i}`);
-  for (const [k, index] of [[0, 16], [1, 33], [2, 50], [3, 67]]) assert.equal(bitmapBatIndex(g, k), index, `chunk ${k}`);
+  for (const [k, index] of [[0, 16], [1, 33], [2, 50], [3, 67]] as const) assert.equal(bitmapBatIndex(g, k), index, `chunk ${k}`);
 
   // Over four chunks the two index sets are disjoint and cover every entry once, in order.
   const C = g.chunkRatio;
-  const seen = new Map();
+  const seen = new Map<number, string>();
   for (let i = 0; i < 4 * C; i++) seen.set(payloadBatIndex(g, i), `payload ${i}`);
   for (let k = 0; k < 4; k++) {
     assert.ok(!seen.has(bitmapBatIndex(g, k)), `bitmap entry of chunk ${k} collides with ${seen.get(bitmapBatIndex(g, k))}`);
@@ -185,7 +185,7 @@ test('interleave: payload block i at i + floor(i / C), the bitmap entry of chunk
 });
 
 test('the last payload entry is the last one a reader needs', () => {
-  for (const [v, bs, s] of [[GiB, 32 * MiB, 512], [10 * GiB, MiB, 512], [40 * GiB, MiB, 4096], [5 * GiB, MiB, 512]]) {
+  for (const [v, bs, s] of [[GiB, 32 * MiB, 512], [10 * GiB, MiB, 512], [40 * GiB, MiB, 4096], [5 * GiB, MiB, 512]] as const) {
     const g = batGeometry(v, bs, s, false);
     assert.equal(payloadBatIndex(g, g.payloadBlocks - 1) + 1, g.entriesNeeded);
     const d = batGeometry(v, bs, s, true);

@@ -10,23 +10,34 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { assertBytesEqual } from '../helpers/hex.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const distFormat = join(here, '..', '..', 'dist', 'format');
-const modules = readdirSync(distFormat).filter((f) => f.endsWith('.js')).sort();
+const srcFormat = join(here, '..', '..', 'src', 'format');
+// Named as imports name them (x.js); TypeScript's rule, which the test hooks follow, loads x.ts.
+const modules = readdirSync(srcFormat).filter((f) => f.endsWith('.ts')).map((f) => f.replace(/\.ts$/, '.js')).sort();
 
-const isStruct = (x) =>
-  x !== null && typeof x === 'object' && typeof x.decode === 'function' && typeof x.encode === 'function' && typeof x.size === 'number' && typeof x.fields === 'object';
+/** What this test calls on a structure (codec/struct.ts Struct), whatever its fields. */
+interface AnyStruct {
+  size: number;
+  fields: object;
+  decode(bytes: Uint8Array, opts?: { lenient?: boolean }): object;
+  encode(value: object, into?: Uint8Array, at?: number): Uint8Array;
+  checksumOk(bytes: Uint8Array): boolean;
+}
 
-const structs = []; // [module, exportName, struct]
-const fixtures = new Map(); // "module:exportName" -> Uint8Array[]
+const isStruct = (x: unknown): x is AnyStruct =>
+  x !== null && typeof x === 'object' && 'decode' in x && typeof x.decode === 'function' && 'encode' in x && typeof x.encode === 'function' && 'size' in x && typeof x.size === 'number' && 'fields' in x && typeof x.fields === 'object';
+
+const structs: [string, string, AnyStruct][] = []; // [module, exportName, struct]
+const fixtures = new Map<string, Uint8Array[]>(); // "module:exportName" -> Uint8Array[]
 for (const file of modules) {
-  const mod = await import(pathToFileURL(join(distFormat, file)).href);
+  const mod: Record<string, unknown> = await import(pathToFileURL(join(srcFormat, file)).href);
   for (const [name, value] of Object.entries(mod)) if (isStruct(value)) structs.push([file, name, value]);
   const fixtureFile = join(here, 'fixtures', file);
-  let fx = {};
+  let fx: Record<string, Uint8Array[]> = {};
   try {
-    fx = (await import(pathToFileURL(fixtureFile).href)).FIXTURES ?? {};
+    const fixtureModule: { FIXTURES?: Record<string, Uint8Array[]> } = await import(pathToFileURL(fixtureFile).href);
+    fx = fixtureModule.FIXTURES ?? {};
   } catch (e) {
-    if (e.code !== 'ERR_MODULE_NOT_FOUND') throw e;
+    if (!(e instanceof Error && 'code' in e && e.code === 'ERR_MODULE_NOT_FOUND')) throw e;
   }
   for (const [name, list] of Object.entries(fx)) fixtures.set(`${file}:${name}`, list);
 }

@@ -1,13 +1,13 @@
 // src/codec/crc32.ts: CRC-32 (IEEE), the checksum of GPT headers and entry arrays.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { crc32, crc32Update, crc32WithZeroField } from '../../dist/codec/crc32.js';
-import { decodeUuid } from '../../dist/codec/guid.js';
+import { crc32, crc32Update, crc32WithZeroField } from '../../src/codec/crc32.js';
+import { decodeUuid } from '../../src/codec/guid.js';
 import { createHash } from 'node:crypto';
 import * as zlib from 'node:zlib';
 const zlibCrc32 = zlib.crc32;
 
-const ascii = (s) => new TextEncoder().encode(s);
+const ascii = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 test('published CRC-32 check values', () => {
   assert.equal(crc32(new Uint8Array(0)), 0);

@@ -1,10 +1,10 @@
 // src/codec/crc32c.ts: CRC-32C (Castagnoli), the checksum of every VHDX structure.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { crc32c, crc32cUpdate, crc32cWithZeroField } from '../../dist/codec/crc32c.js';
+import { crc32c, crc32cUpdate, crc32cWithZeroField } from '../../src/codec/crc32c.js';
 import { crc32cRef, hex, seededBytes, seededRandom } from '../helpers/hex.js';
 
-const ascii = (s) => new TextEncoder().encode(s);
+const ascii = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 test('published CRC-32C check values', () => {
   assert.equal(crc32c(new Uint8Array(0)), 0);
@@ -109,6 +109,6 @@ test('a stored checksum verifies: CRC with the field zeroed equals the field', (
   const crc = crc32c(b);
   new DataView(b.buffer).setUint32(4, crc, true);
   assert.equal(crc32cWithZeroField(b, 4), crc);
-  b[100] ^= 1;
+  b[100]! ^= 1;
   assert.notEqual(crc32cWithZeroField(b, 4), crc, 'a single flipped bit is detected');
 });

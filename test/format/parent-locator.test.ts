@@ -6,8 +6,8 @@ import {
   PARENT_LOCATOR_HEADER,
   decodeParentLocator,
   encodeParentLocator,
-} from '../../dist/format/parent-locator.js';
-import { LOCATOR_TYPE_VHDX } from '../../dist/format/constants.js';
+} from '../../src/format/parent-locator.js';
+import { LOCATOR_TYPE_VHDX } from '../../src/format/constants.js';
 import { assertBytesEqual, assertRoundTrip, assertVhdxError, concat, hex, utf16le } from '../helpers/hex.js';
 import { corpusBytes, needCorpus } from '../helpers/corpus-prefix.js';
 import * as F from './fixtures/parent-locator.js';
@@ -59,8 +59,10 @@ test('keys are case-sensitive: keys differing only in case are not duplicates', 
   assert.deepEqual(decodeParentLocator(encodeParentLocator(loc)), loc);
 });
 
+type ParentLocatorEntry = ReturnType<typeof PARENT_LOCATOR_ENTRY.decode>;
+
 /** A copy of the fixture with entry `i`'s field `field` (a PARENT_LOCATOR_ENTRY field) changed. */
-function withEntry(i, change) {
+function withEntry(i: number, change: Partial<ParentLocatorEntry>): Uint8Array {
   const b = F.PARENT_LOCATOR_FIXTURE.slice();
   const at = 20 + i * 12;
   const e = PARENT_LOCATOR_ENTRY.decode(b.subarray(at));
@@ -85,7 +87,7 @@ test('a duplicate key is BAD_PARENT_LOCATOR', () => {
 
 test('offsets and lengths out of bounds or malformed are BAD_PARENT_LOCATOR', () => {
   const size = F.PARENT_LOCATOR_FIXTURE.length; // 212
-  const bad = [
+  const bad: [string, number, Partial<ParentLocatorEntry>][] = [
     ['value past the end', 1, { valueOffset: size - 36 }],
     ['value offset far beyond the item', 1, { valueOffset: 0xffffff00 }],
     ['key past the end', 0, { keyOffset: size - 2, keyLength: 4 }],
@@ -100,7 +102,7 @@ test('offsets and lengths out of bounds or malformed are BAD_PARENT_LOCATOR', ()
     assert.match(e.message, new RegExp(`entry ${i}`), what);
   }
   // Exactly up to the end is fine.
-  assert.equal(decodeParentLocator(withEntry(1, { valueOffset: size - 2, valueLength: 2 })).entries[1].value, 'x');
+  assert.equal(decodeParentLocator(withEntry(1, { valueOffset: size - 2, valueLength: 2 })).entries[1]!.value, 'x');
 });
 
 test('more entries than the item holds is BAD_PARENT_LOCATOR; a short header is SHORT_READ', () => {
@@ -136,8 +138,8 @@ test('corpus: the locator Hyper-V wrote in differencing.avhdx decodes and re-enc
   assert.deepEqual(Object.keys(map), ['parent_linkage', 'absolute_win32_path', 'relative_path', 'volume_path', 'parent_linkage2']);
   assert.equal(map.parent_linkage, '{ff34003b-11ed-4cf8-a166-b2be05e20b80}');
   assert.equal(map.relative_path, '.\\Generation 1_49C4BAF3-4B25-4406-8C4B-D39E65C32385.avhdx');
-  assert.match(map.absolute_win32_path, /^C:\\Users\\Public\\Documents\\Hyper-V\\Virtual hard disks\\Generation 1_/);
-  assert.match(map.volume_path, /^\\\\\?\\Volume\{0eba351e-5634-46d6-a8cf-4ddc2d6ac0b9\}\\/);
+  assert.match(map.absolute_win32_path!, /^C:\\Users\\Public\\Documents\\Hyper-V\\Virtual hard disks\\Generation 1_/);
+  assert.match(map.volume_path!, /^\\\\\?\\Volume\{0eba351e-5634-46d6-a8cf-4ddc2d6ac0b9\}\\/);
   assert.equal(map.parent_linkage2, '{00000000-0000-0000-0000-000000000000}');
   assertBytesEqual(encodeParentLocator(loc), item);
 });

@@ -17,15 +17,17 @@ import {
   VIRTUAL_DISK_ID,
   VIRTUAL_DISK_SIZE,
   encodeMetadataTable,
-} from '../../dist/format/metadata.js';
-import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_ENTRY, REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import * as C from '../../dist/format/constants.js';
+  type MetadataTableEntry,
+} from '../../src/format/metadata.js';
+import { REGION_ENTRIES_AT, REGION_ENTRY_SIZE, REGION_TABLE_ENTRY, REGION_TABLE_HEADER } from '../../src/format/region-table.js';
+import * as C from '../../src/format/constants.js';
 import { assertBytesEqual, assertRoundTrip, assertVhdxError } from '../helpers/hex.js';
 import { corpusManifest } from '../helpers/env.js';
 import { corpusBytes, needCorpus } from '../helpers/corpus-prefix.js';
+import type { RoundTrip } from '../helpers/hex.js';
 import * as F from './fixtures/metadata.js';
 
-const ENTRY_FIXTURES = [
+const ENTRY_FIXTURES: [Uint8Array, MetadataTableEntry][] = [
   [F.FILE_PARAMETERS_ENTRY_FIXTURE, F.METADATA_ENTRY_VALUES.fileParameters],
   [F.VIRTUAL_DISK_SIZE_ENTRY_FIXTURE, F.METADATA_ENTRY_VALUES.virtualDiskSize],
   [F.LOGICAL_SECTOR_SIZE_ENTRY_FIXTURE, F.METADATA_ENTRY_VALUES.logicalSectorSize],
@@ -36,7 +38,7 @@ const ENTRY_FIXTURES = [
 ];
 const TABLE_ENTRIES = ENTRY_FIXTURES.slice(0, 5).map(([, v]) => v);
 
-function decodeTable(b) {
+function decodeTable(b: Uint8Array) {
   const header = METADATA_TABLE_HEADER.decode(b);
   const entries = [];
   for (let i = 0; i < header.entryCount; i++) entries.push(METADATA_TABLE_ENTRY.decode(b.subarray(METADATA_ENTRIES_AT + i * METADATA_ENTRY_SIZE)));
@@ -82,7 +84,7 @@ test('encodeMetadataTable holds 2047 entries and refuses 2048', () => {
   const b = encodeMetadataTable(entries);
   assert.equal(b.length, 65536);
   assert.deepEqual(decodeTable(b).entries, entries);
-  assertVhdxError(() => encodeMetadataTable([...entries, entries[0]]), 'BAD_ARGUMENT', 'EINVAL');
+  assertVhdxError(() => encodeMetadataTable([...entries, entries[0]!]), 'BAD_ARGUMENT', 'EINVAL');
 });
 
 test('a wrong table signature is BAD_SIGNATURE naming the table', () => {
@@ -117,7 +119,7 @@ test('virtual disk id, logical and physical sector sizes', () => {
 
 test('items decode at the offsets their table entries give', () => {
   const items = F.ITEMS_FIXTURE;
-  const at = (v) => v.offset - 65536;
+  const at = (v: { offset: number }): number => v.offset - 65536;
   const E = F.METADATA_ENTRY_VALUES;
   assert.equal(FILE_PARAMETERS.decode(items.subarray(at(E.fileParameters))).blockSize, 32 * 1048576);
   assert.equal(VIRTUAL_DISK_SIZE.decode(items.subarray(at(E.virtualDiskSize))).virtualDiskSize, 1073741824);
@@ -143,11 +145,12 @@ for (const entry of corpusManifest() ?? []) {
     const n = REGION_TABLE_HEADER.decode(rt).entryCount;
     const regions = Array.from({ length: n }, (_, i) => REGION_TABLE_ENTRY.decode(rt.subarray(REGION_ENTRIES_AT + i * REGION_ENTRY_SIZE)));
     const meta = regions.find((r) => r.guid === C.REGION_METADATA);
+    assert.ok(meta, 'metadata region');
     const { entries } = decodeTable(await corpusBytes(entry.file, meta.fileOffset, 65536));
     const end = Math.max(...entries.map((e) => e.offset + e.length));
     assert.ok(end <= meta.length, 'items lie inside the region');
     const region = await corpusBytes(entry.file, meta.fileOffset, end);
-    const item = (id, struct) => {
+    const item = <T extends object>(id: string, struct: RoundTrip<T>): T => {
       const e = entries.find((x) => x.itemId === id);
       assert.ok(e, `item ${id}`);
       assert.equal(e.length, struct.size);

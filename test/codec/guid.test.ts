@@ -1,8 +1,8 @@
 // src/codec/guid.ts: GUIDs in Microsoft's mixed-endian layout.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NIL_GUID, decodeGuid, encodeGuid, isGuid, isNilGuid, normalizeGuid, randomGuid } from '../../dist/codec/guid.js';
-import { VhdxError } from '../../dist/errors.js';
+import { NIL_GUID, decodeGuid, encodeGuid, isGuid, isNilGuid, normalizeGuid, randomGuid } from '../../src/codec/guid.js';
+import { VhdxError } from '../../src/errors.js';
 import { assertBytesEqual, assertVhdxError, hex, seededBytes } from '../helpers/hex.js';
 
 // {2DC27766-F623-4200-9D64-115E9BFD4A08}, the BAT region GUID, as stored on disk.
