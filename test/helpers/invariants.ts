@@ -4,12 +4,13 @@
 // (leaks only with `noLeaks`: a crash may leave placed-but-unreferenced blocks in the file).
 // Differencing disks may also hold sector bitmap blocks and PARTIALLY_PRESENT payload blocks.
 // Returns a list of findings (strings); empty means the image is sound.
-import { HEADER } from '../../dist/format/header.js';
-import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import { openLayout } from '../../dist/driver/open.js';
-import { BitmapState, PayloadState } from '../../dist/format/bat.js';
-import { readBytes } from '../../dist/io/source.js';
-import { checkImage } from '../../dist/driver/check.js';
+import { HEADER } from '../../src/format/header.js';
+import { REGION_TABLE_HEADER } from '../../src/format/region-table.js';
+import { openLayout, type Layout } from '../../src/driver/open.js';
+import { BitmapState, PayloadState } from '../../src/format/bat.js';
+import { readBytes, type RandomAccessSource } from '../../src/io/source.js';
+import { checkImage } from '../../src/driver/check.js';
+import { isVhdxError } from '../../src/errors.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -21,8 +22,8 @@ const NIL = '00000000-0000-0000-0000-000000000000';
  * - noLeaks: checkImage must find no leaked space (an image the writer closed without a crash
  *   names all its space and ends at its last object).
  */
-export async function checkInvariants(src, { clean = true, noLeaks = false } = {}) {
-  const findings = [];
+export async function checkInvariants(src: RandomAccessSource, { clean = true, noLeaks = false }: { clean?: boolean; noLeaks?: boolean } = {}): Promise<string[]> {
+  const findings: string[] = [];
   const head = await readBytes(src, 0, MiB, 'header section');
   // Headers: at least one valid; the two differ by sequence number (or are identical).
   const hs = [64 * KiB, 128 * KiB].map((at) => {
@@ -32,11 +33,10 @@ export async function checkInvariants(src, { clean = true, noLeaks = false } = {
       return null;
     }
   });
-  const valid = hs.filter(Boolean);
-  if (valid.length === 0) return ['no valid header'];
-  let current = valid[0];
-  if (valid.length === 2) {
-    const [a, b] = hs;
+  const [a, b] = hs;
+  let current = a ?? b;
+  if (!current) return ['no valid header'];
+  if (a && b) {
     if (a.sequenceNumber === b.sequenceNumber) {
       const same = head.subarray(64 * KiB, 68 * KiB).every((x, i) => x === head[128 * KiB + i]);
       if (!same) findings.push('both headers have the same sequence number but differ');
@@ -50,11 +50,11 @@ export async function checkInvariants(src, { clean = true, noLeaks = false } = {
   }
   if (!head.subarray(192 * KiB, 256 * KiB).every((x, i) => x === head[256 * KiB + i])) findings.push('region tables differ');
 
-  let layout;
+  let layout: Layout;
   try {
     layout = await openLayout(src);
   } catch (e) {
-    findings.push(`openLayout: ${e.reason ?? ''} ${e.message}`);
+    findings.push(`openLayout: ${isVhdxError(e) ? e.reason : ''} ${e instanceof Error ? e.message : String(e)}`);
     return findings;
   }
   const fileSize = layout.source.size;
@@ -64,7 +64,7 @@ export async function checkInvariants(src, { clean = true, noLeaks = false } = {
     { what: 'log', from: layout.log.logOffset, to: layout.log.logOffset + layout.log.logLength },
     ...layout.regions.map((r) => ({ what: `region ${r.guid}`, from: r.fileOffset, to: r.fileOffset + r.length })),
   ];
-  const blocks = [];
+  const blocks: { i: number; from: number; to: number }[] = [];
   const bat = await readBytes(layout.source, layout.batRegion.fileOffset, layout.batEntries * 8, 'BAT');
   const dv = new DataView(bat.buffer, bat.byteOffset, bat.byteLength);
   for (let i = 0; i < layout.batEntries; i++) {
@@ -108,8 +108,8 @@ export async function checkInvariants(src, { clean = true, noLeaks = false } = {
   }
   blocks.sort((a, b) => a.from - b.from);
   for (let k = 1; k < blocks.length; k++) {
-    const a = blocks[k - 1];
-    const b = blocks[k];
+    const a = blocks[k - 1]!;
+    const b = blocks[k]!;
     if (b.from < a.to) findings.push(`BAT ${a.i} and ${b.i} overlap (${a.from} and ${b.from})`);
   }
   for (const b of blocks) {

@@ -17,16 +17,20 @@
 // This file also holds a reference CRC-32C (bitwise, no tables) that is independent of the
 // library's slicing-by-8 code, so fixtures never take their checksums from the code under test.
 import assert from 'node:assert/strict';
+import type { VhdxError } from '../../src/errors.js';
 
-function parse(strings, values) {
-  const out = [];
-  const pushText = (text) => {
+/** What a fixture may interpolate: bytes, or more hex text. */
+export type HexValue = Uint8Array | string;
+
+function parse(strings: TemplateStringsArray, values: HexValue[]): Uint8Array {
+  const out: number[] = [];
+  const pushText = (text: string): void => {
     const clean = text.replace(/#[^\n]*/g, ' ');
     for (const tok of clean.split(/\s+/)) {
       if (tok === '') continue;
       const m = /^([0-9a-fA-F]{2}|xx)(?:\*(\d+))?$/.exec(tok);
       if (!m) throw new Error(`hex fixture: bad token ${JSON.stringify(tok)}`);
-      const byte = m[1] === 'xx' ? 0 : parseInt(m[1], 16);
+      const byte = m[1] === 'xx' ? 0 : parseInt(m[1]!, 16);
       const count = m[2] === undefined ? 1 : Number(m[2]);
       for (let i = 0; i < count; i++) out.push(byte);
     }
@@ -34,7 +38,7 @@ function parse(strings, values) {
   strings.raw.forEach((s, i) => {
     pushText(s);
     if (i < values.length) {
-      const v = values[i];
+      const v: unknown = values[i];
       if (v instanceof Uint8Array) out.push(...v);
       else if (typeof v === 'string') pushText(v);
       else throw new Error(`hex fixture: cannot interpolate ${typeof v}`);
@@ -44,15 +48,15 @@ function parse(strings, values) {
 }
 
 /** Tagged template: annotated hex text to bytes. */
-export function hex(strings, ...values) {
+export function hex(strings: TemplateStringsArray, ...values: HexValue[]): Uint8Array {
   return parse(strings, values);
 }
 
 /** hex.padTo(n)`...`: the same, zero-padded to exactly n bytes (throws when longer). */
-hex.padTo = (size) => (strings, ...values) => padTo(parse(strings, values), size);
+hex.padTo = (size: number) => (strings: TemplateStringsArray, ...values: HexValue[]): Uint8Array => padTo(parse(strings, values), size);
 
 /** A copy of `bytes` zero-padded to `size` bytes; throws when `bytes` is longer. */
-export function padTo(bytes, size) {
+export function padTo(bytes: Uint8Array, size: number): Uint8Array {
   if (bytes.length > size) throw new Error(`fixture is ${bytes.length} bytes, more than ${size}`);
   const out = new Uint8Array(size);
   out.set(bytes);
@@ -60,7 +64,7 @@ export function padTo(bytes, size) {
 }
 
 /** Concatenate byte arrays. */
-export function concat(...parts) {
+export function concat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
@@ -71,12 +75,12 @@ export function concat(...parts) {
 }
 
 /** Lowercase hex of bytes, space separated. */
-export function toHex(bytes) {
+export function toHex(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(' ');
 }
 
 /** UTF-16LE bytes of a string (no terminator). */
-export function utf16le(s) {
+export function utf16le(s: string): Uint8Array {
   const out = new Uint8Array(s.length * 2);
   for (let i = 0; i < s.length; i++) {
     out[i * 2] = s.charCodeAt(i) & 0xff;
@@ -86,22 +90,22 @@ export function utf16le(s) {
 }
 
 /** Little-endian u32 / u64 bytes (u64 takes a number or a bigint). */
-export function le32(n) {
+export function le32(n: number): Uint8Array {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setUint32(0, n >>> 0, true);
   return b;
 }
-export function le64(n) {
+export function le64(n: number | bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
   return b;
 }
 
 /** Reference CRC-32C, bit by bit (Castagnoli, reflected 0x82F63B78, init and final XOR ~0). */
-export function crc32cRef(bytes) {
+export function crc32cRef(bytes: Uint8Array): number {
   let c = 0xffffffff;
   for (let i = 0; i < bytes.length; i++) {
-    c ^= bytes[i];
+    c ^= bytes[i]!;
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
   }
   return ~c >>> 0;
@@ -111,7 +115,7 @@ export function crc32cRef(bytes) {
  * Fill the checksum field at `at` in place: CRC-32C (reference implementation) of the first
  * `length` bytes with that field taken as zero, stored little-endian. Returns `bytes`.
  */
-export function patchCrc32c(bytes, at, length = bytes.length) {
+export function patchCrc32c(bytes: Uint8Array, at: number, length = bytes.length): Uint8Array {
   bytes.fill(0, at, at + 4);
   const crc = crc32cRef(bytes.subarray(0, length));
   new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).setUint32(at, crc, true);
@@ -122,7 +126,7 @@ export function patchCrc32c(bytes, at, length = bytes.length) {
  * Byte-for-byte equality with a readable failure: the first differing offset and the bytes
  * around it, instead of a diff of thousands of array elements.
  */
-export function assertBytesEqual(actual, expected, what = 'bytes') {
+export function assertBytesEqual(actual: unknown, expected: Uint8Array, what = 'bytes'): void {
   assert.ok(actual instanceof Uint8Array, `${what}: expected a Uint8Array`);
   const n = Math.min(actual.length, expected.length);
   let i = 0;
@@ -137,12 +141,12 @@ export function assertBytesEqual(actual, expected, what = 'bytes') {
 }
 
 /** Assert that fn throws a VhdxError with the given reason (and code, when given); returns it. */
-export function assertVhdxError(fn, reason, code) {
-  let caught;
+export function assertVhdxError(fn: () => unknown, reason: string, code?: string): VhdxError {
+  let caught: VhdxError | undefined;
   try {
     fn();
   } catch (e) {
-    caught = e;
+    caught = e as VhdxError; // checked field by field below
   }
   assert.ok(caught, `expected a VhdxError with reason ${reason}, nothing was thrown`);
   assert.equal(caught.name, 'VhdxError', `expected a VhdxError, got ${caught}`);
@@ -152,7 +156,7 @@ export function assertVhdxError(fn, reason, code) {
 }
 
 /** A deterministic pseudo-random generator (mulberry32): returns a function giving [0, 1). */
-export function seededRandom(seed) {
+export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -164,7 +168,7 @@ export function seededRandom(seed) {
 }
 
 /** `n` deterministic pseudo-random bytes. */
-export function seededBytes(seed, n) {
+export function seededBytes(seed: number, n: number): Uint8Array {
   const rnd = seededRandom(seed);
   return Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
 }
@@ -174,11 +178,19 @@ export function seededBytes(seed, n) {
  * not listed in `expected` are not compared) and encode(decode(bytes)) gives back `bytes`, byte
  * for byte. Returns the decoded value.
  */
-export function assertRoundTrip(struct, bytes, expected) {
+/** What assertRoundTrip needs of a structure (a codec/struct.ts Struct has it). */
+export interface RoundTrip<T> {
+  readonly name: string;
+  readonly size: number;
+  decode(bytes: Uint8Array): T;
+  encode(value: T): Uint8Array;
+}
+
+export function assertRoundTrip<T extends object>(struct: RoundTrip<T>, bytes: Uint8Array, expected?: Partial<T>): T {
   assert.equal(bytes.length, struct.size, `${struct.name} fixture length`);
   const value = struct.decode(bytes);
   if (expected !== undefined) {
-    for (const [k, v] of Object.entries(expected)) assert.deepEqual(value[k], v, `${struct.name}.${k}`);
+    for (const [k, v] of Object.entries(expected)) assert.deepEqual((value as Record<string, unknown>)[k], v, `${struct.name}.${k}`);
   }
   assertBytesEqual(struct.encode(value), bytes, `encode(decode(${struct.name} fixture))`);
   return value;

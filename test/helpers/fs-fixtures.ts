@@ -3,29 +3,35 @@
 // driver contract, free spans to compare with the tools' own lists, and a seeded mutation loop.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { MemorySource, RawDevice, isVhdxError } from '../../dist/index.js';
+import { MemorySource } from '../../src/io/source.js';
+import { RawDevice } from '../../src/device/raw.js';
+import { isVhdxError } from '../../src/errors.js';
+import type { BlockDevice, ProgressOptions } from '../../src/device/block-device.js';
+import type { FilesystemDriver, FilesystemInfo, Region, Run } from '../../src/inspect/filesystem.js';
 import { seededRandom } from './hex.js';
 import { exec } from './tools.js';
 
-const found = new Map();
+const found = new Map<string, string | false>();
 /** Skip message when `tool` is not on PATH (also /sbin and /usr/sbin), else false. */
-export async function needTool(tool, pkg) {
-  if (!found.has(tool)) {
+export async function needTool(tool: string, pkg: string): Promise<string | false> {
+  let skip = found.get(tool);
+  if (skip === undefined) {
     const r = await exec('sh', ['-c', `PATH="$PATH:/sbin:/usr/sbin" command -v ${tool}`]);
-    found.set(tool, r.code === 0 ? false : `${tool} (Debian package ${pkg}) not installed`);
+    skip = r.code === 0 ? false : `${tool} (Debian package ${pkg}) not installed`;
+    found.set(tool, skip);
   }
-  return found.get(tool);
+  return skip;
 }
 
 /** Options for exec that find the tools in /sbin too. */
 export const sbinEnv = { env: { ...process.env, PATH: `${process.env.PATH}:/sbin:/usr/sbin` } };
 
 /** A read-only device over `bytes` (a fixture file's content). */
-export function deviceOf(bytes) {
+export function deviceOf(bytes: Uint8Array): RawDevice {
   return new RawDevice(new MemorySource(bytes));
 }
 
-export function deviceOfFile(path) {
+export function deviceOfFile(path: string): RawDevice {
   return deviceOf(new Uint8Array(readFileSync(path)));
 }
 
@@ -33,8 +39,15 @@ export function deviceOfFile(path) {
  * Collect the driver's used runs for `region`, checking the contract on the way: ascending,
  * non-overlapping, non-empty, inside the region. Returns { runs, used }.
  */
-export async function collectUsed(driver, dev, region, info, opts) {
-  const runs = [];
+export async function collectUsed(
+  driver: FilesystemDriver,
+  dev: BlockDevice,
+  region: Region,
+  info: FilesystemInfo,
+  opts?: ProgressOptions,
+): Promise<{ runs: Run[]; used: number }> {
+  if (!driver.usedRuns) throw new Error(`the ${driver.types.join('/')} driver lists no used runs`);
+  const runs: Run[] = [];
   let used = 0;
   let end = region.start;
   for await (const r of driver.usedRuns(dev, region, info, opts)) {
@@ -49,8 +62,8 @@ export async function collectUsed(driver, dev, region, info, opts) {
 }
 
 /** The free spans [start, end) between used runs, relative to the region. */
-export function freeSpans(runs, region) {
-  const out = [];
+export function freeSpans(runs: readonly Run[], region: Region): [number, number][] {
+  const out: [number, number][] = [];
   let pos = 0;
   for (const r of runs) {
     const s = r.start - region.start;
@@ -62,8 +75,8 @@ export function freeSpans(runs, region) {
 }
 
 /** Merge [start, end) spans that touch (a tool's list, sorted). */
-export function mergeSpans(spans) {
-  const out = [];
+export function mergeSpans(spans: readonly (readonly [number, number])[]): [number, number][] {
+  const out: [number, number][] = [];
   for (const [s, e] of [...spans].sort((a, b) => a[0] - b[0])) {
     const last = out[out.length - 1];
     if (last && last[1] === s) last[1] = e;
@@ -79,13 +92,23 @@ export function mergeSpans(spans) {
  * bytes (a fixture cut after its structures): reads past the cut are then damage. Returns how
  * many rounds gave info.
  */
-export async function fuzzDriver(driver, bytes, { seed, rounds, hot, flips = 4, regionLength = bytes.length }) {
+export async function fuzzDriver(
+  driver: FilesystemDriver,
+  bytes: Uint8Array,
+  {
+    seed,
+    rounds,
+    hot,
+    flips = 4,
+    regionLength = bytes.length,
+  }: { seed: number; rounds: number; hot: readonly (readonly [number, number])[]; flips?: number; regionLength?: number },
+): Promise<number> {
   const rnd = seededRandom(seed);
   let recognised = 0;
   for (let round = 0; round < rounds; round++) {
     const copy = bytes.slice();
     for (let i = 0; i < flips; i++) {
-      const [a, b] = hot[Math.floor(rnd() * hot.length)];
+      const [a, b] = hot[Math.floor(rnd() * hot.length)]!;
       const at = a + Math.floor(rnd() * (b - a));
       copy[at] = rnd() < 0.3 ? 0xff : Math.floor(rnd() * 256);
     }
@@ -98,7 +121,7 @@ export async function fuzzDriver(driver, bytes, { seed, rounds, hot, flips = 4, 
         await collectUsed(driver, dev, region, info);
       }
     } catch (e) {
-      if (!isVhdxError(e)) throw new Error(`round ${round} (seed ${seed}): ${e?.stack ?? e}`);
+      if (!isVhdxError(e)) throw new Error(`round ${round} (seed ${seed}): ${e instanceof Error ? e.stack : String(e)}`);
     }
   }
   return recognised;

@@ -1,14 +1,14 @@
 // Test-side image builder over src/driver/layout.ts: small valid images in memory (optionally
 // with allocated blocks and a dirty log), and the helpers corrupt/fuzz tests need to mutate them
 // while keeping checksums valid.
-import { MemorySource } from '../../dist/index.js';
-import { planLayout, writeNewImage, setBatEntry, batEntryBytes } from '../../dist/driver/layout.js';
-import { crc32cWithZeroField } from '../../dist/codec/crc32c.js';
-import { encodeGuid } from '../../dist/codec/guid.js';
-import { HEADER } from '../../dist/format/header.js';
-import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import { encodeLogEntry } from '../../dist/format/log-entry.js';
-import { payloadBatIndex, PayloadState } from '../../dist/format/bat.js';
+import { MemorySource, type RandomAccessSource } from '../../src/io/source.js';
+import { planLayout, writeNewImage, setBatEntry, batEntryBytes, type ImageIdentity, type ImagePlan, type LayoutOptions } from '../../src/driver/layout.js';
+import { crc32cWithZeroField } from '../../src/codec/crc32c.js';
+import { encodeGuid } from '../../src/codec/guid.js';
+import { HEADER } from '../../src/format/header.js';
+import { REGION_TABLE_HEADER } from '../../src/format/region-table.js';
+import { encodeLogEntry, type LogWrite } from '../../src/format/log-entry.js';
+import { payloadBatIndex, PayloadState, type BatEntry } from '../../src/format/bat.js';
 import {
   ITEM_FILE_PARAMETERS,
   ITEM_LOGICAL_SECTOR_SIZE,
@@ -17,23 +17,24 @@ import {
   ITEM_VIRTUAL_DISK_SIZE,
   REGION_BAT,
   REGION_METADATA,
-} from '../../dist/format/constants.js';
+} from '../../src/format/constants.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
-export const HEADER_AT = [64 * KiB, 128 * KiB];
-export const REGION_TABLE_AT = [192 * KiB, 256 * KiB];
+export const HEADER_AT = [64 * KiB, 128 * KiB] as const;
+export const REGION_TABLE_AT = [192 * KiB, 256 * KiB] as const;
 export const ITEMS = {
   fileParameters: ITEM_FILE_PARAMETERS,
   virtualDiskSize: ITEM_VIRTUAL_DISK_SIZE,
   virtualDiskId: ITEM_VIRTUAL_DISK_ID,
   logicalSectorSize: ITEM_LOGICAL_SECTOR_SIZE,
   physicalSectorSize: ITEM_PHYSICAL_SECTOR_SIZE,
-};
+} as const;
+export type ItemName = keyof typeof ITEMS;
 export { REGION_BAT, REGION_METADATA, PayloadState };
 
 /** The byte every sector of allocated block `b` is filled with (never 0). */
-export const fillByte = (b) => 0x11 + ((b * 37) % 0xe0);
+export const fillByte = (b: number): number => 0x11 + ((b * 37) % 0xe0);
 
 /**
  * Build an image in memory and return its bytes with the plan.
@@ -44,12 +45,28 @@ export const fillByte = (b) => 0x11 + ((b * 37) % 0xe0);
  *   the image has a LogGuid and a log of two entries (a zero descriptor, then a data descriptor
  *   rewriting the BAT's first 4 KiB). They must have BAT indexes below 512.
  */
-export async function buildImage({ allocate = [], states = {}, logAllocate = [], ...layoutOptions } = {}) {
+export interface BuildOptions extends Partial<LayoutOptions> {
+  allocate?: readonly number[];
+  states?: Readonly<Record<number, number>>;
+  logAllocate?: readonly number[];
+}
+
+/** What buildImage made. */
+export interface BuiltImage {
+  bytes: Uint8Array;
+  plan: ImagePlan;
+  id: ImageIdentity;
+  logGuid: string | null;
+  /** File offset of each allocated block's data, by block index. */
+  blockFileOffset: Record<number, number>;
+}
+
+export async function buildImage({ allocate = [], states = {}, logAllocate = [], ...layoutOptions }: BuildOptions = {}): Promise<BuiltImage> {
   const plan = planLayout({ virtualSize: 64 * MiB, blockSize: MiB, ...layoutOptions });
   const src = new MemorySource();
   const id = await writeNewImage(src, plan);
   let next = plan.fileSize;
-  const blockFileOffset = {};
+  const blockFileOffset: Record<number, number> = {};
   const g = plan.geometry;
   for (const b of [...allocate, ...logAllocate]) {
     const len = Math.min(plan.blockSize, plan.virtualSize - b * plan.blockSize);
@@ -58,20 +75,20 @@ export async function buildImage({ allocate = [], states = {}, logAllocate = [],
     next += plan.blockSize;
   }
   for (const b of allocate) {
-    await setBatEntry(src, plan, payloadBatIndex(g, b), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[b] / MiB });
+    await setBatEntry(src, plan, payloadBatIndex(g, b), { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[b]! / MiB });
   }
   for (const [b, state] of Object.entries(states)) {
     await setBatEntry(src, plan, payloadBatIndex(g, Number(b)), { state, fileOffsetMB: 0 });
   }
   const bytes = src.bytes().slice();
-  let logGuid = null;
+  let logGuid: string | null = null;
   if (logAllocate.length > 0) {
     logGuid = '5b3a1f0e-7c2d-4e8f-9a6b-0c1d2e3f4a5b';
     const bat = bytes.slice(plan.bat.offset, plan.bat.offset + 4 * KiB);
     for (const b of logAllocate) {
       const i = payloadBatIndex(g, b);
       if (i >= 512) throw new Error(`block ${b} is not in the BAT's first sector`);
-      bat.set(batEntryBytes({ state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[b] / MiB }), i * 8);
+      bat.set(batEntryBytes({ state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[b]! / MiB }), i * 8);
     }
     writeLog(bytes, plan, logGuid, [
       // Sequence 41: zero 4 KiB of the unused metadata region.
@@ -90,7 +107,13 @@ export async function buildImage({ allocate = [], states = {}, logAllocate = [],
  * is { kind: 'zero', fileOffset, length } or { kind: 'data', fileOffset, data: 4 KiB }.
  * FlushedFileOffset is the file's size rounded down to 1 MiB (what a writer flushed), unless given.
  */
-export function writeLog(bytes, plan, logGuid, entries, { lastFileOffset, flushedFileOffset } = {}) {
+export function writeLog(
+  bytes: Uint8Array,
+  plan: ImagePlan,
+  logGuid: string,
+  entries: readonly (readonly LogWrite[])[],
+  { lastFileOffset, flushedFileOffset }: { lastFileOffset?: number; flushedFileOffset?: number } = {},
+): void {
   let at = 0;
   const fileEnd = Math.ceil(bytes.length / MiB) * MiB;
   const last = lastFileOffset ?? fileEnd;
@@ -103,19 +126,19 @@ export function writeLog(bytes, plan, logGuid, entries, { lastFileOffset, flushe
 }
 
 /** Set LogGuid in both headers (and reseal them): the log is dirty when `logGuid` is not nil. */
-export function setLogGuid(bytes, logGuid) {
+export function setLogGuid(bytes: Uint8Array, logGuid: string): void {
   for (const at of HEADER_AT) {
     encodeGuid(logGuid, bytes, at + 48);
     HEADER.seal(bytes.subarray(at));
   }
 }
 
-function sealLogEntry(entry) {
+function sealLogEntry(entry: Uint8Array): void {
   new DataView(entry.buffer, entry.byteOffset, entry.byteLength).setUint32(4, crc32cWithZeroField(entry, 4), true);
 }
 
 /** Recompute the checksums of every log entry chained from log offset 0 (as far as lengths allow). */
-export function resealLog(bytes, plan) {
+export function resealLog(bytes: Uint8Array, plan: ImagePlan): void {
   const dv = view(bytes);
   let at = 0;
   for (let n = 0; n < 64 && at < plan.log.length; n++) {
@@ -128,56 +151,56 @@ export function resealLog(bytes, plan) {
   }
 }
 
-export function view(bytes) {
+export function view(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
-export const getU32 = (bytes, at) => view(bytes).getUint32(at, true);
-export const setU32 = (bytes, at, v) => view(bytes).setUint32(at, v >>> 0, true);
-export const setU16 = (bytes, at, v) => view(bytes).setUint16(at, v, true);
-export const getU64 = (bytes, at) => view(bytes).getBigUint64(at, true);
-export const setU64 = (bytes, at, v) => view(bytes).setBigUint64(at, BigInt.asUintN(64, BigInt(v)), true);
+export const getU32 = (bytes: Uint8Array, at: number): number => view(bytes).getUint32(at, true);
+export const setU32 = (bytes: Uint8Array, at: number, v: number): void => view(bytes).setUint32(at, v >>> 0, true);
+export const setU16 = (bytes: Uint8Array, at: number, v: number): void => view(bytes).setUint16(at, v, true);
+export const getU64 = (bytes: Uint8Array, at: number): bigint => view(bytes).getBigUint64(at, true);
+export const setU64 = (bytes: Uint8Array, at: number, v: number | bigint): void => view(bytes).setBigUint64(at, BigInt.asUintN(64, BigInt(v)), true);
 
 /** Recompute both headers' checksums (whatever their content). */
-export function resealHeaders(bytes) {
+export function resealHeaders(bytes: Uint8Array): void {
   for (const at of HEADER_AT) if (bytes.length >= at + HEADER.size) HEADER.seal(bytes.subarray(at));
 }
 
 /** Recompute both region tables' checksums. */
-export function resealRegionTables(bytes) {
+export function resealRegionTables(bytes: Uint8Array): void {
   for (const at of REGION_TABLE_AT) if (bytes.length >= at + REGION_TABLE_HEADER.size) REGION_TABLE_HEADER.seal(bytes.subarray(at));
 }
 
 /** Recompute every checksum the builder's structures carry. */
-export function resealAll(bytes, plan) {
+export function resealAll(bytes: Uint8Array, plan: ImagePlan): void {
   resealHeaders(bytes);
   resealRegionTables(bytes);
   resealLog(bytes, plan);
 }
 
 /** File offset of field `field` (0 guid, 16 offset, 24 length, 28 flags) of region table entry `i` in copy `copy` (0 or 1). */
-export const regionEntryAt = (copy, i, field = 0) => REGION_TABLE_AT[copy] + 16 + i * 32 + field;
+export const regionEntryAt = (copy: 0 | 1, i: number, field = 0): number => REGION_TABLE_AT[copy] + 16 + i * 32 + field;
 
 /** Index of the region entry with `guid` (the builder writes BAT first, metadata second). */
-export const REGION_INDEX = { bat: 0, metadata: 1 };
+export const REGION_INDEX = { bat: 0, metadata: 1 } as const;
 
 /** File offset of field `field` (0 id, 16 offset, 20 length, 24 flags) of metadata table entry `i`. */
-export const metadataEntryAt = (plan, i, field = 0) => plan.metadata.offset + 32 + i * 32 + field;
+export const metadataEntryAt = (plan: ImagePlan, i: number, field = 0): number => plan.metadata.offset + 32 + i * 32 + field;
 
 /** Index in the metadata table of the system item named `name` (a key of ITEMS). */
-export function itemIndex(plan, name) {
+export function itemIndex(plan: ImagePlan, name: ItemName): number {
   const i = plan.items.findIndex((it) => it.itemId === ITEMS[name]);
   if (i < 0) throw new Error(`no item ${name}`);
   return i;
 }
 
 /** File offset of the value of the system item named `name`. */
-export const itemValueAt = (plan, name) => plan.metadata.offset + plan.items[itemIndex(plan, name)].offset;
+export const itemValueAt = (plan: ImagePlan, name: ItemName): number => plan.metadata.offset + plan.items[itemIndex(plan, name)]!.offset;
 
 /** File offset of BAT entry `index`. */
-export const batEntryAt = (plan, index) => plan.bat.offset + index * 8;
+export const batEntryAt = (plan: ImagePlan, index: number): number => plan.bat.offset + index * 8;
 
 /** Payload block `block`'s BAT entry as the source holds it: { state, fileOffsetMB }. */
-export async function readPayloadEntry(src, plan, block) {
+export async function readPayloadEntry(src: RandomAccessSource, plan: ImagePlan, block: number): Promise<BatEntry> {
   const b = new Uint8Array(8);
   await src.read(batEntryAt(plan, payloadBatIndex(plan.geometry, block)), b);
   const dv = new DataView(b.buffer);
@@ -186,21 +209,21 @@ export async function readPayloadEntry(src, plan, block) {
 }
 
 /** Set a BAT entry's raw bytes in `bytes` from { state, fileOffsetMB }. */
-export function putBatEntry(bytes, plan, index, entry) {
+export function putBatEntry(bytes: Uint8Array, plan: ImagePlan, index: number, entry: BatEntry): void {
   bytes.set(batEntryBytes(entry), batEntryAt(plan, index));
 }
 
 /** Apply `fn` to region table copies 1 and 2 (fn gets the copy's base offset), then reseal them. */
-export function editRegionTables(bytes, fn) {
+export function editRegionTables(bytes: Uint8Array, fn: (base: number) => void): void {
   for (const base of REGION_TABLE_AT) fn(base);
   resealRegionTables(bytes);
 }
 
 /** Apply `fn` to both headers (fn gets the header's base offset), then reseal them. */
-export function editHeaders(bytes, fn) {
+export function editHeaders(bytes: Uint8Array, fn: (base: number) => void): void {
   for (const base of HEADER_AT) fn(base);
   resealHeaders(bytes);
 }
 
 /** "0x..." as VhdxError messages print offsets. */
-export const hex = (n) => `0x${n.toString(16)}`;
+export const hex = (n: number): string => `0x${n.toString(16)}`;

@@ -1,8 +1,13 @@
 // Differencing chains in memory for the driver tests: a dynamic parent with known content, a
 // child made over it (the locator built as locatorFor builds it), and the checks a chain must
 // pass (block status tiling the disk, each extent's depth, the child's own sectors).
-import { FaultySource, VhdxImage, createImage } from '../../dist/index.js';
-import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
+import { FaultySource } from '../../src/io/faulty.js';
+import { VhdxImage, type OpenOptions } from '../../src/driver/image.js';
+import { createImage } from '../../src/driver/create.js';
+import { planLayout, writeNewImage } from '../../src/driver/layout.js';
+import type { RandomAccessSource } from '../../src/io/source.js';
+import type { Extent } from '../../src/device/block-device.js';
+import type { ParentLocator } from '../../src/format/parent-locator.js';
 import { SparseModel, bytesEqual, noisePayloads } from './model.js';
 
 const MiB = 1024 * 1024;
@@ -12,7 +17,15 @@ export const LOCATOR_TYPE_VHDX = 'b04aefb7-d19e-4a81-b789-25b8e9445913';
 export const payload = noisePayloads(0x2545f491);
 
 /** The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries. */
-export function locatorOf(parent, { relative = '.\\parent.vhdx', absolute = '/nowhere/parent.vhdx', linkage, extra = [] } = {}) {
+export function locatorOf(
+  parent: VhdxImage,
+  {
+    relative = '.\\parent.vhdx',
+    absolute = '/nowhere/parent.vhdx',
+    linkage,
+    extra = [],
+  }: { relative?: string | null; absolute?: string | null; linkage?: string; extra?: ParentLocator['entries'] } = {},
+): ParentLocator {
   return {
     locatorType: LOCATOR_TYPE_VHDX,
     entries: [
@@ -29,7 +42,19 @@ export function locatorOf(parent, { relative = '.\\parent.vhdx', absolute = '/no
  * `fill`: a list of { kind: 'data' | 'zero', offset, length } applied in order. Returns the
  * source and a model of its content.
  */
-export async function makeBase({ size, sector = 512, blockSize = MiB, fill = [] }) {
+export type Fill = { kind: 'data'; offset: number; length: number; data?: Uint8Array } | { kind: 'zero'; offset: number; length: number };
+
+export async function makeBase({
+  size,
+  sector = 512,
+  blockSize = MiB,
+  fill = [],
+}: {
+  size: number;
+  sector?: 512 | 4096;
+  blockSize?: number;
+  fill?: readonly Fill[];
+}): Promise<{ src: FaultySource; model: SparseModel }> {
   const src = new FaultySource(new Uint8Array(0), { writeCache: false });
   await writeNewImage(src, planLayout({ virtualSize: size, blockSize, logicalSectorSize: sector }));
   const model = new SparseModel();
@@ -55,11 +80,22 @@ export async function makeBase({ size, sector = 512, blockSize = MiB, fill = [] 
  * Make a differencing image over the image `parent` (opened), in a fresh sparse memory source
  * (or `src`), with `blockSize`; the locator's linkage is the parent's DataWriteGuid.
  */
-export async function makeChild(parent, { blockSize = 2 * MiB, src, locator } = {}) {
+export interface ChildOptions {
+  blockSize?: number;
+  locator?: ParentLocator;
+}
+export async function makeChild(parent: VhdxImage, opts?: ChildOptions): Promise<FaultySource>;
+export async function makeChild<S extends RandomAccessSource>(parent: VhdxImage, opts: ChildOptions & { src: S }): Promise<S>;
+export async function makeChild(
+  parent: VhdxImage,
+  { blockSize = 2 * MiB, src, locator }: ChildOptions & { src?: RandomAccessSource } = {},
+): Promise<RandomAccessSource> {
   const child = src ?? new FaultySource(new Uint8Array(0), { writeCache: false });
+  const sector = parent.logicalSectorSize;
+  if (sector !== 512 && sector !== 4096) throw new Error(`parent has ${sector}-byte sectors`);
   await createImage(child, {
     size: parent.size,
-    logicalSectorSize: parent.logicalSectorSize,
+    logicalSectorSize: sector,
     blockSize,
     parentLocator: locator ?? locatorOf(parent),
   });
@@ -70,9 +106,12 @@ export async function makeChild(parent, { blockSize = 2 * MiB, src, locator } = 
  * Open a chain of sources, child first: chain[0] with chain[1] as its parent, and so on; the
  * last has no parent. `writable`: which indexes open writable (default: the first only).
  */
-export async function openChain(chain, { writable = [0], ...opts } = {}) {
-  const openAt = (i) =>
-    VhdxImage.open(chain[i], {
+export async function openChain(
+  chain: readonly RandomAccessSource[],
+  { writable = [0], ...opts }: { writable?: readonly number[] } & OpenOptions = {},
+): Promise<VhdxImage> {
+  const openAt = (i: number): Promise<VhdxImage> =>
+    VhdxImage.open(chain[i]!, {
       ...opts,
       readOnly: !writable.includes(i),
       name: `image ${i}`,
@@ -83,7 +122,13 @@ export async function openChain(chain, { writable = [0], ...opts } = {}) {
 }
 
 /** Whole-disk read in 1 MiB steps compared with `model`; a message or null. */
-export async function compareWith(img, model, offset = 0, length = img.size, bufs = { got: new Uint8Array(MiB), want: new Uint8Array(MiB) }) {
+export async function compareWith(
+  img: VhdxImage,
+  model: SparseModel,
+  offset = 0,
+  length = img.size,
+  bufs = { got: new Uint8Array(MiB), want: new Uint8Array(MiB) },
+): Promise<string | null> {
   for (let at = offset; at < offset + length; at += MiB) {
     const n = Math.min(MiB, offset + length - at);
     const got = bufs.got.subarray(0, n);
@@ -104,7 +149,7 @@ export async function compareWith(img, model, offset = 0, length = img.size, buf
  * message or null. The last extent may end past the range (BlockDevice.blockStatus allows it),
  * but not past `size` when given.
  */
-export function tiles(extents, offset, length, size = offset + length) {
+export function tiles(extents: readonly Pick<Extent, 'offset' | 'length'>[], offset: number, length: number, size = offset + length): string | null {
   let at = offset;
   for (const x of extents) {
     if (at >= offset + length) return `extent at ${x.offset} after the range's end`;
@@ -118,17 +163,19 @@ export function tiles(extents, offset, length, size = offset + length) {
 
 /** A set of logical sectors as a byte per sector (1: in the set). */
 export class SectorSet {
-  constructor(size, sector) {
+  readonly sector: number;
+  readonly bits: Uint8Array;
+  constructor(size: number, sector: number) {
     this.sector = sector;
     this.bits = new Uint8Array(Math.ceil(size / sector));
   }
   /** Add the sectors [offset, offset + length) touches. */
-  addRange(offset, length) {
+  addRange(offset: number, length: number): void {
     if (length > 0) this.bits.fill(1, Math.floor(offset / this.sector), Math.ceil((offset + length) / this.sector));
   }
   /** Runs of [offset, length, inSet] covering the disk. */
-  runs() {
-    const out = [];
+  runs(): [number, number, boolean][] {
+    const out: [number, number, boolean][] = [];
     for (let i = 0; i < this.bits.length; ) {
       let j = i + 1;
       while (j < this.bits.length && this.bits[j] === this.bits[i]) j++;
@@ -140,14 +187,14 @@ export class SectorSet {
 }
 
 /** The sectors extents at `depth` cover, as a SectorSet (extents are sector aligned). */
-export function sectorsAtDepth(extents, size, sector, depth) {
+export function sectorsAtDepth(extents: readonly Extent[], size: number, sector: number, depth: number): SectorSet {
   const s = new SectorSet(size, sector);
   for (const x of extents) if ((x.depth ?? 0) === depth) s.addRange(x.offset, x.length);
   return s;
 }
 
 /** First sector where two SectorSets differ, or -1. */
-export function firstDifferentSector(a, b) {
+export function firstDifferentSector(a: SectorSet, b: SectorSet): number {
   for (let i = 0; i < a.bits.length; i++) if (a.bits[i] !== b.bits[i]) return i;
   return -1;
 }
@@ -156,7 +203,7 @@ export function firstDifferentSector(a, b) {
  * Compare a large, mostly empty disk with `model` without reading all of it: data extents are
  * read and compared; every other extent must be zeros in the model. A message or null.
  */
-export async function compareSparse(img, model) {
+export async function compareSparse(img: VhdxImage, model: SparseModel): Promise<string | null> {
   const extents = await img.blockStatus(0, img.size);
   for (const x of extents) {
     if (x.type === 'data') {

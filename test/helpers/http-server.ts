@@ -24,16 +24,20 @@
 // the web page); /blank is an empty page. GET /count/o/... gives the request counts of an object
 // path as JSON (GET, HEAD, OPTIONS, ifMatch: requests carrying If-Match, maxInFlight: the most
 // requests of the path answered at once).
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
 import { repoRoot } from './env.js';
 
-const TYPES = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.html': 'text/html', '.css': 'text/css', '.json': 'application/json', '.map': 'application/json' };
+const TYPES: Record<string, string> = { '.js': 'text/javascript', '.mjs': 'text/javascript', '.html': 'text/html', '.css': 'text/css', '.json': 'application/json', '.map': 'application/json' };
 
-function parseSwitches(seg) {
-  const out = {};
+/** A path's misbehaviours: name -> true, or the value given with `=`. */
+type Switches = Record<string, string | true | undefined>;
+
+function parseSwitches(seg: string): Switches {
+  const out: Switches = {};
   if (seg === '-' || seg === '') return out;
   for (const part of seg.split(',')) {
     const i = part.indexOf('=');
@@ -43,37 +47,66 @@ function parseSwitches(seg) {
 }
 
 /** Bytes of a version of an object: version 0 as given, later ones with every byte flipped. */
-function versionBytes(bytes, version) {
+function versionBytes(bytes: Uint8Array, version: number): Uint8Array {
   if (version === 0) return bytes;
   const out = new Uint8Array(bytes.length);
-  for (let i = 0; i < bytes.length; i++) out[i] = bytes[i] ^ version;
+  for (let i = 0; i < bytes.length; i++) out[i] = bytes[i]! ^ version;
   return out;
+}
+
+/** What the server serves under a name: bytes in memory, or a file read-only from disk. */
+export type ServedObject = { bytes: Uint8Array } | { path: string };
+
+/** Request counts of an object path. */
+export interface RequestCounts {
+  GET: number;
+  HEAD: number;
+  OPTIONS: number;
+  ifMatch: number;
+  inFlight?: number;
+  maxInFlight?: number;
+  /** Requests of other methods. */
+  [method: string]: number | undefined;
+}
+
+/** A running server (startRangeServer). */
+export interface RangeServer {
+  origin: string;
+  origin2: string;
+  ports: number[];
+  objects: Map<string, ServedObject>;
+  counts(path: string): RequestCounts;
+  close(): Promise<void>;
 }
 
 /**
  * Start the server. `objects` maps a name (may contain /) to { bytes } or { path }: a file
  * served read-only from disk.
  */
-export async function startRangeServer() {
-  const objects = new Map();
-  const counts = new Map();
-  const sockets = new Set();
-  const count = (key, what) => {
+export async function startRangeServer(): Promise<RangeServer> {
+  const objects = new Map<string, ServedObject>();
+  const counts = new Map<string, RequestCounts>();
+  const sockets = new Set<Socket>();
+  const count = (key: string, what: string): RequestCounts => {
     const c = counts.get(key) ?? { GET: 0, HEAD: 0, OPTIONS: 0, ifMatch: 0 };
     c[what] = (c[what] ?? 0) + 1;
     counts.set(key, c);
     return c;
   };
 
-  async function objectBytes(name, version) {
+  async function objectBytes(name: string, version: number): Promise<{ size: number; read(a: number, b: number): Uint8Array | Promise<Uint8Array> } | null> {
     const o = objects.get(name);
     if (!o) return null;
-    if (o.bytes) return { size: o.bytes.length, read: (a, b) => versionBytes(o.bytes.subarray(a, b), version) };
-    const size = (await stat(o.path)).size;
+    if ('bytes' in o) {
+      const bytes = o.bytes;
+      return { size: bytes.length, read: (a, b) => versionBytes(bytes.subarray(a, b), version) };
+    }
+    const path = o.path;
+    const size = (await stat(path)).size;
     return {
       size,
       read: async (a, b) => {
-        const fh = await open(o.path, 'r');
+        const fh = await open(path, 'r');
         try {
           const buf = new Uint8Array(b - a);
           const { bytesRead } = await fh.read(buf, 0, buf.length, a);
@@ -85,10 +118,10 @@ export async function startRangeServer() {
     };
   }
 
-  async function handle(req, res, ownPort) {
-    const u = new URL(req.url, `http://127.0.0.1:${ownPort}`);
+  async function handle(req: IncomingMessage, res: ServerResponse, ownPort: number | undefined): Promise<void> {
+    const u = new URL(req.url ?? '/', `http://127.0.0.1:${ownPort}`);
     const origin = req.headers.origin;
-    const cors = (sw) => {
+    const cors = (sw: Switches): void => {
       if (!origin) return;
       res.setHeader('Access-Control-Allow-Origin', '*');
       if (!sw['no-expose']) res.setHeader('Access-Control-Expose-Headers', 'Content-Range, ETag, Retry-After, Accept-Ranges');
@@ -117,8 +150,10 @@ export async function startRangeServer() {
     }
     const m = /^\/o\/([^/]*)\/(.+)$/.exec(u.pathname);
     if (!m) return void res.writeHead(404).end();
-    const sw = parseSwitches(m[1]);
-    const name = decodeURIComponent(m[2]);
+    const switches = m[1]!;
+    const objectPath = m[2]!;
+    const sw = parseSwitches(switches);
+    const name = decodeURIComponent(objectPath);
     const key = u.pathname;
     if (req.method === 'OPTIONS') {
       count(key, 'OPTIONS');
@@ -130,16 +165,16 @@ export async function startRangeServer() {
       });
       return void res.end();
     }
-    const c = count(key, req.method);
+    const c = count(key, req.method ?? 'GET');
     // Requests of this path being answered at once, and the most seen.
     c.inFlight = (c.inFlight ?? 0) + 1;
     c.maxInFlight = Math.max(c.maxInFlight ?? 0, c.inFlight);
-    res.on('close', () => c.inFlight--);
+    res.on('close', () => void (c.inFlight = (c.inFlight ?? 1) - 1));
     cors(sw);
     const redirect = sw.redirect ?? (name.endsWith('child.vhdx') ? undefined : sw['redirect-parent']);
     if (redirect) {
-      const rest = m[1].split(',').filter((p) => !p.startsWith('redirect')).join(',') || '-';
-      res.writeHead(302, { Location: `http://127.0.0.1:${redirect}/o/${rest}/${m[2]}${u.search}` });
+      const rest = switches.split(',').filter((p) => !p.startsWith('redirect')).join(',') || '-';
+      res.writeHead(302, { Location: `http://127.0.0.1:${redirect}/o/${rest}/${objectPath}${u.search}` });
       return void res.end();
     }
     if (sw.sig !== undefined && u.searchParams.get('sig') !== sw.sig) return void res.writeHead(403).end();
@@ -148,8 +183,8 @@ export async function startRangeServer() {
     // The misbehaving GETs are counted from the (skip + 1)th.
     const gets = c.GET - Number(sw.skip ?? 0);
     if (req.method === 'GET' && sw.status) {
-      const [status, n] = String(sw.status).split(':').map(Number);
-      if (gets >= 1 && gets <= n) return void res.writeHead(status, { 'Retry-After': sw['retry-after'] ?? '0' }).end();
+      const [status = 500, n = 0] = String(sw.status).split(':').map(Number);
+      if (gets >= 1 && gets <= n) return void res.writeHead(status, { 'Retry-After': String(sw['retry-after'] ?? '0') }).end();
     }
     if (req.method === 'GET' && sw.stall && gets >= 1 && gets <= Number(sw.stall)) return; // never answered
     const version = sw.change !== undefined && c.GET > Number(sw.change) ? 1 : 0;
@@ -157,7 +192,7 @@ export async function startRangeServer() {
     if (!obj) return void res.writeHead(404).end();
     const etagValue = `"${createHash('sha256').update(name).digest('hex').slice(0, 16)}-${version}"`;
     const lastModified = new Date(Date.UTC(2024, 0, 1, 0, 0, version)).toUTCString();
-    const headers = { 'Accept-Ranges': 'bytes', 'Content-Type': 'application/octet-stream' };
+    const headers: OutgoingHttpHeaders = { 'Accept-Ranges': 'bytes', 'Content-Type': 'application/octet-stream' };
     if (!sw['no-validators']) {
       if (!sw['hide-headers']) headers.ETag = sw['weak-etag'] ? `W/${etagValue}` : etagValue;
       headers['Last-Modified'] = lastModified;
@@ -200,8 +235,8 @@ export async function startRangeServer() {
     res.end(body);
   }
 
-  const servers = [];
-  const ports = [];
+  const servers: Server[] = [];
+  const ports: number[] = [];
   for (let i = 0; i < 2; i++) {
     const server = createServer((req, res) => {
       handle(req, res, ports[i]).catch((e) => {
@@ -213,8 +248,8 @@ export async function startRangeServer() {
       sockets.add(s);
       s.on('close', () => sockets.delete(s));
     });
-    await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-    ports.push(server.address().port);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    ports.push((server.address() as AddressInfo).port); // listening on TCP: an AddressInfo
     servers.push(server);
   }
   return {
@@ -223,8 +258,8 @@ export async function startRangeServer() {
     ports,
     objects,
     /** Request counts of an object path (/o/...). */
-    counts: (path) => counts.get(path) ?? { GET: 0, HEAD: 0, OPTIONS: 0, ifMatch: 0 },
-    async close() {
+    counts: (path: string): RequestCounts => counts.get(path) ?? { GET: 0, HEAD: 0, OPTIONS: 0, ifMatch: 0 },
+    async close(): Promise<void> {
       for (const s of sockets) s.destroy();
       await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
     },

@@ -1,10 +1,11 @@
 // Helpers for the inspect tests: disks as block devices (files or bytes), GPTs built by hand
 // (for 4096-byte sectors and damage that sfdisk will not write), images placed at an offset.
 import { openSync, writeSync, readFileSync, closeSync, writeFileSync } from 'node:fs';
-import { MemorySource, RawDevice } from '../../dist/index.js';
-import { NodeFileSource } from '../../dist/io/node-file.js';
-import { crc32 } from '../../dist/codec/crc32.js';
-import { encodeGuid } from '../../dist/codec/guid.js';
+import { MemorySource } from '../../src/io/source.js';
+import { RawDevice } from '../../src/device/raw.js';
+import { NodeFileSource } from '../../src/io/node-file.js';
+import { crc32 } from '../../src/codec/crc32.js';
+import { encodeGuid } from '../../src/codec/guid.js';
 import { must } from './tools.js';
 import { run } from './env.js';
 
@@ -12,17 +13,17 @@ export const KiB = 1024;
 export const MiB = 1024 * 1024;
 
 /** A read-only raw device over a file; close it when done. */
-export async function fileDevice(path, logicalSectorSize = 512) {
+export async function fileDevice(path: string, logicalSectorSize: 512 | 4096 = 512): Promise<RawDevice> {
   return new RawDevice(await NodeFileSource.open(path), { logicalSectorSize });
 }
 
 /** A raw device over bytes in memory. */
-export function memDevice(bytes, logicalSectorSize = 512) {
+export function memDevice(bytes: Uint8Array, logicalSectorSize: 512 | 4096 = 512): RawDevice {
   return new RawDevice(new MemorySource(bytes, { readOnly: true }), { logicalSectorSize });
 }
 
 /** Copy the file `src` into `disk` at byte `offset` (the disk keeps its size). */
-export function placeFile(disk, src, offset) {
+export function placeFile(disk: string, src: string, offset: number): void {
   const fd = openSync(disk, 'r+');
   try {
     const b = readFileSync(src);
@@ -33,7 +34,7 @@ export function placeFile(disk, src, offset) {
 }
 
 /** Overwrite bytes of a file at `offset`. */
-export function patchFile(path, offset, bytes) {
+export function patchFile(path: string, offset: number, bytes: Uint8Array): void {
   const fd = openSync(path, 'r+');
   try {
     writeSync(fd, bytes, 0, bytes.length, offset);
@@ -43,13 +44,34 @@ export function patchFile(path, offset, bytes) {
 }
 
 /** Partition a file with sfdisk (a script of sfdisk's input format); returns `sfdisk -J`'s table. */
-export function sfdisk(path, script) {
+/** A partition as `sfdisk -J` lists it (sizes in sectors). */
+export interface SfdiskPartition {
+  node: string;
+  start: number;
+  size: number;
+  type: string;
+  uuid?: string;
+  name?: string;
+  attrs?: string;
+}
+
+/** `sfdisk -J`'s partition table. */
+export interface SfdiskTable {
+  label: string;
+  id: string;
+  device: string;
+  unit: string;
+  sectorsize?: number;
+  partitions: SfdiskPartition[];
+}
+
+export function sfdisk(path: string, script: string): SfdiskTable {
   run('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', path], { input: script });
-  return JSON.parse(run('sfdisk', ['-J', path])).partitiontable;
+  return (JSON.parse(run('sfdisk', ['-J', path])) as { partitiontable: SfdiskTable }).partitiontable;
 }
 
 /** Make a sparse file of `size` bytes. */
-export function sparseFile(path, size) {
+export function sparseFile(path: string, size: number): void {
   writeFileSync(path, '');
   const fd = openSync(path, 'r+');
   try {
@@ -59,13 +81,37 @@ export function sparseFile(path, size) {
   }
 }
 
-const dv = (b) => new DataView(b.buffer, b.byteOffset, b.byteLength);
+const dv = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
 /**
  * A whole disk's bytes with a protective MBR and both GPT copies, for `sectorSize`-byte sectors:
  * partitions [{ type, guid, first, last, name, attributes (bigint) }] in LBAs.
  */
-export function buildGpt({ sectorSize = 512, sectors, partitions, entryCount = 128, entrySize = 128, diskGuid = '11111111-2222-3333-4444-555555555555' }) {
+/** A partition for buildGpt, in LBAs. */
+export interface GptPartition {
+  type: string;
+  guid?: string;
+  first: number;
+  last: number;
+  name?: string;
+  attributes?: bigint;
+}
+
+export function buildGpt({
+  sectorSize = 512,
+  sectors,
+  partitions,
+  entryCount = 128,
+  entrySize = 128,
+  diskGuid = '11111111-2222-3333-4444-555555555555',
+}: {
+  sectorSize?: number;
+  sectors: number;
+  partitions: readonly GptPartition[];
+  entryCount?: number;
+  entrySize?: number;
+  diskGuid?: string;
+}): Uint8Array {
   const disk = new Uint8Array(sectorSize * sectors);
   const arrayBytes = entryCount * entrySize;
   const arraySectors = Math.ceil(arrayBytes / sectorSize);
@@ -89,7 +135,7 @@ export function buildGpt({ sectorSize = 512, sectors, partitions, entryCount = 1
   });
   const firstUsable = 2 + arraySectors;
   const lastUsable = lastLba - 1 - arraySectors;
-  const put = (myLba, altLba, entriesLba) => {
+  const put = (myLba: number, altLba: number, entriesLba: number): void => {
     disk.set(array, entriesLba * sectorSize);
     const h = disk.subarray(myLba * sectorSize, myLba * sectorSize + sectorSize);
     h.set(new TextEncoder().encode('EFI PART'), 0);
@@ -112,32 +158,34 @@ export function buildGpt({ sectorSize = 512, sectors, partitions, entryCount = 1
 }
 
 /** Recompute the CRC-32 of the GPT header at the start of `h` (after editing a field). */
-export function resealGptHeader(h) {
+export function resealGptHeader(h: Uint8Array): void {
   const size = dv(h).getUint32(12, true);
   dv(h).setUint32(16, 0, true);
   dv(h).setUint32(16, crc32(h.subarray(0, size)), true);
 }
 
 /** A `sfdisk -J` partition's range in bytes. */
-export function sfdiskRange(p, sectorSize = 512) {
+export function sfdiskRange(p: Pick<SfdiskPartition, 'start' | 'size'>, sectorSize = 512): { start: number; length: number } {
   return { start: p.start * sectorSize, length: p.size * sectorSize };
 }
 
 /** 7zz's list of partitions of an image (items with an extension; 7-Zip names gaps without one), ordered by offset. */
-export async function sevenZipPartitions(path) {
+export async function sevenZipPartitions(path: string): Promise<{ start: number; length: number; fileSystem: string }[]> {
   const out = await must('7zz', ['l', '-slt', path]);
-  const items = [];
-  let cur = null;
+  const items: Record<string, string>[] = [];
+  let cur: Record<string, string> | null = null;
   for (const line of out.split('\n')) {
     const m = /^(\w[\w ]*?) = (.*)$/.exec(line);
     if (!m) continue;
-    if (m[1] === 'Path') {
-      cur = { path: m[2] };
+    const key = m[1]!;
+    const value = m[2]!;
+    if (key === 'Path') {
+      cur = { path: value };
       items.push(cur);
-    } else if (cur) cur[m[1]] = m[2];
+    } else if (cur) cur[key] = value;
   }
   return items
-    .filter((i) => i.Offset !== undefined && /\./.test(i.path))
+    .filter((i) => i.Offset !== undefined && /\./.test(i.path ?? ''))
     .map((i) => ({ start: Number(i.Offset), length: Number(i.Size), fileSystem: i['File System'] ?? '' }))
     .sort((a, b) => a.start - b.start);
 }

@@ -1,13 +1,13 @@
 // Helpers for tests that drive the CLI and the peer tools: scratch folders in RAM, processes run
 // without blocking the event loop (so subtests can overlap), file digests.
-import { execFile } from 'node:child_process';
+import { execFile, type ExecFileOptionsWithStringEncoding } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { cliPath, scratch } from './env.js';
 
 /** A scratch folder on /dev/shm when it is writable (fast, sparse), else in the temp folder. */
-export function shmScratch(prefix = 'vhdx-test-') {
+export function shmScratch(prefix = 'vhdx-test-'): string {
   if (existsSync('/dev/shm')) {
     try {
       const d = mkdtempSync(`/dev/shm/${prefix}`);
@@ -20,8 +20,18 @@ export function shmScratch(prefix = 'vhdx-test-') {
   return scratch(prefix);
 }
 
+/** Options for exec, must and vhdx (output is always text). */
+export type ExecOptions = Omit<ExecFileOptionsWithStringEncoding, 'encoding'>;
+
+/** A finished process: its exit status (-1 when it did not exit normally) and output. */
+export interface ExecResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
 /** Run a command; resolves to { code, stdout, stderr } whatever the exit status. */
-export function exec(cmd, args, opts = {}) {
+export function exec(cmd: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   return new Promise((resolve) => {
     execFile(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20, ...opts }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
@@ -30,27 +40,27 @@ export function exec(cmd, args, opts = {}) {
 }
 
 /** Run a command that must succeed; resolves to its stdout. */
-export async function must(cmd, args, opts = {}) {
+export async function must(cmd: string, args: readonly string[], opts: ExecOptions = {}): Promise<string> {
   const r = await exec(cmd, args, opts);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
   return r.stdout;
 }
 
 /** Run the vhdx CLI; resolves to { code, stdout, stderr }. */
-export function vhdx(args, opts = {}) {
+export function vhdx(args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   return exec(process.execPath, [cliPath, ...args], opts);
 }
 
-export function sha256File(path) {
+export function sha256File(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
 }
 
 /** The python that has pyvhdi (Debian's python3-libvhdi), or null. */
 export const PYVHDI_PYTHON = '/usr/bin/python3';
 
-let pyvhdi;
+let pyvhdi: string | false | undefined;
 /** Skip message when /usr/bin/python3 cannot import pyvhdi, else false. */
-export async function needPyvhdi() {
+export async function needPyvhdi(): Promise<string | false> {
   if (pyvhdi === undefined) {
     const r = existsSync(PYVHDI_PYTHON) ? await exec(PYVHDI_PYTHON, ['-c', 'import pyvhdi']) : { code: 1 };
     pyvhdi = r.code === 0 ? false : `${PYVHDI_PYTHON} with pyvhdi (python3-libvhdi) not installed`;
@@ -62,7 +72,7 @@ export async function needPyvhdi() {
  * SHA-256 of the virtual disk of `path` as pyvhdi reads it, and its media size:
  * { size, sha256 }.
  */
-export async function pyvhdiDigest(path) {
+export async function pyvhdiDigest(path: string): Promise<{ size: number; sha256: string }> {
   const script = `
 import hashlib, sys, pyvhdi
 f = pyvhdi.file()
@@ -81,6 +91,7 @@ print(size, h.hexdigest())
 `;
   const out = await must(PYVHDI_PYTHON, ['-c', script, path]);
   const [size, sha256] = out.trim().split(' ');
+  if (sha256 === undefined) throw new Error(`pyvhdi printed ${JSON.stringify(out)}`);
   return { size: Number(size), sha256 };
 }
 
@@ -88,11 +99,11 @@ print(size, h.hexdigest())
  * Run the vhdx CLI in this process (no node start-up per call): { code, stdout, stderr }.
  * Progress bars still go to the real stderr; spawn the CLI (`vhdx`) to see them.
  */
-export async function vhdxInProcess(args) {
-  const { main } = await import('../../dist/cli/main.js');
+export async function vhdxInProcess(args: string[]): Promise<ExecResult> {
+  const { main } = await import('../../src/cli/main.js');
   let stdout = '';
   let stderr = '';
-  const code = await main(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s) });
+  const code = await main(args, { out: (s: string) => void (stdout += s), err: (s: string) => void (stderr += s) });
   return { code, stdout, stderr };
 }
 
@@ -100,15 +111,15 @@ export async function vhdxInProcess(args) {
  * The lock records that name the file at `path` (its write lock's and its readers'), live or
  * stale: empty once every opener has released it. See src/io/lock.ts.
  */
-export async function lockRecords(path) {
-  const { lockPaths } = await import('../../dist/io/lock.js');
+export async function lockRecords(path: string): Promise<string[]> {
+  const { lockPaths } = await import('../../src/io/lock.js');
   const { dir, writer, readerPrefix } = await lockPaths(path);
   const found = readdirSync(dir).filter((n) => n.startsWith(readerPrefix)).map((n) => join(dir, n));
   if (existsSync(writer)) found.push(writer, ...entries(writer).map((n) => join(writer, n)));
   return found;
 }
 
-function entries(dir) {
+function entries(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch {
@@ -117,11 +128,11 @@ function entries(dir) {
 }
 
 /** The lock records, anywhere in the lock folder, made for the path `path` (which may be gone). */
-export async function lockRecordsNaming(path) {
-  const { lockDir } = await import('../../dist/io/lock.js');
+export async function lockRecordsNaming(path: string): Promise<string[]> {
+  const { lockDir } = await import('../../src/io/lock.js');
   const dir = lockDir();
   const want = resolve(path);
-  const files = [];
+  const files: string[] = [];
   for (const n of readdirSync(dir)) {
     const p = join(dir, n);
     if (n.endsWith('.write')) files.push(...entries(p).map((m) => join(p, m)));
@@ -129,7 +140,7 @@ export async function lockRecordsNaming(path) {
   }
   return files.filter((f) => {
     try {
-      return JSON.parse(readFileSync(f, 'utf8')).path === want;
+      return (JSON.parse(readFileSync(f, 'utf8')) as { path?: unknown }).path === want;
     } catch {
       return false; // released meanwhile, or not a record
     }
@@ -141,7 +152,7 @@ export async function lockRecordsNaming(path) {
  * also a run of explicitly written zeros (`zeroRun`: [offset, length]; not a hole), which a
  * sparse copy must not allocate either.
  */
-export function sparseRaw(dir, name, size, places, zeroRun) {
+export function sparseRaw(dir: string, name: string, size: number, places: ReadonlyArray<readonly [number, Uint8Array]>, zeroRun?: readonly [number, number]): string {
   const path = join(dir, name);
   const fd = openSync(path, 'w');
   try {

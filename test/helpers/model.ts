@@ -2,7 +2,7 @@
 // (pages of zeros are not stored), and the "at least the last flush" check a crash must pass.
 
 /** `len` recognisable bytes for write number `seed`, never zero. */
-export function pattern(seed, len) {
+export function pattern(seed: number, len: number): Uint8Array {
   const out = new Uint8Array(len);
   for (let i = 0; i < len; i++) out[i] = 1 + ((i * 7 + seed * 13 + (i >>> 9) * 3) % 251);
   return out;
@@ -12,7 +12,7 @@ export function pattern(seed, len) {
  * Write payloads for property tests: `payload(n, len)` is a slice of 8 MiB of xorshift noise
  * made from `seed` (never all zeros over a sector), at an offset that depends on write number n.
  */
-export function noisePayloads(seed) {
+export function noisePayloads(seed: number): (n: number, len: number) => Uint8Array {
   const MiB = 1024 * 1024;
   const noise = new Uint8Array(8 * MiB);
   let x = seed;
@@ -22,22 +22,21 @@ export function noisePayloads(seed) {
     x ^= x << 5;
     noise[i] = x & 0xff;
   }
-  return (n, len) => noise.subarray((n * 7919) % (4 * MiB), ((n * 7919) % (4 * MiB)) + len);
+  return (n: number, len: number) => noise.subarray((n * 7919) % (4 * MiB), ((n * 7919) % (4 * MiB)) + len);
 }
 
 const PAGE = 16 * 1024;
 const PIECE = 4096;
 /** Pages shared between a model and its clones: whoever writes one first copies it. */
-const shared = new WeakSet();
+const shared = new WeakSet<Uint8Array>();
 const ZERO_PAGE = new Uint8Array(PAGE);
 
 /** A virtual disk model stored in 16 KiB pages; absent pages read as zeros. Clones are copy-on-write. */
 export class SparseModel {
-  constructor() {
-    this.pages = new Map();
-  }
+  /** Page number -> its 16 KiB of bytes. */
+  readonly pages = new Map<number, Uint8Array>();
 
-  clone() {
+  clone(): SparseModel {
     const m = new SparseModel();
     for (const [p, bytes] of this.pages) {
       shared.add(bytes);
@@ -46,29 +45,29 @@ export class SparseModel {
     return m;
   }
 
-  write(offset, data) {
+  write(offset: number, data: Uint8Array): void {
     this.#each(offset, data.length, (p, inPage, from, n) => this.#writable(p).set(data.subarray(from, from + n), inPage));
   }
 
-  zero(offset, length) {
+  zero(offset: number, length: number): void {
     this.#each(offset, length, (p, inPage, _from, n) => {
       if (this.pages.has(p)) this.#writable(p).fill(0, inPage, inPage + n);
     });
   }
 
   /** Fill `into` with the model's bytes at `offset`. */
-  read(offset, into) {
+  read(offset: number, into: Uint8Array): void {
     this.#each(offset, into.length, (p, inPage, from, n) => into.set(this.view(p * PAGE + inPage, n), from));
   }
 
   /** The model's bytes [offset, offset + n), which must lie in one page: a view, do not change it. */
-  view(offset, n) {
+  view(offset: number, n: number): Uint8Array {
     const p = Math.floor(offset / PAGE);
     const inPage = offset - p * PAGE;
     return (this.pages.get(p) ?? ZERO_PAGE).subarray(inPage, inPage + n);
   }
 
-  #writable(p) {
+  #writable(p: number): Uint8Array {
     let page = this.pages.get(p);
     if (!page || shared.has(page)) {
       page = page ? page.slice() : new Uint8Array(PAGE);
@@ -77,7 +76,7 @@ export class SparseModel {
     return page;
   }
 
-  #each(offset, length, fn) {
+  #each(offset: number, length: number, fn: (page: number, inPage: number, from: number, n: number) => void): void {
     for (let pos = 0; pos < length; ) {
       const vo = offset + pos;
       const p = Math.floor(vo / PAGE);
@@ -89,13 +88,16 @@ export class SparseModel {
   }
 }
 
+/** An operation issued since the last flush, as crashCheck takes it. */
+export type CrashOp = { kind: 'write'; offset: number; data: Uint8Array } | { kind: 'zero'; offset: number; length: number };
+
 /**
  * Check bytes read at virtual offset `offset` after a crash: every byte must equal the model as
  * of the last completed flush (`durable`) or the value some operation issued after it (`since`:
  * { kind: 'write', offset, data } or { kind: 'zero', offset, length }) put there. Returns null,
  * or a message naming the first byte that breaks the rule.
  */
-export function crashCheck(got, offset, durable, since) {
+export function crashCheck(got: Uint8Array, offset: number, durable: SparseModel, since: readonly CrashOp[]): string | null {
   const explained = new Uint8Array(PIECE);
   // 4 KiB pieces (aligned in the virtual disk, so each lies in one page of the model); only
   // pieces that differ from the last flush are looked at byte by byte.
@@ -129,6 +131,6 @@ export function crashCheck(got, offset, durable, since) {
 }
 
 /** Byte equality without copying. */
-export function bytesEqual(a, b) {
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
 }

@@ -7,17 +7,28 @@
 // { kind: 'move', moves } (moveBlocks: `moves` is a list, or a function of the image giving one;
 // the disk's content does not change, and the moves are durable when it returns).
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
-import { FaultySource, VhdxImage } from '../../dist/index.js';
-import { SparseModel } from './model.js';
+import { FaultySource } from '../../src/io/faulty.js';
+import { VhdxImage } from '../../src/driver/image.js';
+import type { BlockMove } from '../../src/driver/writer.js';
+import { SparseModel, type CrashOp } from './model.js';
+
+/** One operation of a workload (see the top of this file). */
+export type Op =
+  | { kind: 'write'; offset: number; data: Uint8Array; fua?: boolean }
+  | { kind: 'zero' | 'discard'; offset: number; length: number }
+  | { kind: 'flush' | 'close' | 'reopen' }
+  | { kind: 'parallel'; ops: readonly Op[] }
+  | { kind: 'move'; moves: readonly BlockMove[] | ((img: VhdxImage) => readonly BlockMove[] | Promise<readonly BlockMove[]>) };
 
 /** Apply a completed operation to the model. */
-export function applyToModel(model, op) {
+export function applyToModel(model: SparseModel, op: Op): void {
   if (op.kind === 'write') model.write(op.offset, op.data);
   else if (op.kind === 'zero' || op.kind === 'discard') model.zero(op.offset, op.length);
   else if (op.kind === 'parallel') op.ops.forEach((o) => applyToModel(model, o));
 }
 
-export function execute(img, op) {
+/** Issue `op` on `img` ('reopen' is runWorkload's: nothing here). */
+export function execute(img: VhdxImage, op: Op): Promise<unknown> {
   switch (op.kind) {
     case 'write':
       return img.write(op.offset, op.data, { fua: op.fua });
@@ -31,14 +42,18 @@ export function execute(img, op) {
       return img.close();
     case 'parallel':
       return Promise.all(op.ops.map((o) => execute(img, o)));
-    case 'move':
-      return (async () => img.moveBlocks(typeof op.moves === 'function' ? await op.moves(img) : op.moves))();
+    case 'move': {
+      const { moves } = op;
+      return (async () => img.moveBlocks(typeof moves === 'function' ? await moves(img) : moves))();
+    }
+    case 'reopen':
+      return Promise.resolve();
   }
 }
 
 /** What a crash-time byte may hold: operations issued since the last durable point, flattened. */
-export function flatten(list) {
-  const out = [];
+export function flatten(list: readonly Op[]): CrashOp[] {
+  const out: CrashOp[] = [];
   for (const op of list) {
     if (op.kind === 'parallel') out.push(...flatten(op.ops));
     else if (op.kind === 'write') out.push({ kind: 'write', offset: op.offset, data: op.data });
@@ -55,12 +70,20 @@ export function flatten(list) {
  * differencing disk's test passes its parent); `model`: the disk's content before the workload
  * (default zeros; a differencing disk starts as its parent), cloned.
  */
-export async function runWorkload(base, list, crashAt, { open = (disk) => VhdxImage.open(disk, { readOnly: false }), model: initial } = {}) {
+export async function runWorkload(
+  base: Uint8Array | { bytes(): Uint8Array },
+  list: readonly Op[],
+  crashAt: number | undefined,
+  {
+    open = (disk: FaultySource) => VhdxImage.open(disk, { readOnly: false }),
+    model: initial,
+  }: { open?: (disk: FaultySource) => Promise<VhdxImage>; model?: SparseModel } = {},
+): Promise<{ disk: FaultySource; model: SparseModel; durable: SparseModel; since: CrashOp[] }> {
   const disk = new FaultySource(base, { crashAt, trace: true });
   const model = initial ? initial.clone() : new SparseModel();
   let durable = model.clone();
-  let since = [];
-  let img = null;
+  let since: Op[] = [];
+  let img: VhdxImage | null = null;
   try {
     img = await open(disk);
     for (const op of list) {
@@ -71,9 +94,9 @@ export async function runWorkload(base, list, crashAt, { open = (disk) => VhdxIm
         since = [];
         img = null;
         img = await open(disk);
-      } else await execute(img, op);
+      } else await execute(img!, op);
       applyToModel(model, op);
-      if (op.kind === 'flush' || op.kind === 'close' || op.kind === 'reopen' || op.kind === 'move' || op.fua) {
+      if (op.kind === 'flush' || op.kind === 'close' || op.kind === 'reopen' || op.kind === 'move' || (op.kind === 'write' && op.fua)) {
         durable = model.clone();
         since = [];
       }
@@ -86,13 +109,17 @@ export async function runWorkload(base, list, crashAt, { open = (disk) => VhdxIm
 }
 
 /** Read `ranges` ([offset, length] pairs) of `img` into `bufs` (one buffer per range, reused between images). */
-export async function readRanges(img, ranges, bufs = ranges.map(([, len]) => new Uint8Array(len))) {
-  await Promise.all(ranges.map(([offset], i) => img.read(offset, bufs[i])));
+export async function readRanges(
+  img: Pick<VhdxImage, 'read'>,
+  ranges: readonly (readonly [number, number])[],
+  bufs: Uint8Array[] = ranges.map(([, len]) => new Uint8Array(len)),
+): Promise<Uint8Array[]> {
+  await Promise.all(ranges.map(([offset], i) => img.read(offset, bufs[i]!)));
   return bufs;
 }
 
 /** Write a FaultySource's content to `path` as a sparse file (for qemu-img). */
-export function writeSparseFile(path, disk) {
+export function writeSparseFile(path: string, disk: FaultySource): void {
   const fd = openSync(path, 'w');
   try {
     ftruncateSync(fd, disk.size);

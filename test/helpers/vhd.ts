@@ -1,21 +1,23 @@
 // Helpers for the VHD tests: images in memory, a parent resolver over memory sources, crafted
 // footers, and file writing for the peer tools.
 import { writeFileSync } from 'node:fs';
-import { MemorySource, VhdImage, createVhd } from '../../dist/index.js';
-import { FOOTER } from '../../dist/vhd/footer.js';
+import { MemorySource } from '../../src/io/source.js';
+import { VhdImage, type VhdOpenOptions, type VhdParentResolver } from '../../src/vhd/image.js';
+import { createVhd, type CreateVhdOptions, type CreateVhdResult } from '../../src/vhd/create.js';
+import { FOOTER, type Footer } from '../../src/vhd/footer.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
 
 /** A new VHD in memory: { src, result }. */
-export async function newVhd(opts) {
+export async function newVhd(opts: CreateVhdOptions): Promise<{ src: MemorySource; result: CreateVhdResult }> {
   const src = new MemorySource();
   const result = await createVhd(src, opts);
   return { src, result };
 }
 
 /** A copy of a memory source's bytes as a new source. */
-export function copyOf(src) {
+export function copyOf(src: MemorySource): MemorySource {
   return new MemorySource(src.bytes().slice());
 }
 
@@ -23,8 +25,8 @@ export function copyOf(src) {
  * A resolver that opens parents from a map of unique id → MemorySource (copies, read-only), as a
  * file-based resolver would open them by path, passing depth and chain on.
  */
-export function memoryResolver(byId, opts = {}) {
-  const resolve = async (req) => {
+export function memoryResolver(byId: ReadonlyMap<string, MemorySource>, opts: VhdOpenOptions = {}): VhdParentResolver {
+  const resolve: VhdParentResolver = async (req) => {
     const src = byId.get(req.parentUniqueId);
     if (!src) throw Object.assign(new Error('no such parent'), { reason: 'PARENT_NOT_FOUND' });
     return VhdImage.open(copyOf(src), { depth: req.depth, chain: req.chain, parent: resolve, name: `parent ${req.depth}`, ...opts });
@@ -33,7 +35,7 @@ export function memoryResolver(byId, opts = {}) {
 }
 
 /** Re-seal a footer's checksum after editing its bytes (both copies when `at0` is true). */
-export function patchFooter(bytes, edit, { at0 = true } = {}) {
+export function patchFooter(bytes: Uint8Array, edit: (footer: Footer) => Partial<Footer>, { at0 = true }: { at0?: boolean } = {}): Uint8Array {
   const places = [bytes.length - 512, ...(at0 ? [0] : [])];
   for (const at of places) {
     const b = bytes.subarray(at, at + 512);
@@ -44,6 +46,6 @@ export function patchFooter(bytes, edit, { at0 = true } = {}) {
   return bytes;
 }
 
-export function writeFile(path, src) {
+export function writeFile(path: string, src: MemorySource): void {
   writeFileSync(path, src.bytes());
 }
