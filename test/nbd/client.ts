@@ -1,6 +1,6 @@
 // A small hand-written NBD client for the protocol tests: raw bytes in and out, no cleverness,
 // so the tests can send anything (including what a well-behaved client never would).
-import { createConnection } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
@@ -18,15 +18,93 @@ export const TF = { HAS_FLAGS: 1, READ_ONLY: 2, SEND_FLUSH: 4, SEND_FUA: 8, SEND
 export const CHUNK = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 0x8001 };
 export const ERR = { EPERM: 1, EIO: 5, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95 };
 
+/** Where to connect: a Unix socket path, or a TCP port (on 127.0.0.1 unless told). */
+export type Where = { path: string } | { port: number; host?: string };
+
+/** One option reply of the handshake. */
+export interface OptionReply {
+  magic: bigint;
+  opt: number;
+  type: number;
+  data: Buffer;
+}
+
+/** One structured reply chunk. */
+export interface Chunk {
+  flags: number;
+  type: number;
+  payload: Buffer;
+}
+
+/** A request's whole reply: `data` for a simple READ, `chunks` for structured replies. */
+export interface Reply {
+  error: number;
+  data?: Buffer | undefined;
+  chunks: Chunk[];
+  simple?: boolean;
+  message?: string | undefined;
+}
+
+/** The fields of a request header (and its payload) that a test may set, wrong ones included. */
+export interface RequestOptions {
+  flags?: number;
+  offset?: number | bigint;
+  length?: number;
+  data?: Buffer | Uint8Array;
+  cookie?: number | bigint;
+  magic?: number;
+}
+
+/** A BLOCK_STATUS answer: its error, or the context id, the extents and the number of chunks. */
+export type BlockStatusReply =
+  | { error: number; contextId?: undefined; extents?: undefined; chunks?: undefined }
+  | { error?: undefined; contextId: number; extents: { length: number; flags: number }[]; chunks: number };
+
+/** What INFO replies said, as parseInfos reads them. */
+export interface Infos {
+  exportLength?: number;
+  size?: number;
+  flags?: number;
+  name?: string;
+  description?: string;
+  /** Minimum, preferred and maximum block size, then the reply's length. */
+  blockSize?: [number, number, number, number];
+}
+
+interface Pending {
+  type: number;
+  length: number;
+  resolve(r: Reply): void;
+  reject(e: unknown): void;
+  chunks: Chunk[];
+}
+
+interface Waiter {
+  n: number;
+  resolve(b: Buffer): void;
+  reject(e: Error): void;
+}
+
 export class NbdTestClient {
-  constructor(socket) {
+  readonly socket: Socket;
+  chunks: Buffer[];
+  have: number;
+  waiter: Waiter | null;
+  ended: boolean;
+  readonly closed: Promise<unknown>;
+  cookie: bigint;
+  readonly pending: Map<bigint, Pending>;
+  structured: boolean;
+  loop?: Promise<void>;
+
+  constructor(socket: Socket) {
     this.socket = socket;
     this.chunks = [];
     this.have = 0;
     this.waiter = null;
     this.ended = false;
     this.closed = new Promise((r) => socket.once('close', r));
-    socket.on('data', (d) => {
+    socket.on('data', (d: Buffer) => {
       this.chunks.push(d);
       this.have += d.length;
       this.wakeReader();
@@ -45,7 +123,7 @@ export class NbdTestClient {
   }
 
   /** Connect to { path } or { port, host }. */
-  static connect(where) {
+  static connect(where: Where): Promise<NbdTestClient> {
     return new Promise((resolve, reject) => {
       const s = 'path' in where ? createConnection(where.path) : createConnection(where.port, where.host ?? '127.0.0.1');
       s.once('connect', () => resolve(new NbdTestClient(s)));
@@ -62,11 +140,11 @@ export class NbdTestClient {
     }
   }
 
-  take(n) {
-    const parts = [];
+  take(n: number): Buffer {
+    const parts: Buffer[] = [];
     let need = n;
     while (need > 0) {
-      const c = this.chunks[0];
+      const c = this.chunks[0]!;
       if (c.length <= need) {
         parts.push(c);
         need -= c.length;
@@ -78,25 +156,25 @@ export class NbdTestClient {
       }
     }
     this.have -= n;
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
   }
 
   /** Exactly n bytes; rejects when the server closes first. */
-  read(n) {
+  read(n: number): Promise<Buffer> {
     if (this.have >= n) return Promise.resolve(this.take(n));
     if (this.ended) return Promise.reject(new Error(`connection ended with ${this.have} of ${n} bytes`));
     return new Promise((resolve, reject) => (this.waiter = { n, resolve, reject }));
   }
 
   /** Resolves true if the server closes the connection within `ms`, false otherwise. */
-  async closedWithin(ms = 2000) {
-    let t;
-    const r = await Promise.race([this.closed.then(() => true), new Promise((res) => (t = setTimeout(() => res(false), ms)))]);
+  async closedWithin(ms = 2000): Promise<boolean> {
+    let t: NodeJS.Timeout | undefined;
+    const r = await Promise.race([this.closed.then(() => true), new Promise<boolean>((res) => (t = setTimeout(() => res(false), ms)))]);
     clearTimeout(t);
     return r;
   }
 
-  write(buf) {
+  write(buf: Uint8Array): void {
     this.socket.write(buf);
   }
 
@@ -111,7 +189,7 @@ export class NbdTestClient {
     return { magic: g.readBigUInt64BE(0), optMagic: g.readBigUInt64BE(8), flags: g.readUInt16BE(16) };
   }
 
-  sendFlags(flags) {
+  sendFlags(flags: number): void {
     const b = Buffer.alloc(4);
     b.writeUInt32BE(flags >>> 0);
     this.write(b);
@@ -124,7 +202,7 @@ export class NbdTestClient {
     return g;
   }
 
-  sendOption(opt, data = Buffer.alloc(0), { magic = IHAVEOPT, length = data.length } = {}) {
+  sendOption(opt: number, data: Buffer = Buffer.alloc(0), { magic = IHAVEOPT, length = data.length }: { magic?: bigint; length?: number } = {}): void {
     const h = Buffer.alloc(16);
     h.writeBigUInt64BE(magic, 0);
     h.writeUInt32BE(opt, 8);
@@ -132,16 +210,16 @@ export class NbdTestClient {
     this.write(Buffer.concat([h, data]));
   }
 
-  async optionReply() {
+  async optionReply(): Promise<OptionReply> {
     const h = await this.read(20);
     const length = h.readUInt32BE(16);
     return { magic: h.readBigUInt64BE(0), opt: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(length) };
   }
 
   /** Send an option and collect its replies up to the final one (ACK or an error). */
-  async option(opt, data) {
+  async option(opt: number, data?: Buffer): Promise<OptionReply[]> {
     this.sendOption(opt, data);
-    const replies = [];
+    const replies: OptionReply[] = [];
     for (;;) {
       const r = await this.optionReply();
       replies.push(r);
@@ -149,14 +227,14 @@ export class NbdTestClient {
     }
   }
 
-  async structuredReplies() {
-    const [r] = await this.option(OPT.STRUCTURED_REPLY);
+  async structuredReplies(): Promise<OptionReply> {
+    const r = (await this.option(OPT.STRUCTURED_REPLY))[0]!;
     if (r.type === REP.ACK) this.structured = true;
     return r;
   }
 
   /** SET/LIST_META_CONTEXT with the given queries; returns the replies. */
-  metaContext(opt, name, queries) {
+  metaContext(opt: number, name: string, queries: string[]): Promise<OptionReply[]> {
     return this.option(opt, contextData(name, queries));
   }
 
@@ -164,9 +242,9 @@ export class NbdTestClient {
    * A usual negotiation: structured replies, base:allocation, GO asking for NAME, DESCRIPTION
    * and BLOCK_SIZE. Returns { size, flags, contextId, infos }.
    */
-  async negotiate({ name = '', structured = true, context = true, flags = 3 } = {}) {
+  async negotiate({ name = '', structured = true, context = true, flags = 3 }: { name?: string; structured?: boolean; context?: boolean; flags?: number } = {}): Promise<{ size: number; flags: number; contextId: number | null; infos: Infos }> {
     await this.start(flags);
-    let contextId = null;
+    let contextId: number | null = null;
     if (structured) {
       const r = await this.structuredReplies();
       if (r.type !== REP.ACK) throw new Error(`STRUCTURED_REPLY refused: ${r.type}`);
@@ -177,9 +255,10 @@ export class NbdTestClient {
       }
     }
     const rs = await this.option(OPT.GO, infoData(name, [INFO.NAME, INFO.DESCRIPTION, INFO.BLOCK_SIZE]));
-    const last = rs[rs.length - 1];
+    const last = rs[rs.length - 1]!;
     if (last.type !== REP.ACK) throw new Error(`GO refused: 0x${last.type.toString(16)} ${last.data}`);
     const infos = parseInfos(rs);
+    if (infos.size === undefined || infos.flags === undefined) throw new Error('GO acknowledged without an EXPORT info');
     this.startReplyLoop();
     return { size: infos.size, flags: infos.flags, contextId, infos };
   }
@@ -187,7 +266,7 @@ export class NbdTestClient {
   // ---- transmission ----
 
   /** Send a request; returns its cookie. */
-  send(type, { flags = 0, offset = 0, length, data, cookie, magic = REQUEST_MAGIC } = {}) {
+  send(type: number, { flags = 0, offset = 0, length, data, cookie, magic = REQUEST_MAGIC }: RequestOptions = {}): number | bigint {
     const h = Buffer.alloc(28);
     const c = cookie ?? this.cookie++;
     h.writeUInt32BE(magic, 0);
@@ -205,14 +284,14 @@ export class NbdTestClient {
    * A request and its whole reply: { error, data (simple READ), chunks [{ flags, type, payload }] }.
    * Replies are matched by cookie, so many may be in flight.
    */
-  request(type, opts = {}) {
+  request(type: number, opts: RequestOptions = {}): Promise<Reply> {
     const cookie = opts.cookie ?? this.cookie++;
-    const p = new Promise((resolve, reject) => this.pending.set(cookie, { type, length: opts.length ?? opts.data?.length ?? 0, resolve, reject, chunks: [] }));
+    const p = new Promise<Reply>((resolve, reject) => this.pending.set(BigInt.asUintN(64, BigInt(cookie)), { type, length: opts.length ?? opts.data?.length ?? 0, resolve, reject, chunks: [] }));
     this.send(type, { ...opts, cookie });
     return p;
   }
 
-  startReplyLoop() {
+  startReplyLoop(): void {
     if (this.loop) return;
     this.loop = (async () => {
       try {
@@ -224,7 +303,7 @@ export class NbdTestClient {
             const cookie = h.readBigUInt64BE(4);
             const p = this.pending.get(cookie);
             if (!p) throw new Error(`simple reply for unknown cookie ${cookie}`);
-            let data;
+            let data: Buffer | undefined;
             if (error === 0 && p.type === CMD.READ) data = await this.read(p.length);
             this.pending.delete(cookie);
             p.resolve({ error, data, chunks: [], simple: true });
@@ -252,10 +331,10 @@ export class NbdTestClient {
   }
 
   /** READ and assemble the bytes from DATA and HOLE chunks (or the simple reply). */
-  async readBytes(offset, length, flags = 0) {
+  async readBytes(offset: number, length: number, flags = 0): Promise<{ bytes: Buffer; chunks: Chunk[] }> {
     const r = await this.request(CMD.READ, { offset, length, flags });
     if (r.error) throw Object.assign(new Error(`READ failed: ${r.error} ${r.message ?? ''}`), { errno: r.error });
-    if (r.simple) return { bytes: r.data, chunks: [] };
+    if (r.simple) return { bytes: r.data!, chunks: [] };
     const out = Buffer.alloc(length, 0xee);
     let covered = 0;
     for (const c of r.chunks) {
@@ -275,24 +354,25 @@ export class NbdTestClient {
   }
 
   /** BLOCK_STATUS: [{ length, flags }] and the context id. */
-  async blockStatus(offset, length, flags = 0) {
+  async blockStatus(offset: number, length: number, flags = 0): Promise<BlockStatusReply> {
     const r = await this.request(CMD.BLOCK_STATUS, { offset, length, flags });
     if (r.error) return { error: r.error };
     const c = r.chunks.find((x) => x.type === CHUNK.BLOCK_STATUS);
+    if (!c) throw new Error('BLOCK_STATUS reply without a BLOCK_STATUS chunk');
     const extents = [];
     for (let i = 4; i < c.payload.length; i += 8) extents.push({ length: c.payload.readUInt32BE(i), flags: c.payload.readUInt32BE(i + 4) });
     return { contextId: c.payload.readUInt32BE(0), extents, chunks: r.chunks.length };
   }
 
   /** DISC, then wait for the server to close. */
-  async disconnect() {
+  async disconnect(): Promise<void> {
     this.send(CMD.DISC);
     this.socket.end();
     await this.closed;
   }
 }
 
-export function infoData(name, infos) {
+export function infoData(name: string, infos: number[]): Buffer {
   const n = Buffer.from(name);
   const b = Buffer.alloc(4 + n.length + 2 + 2 * infos.length);
   b.writeUInt32BE(n.length, 0);
@@ -302,8 +382,8 @@ export function infoData(name, infos) {
   return b;
 }
 
-export function contextData(name, queries) {
-  const parts = [];
+export function contextData(name: string, queries: string[]): Buffer {
+  const parts: Buffer[] = [];
   const n = Buffer.from(name);
   const head = Buffer.alloc(4);
   head.writeUInt32BE(n.length);
@@ -321,8 +401,8 @@ export function contextData(name, queries) {
 }
 
 /** INFO replies of an INFO/GO answer as { size, flags, name, description, blockSize }. */
-export function parseInfos(replies) {
-  const out = {};
+export function parseInfos(replies: OptionReply[]): Infos {
+  const out: Infos = {};
   for (const r of replies) {
     if (r.type !== REP.INFO) continue;
     const t = r.data.readUInt16BE(0);

@@ -12,13 +12,23 @@ import { shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
 const dir = shmScratch('vhdx-cli-habits-');
 const MiB = 1024 * 1024;
 
-async function ok(args) {
+/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
+interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+}
+
+async function ok(args: string[]) {
   const r = await vhdxInProcess(args);
   assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
   return r;
 }
 
-async function image(name, size = '16M', ...writes) {
+async function image(name: string, size = '16M', ...writes: string[]): Promise<string> {
   const path = join(dir, name);
   await ok(['create', '-q', '-o', 'block_size=1M', path, size]);
   if (writes.length) await ok(['io', '-q', ...writes.flatMap((w) => ['-c', w]), path]);
@@ -118,7 +128,7 @@ test('commit -d keeps the child as it is (as qemu-img); --remove deletes it; bot
   await ok(['io', '-q', '-c', 'write -P 0x61 1M 64k', child]);
   assert.match((await ok(['commit', '-d', child])).stdout, /the child keeps its data\.$/m);
   const map = JSON.parse((await ok(['map', '--output=json', child])).stdout);
-  assert.ok(map.some((e) => e.depth === 0 && e.data && e.start <= MiB && e.start + e.length >= MiB + 65536), 'the child still holds its data');
+  assert.ok(map.some((e: MapEntry) => e.depth === 0 && e.data && e.start <= MiB && e.start + e.length >= MiB + 65536), 'the child still holds its data');
   await ok(['io', '-q', '-r', '-c', 'read -P 0x61 1M 64k', child]);
   await ok(['io', '-q', '-r', '-c', 'read -P 0x61 1M 64k', parent]);
   assert.equal((await vhdxInProcess(['commit', '-d', '--remove', child])).code, 1);
@@ -144,8 +154,8 @@ test('the progress bar ends at 100% on tiny and empty copies, with no NaN or inf
   for (const src of [tiny, empty]) {
     const r = await vhdx(['convert', '-p', '-f', 'raw', src, `${src}.out`]);
     assert.equal(r.code, 0, r.stderr);
-    const lines = r.stderr.trim().split('\n').filter((l) => l.trim() !== '');
-    assert.match(lines.at(-1), /^converting \[=+\] 100% \| /, r.stderr);
+    const lines = r.stderr.trim().split('\n').filter((l: string) => l.trim() !== '');
+    assert.match(lines.at(-1)!, /^converting \[=+\] 100% \| /, r.stderr);
     assert.doesNotMatch(r.stderr, /NaN|NF|INF|Infinity/);
   }
 });
@@ -161,11 +171,12 @@ test('create prints Formatting before the work (so it is there even when the wor
 
 test('a missing directory is named as such: create, convert output, serve --socket', async () => {
   const src = await image('src-for-missing.vhdx', '1M');
-  for (const [args, what] of [
+  const cases: [string[], string][] = [
     [['create', '/missing/dir/x.vhdx', '1M'], 'image /missing/dir/x.vhdx'],
     [['convert', src, '/missing/dir/x.raw'], 'output /missing/dir/x.raw'],
     [['serve', '--socket', '/missing/dir/s', src], 'socket /missing/dir/s'],
-  ]) {
+  ];
+  for (const [args, what] of cases) {
     const r = await vhdx(args);
     assert.equal(r.code, 1, args.join(' '));
     assert.equal(r.stderr, `vhdx: cannot create ${what}: the directory /missing/dir does not exist\n`);

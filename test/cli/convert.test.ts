@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { openFile } from '../../dist/node.js';
+import { openFile } from '../../src/node.js';
 import { needTool } from '../helpers/env.js';
 import { must, needPyvhdi, pyvhdiDigest, shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
 
@@ -19,7 +19,7 @@ const qemuMissing = needTool('qemu-img', 'qemu-io');
  * A sparse raw file of `size` bytes with data at the given [offset, bytes] places; also a run of
  * explicitly written zeros (not a hole), which must not be allocated either.
  */
-function makeRaw(name, size, places, zeroRun) {
+function makeRaw(name: string, size: number, places: [number, Uint8Array][], zeroRun?: [number, number]): string {
   const path = join(dir, name);
   const fd = openSync(path, 'w');
   try {
@@ -33,10 +33,10 @@ function makeRaw(name, size, places, zeroRun) {
 }
 
 /** Payload block indexes our block status reports as data. */
-async function dataBlocks(path) {
+async function dataBlocks(path: string) {
   const img = await openFile(path);
   try {
-    const out = [];
+    const out: number[] = [];
     for (const e of await img.blockStatus(0, img.size)) {
       if (e.type !== 'data') continue;
       for (let b = Math.floor(e.offset / img.blockSize); b * img.blockSize < e.offset + e.length; b++) out.push(b);
@@ -48,14 +48,14 @@ async function dataBlocks(path) {
 }
 
 /** Blocks of `blockSize` that hold any of the places' bytes. */
-function expectedBlocks(places, blockSize) {
-  const s = new Set();
+function expectedBlocks(places: readonly (readonly [number, { length: number }])[], blockSize: number): number[] {
+  const s = new Set<number>();
   for (const [at, bytes] of places) for (let b = Math.floor(at / blockSize); b * blockSize < at + bytes.length; b++) s.add(b);
   return [...s].sort((a, b) => a - b);
 }
 
 const SIZE = 100 * M + 1000; // not a multiple of 512: the image is rounded up to 100 MiB + 1024
-const PLACES = [
+const PLACES: [number, Uint8Array][] = [
   [5000, Buffer.from('hello')],
   [40 * M - 100, randomBytes(3 * M)],
   [70 * M + 64 * K, Buffer.alloc(64 * K, 0x5a)],
@@ -64,11 +64,12 @@ const PLACES = [
 
 test('raw -> vhdx: qemu-img compare equal, zero ranges unallocated, size rounded to the sector', { skip: needTool('qemu-img') }, async (t) => {
   const raw = makeRaw('src.raw', SIZE, PLACES, [20 * M, 2 * M]);
-  for (const [name, opts, bs] of [
+  const layouts: [string, string[], number][] = [
     ['default options', [], 32 * M],
     ['block_size=1M', ['-o', 'block_size=1M'], M],
     ['block_size=4M, a larger log, -f raw', ['-f', 'raw', '-o', 'block_size=4M', '-o', 'log_size=2M'], 4 * M],
-  ]) {
+  ];
+  for (const [name, opts, bs] of layouts) {
     await t.test(name, async () => {
       const out = join(dir, `raw-${bs}.vhdx`);
       const r = await vhdxInProcess(['convert', '-O', 'vhdx', ...opts, raw, out]);
@@ -89,14 +90,14 @@ test('vhdx -> vhdx re-blocks: qemu-made 1 MiB blocks into 8 MiB and 32 MiB, and 
   const src = join(dir, 'q.vhdx');
   const size = 200 * M;
   await must('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', src, String(size)]);
-  const places = [
+  const places: [number, number, number][] = [
     [0, 4096, 0x11],
     [9 * M - 512, 1024, 0x22],
     [64 * M, 5 * M, 0x33],
     [size - 512, 512, 0x44],
   ];
   await must('qemu-io', ['-f', 'vhdx', ...places.flatMap(([at, len, p]) => ['-c', `write -P ${p} ${at} ${len}`]), '-c', `write -z ${65 * M} ${M}`, src]);
-  const asBytes = places.map(([at, len]) => [at, { length: len }]);
+  const asBytes = places.map(([at, len]): [number, { length: number }] => [at, { length: len }]);
   asBytes[2] = [64 * M, { length: M }]; // block 65 was zeroed again
   asBytes.splice(3, 0, [66 * M, { length: 3 * M }]);
   let from = src;
@@ -166,7 +167,7 @@ test('DST is replaced; same file, -o without -O vhdx and bad options are refused
   writeFileSync(out, 'old content');
   assert.equal((await vhdxInProcess(['convert', '-O', 'vhdx', raw, out])).code, 0);
   assert.equal((await dataBlocks(out)).img.size, M);
-  const cases = [
+  const cases: [string[], RegExp][] = [
     [['convert', '-O', 'vhdx', raw, raw], /SRC and DST are the same file/],
     [['convert', '-o', 'block_size=1M', raw, join(dir, 'x.raw')], /-o options apply to -O vhdx and -O vpc only/],
     [['convert', '-O', 'qcow2', raw, join(dir, 'x.qcow2')], /output format qcow2 is not supported/],

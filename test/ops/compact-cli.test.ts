@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { openFile, usedRuns, RawDevice, MemorySource } from '../../dist/node.js';
+import { openFile, usedRuns, RawDevice, MemorySource } from '../../src/node.js';
 import { cliPath } from '../helpers/env.js';
 import { sfdisk } from '../helpers/disk.js';
 import { needTool, sbinEnv } from '../helpers/fs-fixtures.js';
@@ -22,7 +22,7 @@ const MiB = 1024 * 1024;
 const mtoolsEnv = { env: { ...sbinEnv.env, MTOOLS_SKIP_CHECK: '1' } };
 
 /** `n` deterministic pseudo-random bytes for `seed` (AES-CTR over zeros: fast). */
-function noise(seed, n) {
+function noise(seed: number, n: number): Uint8Array {
   const key = Buffer.alloc(32, seed & 0xff);
   key.writeUInt32LE(seed >>> 0, 0);
   return new Uint8Array(createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(n)));
@@ -39,9 +39,10 @@ const missing =
   (await needTool('ntfstruncate', 'ntfs-3g')) ||
   (await needTool('mkfs.fat', 'dosfstools')) ||
   (await needTool('mcopy', 'mtools'));
-const dir = missing ? null : shmScratch('vhdx-compact-cli-');
+// Unused when the tests are skipped.
+const dir = missing ? '' : shmScratch('vhdx-compact-cli-');
 
-function readRange(path, start, length) {
+function readRange(path: string, start: number, length: number): Uint8Array {
   const fd = openSync(path, 'r');
   try {
     const b = new Uint8Array(length);
@@ -52,7 +53,7 @@ function readRange(path, start, length) {
   }
 }
 
-function writeRange(path, start, bytes) {
+function writeRange(path: string, start: number, bytes: Uint8Array): void {
   const fd = openSync(path, 'r+');
   try {
     writeSync(fd, bytes, 0, bytes.length, start);
@@ -62,14 +63,22 @@ function writeRange(path, start, bytes) {
 }
 
 /** Files written into a filesystem (name → bytes) and those deleted again. */
-const fileSet = (seed, names) => Object.fromEntries(names.map((n, i) => [n, noise(seed + i, 900 * 1024 + i * 5000)]));
+const fileSet = (seed: number, names: string[]): Record<string, Uint8Array> => Object.fromEntries(names.map((n, i) => [n, noise(seed + i, 900 * 1024 + i * 5000)]));
 
 /**
  * Make a filesystem of `kind` in [start, start + length) of the disk file `disk` (whose bytes
  * there are old data, kept wherever mkfs does not write): `keep` files stay, `drop` files are
  * written and deleted (their data stays on disk). Returns { kind, start, length, keep }.
  */
-async function makeFs(disk, kind, start, length, seed) {
+/** A filesystem made by makeFs: where it lies and the files it keeps. */
+interface MadeFs {
+  kind: 'ext4' | 'ntfs' | 'fat';
+  start: number;
+  length: number;
+  keep: Record<string, Uint8Array>;
+}
+
+async function makeFs(disk: string, kind: MadeFs['kind'], start: number, length: number, seed: number): Promise<MadeFs> {
   const part = join(dir, `part-${seed}.img`);
   writeFileSync(part, readRange(disk, start, length));
   const keep = fileSet(seed, ['k1.bin', 'k2.bin', 'k3.bin']);
@@ -85,7 +94,7 @@ async function makeFs(disk, kind, start, length, seed) {
     for (const n of Object.keys({ ...keep, ...drop })) await must('ntfscp', ['-q', part, join(src, n), n], sbinEnv);
     const ls = await must('ntfsls', ['-i', part], sbinEnv);
     for (const n of Object.keys(drop)) {
-      const ino = new RegExp(`^\\s*(\\d+)\\s+${n.replace('.', '\\.')}$`, 'm').exec(ls)[1];
+      const ino = new RegExp(`^\\s*(\\d+)\\s+${n.replace('.', '\\.')}$`, 'm').exec(ls)![1]!;
       await must('ntfstruncate', ['-f', part, ino, '0x80', '0'], sbinEnv);
     }
   } else {
@@ -98,7 +107,7 @@ async function makeFs(disk, kind, start, length, seed) {
 }
 
 /** A raw disk of `mib` MiB full of old bytes, partitioned by sfdisk `script` (or not, when null). */
-async function oldDisk(name, mib, script) {
+async function oldDisk(name: string, mib: number, script: string | null): Promise<string> {
   const path = join(dir, `${name}.raw`);
   writeFileSync(path, noise(mib, mib * MiB));
   if (script) sfdisk(path, script);
@@ -106,15 +115,15 @@ async function oldDisk(name, mib, script) {
 }
 
 /** The disk's used runs as [start, end) pairs. */
-async function usedOf(path) {
+async function usedOf(path: string): Promise<[number, number][]> {
   const dev = new RawDevice(new MemorySource(new Uint8Array(readFileSync(path))));
-  const out = [];
+  const out: [number, number][] = [];
   for await (const r of usedRuns(dev)) out.push([r.start, r.start + r.length]);
   return out;
 }
 
 /** Runs compact on the VHDX made from `raw` and checks every oracle; returns the JSON report. */
-async function compactAndCheck(raw, filesystems, { args = [] } = {}) {
+async function compactAndCheck(raw: string, filesystems: MadeFs[], { args = [] }: { args?: string[] } = {}) {
   const img = raw.replace(/\.raw$/, '.vhdx');
   await must(process.execPath, [cliPath, 'convert', '-f', 'raw', '-O', 'vhdx', '-o', 'block_size=1M', raw, img]);
   const used = await usedOf(raw);
@@ -150,7 +159,7 @@ async function compactAndCheck(raw, filesystems, { args = [] } = {}) {
   for (const fs of filesystems) {
     const part = join(dir, `check-${fs.kind}.img`);
     writeFileSync(part, readRange(after, fs.start, fs.length));
-    const fsck = fs.kind === 'ext4' ? ['e2fsck', ['-fn', part]] : fs.kind === 'ntfs' ? ['ntfsfix', ['-n', part]] : ['fsck.fat', ['-n', part]];
+    const fsck: [string, string[]] = fs.kind === 'ext4' ? ['e2fsck', ['-fn', part]] : fs.kind === 'ntfs' ? ['ntfsfix', ['-n', part]] : ['fsck.fat', ['-n', part]];
     const r = await exec(fsck[0], fsck[1], sbinEnv);
     assert.equal(r.code, 0, `${fsck[0]} on ${fs.kind}: ${r.stdout}${r.stderr}`);
     // 7-Zip's ext reader reports "Headers Error" for the ext4 mke2fs 1.47 makes, compacted or
@@ -201,7 +210,7 @@ test('a fixed disk and a bad mode are refused with a clear message, writing noth
 });
 
 /** Start `vhdx compact FILE` and SIGKILL it after `ms` milliseconds (or let it finish). */
-function compactAndKill(file, ms) {
+function compactAndKill(file: string, ms: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [cliPath, 'compact', file], { stdio: 'ignore' });
     const timer = setTimeout(() => child.kill('SIGKILL'), ms);

@@ -24,10 +24,10 @@ test('npm link puts a working vhdx on PATH; vhdx serve started through it stops 
   await must('vhdx', ['create', '-q', image, '16M'], { env });
   const socket = join(dir, 'disk.sock');
   const server = spawn('vhdx', ['serve', '--socket', socket, image], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  const exited = new Promise((resolve) => server.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => server.once('exit', (code, signal) => resolve({ code, signal })));
   let stderr = '';
-  await new Promise((resolve, reject) => {
-    server.stderr.on('data', (d) => {
+  await new Promise<void>((resolve, reject) => {
+    server.stderr.on('data', (d: Buffer) => {
       stderr += d;
       if (/serving .* on nbd/.test(stderr)) resolve();
     });

@@ -6,9 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseSize } from '../../dist/cli/common.js';
-import { parseCommand } from '../../dist/cli/io.js';
-import { openFile } from '../../dist/node.js';
+import { parseSize } from '../../src/cli/common.js';
+import { parseCommand } from '../../src/cli/io.js';
+import { openFile } from '../../src/node.js';
+import type { VhdxImage } from '../../src/driver/image.js';
 import { needTool } from '../helpers/env.js';
 import { exec, must, needPyvhdi, pyvhdiDigest, sha256File, shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
 
@@ -48,7 +49,7 @@ test('parseCommand: getopt-style flags and operands', () => {
   assert.equal(parseCommand('read -P 255 0 1').pattern, 255);
   assert.equal(parseCommand('flush').name, 'flush');
   assert.equal(parseCommand('discard 4k 4k').name, 'discard');
-  const bad = [
+  const bad: [string, RegExp][] = [
     ['write -z -P 1 0 1', /-z and -P cannot be used together/],
     ['write -u 0 1', /-u needs -z/],
     ['read -z 0 1', /unknown flag -z/],
@@ -63,7 +64,7 @@ test('parseCommand: getopt-style flags and operands', () => {
   for (const [text, message] of bad) assert.throws(() => parseCommand(text), message, text);
 });
 
-async function newImage(name, opts = 'block_size=1M', size = '16M') {
+async function newImage(name: string, opts = 'block_size=1M', size = '16M'): Promise<string> {
   const path = join(dir, name);
   const r = await vhdxInProcess(['create', '-q', '-o', opts, path, size]);
   assert.equal(r.code, 0, r.stderr);
@@ -150,13 +151,22 @@ test('-r opens read-only; a bad command changes nothing', async () => {
 // ---- interop ----
 
 /** Segments { start, end, value } tiling [0, size): what the disk must hold after `ops` (value -1: anything). */
-function model(size, ops) {
-  let segs = [{ start: 0, end: size, value: 0 }];
+/** A request of the interop workload; `discardReads` is what a discarded range reads as (-1: anything). */
+type IoOp = ({ op: 'write'; pattern: number } | { op: 'zero' | 'discard' }) & { offset: number; length: number; discardReads?: number };
+/** A run of the disk holding one byte value (-1: anything). */
+interface Segment {
+  start: number;
+  end: number;
+  value: number;
+}
+
+function model(size: number, ops: IoOp[]): Segment[] {
+  let segs: Segment[] = [{ start: 0, end: size, value: 0 }];
   for (const o of ops) {
     const a = o.offset;
     const b = o.offset + o.length;
-    const value = o.op === 'write' ? o.pattern : o.op === 'zero' ? 0 : o.discardReads;
-    const out = [];
+    const value = o.op === 'write' ? o.pattern : o.op === 'zero' ? 0 : o.discardReads!;
+    const out: Segment[] = [];
     for (const s of segs) {
       if (s.end <= a || s.start >= b) out.push(s);
       else {
@@ -177,7 +187,7 @@ function model(size, ops) {
 }
 
 /** Check [s.start, s.end) of `img` holds s.value, 4 MiB at a time; fails naming the first bad byte. */
-async function checkSegment(img, s) {
+async function checkSegment(img: VhdxImage, s: Segment): Promise<void> {
   const piece = Buffer.alloc(Math.min(4 * M, s.end - s.start));
   const want = Buffer.alloc(piece.length, s.value);
   for (let at = s.start; at < s.end; at += piece.length) {
@@ -190,12 +200,12 @@ async function checkSegment(img, s) {
     }
   }
 }
-const W = (pattern, offset, length) => ({ op: 'write', pattern, offset, length });
-const Z = (offset, length) => ({ op: 'zero', offset, length });
-const D = (offset, length) => ({ op: 'discard', offset, length });
-const cmd = (o) => (o.op === 'write' ? `write -P ${o.pattern} ${o.offset} ${o.length}` : o.op === 'zero' ? `write -z ${o.offset} ${o.length}` : `discard ${o.offset} ${o.length}`);
+const W = (pattern: number, offset: number, length: number): IoOp => ({ op: 'write', pattern, offset, length });
+const Z = (offset: number, length: number): IoOp => ({ op: 'zero', offset, length });
+const D = (offset: number, length: number): IoOp => ({ op: 'discard', offset, length });
+const cmd = (o: IoOp) => (o.op === 'write' ? `write -P ${o.pattern} ${o.offset} ${o.length}` : o.op === 'zero' ? `write -z ${o.offset} ${o.length}` : `discard ${o.offset} ${o.length}`);
 
-function ops(bs, size) {
+function ops(bs: number, size: number): IoOp[] {
   return [
     W(0x11, 0, 4096),
     W(0x22, bs - 1000, 3000), // unaligned, across a block boundary
@@ -262,11 +272,11 @@ test('vhdx io writes into qemu-created images read back right through qemu-io', 
 test('an image vhdx io wrote and closed never leaks: write -z -u and discard, then vhdx check and qemu-img check are clean', async (t) => {
   const path = join(dir, 'no-leak.vhdx');
   assert.equal((await vhdxInProcess(['create', '-q', '-o', 'block_size=1M', path, String(16 * M)])).code, 0);
-  const io = async (...cmds) => {
+  const io = async (...cmds: string[]) => {
     const r = await vhdxInProcess(['io', '-q', ...cmds.flatMap((c) => ['-c', c]), path]);
     assert.equal(r.code, 0, r.stderr);
   };
-  const checkClean = async (what) => {
+  const checkClean = async (what: string) => {
     const r = await vhdxInProcess(['check', path]);
     assert.equal(r.code, 0, `${what}: vhdx check exited ${r.code}: ${r.stdout}${r.stderr}`);
     if (!qemuMissing) assert.match(await must('qemu-img', ['check', '-f', 'vhdx', path]), /No errors/, what);

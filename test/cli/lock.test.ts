@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { once } from 'node:events';
-import { lockPaths, procLocksId } from '../../dist/io/lock.js';
+import { lockPaths, procLocksId } from '../../src/io/lock.js';
 import { needTool, repoRoot } from '../helpers/env.js';
 import { lockRecords, shmScratch, vhdx } from '../helpers/tools.js';
 import { startServe } from '../nbd/serve.js';
@@ -19,13 +19,25 @@ const CONTENDERS = 6;
 const TRIALS = 30;
 
 /** A lock-contender process (test/helpers/lock-contender.js) driven line by line. */
-function contender() {
+/** A contender: send one command line, get its answer line. */
+interface Contender {
+  send(cmd: string): Promise<string>;
+  end(): Promise<void>;
+}
+
+/** What a contender opens, and how. */
+interface Open {
+  mode: 'read' | 'write';
+  path: string;
+}
+
+function contender(): Contender {
   const child = spawn(process.execPath, [join(repoRoot, 'test', 'helpers', 'lock-contender.js'), 'serve'], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const waiting = [];
-  createInterface({ input: child.stdout }).on('line', (l) => waiting.shift()?.(l));
+  const waiting: ((line: string) => void)[] = [];
+  createInterface({ input: child.stdout }).on('line', (l: string) => waiting.shift()?.(l));
   return {
-    send(cmd) {
-      return new Promise((resolve) => {
+    send(cmd: string) {
+      return new Promise<string>((resolve) => {
         waiting.push(resolve);
         child.stdin.write(`${cmd}\n`);
       });
@@ -37,7 +49,7 @@ function contender() {
   };
 }
 
-async function withContenders(fn) {
+async function withContenders(fn: (all: Contender[]) => Promise<void>): Promise<void> {
   const all = Array.from({ length: CONTENDERS }, contender);
   try {
     await fn(all);
@@ -47,25 +59,25 @@ async function withContenders(fn) {
 }
 
 /** Every contender opens at once (each with its own name and mode); the answers, in order. */
-async function race(all, opens) {
+async function race(all: Contender[], opens: Open[]): Promise<string[]> {
   const at = Date.now() + 20; // long enough for every contender to have its line
-  const answers = await Promise.all(all.map((c, i) => c.send(`open ${at} ${opens[i].mode} ${opens[i].path}`)));
+  const answers = await Promise.all(all.map((c, i) => c.send(`open ${at} ${opens[i]!.mode} ${opens[i]!.path}`)));
   for (const a of answers) assert.match(a, /^(ok|refused LOCKED )/, a);
   return answers;
 }
 
-async function closeAll(all) {
+async function closeAll(all: Contender[]): Promise<void> {
   for (const answer of await Promise.all(all.map((c) => c.send('close')))) assert.equal(answer, 'closed');
 }
 
-function imageFile(name) {
+function imageFile(name: string): string {
   const f = join(dir, name);
   writeFileSync(f, new Uint8Array(64 * 1024));
   return f;
 }
 
 /** The record a writer killed outright leaves: its pid is gone. */
-async function plantStaleWriter(f) {
+async function plantStaleWriter(f: string): Promise<void> {
   const { writer } = await lockPaths(f);
   mkdirSync(writer, { recursive: true });
   const pid = spawnSync('true').pid;
@@ -74,13 +86,16 @@ async function plantStaleWriter(f) {
 
 test('two writers through a symlink and a hard link: exactly one wins, in every trial (real processes)', async () => {
   const f = imageFile('names.img');
-  const names = [f, join(dir, 'names-sym'), join(dir, 'names-hard'), join(dir, 'names-sym-to-hard')];
-  symlinkSync(f, names[1]);
-  linkSync(f, names[2]);
-  symlinkSync(names[2], names[3]);
+  const sym = join(dir, 'names-sym');
+  const hard = join(dir, 'names-hard');
+  const symToHard = join(dir, 'names-sym-to-hard');
+  const names = [f, sym, hard, symToHard];
+  symlinkSync(f, sym);
+  linkSync(f, hard);
+  symlinkSync(hard, symToHard);
   await withContenders(async (all) => {
     for (let t = 0; t < TRIALS; t++) {
-      const answers = await race(all, all.map((_, i) => ({ mode: 'write', path: names[(i + t) % names.length] })));
+      const answers = await race(all, all.map((_, i): Open => ({ mode: 'write', path: names[(i + t) % names.length]! })));
       assert.equal(answers.filter((a) => a === 'ok').length, 1, `trial ${t}: ${answers.join(' | ')}`);
       await closeAll(all);
     }
@@ -95,7 +110,7 @@ test('a stale lock left by a dead writer: of many writers starting at once, exac
   await withContenders(async (all) => {
     for (let t = 0; t < TRIALS; t++) {
       await plantStaleWriter(f);
-      const answers = await race(all, all.map((_, i) => ({ mode: 'write', path: i % 2 ? sym : f })));
+      const answers = await race(all, all.map((_, i): Open => ({ mode: 'write', path: i % 2 ? sym : f })));
       assert.equal(answers.filter((a) => a === 'ok').length, 1, `trial ${t}: ${answers.join(' | ')}`);
       for (const a of answers.filter((x) => x !== 'ok')) assert.match(a, /open for writing by process \d+ .*lock record /);
       await closeAll(all);
@@ -111,7 +126,7 @@ test('readers and writers starting together: a writer that wins is alone, in eve
     let readersWon = 0;
     for (let t = 0; t < TRIALS; t++) {
       // Writers at rotating places among readers.
-      const opens = all.map((_, i) => ({ mode: (i + t) % 3 === 0 ? 'write' : 'read', path: f }));
+      const opens = all.map((_, i): Open => ({ mode: (i + t) % 3 === 0 ? 'write' : 'read', path: f }));
       const answers = await race(all, opens);
       const winners = opens.filter((o, i) => answers[i] === 'ok');
       if (winners.some((o) => o.mode === 'write')) {
@@ -189,7 +204,7 @@ test('CLI: a writer killed outright leaves a lock the next writer takes over', a
 });
 
 /** The /proc/locks lines naming `file`. */
-function procLocks(file) {
+function procLocks(file: string): string[] {
   const { dev, ino } = statSync(file, { bigint: true });
   const id = procLocksId(dev, ino);
   return readFileSync('/proc/locks', 'utf8')
@@ -198,7 +213,7 @@ function procLocks(file) {
 }
 
 /** Start `cmd args`, then wait until /proc/locks shows its locks on bytes 100 and 201 of `file`. */
-async function holding(cmd, args, file) {
+async function holding(cmd: string, args: string[], file: string) {
   const child = spawn(cmd, args, { stdio: 'ignore' });
   const ready = () => {
     const lines = procLocks(file).join('\n');

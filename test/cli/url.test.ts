@@ -6,14 +6,24 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NodeFileSource, createFile, createVhd, openFile } from '../../dist/node.js';
+import { NodeFileSource, createFile, createVhd, openFile } from '../../src/node.js';
 import { startRangeServer } from '../helpers/http-server.js';
 import { shmScratch, vhdxInProcess } from '../helpers/tools.js';
 
 const dir = shmScratch('vhdx-cli-url-');
 const MiB = 1024 * 1024;
 
-async function ok(args) {
+/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
+interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+}
+
+async function ok(args: string[]) {
   const r = await vhdxInProcess(args);
   assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
   return r;
@@ -32,8 +42,9 @@ test('info, map, check and convert read images over HTTP; --verbose and JSON rep
   const src = await NodeFileSource.open(vhd, { readOnly: false, create: true });
   await createVhd(src, { size: 4 * MiB, subformat: 'fixed' });
   await src.close();
-  for (const [name, path] of [['d/base.vhdx', base], ['d/child.vhdx', child], ['d/disk.vhd', vhd]]) server.objects.set(name, { path });
-  const url = (name) => `${server.origin}/o/-/d/${name}`;
+  const objects: [string, string][] = [['d/base.vhdx', base], ['d/child.vhdx', child], ['d/disk.vhd', vhd]];
+  for (const [name, path] of objects) server.objects.set(name, { path });
+  const url = (name: string) => `${server.origin}/o/-/d/${name}`;
 
   const info = await ok(['info', '--verbose', '--backing-chain', url('child.vhdx')]);
   assert.match(info.stdout, /^file format: vhdx$/m);
@@ -52,7 +63,7 @@ test('info, map, check and convert read images over HTTP; --verbose and JSON rep
 
   const map = JSON.parse((await ok(['map', '--output=json', url('child.vhdx')])).stdout);
   assert.deepEqual(
-    map.filter((e) => e.data).map((e) => [e.start, e.length, e.depth]),
+    map.filter((e: MapEntry) => e.data).map((e: MapEntry) => [e.start, e.length, e.depth]),
     [[0, MiB, 1], [MiB, 4096, 0], [MiB + 4096, MiB - 4096, 1]],
   );
   const check = JSON.parse((await ok(['check', '--output=json', url('child.vhdx')])).stdout);

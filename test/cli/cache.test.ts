@@ -8,22 +8,25 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cliPath, needTool, scratch } from '../helpers/env.js';
-import { exec, vhdx } from '../helpers/tools.js';
-import { openFile } from '../../dist/node.js';
+import { exec, vhdx, type ExecResult } from '../helpers/tools.js';
+import { openFile } from '../../src/node.js';
 
 const dir = scratch('vhdx-cli-cache-'); // the temp folder: disk-backed on most machines
 const noStrace = needTool('strace');
 const MiB = 1024 * 1024;
 
+/** A CLI run under strace, with the traced calls' lines. */
+type Traced = ExecResult & { calls: string[] };
+
 /** Run the CLI under strace: { code, stderr, calls } with the traced calls' lines. */
-async function traced(args, calls) {
+async function traced(args: string[], calls: string): Promise<Traced> {
   const log = join(dir, `strace-${Math.random().toString(36).slice(2)}.txt`);
   const r = await exec('strace', ['-f', '-qq', '-o', log, '-e', `trace=${calls}`, process.execPath, cliPath, ...args]);
   return { ...r, calls: readFileSync(log, 'utf8').split('\n').filter((l) => l.trim() !== '') };
 }
 
 /** The virtual disk of a VHDX, read in this process. */
-async function disk(path) {
+async function disk(path: string): Promise<Buffer> {
   const img = await openFile(path);
   try {
     const b = Buffer.alloc(img.size);
@@ -40,10 +43,11 @@ const image = join(dir, 'src.vhdx');
 
 test('convert: no flush of the new file by default, one with -t writeback, O_DSYNC and O_DIRECT where asked; same bytes in every mode', { skip: noStrace }, async () => {
   assert.equal((await vhdx(['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'block_size=1M', src, image])).code, 0);
-  const flushes = (r) => r.calls.filter((l) => /\b(fdatasync|fsync)\(/.test(l)).length;
-  const opened = (r, name) => r.calls.find((l) => l.includes('openat(') && l.includes(name) && !l.includes('.lock'));
+  const flushes = (r: Traced) => r.calls.filter((l) => /\b(fdatasync|fsync)\(/.test(l)).length;
+  // The traced open of the file, or '' when there was none.
+  const opened = (r: Traced, name: string) => r.calls.find((l) => l.includes('openat(') && l.includes(name) && !l.includes('.lock')) ?? '';
   const want = readFileSync(src);
-  for (const [mode, check] of [
+  const modes: [string | null, (r: Traced, format: string) => void][] = [
     [null, (r) => assert.equal(flushes(r), 0, 'the default (unsafe, as qemu-img) does not flush')],
     ['unsafe', (r) => assert.equal(flushes(r), 0)],
     // A raw output is flushed once at the end; a VHDX one also where its log needs it.
@@ -51,7 +55,8 @@ test('convert: no flush of the new file by default, one with -t writeback, O_DSY
     ['writethrough', (r) => assert.match(opened(r, 'out'), /O_DSYNC/)],
     ['none', (r) => assert.match(opened(r, 'out'), /O_DIRECT/)],
     ['directsync', (r) => assert.match(opened(r, 'out'), /O_DIRECT.*O_DSYNC|O_DSYNC.*O_DIRECT/)],
-  ]) {
+  ];
+  for (const [mode, check] of modes) {
     for (const format of ['raw', 'vhdx']) {
       const out = join(dir, `out-${mode}.${format}`);
       const r = await traced(['convert', ...(mode ? ['-t', mode] : []), '-O', format, image, out], 'openat,fdatasync,fsync');

@@ -20,15 +20,17 @@ import {
   statusPairs,
   readPieces,
   readReplySize,
-} from '../../dist/nbd/encode.js';
+  type ReadPiece,
+} from '../../src/nbd/encode.js';
+import type { Extent } from '../../src/device/block-device.js';
 import { CMD, ERR } from './client.js';
 
 const COOKIE = 0x0102030405060708n;
 const U64_MAX = 2n ** 64n - 1n;
 /** Bytes from hex written with spaces between fields. */
-const hex = (s) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 /** A buffer of `n` bytes filled with 0xee, so that bytes an encoder leaves alone show. */
-const blank = (n) => Buffer.alloc(n, 0xee);
+const blank = (n: number): Buffer => Buffer.alloc(n, 0xee);
 
 describe('NBD reply encoders', () => {
   it('simple reply: magic, error, cookie; written where asked, nothing around it touched', () => {
@@ -82,7 +84,7 @@ describe('NBD reply encoders', () => {
   it('errors go in a chunk for READ and BLOCK_STATUS once structured replies are on, in a simple reply otherwise', () => {
     const chunk = hex('668e33ef 0001 8001 0102030405060708 00000008 00000016 0002 6e6f');
     const simple = hex('67446698 00000016 0102030405060708');
-    const rows = [
+    const rows: [number, boolean, Buffer][] = [
       [CMD.READ, true, chunk],
       [CMD.BLOCK_STATUS, true, chunk],
       [CMD.WRITE, true, simple],
@@ -108,7 +110,7 @@ describe('NBD reply encoders', () => {
   });
 
   it('error messages are cut to 200 bytes at a character boundary (qemu drops chunks over 1000)', () => {
-    const message = (text) => {
+    const message = (text: string): string => {
       const out = errorReply(CMD.READ, COOKIE, ERR.EIO, text, true);
       const n = out.readUInt16BE(24);
       assert.equal(out.readUInt32BE(16), 6 + n, 'chunk length');
@@ -124,10 +126,10 @@ describe('NBD reply encoders', () => {
 });
 
 describe('block status into replies', () => {
-  const data = (offset, length) => ({ offset, length, type: 'data' });
+  const data = (offset: number, length: number): Extent => ({ offset, length, type: 'data' });
   // Zeros with storage behind them (a fixed disk's zero blocks): ZERO alone, as qemu-nbd reports them.
-  const zero = (offset, length) => ({ offset, length, type: 'zero', stored: true });
-  const unallocated = (offset, length) => ({ offset, length, type: 'unallocated' });
+  const zero = (offset: number, length: number): Extent => ({ offset, length, type: 'zero', stored: true });
+  const unallocated = (offset: number, length: number): Extent => ({ offset, length, type: 'unallocated' });
 
   it('base:allocation flags: data 0, stored zeros ZERO, unallocated HOLE|ZERO, or 0 where it shows a parent', () => {
     assert.equal(extentStatus(data(0, 1), true), 0);
@@ -141,7 +143,7 @@ describe('block status into replies', () => {
 
   it('status pairs: clamped to the request, equal neighbours merged, gaps as data, at most `max`, never empty', () => {
     const K = 4096;
-    const rows = [
+    const rows: [string, Extent[], number, number, number, boolean, number[]][] = [
       ['one extent past both ends', [data(0, 16 * K)], K, K, 8, true, [K, 0]],
       ['one pair per kind', [data(0, K), zero(K, K), unallocated(2 * K, 2 * K)], 0, 4 * K, 8, true, [K, 0, K, 2, 2 * K, 3]],
       ['clamped at both ends', [data(0, K), zero(K, K)], 1000, 4000, 8, true, [K - 1000, 0, 5000 - K, 2]],
@@ -159,9 +161,9 @@ describe('block status into replies', () => {
 
   it('READ pieces: holes for what reads as zeros, data for the rest; one data chunk when holes do not pay for their headers', () => {
     const K = 4096;
-    const hole = (offset, length) => ({ offset, length, hole: true });
-    const bytes = (offset, length) => ({ offset, length, hole: false });
-    const rows = [
+    const hole = (offset: number, length: number): ReadPiece => ({ offset, length, hole: true });
+    const bytes = (offset: number, length: number): ReadPiece => ({ offset, length, hole: false });
+    const rows: [string, Extent[], number, number, boolean, ReadPiece[] | null][] = [
       ['inside one data extent', [data(0, 16 * K)], K, K, true, null],
       ['data then a hole', [data(0, K), zero(K, 15 * K)], 0, 16 * K, true, [bytes(0, K), hole(K, 15 * K)]],
       ['all hole', [unallocated(0, 16 * K)], K, 2 * K, true, [hole(K, 2 * K)]],

@@ -4,14 +4,14 @@
 // needs a guess is reported and left alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdImage, checkVhd, repairVhd } from '../../dist/index.js';
+import { MemorySource, VhdImage, checkVhd, repairVhd, type VhdCheckResult, type VhdxError } from '../../src/index.js';
 import { pattern, bytesEqual } from '../helpers/model.js';
 import { needTool } from '../helpers/env.js';
 import { must, shmScratch } from '../helpers/tools.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KiB, MiB, newVhd, patchFooter } from '../helpers/vhd.js';
-import { FOOTER } from '../../dist/vhd/footer.js';
+import { FOOTER } from '../../src/vhd/footer.js';
 
 const BS = MiB;
 
@@ -26,14 +26,14 @@ async function clean() {
   return { bytes, footerAt: bytes.length - 512 };
 }
 
-async function readAll(bytes) {
+async function readAll(bytes: Uint8Array): Promise<Uint8Array> {
   const img = await VhdImage.open(new MemorySource(bytes.slice()));
   const out = new Uint8Array(img.size);
   await img.read(0, out);
   return out;
 }
 
-const serious = (r) => r.findings.filter((f) => f.severity === 'corruption' || f.severity === 'leak');
+const serious = (r: VhdCheckResult) => r.findings.filter((f) => f.severity === 'corruption' || f.severity === 'leak');
 
 test('clean images have no findings: fixed, dynamic, differencing with its parent, qemu-img\'s', async () => {
   const { bytes } = await clean();
@@ -74,7 +74,7 @@ test('an interrupted allocation (a block written over the old footer, the footer
   crashed.set(pattern(9, 300 * KiB), footerAt + 512);
   const before = await readAll(bytes);
   assert.ok(bytesEqual(await readAll(crashed), before), 'read-only, it opens from the copy at offset 0 and reads as before');
-  await assert.rejects(VhdImage.open(new MemorySource(crashed.slice()), { readOnly: false }), (e) => e.reason === 'FOOTER_MISSING');
+  await assert.rejects(VhdImage.open(new MemorySource(crashed.slice()), { readOnly: false }), (e: VhdxError) => e.reason === 'FOOTER_MISSING');
   const r = await checkVhd(new MemorySource(crashed.slice()));
   assert.ok(r.findings.some((f) => f.reason === 'FOOTER_MISSING' && f.repairableBy === 'all'));
   assert.ok(r.findings.some((f) => f.reason === 'LEAKED_SPACE' && f.repairableBy === 'all'));
@@ -119,7 +119,7 @@ test('a damaged or different footer copy at offset 0: corruption that \'all\' re
     }
     const r = await checkVhd(new MemorySource(bytes));
     assert.ok(r.findings.some((f) => f.structure === 'VHD footer copy' && f.severity === 'corruption' && f.repairableBy === 'all'), JSON.stringify(r.findings));
-    await assert.rejects(VhdImage.open(new MemorySource(bytes.slice()), { readOnly: false }), (e) => e.reason === 'FOOTER_MISMATCH');
+    await assert.rejects(VhdImage.open(new MemorySource(bytes.slice()), { readOnly: false }), (e: VhdxError) => e.reason === 'FOOTER_MISMATCH');
     const src = new MemorySource(bytes.slice());
     const fixed = await repairVhd(src, { mode: 'all' });
     assert.deepEqual(fixed.actions.map((a) => a.action), ['rewriteFooterCopy'], damage);

@@ -5,20 +5,22 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { createFile, openFile, NbdServer } from '../../dist/node.js';
+import { createFile, openFile, NbdServer } from '../../src/node.js';
+import type { VhdxImage } from '../../src/driver/image.js';
 import { shmScratch } from '../helpers/tools.js';
-import { NbdTestClient, OPT, REP, INFO, CMD, CF, TF, CHUNK, ERR, NBDMAGIC, IHAVEOPT, OPT_REPLY_MAGIC, infoData, contextData, parseInfos } from './client.js';
+import { NbdTestClient, OPT, REP, INFO, CMD, CF, TF, CHUNK, ERR, NBDMAGIC, IHAVEOPT, OPT_REPLY_MAGIC, infoData, contextData, parseInfos, type RequestOptions } from './client.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 const dir = shmScratch('nbd-proto-');
-const pattern = (n, seed) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff));
+const pattern = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff));
 
-let server;
-let img;
-let roImg;
+let server: NbdServer;
+let img: VhdxImage;
+let roImg: VhdxImage;
 const sock = join(dir, 's.sock');
-const errors = [];
+const errors: unknown[] = [];
+const nameOf = (e: unknown) => (e instanceof Error ? e.name : undefined);
 
 before(async () => {
   // Block 0 data, 1 unallocated, 2 a ZERO block, 3 data, the rest unallocated (1 MiB blocks).
@@ -37,7 +39,7 @@ before(async () => {
       { device: img, name: 'disk', description: 'the test disk' },
       { device: roImg, name: 'ro' },
     ],
-    { onError: (e) => errors.push(e) },
+    { onError: (e: unknown) => errors.push(e) },
   );
   await server.listen({ path: sock });
 });
@@ -51,7 +53,7 @@ after(async () => {
 const connect = () => NbdTestClient.connect({ path: sock });
 
 /** A client in transmission with the disk export (structured replies and base:allocation by default). */
-async function ready(opts = {}) {
+async function ready(opts: Parameters<NbdTestClient['negotiate']>[0] = {}) {
   const c = await connect();
   const info = await c.negotiate({ name: 'disk', ...opts });
   return { c, info };
@@ -90,11 +92,11 @@ describe('handshake', () => {
       ['disk', 'the test disk'],
       ['ro', ''],
     ]);
-    assert.equal(rs[2].type, REP.ACK);
-    const [bad] = await c.option(OPT.LIST, Buffer.from('x'));
+    assert.equal(rs[2]!.type, REP.ACK);
+    const bad = (await c.option(OPT.LIST, Buffer.from('x')))[0]!;
     assert.equal(bad.type, REP.ERR_INVALID);
     // ABORT: ACK, then the server closes.
-    const [ack] = await c.option(OPT.ABORT);
+    const ack = (await c.option(OPT.ABORT))[0]!;
     assert.equal(ack.type, REP.ACK);
     assert.equal(ack.data.length, 0);
     assert.ok(await c.closedWithin());
@@ -104,7 +106,7 @@ describe('handshake', () => {
     const c = await connect();
     await c.start();
     let rs = await c.option(OPT.INFO, infoData('disk', [INFO.NAME, INFO.DESCRIPTION, INFO.BLOCK_SIZE, 999]));
-    assert.equal(rs.at(-1).type, REP.ACK);
+    assert.equal(rs.at(-1)!.type, REP.ACK);
     let i = parseInfos(rs);
     assert.equal(i.exportLength, 12);
     assert.equal(i.size, SIZE);
@@ -112,7 +114,7 @@ describe('handshake', () => {
     assert.equal(i.description, 'the test disk');
     assert.deepEqual(i.blockSize, [1, 4096, 32 * MiB, 14]);
     const want = TF.HAS_FLAGS | TF.SEND_FLUSH | TF.SEND_FUA | TF.SEND_TRIM | TF.SEND_WRITE_ZEROES | TF.SEND_FAST_ZERO | TF.CAN_MULTI_CONN | TF.SEND_CACHE;
-    assert.equal(i.flags, want, `flags 0x${i.flags.toString(16)}`);
+    assert.equal(i.flags, want, `flags 0x${i.flags?.toString(16)}`);
     // No infos asked: EXPORT only. The empty name reaches the first export.
     rs = await c.option(OPT.INFO, infoData('', []));
     assert.deepEqual(
@@ -133,19 +135,19 @@ describe('handshake', () => {
   it('INFO/GO errors: unknown export ERR_UNKNOWN, malformed data ERR_INVALID, and the handshake goes on', async () => {
     const c = await connect();
     await c.start();
-    assert.equal((await c.option(OPT.INFO, infoData('nope', [])))[0].type, REP.ERR_UNKNOWN);
-    assert.equal((await c.option(OPT.GO, infoData('nope', [])))[0].type, REP.ERR_UNKNOWN);
+    assert.equal((await c.option(OPT.INFO, infoData('nope', [])))[0]!.type, REP.ERR_UNKNOWN);
+    assert.equal((await c.option(OPT.GO, infoData('nope', [])))[0]!.type, REP.ERR_UNKNOWN);
     const good = infoData('disk', [INFO.NAME]);
-    assert.equal((await c.option(OPT.INFO, good.subarray(0, good.length - 1)))[0].type, REP.ERR_INVALID);
-    assert.equal((await c.option(OPT.INFO, Buffer.concat([good, Buffer.alloc(2)])))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.INFO, good.subarray(0, good.length - 1)))[0]!.type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.INFO, Buffer.concat([good, Buffer.alloc(2)])))[0]!.type, REP.ERR_INVALID);
     const overrun = Buffer.from(good);
     overrun.writeUInt32BE(0xfffffff0, 0);
-    assert.equal((await c.option(OPT.GO, overrun))[0].type, REP.ERR_INVALID);
-    assert.equal((await c.option(OPT.INFO, Buffer.alloc(3)))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.GO, overrun))[0]!.type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.INFO, Buffer.alloc(3)))[0]!.type, REP.ERR_INVALID);
     const nul = infoData('di\0sk', []);
-    assert.equal((await c.option(OPT.INFO, nul))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.INFO, nul))[0]!.type, REP.ERR_INVALID);
     const rs = await c.option(OPT.GO, infoData('disk', []));
-    assert.equal(rs.at(-1).type, REP.ACK);
+    assert.equal(rs.at(-1)!.type, REP.ACK);
     c.destroy();
   });
 
@@ -153,22 +155,22 @@ describe('handshake', () => {
     const c = await connect();
     await c.start();
     for (const opt of [99, OPT.PEEK_EXPORT, OPT.STARTTLS, OPT.EXTENDED_HEADERS, 0x7fffffff]) {
-      const [r] = await c.option(opt, Buffer.alloc(100, 0x41));
+      const r = (await c.option(opt, Buffer.alloc(100, 0x41)))[0]!;
       assert.equal(r.type, REP.ERR_UNSUP, `option ${opt}`);
       assert.equal(r.opt, opt);
     }
-    assert.equal((await c.option(OPT.INFO, infoData('disk', []))).at(-1).type, REP.ACK);
+    assert.equal((await c.option(OPT.INFO, infoData('disk', []))).at(-1)!.type, REP.ACK);
     c.destroy();
   });
 
   it('STRUCTURED_REPLY: ACK once; again, or with data, ERR_INVALID', async () => {
     const c = await connect();
     await c.start();
-    assert.equal((await c.option(OPT.STRUCTURED_REPLY, Buffer.from('x')))[0].type, REP.ERR_INVALID);
-    const ack = (await c.option(OPT.STRUCTURED_REPLY))[0];
+    assert.equal((await c.option(OPT.STRUCTURED_REPLY, Buffer.from('x')))[0]!.type, REP.ERR_INVALID);
+    const ack = (await c.option(OPT.STRUCTURED_REPLY))[0]!;
     assert.equal(ack.type, REP.ACK);
     assert.equal(ack.data.length, 0);
-    assert.equal((await c.option(OPT.STRUCTURED_REPLY))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.STRUCTURED_REPLY))[0]!.type, REP.ERR_INVALID);
     c.destroy();
   });
 
@@ -182,8 +184,8 @@ describe('handshake', () => {
         [REP.META_CONTEXT, REP.ACK],
         JSON.stringify(queries),
       );
-      assert.equal(rs[0].data.readUInt32BE(0), 0);
-      assert.equal(rs[0].data.subarray(4).toString(), 'base:allocation');
+      assert.equal(rs[0]!.data.readUInt32BE(0), 0);
+      assert.equal(rs[0]!.data.subarray(4).toString(), 'base:allocation');
     }
     const none = await c.metaContext(OPT.LIST_META_CONTEXT, 'disk', ['qemu:dirty-bitmap:x', 'qemu:']);
     assert.deepEqual(
@@ -196,39 +198,40 @@ describe('handshake', () => {
   it('SET_META_CONTEXT needs structured replies, selects only an exact base:allocation, rejects malformed data', async () => {
     const c = await connect();
     await c.start();
-    assert.equal((await c.metaContext(OPT.SET_META_CONTEXT, 'disk', ['base:allocation']))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.metaContext(OPT.SET_META_CONTEXT, 'disk', ['base:allocation']))[0]!.type, REP.ERR_INVALID);
     await c.structuredReplies();
     let rs = await c.metaContext(OPT.SET_META_CONTEXT, 'disk', ['foo:bar', 'base:allocation', 'base:']);
     assert.deepEqual(
       rs.map((r) => r.type),
       [REP.META_CONTEXT, REP.ACK],
     );
-    assert.notEqual(rs[0].data.readUInt32BE(0), undefined);
-    assert.equal(rs[0].data.subarray(4).toString(), 'base:allocation');
+    assert.notEqual(rs[0]!.data.readUInt32BE(0), undefined);
+    assert.equal(rs[0]!.data.subarray(4).toString(), 'base:allocation');
     rs = await c.metaContext(OPT.SET_META_CONTEXT, 'disk', ['base:']);
     assert.deepEqual(
       rs.map((r) => r.type),
       [REP.ACK],
     );
-    assert.equal((await c.metaContext(OPT.SET_META_CONTEXT, 'nope', ['base:allocation']))[0].type, REP.ERR_UNKNOWN);
+    assert.equal((await c.metaContext(OPT.SET_META_CONTEXT, 'nope', ['base:allocation']))[0]!.type, REP.ERR_UNKNOWN);
     const good = contextData('disk', ['base:allocation']);
     const overrun = Buffer.from(good);
     overrun.writeUInt32BE(1000, 4 + 4 + 4); // query length past the end
-    assert.equal((await c.option(OPT.SET_META_CONTEXT, overrun))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.SET_META_CONTEXT, overrun))[0]!.type, REP.ERR_INVALID);
     const count = Buffer.from(good);
     count.writeUInt32BE(0xffffffff, 4 + 4); // a query count the data cannot hold
-    assert.equal((await c.option(OPT.LIST_META_CONTEXT, count))[0].type, REP.ERR_INVALID);
-    assert.equal((await c.option(OPT.LIST_META_CONTEXT, Buffer.concat([good, Buffer.from('zz')])))[0].type, REP.ERR_INVALID);
-    assert.equal((await c.option(OPT.LIST_META_CONTEXT, contextData('disk', ['base:\0allocation'])))[0].type, REP.ERR_INVALID);
-    assert.equal((await c.option(OPT.LIST_META_CONTEXT, Buffer.alloc(4)))[0].type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.LIST_META_CONTEXT, count))[0]!.type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.LIST_META_CONTEXT, Buffer.concat([good, Buffer.from('zz')])))[0]!.type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.LIST_META_CONTEXT, contextData('disk', ['base:\0allocation'])))[0]!.type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.LIST_META_CONTEXT, Buffer.alloc(4)))[0]!.type, REP.ERR_INVALID);
     c.destroy();
   });
 
   it('EXPORT_NAME: 134-byte reply without NO_ZEROES, 10 with; an unknown name closes', async () => {
-    for (const [flags, len] of [
+    const replies: [number, number][] = [
       [1, 134],
       [3, 10],
-    ]) {
+    ];
+    for (const [flags, len] of replies) {
       const c = await connect();
       await c.start(flags);
       c.sendOption(OPT.EXPORT_NAME, Buffer.from('disk'));
@@ -260,7 +263,7 @@ describe('handshake', () => {
     await c.start();
     await c.structuredReplies();
     await c.metaContext(OPT.SET_META_CONTEXT, 'disk', ['base:allocation']);
-    assert.equal((await c.option(OPT.GO, infoData('ro', []))).at(-1).type, REP.ACK);
+    assert.equal((await c.option(OPT.GO, infoData('ro', []))).at(-1)!.type, REP.ACK);
     c.startReplyLoop();
     assert.equal((await c.blockStatus(0, MiB)).error, ERR.EINVAL);
     await c.disconnect();
@@ -281,7 +284,7 @@ describe('transmission', () => {
         [CHUNK.OFFSET_DATA, 1],
       ],
     );
-    assert.equal(chunks[1].payload.readUInt32BE(8), 2 * MiB); // one hole: unallocated and ZERO merged
+    assert.equal(chunks[1]!.payload.readUInt32BE(8), 2 * MiB); // one hole: unallocated and ZERO merged
     // A read of a hole only: one hole chunk with DONE.
     const h = await c.readBytes(10 * MiB, 64 * 1024);
     assert.deepEqual(
@@ -378,7 +381,7 @@ describe('transmission', () => {
 
   it('error values: EINVAL for bad ranges, flags and commands, ENOSPC for writes past the end; the stream stays in step', async () => {
     const { c } = await ready();
-    const cases = [
+    const cases: [number, RequestOptions, number][] = [
       [CMD.READ, { offset: SIZE - 10, length: 11 }, ERR.EINVAL],
       [CMD.READ, { offset: 2n ** 64n - 1n, length: 1 }, ERR.EINVAL],
       [CMD.READ, { offset: 2n ** 53n, length: 1 }, ERR.EINVAL],
@@ -428,12 +431,13 @@ describe('transmission', () => {
   it('a read-only export refuses WRITE (payload drained), TRIM and WRITE_ZEROES with EPERM', async () => {
     const c = await connect();
     await c.negotiate({ name: 'ro' });
-    for (const [type, opts] of [
+    const refusals: [number, RequestOptions][] = [
       [CMD.WRITE, { offset: 0, data: Buffer.alloc(65536, 1) }],
       [CMD.WRITE, { offset: 0, data: Buffer.alloc(10, 1), flags: CF.FUA }],
       [CMD.TRIM, { offset: 0, length: 4096 }],
       [CMD.WRITE_ZEROES, { offset: 0, length: 4096 }],
-    ]) {
+    ];
+    for (const [type, opts] of refusals) {
       assert.equal((await c.request(type, opts)).error, ERR.EPERM);
     }
     assert.equal((await c.request(CMD.FLUSH)).error, 0);
@@ -482,7 +486,7 @@ describe('transmission', () => {
 
   it('no device errors were reported by the tests above', () => {
     assert.deepEqual(
-      errors.filter((e) => e.name !== 'ProtocolViolation'),
+      errors.filter((e) => nameOf(e) !== 'ProtocolViolation'),
       [],
     );
   });
@@ -498,13 +502,13 @@ describe('concurrency', () => {
     const p = join(dir, 'model.sock');
     await srv.listen({ path: p });
     let seed = 2024;
-    const rand = (n) => {
+    const rand = (n: number) => {
       seed ^= seed << 13;
       seed ^= seed >>> 17;
       seed ^= seed << 5;
       return (seed >>> 0) % n;
     };
-    const clients = [];
+    const clients: NbdTestClient[] = [];
     const run = Promise.all(
       [0, 1, 2, 3].map(async (k) => {
         const c = await NbdTestClient.connect({ path: p });

@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openFile } from '../../dist/node.js';
+import { openFile } from '../../src/node.js';
 import { needTool } from '../helpers/env.js';
 import { exec, lockRecords, must, sha256File, shmScratch, vhdx } from '../helpers/tools.js';
 import { NbdTestClient, CMD } from './client.js';
@@ -23,9 +23,9 @@ async function freshImage(size = '64M', opts = ['-o', 'block_size=1M']) {
   return path;
 }
 
-const sockFor = (name) => join(dir, `${name}-${n++}.sock`);
+const sockFor = (name: string): string => join(dir, `${name}-${n++}.sock`);
 
-function noise(len, seed) {
+function noise(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < len; i += 4) {
@@ -37,13 +37,13 @@ function noise(len, seed) {
   return b;
 }
 
-async function clientFor(sock, name = '') {
+async function clientFor(sock: string, name = ''): Promise<NbdTestClient> {
   const c = await NbdTestClient.connect({ path: sock });
   await c.negotiate({ name });
   return c;
 }
 
-async function readImage(path, offset, length) {
+async function readImage(path: string, offset: number, length: number): Promise<Buffer> {
   const img = await openFile(path);
   try {
     const b = new Uint8Array(length);
@@ -57,7 +57,7 @@ async function readImage(path, offset, length) {
 describe('vhdx serve: arguments', () => {
   it('usage errors are one line and exit 1', async () => {
     const img = await freshImage();
-    for (const [args, re] of [
+    const usage: [string[], RegExp][] = [
       [[], /expected one FILE/],
       [['--socket', 'x.sock', '--port', '1', img], /--socket cannot be combined/],
       [['--port', 'http', img], /invalid port/],
@@ -69,7 +69,8 @@ describe('vhdx serve: arguments', () => {
       [['--io-timeout', '1e3', img], /invalid --io-timeout/],
       [['--handshake-limit', 'soon', img], /invalid --handshake-limit/],
       [['--bogus', img], /Unknown option/],
-    ]) {
+    ];
+    for (const [args, re] of usage) {
       const r = await vhdx(['serve', ...args]);
       assert.equal(r.code, 1, args.join(' '));
       assert.match(r.stderr, /^vhdx: /);
@@ -83,7 +84,7 @@ describe('vhdx serve: arguments', () => {
   it('a port in use is an error; nothing is left behind', async () => {
     const img = await freshImage();
     const a = await startServe(['--port', '0', img]);
-    const port = /:(\d+)\//.exec(a.uri)[1];
+    const port = /:(\d+)\//.exec(a.uri)![1]!;
     const img2 = await freshImage();
     const r = await vhdx(['serve', '--port', port, img2]);
     assert.equal(r.code, 1);
@@ -99,7 +100,7 @@ describe('vhdx serve: arguments', () => {
     if (!needTool('nbdinfo')) {
       const j = JSON.parse(await must('nbdinfo', ['--json', '--list', s.uri.replace(/\/vm%20disk$/, '/')]));
       assert.deepEqual(
-        j.exports.map((e) => e['export-name']),
+        j.exports.map((e: { 'export-name': string }) => e['export-name']),
         ['vm disk'],
       );
       assert.equal((await exec('nbdinfo', ['--size', s.uri])).stdout.trim(), String(64 * MiB));
@@ -170,7 +171,7 @@ describe('vhdx serve: what it exports', () => {
 });
 
 describe('vhdx serve: stopping', () => {
-  for (const signal of ['SIGTERM', 'SIGINT']) {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     it(`${signal}: the requests in flight are answered, the image is closed clean, exit 0`, async () => {
       const img = await freshImage();
       const sock = sockFor('sig');

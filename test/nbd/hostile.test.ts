@@ -6,20 +6,22 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { createFile, openFile, NbdServer, ClientDropped } from '../../dist/node.js';
+import { createFile, openFile, NbdServer } from '../../src/node.js';
+import { ClientDropped } from '../../src/nbd/handshake.js';
+import type { VhdxImage } from '../../src/driver/image.js';
 import { shmScratch } from '../helpers/tools.js';
-import { NbdTestClient, OPT, REP, CMD, CF, ERR, IHAVEOPT, infoData } from './client.js';
+import { NbdTestClient, OPT, REP, CMD, CF, ERR, IHAVEOPT, infoData, type Reply } from './client.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 const dir = shmScratch('nbd-hostile-');
 const sock = join(dir, 'h.sock');
-let server;
-let img;
+let server: NbdServer;
+let img: VhdxImage;
 /** A client connected before the hostile ones, used after each of them. */
-let bystander;
+let bystander: NbdTestClient;
 /** Clients the server refused or dropped, as it reported them. */
-const reported = [];
+const reported: ClientDropped[] = [];
 
 before(async () => {
   const path = join(dir, 'disk.vhdx');
@@ -31,7 +33,7 @@ before(async () => {
     maxConnections: 16,
     maxOptions: 20,
     maxOptionLength: 8192,
-    onError: (e) => e instanceof ClientDropped && reported.push(e),
+    onError: (e: unknown) => e instanceof ClientDropped && reported.push(e),
   });
   await server.listen({ path: sock });
   bystander = await NbdTestClient.connect({ path: sock });
@@ -171,7 +173,7 @@ describe('hostile clients', () => {
     // BLOCK_STATUS for the whole disk from offset 0 with the largest length works (no per-byte work).
     const whole = await c.blockStatus(0, SIZE);
     assert.equal(
-      whole.extents.reduce((a, e) => a + e.length, 0),
+      whole.extents!.reduce((a, e) => a + e.length, 0),
       SIZE,
     );
     assert.ok((await c.readBytes(0, 4096)).bytes.equals(Buffer.alloc(4096, 0x5a)));
@@ -207,7 +209,7 @@ describe('hostile clients', () => {
   it('a client that sends thousands of requests and never reads the replies is paused, not buffered without bound', async () => {
     const c = await inTransmission();
     const N = 20000;
-    const batch = [];
+    const batch: Buffer[] = [];
     for (let i = 0; i < N; i++) {
       const h = Buffer.alloc(28);
       h.writeUInt32BE(0x25609513, 0);
@@ -235,7 +237,7 @@ describe('hostile clients', () => {
   it('the same flood, read slowly, gets every reply in full', async () => {
     const c = await inTransmission();
     const N = 3000;
-    const jobs = [];
+    const jobs: Promise<Reply>[] = [];
     c.socket.pause();
     for (let i = 0; i < N; i++) jobs.push(c.request(CMD.READ, { offset: (i % 64) * 4096, length: 4096 }));
     await new Promise((r) => setTimeout(r, 100));
@@ -247,26 +249,26 @@ describe('hostile clients', () => {
 
   it('a client past the connection limit is refused with a message at GO, not dropped in silence; the ones inside it are served', async () => {
     // The bystander holds one place; fill the other 15.
-    const inside = [];
+    const inside: NbdTestClient[] = [];
     for (let i = 0; i < 15; i++) inside.push(await inTransmission());
     const late = await connect();
     await late.start();
     await late.structuredReplies();
-    const [refused] = await late.option(OPT.GO, infoData('', []));
+    const refused = (await late.option(OPT.GO, infoData('', [])))[0]!;
     assert.equal(refused.type, REP.ERR_POLICY);
     assert.match(refused.data.toString(), /the server is full \(16 clients connected\)/);
     assert.ok(reported.some((e) => e.reason === 'SERVER_FULL'));
     for (const c of inside) assert.ok((await c.readBytes(0, 512)).bytes.equals(Buffer.alloc(512, 0x5a)));
     await Promise.all(inside.map((c) => c.disconnect()));
     // A place is free again: the same connection gets in.
-    assert.equal((await late.option(OPT.GO, infoData('', []))).at(-1).type, REP.ACK);
+    assert.equal((await late.option(OPT.GO, infoData('', []))).at(-1)!.type, REP.ACK);
     await late.disconnect();
     await stillServing();
   });
 
   it('connections past the handshake limit are closed at once and reported', async () => {
     const before = reported.filter((e) => e.reason === 'TOO_MANY_HANDSHAKES').length;
-    const extra = [];
+    const extra: NbdTestClient[] = [];
     for (let i = 0; i < 40; i++) extra.push(await connect());
     const closed = await Promise.all(extra.map((c) => c.closedWithin(300)));
     // 32 may wait in the handshake (until its 500 ms deadline); the rest are closed at once.
@@ -294,8 +296,8 @@ describe('hostile clients', () => {
     await c.start();
     const bad = infoData('', [1, 2, 3]);
     bad.writeUInt16BE(0xffff, 4); // info count far past the data
-    assert.equal((await c.option(OPT.GO, bad))[0].type, REP.ERR_INVALID);
-    assert.equal((await c.option(OPT.GO, infoData('', []))).at(-1).type, REP.ACK);
+    assert.equal((await c.option(OPT.GO, bad))[0]!.type, REP.ERR_INVALID);
+    assert.equal((await c.option(OPT.GO, infoData('', []))).at(-1)!.type, REP.ACK);
     c.startReplyLoop();
     assert.ok((await c.readBytes(0, 512)).bytes.equals(Buffer.alloc(512, 0x5a)));
     await c.disconnect();

@@ -30,9 +30,10 @@ const MATRIX = [
   { size: '64T', o: [] },
 ];
 
-function parseSizeText(s) {
-  const m = /^(0x[0-9a-f]+|\d+)([KMGT]?)$/i.exec(s);
-  return Number(m[1]) * { '': 1, K, M, G, T }[m[2].toUpperCase()];
+function parseSizeText(s: string): number {
+  const m = /^(0x[0-9a-f]+|\d+)([KMGT]?)$/i.exec(s)!;
+  const unit: Record<string, number> = { '': 1, K, M, G, T };
+  return Number(m[1]) * unit[m[2]!.toUpperCase()]!;
 }
 
 const qemuMissing = needTool('qemu-img');
@@ -85,7 +86,7 @@ test('created images pass qemu-img check and info, and open in vhdiinfo', { conc
 });
 
 test('bad options: one line on stderr, exit 1, no file', { concurrency: 4 }, async (t) => {
-  const cases = [
+  const cases: [string[], RegExp][] = [
     [['-o', 'block_size=3M'], /block size 3 MiB is not a power of two from 1 MiB to 256 MiB/],
     [['-o', 'block_size=512K'], /block size/],
     [['-o', 'block_size=512M'], /block size/],
@@ -100,14 +101,14 @@ test('bad options: one line on stderr, exit 1, no file', { concurrency: 4 }, asy
     [['-o', 'block_size=lots'], /invalid block_size 'lots'/],
     [['-f', 'qcow2'], /format qcow2 is not supported/],
   ];
-  const sizes = [
+  const sizes: [string, RegExp][] = [
     ['1000', /size 1000 is not a multiple of the 512-byte logical sector size/],
     ['0', /size 0 is not a positive/],
     ['65T', /larger than the format's 64 TiB/],
     ['12X', /invalid size '12X'/],
     ['1.5', /a fraction needs a suffix/],
   ];
-  const all = [...cases.map(([a, m]) => [[...a], '1G', m]), ...sizes.map(([s, m]) => [[], s, m])];
+  const all: [string[], string, RegExp][] = [...cases.map(([a, m]): [string[], string, RegExp] => [[...a], '1G', m]), ...sizes.map(([s, m]): [string[], string, RegExp] => [[], s, m])];
   const runs = [];
   for (const [i, [opts, size, message]] of all.entries()) {
     runs.push(t.test(`${opts.join(' ')} ${size}`, async () => {
@@ -149,14 +150,15 @@ test('-o help lists the options; -p shows progress for a fixed image; -q prints 
 test('4 KiB-sector images read back through pyvhdi as written with vhdx io', async (t) => {
   const skip = (await needPyvhdi()) || needTool('vhdiinfo');
   if (skip) return t.skip(skip);
-  for (const [name, o, size] of [
+  const layouts: [string, string, number][] = [
     ['dynamic', 'logical_sector_size=4096,block_size=1M', 20 * M + 8192],
     ['fixed', 'logical_sector_size=4096,physical_sector_size=4096,subformat=fixed,block_size=2M', 6 * M],
-  ]) {
+  ];
+  for (const [name, o, size] of layouts) {
     const path = join(dir, `s4k-${name}.vhdx`);
     assert.equal((await vhdx(['create', '-q', '-o', o, path, String(size)])).code, 0);
     const expected = new Uint8Array(size);
-    const writes = [
+    const writes: [number, number, number][] = [
       [0x11, 0, 4096],
       [0x22, M - 4096, 3 * 4096], // across the first block boundary
       [0x33, 5 * M + 12288, 64 * K],

@@ -5,20 +5,22 @@
 // client once the server is full), and a full server (GO refused with a message, and reported).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { createFile, openFile, NbdServer, ClientDropped } from '../../dist/node.js';
+import { createFile, openFile, NbdServer, type NbdServerOptions } from '../../src/node.js';
+import { ClientDropped, type ClientDropReason } from '../../src/nbd/handshake.js';
+import type { VhdxImage } from '../../src/driver/image.js';
 import { shmScratch } from '../helpers/tools.js';
-import { NbdTestClient, OPT, REP, INFO, CMD, CF, infoData } from './client.js';
+import { NbdTestClient, OPT, REP, INFO, CMD, CF, infoData, type OptionReply } from './client.js';
 
 const MiB = 1024 * 1024;
 const dir = shmScratch('nbd-limits-');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-let img;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+let img: VhdxImage;
 let n = 0;
 /** Everything started, closed in `after` whatever happened (a failed test must not hang the file). */
-const servers = [];
-const clients = [];
+const servers: NbdServer[] = [];
+const clients: NbdTestClient[] = [];
 
 before(async () => {
   const path = join(dir, 'disk.vhdx');
@@ -34,10 +36,10 @@ after(async () => {
 });
 
 /** A server on a fresh Unix socket; `drops` collects the ClientDropped reasons it reports. */
-async function start(opts) {
-  const drops = [];
-  const others = [];
-  const server = new NbdServer({ device: img }, { ...opts, onError: (e) => (e instanceof ClientDropped ? drops.push(e.reason) : others.push(e)) });
+async function start(opts: NbdServerOptions) {
+  const drops: ClientDropReason[] = [];
+  const others: unknown[] = [];
+  const server = new NbdServer({ device: img }, { ...opts, onError: (e: unknown) => (e instanceof ClientDropped ? drops.push(e.reason) : others.push(e)) });
   servers.push(server);
   const path = join(dir, `s${n++}.sock`);
   await server.listen({ path });
@@ -45,32 +47,32 @@ async function start(opts) {
   return { server, drops, others, connect };
 }
 
-async function track(connecting) {
+async function track(connecting: Promise<NbdTestClient>): Promise<NbdTestClient> {
   const c = await connecting;
   clients.push(c);
   return c;
 }
 
 /** Waits until `f()` is true, checking every 10 ms. */
-async function until(f) {
+async function until(f: () => boolean): Promise<void> {
   while (!f()) await sleep(10);
 }
 
 /** Everything charged has been given back once every client is gone. */
-async function allReturned(server) {
+async function allReturned(server: NbdServer): Promise<void> {
   await until(() => server.connections === 0);
   assert.equal(server.stats.bytesHeld, 0);
 }
 
 /** Greeting, structured replies, then GO: the final option reply. */
-async function go(c) {
+async function go(c: NbdTestClient): Promise<OptionReply> {
   await c.start();
   await c.structuredReplies();
-  return (await c.option(OPT.GO, infoData('', [INFO.BLOCK_SIZE]))).at(-1);
+  return (await c.option(OPT.GO, infoData('', [INFO.BLOCK_SIZE]))).at(-1)!;
 }
 
 /** READs of 32 MiB (one data chunk each) sent by a client that reads none of the replies. */
-function flood(c, count) {
+function flood(c: NbdTestClient, count: number): void {
   c.socket.pause();
   for (let i = 0; i < count; i++) c.send(CMD.READ, { offset: (i % 2) * 32 * MiB, length: 32 * MiB, flags: CF.DF });
 }
@@ -81,18 +83,18 @@ describe('NBD budgets and timeouts', () => {
     const server = new NbdServer({ device: img, readOnly: true }, { maxBytesInFlight: CAP, ioTimeoutMs: 0 });
     servers.push(server);
     // Our own listener, so that we can see how much each server-side socket holds unsent.
-    const sockets = new Set();
+    const sockets = new Set<Socket>();
     const listener = createServer({ allowHalfOpen: true }, (s) => {
       sockets.add(s);
       s.once('close', () => sockets.delete(s));
       server.handle(s);
     });
     const path = join(dir, `s${n++}.sock`);
-    await new Promise((r) => listener.listen(path, r));
+    await new Promise<void>((r) => listener.listen(path, r));
     const bound = server.stats.bytesBound;
     assert.equal(bound, CAP + 32 * MiB + 256);
 
-    const hogs = [];
+    const hogs: NbdTestClient[] = [];
     for (let i = 0; i < 16; i++) {
       const c = await track(NbdTestClient.connect({ path }));
       await c.negotiate();
@@ -118,7 +120,7 @@ describe('NBD budgets and timeouts', () => {
 
   it('clients that stop reading their replies are cut after the I/O timeout; a client refused while they held every place gets in', async () => {
     const { server, drops, connect } = await start({ maxConnections: 2, ioTimeoutMs: 300, maxBytesInFlight: 64 * MiB });
-    const hogs = [];
+    const hogs: NbdTestClient[] = [];
     for (let i = 0; i < 2; i++) {
       const c = await connect();
       await c.negotiate();
@@ -137,7 +139,7 @@ describe('NBD budgets and timeouts', () => {
       assert.ok(await c.closedWithin(10_000), 'a client that reads nothing is cut');
     }
     // The same connection asks again, and now there is room.
-    assert.equal((await late.option(OPT.GO, infoData('', [INFO.BLOCK_SIZE]))).at(-1).type, REP.ACK);
+    assert.equal((await late.option(OPT.GO, infoData('', [INFO.BLOCK_SIZE]))).at(-1)!.type, REP.ACK);
     late.startReplyLoop();
     assert.ok((await late.readBytes(0, 4096)).bytes.equals(Buffer.alloc(4096, 0x5a)));
     await late.disconnect();
@@ -154,7 +156,7 @@ describe('NBD budgets and timeouts', () => {
     // About 1 MiB every 100 ms: 16 MiB take well over the 600 ms timeout.
     let got = 0;
     let done = false;
-    const onData = (d) => {
+    const onData = (d: Buffer) => {
       got += d.length;
       if (got >= MiB) c.socket.pause();
     };
@@ -168,7 +170,7 @@ describe('NBD budgets and timeouts', () => {
     c.socket.off('data', onData);
     const r = await reply;
     assert.equal(r.error, 0);
-    assert.equal(r.chunks[0].payload.length, 8 + 16 * MiB);
+    assert.equal(r.chunks[0]!.payload.length, 8 + 16 * MiB);
     assert.deepEqual(drops, []);
     await c.disconnect();
     await allReturned(server);

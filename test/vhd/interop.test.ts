@@ -8,18 +8,18 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, VhdImage } from '../../dist/index.js';
-import { chsForSectors, chsRoundUp, sizesByReader } from '../../dist/vhd/geometry.js';
+import { MemorySource, VhdImage, type CreateVhdOptions } from '../../src/index.js';
+import { chsForSectors, chsRoundUp, sizesByReader } from '../../src/vhd/geometry.js';
 import { needTool } from '../helpers/env.js';
 import { exec, must, needPyvhdi, pyvhdiDigest, shmScratch } from '../helpers/tools.js';
 import { pattern } from '../helpers/model.js';
 import { KiB, MiB, copyOf, newVhd, patchFooter } from '../helpers/vhd.js';
 
 const dir = shmScratch('vhd-interop-');
-const sha = (b) => createHash('sha256').update(b).digest('hex');
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-async function ourDigest(path, parentPath) {
-  const open = (p) => VhdImage.open(new MemorySource(readFileSync(p)));
+async function ourDigest(path: string, parentPath?: string) {
+  const open = (p: string) => VhdImage.open(new MemorySource(readFileSync(p)));
   const img = await VhdImage.open(new MemorySource(readFileSync(path)), parentPath ? { parent: () => open(parentPath) } : {});
   const b = new Uint8Array(img.size);
   await img.read(0, b);
@@ -27,23 +27,23 @@ async function ourDigest(path, parentPath) {
   return { size: img.size, sha256: sha(b) };
 }
 
-async function qemuDigest(path) {
+async function qemuDigest(path: string) {
   const raw = join(dir, 'q.raw');
   await must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', path, raw]);
   const b = readFileSync(raw);
   return { size: b.length, sha256: sha(b) };
 }
 
-async function sevenZipDigest(path) {
+async function sevenZipDigest(path: string) {
   const out = join(dir, `7z-${Math.random().toString(36).slice(2)}`);
   await must('7zz', ['x', '-y', `-o${out}`, path]);
-  const [name] = readdirSync(out);
+  const name = readdirSync(out)[0]!;
   const b = readFileSync(join(out, name));
   return { size: b.length, sha256: sha(b) };
 }
 
 /** Our image with data at a few places: fixed or dynamic, `size` bytes. */
-async function ourImage(name, opts) {
+async function ourImage(name: string, opts: CreateVhdOptions): Promise<string> {
   const { src } = await newVhd(opts);
   const img = await VhdImage.open(src, { readOnly: false });
   const size = img.size;
@@ -55,12 +55,12 @@ async function ourImage(name, opts) {
   return path;
 }
 
-const SIZES = [
+const SIZES: [string, number][] = [
   ['CHS-exact', 12603392], // what qemu rounds 12 MiB to
   ['not CHS-exact', 12 * MiB],
 ];
 
-for (const subformat of ['fixed', 'dynamic']) {
+for (const subformat of ['fixed', 'dynamic'] as const) {
   for (const [what, size] of SIZES) {
     test(`qemu-img reads our ${subformat} VHD of a ${what} size as we do`, { skip: needTool('qemu-img') }, async () => {
       const path = await ourImage(`ours-${subformat}-${size}.vhd`, { size, subformat });
@@ -81,7 +81,7 @@ for (const subformat of ['fixed', 'dynamic']) {
   }
 }
 
-for (const subformat of ['fixed', 'dynamic']) {
+for (const subformat of ['fixed', 'dynamic'] as const) {
   for (const forceSize of [false, true]) {
     for (const [what, size] of SIZES) {
       test(`we read qemu-img's ${subformat} VHD (${forceSize ? 'force_size' : 'no force_size'}, ${what}) as qemu does, and write into it`, { skip: needTool('qemu-img', 'qemu-io') }, async () => {
@@ -140,13 +140,14 @@ s = c.get_media_size(); print(s, hashlib.sha256(c.read(s)).hexdigest())
 // 7 blocks of 2 MiB (7-Zip wants exactly the blocks the current size needs): each reader takes the size its
 // rule gives. qemu 7.2 here follows the 2.6-to-9.2 rule; libvhdi and 7-Zip always the current size.
 const CREATORS = ['qemu', 'qem2', 'win ', 'vpc ', 'd2v ', 'CTXS', 'tap\0', 'wa\0\0'];
-for (const subformat of ['fixed', 'dynamic']) {
+for (const subformat of ['fixed', 'dynamic'] as const) {
   test(`${subformat} VHDs from every creator application are sized by each reader's rule`, { skip: needTool('qemu-img', 'vhdiinfo', '7zz') }, async () => {
     const version = (await must('qemu-img', ['--version'])).match(/version (\d+)\./);
     const qemuMajor = Number(version?.[1] ?? 0);
     // 12 MiB + 20 KiB of data, so that either size fits; the footer says 12 MiB + 4 KiB.
     const stored = 12 * MiB + 4096;
     const chsSize = chsRoundUp(12 * MiB);
+    assert.ok(chsSize !== null);
     const g = chsForSectors(chsSize / 512);
     const { src } = await newVhd({ size: chsSize, subformat });
     for (const app of CREATORS) {

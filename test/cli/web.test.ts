@@ -4,21 +4,21 @@
 // in Chromium is in test/http/browser.test.js.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
+import { request, type IncomingHttpHeaders } from 'node:http';
 import { startVhdxWeb } from '../helpers/web.js';
 import { vhdxInProcess } from '../helpers/tools.js';
 import { fileURLToPath } from 'node:url';
-import { filePath, startWebServer } from '../../dist/cli/web.js';
+import { filePath, startWebServer } from '../../src/cli/web.js';
 
 /** The page the build made (the installed command finds it beside itself: webRoot). */
 const builtPage = fileURLToPath(new URL('../../dist/web/', import.meta.url));
 
 /** One request with the path sent as written (fetch would normalise `..` away). */
-function raw(url, path, method = 'GET') {
+function raw(url: string, path: string, method = 'GET'): Promise<{ status: number | undefined; headers: IncomingHttpHeaders; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const req = request(new URL(path, url), { method, path }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
     });
     req.on('error', reject);
@@ -69,7 +69,7 @@ test('the web server refuses every path that leaves its folder, however it is sp
 });
 
 test('vhdx web prints its URL, serves the page, and exits 0 on SIGTERM and on SIGINT', async () => {
-  for (const signal of ['SIGTERM', 'SIGINT']) {
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     const web = await startVhdxWeb();
     assert.match(web.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
     const r = await fetch(web.url);

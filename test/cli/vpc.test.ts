@@ -7,23 +7,35 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { NodeFileSource, VhdImage, createVhd } from '../../dist/node.js';
+import { NodeFileSource, VhdImage, createVhd, type CreateVhdOptions, type VhdParentPath } from '../../src/node.js';
 import { shmScratch, vhdxInProcess } from '../helpers/tools.js';
 
 const dir = shmScratch('vhdx-cli-vpc-');
 const MiB = 1024 * 1024;
 
-async function ok(args) {
+/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
+interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+}
+
+async function ok(args: string[]) {
   const r = await vhdxInProcess(args);
   assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
   return r;
 }
 
 /** A new VHD file (fixed or dynamic), or a differencing one over `parent` (a path). */
-async function vhdFile(path, opts) {
+type VhdFileOptions = (CreateVhdOptions & { parent?: undefined }) | { parent: string; parentPaths: VhdParentPath[] };
+
+async function vhdFile(path: string, opts: VhdFileOptions): Promise<string> {
   const src = await NodeFileSource.open(path, { readOnly: false, create: true });
   try {
-    if (opts.parent) {
+    if (typeof opts.parent === 'string') {
       const parent = await VhdImage.open(await NodeFileSource.open(opts.parent), { name: opts.parent });
       try {
         await createVhd(src, { parent, parentModifiedTime: statSync(opts.parent).mtimeMs, parentPaths: opts.parentPaths });
@@ -61,9 +73,9 @@ test('a dynamic VHD: io writes it, map shows the BAT and bitmaps, check is clean
   await ok(['io', '-q', '-c', 'write -P 0x5a 1M 4k', '-c', 'write -P 0x33 5M 512', dyn]);
   const map = JSON.parse((await ok(['map', '--output=json', dyn])).stdout);
   // A write allocates its block (this writer marks the whole block's sectors in the bitmap).
-  const data = map.filter((e) => e.data).map((e) => [e.start, e.length]);
+  const data = map.filter((e: MapEntry) => e.data).map((e: MapEntry) => [e.start, e.length]);
   assert.deepEqual(data, [[MiB, MiB], [5 * MiB, MiB]]);
-  assert.ok(map.some((e) => !e.present), 'unallocated blocks are holes');
+  assert.ok(map.some((e: MapEntry) => !e.present), 'unallocated blocks are holes');
   const check = await vhdxInProcess(['check', '--output=json', dyn]);
   assert.equal(check.code, 0, check.stderr);
   assert.equal(JSON.parse(check.stdout).format, 'vpc');
@@ -80,8 +92,8 @@ test('a dynamic VHD: io writes it, map shows the BAT and bitmaps, check is clean
   const vhdx = join(dir, 'dyn.vhdx');
   await ok(['convert', '-f', 'vpc', '-O', 'vhdx', '-o', 'block_size=1M', dyn, vhdx]);
   const vmap = JSON.parse((await ok(['map', '--output=json', vhdx])).stdout);
-  for (const e of vmap.filter((x) => x.data)) assert.ok(e.start >= MiB && e.start + e.length <= 6 * MiB && !(e.start >= 2 * MiB && e.start < 5 * MiB), `data only where the VHD had blocks: ${JSON.stringify(e)}`);
-  assert.ok(vmap.filter((e) => !e.present).reduce((n, e) => n + e.length, 0) >= 6 * MiB, 'holes stay holes');
+  for (const e of vmap.filter((x: MapEntry) => x.data)) assert.ok(e.start >= MiB && e.start + e.length <= 6 * MiB && !(e.start >= 2 * MiB && e.start < 5 * MiB), `data only where the VHD had blocks: ${JSON.stringify(e)}`);
+  assert.ok(vmap.filter((e: MapEntry) => !e.present).reduce((n: number, e: MapEntry) => n + e.length, 0) >= 6 * MiB, 'holes stay holes');
   await ok(['io', '-r', '-q', '-c', 'read -P 0x5a 1M 4k', '-c', 'read -P 0 0 1M', vhdx]);
 });
 

@@ -7,33 +7,33 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NodeFileSource } from '../../dist/node.js';
-import { VhdImage, azureProblems, checkVhd } from '../../dist/index.js';
+import { NodeFileSource } from '../../src/node.js';
+import { VhdImage, azureProblems, checkVhd, type AzureProblem } from '../../src/index.js';
 import { needTool } from '../helpers/env.js';
 import { must, needPyvhdi, pyvhdiDigest, shmScratch, sparseRaw, vhdxInProcess as vhdx } from '../helpers/tools.js';
 import { pattern } from '../helpers/model.js';
 import { KiB, MiB, patchFooter } from '../helpers/vhd.js';
 
 const dir = shmScratch('vhd-cli-');
-const sha = (b) => createHash('sha256').update(b).digest('hex');
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-async function ok(args) {
+async function ok(args: string[]) {
   const r = await vhdx(args);
   assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
   return r;
 }
 
-async function openVhd(path) {
+async function openVhd(path: string): Promise<VhdImage> {
   return VhdImage.open(await NodeFileSource.open(path));
 }
 
 /** Size and SHA-256 of the disk as we read it, and the 2 MiB blocks holding data. */
-async function ours(path) {
+async function ours(path: string) {
   const img = await openVhd(path);
   try {
     const b = new Uint8Array(img.size);
     await img.read(0, b);
-    const blocks = new Set();
+    const blocks = new Set<number>();
     for (const e of await img.blockStatus(0, img.size)) {
       if (e.type !== 'data') continue;
       for (let o = e.offset; o < e.offset + e.length; o += 2 * MiB) blocks.add(Math.floor(o / (2 * MiB)));
@@ -44,30 +44,31 @@ async function ours(path) {
   }
 }
 
-const makeRaw = (name, size, places, zeroRun) => sparseRaw(dir, name, size, places, zeroRun);
+const makeRaw = (name: string, size: number, places: [number, Uint8Array][], zeroRun?: [number, number]) => sparseRaw(dir, name, size, places, zeroRun);
 
 /** A dynamic VHDX of 20 MiB with data in 2 MiB blocks 0, 1 and 7 (of a VHD), the rest holes. */
-async function sourceVhdx(name) {
+async function sourceVhdx(name: string): Promise<string> {
   const path = join(dir, name);
   await ok(['create', '-q', '-o', 'block_size=1M', path, '20M']);
   await ok(['io', '-q', '-c', 'write -P 0x5a 1M 3M', '-c', 'write -P 0x33 15M 100k', '-c', 'write -z 8M 1M', path]);
   return path;
 }
 
-const rawDigest = (path) => {
+const rawDigest = (path: string) => {
   const b = readFileSync(path);
   return { size: b.length, sha256: sha(b) };
 };
 
-async function sevenZip(path) {
+async function sevenZip(path: string) {
   const out = join(dir, `7z-${Math.random().toString(36).slice(2)}`);
   await must('7zz', ['x', '-y', `-o${out}`, path]);
-  const [name] = readdirSync(out);
+  const name = readdirSync(out)[0]!;
   return rawDigest(join(out, name));
 }
 
 test('create -f vpc makes fixed and dynamic VHDs of exactly SIZE that qemu-img and our check accept; vhd is the same name', { skip: needTool('qemu-img') }, async () => {
-  for (const [fmt, subformat, size] of [['vpc', 'dynamic', '100M'], ['vhd', 'fixed', '12M'], ['vpc', 'dynamic', '1000K']]) {
+  const made: [string, string, '100M' | '12M' | '1000K'][] = [['vpc', 'dynamic', '100M'], ['vhd', 'fixed', '12M'], ['vpc', 'dynamic', '1000K']];
+  for (const [fmt, subformat, size] of made) {
     const path = join(dir, `new-${subformat}-${size}.vhd`);
     const r = await ok(['create', '-f', fmt, '-o', `subformat=${subformat}`, path, size]);
     assert.match(r.stdout, new RegExp(`^Formatting '.*', fmt=vpc size=\\d+ subformat=${subformat}`));
@@ -89,12 +90,13 @@ test('create -f vpc makes fixed and dynamic VHDs of exactly SIZE that qemu-img a
 test('create -f vpc refuses bad options, an existing file and -b, and makes no file then', async () => {
   const existing = join(dir, 'exists.vhd');
   writeFileSync(existing, 'keep');
-  for (const [args, message] of [
+  const refusals: [string[], RegExp][] = [
     [['-o', 'block_size=3M'], /block size 3145728 is not a power of two/],
     [['-o', 'log_size=1M'], /unknown vpc option 'log_size'/],
     [['-o', 'azure=on'], /azure is a convert option/],
     [['-o', 'subformat=sparse'], /subformat must be dynamic or fixed/],
-  ]) {
+  ];
+  for (const [args, message] of refusals) {
     const path = join(dir, 'refused.vhd');
     const r = await vhdx(['create', '-f', 'vpc', ...args, path, '10M']);
     assert.equal(r.code, 1);
@@ -185,7 +187,7 @@ test('convert -O vpc refuses contradicting options and sizes a VHD cannot hold b
   const huge = makeRaw('huge.raw', 2041 * 1024 * MiB, []);
   const past8T = makeRaw('past8t.raw', 8 * 1024 * 1024 * MiB + 1, []);
   const dst = join(dir, 'refused-convert.vhd');
-  for (const [args, message, from = raw] of [
+  const refusals: [string[], RegExp, string?][] = [
     [['-O', 'vpc'], /a dynamic VHD is at most 2190433320960 bytes/, huge],
     [['-O', 'vpc', '-o', 'azure=round'], /Azure takes disks of at most 8796091973632 bytes/, past8T],
     [['-O', 'vpc', '-o', 'azure=on,subformat=dynamic'], /azure takes a fixed VHD only/],
@@ -195,7 +197,8 @@ test('convert -O vpc refuses contradicting options and sizes a VHD cannot hold b
     [['-O', 'vpc', '-o', 'block_size=1000'], /block size 1000 is not a power of two/],
     [['-O', 'raw', '-o', 'subformat=fixed'], /-o options apply to -O vhdx and -O vpc only/],
     [['-O', 'qcow2'], /output format qcow2 is not supported \(raw, vhdx or vpc\)/],
-  ]) {
+  ];
+  for (const [args, message, from = raw] of refusals) {
     const r = await vhdx(['convert', '-f', 'raw', ...args, from, dst]);
     assert.equal(r.code, 1, args.join(' '));
     assert.match(r.stderr, message);
@@ -204,7 +207,7 @@ test('convert -O vpc refuses contradicting options and sizes a VHD cannot hold b
 });
 
 test('check --azure lists every rule a file breaks and exits 2; JSON names the rules', { skip: needTool('qemu-img') }, async () => {
-  const cases = [];
+  const cases: [string, string[], RegExp][] = [];
   // qemu-img's own fixed VHD of "100M" (no force_size): rounded up to a CHS size, not whole MiB.
   const q = join(dir, 'qemu-100m.vhd');
   await must('qemu-img', ['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed', q, '100M']);
@@ -217,7 +220,7 @@ test('check --azure lists every rule a file breaks and exits 2; JSON names the r
   const sum = join(dir, 'az-checksum.vhd');
   await ok(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed', sum, '2M']);
   const bytes = readFileSync(sum);
-  bytes[bytes.length - 512 + 70] ^= 1; // the unique id: only the checksum notices
+  bytes[bytes.length - 512 + 70]! ^= 1; // the unique id: only the checksum notices
   writeFileSync(sum, bytes);
   cases.push([sum, ['checksum'], /fails its checksum/]);
   const odd = join(dir, 'az-odd-dynamic.vhd');
@@ -232,7 +235,7 @@ test('check --azure lists every rule a file breaks and exits 2; JSON names the r
     assert.match(r.stdout, message);
     const j = await vhdx(['check', '--azure', '--output=json', path]);
     const out = JSON.parse(j.stdout);
-    assert.deepEqual(out.azure.problems.filter((p) => p.severity === 'error').map((p) => p.rule), rules, path);
+    assert.deepEqual(out.azure.problems.filter((p: AzureProblem) => p.severity === 'error').map((p: AzureProblem) => p.rule), rules, path);
     assert.equal(out.azure.accepted, false);
     assert.equal(out.exitCode, 2);
   }

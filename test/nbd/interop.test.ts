@@ -8,7 +8,7 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { needTool } from '../helpers/env.js';
 import { exec, must, sha256File, shmScratch, vhdx } from '../helpers/tools.js';
-import { startServe, unixUri } from './serve.js';
+import { startServe, unixUri, type Serve } from './serve.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -17,7 +17,7 @@ const srcRaw = join(dir, 'src.raw');
 const disk = join(dir, 'disk.vhdx');
 
 /** Deterministic bytes. */
-function noise(n, seed) {
+function noise(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < n; i += 4) {
@@ -31,11 +31,25 @@ function noise(n, seed) {
 
 // Data in [0, 3M), [8M, 8M + 100K) and [40M, 41M); zeros elsewhere. As a VHDX with 1 MiB blocks,
 // blocks 0-2, 8 and 40 are allocated and the rest are holes.
-const DATA_RANGES = [
+const DATA_RANGES: [number, number][] = [
   [0, 3 * MiB],
   [8 * MiB, 100 * 1024],
   [40 * MiB, MiB],
 ];
+/** One entry of `qemu-img map --output=json`. */
+interface QemuMapEntry {
+  start: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
+}
+
+/** One export of `nbdinfo --json`. */
+interface NbdinfoExport {
+  'export-name': string;
+  'export-size': number;
+}
+
 const DATA_BLOCKS = [
   [0, 3 * MiB],
   [8 * MiB, MiB],
@@ -51,7 +65,10 @@ before(async () => {
 });
 
 /** A fresh copy of the test image, served read-write on its own socket. */
-async function serveCopy(name, extra = []) {
+/** A served copy: the server, the image's path and its socket. */
+type Served = Serve & { path: string; sock: string };
+
+async function serveCopy(name: string, extra: string[] = []): Promise<Served> {
   const path = join(dir, `${name}.vhdx`);
   writeFileSync(path, readFileSync(disk));
   const sock = join(dir, `${name}.sock`);
@@ -59,13 +76,13 @@ async function serveCopy(name, extra = []) {
   return { ...s, path, sock };
 }
 
-async function stopped(s) {
+async function stopped(s: Serve): Promise<void> {
   const { code, signal } = await s.stop();
   assert.equal(code, 0, `server exit ${code ?? signal}: ${s.stderr()}`);
 }
 
 describe('qemu-img', { skip: needTool('qemu-img') }, () => {
-  let s;
+  let s: Served;
   before(async () => (s = await serveCopy('qimg')));
   after(() => stopped(s));
 
@@ -76,12 +93,12 @@ describe('qemu-img', { skip: needTool('qemu-img') }, () => {
 
   it('map reports the allocated blocks as data and the rest as holes', async () => {
     const map = JSON.parse(await must('qemu-img', ['map', '--output=json', '-f', 'raw', s.uri]));
-    const data = map.filter((e) => e.data).map((e) => [e.start, e.length]);
+    const data = map.filter((e: QemuMapEntry) => e.data).map((e: QemuMapEntry) => [e.start, e.length]);
     assert.deepEqual(data, DATA_BLOCKS);
-    const holes = map.filter((e) => !e.data);
-    assert.ok(holes.length >= 2 && holes.every((e) => e.zero), JSON.stringify(holes));
+    const holes = map.filter((e: QemuMapEntry) => !e.data);
+    assert.ok(holes.length >= 2 && holes.every((e: QemuMapEntry) => e.zero), JSON.stringify(holes));
     assert.equal(
-      map.reduce((a, e) => a + e.length, 0),
+      map.reduce((a: number, e: QemuMapEntry) => a + e.length, 0),
       SIZE,
     );
   });
@@ -109,11 +126,11 @@ describe('qemu-img', { skip: needTool('qemu-img') }, () => {
 });
 
 describe('qemu-io', { skip: needTool('qemu-io') }, () => {
-  let s;
+  let s: Served;
   before(async () => (s = await serveCopy('qio')));
   after(() => stopped(s));
 
-  const io = (...cmds) => must('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), s.uri]);
+  const io = (...cmds: string[]) => must('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), s.uri]);
 
   it('write, read -P, flush, FUA writes, aio writes with aio_flush', async () => {
     await io('write -P 0xab 20M 1M', 'read -P 0xab 20M 1M', 'flush');
@@ -146,8 +163,8 @@ describe('qemu-io', { skip: needTool('qemu-io') }, () => {
 });
 
 describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
-  let s;
-  let ro;
+  let s: Served;
+  let ro: Served;
   before(async () => {
     s = await serveCopy('ninfo', ['--export-name', 'disk']);
     ro = await serveCopy('ninfo-ro', ['-r']);
@@ -162,10 +179,10 @@ describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
     const rows = out
       .trim()
       .split('\n')
-      .map((l) => l.trim().split(/\s+/));
-    const data = rows.filter((r) => r[2] === '0').map((r) => [Number(r[0]), Number(r[1])]);
+      .map((l: string) => l.trim().split(/\s+/));
+    const data = rows.filter((r: string[]) => r[2] === '0').map((r: string[]) => [Number(r[0]), Number(r[1])]);
     assert.deepEqual(data, DATA_BLOCKS);
-    assert.ok(rows.some((r) => r[2] === '3' && r[3] === 'hole,zero'), out);
+    assert.ok(rows.some((r: string[]) => r[2] === '3' && r[3] === 'hole,zero'), out);
     const totals = await must('nbdinfo', ['--map', '--totals', s.uri]);
     assert.match(totals, new RegExp(`^\\s*${5 * MiB}\\s+[\\d.]+%\\s+0\\s+data`, 'm'));
   });
@@ -174,10 +191,11 @@ describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
   // preallocated): unwritten ranges of a dynamic disk have no storage behind them and must show
   // as holes (clients that skip holes rely on it); a fixed disk's keep their storage: zero alone.
   it('--map over images qemu-img made and qemu-io partly wrote: holes where a dynamic disk was never written, zero alone on a fixed disk', { skip: needTool('qemu-img', 'qemu-io') }, async () => {
-    for (const [subformat, unwritten] of [
+    const unwrittenBySubformat: [string, string][] = [
       ['dynamic', '3 hole,zero'],
       ['fixed', '2 zero'],
-    ]) {
+    ];
+    for (const [subformat, unwritten] of unwrittenBySubformat) {
       const path = join(dir, `qemu-${subformat}.vhdx`);
       await must('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', `subformat=${subformat},block_size=1M`, path, String(16 * MiB)]);
       await must('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x5a 1M 1M', '-c', 'write -P 0x33 5M 4k', path]);
@@ -187,9 +205,9 @@ describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
         const rows = (await must('nbdinfo', ['--map', q.uri]))
           .trim()
           .split('\n')
-          .map((l) => l.trim().split(/\s+/));
+          .map((l: string) => l.trim().split(/\s+/));
         assert.deepEqual(
-          rows.map((r) => [Number(r[0]) / MiB, Number(r[1]) / MiB, `${r[2]} ${r[3]}`]),
+          rows.map((r: string[]) => [Number(r[0]) / MiB, Number(r[1]) / MiB, `${r[2]} ${r[3]}`]),
           [
             [0, 1, unwritten],
             [1, 1, '0 data'],
@@ -220,7 +238,7 @@ describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
     const list = await must('nbdinfo', ['--list', '--json', unixUri(s.sock)]);
     const j = JSON.parse(list);
     assert.deepEqual(
-      j.exports.map((e) => [e['export-name'], e['export-size']]),
+      j.exports.map((e: NbdinfoExport) => [e['export-name'], e['export-size']]),
       [['disk', SIZE]],
     );
     const one = JSON.parse(await must('nbdinfo', ['--json', s.uri]));
@@ -230,7 +248,7 @@ describe('nbdinfo', { skip: needTool('nbdinfo') }, () => {
 });
 
 describe('nbdcopy', { skip: needTool('nbdcopy') }, () => {
-  let s;
+  let s: Served;
   before(async () => (s = await serveCopy('ncopy')));
   after(() => stopped(s));
 
@@ -255,7 +273,7 @@ describe('nbdcopy', { skip: needTool('nbdcopy') }, () => {
 });
 
 describe('fio nbd engine', { skip: needTool('fio') }, () => {
-  let s;
+  let s: Served;
   before(async () => (s = await serveCopy('fio')));
   after(() => stopped(s));
 

@@ -24,8 +24,8 @@ import {
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { openFile } from '../../dist/node.js';
-import { main } from '../../dist/cli/main.js';
+import { openFile, type Finding, type RepairAction } from '../../src/node.js';
+import { main } from '../../src/cli/main.js';
 import { buildImage, putBatEntry, HEADER_AT, REGION_TABLE_AT, PayloadState, MiB } from '../helpers/build.js';
 import { corpusDir, corpusFile, corpusManifest, needTool, run, runCli } from '../helpers/env.js';
 import { lockRecords } from '../helpers/tools.js';
@@ -44,33 +44,35 @@ const dirty = (manifest ?? []).filter((e) => e.dirtyLog);
 
 let n = 0;
 /** Write `bytes` to a fresh scratch file and return its path. */
-function file(bytes, name = 'img') {
+function file(bytes: Uint8Array, name = 'img'): string {
   const p = join(dir, `${name}-${n++}.vhdx`);
   writeFileSync(p, bytes);
   return p;
 }
 
 /** `vhdx check ARGS`, run in this process (fast); `{ status, stdout, stderr }`. */
-async function check(...args) {
+async function check(...args: string[]) {
   let stdout = '';
   let stderr = '';
   const status = await main(['check', ...args], { out: (t) => (stdout += t), err: (t) => (stderr += t) });
   return { status, stdout, stderr };
 }
 
-async function checkJson(...args) {
+async function checkJson(...args: string[]) {
   const r = await check('--output=json', ...args);
   return { status: r.status, json: JSON.parse(r.stdout), stderr: r.stderr };
 }
 
 /** qemu-img check's exit status (0 clean, 1 could not check/open, 2 corrupt, 3 leaks). */
-function qemuCheck(path) {
+function qemuCheck(path: string): number | null {
   const r = spawnSync('qemu-img', ['check', '-f', 'vhdx', path], { encoding: 'utf8' });
   if (r.status !== 0) qemuCheck.last = `${r.stdout}${r.stderr}`;
   return r.status;
 }
+/** The output of the last qemu-img check that did not exit 0. */
+qemuCheck.last = '';
 
-function sha256(path) {
+function sha256(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
 }
 
@@ -78,7 +80,7 @@ function sha256(path) {
  * SHA-256 of a sparse raw file, reading only its data: `qemu-img map` lists the data extents
  * (SEEK_DATA), and the holes are hashed from a buffer of zeros.
  */
-function sparseSha256(path) {
+function sparseSha256(path: string): string {
   const extents = JSON.parse(run('qemu-img', ['map', '--output=json', '-f', 'raw', path]));
   const h = createHash('sha256');
   const zeros = new Uint8Array(16 * MiB);
@@ -102,7 +104,7 @@ function sparseSha256(path) {
 }
 
 /** A sparse raw file of what we read from `vhdxPath` (opened read-only: a dirty log is replayed in memory). */
-async function ourRaw(vhdxPath, rawPath) {
+async function ourRaw(vhdxPath: string, rawPath: string) {
   const img = await openFile(vhdxPath);
   const fd = openSync(rawPath, 'w');
   try {
@@ -131,11 +133,11 @@ for (const e of dirty) {
 
     // Space inside the file that no entry names (a crashed qemu session's blocks: iotest 070
     // has 4 MiB of it) is leaked, and stays so: reclaiming it would move blocks.
-    const insideLeaks = (findings) => findings.filter((f) => f.severity === 'leak' && f.repairableBy === null);
+    const insideLeaks = (findings: Finding[]) => findings.filter((f) => f.severity === 'leak' && f.repairableBy === null);
     const { status, json } = await checkJson(p);
     assert.equal(status, json.leaks > 0 ? 3 : 0, JSON.stringify(json.findings));
     assert.equal(json.log.state, 'dirty');
-    assert.deepEqual(json.findings.filter((f) => !insideLeaks(json.findings).includes(f)).map((f) => f.reason), ['LOG_DIRTY']);
+    assert.deepEqual(json.findings.filter((f: Finding) => !insideLeaks(json.findings).includes(f)).map((f: Finding) => f.reason), ['LOG_DIRTY']);
     assert.equal(sha256(p), pristine, 'a check without -r writes nothing');
     assert.notEqual(qemuCheck(p), 0, 'qemu-img cannot check it before the replay');
 
@@ -250,13 +252,13 @@ test('leaks: exit 3; -r leaks frees them; then vhdx and qemu-img check clean', a
 test('a damaged header copy and a damaged region table copy: exit 2; -r leaks leaves them; -r all repairs both', async () => {
   const { bytes } = await buildImage({ allocate: [1] });
   const b = bytes.slice();
-  b[HEADER_AT[0] + 300] ^= 0x5a;
-  b[REGION_TABLE_AT[1] + 300] ^= 0x5a;
+  b[HEADER_AT[0] + 300]! ^= 0x5a;
+  b[REGION_TABLE_AT[1] + 300]! ^= 0x5a;
   const p = file(b);
   const { status, json } = await checkJson(p);
   assert.equal(status, 2);
   assert.deepEqual(
-    json.findings.map((f) => [f.reason, f.structure, f.repairableBy]),
+    json.findings.map((f: Finding) => [f.reason, f.structure, f.repairableBy]),
     [
       ['BAD_CHECKSUM', 'header 1', 'all'],
       ['BAD_CHECKSUM', 'region table 2', 'all'],
@@ -266,7 +268,7 @@ test('a damaged header copy and a damaged region table copy: exit 2; -r leaks le
   const rr = await checkJson('-r', 'all', p);
   assert.equal(rr.status, 0, JSON.stringify(rr.json));
   assert.equal(rr.json.repair.corruptionsFixed, 2);
-  assert.deepEqual(rr.json.repair.actions.map((a) => a.action), ['rewriteHeaders', 'rewriteRegionTable']);
+  assert.deepEqual(rr.json.repair.actions.map((a: RepairAction) => a.action), ['rewriteHeaders', 'rewriteRegionTable']);
   assert.equal(rr.json.corruptions, 0);
   if (!noQemu) assert.equal(qemuCheck(p), 0, 'qemu-img check clean after the repair');
 });
@@ -310,7 +312,7 @@ test('an image written by our writer checks clean, and so does qemu-img check', 
 });
 
 test('qemu-made images check clean (dynamic, written, fixed with ZERO blocks, fixed allocated), as qemu-img check says', { skip: noQemuIo }, async () => {
-  const images = [
+  const images: [string, string[]][] = [
     ['dyn', ['-f', 'vhdx', 'X', '64M']],
     ['dyn1m', ['-f', 'vhdx', '-o', 'block_size=1M', 'X', '8M']],
     ['fixzero', ['-f', 'vhdx', '-o', 'subformat=fixed', 'X', '10M']],
@@ -361,7 +363,7 @@ test('a truncated image: the blocks past the end are corruptions, exit 2', async
   truncateSync(p, bytes.length - MiB - 4096);
   const { status, json } = await checkJson(p);
   assert.equal(status, 2);
-  assert.deepEqual(json.findings.map((f) => [f.reason, f.structure]), [
+  assert.deepEqual(json.findings.map((f: Finding) => [f.reason, f.structure]), [
     ['BAT_ENTRY_OUT_OF_BOUNDS', 'BAT entry 1'],
     ['BAT_ENTRY_OUT_OF_BOUNDS', 'BAT entry 2'],
   ]);

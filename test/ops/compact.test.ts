@@ -8,8 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, VhdxImage, compact, createImage, isVhdxError, usedRuns } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
+import { MemorySource, VhdxImage, compact, createImage, isVhdxError, usedRuns, type CompactOptions } from '../../src/index.js';
+import { FaultySource, type CrashImageOptions } from '../../src/io/faulty.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { makeChild } from '../helpers/chain.js';
 import { needTool, sbinEnv } from '../helpers/fs-fixtures.js';
@@ -21,19 +21,19 @@ const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
 
 /** `n` seeded random bytes. */
-function noise(seed, n) {
+function noise(seed: number, n: number): Uint8Array {
   const rnd = seededRandom(seed);
   const out = new Uint8Array(n);
   for (let i = 0; i < n; i++) out[i] = Math.floor(rnd() * 256);
   return out;
 }
 
-let ext4Cache = null;
+let ext4Cache: Uint8Array | null = null;
 /**
  * An 8 MiB ext4 filesystem (raw bytes) over old bytes: files written with `mke2fs -d`, two of
  * them then deleted with debugfs, so that their data stays on disk.
  */
-async function ext4Fixture() {
+async function ext4Fixture(): Promise<Uint8Array> {
   if (ext4Cache) return ext4Cache;
   const dir = shmScratch('vhdx-compact-');
   const files = join(dir, 'files');
@@ -47,12 +47,12 @@ async function ext4Fixture() {
   return ext4Cache;
 }
 
-let ntfsCache = null;
+let ntfsCache: Uint8Array | null = null;
 /**
  * An 8 MiB NTFS volume over old bytes (mkntfs -Q writes only its structures): files copied in
  * with ntfscp, two of them then truncated to nothing (ntfstruncate), their data left on disk.
  */
-async function ntfsFixture() {
+async function ntfsFixture(): Promise<Uint8Array> {
   if (ntfsCache) return ntfsCache;
   const dir = shmScratch('vhdx-compact-ntfs-');
   const raw = join(dir, 'fs.raw');
@@ -63,13 +63,13 @@ async function ntfsFixture() {
     await must('ntfscp', ['-q', raw, join(dir, `f${i}`), `f${i}`], sbinEnv);
   }
   const ls = await must('ntfsls', ['-i', raw], sbinEnv);
-  for (const f of ['f1', 'f3']) await must('ntfstruncate', ['-f', raw, new RegExp(`^\\s*(\\d+)\\s+${f}$`, 'm').exec(ls)[1], '0x80', '0'], sbinEnv);
+  for (const f of ['f1', 'f3']) await must('ntfstruncate', ['-f', raw, new RegExp(`^\\s*(\\d+)\\s+${f}$`, 'm').exec(ls)![1]!, '0x80', '0'], sbinEnv);
   ntfsCache = new Uint8Array(readFileSync(raw));
   return ntfsCache;
 }
 
 /** A dynamic VHDX (1 MiB blocks) in memory holding `bytes`, every block allocated. */
-async function vhdxOf(bytes) {
+async function vhdxOf(bytes: Uint8Array): Promise<Uint8Array> {
   const mem = new MemorySource();
   await createImage(mem, { size: bytes.length, blockSize: MiB });
   const img = await VhdxImage.open(mem, { readOnly: false });
@@ -79,14 +79,14 @@ async function vhdxOf(bytes) {
 }
 
 /** The used runs of the disk `img` shows, as [start, length] pairs. */
-async function usedOf(img) {
-  const out = [];
+async function usedOf(img: VhdxImage): Promise<[number, number][]> {
+  const out: [number, number][] = [];
   for await (const r of usedRuns(img)) out.push([r.start, r.length]);
   return out;
 }
 
 /** The first used byte that `img` reads differently from `want`, or null. */
-async function firstUsedDifference(img, used, want) {
+async function firstUsedDifference(img: VhdxImage, used: [number, number][], want: Uint8Array): Promise<string | null> {
   const got = new Uint8Array(img.size);
   await img.read(0, got);
   for (const [s, l] of used) {
@@ -100,7 +100,13 @@ async function firstUsedDifference(img, used, want) {
  * Compact the image `base` holds (opened by `open`) with a crash at every mutating operation.
  * `want` is the disk as it read before, `used` its used runs. Returns the crash points.
  */
-async function crashEverywhere(base, { open, want, used, compactOpts = {} }) {
+/** Opens an image over a test source, read-only when told. */
+type Opener = (src: FaultySource, readOnly?: boolean) => Promise<VhdxImage>;
+
+async function crashEverywhere(
+  base: Uint8Array,
+  { open, want, used, compactOpts = {} }: { open: Opener; want: Uint8Array; used: [number, number][]; compactOpts?: CompactOptions },
+): Promise<number> {
   const dry = new FaultySource(base, { trace: true });
   let img = await open(dry);
   const full = await compact(img, compactOpts);
@@ -109,7 +115,7 @@ async function crashEverywhere(base, { open, want, used, compactOpts = {} }) {
   assert.ok(full.released.unused + full.released.zero > 0 && full.moved > 0, `something to do: ${JSON.stringify(full)}`);
   assert.ok(total > 10, `${total} mutating operations`);
   assert.deepEqual(await checkInvariants(dry, { noLeaks: true }), [], 'uninterrupted: sound, nothing leaked');
-  const failures = [];
+  const failures: string[] = [];
   for (let n = 1; n <= total && failures.length < 5; n++) {
     const run = new FaultySource(base, { crashAt: n, trace: true });
     try {
@@ -120,8 +126,9 @@ async function crashEverywhere(base, { open, want, used, compactOpts = {} }) {
       if (!run.isCrashed) throw e;
     }
     assert.ok(run.isCrashed, `crash point ${n} reached`);
-    for (const v of [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }]) {
-      const label = `crash at ${n}/${total} (${run.trace[n - 1]?.kind}), ${JSON.stringify(v)}`;
+    const crashes: CrashImageOptions[] = [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }];
+    for (const v of crashes) {
+      const label = `crash at ${n}/${total} (${run.trace![n - 1]?.kind}), ${JSON.stringify(v)}`;
       const crashed = run.crashImage(v);
       try {
         const ro = await open(crashed.clone(), true);
@@ -141,7 +148,7 @@ async function crashEverywhere(base, { open, want, used, compactOpts = {} }) {
         await after.close();
         if (d2) failures.push(`${label}, rerun: ${d2}`);
       } catch (e) {
-        failures.push(`${label}: ${e.reason ?? ''} ${e.stack}`);
+        failures.push(`${label}: ${isVhdxError(e) ? e.reason : ''} ${e instanceof Error ? e.stack : e}`);
       }
     }
   }
@@ -215,7 +222,7 @@ test('power loss at every write and flush of a compact of a dynamic ext4 disk: u
   const used = await usedOf(probe);
   await probe.close();
   // A record of free space of one block: a round per released block of release, pack and cut.
-  const open = (d, ro = false) => VhdxImage.open(d, { readOnly: ro, maxUnownedFreeBytes: MiB });
+  const open = (d: FaultySource, ro = false) => VhdxImage.open(d, { readOnly: ro, maxUnownedFreeBytes: MiB });
   const total = await crashEverywhere(base, { open, want: fs, used });
   t.diagnostic(`${total} crash points`);
 });
@@ -228,7 +235,7 @@ test('power loss at every write and flush of a compact of a dynamic NTFS disk: u
   const probe = await VhdxImage.open(new FaultySource(base));
   const used = await usedOf(probe);
   await probe.close();
-  const open = (d, ro = false) => VhdxImage.open(d, { readOnly: ro });
+  const open = (d: FaultySource, ro = false) => VhdxImage.open(d, { readOnly: ro });
   const total = await crashEverywhere(base, { open, want: fs, used });
   t.diagnostic(`${total} crash points`);
 });
@@ -240,29 +247,30 @@ test('power loss at every write and flush of a compact of a differencing disk: r
   const p = await parent();
   const used = await usedOf(p);
   // Blocks no filesystem uses at all, and one that it uses.
-  const isUsed = (b) => used.some(([s, l]) => s < (b + 1) * MiB && b * MiB < s + l);
-  const free = [];
+  const isUsed = (b: number) => used.some(([s, l]) => s < (b + 1) * MiB && b * MiB < s + l);
+  const free: number[] = [];
   for (let b = 0; b < SIZE / MiB; b++) if (!isUsed(b)) free.push(b);
   const content = new Uint8Array(SIZE);
   await p.read(0, content);
   const usedBlock = [...Array(SIZE / MiB).keys()].find((b) => isUsed(b) && b > 2 && content.subarray(b * MiB, (b + 1) * MiB).some((x) => x !== 0));
   assert.ok(free.length >= 2, `free blocks: ${free}`);
+  assert.ok(usedBlock !== undefined, 'a used block holding data');
   const mem = new MemorySource();
   await makeChild(p, { blockSize: MiB, src: mem });
   await p.close();
   const child = await VhdxImage.open(mem, { readOnly: false, parent });
-  await child.write(free[0] * MiB, noise(7, MiB)); // junk over a whole free block
+  await child.write(free[0]! * MiB, noise(7, MiB)); // junk over a whole free block
   const keep = new Uint8Array(MiB);
   await child.read(usedBlock * MiB, keep);
   await child.write(usedBlock * MiB, keep); // a used block copied into the child
-  await child.write(free[1] * MiB + 4096, noise(8, 8192)); // partially present, in free space
+  await child.write(free[1]! * MiB + 4096, noise(8, 8192)); // partially present, in free space
   await child.close();
   const base = mem.bytes().slice();
   const want = new Uint8Array(SIZE);
   const before = await VhdxImage.open(new MemorySource(base), { parent });
   await before.read(0, want);
   await before.close();
-  const open = (d, ro = false) => VhdxImage.open(d, { readOnly: ro, parent });
+  const open = (d: FaultySource, ro = false) => VhdxImage.open(d, { readOnly: ro, parent });
   // Without a crash: the free blocks become ZERO (depth 0), not NOT_PRESENT (the parent's bytes).
   const once = new FaultySource(base);
   const img = await open(once);
@@ -271,7 +279,7 @@ test('power loss at every write and flush of a compact of a differencing disk: r
   assert.deepEqual(r.released, { unused: 2, zero: 0 });
   const after = await open(once, true);
   for (const b of free.slice(0, 2)) {
-    const [x] = await after.blockStatus(b * MiB, MiB);
+    const x = (await after.blockStatus(b * MiB, MiB))[0]!;
     assert.deepEqual([x.type, x.depth, x.length], ['zero', 0, MiB], `block ${b} is a ZERO block of the child`);
   }
   await after.close();

@@ -3,12 +3,12 @@
 // disks azureCreateOptions describes are read at their exact size by every reader family.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AZURE_MAX_SIZE, MemorySource, azureCreateOptions, azureProblems, azureSize } from '../../dist/index.js';
-import { FOOTER } from '../../dist/vhd/footer.js';
-import { chsForSectors, isChsExact, sizesByReader } from '../../dist/vhd/geometry.js';
+import { AZURE_MAX_SIZE, MemorySource, azureCreateOptions, azureProblems, azureSize } from '../../src/index.js';
+import { FOOTER } from '../../src/vhd/footer.js';
+import { chsForSectors, isChsExact, sizesByReader } from '../../src/vhd/geometry.js';
 import { MiB, newVhd, patchFooter } from '../helpers/vhd.js';
 
-const rules = async (bytes) => (await azureProblems(new MemorySource(bytes))).map((p) => `${p.severity}:${p.rule}`).sort();
+const rules = async (bytes: Uint8Array) => (await azureProblems(new MemorySource(bytes))).map((p) => `${p.severity}:${p.rule}`).sort();
 
 test('a fixed VHD of whole MiB, footer at the end, read alike by every reader, breaks no rule', async () => {
   const { src } = await newVhd({ size: 100 * MiB, subformat: 'fixed' });
@@ -21,7 +21,7 @@ test('each broken Azure rule is named', async () => {
   const { src: odd } = await newVhd({ size: 100 * MiB + 4096, subformat: 'fixed' });
   const p = await azureProblems(odd);
   assert.deepEqual(p.map((x) => x.rule), ['whole-mib']);
-  assert.match(p[0].message, new RegExp(`next valid size is ${101 * MiB} bytes`));
+  assert.match(p[0]!.message, new RegExp(`next valid size is ${101 * MiB} bytes`));
   const { src: fixed } = await newVhd({ size: 4 * MiB, subformat: 'fixed' });
   const bytes = fixed.bytes().slice();
   const padded = new Uint8Array(bytes.length + 512);

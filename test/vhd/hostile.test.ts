@@ -5,9 +5,9 @@
 // VhdxError may escape the open, the reads, block status, writes and check.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdImage, VhdxError, checkVhd, repairVhd } from '../../dist/index.js';
-import { FOOTER } from '../../dist/vhd/footer.js';
-import { DYNAMIC_HEADER } from '../../dist/vhd/dynamic-header.js';
+import { MemorySource, VhdImage, VhdxError, checkVhd, repairVhd, type VhdParentRequest } from '../../src/index.js';
+import { FOOTER, type Footer } from '../../src/vhd/footer.js';
+import { DYNAMIC_HEADER, type DynamicHeader } from '../../src/vhd/dynamic-header.js';
 import { pattern } from '../helpers/model.js';
 import { seededRandom } from '../helpers/hex.js';
 import { KiB, MiB, copyOf, newVhd, patchFooter } from '../helpers/vhd.js';
@@ -22,25 +22,25 @@ async function dynamicBytes() {
   return src.bytes().slice();
 }
 
-function patchHeader(bytes, edit) {
+function patchHeader(bytes: Uint8Array, edit: (h: DynamicHeader) => Partial<DynamicHeader>): Uint8Array {
   const h = DYNAMIC_HEADER.decode(bytes.subarray(512, 1536), { lenient: true });
   DYNAMIC_HEADER.encode({ ...h, ...edit(h) }, bytes, 512);
   return bytes;
 }
 
-const bat = (bytes, i, v) => new DataView(bytes.buffer, bytes.byteOffset).setUint32(1536 + i * 4, v >>> 0, false);
-const batGet = (bytes, i) => new DataView(bytes.buffer, bytes.byteOffset).getUint32(1536 + i * 4, false);
+const bat = (bytes: Uint8Array, i: number, v: number) => new DataView(bytes.buffer, bytes.byteOffset).setUint32(1536 + i * 4, v >>> 0, false);
+const batGet = (bytes: Uint8Array, i: number) => new DataView(bytes.buffer, bytes.byteOffset).getUint32(1536 + i * 4, false);
 
-async function rejects(promise, reason, code = 'EINVAL') {
-  await assert.rejects(promise, (e) => {
-    assert.ok(e instanceof VhdxError, `not a VhdxError: ${e?.stack}`);
+async function rejects(promise: Promise<unknown>, reason: string, code = 'EINVAL'): Promise<void> {
+  await assert.rejects(promise, (e: unknown) => {
+    assert.ok(e instanceof VhdxError, `not a VhdxError: ${e instanceof Error ? e.stack : e}`);
     assert.equal(e.reason, reason, e.message);
     assert.equal(e.code, code, e.message);
     return true;
   });
 }
 
-async function finding(bytes, reason) {
+async function finding(bytes: Uint8Array, reason: string) {
   const r = await checkVhd(new MemorySource(bytes));
   assert.ok(r.findings.some((f) => f.reason === reason && f.severity === 'corruption'), `${reason} not in ${JSON.stringify(r.findings)}`);
   return r;
@@ -56,13 +56,13 @@ test('not a VHD, an empty file, a footer with a bad checksum: NOT_VHD, EMPTY_FIL
   await rejects(VhdImage.open(new MemorySource(fixed)), 'BAD_CHECKSUM');
   await finding(fixed, 'BAD_CHECKSUM');
   const dyn = await dynamicBytes();
-  dyn[100] ^= 1;
-  dyn[dyn.length - 512 + 100] ^= 1; // both copies
+  dyn[100]! ^= 1;
+  dyn[dyn.length - 512 + 100]! ^= 1; // both copies
   await rejects(VhdImage.open(new MemorySource(dyn)), 'BAD_CHECKSUM');
 });
 
 test('footer fields: disk type, version, a size beyond 2^53 or the limits, a fixed disk cut short', async () => {
-  const cases = [
+  const cases: [Partial<Footer>, string][] = [
     [{ diskType: 5 }, 'BAD_DISK_TYPE'],
     [{ formatVersion: 0x00020000 }, 'BAD_VERSION'],
     [{ currentSize: 4 * 1024 ** 4 }, 'BAD_VIRTUAL_SIZE'],
@@ -146,18 +146,18 @@ test('fuzz: mutated VHDs give only typed errors (open, reads, block status, a wr
   await diff.write(7000, pattern(3, 3000));
   await diff.close();
   const seeds = [fixedSrc.bytes().slice(), dynSrc.bytes().slice(), diffSrc.bytes().slice()];
-  const resolver = async (req) => VhdImage.open(copyOf(fixedSrc), { depth: req.depth, chain: req.chain });
+  const resolver = async (req: VhdParentRequest) => VhdImage.open(copyOf(fixedSrc), { depth: req.depth, chain: req.chain });
 
   const r = seededRandom(17);
-  const pick = (n) => Math.floor(r() * n);
-  const hostile = () => [0, 1, 511, 512, 0xffffffff, 0x7fffffff, 0x80000000, pick(2 ** 32), pick(70000)][pick(9)];
-  const mutate = (seed) => {
+  const pick = (n: number) => Math.floor(r() * n);
+  const hostile = (): number => [0, 1, 511, 512, 0xffffffff, 0x7fffffff, 0x80000000, pick(2 ** 32), pick(70000)][pick(9)]!;
+  const mutate = (seed: Uint8Array): Uint8Array => {
     let b = seed.slice();
     const kind = r();
     const reseal = r() < 0.8;
     if (kind < 0.35) {
       // A footer field (both copies), checksum resealed.
-      const at = [8, 12, 16, 20, 24, 40, 44, 48, 52, 56, 58, 59, 60, 84][pick(14)];
+      const at = [8, 12, 16, 20, 24, 40, 44, 48, 52, 56, 58, 59, 60, 84][pick(14)]!;
       const v = hostile();
       for (const base of [0, b.length - 512]) {
         const f = b.subarray(base, base + 512);
@@ -170,14 +170,14 @@ test('fuzz: mutated VHDs give only typed errors (open, reads, block status, a wr
     } else if (kind < 0.6 && b.length > 1536) {
       // A dynamic header field, or a locator entry's, checksum resealed.
       const h = b.subarray(512, 1536);
-      const at = [8, 16, 20, 24, 28, 32, 40, 56, 60, 576, 580, 584, 588, 592, 596, 600, 604, 608][pick(18)];
+      const at = [8, 16, 20, 24, 28, 32, 40, 56, 60, 576, 580, 584, 588, 592, 596, 600, 604, 608][pick(18)]!;
       new DataView(h.buffer, h.byteOffset).setUint32(at, hostile() >>> 0, false);
       if (reseal) DYNAMIC_HEADER.seal(h);
     } else if (kind < 0.75 && b.length > 2048) {
       // A BAT entry.
       new DataView(b.buffer).setUint32(1536 + pick(16) * 4, r() < 0.5 ? hostile() >>> 0 : pick(b.length / 512), false);
     } else if (kind < 0.9) {
-      for (let i = 0, n = 1 + pick(8); i < n; i++) b[pick(b.length)] ^= 1 << pick(8);
+      for (let i = 0, n = 1 + pick(8); i < n; i++) b[pick(b.length)]! ^= 1 << pick(8);
     } else {
       b = b.subarray(0, pick(b.length));
     }
@@ -187,12 +187,12 @@ test('fuzz: mutated VHDs give only typed errors (open, reads, block status, a wr
   let opened = 0;
   const rounds = 1000;
   for (let i = 0; i < rounds; i++) {
-    const bytes = mutate(seeds[i % seeds.length]);
-    const guard = async (what, fn) => {
+    const bytes = mutate(seeds[i % seeds.length]!);
+    const guard = async <T>(what: string, fn: () => Promise<T>): Promise<T | undefined> => {
       try {
         return await fn();
       } catch (e) {
-        if (!(e instanceof VhdxError)) throw new Error(`round ${i}, ${what}: ${e?.stack ?? e}`);
+        if (!(e instanceof VhdxError)) throw new Error(`round ${i}, ${what}: ${e instanceof Error ? e.stack : e}`);
         typed++;
         return undefined;
       }

@@ -4,14 +4,14 @@
 // checked; the writes land in the order that keeps the file consistent without a log.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdImage, createVhd } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
+import { MemorySource, VhdImage, createVhd, type CreateVhdOptions, type VhdOpenOptions, type VhdxError } from '../../src/index.js';
+import { FaultySource, type FaultyOp } from '../../src/io/faulty.js';
 import { SparseModel, pattern, bytesEqual } from '../helpers/model.js';
 import { seededRandom } from '../helpers/hex.js';
 import { KiB, MiB, copyOf, memoryResolver, newVhd } from '../helpers/vhd.js';
 
 
-async function assertReadsModel(img, model, label) {
+async function assertReadsModel(img: VhdImage, model: SparseModel, label: string): Promise<void> {
   const got = new Uint8Array(img.size);
   await img.read(0, got);
   const want = new Uint8Array(img.size);
@@ -23,7 +23,7 @@ async function assertReadsModel(img, model, label) {
 }
 
 /** Random writes, zeroes and discards (some unaligned, some across blocks), applied to image and model. */
-async function randomOps(img, model, seed, count) {
+async function randomOps(img: VhdImage, model: SparseModel, seed: number, count: number): Promise<void> {
   const r = seededRandom(seed);
   for (let i = 0; i < count; i++) {
     const len = 1 + Math.floor(r() * (r() < 0.3 ? 700 * KiB : 9000));
@@ -44,7 +44,7 @@ async function randomOps(img, model, seed, count) {
   }
 }
 
-for (const subformat of ['dynamic', 'fixed']) {
+for (const subformat of ['dynamic', 'fixed'] as const) {
   test(`${subformat} VHD: random writes, zeroes and discards read back, before and after a reopen`, async () => {
     const { src } = await newVhd({ size: 12 * MiB + 512 * 3, subformat, blockSize: 512 * KiB });
     const img = await VhdImage.open(src, { readOnly: false });
@@ -115,6 +115,7 @@ test('differencing VHD: reads show the parent where the child has nothing, block
   for (const x of ext.filter((e) => e.depth === 0 && e.type === 'data')) {
     const got = new Uint8Array(x.length);
     await ro.read(x.offset, got);
+    assert.ok(x.fileOffset !== undefined);
     assert.ok(bytesEqual(got, file.subarray(x.fileOffset, x.fileOffset + x.length)));
   }
 });
@@ -148,21 +149,21 @@ test('requests that cannot be done change nothing: read-only, out of range, clos
   const { src } = await newVhd({ size: 4 * MiB });
   const snapshot = src.bytes().slice();
   const ro = await VhdImage.open(src);
-  await assert.rejects(ro.write(0, new Uint8Array(512)), (e) => e.code === 'EROFS');
-  await assert.rejects(ro.read(4 * MiB - 100, new Uint8Array(200)), (e) => e.reason === 'OUT_OF_RANGE');
+  await assert.rejects(ro.write(0, new Uint8Array(512)), (e: VhdxError) => e.code === 'EROFS');
+  await assert.rejects(ro.read(4 * MiB - 100, new Uint8Array(200)), (e: VhdxError) => e.reason === 'OUT_OF_RANGE');
   const rw = await VhdImage.open(src, { readOnly: false });
-  await assert.rejects(rw.write(4 * MiB - 100, new Uint8Array(200)), (e) => e.reason === 'OUT_OF_RANGE');
-  await assert.rejects(rw.writeZeroes(0, 512, { fast: true }), (e) => e.code === 'ENOTSUP');
+  await assert.rejects(rw.write(4 * MiB - 100, new Uint8Array(200)), (e: VhdxError) => e.reason === 'OUT_OF_RANGE');
+  await assert.rejects(rw.writeZeroes(0, 512, { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP');
   await rw.close();
-  await assert.rejects(rw.read(0, new Uint8Array(1)), (e) => e.reason === 'CLOSED');
+  await assert.rejects(rw.read(0, new Uint8Array(1)), (e: VhdxError) => e.reason === 'CLOSED');
   assert.ok(bytesEqual(src.bytes(), snapshot));
   // A differencing disk opened without its parent: metadata yes, data no.
   const parent = await VhdImage.open(copyOf(src));
   const { src: csrc } = await newVhd({ parent });
   const child = await VhdImage.open(csrc, { readOnly: false });
   assert.equal(child.type, 'differencing');
-  await assert.rejects(child.read(0, new Uint8Array(512)), (e) => e.reason === 'NO_PARENT');
-  await assert.rejects(child.write(0, new Uint8Array(512)), (e) => e.reason === 'NO_PARENT');
+  await assert.rejects(child.read(0, new Uint8Array(512)), (e: VhdxError) => e.reason === 'NO_PARENT');
+  await assert.rejects(child.write(0, new Uint8Array(512)), (e: VhdxError) => e.reason === 'NO_PARENT');
 });
 
 test('parents are checked: unique id, size, time stamp (modification time or footer), loops', async () => {
@@ -172,24 +173,24 @@ test('parents are checked: unique id, size, time stamp (modification time or foo
   const mtime = Date.UTC(2024, 5, 1);
   const { src: byFooter } = await newVhd({ parent });
   const { src: byMtime } = await newVhd({ parent, parentModifiedTime: mtime });
-  const open = (src, resolveTo, opts = {}) => VhdImage.open(copyOf(src), { parent: async () => resolveTo(), ...opts });
+  const open = (src: MemorySource, resolveTo: () => Promise<VhdImage>, opts: VhdOpenOptions = {}) => VhdImage.open(copyOf(src), { parent: async () => resolveTo(), ...opts });
   // The parent footer's time stamp matches; the file's modification time matches when given.
   await (await open(byFooter, () => VhdImage.open(copyOf(psrc)))).close();
   await (await open(byMtime, () => VhdImage.open(copyOf(psrc), { modifiedTime: mtime }))).close();
-  await assert.rejects(open(byMtime, () => VhdImage.open(copyOf(psrc))), (e) => e.reason === 'PARENT_MISMATCH' && /changed since/.test(e.message));
+  await assert.rejects(open(byMtime, () => VhdImage.open(copyOf(psrc))), (e: VhdxError) => e.reason === 'PARENT_MISMATCH' && /changed since/.test(e.message));
   await (await open(byMtime, () => VhdImage.open(copyOf(psrc)), { ignoreParentTimestamp: true })).close();
   // Another disk of the same size is not the parent.
   const { src: other } = await newVhd({ size: 4 * MiB, time });
-  await assert.rejects(open(byFooter, () => VhdImage.open(copyOf(other))), (e) => e.reason === 'PARENT_MISMATCH' && /unique id/.test(e.message));
+  await assert.rejects(open(byFooter, () => VhdImage.open(copyOf(other))), (e: VhdxError) => e.reason === 'PARENT_MISMATCH' && /unique id/.test(e.message));
   // A chain that comes back to itself: B's parent is A, A's parent is B.
   const idA = '0000000a-0000-4000-8000-000000000000';
   const idB = '0000000b-0000-4000-8000-000000000000';
   const { src: a } = await newVhd({ parent, uniqueId: idA });
   const { src: b } = await newVhd({ parent, uniqueId: idB });
-  const relink = async (src, parentId) => {
+  const relink = async (src: MemorySource, parentId: string) => {
     const img = await VhdImage.open(src);
-    const at = img.layout.dynamic.headerOffset;
-    const { DYNAMIC_HEADER } = await import('../../dist/vhd/dynamic-header.js');
+    const at = img.layout.dynamic!.headerOffset;
+    const { DYNAMIC_HEADER } = await import('../../src/vhd/dynamic-header.js');
     const bytes = src.bytes();
     const h = DYNAMIC_HEADER.decode(bytes.subarray(at, at + 1024));
     DYNAMIC_HEADER.encode({ ...h, parentUniqueId: parentId }, bytes, at);
@@ -197,10 +198,10 @@ test('parents are checked: unique id, size, time stamp (modification time or foo
   await relink(a, idB);
   await relink(b, idA);
   const resolve = memoryResolver(new Map([[idA, a], [idB, b]]), { ignoreParentTimestamp: true });
-  await assert.rejects(VhdImage.open(copyOf(a), { parent: resolve, ignoreParentTimestamp: true }), (e) => e.reason === 'PARENT_LOOP');
+  await assert.rejects(VhdImage.open(copyOf(a), { parent: resolve, ignoreParentTimestamp: true }), (e: VhdxError) => e.reason === 'PARENT_LOOP');
   // A resolver that gives the child itself.
   await relink(a, idA);
-  await assert.rejects(VhdImage.open(copyOf(a), { parent: async () => VhdImage.open(copyOf(a)), ignoreParentTimestamp: true }), (e) => e.reason === 'PARENT_LOOP');
+  await assert.rejects(VhdImage.open(copyOf(a), { parent: async () => VhdImage.open(copyOf(a)), ignoreParentTimestamp: true }), (e: VhdxError) => e.reason === 'PARENT_LOOP');
 });
 
 test('a dynamic VHD whose end footer is missing reads from its copy at offset 0; a writable open refuses', async () => {
@@ -214,19 +215,19 @@ test('a dynamic VHD whose end footer is missing reads from its copy at offset 0;
   const got = new Uint8Array(100);
   await ro.read(100, got);
   assert.ok(got.every((b) => b === 9));
-  await assert.rejects(VhdImage.open(new MemorySource(bytes), { readOnly: false }), (e) => e.reason === 'FOOTER_MISSING');
+  await assert.rejects(VhdImage.open(new MemorySource(bytes), { readOnly: false }), (e: VhdxError) => e.reason === 'FOOTER_MISSING');
 });
 
 test('write order: a block\'s data and bitmap and the footer at the new end are flushed before its BAT entry is written', async () => {
   const { src } = await newVhd({ size: 8 * MiB, blockSize: MiB });
   const disk = new FaultySource(src.bytes(), { trace: true });
   const img = await VhdImage.open(disk, { readOnly: false });
-  const tableOffset = img.layout.dynamic.tableOffset;
+  const tableOffset = img.layout.dynamic!.tableOffset;
   const blockAt = img.layout.endFooterOffset;
   await img.write(2 * MiB + 4096, new Uint8Array(4096).fill(5));
   await img.flush();
-  const ops = disk.trace;
-  const idx = (pred) => ops.findIndex(pred);
+  const ops = disk.trace!;
+  const idx = (pred: (o: FaultyOp) => boolean) => ops.findIndex(pred);
   const dataWrite = idx((o) => o.kind === 'write' && o.offset === blockAt + 512 + 4096);
   const bitmapWrite = idx((o) => o.kind === 'write' && o.offset === blockAt);
   const footerWrite = idx((o) => o.kind === 'write' && o.offset === blockAt + 512 + MiB);
@@ -236,7 +237,7 @@ test('write order: a block\'s data and bitmap and the footer at the new end are 
   const barrier = flushes.find((f) => f > Math.max(dataWrite, bitmapWrite, footerWrite));
   assert.ok(barrier !== undefined && barrier < batWrite, 'a flush between the block (and footer) and the BAT entry');
   assert.ok(flushes.some((f) => f > batWrite), 'the BAT entry is flushed too');
-  assert.equal(ops[batWrite].data.length, 512, 'the BAT is written a whole sector at a time');
+  assert.equal(ops[batWrite]!.data?.length, 512, 'the BAT is written a whole sector at a time');
 });
 
 test('a fixed VHD is its data then the footer: block status is one data extent at the same offsets', async () => {
@@ -251,14 +252,16 @@ test('a fixed VHD is its data then the footer: block status is one data extent a
 
 test('createVhd refuses what the format cannot hold before writing anything', async () => {
   const src = new MemorySource();
-  for (const [opts, re] of [
+  // `subformat: 'sparse'` does not exist, on purpose.
+  const refusals: [CreateVhdOptions, RegExp][] = [
     [{ size: 1000 }, /multiple of 512/],
     [{ size: 2041 * 1024 ** 3 }, /at most/],
     [{ size: MiB, blockSize: 3 * MiB }, /power of two/],
     [{ size: MiB, creatorApplication: 'toolong' }, /four ASCII/],
-    [{ size: MiB, subformat: 'sparse' }, /subformat/],
-  ]) {
-    await assert.rejects(createVhd(src, opts), (e) => e.reason === 'BAD_ARGUMENT' && re.test(e.message), JSON.stringify(opts));
+    [{ size: MiB, subformat: 'sparse' as CreateVhdOptions['subformat'] }, /subformat/],
+  ];
+  for (const [opts, re] of refusals) {
+    await assert.rejects(createVhd(src, opts), (e: VhdxError) => e.reason === 'BAD_ARGUMENT' && re.test(e.message), JSON.stringify(opts));
   }
   assert.equal(src.size, 0);
   const r = await createVhd(src, { size: 100 * MiB, roundToGeometry: true });

@@ -9,11 +9,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { hex } from '../helpers/hex.js';
 import { assertBytesEqual } from '../helpers/hex.js';
-import { FOOTER } from '../../dist/vhd/footer.js';
-import { DYNAMIC_HEADER } from '../../dist/vhd/dynamic-header.js';
-import { PARENT_LOCATOR_ENTRY, PlatformCode, decodeLocatorPath, encodeLocatorPath, locatorSpaceBytes } from '../../dist/vhd/parent-locator.js';
-import { BAT_ENTRY, bitRuns, bitSet, setBits, bitmapBytes, batBytes } from '../../dist/vhd/bat.js';
-import { chsForSectors, chsRoundUp, chsSectors, diskSizeOf, isChsExact, sizesByReader } from '../../dist/vhd/geometry.js';
+import { FOOTER } from '../../src/vhd/footer.js';
+import { DYNAMIC_HEADER } from '../../src/vhd/dynamic-header.js';
+import { PARENT_LOCATOR_ENTRY, PlatformCode, decodeLocatorPath, encodeLocatorPath, locatorSpaceBytes } from '../../src/vhd/parent-locator.js';
+import { BAT_ENTRY, bitRuns, bitSet, setBits, bitmapBytes, batBytes } from '../../src/vhd/bat.js';
+import { chsForSectors, chsRoundUp, chsSectors, diskSizeOf, isChsExact, sizesByReader, type SizeRule } from '../../src/vhd/geometry.js';
+import type { VhdxError } from '../../src/errors.js';
 
 /** Footer copy at offset 0 of `qemu-img create -f vpc -o subformat=dynamic q.vhd 100M` (qemu 7.2). */
 const QEMU_FOOTER = hex.padTo(512)`
@@ -63,7 +64,16 @@ const W2RU_ENTRY = hex`
 
 const BAT_ENTRY_FIXTURE = hex`00 00 00 07  # block at sector 7 (file offset 3584)`;
 
-const FIXTURES = new Map([
+/** What these tests use of a structure declared with defineStruct, whatever its fields. */
+interface AnyStruct {
+  readonly name: string;
+  readonly size: number;
+  decode(bytes: Uint8Array): object;
+  encode(value: object, into?: Uint8Array, at?: number): Uint8Array;
+  checksumOk(bytes: Uint8Array): boolean;
+}
+
+const FIXTURES = new Map<AnyStruct, Uint8Array[]>([
   [FOOTER, [QEMU_FOOTER]],
   [DYNAMIC_HEADER, [QEMU_DYNAMIC_HEADER]],
   [PARENT_LOCATOR_ENTRY, [W2RU_ENTRY]],
@@ -71,13 +81,15 @@ const FIXTURES = new Map([
 ]);
 
 const here = dirname(fileURLToPath(import.meta.url));
-const distVhd = join(here, '..', '..', 'dist', 'vhd');
-const isStruct = (x) => x !== null && typeof x === 'object' && typeof x.decode === 'function' && typeof x.encode === 'function' && typeof x.fields === 'object';
+const srcVhd = join(here, '..', '..', 'src', 'vhd');
+const isStruct = (x: unknown): x is AnyStruct =>
+  x !== null && typeof x === 'object' && 'decode' in x && typeof x.decode === 'function' && 'encode' in x && typeof x.encode === 'function' && 'fields' in x && typeof x.fields === 'object';
 
 test('every structure src/vhd declares has a fixture here', async () => {
-  const found = [];
-  for (const file of readdirSync(distVhd).filter((f) => f.endsWith('.js'))) {
-    for (const v of Object.values(await import(pathToFileURL(join(distVhd, file)).href))) if (isStruct(v)) found.push(v);
+  const found: AnyStruct[] = [];
+  for (const file of readdirSync(srcVhd).filter((f) => f.endsWith('.ts'))) {
+    const module: Record<string, unknown> = await import(pathToFileURL(join(srcVhd, file)).href);
+    for (const v of Object.values(module)) if (isStruct(v)) found.push(v);
   }
   assert.deepEqual(found.map((s) => s.name).sort(), [...FIXTURES.keys()].map((s) => s.name).sort());
 });
@@ -117,10 +129,10 @@ test('the footer decodes to the values qemu wrote, big-endian', () => {
 test('a footer whose checksum does not match is refused with BAD_CHECKSUM, one with another cookie with BAD_SIGNATURE', () => {
   const b = QEMU_FOOTER.slice();
   b[100] = 1; // a reserved byte: only the checksum catches it
-  assert.throws(() => FOOTER.decode(b), (e) => e.reason === 'BAD_CHECKSUM');
+  assert.throws(() => FOOTER.decode(b), (e: VhdxError) => e.reason === 'BAD_CHECKSUM');
   const c = QEMU_FOOTER.slice();
   c[0] = 0x43;
-  assert.throws(() => FOOTER.decode(c), (e) => e.reason === 'BAD_SIGNATURE');
+  assert.throws(() => FOOTER.decode(c), (e: VhdxError) => e.reason === 'BAD_SIGNATURE');
 });
 
 test('parent locator data: UTF-16LE Windows paths, UTF-8 MacX URLs, Data Space in bytes or sectors', () => {
@@ -170,7 +182,7 @@ test('CHS geometry: the specification\'s algorithm, qemu\'s rounding up (100 MiB
 test('size rules: which size each reader family gives per creator application', () => {
   const base = FOOTER.decode(QEMU_FOOTER);
   // 100 MiB stored, the geometry of 100 MiB + 8 KiB: the two answers differ by 8 KiB.
-  const f = (app) => ({ ...base, creatorApplication: app, currentSize: 100 * 1024 * 1024 });
+  const f = (app: string) => ({ ...base, creatorApplication: app, currentSize: 100 * 1024 * 1024 });
   const chs = 104865792;
   const cur = 100 * 1024 * 1024;
   const table = {
@@ -194,5 +206,6 @@ test('size rules: which size each reader family gives per creator application', 
   const max = { ...f('vpc '), cylinders: 65535, heads: 16, sectorsPerTrack: 255 };
   assert.equal(diskSizeOf(max).size, cur);
   assert.equal(diskSizeOf(max).otherSize, null);
-  assert.throws(() => diskSizeOf(base, 'biggest'), (e) => e.reason === 'BAD_ARGUMENT');
+  // A rule that does not exist, on purpose.
+  assert.throws(() => diskSizeOf(base, 'biggest' as SizeRule), (e: VhdxError) => e.reason === 'BAD_ARGUMENT');
 });

@@ -9,7 +9,7 @@ import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cliPath, needTool } from '../helpers/env.js';
 import { exec, shmScratch } from '../helpers/tools.js';
-import { openFile } from '../../dist/node.js';
+import { openFile } from '../../src/node.js';
 
 const MiB = 1024 * 1024;
 const dir = shmScratch('vhdx-sigkill-');
@@ -24,10 +24,10 @@ for (let off = 0; off < SIZE; off += 5 * MiB) {
 writeFileSync(src, data);
 
 /** Start a conversion and SIGKILL it once the destination holds `fraction` of the source's size. */
-function convertAndKill(dst, fraction) {
+function convertAndKill(dst: string, fraction: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; killedAt: number | null }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [cliPath, 'convert', '-f', 'raw', '-O', 'vhdx', '-o', 'block_size=1M', src, dst], { stdio: 'ignore' });
-    let killedAt = null;
+    let killedAt: number | null = null;
     const timer = setInterval(() => {
       const size = existsSync(dst) ? statSync(dst).size : 0;
       if (size >= fraction * SIZE) {
