@@ -111,16 +111,19 @@ function withFile(filename: string, info: ImageInfo, contents: ContentsInfo | { 
 }
 
 /**
- * What is inside the disk: partitions, filesystems, usage, and what a compact could reclaim
- * (never with --allocation=never; blocks are read for zeros when few enough or with =always).
- * A disk that cannot be read (a differencing image without its parent) says why instead.
+ * What is inside the disk: partitions, filesystems, usage, and what a compact could reclaim.
+ * The reclaimable space walks the image's allocation, so it is computed only when describe()
+ * scanned the BAT (a small BAT with --allocation=auto, or =always): a 64 TiB disk with 1 MiB
+ * blocks has a 512 MiB BAT, which `info` does not read unless asked. Blocks are read for zeros
+ * when few enough, or with =always. A disk that cannot be read (a differencing image without
+ * its parent) says why instead.
  */
 async function contentsOf(img: BlockDevice, info: ImageInfo, allocation: string): Promise<ContentsInfo | { contentsError: string }> {
-  const allocated = info.allocation?.bytesByState.fullyPresent ?? 0;
+  const scanned = info.allocation;
   try {
     return await describeContents(img, {
-      ...(allocation !== 'never' ? { blockSize: info.blockSize } : {}),
-      scanZeros: allocation === 'always' || (allocation === 'auto' && info.allocation !== null && allocated <= AUTO_ZERO_SCAN_BYTES),
+      ...(scanned !== null ? { blockSize: info.blockSize } : {}),
+      scanZeros: allocation === 'always' || (allocation === 'auto' && scanned !== null && (scanned.bytesByState.fullyPresent ?? 0) <= AUTO_ZERO_SCAN_BYTES),
     });
   } catch (e) {
     if (!isVhdxError(e)) throw e;
@@ -255,7 +258,7 @@ function humanContents(i: FileInfo): string[] {
   if (r && i.reclaimableBytes !== null) {
     const zeros = r.zeroBytes === null ? 'blocks not read for zeros (--allocation=always reads them)' : `${humanSize(r.zeroBytes)} in blocks of zeros`;
     lines.push(`reclaimable: ${humanSize(i.reclaimableBytes)} (${humanSize(r.unusedBytes)} in blocks no filesystem uses; ${zeros})`);
-  }
+  } else if (i.allocation === null) lines.push('reclaimable: not computed (the allocation was not scanned; --allocation=always scans it)');
   return lines;
 }
 
