@@ -27,7 +27,7 @@ export { detectFilesystem, FILESYSTEM_DRIVERS } from './inspect/registry.js';
 export { reclaimable, reclaimableUnits, type Reclaimable, type ReclaimOptions, type UnitVerdict } from './inspect/reclaim.js';
 export { describeContents, type ContentsInfo, type ContentsOptions } from './inspect/contents.js';
 export type { Partition, PartitionKind, PartitionFinding, PartitionScheme, PartitionTable } from './inspect/partition-table.js';
-export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './inspect/filesystem.js';
+export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run, UsageSource, UsedMapOptions } from './inspect/filesystem.js';
 export { VhdImage, checkVhdParent, type VhdOpenOptions, type VhdParentResolver, type VhdParentRequest } from './vhd/image.js';
 export { createVhd, planVhd, geometryFor, type VhdPlan, type CreateVhdOptions, type CreateVhdResult, type VhdSubformat, type VhdParentPath } from './vhd/create.js';
 export { readVhdLayout, type VhdLayout, type VhdLocator, type LayoutProblem } from './vhd/layout.js';
