@@ -109,7 +109,9 @@ async function startServer() {
     child.on('exit', (code) => reject(new Error(`bench/http-server.js exited ${code}`)));
   });
   const base = `http://127.0.0.1:${port}`;
-  const get = async (p) => (await fetch(base + p)).json();
+  // Once more on a network error: the server may close an idle kept-alive connection just as
+  // this reuses it (after a long curl run, say).
+  const get = async (p) => (await fetch(base + p).catch(() => fetch(base + p))).json();
   return {
     base,
     stats: () => get('/_stats'),
