@@ -22,10 +22,11 @@ try {
     const allocation = arg ?? 'auto';
     if (allocation !== 'auto' && allocation !== 'never') throw new Error(`--allocation ${allocation}?`);
     const info = await describe(img, { allocation });
-    const allocated = info.allocation?.bytesByState.fullyPresent ?? 0;
+    const scanned = info.allocation;
     const contents = await describeContents(img, {
-      ...(allocation !== 'never' ? { blockSize: info.blockSize } : {}),
-      scanZeros: allocation === 'auto' && info.allocation !== null && allocated <= AUTO_ZERO_SCAN_BYTES,
+      ...(scanned !== null ? { blockSize: info.blockSize } : {}),
+      scanZeros: allocation === 'auto' && scanned !== null && (scanned.bytesByState.fullyPresent ?? 0) <= AUTO_ZERO_SCAN_BYTES,
+      usage: 'counters',
     });
     if (contents.partitions.length === 0) throw new Error('no partitions found: not the image the benchmark made');
   } else if (mode === 'describe') {

@@ -48,7 +48,7 @@ export { reclaimable, reclaimableUnits, type Reclaimable, type ReclaimOptions, t
 export { describeContents, type ContentsInfo, type ContentsOptions } from './inspect/contents.js';
 export type { GptHeader } from './inspect/gpt.js';
 export type { Partition, PartitionKind, PartitionFinding, PartitionScheme, PartitionTable } from './inspect/partition-table.js';
-export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './inspect/filesystem.js';
+export type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run, UsageSource, UsedMapOptions } from './inspect/filesystem.js';
 
 // VHD (qemu's vpc): open, create, check and repair, Azure's rules.
 export { VhdImage, type VhdOpenOptions, type VhdParentResolver, type VhdParentRequest } from './vhd/image.js';

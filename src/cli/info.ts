@@ -3,13 +3,11 @@ import { describe, type ImageInfo } from '../driver/info.js';
 import { humanSize, namedError, naming, outputFormat, parentPaths, parse, UsageError, type Io } from './common.js';
 import { diskUsage, formatOption, newHttpStats, openImage, READ_FORMATS, reportHttp } from './image-format.js';
 import { isVhdxError } from '../errors.js';
-import { VhdxImage } from '../driver/image.js';
 import { VhdImage } from '../vhd/image.js';
 import { describeVhd, type VhdInfo } from '../vhd/info.js';
 import { RawDevice } from '../device/raw.js';
 import type { OpenedDevice } from '../device/open.js';
 import { isUrl } from '../device/parents.js';
-import type { HttpStats } from '../io/http.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { describeContents, type ContentsInfo } from '../inspect/contents.js';
 
@@ -111,16 +109,24 @@ function withFile(filename: string, info: ImageInfo, contents: ContentsInfo | { 
 }
 
 /**
- * What is inside the disk: partitions, filesystems, usage, and what a compact could reclaim
- * (never with --allocation=never; blocks are read for zeros when few enough or with =always).
- * A disk that cannot be read (a differencing image without its parent) says why instead.
+ * What is inside the disk: partitions, filesystems, usage, and what a compact could reclaim.
+ * The reclaimable space walks the image's allocation, so it is computed only when describe()
+ * scanned the BAT (a small BAT with --allocation=auto, or =always): a 64 TiB disk with 1 MiB
+ * blocks has a 512 MiB BAT, which `info` does not read unless asked. Blocks are read for zeros
+ * when few enough, or with =always. Filesystem usage comes from the free counters where a
+ * filesystem keeps them (the ext group descriptors), without its allocation maps; with =always,
+ * from the maps, which also makes the reclaimable figure exact (with the counters it may be
+ * less, never more). A disk that cannot be read (a differencing image without its parent)
+ * says why instead.
  */
 async function contentsOf(img: BlockDevice, info: ImageInfo, allocation: string): Promise<ContentsInfo | { contentsError: string }> {
-  const allocated = info.allocation?.bytesByState.fullyPresent ?? 0;
+  const scanned = info.allocation;
   try {
     return await describeContents(img, {
-      ...(allocation !== 'never' ? { blockSize: info.blockSize } : {}),
-      scanZeros: allocation === 'always' || (allocation === 'auto' && info.allocation !== null && allocated <= AUTO_ZERO_SCAN_BYTES),
+      ...(scanned !== null ? { blockSize: info.blockSize } : {}),
+      scanZeros: allocation === 'always' || (allocation === 'auto' && scanned !== null && (scanned.bytesByState.fullyPresent ?? 0) <= AUTO_ZERO_SCAN_BYTES),
+      // Reading every allocation map (all the ext block bitmaps) only when asked to read it all.
+      usage: allocation === 'always' ? 'maps' : 'counters',
     });
   } catch (e) {
     if (!isVhdxError(e)) throw e;
@@ -255,7 +261,7 @@ function humanContents(i: FileInfo): string[] {
   if (r && i.reclaimableBytes !== null) {
     const zeros = r.zeroBytes === null ? 'blocks not read for zeros (--allocation=always reads them)' : `${humanSize(r.zeroBytes)} in blocks of zeros`;
     lines.push(`reclaimable: ${humanSize(i.reclaimableBytes)} (${humanSize(r.unusedBytes)} in blocks no filesystem uses; ${zeros})`);
-  }
+  } else if (i.allocation === null) lines.push('reclaimable: not computed (the allocation was not scanned; --allocation=always scans it)');
   return lines;
 }
 

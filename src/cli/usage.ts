@@ -77,7 +77,7 @@ export const COMMANDS: Record<string, CommandHelp> = {
       OUTPUT,
       VERBOSE,
       ['--backing-chain', "describe every image of a differencing image's chain in turn (JSON: an array)"],
-      ['--allocation=auto|always|never', 'scan the BAT for the allocation summary: auto when the BAT is at most 64 MiB'],
+      ['--allocation=auto|always|never', 'scan the BAT for the allocation summary and reclaimable space: auto when the BAT is at most 64 MiB; always also reads every filesystem allocation map (ext block bitmaps)'],
       PARENTS,
     ],
     more: URLS,

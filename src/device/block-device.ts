@@ -1,4 +1,5 @@
 import type { RequestKind } from '../errors.js';
+import type { CopyHint } from '../io/source.js';
 
 /**
  * The block-device interface every format offers (VHDX, raw). Offsets and lengths are bytes.
@@ -48,6 +49,8 @@ export interface BlockDevice {
   readonly logicalSectorSize: number;
   readonly readOnly: boolean;
   readonly can: DeviceCapabilities;
+  /** How a long copy reads the device best: its file's hint (see CopyHint), if any. */
+  readonly copyHint?: CopyHint | undefined;
   /** Fill `into` with the bytes at `offset`. The range must lie inside the disk. */
   read(offset: number, into: Uint8Array): Promise<void>;
   /**

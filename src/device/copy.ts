@@ -14,9 +14,9 @@ import type { BlockDevice, Extent, ProgressOptions, WritableBlockDevice } from '
 import { writableSource, type RandomAccessSource } from '../io/source.js';
 
 export interface CopyOptions extends ProgressOptions {
-  /** Bytes per request (default 4 MiB). */
+  /** Bytes per request (default: the source's copyHint, else 4 MiB). */
   chunkSize?: number;
-  /** Requests in flight (default 4). */
+  /** Requests in flight (default 4); a source's copyHint may ask for more. */
   parallel?: number;
   /** Skip writing ranges of data that read as zeros (default true). */
   detectZeroes?: boolean;
@@ -102,8 +102,9 @@ function isSink(x: CopySink | RandomAccessSource): x is CopySink {
 export async function copyDevice(src: BlockDevice, to: CopySink | RandomAccessSource, opts: CopyOptions = {}): Promise<CopyResult> {
   const sink = isSink(to) ? to : fileSink(to);
   const write = (offset: number, data: Uint8Array): Promise<void> => sink.write(offset, data);
-  const chunkSize = opts.chunkSize ?? 4 * 1024 * 1024;
-  const parallel = Math.max(1, opts.parallel ?? 4);
+  // The source's hint (an HTTP source: large pieces, several at once) is what it reads best with.
+  const chunkSize = opts.chunkSize ?? src.copyHint?.chunkSize ?? 4 * 1024 * 1024;
+  const parallel = Math.max(1, opts.parallel ?? 4, src.copyHint?.parallel ?? 0);
   const detectZeroes = opts.detectZeroes ?? true;
   const size = src.size;
   if (sink.size !== undefined && sink.size < size) {

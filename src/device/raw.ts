@@ -7,7 +7,7 @@
  */
 import { VhdxError, checkRequestRange, type RequestKind } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
-import { isWritableSource, readExact, writeZeros, type RandomAccessSource, type WritableSource } from '../io/source.js';
+import { isWritableSource, readExact, writeZeros, type CopyHint, type RandomAccessSource, type WritableSource } from '../io/source.js';
 import type { DeviceCapabilities, Extent, WritableBlockDevice } from './block-device.js';
 
 /** Granularity of zero detection in block status. */
@@ -26,6 +26,7 @@ export class RawDevice implements WritableBlockDevice {
   readonly logicalSectorSize: number;
   readonly readOnly: boolean;
   readonly can: DeviceCapabilities;
+  readonly copyHint: CopyHint | undefined;
   /** The source, narrowed once to a writable one when it is (else null: the device is read-only). */
   private readonly out: WritableSource | null;
   private closed = false;
@@ -40,6 +41,7 @@ export class RawDevice implements WritableBlockDevice {
     this.readOnly = this.out === null;
     const w = !this.readOnly;
     this.can = { zero: w, fastZero: false, discard: false, extents: false, fua: w };
+    this.copyHint = source.copyHint;
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {

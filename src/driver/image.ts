@@ -3,7 +3,7 @@
  * cache, reads at any offset and length, block status, and a streaming BAT scan for statistics.
  */
 import { VhdxError, checkRequestRange, corrupt, type RequestKind } from '../errors.js';
-import { readBytes, readExact, writableSource, type RandomAccessSource, type WritableSource } from '../io/source.js';
+import { readBytes, readExact, writableSource, type CopyHint, type RandomAccessSource, type WritableSource } from '../io/source.js';
 import { METADATA_ENTRIES_AT, METADATA_ENTRY_SIZE, METADATA_FLAG_IS_USER, metadataEntries, placeMetadataItem, setMetadataItem } from '../format/metadata.js';
 import { ITEM_PARENT_LOCATOR, METADATA_TABLE_SIZE } from '../format/constants.js';
 import { MiB } from '../format/constants.js';
@@ -88,6 +88,7 @@ const MAX_READ = 64 * MiB;
 export class VhdxImage implements BlockDevice {
   readonly readOnly: boolean;
   readonly can: DeviceCapabilities;
+  readonly copyHint: CopyHint | undefined;
   /** The one translation of the virtual disk into the file (mapping.ts). */
   private readonly map: BlockMap;
   private readonly src: RandomAccessSource;
@@ -129,6 +130,7 @@ export class VhdxImage implements BlockDevice {
         });
     const w = !this.readOnly;
     this.can = { zero: w, fastZero: w && !layout.leaveBlocksAllocated, discard: w, extents: true, fua: w };
+    this.copyHint = file.copyHint;
   }
 
   /**

@@ -217,11 +217,21 @@ async function composeLayout(file: RandomAccessSource, opts: OpenLayoutOptions, 
 
   // Metadata table and system items.
   const md = regions.metadata;
-  const items = take(parseMetadataTable(await readBytes(source, md.fileOffset, METADATA_TABLE_SIZE, 'metadata table'), md.fileOffset, md.length));
+  // The table and the 64 KiB after it in one read (when the region holds them): Hyper-V, qemu and
+  // this library put the system items right after the table, so an image read over HTTP costs
+  // one request for its metadata, not two. Items elsewhere are read on their own, together.
+  const mdHead = await readBytes(source, md.fileOffset, Math.max(METADATA_TABLE_SIZE, Math.min(md.length, 2 * METADATA_TABLE_SIZE)), 'metadata table');
+  const items = take(parseMetadataTable(mdHead.subarray(0, METADATA_TABLE_SIZE), md.fileOffset, md.length));
   const toRead = items && take(systemItemsToRead(items, md.fileOffset));
   if (!items || !toRead) return null;
-  const values = new Map<string, Uint8Array>();
-  for (const it of toRead) values.set(it.itemId, await readBytes(source, md.fileOffset + it.offset, it.length, it.name));
+  const values = new Map<string, Uint8Array>(
+    await Promise.all(
+      toRead.map(async (it): Promise<[string, Uint8Array]> => [
+        it.itemId,
+        it.offset + it.length <= mdHead.length ? mdHead.slice(it.offset, it.offset + it.length) : await readBytes(source, md.fileOffset + it.offset, it.length, it.name),
+      ]),
+    ),
+  );
   const disk = take(parseDiskParameters(items, values, md.fileOffset));
   if (!disk) return null;
 

@@ -7,6 +7,7 @@ import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 import { inspectDisk, usedRuns, type DiskPartition } from './disk.js';
 import type { PartitionFinding, PartitionScheme } from './partition-table.js';
 import { reclaimable, type Reclaimable } from './reclaim.js';
+import type { UsageSource } from './filesystem.js';
 
 export interface ContentsInfo {
   partitionScheme: PartitionScheme;
@@ -27,14 +28,20 @@ export interface ContentsOptions extends ProgressOptions {
   blockSize?: number;
   /** Read the allocated blocks filesystems use, to count those that are all zeros. */
   scanZeros?: boolean;
+  /**
+   * Where the filesystems' usage and used map come from (see UsageSource; default 'maps'). With
+   * 'counters', the reclaimable bytes may be fewer than a compact frees, never more.
+   */
+  usage?: UsageSource;
 }
 
 export async function describeContents(dev: BlockDevice, opts: ContentsOptions = {}): Promise<ContentsInfo> {
   const signal = opts.signal ? { signal: opts.signal } : {};
-  const disk = await inspectDisk(dev, signal);
+  const usage = opts.usage ?? 'maps';
+  const disk = await inspectDisk(dev, { ...signal, usage });
   let r: Reclaimable | null = null;
   if (opts.blockSize !== undefined) {
-    r = await reclaimable(dev, { ...opts, blockSize: opts.blockSize, scanZeros: opts.scanZeros ?? false, used: usedRuns(dev, signal) });
+    r = await reclaimable(dev, { ...opts, blockSize: opts.blockSize, scanZeros: opts.scanZeros ?? false, used: usedRuns(dev, { ...signal, usage }) });
   }
   return {
     partitionScheme: disk.partitionScheme,

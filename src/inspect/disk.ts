@@ -8,7 +8,7 @@
  */
 import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 import { throwIfAborted } from '../errors.js';
-import type { FilesystemInfo, Region, Run } from './filesystem.js';
+import type { FilesystemInfo, Region, Run, UsageSource, UsedMapOptions } from './filesystem.js';
 import { leafPartitions, readPartitionTable, type Partition, type PartitionFinding, type PartitionScheme, type PartitionTable } from './partition-table.js';
 import { detectWithDriver, type Detected } from './registry.js';
 
@@ -95,7 +95,7 @@ function untrustedReason(p: Partition, region: Region, d: Detected | null, overl
  * The used runs of one slot, inside its region, ascending and clipped: the filesystem's own
  * runs when trusted, and the region's bytes past the filesystem's end; otherwise the region.
  */
-async function* slotUsedRuns(dev: BlockDevice, slot: Slot, opts: ProgressOptions): AsyncGenerator<Run> {
+async function* slotUsedRuns(dev: BlockDevice, slot: Slot, opts: UsedMapOptions): AsyncGenerator<Run> {
   const { region, detected } = slot;
   const end = region.start + region.length;
   if (slot.untrusted !== null || !detected?.driver.usedRuns) {
@@ -136,7 +136,7 @@ class RunJoiner {
   }
 }
 
-export interface UsedRunsOptions extends ProgressOptions {
+export interface UsedRunsOptions extends UsedMapOptions {
   /** The table from readPartitions, when the caller already has it. */
   table?: PartitionTable;
 }
@@ -158,8 +158,9 @@ export async function* usedRuns(dev: BlockDevice, opts: UsedRunsOptions = {}): A
       const done = join.add({ start: cursor, length: region.start - cursor });
       if (done) yield done;
     }
-    const progress: ProgressOptions = {
+    const progress: UsedMapOptions = {
       ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.usage ? { usage: opts.usage } : {}),
       onProgress: (done, total) => opts.onProgress?.(region.start + (total > 0 ? Math.floor((done / total) * region.length) : 0), dev.size),
     };
     for await (const r of slotUsedRuns(dev, slot, progress)) {
@@ -181,8 +182,27 @@ export async function* usedRuns(dev: BlockDevice, opts: UsedRunsOptions = {}): A
 }
 
 export interface InspectOptions extends ProgressOptions {
-  /** Count used and free bytes (reads the filesystems' allocation maps). Default true. */
-  usage?: boolean;
+  /**
+   * Count used and free bytes: from the allocation maps (true or 'maps', the default), or from
+   * the free counters of filesystems that keep them ('counters', see UsageSource); false: not.
+   */
+  usage?: boolean | UsageSource;
+}
+
+/**
+ * Bytes of a slot's region counted as used: with 'counters', the region less what the
+ * filesystem's counters say is free, where it keeps them and its free space is trusted;
+ * otherwise the length of its used runs.
+ */
+async function slotUsedBytes(dev: BlockDevice, slot: Slot, usage: UsageSource, signal: AbortSignal | undefined): Promise<number> {
+  const d = slot.detected;
+  if (usage === 'counters' && slot.untrusted === null && d?.driver.counterFreeBytes) {
+    const free = await d.driver.counterFreeBytes(dev, slot.region, d.info);
+    if (free !== null) return slot.region.length - Math.min(free, d.info.size, slot.region.length);
+  }
+  let used = 0;
+  for await (const r of slotUsedRuns(dev, slot, { ...(signal ? { signal } : {}), usage })) used += r.length;
+  return used;
 }
 
 /**
@@ -192,7 +212,7 @@ export interface InspectOptions extends ProgressOptions {
 export async function inspectDisk(dev: BlockDevice, opts: InspectOptions = {}): Promise<DiskContents> {
   const table = await readPartitions(dev);
   const slots = await layoutOf(dev, table);
-  const usage = opts.usage ?? true;
+  const usage = opts.usage === false ? null : opts.usage === 'counters' ? 'counters' : 'maps';
   const bySlot = new Map(slots.map((s) => [s.partition, s]));
   const partitions: DiskPartition[] = [];
   for (const p of table.partitions) {
@@ -201,8 +221,7 @@ export async function inspectDisk(dev: BlockDevice, opts: InspectOptions = {}): 
     let usedBytes: number | null = null;
     if (slot && d && usage) {
       throwIfAborted(opts.signal, 'used map');
-      usedBytes = 0;
-      for await (const r of slotUsedRuns(dev, slot, opts.signal ? { signal: opts.signal } : {})) usedBytes += r.length;
+      usedBytes = await slotUsedBytes(dev, slot, usage, opts.signal);
       opts.onProgress?.(slot.region.start + slot.region.length, dev.size);
     }
     partitions.push({

@@ -14,8 +14,8 @@
 import { crc16Update } from '../codec/crc16.js';
 import { crc32cUpdate } from '../codec/crc32c.js';
 import { viewOf } from '../codec/struct.js';
-import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
-import type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './filesystem.js';
+import type { BlockDevice } from '../device/block-device.js';
+import type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run, UsageSource, UsedMapOptions } from './filesystem.js';
 import { ChunkReader, bitRuns, readInRegion, noFreeSpace, usedFromFree, type FreeStep, type Span } from './used-map.js';
 
 const SUPERBLOCK_AT = 1024;
@@ -315,6 +315,8 @@ interface Descriptor {
   inodeBitmap: number;
   inodeTable: number;
   flags: number;
+  /** bg_free_blocks_count: free clusters, as the filesystem counts them. */
+  freeClusters: number;
   bitmapCsum: number;
   checksumOk: boolean;
 }
@@ -332,6 +334,7 @@ async function readDescriptor(geo: Geometry, reader: ChunkReader, g: number): Pr
     inodeBitmap: v.getUint32(0x4, true) + hi(0x24),
     inodeTable: v.getUint32(0x8, true) + hi(0x28),
     flags: v.getUint16(0x12, true),
+    freeClusters: v.getUint16(0x0c, true) + (wide ? v.getUint16(0x2c, true) * 0x10000 : 0),
     bitmapCsum: size >= BG_BLOCK_BITMAP_CSUM_HI_END ? csumLo + v.getUint16(0x38, true) * 0x10000 : csumLo,
     checksumOk: descriptorChecksumOk(geo, g, d),
   };
@@ -375,7 +378,6 @@ function markGroupOwnMetadata(geo: Geometry, g: number, used: Uint8Array, d: Des
   markBlocks(geo, g, used, d.inodeTable, geo.inodeTableBlocks);
 }
 
-/** The free spans of group g (bytes), or none when nothing in it can be believed. */
 /** Reads the descriptor table and the block bitmaps, each through its own cache. */
 interface Readers {
   descriptors: ChunkReader;
@@ -383,28 +385,61 @@ interface Readers {
   bitmaps: ChunkReader;
 }
 
-async function groupFree(geo: Geometry, readers: Readers, g: number): Promise<Span[]> {
+/** Clusters of group g (the last group may be short). */
+function groupClusters(geo: Geometry, g: number): number {
+  return Math.ceil(geo.blockCount(g) / 2 ** geo.sb.clusterBits);
+}
+
+/**
+ * Group g's metadata as a bitmap (one bit per cluster): its own bitmaps and inode table, the
+ * superblock and descriptor copies, and, with flex_bg, the bitmaps and inode tables of the flex
+ * group's other members that lie in it. Null when a member's descriptor cannot be believed.
+ * This is exactly what is used in a group holding no data (what the kernel computes for a
+ * BLOCK_UNINIT group).
+ */
+async function metadataOnly(geo: Geometry, reader: ChunkReader, g: number, d: Descriptor): Promise<Uint8Array | null> {
+  const sb = geo.sb;
+  const used = new Uint8Array(sb.clustersPerGroup / 8);
+  const flex = sb.incompat & INCOMPAT_FLEX_BG ? 2 ** Math.min(sb.logGroupsPerFlex, 31) : 1;
+  if (flex > 1 && flex <= FLEX_PEERS_CHECKED) {
+    const first = Math.floor(g / flex) * flex;
+    for (let p = first; p < Math.min(first + flex, sb.groups); p++) {
+      if (p === g) continue;
+      const pd = await readDescriptor(geo, reader, p);
+      if (!pd || !pd.checksumOk) return null;
+      markGroupOwnMetadata(geo, g, used, pd);
+    }
+  }
+  markGroupOwnMetadata(geo, g, used, d);
+  for (const [first, count] of geo.fixedMetadata(g)) markBlocks(geo, g, used, first, count);
+  return used;
+}
+
+/** Bits set among the first `n` of `bits`. */
+function countBits(bits: Uint8Array, n: number): number {
+  let c = 0;
+  bitRuns(bits, 0, n, 1, (a, b) => (c += b - a));
+  return c;
+}
+
+/**
+ * The free spans of group g (bytes), or none when nothing in it can be believed. With the
+ * counters (see UsageSource), the bitmap is not read: a group whose free count says it holds
+ * only its metadata has exactly that used, any other counts whole.
+ */
+async function groupFree(geo: Geometry, readers: Readers, g: number, usage: UsageSource): Promise<Span[]> {
   const sb = geo.sb;
   const reader = readers.descriptors;
   const d = await readDescriptor(geo, reader, g);
   if (!d || !d.checksumOk) return [];
-  const bitmapBytes = sb.clustersPerGroup / 8;
-  let used: Uint8Array;
-  if (d.flags & BG_BLOCK_UNINIT && geo.groupCsum) {
-    used = new Uint8Array(bitmapBytes);
-    const flex = sb.incompat & INCOMPAT_FLEX_BG ? 2 ** Math.min(sb.logGroupsPerFlex, 31) : 1;
-    if (flex > 1 && flex <= FLEX_PEERS_CHECKED) {
-      const first = Math.floor(g / flex) * flex;
-      for (let p = first; p < Math.min(first + flex, sb.groups); p++) {
-        if (p === g) continue;
-        const pd = await readDescriptor(geo, reader, p);
-        if (!pd || !pd.checksumOk) return [];
-        markGroupOwnMetadata(geo, g, used, pd);
-      }
-    }
+  let used: Uint8Array | null;
+  if ((d.flags & BG_BLOCK_UNINIT && geo.groupCsum) || usage === 'counters') {
+    used = await metadataOnly(geo, reader, g, d);
+    if (!used) return [];
+    if (!(d.flags & BG_BLOCK_UNINIT && geo.groupCsum) && d.freeClusters !== groupClusters(geo, g) - countBits(used, groupClusters(geo, g))) return [];
   } else {
     if (d.blockBitmap < sb.firstDataBlock || d.blockBitmap >= sb.blocksCount) return [];
-    const bitmap = await readers.bitmaps.read(d.blockBitmap * sb.blockSize, bitmapBytes);
+    const bitmap = await readers.bitmaps.read(d.blockBitmap * sb.blockSize, sb.clustersPerGroup / 8);
     if (!bitmap) return [];
     if (geo.groupCsum === 'crc32c') {
       let c = extCrc32c(geo.csumSeed, bitmap);
@@ -412,14 +447,14 @@ async function groupFree(geo: Geometry, readers: Readers, g: number): Promise<Sp
       if (c !== d.bitmapCsum) return [];
     }
     used = bitmap.slice();
+    markGroupOwnMetadata(geo, g, used, d);
+    for (const [first, count] of geo.fixedMetadata(g)) markBlocks(geo, g, used, first, count);
   }
-  markGroupOwnMetadata(geo, g, used, d);
-  for (const [first, count] of geo.fixedMetadata(g)) markBlocks(geo, g, used, first, count);
   const start = geo.firstBlock(g);
   const blocks = geo.blockCount(g);
   const ratio = 2 ** sb.clusterBits;
   const free: Span[] = [];
-  bitRuns(used, 0, Math.ceil(blocks / ratio), 0, (c0, c1) => {
+  bitRuns(used, 0, groupClusters(geo, g), 0, (c0, c1) => {
     const b0 = start + c0 * ratio;
     const b1 = Math.min(start + c1 * ratio, start + blocks);
     free.push({ start: b0 * sb.blockSize, end: b1 * sb.blockSize });
@@ -427,27 +462,57 @@ async function groupFree(geo: Geometry, readers: Readers, g: number): Promise<Sp
   return free;
 }
 
-async function* walkFree(dev: BlockDevice, region: Region, sb: ExtSuperblock): AsyncGenerator<FreeStep> {
-  const geo = new Geometry(sb);
+function readersOf(dev: BlockDevice, region: Region, sb: ExtSuperblock): Readers {
   // Without flex_bg each bitmap sits in its own group: a chunk of one block reads just it.
   const bitmapChunk = sb.incompat & INCOMPAT_FLEX_BG ? BITMAP_CHUNK : sb.blockSize;
-  const readers = { descriptors: new ChunkReader(dev, region, DESCRIPTOR_CHUNK), bitmaps: new ChunkReader(dev, region, bitmapChunk) };
+  return { descriptors: new ChunkReader(dev, region, DESCRIPTOR_CHUNK), bitmaps: new ChunkReader(dev, region, bitmapChunk) };
+}
+
+async function* walkFree(dev: BlockDevice, region: Region, sb: ExtSuperblock, usage: UsageSource): AsyncGenerator<FreeStep> {
+  const geo = new Geometry(sb);
+  const readers = readersOf(dev, region, sb);
   for (let g = 0; g < sb.groups; g++) {
-    const free = await groupFree(geo, readers, g);
+    const free = await groupFree(geo, readers, g, usage);
     yield { free, done: (geo.firstBlock(g) + geo.blockCount(g)) * sb.blockSize };
   }
 }
 
-async function* usedRuns(dev: BlockDevice, region: Region, info: FilesystemInfo, opts: ProgressOptions = {}): AsyncGenerator<Run> {
+/** The superblock, when the filesystem's free space can be believed; else null. */
+async function trustedSuperblock(dev: BlockDevice, region: Region, info: FilesystemInfo): Promise<ExtSuperblock | null> {
   const sbBytes = await readInRegion(dev, region, SUPERBLOCK_AT, SUPERBLOCK_SIZE);
   const sb = sbBytes ? parseExtSuperblock(sbBytes) : null;
-  const trusted = sb !== null && typeof sb !== 'string' && judge(sb, region).untrusted === null && info.untrusted === null;
-  const walk = trusted ? walkFree(dev, region, sb) : noFreeSpace();
+  return sb !== null && typeof sb !== 'string' && judge(sb, region).untrusted === null && info.untrusted === null ? sb : null;
+}
+
+async function* usedRuns(dev: BlockDevice, region: Region, info: FilesystemInfo, opts: UsedMapOptions = {}): AsyncGenerator<Run> {
+  const sb = await trustedSuperblock(dev, region, info);
+  const walk = sb ? walkFree(dev, region, sb, opts.usage ?? 'maps') : noFreeSpace();
   yield* usedFromFree(region, walk, opts, 'ext used map');
+}
+
+/**
+ * The free bytes the group descriptors count, without a bitmap read: the sum of each group's
+ * free count, over the groups whose descriptor verifies (a group that does not, or whose bitmap
+ * lies outside the filesystem, counts nothing free, as in the used map).
+ */
+async function counterFreeBytes(dev: BlockDevice, region: Region, info: FilesystemInfo): Promise<number | null> {
+  const sb = await trustedSuperblock(dev, region, info);
+  if (!sb) return null;
+  const geo = new Geometry(sb);
+  const reader = readersOf(dev, region, sb).descriptors;
+  let clusters = 0;
+  for (let g = 0; g < sb.groups; g++) {
+    const d = await readDescriptor(geo, reader, g);
+    if (!d || !d.checksumOk) continue;
+    if (!(d.flags & BG_BLOCK_UNINIT && geo.groupCsum) && (d.blockBitmap < sb.firstDataBlock || d.blockBitmap >= sb.blocksCount)) continue;
+    clusters += Math.min(d.freeClusters, groupClusters(geo, g));
+  }
+  return Math.min(clusters * 2 ** sb.clusterBits * sb.blockSize, sb.blocksCount * sb.blockSize);
 }
 
 export const extDriver: FilesystemDriver = {
   types: ['ext2', 'ext3', 'ext4', 'jbd'],
   detect,
   usedRuns,
+  counterFreeBytes,
 };

@@ -23,6 +23,22 @@ export interface FilesystemInfo {
   untrusted: string | null;
 }
 
+/**
+ * Where usage figures come from. 'maps' (the default): the allocation maps (ext block bitmaps,
+ * the NTFS $Bitmap, the FAT), exact, and what anything that drops data (compact) must use.
+ * 'counters': the free counts a filesystem keeps beside its maps where it has them (ext: the
+ * group descriptors'), read without the maps: the free bytes are the counters' (equal to the
+ * maps' on a consistent filesystem), and the used map may count more as used (an ext block
+ * group holding data counts whole), never less than the counters prove. Drivers without
+ * counters read their maps either way.
+ */
+export type UsageSource = 'maps' | 'counters';
+
+export interface UsedMapOptions extends ProgressOptions {
+  /** Default 'maps'. */
+  usage?: UsageSource;
+}
+
 /** A run of bytes on the device (absolute device offsets). */
 export interface Run {
   start: number;
@@ -45,5 +61,11 @@ export interface FilesystemDriver {
    * filesystem, a bad checksum on one group's bitmap) never makes space look free: that part
    * is yielded as used. Honour opts.signal, report opts.onProgress(done, total).
    */
-  usedRuns?(dev: BlockDevice, region: Region, info: FilesystemInfo, opts?: ProgressOptions): AsyncIterable<Run>;
+  usedRuns?(dev: BlockDevice, region: Region, info: FilesystemInfo, opts?: UsedMapOptions): AsyncIterable<Run>;
+  /**
+   * Bytes the filesystem's own free counters say are free, read without the allocation maps
+   * (see UsageSource), or null when it keeps none that can be believed. Only called when
+   * `info.untrusted` is null; at most `info.size`.
+   */
+  counterFreeBytes?(dev: BlockDevice, region: Region, info: FilesystemInfo): Promise<number | null>;
 }

@@ -49,8 +49,11 @@ export interface Detected {
 export async function detectWithDriver(dev: BlockDevice, region: Region, drivers: readonly FilesystemDriver[] = FILESYSTEM_DRIVERS): Promise<Detected | null> {
   let first: Detected | null = null;
   const others: string[] = [];
-  for (const driver of drivers) {
-    const info = await driver.detect(dev, region);
+  // All drivers at once: their signature reads go out together, so a source that joins
+  // adjacent reads (HTTP) fetches a region's superblocks in one request rather than one each.
+  const found = await Promise.all(drivers.map((driver) => driver.detect(dev, region)));
+  for (const [i, driver] of drivers.entries()) {
+    const info = found[i];
     if (!info) continue;
     if (first) others.push(info.type);
     else first = { driver, info };

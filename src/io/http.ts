@@ -20,7 +20,7 @@
  *   of at most `wholeObjectLimit` bytes, which is then held in memory; larger is ENOTSUP / NO_RANGES.
  */
 import { VhdxError, type ErrorCode } from '../errors.js';
-import type { RandomAccessSource } from './source.js';
+import type { CopyHint, RandomAccessSource } from './source.js';
 
 /** Counters of what a source (or all the sources sharing the object) sent and received. */
 export interface HttpStats {
@@ -45,7 +45,7 @@ export interface HttpSourceOptions {
   readAhead?: number;
   /** Bytes the first request asks for, from offset 0 (default 512 KiB). */
   firstRequestBytes?: number;
-  /** Largest range one request asks for (default 8 MiB). */
+  /** Largest range one request asks for (default 16 MiB): also the piece a copy reads at once. */
   maxRequestBytes?: number;
   /** Requests in flight at once (default 4). */
   maxInFlight?: number;
@@ -174,6 +174,11 @@ function sleep(ms: number, onStop: (stop: (reason: unknown) => void) => () => vo
 export class HttpSource implements RandomAccessSource {
   readonly readOnly = true;
   readonly stats: HttpStats;
+  /**
+   * A copy reads pieces of maxRequestBytes, maxInFlight at once: one request per piece, and
+   * enough of them to keep the connection busy through each one's round trip.
+   */
+  readonly copyHint: CopyHint;
   /** The URL as given (with its query). */
   readonly url: string;
   /** The URL the first answer came from, after redirects (to check where a chain leads). */
@@ -246,8 +251,9 @@ export class HttpSource implements RandomAccessSource {
     this.cacheBlocks = Math.max(1, Math.floor(checkPositive('cacheBytes', opts.cacheBytes ?? 16 * MiB, 0) / this.blockSize));
     this.readAheadMax = Math.floor(checkPositive('readAhead', opts.readAhead ?? MiB, 0) / this.blockSize);
     this.firstBytes = checkPositive('firstRequestBytes', opts.firstRequestBytes ?? 512 * KiB, 1);
-    this.maxRequest = Math.max(this.blockSize, checkPositive('maxRequestBytes', opts.maxRequestBytes ?? 8 * MiB, 1));
+    this.maxRequest = Math.max(this.blockSize, checkPositive('maxRequestBytes', opts.maxRequestBytes ?? 16 * MiB, 1));
     this.maxInFlight = checkPositive('maxInFlight', opts.maxInFlight ?? 4, 1, 64);
+    this.copyHint = { chunkSize: Math.min(this.maxRequest, 64 * MiB), parallel: this.maxInFlight };
     this.retries = checkPositive('retries', opts.retries ?? 5, 0, 100);
     this.retryDelay = checkPositive('retryDelay', opts.retryDelay ?? 250, 0);
     this.maxRetryDelay = checkPositive('maxRetryDelay', opts.maxRetryDelay ?? 30_000, 0);

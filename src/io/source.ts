@@ -5,10 +5,22 @@
 import { VhdxError } from '../errors.js';
 import { isZero } from '../codec/bytes.js';
 
+/**
+ * How a long copy reads a source best: bytes per read and reads in flight. A source says so when
+ * the copy engine's defaults (4 MiB, a few at once: right for files) would leave it idle, as
+ * each request over HTTP costs a round trip and its own overhead.
+ */
+export interface CopyHint {
+  chunkSize: number;
+  parallel: number;
+}
+
 export interface RandomAccessSource {
   /** Current size in bytes. */
   readonly size: number;
   readonly readOnly: boolean;
+  /** How a long copy reads it best, when not as a file (see CopyHint). */
+  readonly copyHint?: CopyHint | undefined;
   /**
    * Read up to `into.length` bytes at `offset`; resolves to the count read, short only at the end
    * of the source. Many reads may be in flight at once.

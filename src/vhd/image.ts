@@ -16,7 +16,7 @@
  * payload I/O except a block's own allocation (see writer.ts).
  */
 import { VhdxError, checkRequestRange, type RequestKind } from '../errors.js';
-import { readExact, writeZeros, type RandomAccessSource } from '../io/source.js';
+import { readExact, writeZeros, type CopyHint, type RandomAccessSource } from '../io/source.js';
 import type { DeviceCapabilities, Extent, WritableBlockDevice } from '../device/block-device.js';
 import { MAX_CHAIN_DEPTH } from '../driver/image.js';
 import { SECTOR, UNALLOCATED, bitRuns } from './bat.js';
@@ -79,6 +79,7 @@ export interface VhdOpenOptions extends VhdCacheOptions, LayoutOptions {
 export class VhdImage implements WritableBlockDevice {
   readonly readOnly: boolean;
   readonly can: DeviceCapabilities;
+  readonly copyHint: CopyHint | undefined;
   readonly logicalSectorSize = SECTOR;
   readonly parent: VhdImage | null;
   readonly depth: number;
@@ -112,6 +113,7 @@ export class VhdImage implements WritableBlockDevice {
     this.writer = writer;
     const w = !this.readOnly;
     this.can = { zero: w, fastZero: false, discard: w, extents: true, fua: w };
+    this.copyHint = src.copyHint;
   }
 
   /**

@@ -121,3 +121,41 @@ test('into a file: the result is sized to the disk and holds its bytes', async (
   assert.equal(out.size, size);
   assert.ok(Buffer.from(out.bytes()).equals(Buffer.from(bytes)));
 });
+
+test("a source's copy hint sets the piece size and raises the reads in flight (one copy engine, tuned by the source)", async () => {
+  const size = 40 * M;
+  const bytes = pattern(size, [[0, size, 7]]);
+  const mem = new MemorySource(bytes);
+  // A source that asks for 8 MiB pieces, 5 at once (as an HTTP source does with its own figures),
+  // and records the reads that reach it.
+  const reads = [];
+  let inFlight = 0;
+  let most = 0;
+  const hinted = {
+    size,
+    readOnly: true,
+    copyHint: { chunkSize: 8 * M, parallel: 5 },
+    async read(offset, into) {
+      reads.push(into.length);
+      most = Math.max(most, ++inFlight);
+      await new Promise((r) => setTimeout(r, 5));
+      inFlight--;
+      return mem.read(offset, into);
+    },
+    close: async () => {},
+  };
+  const dev = new RawDevice(hinted);
+  assert.deepEqual(dev.copyHint, { chunkSize: 8 * M, parallel: 5 });
+  const out = new MemorySource();
+  await copyDevice(dev, fileSink(out), { parallel: 2 });
+  assert.deepEqual(reads, [8 * M, 8 * M, 8 * M, 8 * M, 8 * M]);
+  assert.equal(most, 5, 'the hint raises the caller\'s 2 to 5');
+  assert.ok(Buffer.from(out.bytes()).equals(Buffer.from(bytes)));
+  // Without a hint: the engine's 4 MiB pieces, and the caller's count.
+  reads.length = 0;
+  most = 0;
+  delete hinted.copyHint;
+  await copyDevice(new RawDevice(hinted), fileSink(new MemorySource()), { parallel: 2 });
+  assert.equal(reads.length, 10);
+  assert.equal(most, 2);
+});

@@ -160,3 +160,19 @@ test('many reads waiting for a request slot print no MaxListenersExceededWarning
     process.off('warning', onWarning);
   }
 });
+
+test('a copy reads an HTTP source in pieces of maxRequestBytes, maxInFlight at once (its copy hint), one request per piece', async () => {
+  const src = await lib.HttpSource.open(`${server.origin}/o/-/blob.bin`, { firstRequestBytes: 4096 });
+  assert.deepEqual(src.copyHint, { chunkSize: 16 * MiB, parallel: 4 });
+  await src.close();
+  const url = `${server.origin}/o/-/blob.bin`;
+  const stats = { requests: 0, bytesReceived: 0, retries: 0 };
+  const small = await lib.HttpSource.open(url, { firstRequestBytes: 4096, maxRequestBytes: 256 * 1024, maxInFlight: 3, stats });
+  assert.deepEqual(small.copyHint, { chunkSize: 256 * 1024, parallel: 3 });
+  const out = new lib.MemorySource();
+  await lib.copyDevice(new lib.RawDevice(small), out);
+  const pieces = Math.ceil(small.size / (256 * 1024));
+  assert.equal(stats.requests, 1 + pieces, 'the first request, then one per piece');
+  assert.equal((await fetch(`${server.origin}/count/o/-/blob.bin`).then((r) => r.json())).maxInFlight <= 3, true);
+  await small.close();
+});

@@ -86,8 +86,49 @@ test('ext used map equals dumpe2fs free block lists, for every layout', { skip: 
       const want = await dumpe2fsFree(img);
       assert.deepEqual(freeSpans(runs, { start: 0, length: bytes.length }), want.spans);
       assert.ok(want.spans.reduce((n, [a, b]) => n + b - a, 0) >= 3 * 1000 * 1000, 'the deleted file left its space free');
+      await countersAgree(bytes, info, want);
     });
   }
+});
+
+const spanBytes = (spans) => spans.reduce((n, [a, b]) => n + b - a, 0);
+
+/**
+ * What `vhdx info` uses by default (usage 'counters', no bitmap read): the descriptors' free
+ * counts give the same free bytes as the bitmaps, and the coarse used map frees only space the
+ * exact one frees: the groups holding nothing but their metadata, exactly, when there are any.
+ */
+async function countersAgree(bytes, info, want) {
+  const dev = deviceOf(bytes);
+  const region = { start: 0, length: bytes.length };
+  assert.equal(await extDriver.counterFreeBytes(dev, region, info), spanBytes(want.spans), 'free bytes from the counters');
+  const coarse = freeSpans((await collectUsed(extDriver, dev, region, info, { usage: 'counters' })).runs, region);
+  for (const [a, b] of coarse) assert.ok(want.spans.some(([x, y]) => x <= a && b <= y), `coarse free span ${a}-${b} is free in the bitmaps`);
+  const groups = want.text.match(/^Group \d+:/gm).length;
+  if (groups > 2) assert.ok(spanBytes(coarse) > 0, 'groups holding only their metadata are free without their bitmaps');
+}
+
+test('usage from the counters: a group whose free count disagrees with its metadata counts whole, and reads no bitmap', { skip: missing }, async () => {
+  const img = await mkext(['-t', 'ext2', '-g', '1024']);
+  const bytes = new Uint8Array(readFileSync(img));
+  const { info } = await usedMap(bytes);
+  const { spans, text } = await dumpe2fsFree(img);
+  const region = { start: 0, length: bytes.length };
+  // Which bytes the counters' walk reads: the superblock and the descriptor table, no bitmap.
+  const reads = [];
+  const dev = deviceOf(bytes);
+  const counting = { size: dev.size, read: (off, buf) => (reads.push([off, buf.length]), dev.read(off, buf)) };
+  const before = freeSpans((await collectUsed(extDriver, counting, region, info, { usage: 'counters' })).runs, region);
+  const bitmaps = [...Array(text.match(/^Group \d+:/gm).length).keys()].map((g) => bitmapBlock(text, g) * KiB);
+  assert.ok(!reads.some(([off, n]) => bitmaps.some((b) => off <= b && b < off + n)), 'no block bitmap read');
+  // Group 7 (1 + 7 * 1024 ..) holds only its metadata: free in full but for it. Its count says 1 block more used.
+  const view = new DataView(bytes.buffer);
+  const desc = 2 * KiB + 7 * 32;
+  view.setUint16(desc + 0x0c, view.getUint16(desc + 0x0c, true) - 1, true);
+  const after = freeSpans((await collectUsed(extDriver, deviceOf(bytes), region, info, { usage: 'counters' })).runs, region);
+  assert.notDeepEqual(cutGroups(before, [7]), before, 'group 7 was free but for its metadata');
+  assert.deepEqual(after, cutGroups(before, [7]));
+  assert.deepEqual(freeSpans((await usedMap(bytes)).runs, region), spans, 'the bitmaps still give the exact map');
 });
 
 test('ext label and UUID are read as mke2fs wrote them', { skip: missing }, async () => {

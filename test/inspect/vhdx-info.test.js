@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { inspectDisk, usedRuns, describeContents } from '../../dist/index.js';
 import { openFile } from '../../dist/node.js';
@@ -121,4 +122,26 @@ test('used map honours an aborted signal (ECANCELED) and reports progress up to 
     for await (const _ of usedRuns(dev, { signal: ac.signal }));
   }, (e) => e.code === 'ECANCELED' && e.reason === 'ABORTED');
   await dev.close();
+});
+
+test('vhdx info: ext usage from the group descriptors by default, the same bytes as from the bitmaps with --allocation=always', { skip: needTool('sfdisk', 'mke2fs') }, async () => {
+  // A 256 MiB disk, ext4 of 200 MiB with 1 KiB blocks (25 groups of 8 MiB) in a GPT partition, 3 MiB of files.
+  const raw = join(dir, 'ext.raw');
+  sparseFile(raw, 256 * MiB);
+  sfdisk(raw, 'label: gpt\nstart=2048, type=linux\n');
+  const files = join(dir, 'ext-files');
+  mkdirSync(files, { recursive: true });
+  writeFileSync(join(files, 'r.bin'), randomBytes(3 * MiB));
+  run('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '1024', '-d', files, '-E', `offset=${MiB}`, raw, `${200 * 1024}k`]);
+  const path = join(dir, 'ext.vhdx');
+  assert.equal((await vhdxInProcess(['convert', '-O', 'vhdx', '-o', 'block_size=1M', raw, path])).code, 0);
+  const cheap = JSON.parse((await vhdxInProcess(['info', '--output=json', path])).stdout);
+  const exact = JSON.parse((await vhdxInProcess(['info', '--output=json', '--allocation=always', path])).stdout);
+  const fs = (i) => i.partitions[0].filesystem;
+  assert.equal(fs(cheap).type, 'ext4');
+  assert.equal(fs(cheap).trusted, true, fs(cheap).untrustedReason);
+  assert.deepEqual([fs(cheap).usedBytes, fs(cheap).freeBytes], [fs(exact).usedBytes, fs(exact).freeBytes]);
+  assert.equal(cheap.usedBytes, exact.usedBytes);
+  // The coarse map frees less or the same, never more.
+  assert.ok(cheap.reclaimable.unusedBytes <= exact.reclaimable.unusedBytes);
 });
