@@ -33,7 +33,7 @@ import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { readLayout, replayInPlace, type DiskType, type Layout } from './open.js';
 import { PARENT_PATH_KEYS, checkParent, locatorLinkage, locatorValue, type ParentResolver, type VhdxImage } from './image.js';
-import { fixedObjects, type FixedObject } from './free-space.js';
+import { MAX_OCCUPANCY_UNITS, fixedObjects, type FixedObject } from './free-space.js';
 
 export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
 export type RepairMode = 'leaks' | 'all';
@@ -105,8 +105,6 @@ export interface CheckOptions extends ProgressOptions {
 
 /** Findings kept in a result; beyond that they are only counted. */
 export const MAX_FINDINGS = 1000;
-/** Overlap detection needs one bit per MiB of file; past this many MiB (256 TiB) it is skipped. */
-const MAX_OCCUPANCY_UNITS = 2 ** 28;
 /** Block-to-block collisions named precisely (a second BAT pass finds the block collided with). */
 const MAX_NAMED_COLLISIONS = 100;
 

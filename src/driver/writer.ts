@@ -70,7 +70,7 @@ import { BitmapState, PayloadState, type BatEntry } from '../format/bat.js';
 import { readExact, writeZeros, type WritableSource } from '../io/source.js';
 import type { BatCache } from './bat-cache.js';
 import type { BlockMap } from './mapping.js';
-import { FreeBlocks, fixedObjects, scanFreeSpace, type FreeBlock } from './free-space.js';
+import { FreeBlocks, assertBlocksApart, fixedObjects, scanFreeSpace, type FreeBlock } from './free-space.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { LogRing } from './log-writer.js';
 import { maxDataWritesPerEntry } from '../format/log-entry.js';
@@ -189,6 +189,8 @@ export class Writer {
   private dataSession: Promise<void> | null = null;
   private fileSession: Promise<void> | null = null;
   private fileWriteGuidChanged = false;
+  /** The session's one check, before its first change, that no two blocks share file space. */
+  private blocksApart: Promise<void> | null = null;
   private ring: LogRing | null = null;
   /** Where the next block goes when no free place is: the 1 MiB-aligned end of the file, or of its last object. */
   private fileEnd: number;
@@ -333,6 +335,7 @@ export class Writer {
    */
   private beginChange(): Promise<void> {
     this.dataSession ??= this.metadataLock.run(async () => {
+      await (this.blocksApart ??= assertBlocksApart(this.file, this.layout));
       const dataWriteGuid = this.nextDataWriteGuid ?? randomGuid();
       this.header = await updateHeaders(this.file, this.header, this.fileWriteGuidChanged ? { dataWriteGuid } : { fileWriteGuid: randomGuid(), dataWriteGuid });
       this.fileWriteGuidChanged = true;
@@ -398,6 +401,7 @@ export class Writer {
   private beginMetadataChange(): Promise<void> {
     this.fileSession ??= this.metadataLock.run(async () => {
       if (this.fileWriteGuidChanged) return;
+      await (this.blocksApart ??= assertBlocksApart(this.file, this.layout));
       this.header = await updateHeaders(this.file, this.header, { fileWriteGuid: randomGuid() });
       this.fileWriteGuidChanged = true;
     });

@@ -17,7 +17,7 @@ import { corpusFile, corpusManifest, corpusDir } from '../helpers/env.js';
 import { needCorpus } from '../helpers/corpus-prefix.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
-import { readPayloadEntry } from '../helpers/build.js';
+import { buildImage, putBatEntry, readPayloadEntry } from '../helpers/build.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -475,4 +475,19 @@ test('a write into a new block that has resolved is made durable by the next flu
   assert.deepEqual(await readBack(ro, B(3), big.length), big);
   assert.deepEqual(await readBack(ro, B(3) + 768 * KiB, 4096), small);
   assert.equal(disk.counts.truncates, 1, 'the block was placed once');
+});
+
+test('two blocks sharing file space: the first change is refused (BLOCK_OVERLAP) and nothing is written', async () => {
+  // Found by the write fuzz target: blocks 5 and 9 named one place, so zeroing block 9 wiped
+  // block 5's data. check calls it BLOCK_OVERLAP; a writer must refuse the image alike.
+  const { bytes, plan, blockFileOffset } = await buildImage({ allocate: [0, 5] });
+  putBatEntry(bytes, plan, 9, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[5] / MiB });
+  const before = bytes.slice();
+  const disk = new FaultySource(bytes.slice(), { trace: true });
+  const img = await VhdxImage.open(disk, { readOnly: false });
+  await assert.rejects(img.writeZeroes(B(9), 4096), (e) => e.reason === 'BLOCK_OVERLAP' && e.structure === 'BAT entry 9');
+  await assert.rejects(img.write(0, new Uint8Array(512)), (e) => e.reason === 'BLOCK_OVERLAP', 'every later change too');
+  await img.close();
+  assert.deepEqual(disk.trace.filter((op) => op.kind === 'write' || op.kind === 'truncate'), [], 'nothing written');
+  assert.ok(Buffer.from(disk.bytes()).equals(Buffer.from(before)));
 });
