@@ -33,7 +33,7 @@ import type { ProgressOptions } from '../device/block-device.js';
 import { updateHeaders, type CurrentHeader } from './headers.js';
 import { readLayout, replayInPlace, type DiskType, type Layout } from './open.js';
 import { PARENT_PATH_KEYS, checkParent, locatorLinkage, locatorValue, type ParentResolver, type VhdxImage } from './image.js';
-import { MAX_OCCUPANCY_UNITS, fixedObjects, type FixedObject } from './free-space.js';
+import { MAX_OCCUPANCY_UNITS, claimUnits, fixedObjects, type FixedObject } from './free-space.js';
 
 export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
 export type RepairMode = 'leaks' | 'all';
@@ -446,14 +446,7 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
         rep.r.allocatedBlocks++;
       }
       if (!occ) continue;
-      const endUnit = fileOffsetMB + Math.ceil(extent / MiB);
-      let hit = -1;
-      for (let u = fileOffsetMB; u < endUnit; u++) {
-        const bit = 1 << (u & 7);
-        if (occ[u >>> 3]! & bit) {
-          if (hit < 0) hit = u;
-        } else occ[u >>> 3]! |= bit;
-      }
+      const hit = claimUnits(occ, fileOffsetMB, fileOffsetMB + Math.ceil(extent / MiB));
       if (hit >= 0) {
         const obj = fixedAt(hit);
         const f = rep.add({

@@ -132,6 +132,21 @@ export async function scanFreeSpace(
 export const MAX_OCCUPANCY_UNITS = 2 ** 28;
 
 /**
+ * Mark MiB units [start, end) taken in `occ` (one bit per MiB of file) and return the first of
+ * them that was taken already, or -1: how check and the writer find blocks sharing file space.
+ */
+export function claimUnits(occ: Uint8Array, start: number, end: number): number {
+  let hit = -1;
+  for (let u = start; u < Math.min(end, occ.length * 8); u++) {
+    const bit = 1 << (u & 7);
+    if (occ[u >>> 3]! & bit) {
+      if (hit < 0) hit = u;
+    } else occ[u >>> 3]! |= bit;
+  }
+  return hit;
+}
+
+/**
  * Refuse (BLOCK_OVERLAP) an image where two present blocks share file space: a write to one
  * would change the other (found by the write fuzz target). One streaming pass over the BAT with
  * one bit per MiB of file; entries the BAT cache refuses on their own are left to it. Files past
@@ -154,15 +169,8 @@ export async function assertBlocksApart(src: RandomAccessSource, layout: Layout)
       const v = judgeBatEntry(layout.geometry, layout.hasParent, fileSize, first + i, lo, hi);
       if (v.kind !== 'present') continue;
       const start = v.fileOffset / MiB;
-      const end = start + Math.ceil(v.extent / MiB);
-      for (let u = start; u < end && u < units; u++) {
-        const bit = 1 << (u & 7);
-        if (occ[u >>> 3]! & bit) {
-          clash = { index: first + i, fileOffset: v.fileOffset, unit: u };
-          break;
-        }
-        occ[u >>> 3]! |= bit;
-      }
+      const hit = claimUnits(occ, start, start + Math.ceil(v.extent / MiB));
+      if (hit >= 0) clash = { index: first + i, fileOffset: v.fileOffset, unit: hit };
     }
     return clash === null;
   });
