@@ -7,26 +7,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
+import { shmScratch, vhdx, vhdxInProcess, vhdxOk, type MapEntry } from '../helpers/tools.js';
 
 const dir = shmScratch('vhdx-cli-habits-');
 const MiB = 1024 * 1024;
 
-/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
-interface MapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-}
-
-async function ok(args: string[]) {
-  const r = await vhdxInProcess(args);
-  assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
-  return r;
-}
+const ok = vhdxOk;
 
 async function image(name: string, size = '16M', ...writes: string[]): Promise<string> {
   const path = join(dir, name);

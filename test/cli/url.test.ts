@@ -8,26 +8,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NodeFileSource, createFile, createVhd, openFile } from '../../src/node.js';
 import { startRangeServer } from '../helpers/http-server.js';
-import { shmScratch, vhdxInProcess } from '../helpers/tools.js';
+import { shmScratch, vhdxInProcess, vhdxOk, type MapEntry } from '../helpers/tools.js';
 
 const dir = shmScratch('vhdx-cli-url-');
 const MiB = 1024 * 1024;
 
-/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
-interface MapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-}
-
-async function ok(args: string[]) {
-  const r = await vhdxInProcess(args);
-  assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
-  return r;
-}
+const ok = vhdxOk;
 
 test('info, map, check and convert read images over HTTP; --verbose and JSON report requests and bytes; writes are refused', async (t) => {
   const server = await startRangeServer();

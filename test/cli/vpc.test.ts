@@ -8,26 +8,12 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { NodeFileSource, VhdImage, createVhd, type CreateVhdOptions, type VhdParentPath } from '../../src/node.js';
-import { shmScratch, vhdxInProcess } from '../helpers/tools.js';
+import { shmScratch, vhdxInProcess, vhdxOk, type MapEntry } from '../helpers/tools.js';
 
 const dir = shmScratch('vhdx-cli-vpc-');
 const MiB = 1024 * 1024;
 
-/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
-interface MapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-}
-
-async function ok(args: string[]) {
-  const r = await vhdxInProcess(args);
-  assert.equal(r.code, 0, `vhdx ${args.join(' ')}: ${r.stderr}`);
-  return r;
-}
+const ok = vhdxOk;
 
 /** A new VHD file (fixed or dynamic), or a differencing one over `parent` (a path). */
 type VhdFileOptions = (CreateVhdOptions & { parent?: undefined }) | { parent: string; parentPaths: VhdParentPath[] };

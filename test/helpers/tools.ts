@@ -107,6 +107,23 @@ export async function vhdxInProcess(args: string[]): Promise<ExecResult> {
   return { code, stdout, stderr };
 }
 
+/** vhdxInProcess that must exit 0 (the message names the command and its stderr). */
+export async function vhdxOk(args: string[]): Promise<ExecResult> {
+  const r = await vhdxInProcess(args);
+  if (r.code !== 0) throw new Error(`vhdx ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r;
+}
+
+/** One entry of `vhdx map --output=json` (qemu-img map's fields). */
+export interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+}
+
 /**
  * The lock records that name the file at `path` (its write lock's and its readers'), live or
  * stale: empty once every opener has released it. See src/io/lock.ts.
