@@ -4,33 +4,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openFile } from '../../src/node.js';
 import { needTool } from '../helpers/env.js';
-import { must, needPyvhdi, pyvhdiDigest, shmScratch, vhdx, vhdxInProcess } from '../helpers/tools.js';
+import { must, needPyvhdi, pyvhdiDigest, shmScratch, sparseRaw, vhdx, vhdxInProcess } from '../helpers/tools.js';
 
 const K = 1024;
 const M = K * K;
 const dir = shmScratch('vhdx-cli-convert-');
 const qemuMissing = needTool('qemu-img', 'qemu-io');
 
-/**
- * A sparse raw file of `size` bytes with data at the given [offset, bytes] places; also a run of
- * explicitly written zeros (not a hole), which must not be allocated either.
- */
-function makeRaw(name: string, size: number, places: [number, Uint8Array][], zeroRun?: [number, number]): string {
-  const path = join(dir, name);
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, size);
-    for (const [at, bytes] of places) writeSync(fd, bytes, 0, bytes.length, at);
-    if (zeroRun) writeSync(fd, new Uint8Array(zeroRun[1]), 0, zeroRun[1], zeroRun[0]);
-  } finally {
-    closeSync(fd);
-  }
-  return path;
-}
+/** A sparse raw file in this test's folder (test/helpers/tools.ts: sparseRaw). */
+const makeRaw = (name: string, size: number, places: [number, Uint8Array][], zeroRun?: [number, number]): string => sparseRaw(dir, name, size, places, zeroRun);
 
 /** Payload block indexes our block status reports as data. */
 async function dataBlocks(path: string) {
