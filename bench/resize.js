@@ -7,12 +7,23 @@
 // start-up of `node -e 0` and `vhdx --version` in the same run. The image holds DATA_GIB of data (default 1 GiB, not the issue's 4 GiB: on a
 // shared 2-core machine the alternative's two 2 TiB passes over 4 GiB take minutes; VHDX_BENCH_
 // RESIZE_GIB=4 runs the issue's figure). Files go to the disk-backed folder (diskDir).
-import { copyFileSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, copyFileSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { cli, diskDir, have, sh, timeCmd, fmt } from './lib.js';
+import { cli, diskDir, scratchDir, have, sh, timeCmd, fmt } from './lib.js';
 
 const GiB = 2 ** 30;
+
+/** A fresh copy of `from`, written out before the clock starts: a resize is not charged for the copy's writeback. */
+function freshCopy(from, to) {
+  copyFileSync(from, to);
+  const fd = openSync(to, 'r+');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 function sizeText(path) {
   const st = statSync(path);
@@ -38,10 +49,20 @@ export function run({ dataGiB = Number(process.env.VHDX_BENCH_RESIZE_GIB ?? 1) }
     const ours = join(dir, 'ours.vhdx');
     const room = join(dir, 'room.vhdx');
     const median = (xs) => xs.sort((a, b) => a.wall - b.wall)[1];
-    const timed = (target, size) => median([0, 1, 2].map(() => timeCmd(process.execPath, [cli, 'resize', '-q', target, size], { before: () => copyFileSync(base, target) })));
+    const timed = (target, size, from = base) => median([0, 1, 2].map(() => timeCmd(process.execPath, [cli, 'resize', '-q', target, size], { before: () => freshCopy(from, target) })));
     const grow = timed(ours, '2T');
     const oursSize = sizeText(ours);
     const within = timed(room, '120G');
+    // The same on tmpfs, where a flush costs nothing: the rest of the disk figure is the flushes
+    // the crash-safe update needs (eight fdatasyncs: two header updates of two slots each, the log
+    // entry, the sectors in place, and the log emptied by a third header update; plus the first
+    // flush of the session).
+    const shmDir = join(scratchDir, 'resize');
+    mkdirSync(shmDir, { recursive: true });
+    const shmBase = join(shmDir, 'base.vhdx');
+    copyFileSync(base, shmBase);
+    const withinShm = timed(join(shmDir, 'room.vhdx'), '120G', shmBase);
+    rmSync(shmDir, { recursive: true, force: true });
     const nodeStart = median([0, 1, 2].map(() => timeCmd(process.execPath, ['-e', '0'])));
     const cliStart = median([0, 1, 2].map(() => timeCmd(process.execPath, [cli, '--version'])));
 
@@ -60,7 +81,7 @@ export function run({ dataGiB = Number(process.env.VHDX_BENCH_RESIZE_GIB ?? 1) }
       peer: `qemu-img convert -O raw + resize + convert -O vhdx: ${fmt(altWall)}, result ${altSize}`,
       ours:
         `vhdx resize: ${fmt(grow.wall)} (CPU ${fmt(grow.cpu)}, peak RSS ${grow.rssMB.toFixed(0)} MB), result ${oursSize}; qemu-img compare: ${check.trim()}\n` +
-        `  grow within the BAT's room (100 -> 120 GiB): ${fmt(within.wall)} (CPU ${fmt(within.cpu)}; target <= 200 ms: ${within.wall <= 0.2 ? 'MET' : 'NOT MET'})\n` +
+        `  grow within the BAT's room (100 -> 120 GiB): ${fmt(within.wall)} (CPU ${fmt(within.cpu)}; target <= 200 ms: ${within.wall <= 0.2 ? 'MET' : 'NOT MET'}); on tmpfs (${shmDir}) ${fmt(withinShm.wall)}\n` +
         `  start-up floor: node -e 0 ${fmt(nodeStart.wall)} (CPU ${fmt(nodeStart.cpu)}), vhdx --version ${fmt(cliStart.wall)} (CPU ${fmt(cliStart.cpu)}); load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${cpus().length} CPUs`,
       ratio,
       target: '<= 0.05 and <= 1 s',

@@ -18,6 +18,13 @@ export const CACHE_MODES: readonly CacheMode[] = ['writeback', 'unsafe', 'writet
 
 export class NodeFileSource implements RandomAccessSource {
   private closed = false;
+  // Writes and truncates completed (attempted, failed ones too: they may have changed the file),
+  // and how many of them the last fdatasync covered. A flush with nothing new since then makes no
+  // call: a logged metadata change flushes between steps that often write nothing (each fdatasync
+  // on a disk costs milliseconds even when it has little to do). -1: the first flush always syncs
+  // (the open may have emptied the file, and the caller may rely on it for what came before).
+  private changes = 0;
+  private syncedChanges = -1;
   private constructor(
     private readonly file: FdFile,
     private length: number,
@@ -93,6 +100,8 @@ export class NodeFileSource implements RandomAccessSource {
       else await this.file.writeAll(data, offset);
     } catch (e) {
       throw fsError(e, `write of ${data.length} bytes at ${offset} to ${this.path} failed`);
+    } finally {
+      this.changes++;
     }
     if (offset + data.length > this.length) this.length = offset + data.length;
   }
@@ -100,9 +109,13 @@ export class NodeFileSource implements RandomAccessSource {
   async flush(): Promise<void> {
     this.assertOpen();
     if (this.cache === 'unsafe') return;
+    // Counted before the call: a write that completes while it runs is left for the next flush.
+    const covered = this.changes;
+    if (covered === this.syncedChanges && !this.direct?.overhang) return;
     try {
       await this.settle();
       await this.file.datasync();
+      this.syncedChanges = covered;
     } catch (e) {
       throw fsError(e, `flush of ${this.path} failed`);
     }
@@ -114,6 +127,8 @@ export class NodeFileSource implements RandomAccessSource {
       await this.file.truncate(size);
     } catch (e) {
       throw fsError(e, `truncate of ${this.path} to ${size} failed`);
+    } finally {
+      this.changes++;
     }
     this.length = size;
     if (this.direct) this.direct.overhang = false;
