@@ -25,8 +25,14 @@ const args = process.argv.slice(2);
 const options = args.filter((a) => a.startsWith('--'));
 const paths = args.filter((a) => !a.startsWith('--'));
 const files = (paths.length ? paths : ['test']).flatMap((p) => (statSync(p).isDirectory() ? testFiles(p) : [p]));
+// NODE_EXTRA_CA_CERTS makes every Node process parse a CA bundle before any code runs (about
+// 50 ms of CPU each on the project's VM). The tests start a Node process for every test file and
+// every CLI run, and make no TLS connection to anything: without it, test/cli took 38 s of CPU
+// instead of 52.
+const env = { ...process.env };
+delete env.NODE_EXTRA_CA_CERTS;
 const run = spawnSync(process.execPath, [
   '--import', './test/setup/register.js', '--import', './test/setup/lock-dir.js',
   '--test', '--test-concurrency=2', ...options, ...files,
-], { stdio: 'inherit' });
+], { stdio: 'inherit', env });
 process.exit(run.status ?? 1);
