@@ -9,10 +9,9 @@
 // Why not tsx: on Node 20 its hooks do not reach worker threads, and the fuzz and corrupt-input
 // tests run their cases in workers.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { transform } from 'esbuild';
 
 const root = new URL('../../', import.meta.url);
 const dist = new URL('dist/', root).href;
@@ -43,17 +42,28 @@ export async function resolve(specifier, context, next) {
 export async function load(url, context, next) {
   if (url.startsWith('file:') && url.endsWith('.ts')) {
     const path = fileURLToPath(url);
-    const text = await readFile(path, 'utf8');
+    // Synchronous reads: this runs on the hooks' own thread, and fs/promises (a FileHandle per
+    // read) cost more than the reads themselves.
+    const text = readFileSync(path, 'utf8');
     const kept = `${cache}${createHash('sha1').update(path).update('\0').update(text).digest('hex')}.js`;
-    const hit = await readFile(kept, 'utf8').catch(() => null);
-    if (hit !== null) return { format: 'module', source: hit, shortCircuit: true };
-    const out = await transform(text, { loader: 'ts', format: 'esm', target: 'es2022', sourcemap: 'inline', sourcefile: path });
-    // Written under a name of its own, then renamed: processes running side by side never read half a file.
-    await mkdir(cache, { recursive: true });
+    if (existsSync(kept)) return { format: 'module', source: readFileSync(kept, 'utf8'), shortCircuit: true };
+    // esbuild is loaded only when something must be compiled: most processes find everything cached.
+    const { transform } = await import('esbuild');
+    // The source map goes to a file of its own, named by URL at the end of the code: an inline map
+    // was two thirds of every module's text, parsed by every process for nothing unless source
+    // maps are on (`NODE_OPTIONS=--enable-source-maps npm test` gives stack traces in .ts lines).
+    const out = await transform(text, { loader: 'ts', format: 'esm', target: 'es2022', sourcemap: 'external', sourcefile: path });
+    // Node follows a relative path (from the module's own URL, the .ts file's), not a file: URL.
+    const code = `${out.code}//# sourceMappingURL=${relative(dirname(path), `${kept}.map`).split(sep).join('/')}\n`;
+    // Written under names of their own, then renamed (the map first): processes running side by
+    // side never read half a file.
+    mkdirSync(cache, { recursive: true });
     const temp = `${kept}.${process.pid}.${Math.random().toString(36).slice(2)}`;
-    await writeFile(temp, out.code);
-    await rename(temp, kept);
-    return { format: 'module', source: out.code, shortCircuit: true };
+    writeFileSync(`${temp}.map`, out.map);
+    renameSync(`${temp}.map`, `${kept}.map`);
+    writeFileSync(temp, code);
+    renameSync(temp, kept);
+    return { format: 'module', source: code, shortCircuit: true };
   }
   return next(url, context);
 }
