@@ -48,6 +48,7 @@ import { ITEM_VIRTUAL_DISK_SIZE, MiB, MAX_VIRTUAL_SIZE, REGION_BAT, REGION_TABLE
 import { BAT_ENTRY_SIZE, PayloadState, batEntriesToWrite, batGeometry, encodeBatEntry, payloadBatIndex, type BatEntry, type BatGeometry } from '../format/bat.js';
 import { encodeRegionTable } from '../format/region-table.js';
 import { readBytes } from '../io/source.js';
+import { bytesEqual } from '../codec/bytes.js';
 import { fixedObjects } from '../driver/free-space.js';
 import type { VhdxImage } from '../driver/image.js';
 import type { Writer } from '../driver/writer.js';
@@ -172,16 +173,10 @@ async function regionTableSectors(image: VhdxImage, batOffset: number, batLength
     const now = await readBytes(l.source, copy, REGION_TABLE_SIZE, 'region table');
     for (let p = 0; p < REGION_TABLE_SIZE; p += 4096) {
       const want = table.subarray(p, p + 4096);
-      if (!sameBytes(now.subarray(p, p + 4096), want)) out.push({ fileOffset: copy + p, data: want.slice() });
+      if (!bytesEqual(now.subarray(p, p + 4096), want)) out.push({ fileOffset: copy + p, data: want.slice() });
     }
   }
   return out;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** `sectors` in groups of at most `max` (one log entry each). */
@@ -200,16 +195,26 @@ async function batSectors(image: VhdxImage, fromIndex: number, toIndex: number, 
   const l = image.layout;
   const out: Sector[] = [];
   const per = 4096 / BAT_ENTRY_SIZE;
-  for (let s = Math.floor(fromIndex / per); s * per < toIndex; s++) {
+  const lastSector = Math.ceil(toIndex / per);
+  // Read in pieces of up to 1 MiB (one read each, not one per sector); past the region, zeros.
+  let piece = new Uint8Array(0);
+  let pieceFirst = 0;
+  for (let s = Math.floor(fromIndex / per); s < lastSector; s++) {
     const off = s * 4096;
-    const now = off < regionLength ? await readBytes(l.source, l.batRegion.fileOffset + off, 4096, 'BAT') : new Uint8Array(4096);
+    if (off >= pieceFirst * 4096 + piece.length) {
+      pieceFirst = s;
+      const inRegion = Math.max(0, Math.min(MiB, (lastSector - s) * 4096, regionLength - off));
+      piece = new Uint8Array(Math.min(MiB, (lastSector - s) * 4096));
+      if (inRegion > 0) piece.set(await readBytes(l.source, l.batRegion.fileOffset + off, inRegion, 'BAT'));
+    }
+    const now = piece.subarray((s - pieceFirst) * 4096, (s - pieceFirst + 1) * 4096);
     const want = now.slice();
     const view = new DataView(want.buffer);
     for (let i = Math.max(fromIndex, s * per); i < Math.min(toIndex, (s + 1) * per); i++) {
       const e = entryAt(i);
       if (e) encodeBatEntry(view, (i - s * per) * BAT_ENTRY_SIZE, e);
     }
-    if (!sameBytes(now, want)) out.push({ fileOffset: l.batRegion.fileOffset + off, data: want });
+    if (!bytesEqual(now, want)) out.push({ fileOffset: l.batRegion.fileOffset + off, data: want });
   }
   return out;
 }
