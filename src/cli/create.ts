@@ -2,11 +2,9 @@
  * `vhdx create [-q] [-p] [-f vhdx|vpc] [-o OPTIONS] [-b PARENT] FILE [SIZE]`: a new, empty VHDX file, or a
  * differencing child of PARENT; with -f vpc (or vhd) a new VHD file, fixed or dynamic.
  */
-import { createFile } from '../device/create-file.js';
+import { createFile, withNewFile } from '../device/create-file.js';
 import { planCreate, type CreateOptions } from '../driver/create.js';
-import { VhdxError } from '../errors.js';
-import { unlink } from 'node:fs/promises';
-import { NodeFileSource, type CacheMode } from '../io/node-file.js';
+import type { CacheMode } from '../io/node-file.js';
 import { azureCreateOptions } from '../vhd/azure.js';
 import { createVhd, planVhd, type CreateVhdOptions, type VhdPlan } from '../vhd/create.js';
 import { VhdImage } from '../vhd/image.js';
@@ -121,24 +119,11 @@ export async function createVhdFile(
   const { overwrite = false, cache, onPlan, ...create } = opts;
   const plan = planVhd(create);
   onPlan?.(plan);
-  let src: NodeFileSource;
-  try {
-    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite, ...(cache ? { cache } : {}) });
-  } catch (e) {
-    if (e instanceof VhdxError && (e.cause as { code?: string } | undefined)?.code === 'EEXIST') {
-      throw new VhdxError('EEXIST', 'FILE_EXISTS', `${path} already exists (it is not overwritten)`, { cause: e });
-    }
-    throw e;
-  }
-  try {
+  return withNewFile(path, { overwrite, cache }, async (src) => {
     // The plan's id and time, so that the file is what onPlan was shown.
     await createVhd(src, { ...create, uniqueId: plan.uniqueId, time: plan.time });
-    return await VhdImage.open(src, { readOnly: false, name: path });
-  } catch (e) {
-    await src.close().catch(() => undefined);
-    await unlink(path).catch(() => undefined);
-    throw e;
-  }
+    return VhdImage.open(src, { readOnly: false, name: path });
+  });
 }
 
 function subformat(value: string): 'dynamic' | 'fixed' {

@@ -39,9 +39,12 @@ export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentL
  * success; open it with `openFile(path, { readOnly: false })` to write.
  */
 export async function createFile(path: string, opts: CreateFileOptions): Promise<CreateResult> {
-  const { src, result } = await createOnFile(path, opts);
-  await src.close();
-  return result;
+  const options = await planOptions(path, opts);
+  return withNewFile(path, opts, async (src) => {
+    const result = await createImage(src, options);
+    await src.close();
+    return result;
+  });
 }
 
 /**
@@ -51,14 +54,35 @@ export async function createFile(path: string, opts: CreateFileOptions): Promise
  * If the create or the open fails, the file is removed.
  */
 export async function createOpenFile(path: string, opts: CreateFileOptions): Promise<VhdxImage> {
-  const { src } = await createOnFile(path, opts);
-  try {
+  const options = await planOptions(path, opts);
+  return withNewFile(path, opts, async (src) => {
+    await createImage(src, options);
     if (opts.parent !== undefined) {
       // A differencing image needs its chain: reopened by path, as openFile finds parents.
       await src.close();
-      return await openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}), ...(opts.cache ? { cache: opts.cache } : {}) });
+      return openFile(path, { readOnly: false, ...(opts.parents !== undefined ? { parents: opts.parents } : {}), ...(opts.cache ? { cache: opts.cache } : {}) });
     }
-    return await VhdxImage.open(src, { readOnly: false, name: path });
+    return VhdxImage.open(src, { readOnly: false, name: path });
+  });
+}
+
+/**
+ * Make the file at `path` exclusively (an existing one is EEXIST / FILE_EXISTS and left alone,
+ * unless `overwrite`), open for writing, and return what `fill` makes of it. If `fill` fails, the
+ * file is closed and removed before the error is thrown. The VHDX and VHD creators share it.
+ */
+export async function withNewFile<T>(path: string, opts: { overwrite?: boolean | undefined; cache?: CacheMode | undefined }, fill: (src: NodeFileSource) => Promise<T>): Promise<T> {
+  let src: NodeFileSource;
+  try {
+    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: opts.overwrite === true, ...(opts.cache ? { cache: opts.cache } : {}) });
+  } catch (e) {
+    if (e instanceof VhdxError && (e.cause as { code?: string } | undefined)?.code === 'EEXIST') {
+      throw new VhdxError('EEXIST', 'FILE_EXISTS', `${path} already exists (it is not overwritten)`, { cause: e });
+    }
+    throw e;
+  }
+  try {
+    return await fill(src);
   } catch (e) {
     await src.close().catch(() => undefined);
     await unlink(path).catch(() => undefined);
@@ -66,9 +90,9 @@ export async function createOpenFile(path: string, opts: CreateFileOptions): Pro
   }
 }
 
-/** createFile's work, leaving the new file open. */
-async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ src: NodeFileSource; result: CreateResult }> {
-  const { overwrite = false, parent: parentPath, parents, size, onPlan, cache, ...rest } = opts;
+/** The options createImage gets for `path`: a differencing disk's come from its parent (opened read-only, then closed). Bad options fail here, before any file exists; `onPlan` sees the checked plan. */
+async function planOptions(path: string, opts: CreateFileOptions): Promise<CreateOptions> {
+  const { overwrite: _overwrite, parent: parentPath, parents, size, onPlan, cache: _cache, ...rest } = opts;
   let options: CreateOptions;
   if (parentPath !== undefined) {
     const parent = await openFile(parentPath, { ...(parents !== undefined ? { parents } : {}) });
@@ -94,23 +118,7 @@ async function createOnFile(path: string, opts: CreateFileOptions): Promise<{ sr
     options = { ...rest, size };
   }
   options.creator ??= `${DEFAULT_CREATOR} ${packageVersion()}`;
-  const plan = planCreate(options); // bad options fail here, before any file exists
-  onPlan?.(plan);
-  let src: NodeFileSource;
-  try {
-    src = await NodeFileSource.open(path, { readOnly: false, create: true, truncate: overwrite, ...(cache ? { cache } : {}) });
-  } catch (e) {
-    if (e instanceof VhdxError && (e.cause as { code?: string } | undefined)?.code === 'EEXIST') {
-      throw new VhdxError('EEXIST', 'FILE_EXISTS', `${path} already exists (it is not overwritten)`, { cause: e });
-    }
-    throw e;
-  }
-  try {
-    return { src, result: await createImage(src, options) };
-  } catch (e) {
-    await src.close().catch(() => undefined);
-    await unlink(path).catch(() => undefined);
-    throw e;
-  }
+  onPlan?.(planCreate(options)); // bad options fail here, before any file exists
+  return options;
 }
 
