@@ -4,7 +4,7 @@
  * the copies out of the page cache overlap the work. Memory is three windows, whatever the BAT's
  * size. Used by the allocation statistics and by check.
  */
-import { VhdxError, throwIfAborted } from '../errors.js';
+import { throwIfAborted } from '../errors.js';
 import { viewOf } from '../codec/struct.js';
 import { readExact, type RandomAccessSource } from '../io/source.js';
 import { MiB } from '../format/constants.js';

@@ -107,11 +107,6 @@ export function formatVolumeSerial(n: number): string {
   return `${h.slice(0, 4)}-${h.slice(4)}`;
 }
 
-/** Bits of an entry that hold the cluster number. */
-function entryMask(type: FatVolume['type']): number {
-  return type === 'fat12' ? 0xfff : type === 'fat16' ? 0xffff : 0x0fffffff;
-}
-
 /** How many entries of the FAT in use lie inside it (at most clusters + 2). */
 function coveredEntries(vol: FatVolume): number {
   const fit = vol.type === 'fat12' ? Math.floor((vol.fatBytes * 2) / 3) : vol.fatBytes / (vol.type === 'fat16' ? 2 : 4);

@@ -12,7 +12,6 @@ import { viewOf } from '../codec/struct.js';
 import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 import type { FilesystemDriver, FilesystemInfo, FilesystemState, Region, Run } from './filesystem.js';
 import {
-  AT_DATA,
   AT_INDEX_ALLOCATION,
   AT_INDEX_ROOT,
   AT_VOLUME_INFORMATION,

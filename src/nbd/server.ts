@@ -19,7 +19,7 @@
  */
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
-import { ExportTable, resolveExport, type NbdExport, type NbdExportOptions, type NbdExportSpec } from './export.js';
+import { ExportTable, resolveExport, type NbdExportOptions, type NbdExportSpec } from './export.js';
 import { ClientDropped, negotiate, ProtocolViolation, type HandshakeIo, type HandshakeLimits } from './handshake.js';
 import { InputBuffer } from './input.js';
 import { ByteBudget, REPLY_BOUND, Transmission, type TransmissionLimits } from './transmission.js';
