@@ -1,9 +1,17 @@
 /**
- * The one error type the library throws. `code` is a small errno-like set that maps onto
- * NBD error values and CLI exit codes; `reason` is finer and stable, for tests and programs.
+ * The errno-like class of a {@link VhdxError}, which maps onto NBD error values and CLI exit
+ * codes: EINVAL bad input or a damaged file, EIO an I/O failure, ENOSPC no room, EROFS a write to
+ * something read-only, EPERM not allowed (a parent from another origin), ENOTSUP not supported,
+ * EOVERFLOW a number in the file too large to use, EBUSY locked by another process, ECANCELED aborted, EEXIST the
+ * file exists, ENOENT no such file.
  */
 export type ErrorCode = 'EINVAL' | 'EIO' | 'ENOSPC' | 'EROFS' | 'EPERM' | 'ENOTSUP' | 'EOVERFLOW' | 'EBUSY' | 'ECANCELED' | 'EEXIST' | 'ENOENT';
 
+/**
+ * The stable, fine-grained cause of a {@link VhdxError} or of a check finding, for tests and
+ * programs to branch on; the error's structure and offset say where. Grouped below: the VHDX
+ * structures, parents and requests; HTTP sources; check-only findings; partition tables; VHD; resize.
+ */
 export type ErrorReason =
   | 'BAD_SIGNATURE'
   | 'BAD_CHECKSUM'
@@ -132,22 +140,34 @@ export type ErrorReason =
   /** A shrink would cut through a partition, a filesystem, the GPT's backup, or data a parent shows. */
   | 'SHRINK_CUTS_DATA';
 
+/** Where a {@link VhdxError} happened, and what caused it. */
 export interface VhdxErrorDetails {
   /** Name of the on-disk structure concerned, e.g. "header 2" or "region table 1". */
   structure?: string;
   /** File offset of that structure or field, in bytes. */
   offset?: number;
+  /** The error behind this one (an I/O error, an abort reason), kept as `Error.cause`. */
   cause?: unknown;
 }
 
+/**
+ * The one error type the library throws. `code` is a small errno-like set that maps onto
+ * NBD error values and CLI exit codes; `reason` is finer and stable, for tests and programs.
+ * `message` ends with the structure and file offset concerned, when known.
+ */
 export class VhdxError extends Error {
+  /** The errno-like class of the error. */
   readonly code: ErrorCode;
+  /** The stable cause of the error. */
   readonly reason: ErrorReason;
+  /** The on-disk structure concerned (e.g. "header 2"), when there is one. */
   readonly structure: string | undefined;
+  /** File offset of that structure or field, in bytes, when known. */
   readonly offset: number | undefined;
   /** The message without the structure and offset `message` ends with (findings list those apart). */
   readonly summary: string;
 
+  /** An error of `code` and `reason`; `details` name the structure, offset and cause. */
   constructor(code: ErrorCode, reason: ErrorReason, message: string, details: VhdxErrorDetails = {}) {
     const where =
       details.structure !== undefined
@@ -182,6 +202,7 @@ export function throwIfAborted(signal: AbortSignal | undefined, what: string): v
   if (signal?.aborted) throw new VhdxError('ECANCELED', 'ABORTED', `${what} cancelled`, { cause: signal.reason });
 }
 
+/** True when `e` is a {@link VhdxError} (a type guard for catch blocks). */
 export function isVhdxError(e: unknown): e is VhdxError {
   return e instanceof VhdxError;
 }
