@@ -11,7 +11,7 @@ import { KNOWN_REGIONS } from '../format/region-table.js';
 export interface ImageInfo {
   /** Always `vhdx`. */
   readonly format: 'vhdx';
-  /** The disk type, from the file parameters metadata item and the parent locator. */
+  /** The disk type. */
   readonly type: 'dynamic' | 'fixed' | 'differencing';
   /** Size of the virtual disk in bytes. */
   readonly virtualSize: number;
@@ -43,7 +43,7 @@ export interface ImageInfo {
     readonly copiesValid: readonly [boolean, boolean];
     readonly regions: readonly { readonly guid: string; readonly name: string; readonly fileOffset: number; readonly length: number; readonly required: boolean }[];
   };
-  /** The metadata table's items: id, name (`unknown` when not a system item), place in the region and flags. */
+  /** The metadata table's items: id, name (the system item's, else `item {GUID}`), offset and length in the region, and flags. */
   readonly metadata: readonly { readonly itemId: string; readonly name: string; readonly offset: number; readonly length: number; readonly isUser: boolean; readonly isVirtualDisk: boolean; readonly isRequired: boolean }[];
   /** A differencing image's parent locator (type GUID and key/value entries in file order); null for other images. */
   readonly parentLocator: { readonly locatorType: string; readonly entries: readonly { readonly key: string; readonly value: string }[] } | null;

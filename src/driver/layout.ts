@@ -109,7 +109,9 @@ export interface ImagePlan {
 
 /** The GUIDs that make an image unique. `writeNewImage` draws random ones when not given. */
 export interface ImageIdentity {
+  /** The header's FileWriteGuid (changes each time the file is opened for writing). */
   fileWriteGuid: string;
+  /** The header's DataWriteGuid (changes when the disk's content first changes; children link to it). */
   dataWriteGuid: string;
   /** Virtual Disk ID (SCSI page 83). */
   diskId: string;
