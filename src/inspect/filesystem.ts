@@ -39,7 +39,7 @@ export interface FilesystemInfo {
  */
 export type UsageSource = 'maps' | 'counters';
 
-/** Options of a used-map walk; progress is in bytes of the region. */
+/** Options of a used-map walk: where usage comes from, progress and cancellation. */
 export interface UsedMapOptions extends ProgressOptions {
   /** Where usage comes from (default 'maps'). */
   usage?: UsageSource;

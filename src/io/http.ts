@@ -297,7 +297,7 @@ export class HttpSource implements RandomAccessSource {
     return src;
   }
 
-  /** Size of the object in bytes, from the first answer. */
+  /** Size of the object in bytes. */
   get size(): number {
     return this.objectSize;
   }
