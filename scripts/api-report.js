@@ -2,7 +2,7 @@
 // The public API report: one Markdown file per entry point (api/index.api.md, api/node.api.md,
 // api/testing.api.md), made by API Extractor from the build's declarations (dist/*.d.ts; run
 // `npm run build` first). Checked in, so that every change to the public surface shows in review;
-// test/api-report.test.ts fails when they are stale. Usage: npm run api-report [-- OUT_DIR]
+// test/api-report.test.ts fails when they are stale, or when a public symbol has no doc comment. Usage: npm run api-report [-- OUT_DIR]
 import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,6 +32,9 @@ function configFor(entry, outDir, scratch) {
           default: { logLevel: 'none', addToApiReportFile: true },
           // The package has one release level: whatever an entry exports is public.
           'ae-missing-release-tag': { logLevel: 'none', addToApiReportFile: false },
+          // Every public declaration and member has a doc comment: one without fails the report
+          // (and test/api-report.test.ts) with its place in dist/*.d.ts, which mirrors src/.
+          'ae-undocumented': { logLevel: 'error', addToApiReportFile: false },
         },
         tsdocMessageReporting: { default: { logLevel: 'none' } },
       },
@@ -55,7 +58,7 @@ export function writeApiReports(outDir) {
         localBuild: true,
         compilerState,
         messageCallback: (m) => {
-          if (m.category !== 'console' && (m.logLevel === 'error' || m.logLevel === 'warning')) problems.push(m.text);
+          if (m.category !== 'console' && (m.logLevel === 'error' || m.logLevel === 'warning')) problems.push(m.formatMessageWithLocation(repoRoot));
           m.handled = true;
         },
       });

@@ -15,9 +15,13 @@ export type ExtentType =
   /** Not allocated in this image: zeros, or the parent's data for a differencing disk. */
   | 'unallocated';
 
+/** One run of the virtual disk as block status reports it. */
 export interface Extent {
+  /** Byte offset in the virtual disk. */
   offset: number;
+  /** Length in bytes (never 0). */
   length: number;
+  /** What the run holds. */
   type: ExtentType;
   /** File offset of the first byte, for 'data' extents whose bytes are contiguous in the file. */
   fileOffset?: number;
@@ -36,18 +40,29 @@ export interface Extent {
   depth?: number;
 }
 
+/** What a device can do beyond read, write and flush; the NBD server advertises its flags from these. */
 export interface DeviceCapabilities {
+  /** writeZeroes is supported. */
   zero: boolean;
+  /** writeZeroes with `fast` can succeed (zeros without writing data). */
   fastZero: boolean;
+  /** discard deallocates. */
   discard: boolean;
+  /** blockStatus says more than "all data" (false for raw files: finding holes costs a read). */
   extents: boolean;
+  /** write with `fua` is done natively; without it a caller flushes after the write. */
   fua: boolean;
 }
 
+/** A virtual disk: what every format offers (VHDX, VHD, raw). Offsets and lengths are bytes. */
 export interface BlockDevice {
+  /** Size of the virtual disk in bytes. */
   readonly size: number;
+  /** Logical sector size in bytes (512 or 4096). */
   readonly logicalSectorSize: number;
+  /** True when the device was opened read-only: the write methods fail with EROFS. */
   readonly readOnly: boolean;
+  /** What the device supports beyond reads and writes. */
   readonly can: DeviceCapabilities;
   /** How a long copy reads the device best: its file's hint (see CopyHint), if any. */
   readonly copyHint?: CopyHint | undefined;
@@ -64,14 +79,17 @@ export interface BlockDevice {
    * that does one request in pieces runs it first for the whole. Errors name the request as given.
    */
   checkRequest(kind: RequestKind, offset: number, length: number): Promise<void>;
+  /** Make every completed write durable. */
   flush(): Promise<void>;
+  /** Close the device and the source under it (a VHDX image first commits its pending changes); a second call does nothing. */
   close(): Promise<void>;
 }
 
 /** Options every long operation accepts. */
 export interface ProgressOptions {
-  /** Called with bytes done and bytes in all, now and then. */
+  /** Called now and then with the work done and the work in all: bytes, or BAT entries for a BAT scan (check, allocation statistics). */
   onProgress?: (done: number, total: number) => void;
+  /** Cancels the operation: it rejects with VhdxError ECANCELED / ABORTED. */
   signal?: AbortSignal;
 }
 

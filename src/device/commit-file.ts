@@ -16,6 +16,7 @@ import type { VhdxImage } from '../driver/image.js';
  */
 export type CommitChildOutcome = 'empty' | 'keep' | 'remove';
 
+/** Options of {@link commitFile}: those of `commitChild` (but `emptyChild`), the child's fate and how the chain is found. */
 export interface CommitFileOptions extends Omit<CommitOptions, 'emptyChild'> {
   /** What becomes of the child (default `empty`). */
   child?: CommitChildOutcome;

@@ -29,6 +29,7 @@ import type { ParentLocator } from '../format/parent-locator.js';
 import type { VhdxImage } from '../driver/image.js';
 import { resize } from '../ops/resize.js';
 
+/** Options of {@link commitChild}; progress is in bytes of the virtual disk scanned, `signal` stops the copy. */
 export interface CommitOptions extends ProgressOptions {
   /**
    * Empty the child after the merge (default true). With false the child keeps its data and
@@ -40,6 +41,7 @@ export interface CommitOptions extends ProgressOptions {
   parallel?: number;
 }
 
+/** What {@link commitChild} did. */
 export interface CommitResult {
   /** Bytes of data copied into the parent. */
   dataBytes: number;

@@ -13,6 +13,7 @@ import { isZero } from '../codec/bytes.js';
 import type { BlockDevice, Extent, ProgressOptions, WritableBlockDevice } from './block-device.js';
 import { writableSource, type RandomAccessSource } from '../io/source.js';
 
+/** Options of {@link copyDevice}; progress counts bytes of the virtual disk walked. */
 export interface CopyOptions extends ProgressOptions {
   /** Bytes per request (default: the source's copyHint, else 4 MiB). */
   chunkSize?: number;
@@ -28,6 +29,7 @@ export interface CopyOptions extends ProgressOptions {
   plan?: (x: Extent) => 'copy' | 'zero' | 'skip';
 }
 
+/** What {@link copyDevice} moved. */
 export interface CopyResult {
   /** Bytes of data read from the source. */
   bytesRead: number;

@@ -10,6 +10,7 @@ import type { ParentPaths } from './parents.js';
 import { locatorFor } from './parents-node.js';
 import { openFile } from './open-node.js';
 
+/** Options of `createFile` and `createOpenFile`: those of `createImage`, plus the file's and the parent's. */
 export interface CreateFileOptions extends Omit<CreateOptions, 'size' | 'parentLocator'> {
   /** Virtual size in bytes; required unless `parent` is given (then it must be the parent's, if given). */
   size?: number;

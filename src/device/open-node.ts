@@ -24,6 +24,7 @@ import {
   type UrlOptions,
 } from './open.js';
 
+/** How files by path are opened: cache mode and locking (for the image and its parents). */
 export interface FileOptions {
   /** Cache mode of the file and of its parents (default writeback; see CacheMode). */
   cache?: CacheMode;
@@ -45,6 +46,7 @@ export function fileStore(opts: FileOptions = {}): ImageStore {
   };
 }
 
+/** Options of {@link openDevice}: the format and access, files' cache and locking, and HTTP's. */
 export interface OpenDeviceOptions extends DeviceOptions, FileOptions, UrlOptions {
   /** Internal (commit): open the direct parent writable. */
   writableParent?: boolean;
@@ -80,6 +82,7 @@ async function openOnSource(src: RandomAccessSource, opts: DeviceOptions): Promi
   return openInStore(none, src, fmt, { location: name, name, depth, visited: new Set() }, { ...chain, parents: chain.parents ?? 'none' });
 }
 
+/** Options of {@link openFile}: those of `VhdxImage.open`, with parents found by path, and the files'. */
 export interface OpenFileOptions extends Omit<OpenOptions, 'parent'>, FileOptions {
   /** How to find a differencing image's parent: a policy for the locator's paths, or your own resolver. */
   parents?: ParentPaths | ParentResolver;

@@ -84,6 +84,7 @@ function hasCookie(b: Uint8Array, at: number): boolean {
 /** The drivers' options the opener passes on (cache sizes, VHD size rule...). */
 export type DriverOptions = Omit<OpenOptions, 'parent' | 'depth' | 'readOnly' | 'name'> & Omit<VhdOpenOptions, 'parent' | 'depth' | 'chain' | 'readOnly' | 'name' | 'modifiedTime'>;
 
+/** How a device is opened: format, access, parents and the drivers' options (see `openDevice`). */
 export interface DeviceOptions extends DriverOptions {
   /** `auto` (the default) probes (probeFormat); a format named is used as it is. */
   format?: 'auto' | ImageFormat;
@@ -280,6 +281,7 @@ export function urlStore(opts: UrlOptions & { parents?: ParentPaths | ParentReso
   };
 }
 
+/** Options of {@link openUrl}: those of `VhdxImage.open`, HTTP's, and how parents are found. */
 export interface OpenUrlOptions extends Omit<OpenOptions, 'parent' | 'readOnly'>, UrlOptions {
   /** Images over HTTP open read-only: `false` is refused (EROFS / READ_ONLY). */
   readOnly?: boolean;

@@ -15,22 +15,32 @@ export const RAW_ZERO_GRAIN = 64 * 1024;
 /** Bytes read at a time while scanning for block status. */
 const SCAN_BYTES = 1024 * 1024;
 
+/** Options of a new {@link RawDevice}. */
 export interface RawDeviceOptions {
   /** Sector size the device reports (default 512). */
   logicalSectorSize?: 512 | 4096;
 }
 
+/**
+ * A raw disk image (the file is the disk) as a block device over any source: writable when the
+ * source is. Block status reads the data and reports 64 KiB grains of zeros as `zero`.
+ */
 export class RawDevice implements WritableBlockDevice {
   /** The source's size when the device was made; writes stay inside it. */
   readonly size: number;
+  /** The sector size the device reports (512 unless given). */
   readonly logicalSectorSize: number;
+  /** True when the source cannot be written. */
   readonly readOnly: boolean;
+  /** Writable: zero and FUA (zeros are written as data); never fastZero, discard or extents. */
   readonly can: DeviceCapabilities;
+  /** The source's hint for long copies (see CopyHint). */
   readonly copyHint: CopyHint | undefined;
   /** The source, narrowed once to a writable one when it is (else null: the device is read-only). */
   private readonly out: WritableSource | null;
   private closed = false;
 
+  /** A raw device over `source`, of the source's size. */
   constructor(
     private readonly source: RandomAccessSource,
     opts: RawDeviceOptions = {},
@@ -44,6 +54,7 @@ export class RawDevice implements WritableBlockDevice {
     this.copyHint = source.copyHint;
   }
 
+  /** Fill `into` with the bytes at `offset` (the range must lie inside the disk). */
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkRange('read', offset, into.length);
     await readExact(this.source, offset, into, 'raw image data');
@@ -77,6 +88,7 @@ export class RawDevice implements WritableBlockDevice {
     return out;
   }
 
+  /** Write `data` at `offset` (inside the disk: a raw device does not grow); with `fua`, flushed before this returns. */
   async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
     this.checkRange('write', offset, data.length);
     await this.writable().write(offset, data);
@@ -93,11 +105,13 @@ export class RawDevice implements WritableBlockDevice {
     await this.zero('discard', offset, length, false);
   }
 
+  /** Make completed writes durable (flushes the source). */
   async flush(): Promise<void> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'raw image is closed');
     await this.out?.flush();
   }
 
+  /** Close the source (without a flush); a second call does nothing. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

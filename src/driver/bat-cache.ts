@@ -18,6 +18,7 @@ function decodeAt(page: DataView, index: number): BatEntry {
   return decodeBatEntry(page, (index % ENTRIES_PER_PAGE) * BAT_ENTRY_SIZE);
 }
 
+/** How much of the BAT an open image keeps in memory. */
 export interface BatCacheOptions {
   /** Bytes of BAT pages kept in memory (default 16 MiB). Pages with unapplied changes stay beyond it. */
   cacheBytes?: number;

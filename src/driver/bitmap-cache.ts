@@ -18,6 +18,7 @@ const PAGE = 4096;
 const BITS_PER_PAGE = PAGE * 8;
 const PAGES_PER_CHUNK = SECTORS_PER_CHUNK / BITS_PER_PAGE; // 256: a bitmap block is 1 MiB
 
+/** How much of a differencing image's sector bitmaps an open image keeps in memory. */
 export interface BitmapCacheOptions {
   /** Bytes of bitmap pages kept in memory (default 4 MiB). Dirty pages stay beyond it. */
   bitmapCacheBytes?: number;

@@ -35,10 +35,17 @@ import { readLayout, replayInPlace, type DiskType, type Layout } from './open.js
 import { PARENT_PATH_KEYS, checkParent, locatorLinkage, locatorValue, type ParentResolver, type VhdxImage } from './image.js';
 import { MAX_OCCUPANCY_UNITS, claimUnits, fixedObjects, type FixedObject } from './free-space.js';
 
+/**
+ * How bad a finding is: `corruption` damage (exit 2 from `vhdx check`), `leak` file space nothing
+ * uses (exit 3), `warning` something readers may take badly, `info` a remark.
+ */
 export type FindingSeverity = 'corruption' | 'leak' | 'warning' | 'info';
+/** What {@link repairImage} may fix: `leaks` only the leaked space at the end of the file, `all` also the log, headers and region tables. */
 export type RepairMode = 'leaks' | 'all';
 
+/** One problem {@link checkImage} found. */
 export interface Finding {
+  /** How bad it is. */
   severity: FindingSeverity;
   /** Stable identifier of the problem (the `reason` an open would throw, or a check-only one). */
   reason: ErrorReason;
@@ -54,45 +61,62 @@ export interface Finding {
 
 /** Why a check stopped short (`canComplete: false`) or could not run (`supported: false`). */
 export interface CheckError {
+  /** Stable identifier of the problem (a VhdxError reason). */
   reason: ErrorReason;
+  /** For people: what went wrong. */
   message: string;
+  /** The on-disk structure concerned, when known. */
   structure?: string;
+  /** File offset of that structure, in bytes, when known. */
   offset?: number;
 }
 
+/** What {@link checkImage} found: `qemu-img check`'s fields and more. */
 export interface CheckResult {
+  /** Always `vhdx`. */
   format: 'vhdx';
   /** False when the file is not a VHDX image or uses something this check cannot handle (exit 63). */
   supported: boolean;
   /** False when the check could not read what it needed (exit 1). */
   canComplete: boolean;
+  /** Why the check stopped short or could not run; null when it ran to the end. */
   error: CheckError | null;
   /** Findings, in the order found; at most MAX_FINDINGS are kept (the counts below cover all). */
   findings: Finding[];
+  /** Findings counted but not kept, past MAX_FINDINGS. */
   omittedFindings: number;
+  /** Findings of severity `corruption`. */
   corruptions: number;
   /** Leaked 1 MiB clusters: after the image's last object, and inside the file named by nothing. */
   leaks: number;
+  /** Bytes those leaked clusters take. */
   leakedBytes: number;
+  /** Findings of severity `warning`. */
   warnings: number;
   /** Problems that stopped the check (read errors): 0 or 1. */
   checkErrors: number;
+  /** Size of the image file in bytes. */
   fileSize: number;
   /**
    * Where the image's used space ends: the end of its last object rounded up to 1 MiB (with the
    * reserves described at the leak check), at most the file's size. Null when not known.
    */
   imageEndOffset: number | null;
+  /** The disk type, null when the open stopped before knowing it. */
   type: DiskType | null;
+  /** The log: dirty when it holds entries to replay (their count); null when not read. */
   log: { state: 'clean' | 'dirty'; entries: number } | null;
   /** Payload blocks of the virtual disk, and those stored in the file (fully or partially present). */
   totalBlocks: number;
+  /** Payload blocks stored in the file (fully or partially present). */
   allocatedBlocks: number;
   /** Allocated blocks that do not directly follow the previous one in the file (virtual-disk order). */
   fragmentedBlocks: number;
+  /** Sector bitmap blocks stored in the file (differencing disks). */
   bitmapBlocks: number;
 }
 
+/** Options of {@link checkImage}; progress counts BAT entries scanned, `signal` stops the check (ECANCELED / ABORTED). */
 export interface CheckOptions extends ProgressOptions {
   /**
    * For a differencing image: opens its parent, as `OpenOptions.parent` does for the readers
@@ -581,20 +605,30 @@ async function scanBat(src: RandomAccessSource, layout: Layout, rep: Report, sta
 // ---------------------------------------------------------------------------------------------
 // Repair
 
+/** Options of {@link repairImage}: those of the checks it runs, and what it may fix. */
 export interface RepairOptions extends CheckOptions {
+  /** What the repair may fix (no default). */
   mode: RepairMode;
 }
 
+/** A change {@link repairImage} makes: replay the log, rewrite a header or region table copy, cut leaked space off the end. */
 export type RepairActionKind = 'replayLog' | 'rewriteHeaders' | 'rewriteRegionTable' | 'truncateLeaks';
 
+/** One change a repair made. */
 export interface RepairAction {
+  /** What kind of change. */
   action: RepairActionKind;
+  /** For people: what was changed, with the numbers involved. */
   message: string;
+  /** The structure changed, when one. */
   structure?: string;
+  /** File offset of the change, in bytes (for `truncateLeaks`: the new file size). */
   offset?: number;
 }
 
+/** What {@link repairImage} did, with the check before and after. */
 export interface RepairResult {
+  /** The mode it ran in. */
   mode: RepairMode;
   /** The check before any change. */
   before: CheckResult;
@@ -606,7 +640,9 @@ export interface RepairResult {
   refused: Finding[];
   /** Why the repair was refused, when it was. */
   refusal: string | null;
+  /** Leaked MiB cut off the end of the file. */
   leaksFixed: number;
+  /** Damaged header and region table copies rewritten. */
   corruptionsFixed: number;
   /** Log entries written into the file (0 when the log was clean or not replayed). */
   logEntriesReplayed: number;

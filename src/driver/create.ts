@@ -11,8 +11,10 @@ import type { RandomAccessSource } from '../io/source.js';
 import { planLayout, randomIdentity, writeNewImage, type ImageIdentity, type ImagePlan } from './layout.js';
 import type { ParentLocator } from '../format/parent-locator.js';
 
+/** How a new image stores its blocks; see {@link CreateOptions.subformat}. */
 export type Subformat = 'dynamic' | 'fixed';
 
+/** Options of {@link createImage}. Only `size` is required. */
 export interface CreateOptions extends ProgressOptions {
   /** Virtual disk size in bytes: a positive multiple of the logical sector size, at most 64 TiB. */
   size: number;
@@ -44,6 +46,7 @@ export interface CreateOptions extends ProgressOptions {
   parentLocator?: ParentLocator;
 }
 
+/** What {@link createImage} made. */
 export interface CreateResult {
   /** Where every structure went. @internal */
   plan: ImagePlan;
@@ -51,9 +54,11 @@ export interface CreateResult {
   identity: ImageIdentity;
 }
 
+/** Block size of a new image when none is given: 32 MiB, as Hyper-V. */
 export const DEFAULT_BLOCK_SIZE = 32 * MiB;
 /** Hyper-V's block size for differencing disks: small blocks keep copy-on-write cheap. */
 export const DEFAULT_DIFFERENCING_BLOCK_SIZE = 2 * MiB;
+/** Log size of a new image when none is given: 1 MiB. */
 export const DEFAULT_LOG_SIZE = MiB;
 export const DEFAULT_CREATOR = 'vhdx';
 /** Longest creator text the file identifier holds (512 bytes of UTF-16). */

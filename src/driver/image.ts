@@ -22,6 +22,7 @@ import { encodeParentLocator, type ParentLocator } from '../format/parent-locato
 
 import { bytesEqual } from '../codec/bytes.js';
 
+/** Options of {@link VhdxImage.open}: access, the parent, and the sizes of the caches. */
 export interface OpenOptions extends BatCacheOptions, BitmapCacheOptions, FreeSpaceOptions {
   /**
    * Open for reading only (the default). A writable open needs a writable source; it replays a
@@ -85,9 +86,18 @@ export interface AllocationStats {
 /** Bytes of the file read in one request at most. */
 const MAX_READ = 64 * MiB;
 
+/**
+ * An open VHDX image, a {@link BlockDevice} over its virtual disk: reads at any offset and
+ * length, block status, and (opened writable) writes, zeroing and discard through the log, so a
+ * crash leaves the image as it was before or after each metadata change. Open with
+ * {@link VhdxImage.open} (or `openFile` / `openUrl`); close it when done.
+ */
 export class VhdxImage implements BlockDevice {
+  /** True unless opened writable. */
   readonly readOnly: boolean;
+  /** All but `extents` false when read-only; `fastZero` false for a fixed disk (its zeros are written). */
   readonly can: DeviceCapabilities;
+  /** The source's hint for long copies (see CopyHint). */
   readonly copyHint: CopyHint | undefined;
   /** The one translation of the virtual disk into the file (mapping.ts). */
   private readonly map: BlockMap;
@@ -361,18 +371,23 @@ export class VhdxImage implements BlockDevice {
     await this.writable().discard(offset, length);
   }
 
+  /** Size of the virtual disk in bytes. */
   get size(): number {
     return this.layout.virtualSize;
   }
+  /** Logical sector size in bytes (512 or 4096). */
   get logicalSectorSize(): number {
     return this.layout.logicalSectorSize;
   }
+  /** Physical sector size in bytes (512 or 4096). */
   get physicalSectorSize(): number {
     return this.layout.physicalSectorSize;
   }
+  /** Payload block size in bytes (1 MiB to 256 MiB). */
   get blockSize(): number {
     return this.layout.blockSize;
   }
+  /** Fixed, dynamic or differencing. */
   get type(): DiskType {
     return this.layout.type;
   }

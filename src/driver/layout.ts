@@ -109,7 +109,9 @@ export interface ImagePlan {
 
 /** The GUIDs that make an image unique. `writeNewImage` draws random ones when not given. */
 export interface ImageIdentity {
+  /** The header's FileWriteGuid (a new one the first time the file is written after each open). */
   fileWriteGuid: string;
+  /** The header's DataWriteGuid (a new one the first time the disk's content changes after each open; children link to it). */
   dataWriteGuid: string;
   /** Virtual Disk ID (SCSI page 83). */
   diskId: string;

@@ -53,11 +53,13 @@ export interface Run {
 
 /** An entry that names a place in the file (see BlockMap.places). */
 export interface PlacedBlock {
+  /** A payload block, or the sector bitmap block of a chunk. */
   kind: 'payload' | 'bitmap';
   /** The payload block's index, or the chunk's. */
   index: number;
   /** The entry's state (PayloadState or BitmapState). */
   state: number;
+  /** File offset of the place, in bytes. */
   fileOffset: number;
   /** Bytes the place takes: a payload block, or 1 MiB for a sector bitmap block. */
   length: number;

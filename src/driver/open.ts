@@ -22,6 +22,7 @@ import { OverlaySource, RANGE_BYTES } from './overlay.js';
 
 export type { MetadataItem } from '../format/metadata.js';
 
+/** A VHDX disk's type: every block allocated at creation (fixed), allocated on write (dynamic), or over a parent (differencing). */
 export type DiskType = 'fixed' | 'dynamic' | 'differencing';
 
 export interface HeaderInfo extends HeaderCopy {

@@ -79,11 +79,13 @@ import type { Layout } from './open.js';
 import type { SectorBitmaps } from './bitmap-cache.js';
 import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 
+/** Options of a write to a VHDX image. */
 export interface WriteOptions {
   /** Durable when the call returns (forced unit access). */
   fua?: boolean;
 }
 
+/** Options of {@link VhdxImage.writeZeroes}. */
 export interface ZeroOptions {
   /** The range may be deallocated instead of written (it reads as zeros either way). */
   mayDiscard?: boolean;
@@ -153,9 +155,13 @@ export interface BlockMove {
 
 /** A move made: the block, the place it left and the place it took (file offsets). */
 export interface MovedBlock {
+  /** A payload block, or a chunk's sector bitmap block. */
   kind: 'payload' | 'bitmap';
+  /** The payload block's index, or the chunk's. */
   index: number;
+  /** File offset the block left, in bytes. */
   from: number;
+  /** File offset the block took, in bytes. */
   to: number;
 }
 /** Free places recorded at most (about 50 bytes each). */

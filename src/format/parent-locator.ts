@@ -17,7 +17,9 @@ export const PARENT_LOCATOR_ENTRY = defineStruct('parent locator entry', 12, {
 });
 export type ParentLocatorEntry = Decoded<typeof PARENT_LOCATOR_ENTRY.fields>;
 
+/** A differencing image's parent locator: how to find and recognise its parent. */
 export interface ParentLocator {
+  /** The locator type GUID (b04aefb7-d19e-4a81-b789-25b8e9445913 for VHDX parents). */
   locatorType: string;
   /** Key/value pairs in file order; keys are unique. */
   entries: { key: string; value: string }[];

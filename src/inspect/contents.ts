@@ -9,9 +9,13 @@ import type { PartitionFinding, PartitionScheme } from './partition-table.js';
 import { reclaimable, type Reclaimable } from './reclaim.js';
 import type { UsageSource } from './filesystem.js';
 
+/** What {@link describeContents} returns: the `vhdx info` fields about what is inside the disk. */
 export interface ContentsInfo {
+  /** The partition table's kind. */
   partitionScheme: PartitionScheme;
+  /** The table's sector size in bytes, its disk id (GPT GUID or MBR signature) and what was wrong with it. */
   partitionTable: { sectorSize: number; diskId: string | null; findings: PartitionFinding[] };
+  /** The partitions in table order, each with its filesystem. */
   partitions: DiskPartition[];
   /** Bytes of the disk counted as used (everything but what trusted filesystems say is free). */
   usedBytes: number | null;
@@ -20,9 +24,11 @@ export interface ContentsInfo {
    * scanned) its allocated blocks that are all zeros. Null when not computed.
    */
   reclaimableBytes: number | null;
+  /** The parts of that figure; null when not computed (no `blockSize`). */
   reclaimable: Reclaimable | null;
 }
 
+/** Options of {@link describeContents}; `signal` stops it (ECANCELED / ABORTED). */
 export interface ContentsOptions extends ProgressOptions {
   /** The image's allocation unit; without it, nothing reclaimable is computed. */
   blockSize?: number;
@@ -35,6 +41,11 @@ export interface ContentsOptions extends ProgressOptions {
   usage?: UsageSource;
 }
 
+/**
+ * Read the partition table, the filesystems and their usage of `dev`, and with `blockSize` what a
+ * compact could reclaim. Damage to the table or a filesystem is reported in the result; only I/O
+ * errors of the device are thrown (as VhdxError).
+ */
 export async function describeContents(dev: BlockDevice, opts: ContentsOptions = {}): Promise<ContentsInfo> {
   const signal = opts.signal ? { signal: opts.signal } : {};
   const usage = opts.usage ?? 'maps';

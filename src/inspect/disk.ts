@@ -19,11 +19,15 @@ export function readPartitions(dev: BlockDevice): Promise<PartitionTable> {
 
 /** A partition's filesystem as the disk-level view reports it. */
 export interface DiskFilesystem {
+  /** The filesystem's type, as FilesystemInfo's `type` names it. */
   type: string;
+  /** Its volume label, or null. */
   label: string | null;
+  /** Its UUID or volume serial number, or null. */
   uuid: string | null;
   /** Bytes the filesystem spans. */
   size: number;
+  /** What the filesystem says of its state. */
   state: FilesystemInfo['state'];
   /** Bytes of the partition counted as used: all of it when the free space is not trusted. Null when usage was not asked for. */
   usedBytes: number | null;
@@ -35,15 +39,23 @@ export interface DiskFilesystem {
   untrustedReason: string | null;
 }
 
+/** A partition with the filesystem found in it. */
 export interface DiskPartition extends Partition {
+  /** The filesystem recognised in the partition, or null. */
   filesystem: DiskFilesystem | null;
 }
 
+/** What {@link inspectDisk} returns: the partition table and each partition's filesystem and usage. */
 export interface DiskContents {
+  /** The partition table's kind. */
   partitionScheme: PartitionScheme;
+  /** The sector size in bytes the table's LBAs count. */
   sectorSize: number;
+  /** GPT disk GUID, or the MBR disk signature as "0x1234abcd"; null when there is none. */
   diskId: string | null;
+  /** The partitions in table order. */
   partitions: DiskPartition[];
+  /** What was wrong with the table (never thrown). */
   findings: PartitionFinding[];
   /** Bytes of the disk counted as used (see usedRuns); null when usage was not asked for. */
   usedBytes: number | null;
@@ -136,6 +148,7 @@ class RunJoiner {
   }
 }
 
+/** Options of {@link usedRuns}. */
 export interface UsedRunsOptions extends UsedMapOptions {
   /** The table from readPartitions, when the caller already has it. */
   table?: PartitionTable;
@@ -181,6 +194,7 @@ export async function* usedRuns(dev: BlockDevice, opts: UsedRunsOptions = {}): A
   opts.onProgress?.(dev.size, dev.size);
 }
 
+/** Options of {@link inspectDisk}; progress is in bytes of the disk, `signal` stops it (ECANCELED / ABORTED). */
 export interface InspectOptions extends ProgressOptions {
   /**
    * Count used and free bytes: from the allocation maps (true or 'maps', the default), or from

@@ -3,21 +3,26 @@ import type { BlockDevice, ProgressOptions } from '../device/block-device.js';
 
 /** A byte range of the device: a partition, or the whole disk. */
 export interface Region {
+  /** Byte offset on the device. */
   start: number;
+  /** Length in bytes. */
   length: number;
 }
 
 /** What the format says about the filesystem's state. */
 export type FilesystemState = 'clean' | 'needs-recovery' | 'dirty' | 'hibernated' | 'unknown';
 
+/** What a filesystem driver recognised at a region. */
 export interface FilesystemInfo {
   /** 'ext2' | 'ext3' | 'ext4' | 'ntfs' | 'fat12' | 'fat16' | 'fat32' | 'exfat' | 'xfs' | 'btrfs' | 'swap' | 'lvm2' | 'luks' | 'bitlocker' | 'refs' | 'iso9660' */
   type: string;
+  /** The volume label, or null when it has none. */
   label: string | null;
   /** UUID or volume serial number, in the form the format's own tools print it. */
   uuid: string | null;
   /** Bytes the filesystem says it spans (may be less than the region). */
   size: number;
+  /** What the format says about its state. */
   state: FilesystemState;
   /** Null when its free space can be trusted; otherwise why not (journal needs replay, dirty, hibernated, unknown incompatible feature, bigalloc, ...). */
   untrusted: string | null;
@@ -34,17 +39,21 @@ export interface FilesystemInfo {
  */
 export type UsageSource = 'maps' | 'counters';
 
+/** Options of a used-map walk: where usage comes from, progress and cancellation. */
 export interface UsedMapOptions extends ProgressOptions {
-  /** Default 'maps'. */
+  /** Where usage comes from (default 'maps'). */
   usage?: UsageSource;
 }
 
 /** A run of bytes on the device (absolute device offsets). */
 export interface Run {
+  /** Byte offset on the device. */
   start: number;
+  /** Length in bytes. */
   length: number;
 }
 
+/** A filesystem module: recognises its filesystem and reads which bytes it uses. */
 export interface FilesystemDriver {
   /** The types this driver reports (for the registry and messages). */
   readonly types: readonly string[];

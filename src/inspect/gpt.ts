@@ -18,17 +18,29 @@ export const MAX_GPT_ARRAY_BYTES = 1024 * 1024;
 export const GPT_SIGNATURE = 'EFI PART';
 const MIN_HEADER_SIZE = 92;
 
+/** The fields of a GPT header (LBAs count the table's logical sectors). */
 export interface GptHeader {
+  /** The header's revision (0x00010000 for 1.0). */
   revision: number;
+  /** Bytes the header's CRC-32 covers. */
   headerSize: number;
+  /** LBA of this header. */
   myLba: number;
+  /** LBA of the other header copy. */
   alternateLba: number;
+  /** First LBA partitions may use. */
   firstUsableLba: number;
+  /** Last LBA partitions may use. */
   lastUsableLba: number;
+  /** The disk GUID. */
   diskGuid: string;
+  /** LBA of the partition-entry array. */
   entriesLba: number;
+  /** Entries in the array. */
   entryCount: number;
+  /** Bytes per entry. */
   entrySize: number;
+  /** CRC-32 of the entry array. */
   entriesCrc: number;
 }
 

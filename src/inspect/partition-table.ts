@@ -10,14 +10,17 @@ import { readGpt, type GptHeader } from './gpt.js';
 import { decodeMbr, entriesPlausible, isProtective, readMbrPartitions } from './mbr.js';
 import { readAt } from './read.js';
 
+/** A disk's partition table kind: GPT, MBR, or none (a filesystem, or nothing, from sector 0). */
 export type PartitionScheme = 'gpt' | 'mbr' | 'none';
 
 /** 'gpt': a GPT entry; MBR: 'primary', 'extended' (a container of logical partitions), 'logical'; 'disk': the whole disk of a disk with no table. */
 export type PartitionKind = 'gpt' | 'primary' | 'extended' | 'logical' | 'disk';
 
+/** One partition as its table describes it. */
 export interface Partition {
   /** GPT: the entry's number (1-based); MBR: 1–4 for primaries, 5 on for logical ones (as Linux numbers them); 0 for the whole disk. */
   index: number;
+  /** Which kind of entry it is. */
   kind: PartitionKind;
   /** Byte offset on the disk. */
   start: number;
@@ -37,22 +40,29 @@ export interface Partition {
   attributeBits: string;
 }
 
+/** A problem found in a partition table (reported, never thrown). */
 export interface PartitionFinding {
   /** 'error': part of the table could not be read; 'warning': a damaged copy or range, worked around; 'info': of note. */
   severity: 'error' | 'warning' | 'info';
+  /** Stable identifier of the problem (GPT_*, MBR_*, PARTITION_* reasons). */
   reason: ErrorReason;
+  /** For people: what is wrong, with the numbers involved. */
   message: string;
   /** Byte offset on the disk of the structure concerned. */
   offset?: number;
 }
 
+/** A disk's partition table as {@link readPartitions} reads it. */
 export interface PartitionTable {
+  /** The table's kind. */
   scheme: PartitionScheme;
   /** The logical sector size the table's LBAs count (the device's, or the one the GPT was found with). */
   sectorSize: number;
   /** GPT disk GUID, or the MBR disk signature as "0x1234abcd"; null when there is none. */
   diskId: string | null;
+  /** The partitions that could be read, in table order. */
   partitions: Partition[];
+  /** What was wrong with the table. */
   findings: PartitionFinding[];
   /** The GPT header used (null for other schemes, or when no copy was valid). */
   gpt: (GptHeader & { copy: 'primary' | 'backup'; hybridMbr: boolean }) | null;

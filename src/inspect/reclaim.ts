@@ -14,6 +14,7 @@ const ZERO_PIECE = 256 * 1024;
 /** Block status is asked for this much of the disk at a time. */
 const STATUS_WINDOW = 1024 * 1024 * 1024;
 
+/** Options of {@link reclaimable} and {@link reclaimableUnits}. */
 export interface ReclaimOptions extends ProgressOptions {
   /** The allocation unit (a VHDX block size): whole units are what an image gives back. */
   blockSize: number;
@@ -23,6 +24,7 @@ export interface ReclaimOptions extends ProgressOptions {
   scanZeros: boolean;
 }
 
+/** What {@link reclaimable} measured, in bytes. */
 export interface Reclaimable {
   /** Bytes of allocated units that no filesystem uses (what a filesystem-aware compact frees). */
   unusedBytes: number;

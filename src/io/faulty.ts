@@ -101,6 +101,7 @@ class PageStore {
 
 /** One mutating operation, as recorded in the trace (and in the pending set). */
 export interface FaultyOp {
+  /** Which operation. */
   kind: 'write' | 'flush' | 'truncate';
   /** 1-based index among mutating operations (the number `crashAt` refers to). */
   index: number;
@@ -110,6 +111,7 @@ export interface FaultyOp {
   data?: Uint8Array;
 }
 
+/** Options of a new {@link FaultySource}. */
 export interface FaultyOptions {
   /** Crash when the `crashAt`-th mutating operation (write, flush or truncate; from 1) is issued. */
   crashAt?: number;
@@ -121,9 +123,11 @@ export interface FaultyOptions {
   writeCache?: boolean;
   /** Keep every mutating operation (with a copy of written bytes) in `trace`. */
   trace?: boolean;
+  /** Refuse writes, flushes and truncates (EROFS / READ_ONLY); default false. */
   readOnly?: boolean;
 }
 
+/** Options of {@link FaultySource.crashImage}: which pending operations survive the crash. */
 export interface CrashImageOptions {
   /** Seed of the choice of survivors and of the tear (default 1). */
   seed?: number;
@@ -151,6 +155,11 @@ function rng(seed: number): () => number {
   };
 }
 
+/**
+ * A memory disk with a volatile write cache that can lose power at any write or flush, to test
+ * crash safety (see the model at the top of src/io/faulty.ts). After a crash every operation but
+ * `close` throws EIO / IO_ERROR; {@link FaultySource.crashImage} gives the disk as it would come back.
+ */
 export class FaultySource implements RandomAccessSource {
   /** What reads see: every operation issued. */
   private current: PageStore;
@@ -160,6 +169,7 @@ export class FaultySource implements RandomAccessSource {
   private crashed = false;
   private readonly crashAt: number | undefined;
   private readonly writeCache: boolean;
+  /** True when created with `readOnly`. */
   readonly readOnly: boolean;
   /** Every mutating operation issued, when created with `trace`. */
   readonly trace: FaultyOp[] | null;
@@ -185,6 +195,7 @@ export class FaultySource implements RandomAccessSource {
     this.trace = opts.trace ? [] : null;
   }
 
+  /** Current size in bytes, as reads see it (pending operations included). */
   get size(): number {
     return this.current.size;
   }
@@ -199,12 +210,14 @@ export class FaultySource implements RandomAccessSource {
     return this.pending.length;
   }
 
+  /** Read what every write issued so far left at `offset`; resolves to the count read (short at the end). */
   async read(offset: number, into: Uint8Array): Promise<number> {
     this.assertAlive();
     this.counts.reads++;
     return this.current.read(offset, into);
   }
 
+  /** Write `data` at `offset` into the cache: pending (lost or torn at a crash) until the next flush. */
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.assertWritable();
     const op: FaultyOp = { kind: 'write', index: 0, offset };
@@ -215,6 +228,7 @@ export class FaultySource implements RandomAccessSource {
     this.current.write(offset, data);
   }
 
+  /** Set the size in bytes; pending like a write until the next flush. */
   async truncate(size: number): Promise<void> {
     this.assertWritable();
     this.counts.truncates++;
@@ -222,6 +236,7 @@ export class FaultySource implements RandomAccessSource {
     this.current.truncate(size);
   }
 
+  /** Make every operation issued so far durable. */
   async flush(): Promise<void> {
     this.assertWritable();
     this.counts.flushes++;
@@ -230,6 +245,7 @@ export class FaultySource implements RandomAccessSource {
     this.pending = [];
   }
 
+  /** Always succeeds, crashed or not; the source stays usable. */
   async close(): Promise<void> {}
 
   /** Lose power now: every later operation throws. */

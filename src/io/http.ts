@@ -32,6 +32,7 @@ export interface HttpStats {
   retries: number;
 }
 
+/** Options of {@link HttpSource.open} (and of `openUrl`'s `http`). */
 export interface HttpSourceOptions {
   /** Headers sent with every request (Authorization, x-ms-version, ...). */
   headers?: ConstructorParameters<typeof Headers>[0];
@@ -171,8 +172,15 @@ function sleep(ms: number, onStop: (stop: (reason: unknown) => void) => () => vo
   });
 }
 
+/**
+ * A read-only source over an HTTP(S) URL, read with single-range GET requests: cached, retried,
+ * and pinned to one version of the object (a change is EIO / SOURCE_CHANGED). Open with
+ * {@link HttpSource.open}.
+ */
 export class HttpSource implements RandomAccessSource {
+  /** Always true. */
   readonly readOnly = true;
+  /** What this source (and those sharing the object) sent and received. */
   readonly stats: HttpStats;
   /**
    * A copy reads pieces of maxRequestBytes, maxInFlight at once: one request per piece, and
@@ -289,10 +297,15 @@ export class HttpSource implements RandomAccessSource {
     return src;
   }
 
+  /** Size of the object in bytes. */
   get size(): number {
     return this.objectSize;
   }
 
+  /**
+   * Read up to `into.length` bytes at `offset` (short only at the end of the object). Fails with
+   * the VhdxError of the HTTP failure (HTTP_STATUS, TIMED_OUT, SOURCE_CHANGED, ...) or CLOSED.
+   */
   async read(offset: number, into: Uint8Array): Promise<number> {
     this.checkOpen();
     if (!Number.isSafeInteger(offset) || offset < 0) {
@@ -356,6 +369,7 @@ export class HttpSource implements RandomAccessSource {
     this.aheadEnd = Math.max(this.aheadEnd, to);
   }
 
+  /** End every request in flight (they fail with CLOSED) and drop the cache. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

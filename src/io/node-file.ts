@@ -14,8 +14,14 @@ import { DirectIo } from './direct.js';
  * - `directsync`: around the page cache, every write durable when it returns (O_DIRECT | O_DSYNC).
  */
 export type CacheMode = 'writeback' | 'unsafe' | 'writethrough' | 'none' | 'directsync';
+/** Every cache mode, the default (writeback) first. */
 export const CACHE_MODES: readonly CacheMode[] = ['writeback', 'unsafe', 'writethrough', 'none', 'directsync'];
 
+/**
+ * A source over a file (or block device) by path, locked against conflicting opens, with qemu's
+ * cache modes. I/O failures are VhdxError IO_ERROR (code ENOSPC, EROFS, EPERM or EIO). Open
+ * with {@link NodeFileSource.open}.
+ */
 export class NodeFileSource implements RandomAccessSource {
   private closed = false;
   // Writes and truncates completed (attempted, failed ones too: they may have changed the file),
@@ -28,9 +34,12 @@ export class NodeFileSource implements RandomAccessSource {
   private constructor(
     private readonly file: FdFile,
     private length: number,
+    /** True unless opened with `readOnly: false`. */
     readonly readOnly: boolean,
+    /** The path it was opened by. */
     readonly path: string,
     private readonly lock: FileLock | null,
+    /** The cache mode it was opened with. */
     readonly cache: CacheMode,
     private readonly direct: DirectIo | null,
   ) {}
@@ -78,10 +87,12 @@ export class NodeFileSource implements RandomAccessSource {
     }
   }
 
+  /** Current size of the file in bytes. */
   get size(): number {
     return this.length;
   }
 
+  /** Read up to `into.length` bytes at `offset`; resolves to the count read (short at the end). */
   async read(offset: number, into: Uint8Array): Promise<number> {
     this.assertOpen();
     try {
@@ -92,6 +103,7 @@ export class NodeFileSource implements RandomAccessSource {
     }
   }
 
+  /** Write all of `data` at `offset`, growing the file when it ends past its size (EROFS when read-only). */
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.assertOpen();
     if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', `${this.path} is open read-only`);
@@ -106,6 +118,7 @@ export class NodeFileSource implements RandomAccessSource {
     if (offset + data.length > this.length) this.length = offset + data.length;
   }
 
+  /** Make completed writes durable (fdatasync); does nothing in cache mode `unsafe`. */
   async flush(): Promise<void> {
     this.assertOpen();
     if (this.cache === 'unsafe') return;
@@ -121,6 +134,7 @@ export class NodeFileSource implements RandomAccessSource {
     }
   }
 
+  /** Set the file's size in bytes, cutting or extending with zeros. */
   async truncate(size: number): Promise<void> {
     this.assertOpen();
     try {
@@ -134,6 +148,7 @@ export class NodeFileSource implements RandomAccessSource {
     if (this.direct) this.direct.overhang = false;
   }
 
+  /** Close the file and release its lock (without a flush); a second call does nothing. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

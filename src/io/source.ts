@@ -11,13 +11,17 @@ import { isZero } from '../codec/bytes.js';
  * each request over HTTP costs a round trip and its own overhead.
  */
 export interface CopyHint {
+  /** Bytes per read. */
   chunkSize: number;
+  /** Reads in flight at once. */
   parallel: number;
 }
 
+/** Random-access bytes an image is read from, and written to when the optional methods are there. */
 export interface RandomAccessSource {
   /** Current size in bytes. */
   readonly size: number;
+  /** True when the source refuses writes. */
   readonly readOnly: boolean;
   /** How a long copy reads it best, when not as a file (see CopyHint). */
   readonly copyHint?: CopyHint | undefined;
@@ -26,9 +30,13 @@ export interface RandomAccessSource {
    * of the source. Many reads may be in flight at once.
    */
   read(offset: number, into: Uint8Array): Promise<number>;
+  /** Write `data` at `offset`, growing the source when it ends past its size. */
   write?(offset: number, data: Uint8Array): Promise<void>;
+  /** Make every completed write and truncate durable. */
   flush?(): Promise<void>;
+  /** Set the size in bytes, cutting or extending with zeros. */
   truncate?(size: number): Promise<void>;
+  /** Release what the source holds (a file and its lock, connections); a second call does nothing. */
   close(): Promise<void>;
 }
 
@@ -38,9 +46,11 @@ export interface RandomAccessSource {
  * that holds a WritableSource calls its methods without checking again.
  */
 export interface WritableSource extends RandomAccessSource {
+  /** Write `data` at `offset`, growing the source when it ends past its size. */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Make every completed write and truncate durable. */
   flush(): Promise<void>;
+  /** Set the size in bytes, cutting or extending with zeros. */
   truncate(size: number): Promise<void>;
 }
 
@@ -109,14 +119,17 @@ export async function zeroInPlace(file: RandomAccessSource, offset: number, leng
 export class MemorySource implements RandomAccessSource {
   private buf: Uint8Array;
   private length: number;
+  /** True when opened with `readOnly`: write and truncate fail with EROFS. */
   readonly readOnly: boolean;
 
+  /** A source holding `bytes` (used in place, not copied, until a write grows it); empty by default. */
   constructor(bytes: Uint8Array = new Uint8Array(0), opts: { readOnly?: boolean } = {}) {
     this.buf = bytes;
     this.length = bytes.length;
     this.readOnly = opts.readOnly ?? false;
   }
 
+  /** Current size in bytes. */
   get size(): number {
     return this.length;
   }
@@ -126,6 +139,7 @@ export class MemorySource implements RandomAccessSource {
     return this.buf.subarray(0, this.length);
   }
 
+  /** Copy the bytes at `offset` into `into`; resolves to the count copied (short at the end). */
   async read(offset: number, into: Uint8Array): Promise<number> {
     if (offset >= this.length) return 0;
     const n = Math.min(into.length, this.length - offset);
@@ -133,14 +147,17 @@ export class MemorySource implements RandomAccessSource {
     return n;
   }
 
+  /** Copy `data` in at `offset`, growing the source (zeros between) when it ends past the size. */
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', 'memory source is read-only');
     this.ensure(offset + data.length);
     this.buf.set(data, offset);
   }
 
+  /** Nothing to do: memory holds every write already. */
   async flush(): Promise<void> {}
 
+  /** Set the size in bytes; bytes past a cut read as zeros if the source grows again. */
   async truncate(size: number): Promise<void> {
     if (this.readOnly) throw new VhdxError('EROFS', 'READ_ONLY', 'memory source is read-only');
     this.ensure(size);
@@ -148,6 +165,7 @@ export class MemorySource implements RandomAccessSource {
     this.length = size;
   }
 
+  /** Nothing to release; the bytes stay readable through {@link MemorySource.bytes}. */
   async close(): Promise<void> {}
 
   private ensure(end: number): void {
@@ -162,11 +180,15 @@ export class MemorySource implements RandomAccessSource {
 
 /** A read-only source over a Blob or File (browsers, and Node's Blob). */
 export class BlobSource implements RandomAccessSource {
+  /** Always true: a Blob cannot be written. */
   readonly readOnly = true;
+  /** A source reading `blob` through `slice()`. */
   constructor(private readonly blob: Blob) {}
+  /** Size of the Blob in bytes. */
   get size(): number {
     return this.blob.size;
   }
+  /** Read the bytes at `offset` into `into`; resolves to the count read (short at the end). */
   async read(offset: number, into: Uint8Array): Promise<number> {
     if (offset >= this.blob.size) return 0;
     const end = Math.min(this.blob.size, offset + into.length);
@@ -174,5 +196,6 @@ export class BlobSource implements RandomAccessSource {
     into.set(new Uint8Array(ab));
     return ab.byteLength;
   }
+  /** Nothing to release. */
   async close(): Promise<void> {}
 }

@@ -5,6 +5,7 @@
 import type { BlockDevice, WritableBlockDevice } from '../device/block-device.js';
 import { MAX_STRING, TFlag } from './protocol.js';
 
+/** How a device is exported: its name, description, access and what it advertises. */
 export interface NbdExportOptions {
   /** The export's name (default ''). The empty name also reaches the first export. */
   name?: string;
@@ -28,7 +29,9 @@ export interface NbdExportOptions {
   unallocatedIsZero?: boolean;
 }
 
+/** One export of an {@link NbdServer}: a device and how it is offered. */
 export interface NbdExportSpec extends NbdExportOptions {
+  /** The device served; the server does not close it. */
   device: BlockDevice;
 }
 

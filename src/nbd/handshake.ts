@@ -60,6 +60,7 @@ export interface Negotiated {
 
 /** A client broke the protocol in a way that allows no reply: the connection is closed. */
 export class ProtocolViolation extends Error {
+  /** Always `ProtocolViolation`. */
   override name = 'ProtocolViolation';
 }
 
@@ -77,9 +78,13 @@ export class ProtocolViolation extends Error {
  */
 export type ClientDropReason = 'SERVER_FULL' | 'TOO_MANY_HANDSHAKES' | 'HANDSHAKE_TIMEOUT' | 'IDLE' | 'STALLED_REQUEST' | 'UNREAD_REPLIES';
 
+/** A client the server refused or dropped because of a limit or timeout (given to `onError`). */
 export class ClientDropped extends Error {
+  /** Always `ClientDropped`. */
   override name = 'ClientDropped';
+  /** A client dropped for `reason`, with a message for people. */
   constructor(
+    /** Why the client was refused or dropped. */
     readonly reason: ClientDropReason,
     message: string,
   ) {

@@ -27,6 +27,7 @@ import type { BlockDevice } from '../device/block-device.js';
 
 const MiB = 1024 * 1024;
 
+/** The server's limits on connections, handshakes, timeouts and memory; every one has a default. */
 export interface NbdLimits {
   /**
    * Clients in transmission at once (default 16). A client that asks for an export (GO) when all
@@ -90,6 +91,7 @@ export interface NbdServerStats {
   bytesBound: number;
 }
 
+/** Options of an {@link NbdServer}: its limits and where its errors go. */
 export interface NbdServerOptions extends NbdLimits {
   /**
    * Told about device errors (EIO), protocol violations, failed flushes at disconnect, and every
@@ -99,8 +101,10 @@ export interface NbdServerOptions extends NbdLimits {
   onError?: (e: unknown) => void;
 }
 
+/** Where {@link NbdServer.listen} listens: a TCP port (default 10809) and host (default 127.0.0.1), or a Unix socket path. */
 export type NbdListen = { port?: number; host?: string } | { path: string };
 
+/** Options of {@link serveNbd}: the server's, the export's, and where to listen. */
 export interface ServeOptions extends NbdServerOptions, NbdExportOptions {
   /** TCP port (default 10809; 0 picks a free one). Ignored with `path`. */
   port?: number;
@@ -110,6 +114,7 @@ export interface ServeOptions extends NbdServerOptions, NbdExportOptions {
   path?: string;
 }
 
+/** The NBD port the server listens on when none is given (IANA's, 10809). */
 export const DEFAULT_PORT = 10809;
 
 /** Exports `exports` to every connection handed to it or accepted by `listen`. */

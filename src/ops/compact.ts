@@ -30,9 +30,12 @@ import { inspectDisk, readPartitions, usedRuns } from '../inspect/disk.js';
 import { reclaimableUnits } from '../inspect/reclaim.js';
 import type { Run } from '../inspect/filesystem.js';
 
+/** What releases a block: `filesystem` no filesystem uses it, `zeroes` it reads as zeros, `full` either. */
 export type CompactMode = 'full' | 'zeroes' | 'filesystem';
+/** Every compact mode, the default (`full`) first. */
 export const COMPACT_MODES: readonly CompactMode[] = ['full', 'zeroes', 'filesystem'];
 
+/** Options of {@link compact}; `signal` stops it between crash-safe steps (ECANCELED / ABORTED). */
 export interface CompactOptions extends ProgressOptions {
   /** What releases a block (default 'full': unused by every filesystem, or all zeros). */
   mode?: CompactMode;
@@ -46,16 +49,23 @@ export interface SkippedArea {
   partition: number;
   /** Byte offset and length on the disk. */
   start: number;
+  /** Length in bytes. */
   length: number;
   /** The filesystem found, or null. */
   filesystem: string | null;
+  /** Why its free space was not used. */
   reason: string;
 }
 
+/** What {@link compact} did (or, in a dry run, would do). */
 export interface CompactReport {
+  /** The mode it ran in. */
   mode: CompactMode;
+  /** True when nothing was written. */
   dryRun: boolean;
+  /** The image's block size in bytes: the unit released. */
   blockSize: number;
+  /** The file's size before, in bytes. */
   fileSizeBefore: number;
   /** The file's size after (a dry run: the estimate, every kept block packed after the fixed structures). */
   fileSizeAfter: number;

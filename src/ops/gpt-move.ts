@@ -40,8 +40,11 @@ export function gptBackupBytes(h: GptHeader, sectorSize: number): number {
 
 /** What a move of the GPT's backup did, for reports. */
 export interface GptMove {
+  /** LBA of the backup header before the move. */
   fromLba: number;
+  /** LBA of the backup header after it (the disk's new last sector). */
   toLba: number;
+  /** The last LBA partitions may use on the resized disk. */
   lastUsableLba: number;
 }
 

@@ -56,6 +56,7 @@ import type { ProgressOptions } from '../device/block-device.js';
 import { inspectDisk, readPartitions } from '../inspect/disk.js';
 import { gptBackupBytes, moveGptBackup, type GptMove } from './gpt-move.js';
 
+/** Options of {@link resize}; progress covers its long steps (moving blocks, writing zeros), `signal` stops it between crash-safe steps (ECANCELED / ABORTED). */
 export interface ResizeOptions extends ProgressOptions {
   /** Allow a smaller size (qemu-img's --shrink). */
   shrink?: boolean;
@@ -67,10 +68,13 @@ export interface ResizeOptions extends ProgressOptions {
   gptFix?: boolean;
 }
 
+/** What {@link resize} did. */
 export interface ResizeResult {
   /** The image, reopened at its new size (the one passed in is closed). */
   image: VhdxImage;
+  /** The virtual size before, in bytes. */
   oldSize: number;
+  /** The virtual size after, in bytes. */
   newSize: number;
   /** Bytes the BAT region grew by (0 when it had room). */
   batGrowth: number;

@@ -19,12 +19,20 @@ import { readVhdLayout } from './layout.js';
 export const AZURE_MAX_SIZE = 8 * 1024 ** 4 - 1024 * 1024;
 const MiB = 1024 * 1024;
 
+/**
+ * An Azure rule: a valid footer at the end (`footer`) whose checksum is right (`checksum`), a
+ * fixed disk (`fixed`), a size in whole MiB (`whole-mib`) of at most AZURE_MAX_SIZE (`max-size`),
+ * a file of the size plus the footer (`file-size`); and every reader seeing one size (`same-size-everywhere`, a warning).
+ */
 export type AzureRule = 'footer' | 'checksum' | 'fixed' | 'whole-mib' | 'max-size' | 'file-size' | 'same-size-everywhere';
 
+/** A rule Azure applies to uploaded VHDs that a file breaks. */
 export interface AzureProblem {
+  /** The rule broken. */
   rule: AzureRule;
   /** 'error': Azure refuses the file; 'warning': it may be accepted, but not read alike everywhere. */
   severity: 'error' | 'warning';
+  /** For people: what is wrong, with the numbers involved. */
   message: string;
 }
 

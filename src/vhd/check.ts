@@ -27,15 +27,19 @@ import { VhdImage, checkVhdParent, type VhdParentResolver } from './image.js';
 
 /** A check's result, in the shape of VHDX's CheckResult (`leaks` counts blocks' worth of space here, not MiB). */
 export interface VhdCheckResult extends Omit<CheckResult, 'format' | 'type' | 'log' | 'bitmapBlocks'> {
+  /** Always `vpc` (qemu's name for VHD). */
   format: 'vpc';
+  /** The disk type, null when the footer could not be read. */
   type: VhdDiskType | null;
   /** The disk's size in bytes, by the size rule in use. */
   size: number | null;
 }
 
+/** Options of {@link checkVhd}: the size rule, the parent, progress and cancellation. */
 export interface VhdCheckOptions extends ProgressOptions, LayoutOptions {
   /** For a differencing disk: opens its parent, which is then checked against the child (as VhdImage.open does). */
   parent?: VhdParentResolver;
+  /** Accept a parent whose time stamp does not match the child's record of it (see VhdOpenOptions). */
   ignoreParentTimestamp?: boolean;
 }
 
@@ -195,27 +199,42 @@ async function checkParent(layout: VhdLayout, rep: Report, opts: VhdCheckOptions
   }
 }
 
+/** Options of {@link repairVhd}: those of the checks it runs, and what it may fix. */
 export interface VhdRepairOptions extends VhdCheckOptions {
+  /** `leaks`: cut leaked space off the end; `all`: also rewrite a missing or damaged footer or footer copy. */
   mode: RepairMode;
 }
 
+/** A change {@link repairVhd} makes: the footer at the end, its copy at offset 0, or leaked space cut off. */
 export type VhdRepairActionKind = 'rewriteFooter' | 'rewriteFooterCopy' | 'truncateLeaks';
 
+/** One change a VHD repair made. */
 export interface VhdRepairAction {
+  /** What kind of change. */
   action: VhdRepairActionKind;
+  /** For people: what was changed, with the numbers involved. */
   message: string;
+  /** File offset of the change, in bytes. */
   offset: number;
 }
 
+/** What {@link repairVhd} did, with the check before and after. */
 export interface VhdRepairResult {
+  /** The mode it ran in. */
   mode: RepairMode;
+  /** The check before any change. */
   before: VhdCheckResult;
+  /** The check after the repair (the same as `before` when nothing was changed). */
   after: VhdCheckResult;
+  /** What was changed, in order. */
   actions: VhdRepairAction[];
   /** The findings that made the repair refuse (empty when it ran). */
   refused: Finding[];
+  /** Why the repair was refused, when it was. */
   refusal: string | null;
+  /** Blocks' worth of leaked space cut off the end. */
   leaksFixed: number;
+  /** Footers rewritten. */
   corruptionsFixed: number;
 }
 

@@ -26,15 +26,18 @@ import { SECTOR, batBytes, blockCount } from './bat.js';
 import { CHS_CREATORS, MAX_CHS, MAX_DYNAMIC_VHD_SIZE, MAX_FIXED_VHD_SIZE, QEMU_LEGACY_CURRENT_SIZE_CREATORS, chsForSectors, chsRoundUp, isChsExact, type Chs } from './geometry.js';
 import type { VhdImage } from './image.js';
 
+/** How a new VHD stores its blocks; see {@link CreateVhdOptions.subformat}. */
 export type VhdSubformat = 'fixed' | 'dynamic';
 
 /** A path naming a differencing disk's parent, for one platform. */
 export interface VhdParentPath {
   /** 'W2ru': a Windows path relative to the child; 'W2ku': an absolute Windows path; 'MacX': a file:// URL. */
   platform: 'W2ru' | 'W2ku' | 'MacX';
+  /** The path, in that platform's form. */
   path: string;
 }
 
+/** Options of {@link createVhd} and {@link planVhd}. */
 export interface CreateVhdOptions {
   /** Disk size in bytes: a multiple of 512 (at most 2040 GiB dynamic, 64 TiB fixed). Taken from the parent for a differencing disk. */
   size?: number;
@@ -68,11 +71,13 @@ export interface CreateVhdOptions {
   parentPaths?: VhdParentPath[];
 }
 
+/** What {@link createVhd} made. */
 export interface CreateVhdResult {
   /** The footer written (for the CLI's output). @internal */
   footer: Footer;
   /** The disk's size in bytes. */
   size: number;
+  /** The CHS geometry written in the footer. */
   geometry: Chs;
   /** File size of the new image. */
   fileSize: number;
@@ -98,15 +103,21 @@ export function geometryFor(size: number, creator: string = DEFAULT_CREATOR_APPL
 
 /** What a VHD will be made as: the options checked and their defaults filled in (`planVhd`). */
 export interface VhdPlan {
+  /** The disk type that will be written. */
   type: 'fixed' | 'dynamic' | 'differencing';
   /** The disk's size in bytes (rounded when `roundToGeometry`). */
   size: number;
   /** Block size (used by dynamic and differencing disks only). */
   blockSize: number;
+  /** The CHS geometry the footer will hold. */
   geometry: Chs;
+  /** Creator application, four characters. */
   creatorApplication: string;
+  /** Creator host OS, four characters. */
   creatorHostOs: string;
+  /** The unique id. */
   uniqueId: string;
+  /** Creation time in milliseconds since 1970. */
   time: number;
 }
 

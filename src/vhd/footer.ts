@@ -44,6 +44,7 @@ export type Footer = Decoded<typeof FOOTER.fields>;
 export const FOOTER_RESERVED_AT = 85;
 
 export const DiskType = { FIXED: 2, DYNAMIC: 3, DIFFERENCING: 4 } as const;
+/** A VHD's disk type, from its footer (2 fixed, 3 dynamic, 4 differencing). */
 export type VhdDiskType = 'fixed' | 'dynamic' | 'differencing';
 export const DISK_TYPE_NAMES: Record<number, VhdDiskType> = { 2: 'fixed', 3: 'dynamic', 4: 'differencing' };
 

@@ -30,9 +30,13 @@
 import { VhdxError } from '../errors.js';
 import { creatorText, type Footer } from './footer.js';
 
+/** A CHS disk geometry, as a VHD footer holds it (the disk is their product × 512 bytes). */
 export interface Chs {
+  /** Cylinders (at most 65535). */
   cylinders: number;
+  /** Heads (at most 16). */
   heads: number;
+  /** Sectors per track (at most 255). */
   sectorsPerTrack: number;
 }
 
@@ -99,6 +103,11 @@ export function chsRoundUp(size: number): number | null {
   return null;
 }
 
+/**
+ * Which of a VHD footer's sizes to believe (see the top of src/vhd/geometry.ts): `auto` (qemu
+ * 10.0's rule: the CHS geometry for creators "vpc " and "qemu", Current Size for the rest),
+ * `current-size` (Hyper-V's), or `chs` (Virtual PC's).
+ */
 export type SizeRule = 'auto' | 'current-size' | 'chs';
 
 /** Creators whose disks the `'auto'` rule sizes by their CHS geometry (qemu 10.0's list). */

@@ -34,6 +34,7 @@ export interface VhdParentRequest {
   parentName: string;
   /** The parent's unique id and modification time the child was made against. */
   parentUniqueId: string;
+  /** The parent's time stamp the child records (seconds since 2000-01-01 UTC). */
   parentTimestamp: number;
   /** The child's structures. @internal */
   child: VhdLayout;
@@ -51,6 +52,7 @@ export interface VhdParentRequest {
 /** Opens the parent a differencing VHD names (read-only), like VHDX's ParentResolver. */
 export type VhdParentResolver = (request: VhdParentRequest) => Promise<VhdImage>;
 
+/** Options of {@link VhdImage.open}: access, the parent, the size rule and the caches. */
 export interface VhdOpenOptions extends VhdCacheOptions, LayoutOptions {
   /** Open for reading only (the default). A writable open needs a writable source. */
   readOnly?: boolean;
@@ -76,13 +78,25 @@ export interface VhdOpenOptions extends VhdCacheOptions, LayoutOptions {
   ignoreParentTimestamp?: boolean;
 }
 
+/**
+ * An open VHD (qemu's vpc: fixed, dynamic or differencing), a {@link BlockDevice} over its
+ * virtual disk; opened writable, it writes in place with the footer and BAT kept consistent.
+ * Open with {@link VhdImage.open} (or `openDevice`); close it when done.
+ */
 export class VhdImage implements WritableBlockDevice {
+  /** True unless opened writable. */
   readonly readOnly: boolean;
+  /** All false but `extents` when read-only; never `fastZero` (a VHD writes zeros as data). */
   readonly can: DeviceCapabilities;
+  /** The source's hint for long copies (see CopyHint). */
   readonly copyHint: CopyHint | undefined;
+  /** Always 512: VHD has no other sector size. */
   readonly logicalSectorSize = SECTOR;
+  /** The parent of a differencing disk, when opened with a resolver; else null. */
   readonly parent: VhdImage | null;
+  /** Depth in the chain: 0 for the image the caller opened. */
   readonly depth: number;
+  /** The name given at open (a path), for messages. */
   readonly name: string | undefined;
   /** The footer's time stamp or the file's modification time, as a VHD time stamp, that children may name. */
   readonly modifiedTimestamp: number | null;
@@ -164,9 +178,11 @@ export class VhdImage implements WritableBlockDevice {
     return new VhdImage(layout, source, { ...opts, readOnly }, parent);
   }
 
+  /** Size of the virtual disk in bytes, by the size rule in use. */
   get size(): number {
     return this.layout.size;
   }
+  /** Fixed, dynamic or differencing. */
   get type(): VhdDiskType {
     return this.layout.type;
   }
@@ -174,6 +190,7 @@ export class VhdImage implements WritableBlockDevice {
   get footer(): Footer {
     return this.layout.footer;
   }
+  /** The footer's unique id (a GUID), which a child names its parent by. */
   get uniqueId(): string {
     return this.layout.footer.uniqueId;
   }
@@ -201,6 +218,7 @@ export class VhdImage implements WritableBlockDevice {
     if (length > 0) await this.validateMapping(offset, length);
   }
 
+  /** Fill `into` with the virtual disk's bytes at `offset` (through the parent where a differencing disk has none). */
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkOpenRange('read', offset, into.length);
     if (into.length === 0) return;
@@ -232,6 +250,10 @@ export class VhdImage implements WritableBlockDevice {
     await Promise.all(pending);
   }
 
+  /**
+   * Extents covering [offset, offset + length) in order, from the BAT and sector bitmaps (a fixed
+   * disk is all data); a differencing disk's ranges say which image of the chain holds them.
+   */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.checkOpenRange('block status', offset, length);
     const out: Extent[] = [];
@@ -288,6 +310,7 @@ export class VhdImage implements WritableBlockDevice {
     return out;
   }
 
+  /** Write `data` at `offset`, allocating blocks as needed; with `fua`, durable when this returns. */
   async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
     await this.checkRequest('write', offset, data.length);
     if (data.length === 0) return;
@@ -309,12 +332,14 @@ export class VhdImage implements WritableBlockDevice {
     await this.zero(offset, length);
   }
 
+  /** Make every completed write durable. */
   async flush(): Promise<void> {
     if (this.closed) throw new VhdxError('EINVAL', 'CLOSED', 'image is closed');
     if (this.writer) await this.writer.flush();
     else if (!this.readOnly) await this.src.flush!();
   }
 
+  /** Flush (writable), then close the source and the parent; a second call does nothing. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

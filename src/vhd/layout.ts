@@ -32,12 +32,15 @@ export interface LayoutProblem extends Problem {
 export interface VhdLocator {
   /** Index of the entry in the dynamic header (0 to 7). */
   index: number;
+  /** The entry's Platform Code field, as a number. */
   platformCode: number;
   /** "W2ru", "W2ku", "MacX"... */
   platform: string;
   /** The path it names, or null when its data is not a path (a "Mac " alias). */
   path: string | null;
+  /** File offset of the entry's data, in bytes. */
   offset: number;
+  /** Bytes of data the entry names. */
   length: number;
 }
 
@@ -92,6 +95,7 @@ export interface VhdLayout {
   dynamic: DynamicLayout | null;
 }
 
+/** How a VHD is read (exported as VhdLayoutOptions). */
 export interface LayoutOptions {
   /** Which size to believe: see geometry.ts (default 'auto'). */
   sizeRule?: SizeRule;

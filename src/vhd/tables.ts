@@ -12,6 +12,7 @@ import { PageCache, type DirtyBatch } from '../driver/page-cache.js';
 import { BAT_ENTRY_SIZE, SECTOR, UNALLOCATED, allBitsSet } from './bat.js';
 import { badEntryError, judgeBlock, type VhdLayout } from './layout.js';
 
+/** How much of a VHD's BAT and sector bitmaps an open image keeps in memory. */
 export interface VhdCacheOptions {
   /** Bytes of BAT pages kept in memory (default 4 MiB: the whole BAT of a 2040 GiB disk of 2 MiB blocks). */
   cacheBytes?: number;
