@@ -10,7 +10,7 @@
 export { VhdxError, isVhdxError, type ErrorCode, type ErrorReason, type VhdxErrorDetails, type RequestKind } from './errors.js';
 
 // Sources: the random-access bytes an image is read from (and written to).
-export { MemorySource, BlobSource, type RandomAccessSource, type WritableSource } from './io/source.js';
+export { MemorySource, BlobSource, type CopyHint, type RandomAccessSource, type WritableSource } from './io/source.js';
 export { HttpSource, type HttpSourceOptions, type HttpStats, type HttpValidator } from './io/http.js';
 
 // Devices: the block-device interface every image implements, and opening any format.

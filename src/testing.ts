@@ -4,5 +4,5 @@
  * flush (a seeded choice of the pending writes lands, one may be torn), to test crash safety.
  * Browser-safe. Public API, recorded in api/testing.api.md (`npm run api-report`).
  */
-export type { RandomAccessSource } from './io/source.js';
+export type { CopyHint, RandomAccessSource } from './io/source.js';
 export { FaultySource, type FaultyOptions, type FaultyOp, type CrashImageOptions } from './io/faulty.js';
