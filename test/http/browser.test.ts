@@ -1,5 +1,5 @@
 // The HTTP source and the web page in real headless Chromium (Debian's chromium, driven by
-// playwright-core): the conformance matrix of test/http/matrix.js run inside a page, the CORS cases
+// playwright-core): the conformance matrix of test/http/matrix.ts run inside a page, the CORS cases
 // against a second origin, a corpus image read over HTTP to its raw SHA-256, and the page itself:
 // a corpus image opened by drop (from the server and from file://) and by URL, its type, size and
 // partitions shown, a raw copy saved through the File System Access API and as a download, both
@@ -75,7 +75,7 @@ test('the conformance matrix passes in Chromium, CORS cases included', { skip },
   await page.goto(`${server.origin}/blank`);
   const results = await page.evaluate(async ({ base, other }) => {
     const lib = (await import(`${base}/s/dist/index.js`)) as Ctx['lib'];
-    const m = (await import(`${base}/s/test/http/matrix.js`)) as typeof import('./matrix.js');
+    const m = (await import(`${base}/s/test/http/matrix.ts`)) as typeof import('./matrix.js');
     const ctx: Ctx = { lib, base, other, env: 'browser', counts: async (p) => (await fetch(`${base}/count${p}`)).json() };
     return [...(await m.runAll(ctx, m.cases)), ...(await m.runAll(ctx, m.corsCases))];
   }, { base: server.origin, other: server.origin2 });

@@ -1,5 +1,5 @@
-// The HTTP source's conformance matrix: one list of cases run by Node (test/http/source.test.js)
-// and, unchanged, inside headless Chromium (test/http/browser.test.js). Browser-safe: no Node API.
+// The HTTP source's conformance matrix: one list of cases run by Node (test/http/source.test.ts)
+// and, unchanged, inside headless Chromium (test/http/browser.test.ts). Browser-safe: no Node API.
 // Each case gets `ctx`: { lib (the library's exports), base and other (the two origins of the test
 // server), env ('node' | 'browser'), counts(path) (the server's request counts for an object) }.
 // Its imports are types only: the compiled module imports nothing.

@@ -1,5 +1,5 @@
 // The HTTP range source in Node: the conformance matrix (test/http/matrix.ts, also run in
-// Chromium by browser.test.js) against the local range server, the header parsers, and corpus
+// Chromium by browser.test.ts) against the local range server, the header parsers, and corpus
 // images read over HTTP to their raw SHA-256.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
