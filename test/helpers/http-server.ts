@@ -22,9 +22,9 @@
 //   redirect-parent=PORT  the same, for every object but those named *child.vhdx
 // Static files of the repository are served at /s/PATH (the built library, the tests' modules,
 // the web page; a test module x.js that exists as x.ts only is served compiled, as the tests'
-// own hooks load it: test/setup/ts-hooks.js); /blank is an empty page. GET /count/o/... gives the request counts of an object
-// path as JSON (GET, HEAD, OPTIONS, ifMatch: requests carrying If-Match, maxInFlight: the most
-// requests of the path answered at once).
+// own hooks load it: test/setup/ts-hooks.js); /blank is an empty page. GET /count/o/... gives
+// the request counts of an object path as JSON (GET, HEAD, OPTIONS, ifMatch: requests carrying
+// If-Match, maxInFlight: the most requests of the path answered at once).
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { createHash } from 'node:crypto';
