@@ -75,7 +75,8 @@ test('the conformance matrix passes in Chromium, CORS cases included', { skip },
   await page.goto(`${server.origin}/blank`);
   const results = await page.evaluate(async ({ base, other }) => {
     const lib = (await import(`${base}/s/dist/index.js`)) as Ctx['lib'];
-    const m = (await import(`${base}/s/test/http/matrix.ts`)) as typeof import('./matrix.js');
+    // matrix.js: the server compiles it from matrix.ts.
+    const m = (await import(`${base}/s/test/http/matrix.js`)) as typeof import('./matrix.js');
     const ctx: Ctx = { lib, base, other, env: 'browser', counts: async (p) => (await fetch(`${base}/count${p}`)).json() };
     return [...(await m.runAll(ctx, m.cases)), ...(await m.runAll(ctx, m.corsCases))];
   }, { base: server.origin, other: server.origin2 });

@@ -86,7 +86,7 @@ async function rejects(fn: () => Promise<unknown>, reason: string, code?: string
   try {
     await fn();
   } catch (e) {
-    if (!isVhdxError(e)) fail(`expected a VhdxError ${reason}, got ${(e as { name?: unknown } | null)?.name}: ${(e as { message?: unknown } | null)?.message}`);
+    if (!isVhdxError(e)) fail(`expected a VhdxError ${reason}, got ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
     eq(e.reason, reason, `reason of "${e.message}"`);
     if (code) eq(e.code, code, `code of "${e.message}"`);
     return e;
@@ -415,8 +415,7 @@ export async function runAll(ctx: Ctx, list: readonly Case[]): Promise<{ name: s
       await c.run(ctx);
       out.push({ name: c.name, error: null });
     } catch (e) {
-      const err = e as { name?: unknown; message?: unknown; stack?: unknown } | null; // anything may be thrown
-      out.push({ name: c.name, error: `${err?.name}: ${err?.message}\n${err?.stack ?? ''}` });
+      out.push({ name: c.name, error: e instanceof Error ? `${e.name}: ${e.message}\n${e.stack ?? ''}` : String(e) });
     }
   }
   return out;

@@ -57,7 +57,9 @@ async function dumpe2fsFree(img: string): Promise<Dumpe2fs> {
   const spans: [number, number][] = [];
   for (const m of out.matchAll(/^ {2}Free blocks: (.*)$/gm)) {
     for (const part of m[1]!.split(',').map((s) => s.trim()).filter(Boolean)) {
-      const [a, b = a] = part.split('-').map(Number) as [number, number?];
+      const ends = part.split('-').map(Number);
+      const a = ends[0]!; // split gives at least one piece
+      const b = ends[1] ?? a;
       spans.push([a * bs, (Math.floor(b / ratio) + 1) * ratio * bs]);
     }
   }
@@ -207,7 +209,10 @@ function cutGroups(spans: readonly [number, number][], gs: readonly number[]): [
   let out = [...spans];
   for (const g of gs) {
     const [a, b] = [(1 + g * 1024) * KiB, (1 + (g + 1) * 1024) * KiB];
-    out = out.flatMap(([s, e]) => ([[s, Math.min(e, a)], [Math.max(s, b), e]] as [number, number][]).filter(([x, y]) => y > x));
+    out = out.flatMap(([s, e]) => {
+      const sides: [number, number][] = [[s, Math.min(e, a)], [Math.max(s, b), e]];
+      return sides.filter(([x, y]) => y > x);
+    });
   }
   return out;
 }

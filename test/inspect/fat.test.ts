@@ -43,7 +43,9 @@ async function fsckFat(img: string): Promise<{ dataAt: number; clusterSize: numb
   const r = await exec('fsck.fat', ['-n', '-v', img], sbinEnv);
   assert.equal(r.code, 0, r.stdout + r.stderr);
   const num = (re: RegExp) => Number(re.exec(r.stdout)![1]);
-  const [, used, total] = /(\d+)\/(\d+) clusters/.exec(r.stdout)!.map(Number) as [number, number, number];
+  const clusters = /(\d+)\/(\d+) clusters/.exec(r.stdout)!;
+  const used = Number(clusters[1]);
+  const total = Number(clusters[2]);
   return { dataAt: num(/Data area starts at byte (\d+)/), clusterSize: num(/(\d+) bytes per cluster/), used, total };
 }
 
@@ -164,7 +166,8 @@ test('fuzz: mutated FAT boot sectors, FATs and root directories give info, null 
   for (const [i, v] of volumes.entries()) {
     const { bytes } = await mkfat(v.opts, v.kib);
     const head = bytes.slice(0, 2 * 1024 * KiB); // the structures; reads past the cut are damage
-    const opts = { seed: 0xfa7 + i, rounds: 60, hot: [[0, 512], [512, 64 * KiB]] as [number, number][], regionLength: bytes.length };
+    const hot: [number, number][] = [[0, 512], [512, 64 * KiB]];
+    const opts = { seed: 0xfa7 + i, rounds: 60, hot, regionLength: bytes.length };
     let trusted = 0;
     const usedRuns = fatDriver.usedRuns!.bind(fatDriver);
     const counting: FilesystemDriver = { ...fatDriver, usedRuns: (...a) => (a[2].untrusted === null && trusted++, usedRuns(...a)) };

@@ -149,7 +149,7 @@ async function worker(spec: Spec): Promise<void> {
         end = r.start + r.length;
       }
     } catch (e) {
-      if (!(e instanceof VhdxError)) post({ type: 'fail', case: c, what: String((e as Error | undefined)?.stack ?? e), mutations });
+      if (!(e instanceof VhdxError)) post({ type: 'fail', case: c, what: e instanceof Error ? (e.stack ?? String(e)) : String(e), mutations });
       else reasons[`thrown ${e.reason}`] = (reasons[`thrown ${e.reason}`] ?? 0) + 1;
     }
   }

@@ -8,7 +8,7 @@
 // or what a write issued after it put there. Blocks never written must never read as data.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VhdImage, checkVhd, repairVhd, type VhdParentResolver } from '../../src/index.js';
+import { VhdImage, checkVhd, isVhdxError, repairVhd, type VhdParentResolver } from '../../src/index.js';
 import type { FaultySource, CrashImageOptions } from '../../src/io/faulty.js';
 import type { RandomAccessSource } from '../../src/io/source.js';
 import { crashCheck, pattern, bytesEqual, SparseModel, type CrashOp } from '../helpers/model.js';
@@ -90,8 +90,7 @@ interface Subject {
 
 /** An error's reason and message, for a failure's text. */
 function describe(e: unknown): string {
-  const { reason, message } = e as { reason?: string; message?: string };
-  return `${reason ?? ''} ${message}`;
+  return isVhdxError(e) ? `${e.reason} ${e.message}` : ` ${e instanceof Error ? e.message : String(e)}`;
 }
 
 async function checkCrash(
