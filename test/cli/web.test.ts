@@ -1,7 +1,7 @@
 // `vhdx web`: the page's static server gives the built page with the right content types, answers
 // GET and HEAD only, and never a file outside dist/web (a traversal, encoded or not, is refused);
 // the command prints its URL and stops cleanly on SIGTERM. (The page it serves opening an image
-// in Chromium is in test/http/browser.test.js.)
+// in Chromium is in test/http/browser.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request, type IncomingHttpHeaders } from 'node:http';

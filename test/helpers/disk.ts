@@ -53,6 +53,7 @@ export interface SfdiskPartition {
   uuid?: string;
   name?: string;
   attrs?: string;
+  bootable?: boolean;
 }
 
 /** `sfdisk -J`'s partition table. */
@@ -62,6 +63,9 @@ export interface SfdiskTable {
   device: string;
   unit: string;
   sectorsize?: number;
+  /** GPT only: the first and last usable LBA. */
+  firstlba?: number;
+  lastlba?: number;
   partitions: SfdiskPartition[];
 }
 

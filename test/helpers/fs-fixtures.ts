@@ -6,8 +6,8 @@ import { readFileSync } from 'node:fs';
 import { MemorySource } from '../../src/io/source.js';
 import { RawDevice } from '../../src/device/raw.js';
 import { isVhdxError } from '../../src/errors.js';
-import type { BlockDevice, ProgressOptions } from '../../src/device/block-device.js';
-import type { FilesystemDriver, FilesystemInfo, Region, Run } from '../../src/inspect/filesystem.js';
+import type { BlockDevice } from '../../src/device/block-device.js';
+import type { FilesystemDriver, FilesystemInfo, Region, Run, UsedMapOptions } from '../../src/inspect/filesystem.js';
 import { seededRandom } from './hex.js';
 import { exec } from './tools.js';
 
@@ -44,7 +44,7 @@ export async function collectUsed(
   dev: BlockDevice,
   region: Region,
   info: FilesystemInfo,
-  opts?: ProgressOptions,
+  opts?: UsedMapOptions,
 ): Promise<{ runs: Run[]; used: number }> {
   if (!driver.usedRuns) throw new Error(`the ${driver.types.join('/')} driver lists no used runs`);
   const runs: Run[] = [];

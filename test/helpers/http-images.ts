@@ -1,4 +1,4 @@
-// The VHDX images the HTTP conformance matrix (test/http/matrix.js) reads, made with the library.
+// The VHDX images the HTTP conformance matrix (test/http/matrix.ts) reads, made with the library.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { openFile } from '../../src/device/open-node.js';

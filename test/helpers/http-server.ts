@@ -21,13 +21,15 @@
 //   redirect=PORT    answer 302 to the same path and query on 127.0.0.1:PORT
 //   redirect-parent=PORT  the same, for every object but those named *child.vhdx
 // Static files of the repository are served at /s/PATH (the built library, the tests' modules,
-// the web page); /blank is an empty page. GET /count/o/... gives the request counts of an object
-// path as JSON (GET, HEAD, OPTIONS, ifMatch: requests carrying If-Match, maxInFlight: the most
-// requests of the path answered at once).
+// the web page; a test module x.js that exists as x.ts only is served compiled, as the tests'
+// own hooks load it: test/setup/ts-hooks.js); /blank is an empty page. GET /count/o/... gives
+// the request counts of an object path as JSON (GET, HEAD, OPTIONS, ifMatch: requests carrying
+// If-Match, maxInFlight: the most requests of the path answered at once).
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { createHash } from 'node:crypto';
-import { open, readFile, stat } from 'node:fs/promises';
+import { access, open, readFile, stat } from 'node:fs/promises';
+import { transform } from 'esbuild';
 import { extname, join, normalize } from 'node:path';
 import { repoRoot } from './env.js';
 
@@ -67,6 +69,14 @@ export interface RequestCounts {
   maxInFlight?: number;
   /** Requests of other methods. */
   [method: string]: number | undefined;
+}
+
+/** A static file's body: the file, or for a missing x.js an x.ts beside it, compiled to JavaScript. */
+async function staticFile(file: string): Promise<Uint8Array | string> {
+  const ts = file.replace(/\.js$/, '.ts');
+  if (ts === file || (await access(file).then(() => true, () => false))) return readFile(file);
+  const out = await transform(await readFile(ts, 'utf8'), { loader: 'ts', format: 'esm', target: 'es2022', sourcefile: ts });
+  return out.code;
 }
 
 /** A running server (startRangeServer). */
@@ -140,7 +150,7 @@ export async function startRangeServer(): Promise<RangeServer> {
       const rel = normalize(decodeURIComponent(u.pathname.slice(3)));
       if (rel.startsWith('..')) return void res.writeHead(403).end();
       try {
-        const body = await readFile(join(repoRoot, rel));
+        const body = await staticFile(join(repoRoot, rel));
         res.writeHead(200, { 'Content-Type': TYPES[extname(rel)] ?? 'application/octet-stream', 'Cache-Control': 'no-store' });
         res.end(body);
       } catch {

@@ -16,8 +16,8 @@ export async function newVhd(opts: CreateVhdOptions): Promise<{ src: MemorySourc
   return { src, result };
 }
 
-/** A copy of a memory source's bytes as a new source. */
-export function copyOf(src: MemorySource): MemorySource {
+/** A copy of a memory (or faulty) source's bytes as a new source. */
+export function copyOf(src: { bytes(): Uint8Array }): MemorySource {
   return new MemorySource(src.bytes().slice());
 }
 

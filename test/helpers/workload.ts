@@ -1,16 +1,21 @@
-// Workloads for the writer's crash tests: operations on a VhdxImage, applied to a SparseModel
-// as they complete, and run on a FaultySource that may die part-way.
+// Workloads for the writers' crash tests: operations on a writable image (VHDX or VHD: any
+// WorkloadDevice), applied to a SparseModel as they complete, and run on a FaultySource that may
+// die part-way.
 //
 // Operations: { kind: 'write', offset, data, fua? }, { kind: 'zero' | 'discard', offset, length },
 // { kind: 'flush' }, { kind: 'close' }, { kind: 'reopen' } (close and open again, writable),
 // { kind: 'parallel', ops: [...] } (issued together; they must not overlap),
 // { kind: 'move', moves } (moveBlocks: `moves` is a list, or a function of the image giving one;
-// the disk's content does not change, and the moves are durable when it returns).
+// the disk's content does not change, and the moves are durable when it returns; VHDX images only).
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { FaultySource } from '../../src/io/faulty.js';
 import { VhdxImage } from '../../src/driver/image.js';
 import type { BlockMove } from '../../src/driver/writer.js';
+import type { WritableBlockDevice } from '../../src/device/block-device.js';
 import { SparseModel, type CrashOp } from './model.js';
+
+/** What a workload drives: the methods a writable VhdxImage and a VhdImage both offer. */
+export type WorkloadDevice = Pick<WritableBlockDevice, 'size' | 'read' | 'write' | 'writeZeroes' | 'discard' | 'flush' | 'close' | 'blockStatus'>;
 
 /** One operation of a workload (see the top of this file). */
 export type Op =
@@ -28,7 +33,7 @@ export function applyToModel(model: SparseModel, op: Op): void {
 }
 
 /** Issue `op` on `img` ('reopen' is runWorkload's: nothing here). */
-export function execute(img: VhdxImage, op: Op): Promise<unknown> {
+export function execute(img: WorkloadDevice, op: Op): Promise<unknown> {
   switch (op.kind) {
     case 'write':
       return img.write(op.offset, op.data, { fua: op.fua });
@@ -43,6 +48,7 @@ export function execute(img: VhdxImage, op: Op): Promise<unknown> {
     case 'parallel':
       return Promise.all(op.ops.map((o) => execute(img, o)));
     case 'move': {
+      if (!(img instanceof VhdxImage)) return Promise.reject(new TypeError('a move needs a VHDX image'));
       const { moves } = op;
       return (async () => img.moveBlocks(typeof moves === 'function' ? await moves(img) : moves))();
     }
@@ -67,7 +73,7 @@ export function flatten(list: readonly Op[]): CrashOp[] {
  * (never, when undefined). Returns the disk, the final model, the model as of the last completed
  * flush (or FUA write, close or reopen), and the operations issued after it, flattened.
  * Options: `open(disk)` opens the image writable (default: VhdxImage.open without a parent; a
- * differencing disk's test passes its parent); `model`: the disk's content before the workload
+ * differencing disk's test passes its parent; a VHD test opens a VhdImage); `model`: the disk's content before the workload
  * (default zeros; a differencing disk starts as its parent), cloned.
  */
 export async function runWorkload(
@@ -77,13 +83,13 @@ export async function runWorkload(
   {
     open = (disk: FaultySource) => VhdxImage.open(disk, { readOnly: false }),
     model: initial,
-  }: { open?: (disk: FaultySource) => Promise<VhdxImage>; model?: SparseModel } = {},
+  }: { open?: (disk: FaultySource) => Promise<WorkloadDevice>; model?: SparseModel } = {},
 ): Promise<{ disk: FaultySource; model: SparseModel; durable: SparseModel; since: CrashOp[] }> {
   const disk = new FaultySource(base, { crashAt, trace: true });
   const model = initial ? initial.clone() : new SparseModel();
   let durable = model.clone();
   let since: Op[] = [];
-  let img: VhdxImage | null = null;
+  let img: WorkloadDevice | null = null;
   try {
     img = await open(disk);
     for (const op of list) {
@@ -94,7 +100,7 @@ export async function runWorkload(
         since = [];
         img = null;
         img = await open(disk);
-      } else await execute(img!, op);
+      } else await execute(img, op);
       applyToModel(model, op);
       if (op.kind === 'flush' || op.kind === 'close' || op.kind === 'reopen' || op.kind === 'move' || (op.kind === 'write' && op.fua)) {
         durable = model.clone();
@@ -110,7 +116,7 @@ export async function runWorkload(
 
 /** Read `ranges` ([offset, length] pairs) of `img` into `bufs` (one buffer per range, reused between images). */
 export async function readRanges(
-  img: Pick<VhdxImage, 'read'>,
+  img: Pick<WorkloadDevice, 'read'>,
   ranges: readonly (readonly [number, number])[],
   bufs: Uint8Array[] = ranges.map(([, len]) => new Uint8Array(len)),
 ): Promise<Uint8Array[]> {

@@ -5,24 +5,24 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { detectFilesystem, usedRuns, inspectDisk } from '../../dist/index.js';
-import { swapDriver } from '../../dist/inspect/swap.js';
-import { encodeGuid } from '../../dist/codec/guid.js';
+import { detectFilesystem, usedRuns, inspectDisk, type FilesystemInfo, type Run } from '../../src/index.js';
+import { swapDriver } from '../../src/inspect/swap.js';
+import { encodeGuid } from '../../src/codec/guid.js';
 import { needTool, run } from '../helpers/env.js';
 import { shmScratch } from '../helpers/tools.js';
 import { fileDevice, memDevice, MiB, sparseFile } from '../helpers/disk.js';
 
 const dir = shmScratch('vhdx-inspect-fs-');
-const BLKID_TYPES = { crypto_LUKS: 'luks', LVM2_member: 'lvm2', BitLocker: 'bitlocker' };
+const BLKID_TYPES: Record<string, string> = { crypto_LUKS: 'luks', LVM2_member: 'lvm2', BitLocker: 'bitlocker' };
 
 /** blkid's low-level probe of a file: { TYPE, LABEL, UUID, ... }. */
-function blkid(path) {
+function blkid(path: string): Record<string, string | undefined> {
   const out = run('blkid', ['-p', '-o', 'export', path]);
   // export format escapes spaces and quotes with a backslash
   return Object.fromEntries(out.trim().split('\n').map((l) => l.split(/=(.*)/s).slice(0, 2).map((v) => v.replace(/\\(.)/g, '$1'))));
 }
 
-async function detectFile(path) {
+async function detectFile(path: string): Promise<FilesystemInfo | null> {
   const dev = await fileDevice(path);
   try {
     return await detectFilesystem(dev, { start: 0, length: dev.size });
@@ -31,12 +31,12 @@ async function detectFile(path) {
   }
 }
 
-async function agreesWithBlkid(path) {
+async function agreesWithBlkid(path: string): Promise<FilesystemInfo> {
   const fs = await detectFile(path);
   assert.ok(fs, `nothing recognised in ${path}`);
   if (!needTool('blkid')) {
     const b = blkid(path);
-    assert.equal(fs.type, BLKID_TYPES[b.TYPE] ?? b.TYPE);
+    assert.equal(fs.type, BLKID_TYPES[b.TYPE ?? ''] ?? b.TYPE);
     assert.equal(fs.label, b.LABEL ?? null);
     assert.equal(fs.uuid, b.UUID ?? null);
   }
@@ -51,8 +51,8 @@ test('swap (mkswap, 4 KiB and 16 KiB pages): label, UUID, size; only the header 
     const fs = await agreesWithBlkid(path);
     assert.deepEqual(fs, { type: 'swap', label: 'swap label', uuid: '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0', size: 8 * MiB, state: 'clean', untrusted: null });
     const dev = await fileDevice(path);
-    const runs = [];
-    for await (const r of swapDriver.usedRuns(dev, { start: 0, length: dev.size }, fs)) runs.push(r);
+    const runs: Run[] = [];
+    for await (const r of swapDriver.usedRuns!(dev, { start: 0, length: dev.size }, fs)) runs.push(r);
     assert.deepEqual(runs, [{ start: 0, length: page }]);
     await dev.close();
   }
@@ -66,10 +66,10 @@ test('a swap area holding a hibernation image is hibernated, untrusted, and coun
   bytes.set(new TextEncoder().encode('S1SUSPEND\0'), 4096 - 10);
   const dev = memDevice(bytes);
   const fs = await detectFilesystem(dev, { start: 0, length: dev.size });
-  assert.equal(fs.state, 'hibernated');
-  assert.match(fs.untrusted, /hibernation/);
+  assert.equal(fs?.state, 'hibernated');
+  assert.match(fs?.untrusted ?? '', /hibernation/);
   const c = await inspectDisk(dev);
-  assert.equal(c.partitions[0].filesystem.trusted, false);
+  assert.equal(c.partitions[0]?.filesystem?.trusted, false);
   assert.equal(c.usedBytes, 4 * MiB);
 });
 
@@ -82,11 +82,11 @@ test('XFS (mkfs.xfs): label, UUID, size; a damaged superblock CRC makes it untru
   assert.equal(fs.size, 300 * MiB);
   assert.equal(fs.untrusted, null);
   const sb = new Uint8Array(readFileSync(path).subarray(0, 64 * 1024));
-  sb[200] ^= 0xff;
+  sb[200]! ^= 0xff;
   const big = new Uint8Array(300 * MiB);
   big.set(sb);
   const damaged = await detectFilesystem(memDevice(big), { start: 0, length: big.length });
-  assert.match(damaged.untrusted, /CRC/);
+  assert.match(damaged?.untrusted ?? '', /CRC/);
 });
 
 test('Btrfs (mkfs.btrfs): label, UUID, size, state', { skip: needTool('mkfs.btrfs') }, async () => {
@@ -138,12 +138,12 @@ test('crafted BitLocker (Windows 7 and To Go) and ReFS boot sectors are recognis
   win7.set([0xeb, 0x58, 0x90], 0);
   win7.set(new TextEncoder().encode('-FVE-FS-'), 3);
   win7.set([0x55, 0xaa], 510);
-  assert.equal((await detectFilesystem(memDevice(win7), { start: 0, length: win7.length })).type, 'bitlocker');
+  assert.equal((await detectFilesystem(memDevice(win7), { start: 0, length: win7.length }))?.type, 'bitlocker');
   const toGo = new Uint8Array(MiB);
   toGo.set(new TextEncoder().encode('MSWIN4.1'), 3);
   encodeGuid('4967d63b-2e29-4ad8-8399-f6a339e3d001', toGo, 424);
   toGo.set([0x55, 0xaa], 510);
-  assert.equal((await detectFilesystem(memDevice(toGo), { start: 0, length: toGo.length })).type, 'bitlocker');
+  assert.equal((await detectFilesystem(memDevice(toGo), { start: 0, length: toGo.length }))?.type, 'bitlocker');
   const c = await inspectDisk(memDevice(win7));
   assert.equal(c.partitionScheme, 'none', 'a boot sector with 0x55 0xAA taken for an MBR');
   assert.equal(c.usedBytes, MiB);
@@ -157,6 +157,7 @@ test('crafted BitLocker (Windows 7 and To Go) and ReFS boot sectors are recognis
   dv.setUint32(36, 128, true);
   dv.setBigUint64(56, 0x1234abcd5678ef90n, true);
   const fs = await detectFilesystem(memDevice(refs), { start: 0, length: refs.length });
+  assert.ok(fs, 'recognised');
   assert.deepEqual([fs.type, fs.uuid, fs.size], ['refs', '1234ABCD5678EF90', MiB]);
 });
 
@@ -179,7 +180,7 @@ test('the whole-disk used map of a swap area on a disk without a table: the head
   sparseFile(path, 4 * MiB);
   run('mkswap', ['-q', path]);
   const dev = await fileDevice(path);
-  const runs = [];
+  const runs: Run[] = [];
   for await (const r of usedRuns(dev)) runs.push(r);
   await dev.close();
   assert.deepEqual(runs, [{ start: 0, length: 4096 }]);

@@ -8,19 +8,35 @@
 // or what a write issued after it put there. Blocks never written must never read as data.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VhdImage, checkVhd, repairVhd } from '../../dist/index.js';
-import { crashCheck, pattern, bytesEqual, SparseModel } from '../helpers/model.js';
-import { readRanges, runWorkload } from '../helpers/workload.js';
-import { KiB, MiB, copyOf, newVhd } from '../helpers/vhd.js';
+import { VhdImage, checkVhd, isVhdxError, repairVhd, type VhdParentResolver } from '../../src/index.js';
+import type { FaultySource, CrashImageOptions } from '../../src/io/faulty.js';
+import type { RandomAccessSource } from '../../src/io/source.js';
+import { crashCheck, pattern, bytesEqual, SparseModel, type CrashOp } from '../helpers/model.js';
+import { readRanges, runWorkload, type Op } from '../helpers/workload.js';
+import { KiB, copyOf, newVhd } from '../helpers/vhd.js';
 
 const BS = 512 * KiB;
 
-function ops(build) {
+/** The operation makers a workload is built from. */
+interface OpMakers {
+  w(offset: number, length: number, fua?: boolean): Op;
+  zero(offset: number, length: number): Op;
+  discard(offset: number, length: number): Op;
+  flush: Op;
+  close: Op;
+  parallel(...list: Op[]): Op;
+}
+
+function ops(build: (m: OpMakers) => Op[]): Op[] {
   let seed = 0;
-  const w = (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
-  const zero = (offset, length) => ({ kind: 'zero', offset, length });
-  const discard = (offset, length) => ({ kind: 'discard', offset, length });
-  return build({ w, zero, discard, flush: { kind: 'flush' }, close: { kind: 'close' }, parallel: (...list) => ({ kind: 'parallel', ops: list }) });
+  return build({
+    w: (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua }),
+    zero: (offset, length) => ({ kind: 'zero', offset, length }),
+    discard: (offset, length) => ({ kind: 'discard', offset, length }),
+    flush: { kind: 'flush' },
+    close: { kind: 'close' },
+    parallel: (...list) => ({ kind: 'parallel', ops: list }),
+  });
 }
 
 // Allocations one by one and together, in-place writes, writes into the clear sectors of an
@@ -47,29 +63,51 @@ const WORKLOAD = ops(({ w, zero, discard, flush, close, parallel }) => [
   close,
 ]);
 
-function touchedRanges(list, size) {
-  const blocks = new Set();
-  const visit = (op) => {
+function touchedRanges(list: readonly Op[], size: number): [number, number][] {
+  const blocks = new Set<number>();
+  const visit = (op: Op): void => {
     if (op.kind === 'parallel') return op.ops.forEach(visit);
+    if (op.kind !== 'write' && op.kind !== 'zero' && op.kind !== 'discard') return;
     const len = op.kind === 'write' ? op.data.length : op.length;
-    if (len === undefined) return;
     for (let b = Math.floor(op.offset / BS); b * BS < op.offset + len; b++) blocks.add(b);
   };
   list.forEach(visit);
-  return [...blocks].sort((a, b) => a - b).map((b) => [b * BS, Math.min(BS, size - b * BS)]);
+  return [...blocks].sort((a, b) => a - b).map((b): [number, number] => [b * BS, Math.min(BS, size - b * BS)]);
 }
 
-const VARIANTS = (n) => [
+const VARIANTS = (n: number): CrashImageOptions[] => [
   { keep: 'none' },
   { keep: 'all' },
   { keep: 'random', seed: n * 7 + 1, tear: true },
-  ...(n % 2 === 0 ? [{ keep: 'random', seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
+  ...(n % 2 === 0 ? [{ keep: 'random' as const, seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
 ];
 
-async function checkCrash(crashed, { ranges, touched, durable, since, label, open }) {
-  const failures = [];
-  const fail = (m) => failures.push(`${label}: ${m}`);
-  let before;
+/** How a test opens its images: `open` (writable or not), and for a differencing disk its parent. */
+interface Subject {
+  open(disk: RandomAccessSource, writable: boolean): Promise<VhdImage>;
+  parent?: VhdParentResolver;
+}
+
+/** An error's reason and message, for a failure's text. */
+function describe(e: unknown): string {
+  return isVhdxError(e) ? `${e.reason} ${e.message}` : ` ${e instanceof Error ? e.message : String(e)}`;
+}
+
+async function checkCrash(
+  crashed: FaultySource,
+  { ranges, touched, durable, since, label, subject }: {
+    ranges: readonly [number, number][];
+    touched: ReadonlySet<number>;
+    durable: SparseModel;
+    since: readonly CrashOp[];
+    label: string;
+    subject: Subject;
+  },
+): Promise<string[]> {
+  const { open, parent } = subject;
+  const failures: string[] = [];
+  const fail = (m: string) => failures.push(`${label}: ${m}`);
+  let before: Uint8Array[];
   try {
     const ro = await open(copyOf(crashed), false);
     before = (await readRanges(ro, ranges)).map((b) => b.slice());
@@ -79,15 +117,15 @@ async function checkCrash(crashed, { ranges, touched, durable, since, label, ope
     }
     await ro.close();
   } catch (e) {
-    fail(`read-only open failed: ${e.reason ?? ''} ${e.message}`);
+    fail(`read-only open failed: ${describe(e)}`);
     return failures;
   }
   ranges.forEach(([offset], i) => {
-    const m = crashCheck(before[i], offset, durable, since);
+    const m = crashCheck(before[i]!, offset, durable, since);
     if (m) fail(`read-only: ${m}`);
   });
   const repaired = copyOf(crashed);
-  const r = await repairVhd(repaired, { mode: 'all', ...(open.parent ? { parent: open.parent } : {}) });
+  const r = await repairVhd(repaired, { mode: 'all', ...(parent ? { parent } : {}) });
   if (r.refusal) return [...failures, `${label}: repair refused: ${r.refusal} ${JSON.stringify(r.refused)}`];
   const bad = r.after.findings.filter((f) => f.severity === 'corruption' || (f.severity === 'leak' && f.repairableBy !== null));
   if (bad.length > 0) fail(`after repair: ${JSON.stringify(bad)}`);
@@ -95,43 +133,49 @@ async function checkCrash(crashed, { ranges, touched, durable, since, label, ope
     const rw = await open(repaired, true);
     const after = await readRanges(rw, ranges);
     ranges.forEach(([offset], i) => {
-      if (!bytesEqual(after[i], before[i])) fail(`range at ${offset} reads differently after the repair`);
+      if (!bytesEqual(after[i]!, before[i]!)) fail(`range at ${offset} reads differently after the repair`);
     });
     // A session after the repair writes and closes cleanly.
     await rw.write(11 * BS + 4096, new Uint8Array(4096).fill(0xee));
     await rw.close();
-    const c = await checkVhd(repaired, open.parent ? { parent: open.parent } : {});
+    const c = await checkVhd(repaired, parent ? { parent } : {});
     const worse = c.findings.filter((f) => f.severity === 'corruption' || (f.severity === 'leak' && f.repairableBy !== null));
     if (worse.length > 0) fail(`after a session on the repaired image: ${JSON.stringify(worse)}`);
   } catch (e) {
-    fail(`writable open after repair failed: ${e.reason ?? ''} ${e.message}`);
+    fail(`writable open after repair failed: ${describe(e)}`);
   }
   return failures;
 }
 
-async function crashEverywhere(base, list, size, { open, model }) {
+async function crashEverywhere(
+  base: Uint8Array,
+  list: readonly Op[],
+  size: number,
+  { subject, model }: { subject: Subject; model?: SparseModel },
+): Promise<{ total: number; images: number }> {
+  const { open, parent } = subject;
   const ranges = touchedRanges(list, size);
   const touched = new Set(ranges.map(([o]) => o / BS));
-  const runOpts = { open: (disk) => open(disk, true), ...(model ? { model } : {}) };
+  const runOpts = { open: (disk: FaultySource) => open(disk, true), ...(model ? { model } : {}) };
   const dry = await runWorkload(base, list, undefined, runOpts);
   const total = dry.disk.mutations;
   assert.ok(total > 15, `only ${total} mutating operations`);
   {
     const img = await open(dry.disk.clone(), false);
     const got = await readRanges(img, ranges);
-    ranges.forEach(([offset], i) => assert.equal(crashCheck(got[i], offset, dry.model, []), null, `dry run at ${offset}`));
-    const c = await checkVhd(dry.disk.clone(), open.parent ? { parent: open.parent } : {});
+    ranges.forEach(([offset], i) => assert.equal(crashCheck(got[i]!, offset, dry.model, []), null, `dry run at ${offset}`));
+    const c = await checkVhd(dry.disk.clone(), parent ? { parent } : {});
     assert.deepEqual(c.findings.filter((f) => f.severity !== 'warning'), [], 'a workload without a crash leaves a clean image');
     assert.equal(c.leaks, 0);
   }
-  const failures = [];
+  const failures: string[] = [];
   let images = 0;
   for (let n = 1; n <= total; n++) {
     const run = await runWorkload(base, list, n, runOpts);
     assert.ok(run.disk.isCrashed, `crash point ${n} not reached`);
     for (const v of VARIANTS(n)) {
       const label = `crash at operation ${n}/${total} (${run.disk.trace?.[n - 1]?.kind}), ${JSON.stringify(v)}`;
-      failures.push(...(await checkCrash(run.disk.crashImage(v), { ranges, touched, durable: run.durable, since: run.since, label, open })));
+      failures.push(...(await checkCrash(run.disk.crashImage(v), { ranges, touched, durable: run.durable, since: run.since, label, subject })));
       images++;
     }
     if (failures.length > 20) break;
@@ -143,8 +187,8 @@ async function crashEverywhere(base, list, size, { open, model }) {
 test('power loss at every write and flush of a dynamic VHD: after repairVhd every flushed write reads back', async (t) => {
   const size = 16 * BS;
   const { src } = await newVhd({ size, blockSize: BS });
-  const open = (disk, writable) => VhdImage.open(disk, { readOnly: !writable });
-  const { total, images } = await crashEverywhere(src.bytes().slice(), WORKLOAD, size, { open });
+  const open: Subject['open'] = (disk, writable) => VhdImage.open(disk, { readOnly: !writable });
+  const { total, images } = await crashEverywhere(src.bytes().slice(), WORKLOAD, size, { subject: { open } });
   t.diagnostic(`${total} crash points, ${images} crash images`);
 });
 
@@ -153,7 +197,8 @@ test('power loss at every write and flush of a differencing VHD: sectors complet
   const { src: psrc } = await newVhd({ size, blockSize: BS });
   const model = new SparseModel();
   const p = await VhdImage.open(psrc, { readOnly: false });
-  for (const [off, len, seed] of [[0, 3 * BS, 101], [5 * BS, 2 * BS + 5000, 102], [12 * BS, BS, 103], [15 * BS - 4096, 8192, 104]]) {
+  const writes: [number, number, number][] = [[0, 3 * BS, 101], [5 * BS, 2 * BS + 5000, 102], [12 * BS, BS, 103], [15 * BS - 4096, 8192, 104]];
+  for (const [off, len, seed] of writes) {
     const data = pattern(seed, len);
     await p.write(off, data);
     model.write(off, data);
@@ -161,9 +206,8 @@ test('power loss at every write and flush of a differencing VHD: sectors complet
   await p.close();
   const parentImg = await VhdImage.open(copyOf(psrc));
   const { src: csrc } = await newVhd({ parent: parentImg, blockSize: BS, parentPaths: [{ platform: 'W2ru', path: '.\\p.vhd' }] });
-  const parent = async () => VhdImage.open(copyOf(psrc));
-  const open = (disk, writable) => VhdImage.open(disk, { readOnly: !writable, parent });
-  open.parent = parent;
-  const { total, images } = await crashEverywhere(csrc.bytes().slice(), WORKLOAD, size, { open, model });
+  const parent: VhdParentResolver = async () => VhdImage.open(copyOf(psrc));
+  const open: Subject['open'] = (disk, writable) => VhdImage.open(disk, { readOnly: !writable, parent });
+  const { total, images } = await crashEverywhere(csrc.bytes().slice(), WORKLOAD, size, { subject: { open, parent }, model });
   t.diagnostic(`${total} crash points, ${images} crash images`);
 });

@@ -3,10 +3,11 @@
 // space, never used space.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { bitRuns, usedFromFree } from '../../dist/inspect/used-map.js';
+import { bitRuns, usedFromFree, type FreeStep } from '../../src/inspect/used-map.js';
+import type { Region, Run } from '../../src/index.js';
 
-function runsOf(bits, from, to, value) {
-  const out = [];
+function runsOf(bits: Uint8Array, from: number, to: number, value: 0 | 1): [number, number][] {
+  const out: [number, number][] = [];
   bitRuns(bits, from, to, value, (a, b) => out.push([a, b]));
   return out;
 }
@@ -19,11 +20,11 @@ test('bitRuns finds runs least significant bit first, across whole and partial b
   assert.deepEqual(runsOf(bits, 3, 3, 0), []);
 });
 
-async function collect(region, steps) {
-  async function* walk() {
+async function collect(region: Region, steps: readonly FreeStep[]): Promise<Run[]> {
+  async function* walk(): AsyncGenerator<FreeStep> {
     yield* steps;
   }
-  const out = [];
+  const out: Run[] = [];
   for await (const r of usedFromFree(region, walk())) out.push(r);
   return out;
 }

@@ -10,14 +10,14 @@ import { copyFileSync, existsSync, readFileSync, statSync, truncateSync, writeFi
 import { join } from 'node:path';
 import { cliPath, hasTool, needTool, run, scratch } from '../helpers/env.js';
 import { exec, must, sha256File, vhdx } from '../helpers/tools.js';
-import { openFile } from '../../dist/node.js';
+import { openFile } from '../../src/node.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const dir = scratch('vhdx-resize-');
 
 /** A raw 64 MiB disk with a GPT of two 20 MiB partitions holding patterned data, and its VHDX (1 MiB blocks). */
-async function gptDisk(name) {
+async function gptDisk(name: string): Promise<{ raw: string; img: string }> {
   const raw = join(dir, `${name}.raw`);
   const img = join(dir, `${name}.vhdx`);
   const bytes = new Uint8Array(64 * MiB);
@@ -30,7 +30,7 @@ async function gptDisk(name) {
 }
 
 /** `raw` resized to `size` with its GPT backup relocated by sfdisk: what the image must equal. */
-async function referenceRaw(raw, size, name) {
+async function referenceRaw(raw: string, size: number, name: string): Promise<string> {
   const ref = join(dir, name);
   copyFileSync(raw, ref);
   truncateSync(ref, size);
@@ -38,8 +38,8 @@ async function referenceRaw(raw, size, name) {
   return ref;
 }
 
-function virtualSize(info) {
-  return JSON.parse(info)['virtual-size'];
+function virtualSize(info: string): unknown {
+  return (JSON.parse(info) as { 'virtual-size'?: unknown })['virtual-size'];
 }
 
 test('a grown and a shrunk image read as sfdisk resizes a raw disk, and qemu-img, vhdiinfo, 7zz and sfdisk --verify agree', { skip: needTool('qemu-img', 'sfdisk') }, async () => {
@@ -90,7 +90,8 @@ test('a grown and a shrunk image read as sfdisk resizes a raw disk, and qemu-img
 });
 
 test('growing a 1 MiB-block image past its BAT region keeps every byte, and other tools read the new size', { skip: needTool('qemu-img') }, async () => {
-  for (const [name, lss] of [['b512', 512], ['b4k', 4096]]) {
+  const sectors: [string, number][] = [['b512', 512], ['b4k', 4096]];
+  for (const [name, lss] of sectors) {
     const img = join(dir, `${name}.vhdx`);
     await must(process.execPath, [cliPath, 'create', '-q', '-o', `block_size=1M,logical_sector_size=${lss}`, img, '64M']);
     await must(process.execPath, [cliPath, 'io', '-q', '-c', 'write -P 0x5a 0 3M', '-c', 'write -P 0xa5 60M 4M', img]);
@@ -115,15 +116,18 @@ test('growing a qemu-img image (metadata right after the BAT) past its BAT regio
   await must('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x5a 0 3M', '-c', 'write -P 0xa5 60M 4M', img]);
   const r = await vhdx(['resize', img, '130G']);
   assert.equal(r.code, 0, r.stderr);
-  const info = JSON.parse(await must(process.execPath, [cliPath, 'info', '--output=json', img]));
+  /** The part of `vhdx info --output=json` read here. */
+  type Info = { regionTable: { regions: { name: string; fileOffset: number; length: number }[] } };
+  const info = JSON.parse(await must(process.execPath, [cliPath, 'info', '--output=json', img])) as Info;
   const bat = info.regionTable.regions.find((x) => x.name === 'bat');
+  assert.ok(bat, 'the region table names the BAT');
   assert.ok(bat.fileOffset > 4 * MiB && bat.length === 2 * MiB, `the BAT moved: ${JSON.stringify(bat)}`);
   assert.equal(virtualSize(await must('qemu-img', ['info', '--output=json', img])), 130 * GiB);
   await must('qemu-img', ['check', img]);
   await must('qemu-io', ['-f', 'vhdx', '-r', '-c', 'read -P 0x5a 0 3M', '-c', 'read -P 0xa5 60M 4M', '-c', 'read -P 0 64M 1M', '-c', `read -P 0 ${130 * GiB - MiB} 1M`, img]);
   // Our check: no corruption; the old BAT's place is space no structure names (a leak, exit 3).
   const check = await vhdx(['check', '--output=json', img]);
-  assert.equal(JSON.parse(check.stdout).corruptions, 0, check.stdout);
+  assert.equal((JSON.parse(check.stdout) as { corruptions?: unknown }).corruptions, 0, check.stdout);
   assert.ok(check.code === 0 || check.code === 3, check.stdout);
   // Writes after the move land and read back through qemu-io.
   await must(process.execPath, [cliPath, 'io', '-q', '-c', `write -P 0x3c ${100 * GiB} 2M`, img]);
@@ -133,7 +137,7 @@ test('growing a qemu-img image (metadata right after the BAT) past its BAT regio
 });
 
 /** Start `vhdx resize` and SIGKILL it when `ready()` says so (or let it finish). */
-function resizeAndKill(args, ready) {
+function resizeAndKill(args: readonly string[], ready: () => boolean): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [cliPath, 'resize', ...args], { stdio: 'ignore' });
     const timer = setInterval(() => {
@@ -155,7 +159,7 @@ test('SIGKILL of vhdx resize leaves the old size or the new one, an image that o
   await must(process.execPath, [cliPath, 'create', '-q', '-o', 'subformat=fixed,block_size=1M', base, '16M']);
   await must(process.execPath, [cliPath, 'io', '-q', '-c', 'write -P 0x77 1M 2M', base]);
   const NEW = 160 * MiB;
-  const sizes = new Set();
+  const sizes = new Set<number>();
   for (const fraction of [0.1, 0.6, 1.01]) {
     const img = join(dir, `k${fraction}.vhdx`);
     copyFileSync(base, img);

@@ -5,18 +5,19 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { readPartitions, usedRuns, inspectDisk } from '../../dist/index.js';
+import { readPartitions, usedRuns, inspectDisk, type BlockDevice, type Run } from '../../src/index.js';
+import type { PartitionTable } from '../../src/inspect/partition-table.js';
 import { needTool } from '../helpers/env.js';
 import { shmScratch } from '../helpers/tools.js';
-import { buildGpt, fileDevice, memDevice, MiB, patchFile, resealGptHeader, sevenZipPartitions, sfdisk, sfdiskRange, sparseFile } from '../helpers/disk.js';
+import { type SfdiskTable, buildGpt, fileDevice, memDevice, MiB, patchFile, resealGptHeader, sevenZipPartitions, sfdisk, sfdiskRange, sparseFile } from '../helpers/disk.js';
 
 const LINUX = '0fc63daf-8483-4772-8e79-3d69d8477de4';
 const SWAP = '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f';
 const BIOS_BOOT = '21686148-6449-6e6f-744e-656564454649';
 const dir = shmScratch('vhdx-inspect-pt-');
-const reasons = (t) => t.findings.map((f) => f.reason);
+const reasons = (t: PartitionTable): string[] => t.findings.map((f) => f.reason);
 
-async function tableOf(path, sectorSize = 512) {
+async function tableOf(path: string, sectorSize: 512 | 4096 = 512): Promise<PartitionTable> {
   const dev = await fileDevice(path, sectorSize);
   try {
     return await readPartitions(dev);
@@ -26,8 +27,8 @@ async function tableOf(path, sectorSize = 512) {
 }
 
 /** All used runs of a device, checked to be ascending, joined and inside the disk. */
-async function allUsed(dev) {
-  const runs = [];
+async function allUsed(dev: BlockDevice): Promise<Run[]> {
+  const runs: Run[] = [];
   for await (const r of usedRuns(dev)) {
     const prev = runs[runs.length - 1];
     assert.ok(r.length > 0 && r.start >= 0 && r.start + r.length <= dev.size, `run ${JSON.stringify(r)} outside the disk`);
@@ -37,7 +38,7 @@ async function allUsed(dev) {
   return runs;
 }
 
-function gptDisk(name) {
+function gptDisk(name: string): { path: string; sf: SfdiskTable } {
   const path = join(dir, name);
   sparseFile(path, 64 * MiB);
   const sf = sfdisk(
@@ -53,20 +54,21 @@ test('GPT: partitions, names, type GUIDs, unique GUIDs and attributes agree with
   assert.equal(t.scheme, 'gpt');
   assert.deepEqual(t.findings, []);
   assert.equal(t.diskId, sf.id.toLowerCase());
-  assert.equal(t.gpt.copy, 'primary');
-  assert.equal(t.gpt.firstUsableLba, sf.firstlba);
-  assert.equal(t.gpt.lastUsableLba, sf.lastlba);
+  assert.equal(t.gpt?.copy, 'primary');
+  assert.equal(t.gpt?.firstUsableLba, sf.firstlba);
+  assert.equal(t.gpt?.lastUsableLba, sf.lastlba);
   assert.equal(t.partitions.length, sf.partitions.length);
   sf.partitions.forEach((s, i) => {
     const p = t.partitions[i];
+    assert.ok(p, `partition ${s.node} missing`);
     assert.equal(p.index, Number(s.node.slice(-1)));
     assert.deepEqual({ start: p.start, length: p.length }, sfdiskRange(s));
     assert.equal(p.type, s.type.toLowerCase());
-    assert.equal(p.guid, s.uuid.toLowerCase());
+    assert.equal(p.guid, s.uuid?.toLowerCase());
     assert.equal(p.name, s.name ?? null);
   });
   assert.deepEqual(t.partitions.map((p) => p.typeName), ['Linux filesystem', 'Linux swap', 'BIOS boot']);
-  assert.deepEqual(t.partitions[2].attributes, ['required', 'legacy-bios-bootable']);
+  assert.deepEqual(t.partitions[2]!.attributes, ['required', 'legacy-bios-bootable']);
   if (!needTool('7zz')) {
     assert.deepEqual(await sevenZipPartitions(path).then((l) => l.map(({ start, length }) => ({ start, length }))), t.partitions.map(({ start, length }) => ({ start, length })));
   }
@@ -86,7 +88,7 @@ test('MBR: primary, extended and logical partitions through the EBR chain agree 
   const byIndex = new Map(t.partitions.map((p) => [p.index, p]));
   assert.equal(t.partitions.length, sf.partitions.length);
   for (const s of sf.partitions) {
-    const p = byIndex.get(Number(/(\d+)$/.exec(s.node)[1]));
+    const p = byIndex.get(Number(/(\d+)$/.exec(s.node)![1]));
     assert.ok(p, `partition ${s.node} missing`);
     assert.deepEqual({ start: p.start, length: p.length }, sfdiskRange(s));
     assert.equal(Number(p.type), parseInt(s.type, 16));
@@ -123,7 +125,7 @@ test('a blank disk has no table: one whole-disk entry, no filesystem, all used',
   const c = await inspectDisk(dev);
   assert.equal(c.partitionScheme, 'none');
   assert.equal(c.partitions.length, 1);
-  assert.deepEqual([c.partitions[0].kind, c.partitions[0].start, c.partitions[0].length, c.partitions[0].filesystem], ['disk', 0, 4 * MiB, null]);
+  assert.deepEqual([c.partitions[0]!.kind, c.partitions[0]!.start, c.partitions[0]!.length, c.partitions[0]!.filesystem], ['disk', 0, 4 * MiB, null]);
   assert.equal(c.usedBytes, 4 * MiB);
 });
 
@@ -132,9 +134,9 @@ test('damaged primary GPT header (bad CRC): the backup at the last LBA is used a
   patchFile(path, 512 + 40, new Uint8Array([0x99])); // first usable LBA, CRC not updated
   const t = await tableOf(path);
   assert.equal(t.scheme, 'gpt');
-  assert.equal(t.gpt.copy, 'backup');
+  assert.equal(t.gpt?.copy, 'backup');
   assert.deepEqual(reasons(t), ['GPT_BAD_CRC']);
-  assert.equal(t.findings[0].severity, 'warning');
+  assert.equal(t.findings[0]!.severity, 'warning');
   assert.deepEqual(t.partitions.map((p) => p.start), sf.partitions.map((p) => p.start * 512));
 });
 
@@ -142,17 +144,17 @@ test('damaged primary entry array (bad CRC): the backup is used', { skip: needTo
   const { path } = gptDisk('bad-array.raw');
   patchFile(path, 2 * 512 + 32, new Uint8Array([0x01, 0x02])); // entry 1's first LBA
   const t = await tableOf(path);
-  assert.equal(t.gpt.copy, 'backup');
+  assert.equal(t.gpt?.copy, 'backup');
   assert.deepEqual(reasons(t), ['GPT_BAD_CRC']);
-  assert.match(t.findings[0].message, /entry array/);
-  assert.equal(t.partitions[0].start, 2048 * 512);
+  assert.match(t.findings[0]!.message, /entry array/);
+  assert.equal(t.partitions[0]!.start, 2048 * 512);
 });
 
 test('damaged backup GPT: the primary is used and the backup reported', { skip: needTool('sfdisk') }, async () => {
   const { path } = gptDisk('bad-backup.raw');
   patchFile(path, 64 * MiB - 512 + 40, new Uint8Array([0x99]));
   const t = await tableOf(path);
-  assert.equal(t.gpt.copy, 'primary');
+  assert.equal(t.gpt?.copy, 'primary');
   assert.deepEqual(reasons(t), ['GPT_BAD_BACKUP']);
   assert.equal(t.partitions.length, 3);
 });
@@ -165,7 +167,7 @@ test('both GPT copies damaged: GPT_NO_VALID_HEADER, no partitions, and the whole
   assert.equal(t.scheme, 'gpt');
   assert.deepEqual(t.partitions, []);
   assert.deepEqual(reasons(t), ['GPT_NO_VALID_HEADER']);
-  assert.equal(t.findings[0].severity, 'error');
+  assert.equal(t.findings[0]!.severity, 'error');
   const dev = await fileDevice(path);
   assert.deepEqual(await allUsed(dev), [{ start: 0, length: 64 * MiB }]);
   await dev.close();
@@ -177,9 +179,9 @@ test('a GPT header whose entry count would size a huge array is refused without 
   new DataView(h.buffer, h.byteOffset).setUint32(80, 0xffffffff, true);
   resealGptHeader(h);
   return readPartitions(memDevice(disk)).then((t) => {
-    assert.equal(t.gpt.copy, 'backup');
+    assert.equal(t.gpt?.copy, 'backup');
     assert.deepEqual(reasons(t), ['GPT_ENTRY_COUNT']);
-    assert.equal(t.partitions[0].name, 'data');
+    assert.equal(t.partitions[0]!.name, 'data');
   });
 });
 
@@ -204,7 +206,7 @@ test('GPT with 4096-byte logical sectors, read with the device sector size and f
       { type: SWAP, first: 1280, last: 2303 },
     ],
   });
-  for (const deviceSector of [4096, 512]) {
+  for (const deviceSector of [4096, 512] as const) {
     const t = await readPartitions(memDevice(disk, deviceSector));
     assert.equal(t.scheme, 'gpt');
     assert.equal(t.sectorSize, 4096);
@@ -224,7 +226,7 @@ test('hybrid MBR is noted; a GPT without a protective MBR is still read, with a 
   new DataView(e.buffer, e.byteOffset).setUint32(12, 2048, true);
   const hybrid = await readPartitions(memDevice(disk));
   assert.equal(hybrid.scheme, 'gpt');
-  assert.equal(hybrid.gpt.hybridMbr, true);
+  assert.equal(hybrid.gpt?.hybridMbr, true);
   assert.deepEqual(reasons(hybrid), ['GPT_HYBRID_MBR']);
   disk.fill(0, 446, 510);
   const bare = await readPartitions(memDevice(disk));
@@ -239,6 +241,7 @@ test('an EBR chain that loops back is cut with MBR_LOOP; the logical partitions 
   // Point the second EBR's link (entry 2) back at the first EBR (offset 0 in the extended partition).
   const ext = (await tableOf(path)).partitions.find((p) => p.kind === 'extended');
   const second = (await tableOf(path)).partitions.find((p) => p.index === 6);
+  assert.ok(second, 'partition 6 read');
   const ebr2 = second.start - 2048 * 512; // sfdisk leaves 1 MiB before each logical partition
   const link = Buffer.alloc(16);
   link[4] = 0x05;
@@ -256,6 +259,7 @@ test('an EBR link outside its extended partition, and an EBR without a signature
   sparseFile(path, 32 * MiB);
   sfdisk(path, 'label: dos\nsize=4M, type=83\nsize=20M, type=5\nstart=12288, size=2M, type=83\nstart=20480, size=2M, type=83\n');
   const first = (await tableOf(path)).partitions.find((p) => p.index === 5);
+  assert.ok(first, 'partition 5 read');
   const ebr1 = first.start - 2048 * 512;
   const saved = readFileSync(path).subarray(ebr1 + 446 + 16, ebr1 + 446 + 32);
   const far = Buffer.from(saved);
@@ -266,6 +270,7 @@ test('an EBR link outside its extended partition, and an EBR without a signature
   assert.deepEqual(t.partitions.filter((p) => p.kind === 'logical').map((p) => p.index), [5]);
   patchFile(path, ebr1 + 446 + 16, saved);
   const second = (await tableOf(path)).partitions.find((p) => p.index === 6);
+  assert.ok(second, 'partition 6 read');
   patchFile(path, second.start - 2048 * 512 + 510, new Uint8Array([0, 0]));
   t = await tableOf(path);
   assert.deepEqual(reasons(t), ['MBR_BAD_EBR']);
@@ -310,7 +315,7 @@ test('a partition that starts past the end of the disk: the used map still ends 
   const t = await readPartitions(dev);
   assert.deepEqual(reasons(t), ['PARTITION_PAST_END']);
   assert.deepEqual(await allUsed(dev), [{ start: 0, length: 4 * MiB }]);
-  assert.equal((await inspectDisk(dev)).partitions[0].filesystem, null);
+  assert.equal((await inspectDisk(dev)).partitions[0]?.filesystem, null);
 });
 
 test('an MBR with plausible entries stays an MBR even when sector 0 also carries a filesystem signature', async () => {
@@ -330,7 +335,7 @@ test('an MBR with plausible entries stays an MBR even when sector 0 also carries
 test('MBR on a disk with 4096-byte logical sectors: LBAs count 4096-byte sectors, EBRs included', async () => {
   const disk = new Uint8Array(16 * MiB);
   const dv = new DataView(disk.buffer);
-  const entry = (sectorAt, slot, type, first, count) => {
+  const entry = (sectorAt: number, slot: number, type: number, first: number, count: number): void => {
     disk[sectorAt + 446 + slot * 16 + 4] = type;
     dv.setUint32(sectorAt + 446 + slot * 16 + 8, first, true);
     dv.setUint32(sectorAt + 446 + slot * 16 + 12, count, true);

@@ -1,10 +1,29 @@
-// The HTTP source's conformance matrix: one list of cases run by Node (test/http/source.test.js)
-// and, unchanged, inside headless Chromium (test/http/browser.test.js). Browser-safe: no Node API.
+// The HTTP source's conformance matrix: one list of cases run by Node (test/http/source.test.ts)
+// and, unchanged, inside headless Chromium (test/http/browser.test.ts). Browser-safe: no Node API.
 // Each case gets `ctx`: { lib (the library's exports), base and other (the two origins of the test
 // server), env ('node' | 'browser'), counts(path) (the server's request counts for an object) }.
+// Its imports are types only: the compiled module imports nothing.
+import type * as Lib from '../../src/index.js';
+import type { VhdxError } from '../../src/index.js';
+import type { RequestCounts } from '../helpers/http-server.js';
+
+/** What every case is given (see the top of this file). */
+export interface Ctx {
+  lib: typeof Lib;
+  base: string;
+  other: string;
+  env: 'node' | 'browser';
+  counts(path: string): Promise<RequestCounts>;
+}
+
+/** One case of the matrix. */
+export interface Case {
+  name: string;
+  run(ctx: Ctx): Promise<void>;
+}
 
 /** Deterministic bytes (xorshift32) for the served objects, the same on both sides. */
-export function pattern(size, seed) {
+export function pattern(size: number, seed: number): Uint8Array {
   const out = new Uint8Array(size);
   let x = seed >>> 0 || 1;
   for (let i = 0; i < size; i += 4) {
@@ -24,12 +43,12 @@ export const SMALL_SIZE = 100_000;
 const MiB = 1024 * 1024;
 
 /** The objects the server holds for the matrix (the VHDX images are made by the Node side). */
-export function matrixObjects() {
+export function matrixObjects(): Record<string, Uint8Array> {
   return { 'blob.bin': pattern(BLOB_SIZE, 1), 'small.bin': pattern(SMALL_SIZE, 2), 'empty.bin': new Uint8Array(0) };
 }
 
 /** The virtual disk of disk.vhdx: pattern data in two places, zeros elsewhere. */
-export function diskContent() {
+export function diskContent(): Uint8Array {
   const d = new Uint8Array(16 * MiB);
   d.set(pattern(2 * MiB, 3), 1 * MiB);
   d.set(pattern(MiB / 2, 4), 9.5 * MiB);
@@ -37,32 +56,37 @@ export function diskContent() {
 }
 
 /** The virtual disk of chain/child.vhdx: the base's content with the child's writes over it. */
-export function chainContent() {
+export function chainContent(): Uint8Array {
   const d = diskContent();
   d.set(pattern(MiB, 5), 2 * MiB + 4096);
   d.set(pattern(8192, 6), 12 * MiB);
   return d;
 }
 
-function fail(msg) {
+function fail(msg: string): never {
   throw new Error(msg);
 }
 
-function equalBytes(a, b, what) {
+function equalBytes(a: Uint8Array, b: Uint8Array, what: string): void {
   if (a.length !== b.length) fail(`${what}: ${a.length} bytes, expected ${b.length}`);
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) fail(`${what}: byte ${i} is ${a[i]}, expected ${b[i]}`);
 }
 
-function eq(actual, expected, what) {
+function eq<T>(actual: T, expected: T, what: string): void {
   if (actual !== expected) fail(`${what}: ${JSON.stringify(actual)}, expected ${JSON.stringify(expected)}`);
 }
 
+/** Whether `e` is a VhdxError, by its name (the library may be another copy than the caller's). */
+function isVhdxError(e: unknown): e is VhdxError {
+  return e instanceof Error && e.name === 'VhdxError';
+}
+
 /** Run `fn`, which must fail with a VhdxError of `reason` (and `code`, when given). */
-async function rejects(fn, reason, code) {
+async function rejects(fn: () => Promise<unknown>, reason: string, code?: string): Promise<VhdxError> {
   try {
     await fn();
   } catch (e) {
-    if (e?.name !== 'VhdxError') fail(`expected a VhdxError ${reason}, got ${e?.name}: ${e?.message}`);
+    if (!isVhdxError(e)) fail(`expected a VhdxError ${reason}, got ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
     eq(e.reason, reason, `reason of "${e.message}"`);
     if (code) eq(e.code, code, `code of "${e.message}"`);
     return e;
@@ -70,7 +94,7 @@ async function rejects(fn, reason, code) {
   fail(`expected a VhdxError ${reason}, but it succeeded`);
 }
 
-async function readAt(src, offset, length) {
+async function readAt(src: { read(offset: number, into: Uint8Array): Promise<number> }, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   const n = await src.read(offset, b);
   return b.subarray(0, n);
@@ -84,21 +108,21 @@ const FAST = { retryDelay: 1, maxRetryDelay: 50, timeout: 5000 };
 
 let unique = 0;
 /** An object path with `switches`, unique so the server's per-path counters start at zero. */
-function path(switches, name) {
+function path(switches: string, name: string): string {
   unique++;
   return `/o/${switches ? `${switches},n=${unique}` : `n=${unique}`}/${name}`;
 }
 
-export const cases = [
+export const cases: Case[] = [
   {
     name: '206: any range reads byte-exact, the size comes from Content-Range, no HEAD is made',
-    async run({ lib, base, counts }) {
+    async run({ lib, base, counts }: Ctx) {
       const p = path('', 'blob.bin');
       const src = await lib.HttpSource.open(base + p, FAST);
       const expect = pattern(BLOB_SIZE, 1);
       eq(src.size, BLOB_SIZE, 'size');
-      eq('etag' in src.validator, true, 'pinned by ETag');
-      for (const [o, n] of [[0, 10], [65530, 20], [BLOB_SIZE - 5, 5], [1234567, 200000], [100, 2 * MiB], [BLOB_SIZE - 100, 1000]]) {
+      eq('etag' in (src.validator ?? {}), true, 'pinned by ETag');
+      for (const [o, n] of [[0, 10], [65530, 20], [BLOB_SIZE - 5, 5], [1234567, 200000], [100, 2 * MiB], [BLOB_SIZE - 100, 1000]] as const) {
         const got = await readAt(src, o, n);
         equalBytes(got, expect.subarray(o, Math.min(BLOB_SIZE, o + n)), `read ${o}+${n}`);
       }
@@ -112,7 +136,7 @@ export const cases = [
   },
   {
     name: 'small reads together share a request; sequential small reads read ahead; cached bytes cost nothing',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const src = await lib.HttpSource.open(base + path('', 'blob.bin'), { ...FAST, firstRequestBytes: 4096 });
       const expect = pattern(BLOB_SIZE, 1);
       // 16 adjacent 4 KiB reads issued at once, past the first request: one more request.
@@ -133,7 +157,7 @@ export const cases = [
   },
   {
     name: 'a table read and then its few small items (VHDX metadata) asks for no read-ahead',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const src = await lib.HttpSource.open(base + path('', 'blob.bin'), { ...FAST, firstRequestBytes: 4096 });
       const expect = pattern(BLOB_SIZE, 1);
       const B = 64 * 1024;
@@ -151,7 +175,7 @@ export const cases = [
   },
   {
     name: 'the cache holds at most cacheBytes; large reads split into requests of maxRequestBytes, at most maxInFlight at once',
-    async run({ lib, base, counts }) {
+    async run({ lib, base, counts }: Ctx) {
       const p = path('', 'blob.bin');
       const B = 64 * 1024;
       const src = await lib.HttpSource.open(base + p, { ...FAST, firstRequestBytes: B, cacheBytes: 4 * B, maxRequestBytes: 256 * 1024, maxInFlight: 2 });
@@ -168,13 +192,13 @@ export const cases = [
       equalBytes(await readAt(src, 0, 3 * MiB), expect.subarray(0, 3 * MiB), 'large read');
       eq(src.stats.requests - start, 12, 'requests of 256 KiB for 3 MiB');
       const c = await counts(p);
-      if (c.maxInFlight > 2) fail(`${c.maxInFlight} requests in flight at once`);
+      if ((c.maxInFlight ?? 0) > 2) fail(`${c.maxInFlight} requests in flight at once`);
       await src.close();
     },
   },
   {
     name: 'a server without ranges (200): a small object is read whole, a large one is NO_RANGES',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const src = await lib.HttpSource.open(base + path('no-ranges', 'small.bin'), FAST);
       eq(src.size, SMALL_SIZE, 'size');
       equalBytes(await readAt(src, 5000, 3000), pattern(SMALL_SIZE, 2).subarray(5000, 8000), 'bytes');
@@ -186,7 +210,7 @@ export const cases = [
   },
   {
     name: '416: a short object is read after the 416 names its size; an empty object has size 0',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const src = await lib.HttpSource.open(base + path('short416', 'small.bin'), { ...FAST, firstRequestBytes: 256 * 1024 });
       eq(src.size, SMALL_SIZE, 'size');
       equalBytes(await readAt(src, 0, SMALL_SIZE), pattern(SMALL_SIZE, 2), 'bytes');
@@ -199,7 +223,7 @@ export const cases = [
   },
   {
     name: 'an object that changes mid-read is SOURCE_CHANGED: by If-Match (412), by comparing ETags, by Last-Modified',
-    async run({ lib, base, counts }) {
+    async run({ lib, base, counts }: Ctx) {
       for (const sw of ['change=1', 'change=1,ignore-if-match', 'change=1,weak-etag', 'change=1,weak-etag,ignore-if-match']) {
         const p = path(sw, 'blob.bin');
         const src = await lib.HttpSource.open(base + p, { ...FAST, firstRequestBytes: 4096 });
@@ -212,11 +236,11 @@ export const cases = [
   },
   {
     name: 'Content-Range and ETag missing (hidden by CORS): size from HEAD, pinned by Last-Modified; without HEAD, SIZE_UNKNOWN unless the size is given',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const p = path('hide-headers', 'blob.bin');
       const src = await lib.HttpSource.open(base + p, FAST);
       eq(src.size, BLOB_SIZE, 'size');
-      eq('lastModified' in src.validator, true, 'pinned by Last-Modified');
+      eq('lastModified' in (src.validator ?? {}), true, 'pinned by Last-Modified');
       equalBytes(await readAt(src, MiB, 5000), pattern(BLOB_SIZE, 1).subarray(MiB, MiB + 5000), 'bytes');
       await src.close();
       await rejects(() => lib.HttpSource.open(base + path('hide-headers,no-head', 'blob.bin'), FAST), 'SIZE_UNKNOWN');
@@ -231,7 +255,7 @@ export const cases = [
   },
   {
     name: 'HEAD forbidden (presigned GET URL): opening needs no HEAD',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const src = await lib.HttpSource.open(base + path('no-head', 'blob.bin'), FAST);
       eq(src.size, BLOB_SIZE, 'size');
       await src.close();
@@ -239,7 +263,7 @@ export const cases = [
   },
   {
     name: 'connection reset mid-body: retried to exact bytes; resets on every attempt end as IO_ERROR',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const src = await lib.HttpSource.open(base + path('reset=2', 'blob.bin'), FAST);
       equalBytes(await readAt(src, 0, 200000), pattern(BLOB_SIZE, 1).subarray(0, 200000), 'bytes');
       eq(src.stats.retries, 2, 'retries');
@@ -249,7 +273,7 @@ export const cases = [
   },
   {
     name: 'a slow server: a stalled answer or body times out and is retried; stalling forever is TIMED_OUT',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       for (const sw of ['stall=1', 'stall-body=1']) {
         // The stalled attempt costs the whole timeout. (On a loaded machine a later attempt
         // might time out too: that is one retry more, not a failure.)
@@ -263,7 +287,7 @@ export const cases = [
   },
   {
     name: '503 and 429 are retried (Retry-After honoured); a Retry-After beyond the limit, 404 and 403 are not',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       for (const sw of ['status=503:2', 'status=429:1']) {
         const src = await lib.HttpSource.open(base + path(sw, 'small.bin'), FAST);
         eq(src.size, SMALL_SIZE, `${sw} size`);
@@ -277,7 +301,7 @@ export const cases = [
   },
   {
     name: 'caller headers and query strings (SAS tokens, presigned URLs) reach the server; messages hide the query',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const p = path('sig=s3cr3t,auth=tok', 'small.bin');
       const e = await rejects(() => lib.HttpSource.open(`${base}${p}?sig=s3cr3t`, FAST), 'HTTP_STATUS', 'EPERM');
       if (e.message.includes('?sig=')) fail(`the message shows the query: ${e.message}`);
@@ -288,7 +312,7 @@ export const cases = [
   },
   {
     name: 'a VHDX image opens over HTTP read-only and reads its virtual disk; a writable open is refused',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const url = base + path('', 'disk.vhdx');
       const img = await lib.openUrl(url, { http: FAST });
       const expect = diskContent();
@@ -305,7 +329,7 @@ export const cases = [
   },
   {
     name: "a differencing image's parent is found beside it (with the child's query), never on another origin unless allowed",
-    async run({ lib, base, other, counts }) {
+    async run({ lib, base, other, counts }: Ctx) {
       const expect = chainContent();
       const p = path('sig=t', 'chain/child.vhdx');
       const stats = { requests: 0, bytesReceived: 0, retries: 0 };
@@ -337,7 +361,7 @@ export const cases = [
   },
   {
     name: 'an aborted signal cancels the reads (ECANCELED)',
-    async run({ lib, base }) {
+    async run({ lib, base }: Ctx) {
       const ctrl = new AbortController();
       const src = await lib.HttpSource.open(base + path('stall-body=9,skip=1', 'blob.bin'), { ...FAST, firstRequestBytes: 4096, signal: ctrl.signal, timeout: 60_000 });
       const pending = readAt(src, MiB, MiB);
@@ -349,14 +373,14 @@ export const cases = [
 ];
 
 /** CORS cases: only a browser enforces CORS, so only it runs these (against the other origin). */
-export const corsCases = [
+export const corsCases: Case[] = [
   {
     name: 'CORS: a cross-origin range read needs no preflight, and reads exact bytes pinned by the exposed ETag',
-    async run({ lib, other, counts }) {
+    async run({ lib, other, counts }: Ctx) {
       const p = path('', 'blob.bin');
       const src = await lib.HttpSource.open(other + p, FAST);
       eq(src.size, BLOB_SIZE, 'size');
-      eq('etag' in src.validator, true, 'pinned by ETag');
+      eq('etag' in (src.validator ?? {}), true, 'pinned by ETag');
       equalBytes(await readAt(src, MiB, 300000), pattern(BLOB_SIZE, 1).subarray(MiB, MiB + 300000), 'bytes');
       const c = await counts(p);
       eq(c.OPTIONS, 0, 'preflights');
@@ -369,10 +393,10 @@ export const corsCases = [
   },
   {
     name: 'CORS without exposed Content-Range/ETag: size from HEAD, pinned by Last-Modified; with HEAD forbidden too, SIZE_UNKNOWN',
-    async run({ lib, other }) {
+    async run({ lib, other }: Ctx) {
       const src = await lib.HttpSource.open(other + path('no-expose', 'blob.bin'), FAST);
       eq(src.size, BLOB_SIZE, 'size');
-      eq('lastModified' in src.validator, true, 'pinned by Last-Modified');
+      eq('lastModified' in (src.validator ?? {}), true, 'pinned by Last-Modified');
       equalBytes(await readAt(src, BLOB_SIZE - 3000, 3000), pattern(BLOB_SIZE, 1).subarray(BLOB_SIZE - 3000), 'bytes');
       await src.close();
       await rejects(() => lib.HttpSource.open(other + path('no-expose,no-head', 'blob.bin'), FAST), 'SIZE_UNKNOWN');
@@ -384,14 +408,14 @@ export const corsCases = [
 ];
 
 /** Run every case (in a browser page); returns one { name, error } per case. */
-export async function runAll(ctx, list) {
-  const out = [];
+export async function runAll(ctx: Ctx, list: readonly Case[]): Promise<{ name: string; error: string | null }[]> {
+  const out: { name: string; error: string | null }[] = [];
   for (const c of list) {
     try {
       await c.run(ctx);
       out.push({ name: c.name, error: null });
     } catch (e) {
-      out.push({ name: c.name, error: `${e?.name}: ${e?.message}\n${e?.stack ?? ''}` });
+      out.push({ name: c.name, error: e instanceof Error ? `${e.name}: ${e.message}\n${e.stack ?? ''}` : String(e) });
     }
   }
   return out;

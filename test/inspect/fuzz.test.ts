@@ -5,44 +5,60 @@
 // than MAX_READ (a buffer sized by an unchecked number) or outside the disk, and the used runs
 // must stay ascending and inside the disk. Each run is in a worker thread watched for hangs.
 // Longer hunts: VHDX_FUZZ_SCALE=20.
+import assert from 'node:assert/strict';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
+import type { buildGpt as BuildGpt, resealGptHeader as ResealGptHeader } from '../helpers/disk.js';
+import type { crc32 as Crc32 } from '../../src/codec/crc32.js';
 
 const MAX_READ = 2 * 1024 * 1024;
 const WATCHDOG_MS = 30000;
 const SCALE = Number(process.env.VHDX_FUZZ_SCALE ?? 1);
-const RUNS = [
+/** One fuzz run: its seed, how many cases, and the seed disk (see seedImage). */
+interface Spec {
+  name: string;
+  seed: number;
+  cases: number;
+  image: 'gpt512' | 'gpt4k' | 'mbr';
+}
+
+/** What a worker posts: a case begins, a case failed, or the run is done. */
+type Message =
+  | { type: 'case'; case: number }
+  | { type: 'fail'; case: number; what: string; mutations: string[] }
+  | { type: 'done'; cases: number; reasons: Record<string, number>; withPartitions: number };
+
+const RUNS: Spec[] = [
   { name: 'GPT, 512-byte sectors, with swap and LVM2 headers in its partitions', seed: 0x1a5e0001, cases: 600, image: 'gpt512' },
   { name: 'GPT, 4096-byte sectors', seed: 0x1a5e0002, cases: 250, image: 'gpt4k' },
   { name: 'MBR with an extended partition and a chain of 4 EBRs', seed: 0x1a5e0003, cases: 600, image: 'mbr' },
 ];
 
-function rngFor(seed, caseIndex) {
+function rngFor(seed: number, caseIndex: number) {
   let s = (seed ^ Math.imul(caseIndex + 1, 0x9e3779b9)) >>> 0;
-  const next = () => {
+  const next = (): number => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
   };
-  next.int = (n) => Math.floor(next() * n);
-  next.pick = (a) => a[next.int(a.length)];
+  next.int = (n: number): number => Math.floor(next() * n);
+  next.pick = <T>(a: readonly T[]): T => a[next.int(a.length)]!;
   return next;
 }
 
 if (isMainThread) {
   const { test } = await import('node:test');
-  const assert = (await import('node:assert/strict')).default;
   for (const spec of RUNS) {
     const cases = Math.max(1, Math.round(spec.cases * SCALE));
     test(`inspect fuzz seed 0x${spec.seed.toString(16)}: ${cases} cases, ${spec.name}`, { timeout: 10 * 60 * 1000 }, async () => {
-      const r = await new Promise((resolve) => {
-        const failures = [];
-        let done = null;
+      const r = await new Promise<{ failures: string[]; done: Extract<Message, { type: 'done' }> | null }>((resolve) => {
+        const failures: string[] = [];
+        let done: Extract<Message, { type: 'done' }> | null = null;
         let last = -1;
         const w = new Worker(fileURLToPath(import.meta.url), { workerData: { ...spec, cases }, resourceLimits: { maxOldGenerationSizeMb: 256 } });
-        let timer;
+        let timer: NodeJS.Timeout | undefined;
         const arm = () => {
           clearTimeout(timer);
           timer = setTimeout(() => {
@@ -51,14 +67,14 @@ if (isMainThread) {
           }, WATCHDOG_MS);
         };
         arm();
-        w.on('message', (m) => {
+        w.on('message', (m: Message) => {
           if (m.type === 'case') {
             last = m.case;
             arm();
           } else if (m.type === 'fail') failures.push(`case ${m.case}: ${m.what}\n  mutations: ${m.mutations.join('; ')}`);
           else done = m;
         });
-        w.on('error', (e) => failures.push(`worker died in case ${last}: ${e?.stack ?? e}`));
+        w.on('error', (e: Error) => failures.push(`worker died in case ${last}: ${e?.stack ?? e}`));
         w.on('exit', () => {
           clearTimeout(timer);
           resolve({ failures, done });
@@ -67,25 +83,31 @@ if (isMainThread) {
       assert.deepEqual(r.failures.slice(0, 5), []);
       assert.equal(r.done?.cases, cases);
       // The mutations must reach past the first checks: several reasons, and tables still read.
+      assert.ok(r.done, 'the worker finished');
       assert.ok(Object.keys(r.done.reasons).length >= 4, `only these findings were provoked: ${JSON.stringify(r.done.reasons)}`);
       assert.ok(r.done.withPartitions >= cases * 0.2, `only ${r.done.withPartitions} of ${cases} cases read any partition`);
     });
   }
 } else {
-  await worker(workerData);
+  await worker(workerData as Spec);
 }
 
-async function worker(spec) {
-  const { MemorySource, RawDevice, VhdxError, readPartitions, inspectDisk, usedRuns } = await import('../../dist/index.js');
-  const { crc32 } = await import('../../dist/codec/crc32.js');
+/** Post a message to the test in the main thread. */
+function post(m: Message): void {
+  parentPort!.postMessage(m);
+}
+
+async function worker(spec: Spec): Promise<void> {
+  const { MemorySource, RawDevice, VhdxError, readPartitions, inspectDisk, usedRuns } = await import('../../src/index.js');
+  const { crc32 } = await import('../../src/codec/crc32.js');
   const { buildGpt, resealGptHeader, MiB } = await import('../helpers/disk.js');
   const sectorSize = spec.image === 'gpt4k' ? 4096 : 512;
   const { bytes: seed, fields, reseal } = seedImage(spec.image, { buildGpt, resealGptHeader, crc32, MiB });
-  const reasons = {};
+  const reasons: Record<string, number> = {};
   let withPartitions = 0;
 
   class GuardedDevice extends RawDevice {
-    async read(offset, into) {
+    override async read(offset: number, into: Uint8Array): Promise<void> {
       if (into.length > MAX_READ) throw new Error(`GUARD: read of ${into.length} bytes at ${offset}`);
       if (!Number.isSafeInteger(offset) || offset < 0 || offset + into.length > this.size) throw new Error(`GUARD: read at ${offset}+${into.length} outside the disk`);
       return super.read(offset, into);
@@ -93,15 +115,15 @@ async function worker(spec) {
   }
 
   for (let c = 0; c < spec.cases; c++) {
-    parentPort.postMessage({ type: 'case', case: c });
+    post({ type: 'case', case: c });
     const rng = rngFor(spec.seed, c);
     const b = seed.slice();
-    const mutations = [];
+    const mutations: string[] = [];
     const n = 1 + rng.int(4);
     for (let k = 0; k < n; k++) {
       if (rng() < 0.1) {
         const at = rng.int(b.length);
-        b[at] ^= 1 << rng.int(8);
+        b[at]! ^= 1 << rng.int(8);
         mutations.push(`bit at ${at}`);
         continue;
       }
@@ -127,15 +149,18 @@ async function worker(spec) {
         end = r.start + r.length;
       }
     } catch (e) {
-      if (!(e instanceof VhdxError)) parentPort.postMessage({ type: 'fail', case: c, what: String(e?.stack ?? e), mutations });
+      if (!(e instanceof VhdxError)) post({ type: 'fail', case: c, what: e instanceof Error ? (e.stack ?? String(e)) : String(e), mutations });
       else reasons[`thrown ${e.reason}`] = (reasons[`thrown ${e.reason}`] ?? 0) + 1;
     }
   }
-  parentPort.postMessage({ type: 'done', cases: spec.cases, reasons, withPartitions });
+  post({ type: 'done', cases: spec.cases, reasons, withPartitions });
 }
 
 /** The seed disk, the fields worth mutating ([offset, width]) and how to recompute its checksums. */
-function seedImage(kind, { buildGpt, resealGptHeader, crc32, MiB }) {
+function seedImage(
+  kind: Spec['image'],
+  { buildGpt, resealGptHeader, crc32, MiB }: { buildGpt: typeof BuildGpt; resealGptHeader: typeof ResealGptHeader; crc32: typeof Crc32; MiB: number },
+): { bytes: Uint8Array; fields: [number, number][]; reseal: (b: Uint8Array) => void } {
   const LINUX = '0fc63daf-8483-4772-8e79-3d69d8477de4';
   const SWAP = '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f';
   if (kind === 'gpt512' || kind === 'gpt4k') {
@@ -167,13 +192,13 @@ function seedImage(kind, { buildGpt, resealGptHeader, crc32, MiB }) {
     const lastLba = sectors - 1;
     const arrayBytes = (kind === 'gpt4k' ? 32 : 128) * 128;
     const backupArray = (lastLba - Math.ceil(arrayBytes / ss)) * ss;
-    const fields = [];
-    for (const h of [ss, lastLba * ss]) for (const [at, w] of [[8, 4], [12, 4], [16, 4], [24, 8], [32, 8], [40, 8], [48, 8], [72, 8], [80, 4], [84, 4], [88, 4]]) fields.push([h + at, w]);
-    for (const a of [2 * ss, backupArray]) for (let e = 0; e < 4; e++) for (const [at, w] of [[0, 4], [32, 8], [40, 8], [48, 8]]) fields.push([a + e * 128 + at, w]);
-    for (let e = 0; e < 4; e++) for (const [at, w] of [[0, 1], [4, 1], [8, 4], [12, 4]]) fields.push([446 + e * 16 + at, w]);
+    const fields: [number, number][] = [];
+    for (const h of [ss, lastLba * ss]) for (const [at, w] of [[8, 4], [12, 4], [16, 4], [24, 8], [32, 8], [40, 8], [48, 8], [72, 8], [80, 4], [84, 4], [88, 4]] as const) fields.push([h + at, w]);
+    for (const a of [2 * ss, backupArray]) for (let e = 0; e < 4; e++) for (const [at, w] of [[0, 4], [32, 8], [40, 8], [48, 8]] as const) fields.push([a + e * 128 + at, w]);
+    for (let e = 0; e < 4; e++) for (const [at, w] of [[0, 1], [4, 1], [8, 4], [12, 4]] as const) fields.push([446 + e * 16 + at, w]);
     fields.push([swapAt + 1024, 4], [swapAt + 1028, 4], [lvmAt + 8, 8], [lvmAt + 20, 4], [lvmAt + 64, 8]);
-    const reseal = (b) => {
-      for (const [h, a] of [[ss, 2 * ss], [lastLba * ss, backupArray]]) {
+    const reseal = (b: Uint8Array): void => {
+      for (const [h, a] of [[ss, 2 * ss], [lastLba * ss, backupArray]] as const) {
         const hd = b.subarray(h, h + ss);
         const dv = new DataView(hd.buffer, hd.byteOffset);
         const count = dv.getUint32(80, true);
@@ -187,7 +212,7 @@ function seedImage(kind, { buildGpt, resealGptHeader, crc32, MiB }) {
   // MBR: 1 primary, 1 extended (LBA 4096..16383) holding 4 logical partitions, one EBR each.
   const bytes = new Uint8Array(8 * MiB);
   const dv = new DataView(bytes.buffer);
-  const entry = (sectorAt, slot, type, first, count) => {
+  const entry = (sectorAt: number, slot: number, type: number, first: number, count: number): void => {
     const at = sectorAt + 446 + slot * 16;
     bytes[at + 4] = type;
     dv.setUint32(at + 8, first, true);
@@ -197,13 +222,13 @@ function seedImage(kind, { buildGpt, resealGptHeader, crc32, MiB }) {
   };
   entry(0, 0, 0x83, 2048, 2048);
   entry(0, 1, 0x05, 4096, 12288);
-  const fields = [];
-  for (let e = 0; e < 4; e++) for (const [at, w] of [[0, 1], [4, 1], [8, 4], [12, 4]]) fields.push([446 + e * 16 + at, w]);
+  const fields: [number, number][] = [];
+  for (let e = 0; e < 4; e++) for (const [at, w] of [[0, 1], [4, 1], [8, 4], [12, 4]] as const) fields.push([446 + e * 16 + at, w]);
   for (let k = 0; k < 4; k++) {
     const ebr = 4096 + k * 3072;
     entry(ebr * 512, 0, 0x83, 2048, 1024);
     if (k < 3) entry(ebr * 512, 1, 0x05, (k + 1) * 3072, 3072);
-    for (let e = 0; e < 2; e++) for (const [at, w] of [[4, 1], [8, 4], [12, 4]]) fields.push([ebr * 512 + 446 + e * 16 + at, w]);
+    for (let e = 0; e < 2; e++) for (const [at, w] of [[4, 1], [8, 4], [12, 4]] as const) fields.push([ebr * 512 + 446 + e * 16 + at, w]);
     fields.push([ebr * 512 + 510, 2]);
   }
   return { bytes, fields, reseal: () => {} };

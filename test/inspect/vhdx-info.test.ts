@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { inspectDisk, usedRuns, describeContents } from '../../dist/index.js';
-import { openFile } from '../../dist/node.js';
+import { inspectDisk, usedRuns, describeContents, type BlockDevice, type Run, type VhdxError } from '../../src/index.js';
+import { openFile } from '../../src/node.js';
 import { needTool, run } from '../helpers/env.js';
 import { shmScratch, vhdxInProcess } from '../helpers/tools.js';
 import { fileDevice, MiB, patchFile, placeFile, sfdisk, sparseFile } from '../helpers/disk.js';
@@ -19,7 +19,7 @@ const SKIP = needTool('sfdisk', 'mkswap');
  * A 64 MiB GPT disk: 1 swap partition (8 MiB at 1 MiB) with 2 MiB of random bytes in its free
  * part, 2 an unknown-type partition (4 MiB) with random bytes, and a partition left empty.
  */
-function buildDisk() {
+function buildDisk(): string {
   const raw = join(dir, 'disk.raw');
   sparseFile(raw, 64 * MiB);
   sfdisk(raw, 'label: gpt\nsize=8M, type=swap, name="swap"\nsize=4M, type=linux\nsize=4M, type=linux\n');
@@ -32,8 +32,8 @@ function buildDisk() {
   return raw;
 }
 
-async function usedOf(dev) {
-  const runs = [];
+async function usedOf(dev: BlockDevice): Promise<Run[]> {
+  const runs: Run[] = [];
   for await (const r of usedRuns(dev)) runs.push(r);
   return runs;
 }
@@ -45,14 +45,14 @@ test('a GPT disk read through VHDX images made by vhdx convert and qemu-img give
   const expectedUsed = await usedOf(rawDev);
   await rawDev.close();
   assert.equal(expected.partitionScheme, 'gpt');
-  assert.equal(expected.partitions[0].filesystem.type, 'swap');
-  assert.equal(expected.partitions[1].filesystem, null);
+  assert.equal(expected.partitions[0]?.filesystem?.type, 'swap');
+  assert.equal(expected.partitions[1]?.filesystem, null);
   // Used: everything but swap's pages after its header.
   assert.deepEqual(expectedUsed, [
     { start: 0, length: MiB + 4096 },
     { start: 9 * MiB, length: 55 * MiB },
   ]);
-  const images = [];
+  const images: string[] = [];
   const ours = join(dir, 'ours.vhdx');
   assert.equal((await vhdxInProcess(['convert', '-O', 'vhdx', '-o', 'block_size=1M', raw, ours])).code, 0);
   images.push(ours);
@@ -69,8 +69,10 @@ test('a GPT disk read through VHDX images made by vhdx convert and qemu-img give
       // Reclaimable: the 2 MiB of random bytes in free swap pages (blocks 4 and 5), nothing else
       // (the swap header's block and partition 2's block are used).
       const c = await describeContents(img, { blockSize: MiB, scanZeros: true });
-      assert.equal(c.reclaimable.unusedBytes, 2 * MiB, path);
-      assert.equal(c.reclaimableBytes, c.reclaimable.unusedBytes + c.reclaimable.zeroBytes);
+      const rc = c.reclaimable;
+      assert.ok(rc && rc.zeroBytes !== null, `${path}: reclaimable bytes computed, allocated blocks scanned for zeros`);
+      assert.equal(rc.unusedBytes, 2 * MiB, path);
+      assert.equal(c.reclaimableBytes, rc.unusedBytes + rc.zeroBytes);
     } finally {
       await img.close();
     }
@@ -86,7 +88,7 @@ test('vhdx info --output=json: partitionScheme, partitions with filesystems, rec
   const info = JSON.parse(r.stdout);
   assert.equal(info.partitionScheme, 'gpt');
   assert.deepEqual(
-    info.partitions.map((p) => [p.index, p.start, p.length, p.type, p.name]),
+    info.partitions.map((p: { index: number; start: number; length: number; type: string; name: string | null }) => [p.index, p.start, p.length, p.type, p.name]),
     [
       [1, MiB, 8 * MiB, '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f', 'swap'],
       [2, 9 * MiB, 4 * MiB, '0fc63daf-8483-4772-8e79-3d69d8477de4', null],
@@ -113,14 +115,14 @@ test('vhdx info --output=json: partitionScheme, partitions with filesystems, rec
 test('used map honours an aborted signal (ECANCELED) and reports progress up to the disk size', { skip: SKIP }, async () => {
   const raw = buildDisk();
   const dev = await fileDevice(raw);
-  const seen = [];
+  const seen: [number, number][] = [];
   for await (const _ of usedRuns(dev, { onProgress: (d, t) => seen.push([d, t]) }));
   assert.deepEqual(seen[seen.length - 1], [64 * MiB, 64 * MiB]);
   const ac = new AbortController();
   ac.abort();
   await assert.rejects(async () => {
     for await (const _ of usedRuns(dev, { signal: ac.signal }));
-  }, (e) => e.code === 'ECANCELED' && e.reason === 'ABORTED');
+  }, (e: VhdxError) => e.code === 'ECANCELED' && e.reason === 'ABORTED');
   await dev.close();
 });
 
@@ -137,7 +139,9 @@ test('vhdx info: ext usage from the group descriptors by default, the same bytes
   assert.equal((await vhdxInProcess(['convert', '-O', 'vhdx', '-o', 'block_size=1M', raw, path])).code, 0);
   const cheap = JSON.parse((await vhdxInProcess(['info', '--output=json', path])).stdout);
   const exact = JSON.parse((await vhdxInProcess(['info', '--output=json', '--allocation=always', path])).stdout);
-  const fs = (i) => i.partitions[0].filesystem;
+  /** The part of `vhdx info --output=json` read here. */
+  type Info = { partitions: { filesystem: { type: string; trusted: boolean; untrustedReason?: string; usedBytes: number; freeBytes: number } }[] };
+  const fs = (i: Info) => i.partitions[0]!.filesystem;
   assert.equal(fs(cheap).type, 'ext4');
   assert.equal(fs(cheap).trusted, true, fs(cheap).untrustedReason);
   assert.deepEqual([fs(cheap).usedBytes, fs(cheap).freeBytes], [fs(exact).usedBytes, fs(exact).freeBytes]);

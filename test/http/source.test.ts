@@ -1,5 +1,5 @@
-// The HTTP range source in Node: the conformance matrix (test/http/matrix.js, also run in
-// Chromium by browser.test.js) against the local range server, the header parsers, and corpus
+// The HTTP range source in Node: the conformance matrix (test/http/matrix.ts, also run in
+// Chromium by browser.test.ts) against the local range server, the header parsers, and corpus
 // images read over HTTP to their raw SHA-256.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -7,17 +7,18 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as lib from '../../dist/node.js';
-import { parseContentRange, parseRetryAfter, redactUrl } from '../../dist/io/http.js';
-import { relativeParentUrl } from '../../dist/device/parents.js';
-import { startRangeServer } from '../helpers/http-server.js';
+import * as lib from '../../src/node.js';
+import { parseContentRange, parseRetryAfter, redactUrl } from '../../src/io/http.js';
+import { relativeParentUrl } from '../../src/device/parents.js';
+import { startRangeServer, type RangeServer } from '../helpers/http-server.js';
 import { corpusFile, corpusManifest } from '../helpers/env.js';
 import { makeMatrixImages } from '../helpers/http-images.js';
-import { cases, matrixObjects } from './matrix.js';
+import { cases, matrixObjects, type Ctx } from './matrix.js';
 
 const MiB = 1024 * 1024;
-let server;
-let dir;
+// Set by before(), which runs ahead of every test.
+let server!: RangeServer;
+let dir: string | undefined;
 
 before(async () => {
   server = await startRangeServer();
@@ -31,7 +32,7 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-const ctx = () => ({
+const ctx = (): Ctx => ({
   lib,
   base: server.origin,
   other: server.origin2,
@@ -73,7 +74,7 @@ const noCorpus = manifest ? false : 'corpus not present beside the repository';
 const hashed = (manifest ?? []).filter((e) => e.rawSha256 && HASHED.includes(e.file));
 
 /** SHA-256 of a whole virtual disk, data extents read 4 MiB at a time, zeros hashed without reading. */
-async function diskSha256(img) {
+async function diskSha256(img: lib.BlockDevice): Promise<string> {
   const h = createHash('sha256');
   const zeros = new Uint8Array(4 * MiB);
   for (const x of await img.blockStatus(0, img.size)) {
@@ -113,8 +114,11 @@ test('corpus images read over HTTP to their raw SHA-256, receiving no more bytes
 });
 
 test('a corpus differencing image opens over HTTP with its parent beside it and reads as from files', { skip: noCorpus }, async () => {
-  const child = manifest.find((e) => e.type === 'differencing');
-  const parent = manifest.find((e) => child.parent.endsWith(e.file.replace(/\.gz$/, '')));
+  const child = manifest?.find((e) => e.type === 'differencing');
+  const parentName = child?.parent;
+  assert.ok(child && parentName, 'the corpus has a differencing image');
+  const parent = manifest?.find((e) => parentName.endsWith(e.file.replace(/\.gz$/, '')));
+  assert.ok(parent, `the corpus has ${parentName}`);
   const childPath = await corpusFile(child.file);
   await corpusFile(parent.file);
   server.objects.set(`pair/${child.file.replace(/\.gz$/, '')}`, { path: childPath });
@@ -142,8 +146,8 @@ test('a corpus differencing image opens over HTTP with its parent beside it and 
 });
 
 test('many reads waiting for a request slot print no MaxListenersExceededWarning, and close() ends them all', async () => {
-  const warnings = [];
-  const onWarning = (w) => warnings.push(w);
+  const warnings: Error[] = [];
+  const onWarning = (w: Error) => warnings.push(w);
   process.on('warning', onWarning);
   try {
     const src = await lib.HttpSource.open(`${server.origin}/o/-/blob.bin`, { maxInFlight: 1, firstRequestBytes: 4096, maxRequestBytes: 256 * 1024 });
@@ -173,6 +177,6 @@ test('a copy reads an HTTP source in pieces of maxRequestBytes, maxInFlight at o
   await lib.copyDevice(new lib.RawDevice(small), out);
   const pieces = Math.ceil(small.size / (256 * 1024));
   assert.equal(stats.requests, 1 + pieces, 'the first request, then one per piece');
-  assert.equal((await fetch(`${server.origin}/count/o/-/blob.bin`).then((r) => r.json())).maxInFlight <= 3, true);
+  assert.equal(((await fetch(`${server.origin}/count/o/-/blob.bin`).then((r) => r.json())) as { maxInFlight: number }).maxInFlight <= 3, true);
   await small.close();
 });

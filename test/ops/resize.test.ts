@@ -5,9 +5,9 @@
 // range's bytes intact and the added range reading as zeros. Refusals change nothing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxImage, resize } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
-import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
+import { MemorySource, VhdxImage, resize, type RandomAccessSource, type VhdxError } from '../../src/index.js';
+import { FaultySource, type CrashImageOptions } from '../../src/testing.js';
+import { planLayout, writeNewImage, type LayoutOptions } from '../../src/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
 import { needTool, run, scratch } from '../helpers/env.js';
@@ -19,7 +19,10 @@ const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
 /** A new image in memory with `writes` ([offset, bytes]) written and closed: its bytes. */
-async function imageWith(layout, writes) {
+/** Writes of a test: [offset, bytes]. */
+type Writes = readonly (readonly [number, Uint8Array])[];
+
+async function imageWith(layout: LayoutOptions, writes: Writes): Promise<Uint8Array> {
   const mem = new MemorySource();
   await writeNewImage(mem, planLayout(layout));
   const img = await VhdxImage.open(mem, { readOnly: false });
@@ -28,14 +31,21 @@ async function imageWith(layout, writes) {
   return mem.bytes().slice();
 }
 
-async function readAt(img, offset, length) {
+async function readAt(img: VhdxImage, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   await img.read(offset, b);
   return b;
 }
 
 /** The post-crash image reads as the old disk or the new one; returns which size it has. */
-async function assertOldOrNew(src, { oldSize, newSize, writes, what }) {
+/** What a resize should leave: the old size or the new one, with `writes` intact. */
+interface Expect {
+  oldSize: number;
+  newSize: number;
+  writes: Writes;
+}
+
+async function assertOldOrNew(src: RandomAccessSource, { oldSize, newSize, writes, what }: Expect & { what: string }): Promise<number> {
   const ro = await VhdxImage.open(src, { readOnly: true });
   const size = ro.size;
   assert.ok(size === oldSize || size === newSize, `${what}: size ${size} is neither ${oldSize} nor ${newSize}`);
@@ -56,18 +66,18 @@ async function assertOldOrNew(src, { oldSize, newSize, writes, what }) {
 }
 
 /** Run `work` on a FaultySource over `bytes` dying at each mutation in turn; check every crash image. */
-async function powerLossSweep(bytes, work, expect) {
+async function powerLossSweep(bytes: Uint8Array, work: (src: FaultySource) => Promise<void>, expect: Expect): Promise<void> {
   const dry = new FaultySource(bytes, { writeCache: true });
   await work(dry);
   const total = dry.mutations;
   assert.ok(total > 10, `the operation issues ${total} writes and flushes`);
-  const seen = new Set();
+  const seen = new Set<number>();
   for (let n = 1; n <= total; n++) {
     const dying = new FaultySource(bytes, { crashAt: n });
-    await assert.rejects(work(dying), undefined, `crash at ${n}`);
+    await assert.rejects(work(dying), `crash at ${n}`);
     // Nothing pending lands, or a random part with one write torn ('all pending land' is left
     // out to keep the suite lean: the random subsets and the no-crash run cover landing writes).
-    const variants = [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }];
+    const variants: CrashImageOptions[] = [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }];
     for (const v of variants) seen.add(await assertOldOrNew(dying.crashImage(v), { ...expect, what: `crash at ${n}/${total} ${JSON.stringify(v)}` }));
   }
   // Both outcomes happen across the sweep: the test would notice a resize that never lands.
@@ -78,7 +88,7 @@ async function powerLossSweep(bytes, work, expect) {
 
 // 1 MiB blocks: a 64 MiB disk's BAT region is 1 MiB; at 130 GiB it needs 2 MiB, so the blocks
 // right after the region (the first written) move to the end before it grows in place.
-const GROW = {
+const GROW: { layout: LayoutOptions & { virtualSize: number }; writes: Writes; newSize: number } = {
   layout: { virtualSize: 64 * MiB, blockSize: MiB, logicalSectorSize: 512 },
   writes: [
     [0, pattern(1, 2 * MiB)],
@@ -90,7 +100,7 @@ const GROW = {
 
 test('power loss at every write and flush of a grow that extends the BAT region leaves the old disk or the new one', async () => {
   const bytes = await imageWith(GROW.layout, GROW.writes);
-  const work = async (src) => {
+  const work = async (src: FaultySource) => {
     const img = await VhdxImage.open(src, { readOnly: false });
     const r = await resize(img, GROW.newSize);
     assert.equal(r.batGrowth, MiB);
@@ -114,7 +124,7 @@ test('power loss at every write and flush of a grow that relocates the BAT (meta
   for (const [at, data] of GROW.writes) await img.write(at, data);
   await img.close();
   const bytes = mem.bytes().slice();
-  const work = async (src) => {
+  const work = async (src: FaultySource) => {
     const r = await resize(await VhdxImage.open(src, { readOnly: false }), GROW.newSize);
     assert.equal(r.batGrowth, MiB);
     assert.equal(r.blocksMoved, 0, 'nothing moves: the BAT goes elsewhere');
@@ -127,7 +137,7 @@ test('power loss at every write and flush of a grow that relocates the BAT (meta
 
 // A shrink that releases blocks past the new end, moves a kept block that sits high in the file
 // down into a released place, and cuts the file.
-const SHRINK = {
+const SHRINK: typeof GROW = {
   layout: { virtualSize: 48 * MiB, blockSize: MiB, logicalSectorSize: 512 },
   writes: [
     [40 * MiB, pattern(4, 3 * MiB)], // written first: low in the file, released by the shrink
@@ -139,7 +149,7 @@ const SHRINK = {
 
 test('power loss at every write and flush of a shrink leaves the old disk or the new one, and a shrink cuts the file', async () => {
   const bytes = await imageWith(SHRINK.layout, SHRINK.writes);
-  const work = async (src) => {
+  const work = async (src: FaultySource) => {
     const img = await VhdxImage.open(src, { readOnly: false });
     const r = await resize(img, SHRINK.newSize, { shrink: true, force: true });
     assert.ok(r.blocksMoved >= 1, `kept blocks moved down (${r.blocksMoved})`);
@@ -158,19 +168,20 @@ test('a shrink without the shrink option, or through data, is refused and change
   const bytes = await imageWith(SHRINK.layout, SHRINK.writes);
   const mem = new MemorySource(bytes.slice());
   const img = await VhdxImage.open(mem, { readOnly: false });
-  await assert.rejects(resize(img, 32 * MiB), (e) => e.reason === 'SHRINK_NOT_ASKED' && /--shrink/.test(e.message));
-  await assert.rejects(resize(img, 32 * MiB, { shrink: true }), (e) => e.reason === 'SHRINK_CUTS_DATA' && /43 ?\d*|need/.test(e.message));
-  await assert.rejects(resize(img, 1000, { shrink: true }), (e) => e.reason === 'BAD_ARGUMENT');
+  await assert.rejects(resize(img, 32 * MiB), (e: VhdxError) => e.reason === 'SHRINK_NOT_ASKED' && /--shrink/.test(e.message));
+  await assert.rejects(resize(img, 32 * MiB, { shrink: true }), (e: VhdxError) => e.reason === 'SHRINK_CUTS_DATA' && /43 ?\d*|need/.test(e.message));
+  await assert.rejects(resize(img, 1000, { shrink: true }), (e: VhdxError) => e.reason === 'BAD_ARGUMENT');
   await img.close();
   assert.ok(Buffer.from(mem.bytes()).equals(Buffer.from(bytes)), 'the file is unchanged');
 });
 
 test('a fixed disk grows with its new blocks allocated and written, a 4096-byte-sector disk too', async () => {
-  for (const layout of [
+  const layouts: LayoutOptions[] = [
     { virtualSize: 8 * MiB, blockSize: MiB, logicalSectorSize: 512, fixed: true },
     { virtualSize: 8 * MiB + 4096, blockSize: MiB, logicalSectorSize: 4096 },
-  ]) {
-    const writes = [[layout.virtualSize - 4096, pattern(7, 4096)]];
+  ];
+  for (const layout of layouts) {
+    const writes: Writes = [[layout.virtualSize - 4096, pattern(7, 4096)]];
     const mem = new MemorySource(await imageWith(layout, writes));
     const r = await resize(await VhdxImage.open(mem, { readOnly: false }), 20 * MiB);
     const st = await r.image.allocationStats();

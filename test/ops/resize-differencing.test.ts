@@ -9,11 +9,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { MemorySource, VhdxImage, checkImage, commitChild, resize } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
+import { VhdxImage, checkImage, commitChild, resize, type VhdxError } from '../../src/index.js';
+import { FaultySource, type CrashImageOptions } from '../../src/testing.js';
 import { compareWith, makeBase, makeChild, openChain } from '../helpers/chain.js';
 import { checkInvariants } from '../helpers/invariants.js';
-import { pattern } from '../helpers/model.js';
+import { pattern, type SparseModel } from '../helpers/model.js';
 import { needTool, scratch } from '../helpers/env.js';
 import { PYVHDI_PYTHON, must, needPyvhdi, vhdx } from '../helpers/tools.js';
 import { startServe } from '../nbd/serve.js';
@@ -23,13 +23,14 @@ const GiB = 1024 * MiB;
 const PARENT = 8 * MiB;
 
 /** A parent of 8 MiB with data over most of it, and a child (1 MiB blocks) with its own writes. */
-async function chain() {
+async function chain(): Promise<{ psrc: FaultySource; csrc: FaultySource; model: SparseModel }> {
   const { src: psrc, model } = await makeBase({ size: PARENT, fill: [{ kind: 'data', offset: 0, length: PARENT - 4096 }] });
   const parent = await VhdxImage.open(psrc);
   const csrc = await makeChild(parent, { blockSize: MiB });
   await parent.close();
   const c = await openChain([csrc, psrc]);
-  for (const [at, data] of [[MiB + 512, pattern(1, 3000)], [PARENT - MiB, pattern(2, MiB)]]) {
+  const writes: [number, Uint8Array][] = [[MiB + 512, pattern(1, 3000)], [PARENT - MiB, pattern(2, MiB)]];
+  for (const [at, data] of writes) {
     await c.write(at, data);
     model.write(at, data);
   }
@@ -37,13 +38,13 @@ async function chain() {
   return { psrc, csrc, model };
 }
 
-async function readAt(img, offset, length) {
+async function readAt(img: VhdxImage, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   await img.read(offset, b);
   return b;
 }
 
-const isZero = (b) => b.every((x) => x === 0);
+const isZero = (b: Uint8Array): boolean => b.every((x) => x === 0);
 
 test('a child grown past its parent reads its parent below the parent\'s end and zeros past it; writes there work; it checks clean', async () => {
   const { psrc, csrc, model } = await chain();
@@ -61,7 +62,7 @@ test('a child grown past its parent reads its parent below the parent\'s end and
   }
   // Writes across the parent's end (the sector below completed from the parent, the one above
   // from zeros), past it in part of a sector, and in the disk's last, short block.
-  const writes = [[PARENT - 50, pattern(3, 100)], [12 * MiB + 7, pattern(4, 10)], [newSize - 512, pattern(5, 512)]];
+  const writes: [number, Uint8Array][] = [[PARENT - 50, pattern(3, 100)], [12 * MiB + 7, pattern(4, 10)], [newSize - 512, pattern(5, 512)]];
   for (const [at, data] of writes) {
     await c.write(at, data);
     model.write(at, data);
@@ -75,7 +76,7 @@ test('a child grown past its parent reads its parent below the parent\'s end and
   // Shrinking below the parent stays refused, with force too (a child smaller than its parent
   // is refused at open: differencing.test.js).
   const rw = await openChain([csrc, psrc]);
-  await assert.rejects(resize(rw, PARENT - MiB, { shrink: true, force: true }), (e) => e.reason === 'SHRINK_CUTS_DATA');
+  await assert.rejects(resize(rw, PARENT - MiB, { shrink: true, force: true }), (e: VhdxError) => e.reason === 'SHRINK_CUTS_DATA');
   await rw.close();
 });
 
@@ -83,7 +84,7 @@ test('power loss at every write and flush of a child\'s grow past its parent (th
   const { psrc, csrc, model } = await chain();
   const bytes = csrc.bytes().slice();
   const newSize = 130 * GiB;
-  const work = async (src) => {
+  const work = async (src: FaultySource) => {
     const r = await resize(await openChain([src, psrc]), newSize);
     assert.ok(r.batGrowth > 0, 'the BAT region grew');
     await r.image.close();
@@ -91,8 +92,8 @@ test('power loss at every write and flush of a child\'s grow past its parent (th
   const dry = new FaultySource(bytes, { writeCache: true });
   await work(dry);
   const total = dry.mutations;
-  const seen = new Set();
-  const verify = async (src, what) => {
+  const seen = new Set<number>();
+  const verify = async (src: FaultySource, what: string) => {
     const c = await openChain([src, psrc], { writable: [] });
     assert.ok(c.size === PARENT || c.size === newSize, `${what}: size ${c.size}`);
     seen.add(c.size);
@@ -105,8 +106,9 @@ test('power loss at every write and flush of a child\'s grow past its parent (th
   };
   for (let n = 1; n <= total; n++) {
     const dying = new FaultySource(bytes, { crashAt: n });
-    await assert.rejects(work(dying), undefined, `crash at ${n}`);
-    for (const v of [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }]) await verify(dying.crashImage(v), `crash at ${n}/${total} ${JSON.stringify(v)}`);
+    await assert.rejects(work(dying), `crash at ${n}`);
+    const variants: CrashImageOptions[] = [{ keep: 'none' }, { keep: 'random', seed: n, tear: true }];
+    for (const v of variants) await verify(dying.crashImage(v), `crash at ${n}/${total} ${JSON.stringify(v)}`);
   }
   await verify(dry, 'no crash');
   assert.deepEqual([...seen].sort((a, b) => a - b), [PARENT, newSize]);
