@@ -26,7 +26,6 @@ import {
   REGION_TABLE_AT,
   regionEntryAt,
   resealHeaders,
-  resealRegionTables,
   setU16,
   setU32,
   setU64,
