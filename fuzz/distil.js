@@ -1,7 +1,7 @@
 // Corpus distillation: keep the fewest inputs of a corpus directory that together reach every
 // block the whole directory and the seeds reach (greedy: the inputs reaching most blocks first;
 // hit counts are ignored here, unlike in a campaign, to keep the set small), and delete the
-// rest. What remains is what the CI replay (test/fuzz-regression.test.js) runs.
+// rest. What remains is what the CI replay (test/fuzz-regression.test.ts) runs.
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Coverage, isLibrary } from './coverage.js';

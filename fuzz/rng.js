@@ -1,4 +1,5 @@
 // A small seeded PRNG (sfc32 seeded through splitmix32), so a campaign with --seed replays.
+/** @param {number} seed */
 export function makeRng(seed) {
   let s = seed >>> 0;
   const split = () => {
@@ -21,8 +22,15 @@ export function makeRng(seed) {
     c = (c + t) >>> 0;
     return t / 2 ** 32;
   };
+  /** @param {number} n  a whole number from 0 to n - 1 */
   rng.int = (n) => Math.floor(rng() * n);
+  /**
+   * @template T
+   * @param {readonly T[]} arr  one element of a non-empty array
+   * @returns {T}
+   */
   rng.pick = (arr) => arr[Math.floor(rng() * arr.length)];
+  /** @param {number} p  true with probability p */
   rng.chance = (p) => rng() < p;
   return rng;
 }

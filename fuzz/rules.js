@@ -1,5 +1,5 @@
 // What a fuzz target may and may not do, shared by the campaign (fuzz/engine.js) and the CI
-// replay (test/fuzz-regression.test.js).
+// replay (test/fuzz-regression.test.ts).
 //
 // A target's run(input) may finish or throw the library's typed VhdxError. It breaks a rule
 // when it throws anything else (named `untyped-<ErrorName>`), throws RuleBroken (a property the

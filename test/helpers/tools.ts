@@ -122,6 +122,8 @@ export interface MapEntry {
   present: boolean;
   zero: boolean;
   data: boolean;
+  /** File offset of the first byte, for data extents (in the file of the image at `depth`). */
+  offset?: number;
 }
 
 /**

@@ -8,15 +8,16 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VhdxError } from '../dist/index.js';
-import { HEADER } from '../dist/format/header.js';
-import { REGION_TABLE_HEADER } from '../dist/format/region-table.js';
-import { FOOTER } from '../dist/vhd/footer.js';
-import { DYNAMIC_HEADER } from '../dist/vhd/dynamic-header.js';
-import { decodeGptHeader } from '../dist/inspect/gpt.js';
-import { parseExtSuperblock } from '../dist/inspect/ext.js';
-import { applyFixups } from '../dist/inspect/ntfs-mft.js';
-import { crc32cWithZeroField } from '../dist/codec/crc32c.js';
+import { VhdxError } from '../src/index.js';
+import { HEADER } from '../src/format/header.js';
+import { REGION_TABLE_HEADER } from '../src/format/region-table.js';
+import { FOOTER } from '../src/vhd/footer.js';
+import { DYNAMIC_HEADER } from '../src/vhd/dynamic-header.js';
+import { decodeGptHeader } from '../src/inspect/gpt.js';
+import { parseExtSuperblock } from '../src/inspect/ext.js';
+import { applyFixups } from '../src/inspect/ntfs-mft.js';
+import { crc32cWithZeroField } from '../src/codec/crc32c.js';
+import type { FieldSpec } from '../src/codec/struct.js';
 import { mutateField } from '../fuzz/mutate.js';
 import { vhdxStructures, vhdStructures, diskStructures } from '../fuzz/formats.js';
 import { vhdxSeeds, vhdSeedsAndParent, diskSeeds } from '../fuzz/seeds.js';
@@ -26,10 +27,20 @@ import { minimise } from '../fuzz/minimise.js';
 import { Coverage, isLibrary } from '../fuzz/coverage.js';
 import { repoRoot } from './helpers/env.js';
 
+/** A structure found in an input by fuzz/formats.js: its field table and its reseal, when it has them. */
+interface Instance {
+  name: string;
+  at: number;
+  struct?: { fields: Record<string, FieldSpec<unknown>> };
+  reseal?: (b: Uint8Array) => void;
+}
+type Seed = { name: string; bytes: Uint8Array };
+type Finder = (b: Uint8Array) => Instance[];
+
 const SPAN_FIELDS = new Set(['headerSize', 'entryLength', 'usaOffset', 'usaCount', 'roCompat', 'checksumType', 'magic']);
 
 /** Whether the checksum covering `inst` is valid, by the library's own check. */
-function checksumValid(b, inst) {
+function checksumValid(b: Uint8Array, inst: Instance): boolean | null {
   const at = inst.at;
   const n = inst.name;
   if (n.startsWith('header')) return HEADER.checksumOk(b.subarray(at, at + 4096));
@@ -53,11 +64,11 @@ function checksumValid(b, inst) {
 test('format-aware mutations reseal the checksums the library checks: VHDX, VHD, GPT, ext4, NTFS', async () => {
   const rng = makeRng(7);
   const inputs = [
-    ...(await vhdxSeeds()).map((s) => [s, vhdxStructures]),
-    ...(await vhdSeedsAndParent()).seeds.map((s) => [s, vhdStructures]),
-    ...diskSeeds().map((s) => [s, diskStructures]),
+    ...(await vhdxSeeds()).map((s): [Seed, Finder] => [s, vhdxStructures]),
+    ...(await vhdSeedsAndParent()).seeds.map((s): [Seed, Finder] => [s, vhdStructures]),
+    ...diskSeeds().map((s): [Seed, Finder] => [s, diskStructures]),
   ];
-  const checked = new Set();
+  const checked = new Set<string>();
   for (const [seed, find] of inputs) {
     for (const inst of find(seed.bytes)) {
       if (!inst.reseal || !inst.struct) continue;
@@ -84,13 +95,13 @@ test('format-aware mutations reseal the checksums the library checks: VHDX, VHD,
 test('coverage: the same path twice gives no new feature, another branch does', async () => {
   const cov = new Coverage(isLibrary);
   cov.take();
-  const run = async (b) => {
-    await execute({ run: async (x) => new GuardedSource(x).read(0, new Uint8Array(x.length > 4 ? 4 : 1)) }, {}, b);
+  const run = async (b: Uint8Array): Promise<number[]> => {
+    await execute({ run: async (x: Uint8Array) => new GuardedSource(x).read(0, new Uint8Array(x.length > 4 ? 4 : 1)) }, {}, b);
     return cov.take();
   };
   const seen = new Set(await run(new Uint8Array(8)));
   assert.deepEqual((await run(new Uint8Array(8))).filter((f) => !seen.has(f)), []);
-  const { HttpSource } = await import('../dist/index.js');
+  const { HttpSource } = await import('../src/index.js');
   cov.take();
   await HttpSource.open('http://x.invalid/', { fetch: async () => new Response('ab', { status: 200 }), retries: 0 }).catch(() => {});
   assert.ok(cov.take().some((f) => !seen.has(f)), 'a new path gave no new feature');
@@ -98,10 +109,11 @@ test('coverage: the same path twice gives no new feature, another branch does', 
 });
 
 test('rules: typed errors pass, anything else is named by the rule it broke', async () => {
-  const outcome = (fn, timeMs) => execute({ run: fn, timeMs }, {}, new Uint8Array(0));
+  const outcome = (fn: () => Promise<unknown>, timeMs?: number) => execute({ run: fn, timeMs }, {}, new Uint8Array(0));
   assert.deepEqual(await outcome(async () => 'fine').then((r) => r.outcome), 'fine');
   assert.equal((await outcome(async () => { throw new VhdxError('EIO', 'BAD_CHECKSUM', 'x'); })).outcome, 'BAD_CHECKSUM');
-  assert.equal((await outcome(async () => null.x)).rule, 'untyped-TypeError');
+  // A property read on null, deliberately (the cast lets it through the type check).
+  assert.equal((await outcome(async () => (null as unknown as { x: number }).x)).rule, 'untyped-TypeError');
   assert.equal((await outcome(async () => { throw new RuleBroken('replay-twice-differs', 'y'); })).rule, 'replay-twice-differs');
   assert.equal((await outcome(() => new Promise(() => {}), 50)).rule, 'slow');
   // A read sized by an unchecked number is caught even when the library swallows the error.
@@ -116,10 +128,10 @@ test('minimisation keeps only the change that matters, for images and for stream
   child[10] = 1;
   child[2000] = 2;
   child[4000] = 3;
-  const small = await minimise(child, parent, async (c) => c[2000] === 2);
+  const small = await minimise(child, parent, async (c: Uint8Array) => c[2000] === 2);
   assert.deepEqual([...small.keys()].filter((i) => small[i] !== 0), [2000]);
   const stream = new TextEncoder().encode('xxxxxxxxKEYyyyyyyyyyyyyy');
-  const shorter = await minimise(stream, stream, async (c) => new TextDecoder().decode(c).includes('KEY'), { stream: true, budget: 200 });
+  const shorter = await minimise(stream, stream, async (c: Uint8Array) => new TextDecoder().decode(c).includes('KEY'), { stream: true, budget: 200 });
   assert.equal(new TextDecoder().decode(shorter), 'KEY');
 });
 

@@ -4,11 +4,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
 import { copyFile, open as openFh, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { openFile, describe as describeImage, VhdxError } from '../dist/node.js';
-import { corpusDir, corpusFile, corpusManifest, needTool, run, scratch } from './helpers/env.js';
+import { openFile, describe as describeImage, VhdxError, type Extent, type VhdxImage } from '../src/node.js';
+import { corpusDir, corpusFile, corpusManifest, needTool, run, scratch, type CorpusEntry } from './helpers/env.js';
+import { PYVHDI_PYTHON, needPyvhdi } from './helpers/tools.js';
 
 const MiB = 1024 * 1024;
 const CHUNK = 8 * MiB;
@@ -22,7 +22,7 @@ const readable = entries.filter((e) => e.type !== 'differencing' && e.rawSha256)
 const differencing = entries.filter((e) => e.type === 'differencing');
 
 /** SHA-256 of a whole file, streamed in chunks. */
-async function fileSha256(path) {
+async function fileSha256(path: string): Promise<string> {
   const fh = await openFh(path, 'r');
   try {
     const h = createHash('sha256');
@@ -40,12 +40,12 @@ async function fileSha256(path) {
 }
 
 /** The file's identity for "nothing wrote to it": content hash, size and modification time. */
-async function fileFingerprint(path) {
+async function fileFingerprint(path: string): Promise<{ sha256: string; size: bigint; mtimeNs: bigint; ctimeNs: bigint }> {
   const s = await stat(path, { bigint: true });
   return { sha256: await fileSha256(path), size: s.size, mtimeNs: s.mtimeNs, ctimeNs: s.ctimeNs };
 }
 
-function isZero(b) {
+function isZero(b: Uint8Array): boolean {
   return b.every((x) => x === 0);
 }
 
@@ -55,18 +55,18 @@ function isZero(b) {
  * zeros elsewhere; the two must be equal byte for byte, so both give the same SHA-256.
  * Returns the hex SHA-256 of the whole-read stream.
  */
-async function hashDisk(img, extents) {
+async function hashDisk(img: VhdxImage, extents: readonly Extent[]): Promise<string> {
   const size = img.size;
   const dataExtents = extents.filter((x) => x.type === 'data');
   const h = createHash('sha256');
-  const starts = [];
+  const starts: number[] = [];
   for (let o = 0; o < size; o += CHUNK) starts.push(o);
   // A fixed pool of buffers, reused: allocating fresh 8 MiB arrays costs more than the reads.
   const pool = Array.from({ length: IN_FLIGHT }, () => ({ whole: new Uint8Array(CHUNK), fromExtents: new Uint8Array(CHUNK) }));
-  const readChunk = async (i) => {
-    const o = starts[i];
+  const readChunk = async (i: number) => {
+    const o = starts[i]!;
     const len = Math.min(CHUNK, size - o);
-    const slot = pool[i % IN_FLIGHT];
+    const slot = pool[i % IN_FLIGHT]!;
     const whole = slot.whole.subarray(0, len);
     const fromExtents = slot.fromExtents.subarray(0, len);
     fromExtents.fill(0);
@@ -79,11 +79,11 @@ async function hashDisk(img, extents) {
     await Promise.all(reads);
     return { o, whole, fromExtents };
   };
-  const pending = [];
+  const pending: ReturnType<typeof readChunk>[] = [];
   let next = 0;
   while (next < starts.length && pending.length < IN_FLIGHT) pending.push(readChunk(next++));
   while (pending.length) {
-    const { o, whole, fromExtents } = await pending.shift();
+    const { o, whole, fromExtents } = await pending.shift()!;
     if (!Buffer.from(whole.buffer, whole.byteOffset, whole.length).equals(fromExtents)) {
       let i = 0;
       while (whole[i] === fromExtents[i]) i++;
@@ -97,20 +97,20 @@ async function hashDisk(img, extents) {
 }
 
 /** Extents must tile [0, size) exactly, in order, each with a known type. */
-function assertExtentsCoverDisk(extents, size) {
+function assertExtentsCoverDisk(extents: readonly Extent[], size: number): void {
   assert.ok(extents.length > 0, 'blockStatus returned no extents');
   let pos = 0;
   for (const x of extents) {
     assert.equal(x.offset, pos, `extent at ${x.offset} should start at ${pos}`);
     assert.ok(x.length > 0, `empty extent at ${x.offset}`);
     assert.ok(['data', 'zero', 'unallocated'].includes(x.type), `unknown extent type ${x.type}`);
-    if (x.type === 'data') assert.ok(Number.isSafeInteger(x.fileOffset) && x.fileOffset >= MiB, `data extent at ${x.offset} has file offset ${x.fileOffset}`);
+    if (x.type === 'data') assert.ok(x.fileOffset !== undefined && Number.isSafeInteger(x.fileOffset) && x.fileOffset >= MiB, `data extent at ${x.offset} has file offset ${x.fileOffset}`);
     pos += x.length;
   }
   assert.equal(pos, size, 'extents end at the virtual size');
 }
 
-function checkLayout(layout, e) {
+function checkLayout(layout: VhdxImage['layout'], e: CorpusEntry): void {
   assert.equal(layout.virtualSize, e.virtualSize, 'virtualSize');
   assert.equal(layout.blockSize, e.blockSize, 'blockSize');
   assert.equal(layout.logicalSectorSize, e.logicalSectorSize, 'logicalSectorSize');
@@ -124,17 +124,11 @@ function checkLayout(layout, e) {
   assert.equal(layout.log.dirty, e.dirtyLog, 'log dirty flag');
 }
 
-/** Python with libvhdi's bindings, or null. */
-const pyvhdi = (() => {
-  for (const py of ['python3', '/usr/bin/python3']) {
-    const r = spawnSync(py, ['-c', 'import pyvhdi'], { encoding: 'utf8' });
-    if (r.status === 0) return py;
-  }
-  return null;
-})();
+/** Skip message when Python with libvhdi's bindings is missing, else false. */
+const pyvhdiSkip = await needPyvhdi();
 
 /** SHA-256 of each [offset, length] range of the virtual disk as libvhdi reads it. */
-function pyvhdiHashes(path, ranges, parentPath) {
+function pyvhdiHashes(path: string, ranges: readonly [number, number][], parentPath?: string): { size: number; hashes: string[] } {
   const script = [
     'import sys, json, hashlib, pyvhdi',
     'f = pyvhdi.file(); f.open(sys.argv[1])',
@@ -145,13 +139,13 @@ function pyvhdiHashes(path, ranges, parentPath) {
     '    out.append(hashlib.sha256(f.read_buffer_at_offset(n, off)).hexdigest())',
     'print(json.dumps({"size": f.get_media_size(), "hashes": out}))',
   ].join('\n');
-  return JSON.parse(run(pyvhdi, ['-c', script, path, JSON.stringify(ranges), ...(parentPath ? [parentPath] : [])]));
+  return JSON.parse(run(PYVHDI_PYTHON, ['-c', script, path, JSON.stringify(ranges), ...(parentPath ? [parentPath] : [])]));
 }
 
 /** Fields of `vhdiinfo` output. */
-function vhdiinfo(path) {
+function vhdiinfo(path: string) {
   const out = run('vhdiinfo', [path]);
-  const field = (name) => out.match(new RegExp(`^\\s*${name}\\s*:\\s*(.*)$`, 'm'))?.[1]?.trim();
+  const field = (name: string) => out.match(new RegExp(`^\\s*${name}\\s*:\\s*(.*)$`, 'm'))?.[1]?.trim();
   return {
     mediaSize: Number(field('Media size')?.match(/\((\d+) bytes\)/)?.[1]),
     bytesPerSector: Number(field('Bytes per sector')?.match(/^(\d+)/)?.[1]),
@@ -162,7 +156,7 @@ function vhdiinfo(path) {
   };
 }
 
-const VHDI_TYPES = { fixed: 'Fixed', dynamic: 'Dynamic', differencing: 'Differential' };
+const VHDI_TYPES: Record<VhdxImage['layout']['type'], string> = { fixed: 'Fixed', dynamic: 'Dynamic', differencing: 'Differential' };
 
 test('corpus manifest is present', { skip: noCorpus }, () => {
   assert.ok(readable.length >= 1, 'the manifest lists readable images');
@@ -185,7 +179,7 @@ for (const e of readable) {
         assert.equal(l.log.replayedInMemory, true, 'dirty log replayed in memory');
         assert.ok(l.log.entries > 0, 'active log sequence has entries');
         assert.equal(typeof l.log.headSequenceNumber, 'bigint');
-        assert.ok(l.log.headSequenceNumber > 0n);
+        assert.ok(l.log.headSequenceNumber !== undefined && l.log.headSequenceNumber > 0n);
       } else {
         assert.equal(l.log.replayedInMemory, false);
         assert.equal(l.log.entries, 0);
@@ -239,7 +233,7 @@ for (const e of readable) {
       try {
         assert.equal(replayed.layout.log.dirty, false, 'the log is clean');
         const extents = await replayed.blockStatus(0, replayed.size);
-        const plain = (xs) => xs.map(({ offset, length, type }) => ({ offset, length, type }));
+        const plain = (xs: Extent[]) => xs.map(({ offset, length, type }) => ({ offset, length, type }));
         assert.deepEqual(plain(extents), plain(await inMemory.blockStatus(0, inMemory.size)));
         // The in-memory replay reads to rawSha256 (above), its other extents as zeros: the same
         // data extents, byte for byte, make the same disk.
@@ -273,21 +267,21 @@ for (const e of readable) {
     }
   });
 
-  const pySkip = noCorpus || (!pyvhdi && 'python3 with pyvhdi (python3-libvhdi) not installed') || (e.dirtyLog && 'libvhdi does not replay logs: it reads the pre-replay state');
+  const pySkip = noCorpus || pyvhdiSkip || (e.dirtyLog && 'libvhdi does not replay logs: it reads the pre-replay state');
   test(`corpus: ${e.file} reads like libvhdi (pyvhdi)`, { skip: pySkip }, async () => {
     const path = await corpusFile(e.file);
     const img = await openFile(path);
     try {
       // Sample reads: the start of every extent, the disk's last 64 KiB, and a block-straddling range.
       const extents = await img.blockStatus(0, img.size);
-      const ranges = [];
+      const ranges: [number, number][] = [];
       for (const x of extents) ranges.push([x.offset, Math.min(x.length, MiB)]);
       ranges.push([img.size - 65536, 65536]);
       if (img.size > img.blockSize) ranges.push([img.blockSize - 4096 - 512, 8192]);
       const theirs = pyvhdiHashes(path, ranges);
       assert.equal(theirs.size, img.size, 'pyvhdi media size');
       for (let i = 0; i < ranges.length; i++) {
-        const [off, n] = ranges[i];
+        const [off, n] = ranges[i]!;
         const b = new Uint8Array(n);
         await img.read(off, b);
         assert.equal(createHash('sha256').update(b).digest('hex'), theirs.hashes[i], `libvhdi and we read the same ${n} bytes at ${off}`);
@@ -316,11 +310,12 @@ for (const e of differencing) {
       const kv = new Map(l.parentLocator.entries.map(({ key, value }) => [key, value]));
       assert.equal(kv.size, l.parentLocator.entries.length, 'locator keys are unique');
       for (const k of ['parent_linkage', 'relative_path', 'volume_path', 'absolute_win32_path']) assert.ok(kv.has(k), `locator has ${k}`);
-      linkage = kv.get('parent_linkage');
+      // (The keys were each asserted present just above.)
+      linkage = kv.get('parent_linkage')!;
       assert.match(linkage, /^\{[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}$/i);
       if (e.parent) assert.equal(kv.get('relative_path'), e.parent, 'relative_path names the manifest parent');
-      assert.match(kv.get('volume_path'), /^\\\\\?\\Volume\{[0-9a-f-]{36}\}\\/i);
-      assert.match(kv.get('absolute_win32_path'), /^(\\\\\?\\)?[A-Za-z]:\\|^\\\\/);
+      assert.match(kv.get('volume_path')!, /^\\\\\?\\Volume\{[0-9a-f-]{36}\}\\/i);
+      assert.match(kv.get('absolute_win32_path')!, /^(\\\\\?\\)?[A-Za-z]:\\|^\\\\/);
 
       const stats = await img.allocationStats();
       const total = Object.values(stats.bytesByState).reduce((a, b) => a + b, 0);
@@ -331,7 +326,7 @@ for (const e of differencing) {
       for (const [off, n] of [
         [0, 512],
         [e.virtualSize - 4096, 4096],
-      ]) {
+      ] satisfies [number, number][]) {
         await assert.rejects(img.read(off, new Uint8Array(n)), (err) => {
           assert.ok(err instanceof VhdxError, `VhdxError expected, got ${err}`);
           assert.equal(err.reason, 'NO_PARENT');
@@ -357,7 +352,8 @@ for (const e of differencing) {
   });
 
   test(`corpus: ${e.file} reads through its parent to its rawSha256`, { skip: noCorpus || (!parentEntry && 'no parent in the manifest') }, async () => {
-    const parentPath = await corpusFile(parentEntry.file);
+    // (Skipped without a parent entry.)
+    const parentPath = await corpusFile(parentEntry!.file);
     const path = await corpusFile(e.file); // same folder: relative_path finds the parent
     const before = [await fileFingerprint(path), await fileFingerprint(parentPath)];
     const img = await openFile(path);
@@ -378,21 +374,22 @@ for (const e of differencing) {
     assert.deepEqual([await fileFingerprint(path), await fileFingerprint(parentPath)], before, 'neither file changed');
   });
 
-  test(`corpus: ${e.file} reads like libvhdi with set_parent (pyvhdi)`, { skip: noCorpus || (!parentEntry && 'no parent') || (!pyvhdi && 'python3 with pyvhdi (python3-libvhdi) not installed') }, async () => {
-    const parentPath = await corpusFile(parentEntry.file);
+  test(`corpus: ${e.file} reads like libvhdi with set_parent (pyvhdi)`, { skip: noCorpus || (!parentEntry && 'no parent') || pyvhdiSkip }, async () => {
+    // (Skipped without a parent entry.)
+    const parentPath = await corpusFile(parentEntry!.file);
     const path = await corpusFile(e.file);
     const img = await openFile(path);
     try {
       // The start of every extent (all of those of the child itself), sector-straddling ranges, the end.
       const extents = await img.blockStatus(0, img.size);
-      const ranges = [];
+      const ranges: [number, number][] = [];
       for (const x of extents) ranges.push([x.offset, Math.min(x.length, x.depth === 0 ? x.length : 65536)]);
       for (const x of extents.filter((y) => y.depth === 0).slice(0, 20)) ranges.push([Math.max(0, x.offset - 300), 1000]);
       ranges.push([img.size - 65536, 65536]);
       const theirs = pyvhdiHashes(path, ranges, parentPath);
       assert.equal(theirs.size, img.size);
       for (let i = 0; i < ranges.length; i++) {
-        const [off, n] = ranges[i];
+        const [off, n] = ranges[i]!;
         const b = new Uint8Array(n);
         await img.read(off, b);
         assert.equal(createHash('sha256').update(b).digest('hex'), theirs.hashes[i], `libvhdi and we read the same ${n} bytes at ${off}`);
@@ -409,8 +406,9 @@ for (const e of differencing) {
     try {
       assert.equal(v.mediaSize, img.size, 'vhdiinfo media size');
       assert.equal(v.diskType, 'Differential');
-      const kv = new Map(img.layout.parentLocator.entries.map(({ key, value }) => [key, value]));
-      assert.equal(`{${v.parentIdentifier}}`.toLowerCase(), kv.get('parent_linkage').toLowerCase(), 'vhdiinfo parent identifier is parent_linkage');
+      // (A differencing image has a parent locator: it opened.)
+      const kv = new Map(img.layout.parentLocator!.entries.map(({ key, value }) => [key, value]));
+      assert.equal(`{${v.parentIdentifier}}`.toLowerCase(), kv.get('parent_linkage')!.toLowerCase(), 'vhdiinfo parent identifier is parent_linkage');
       assert.equal(v.parentFilename, kv.get('absolute_win32_path'), 'vhdiinfo parent filename');
     } finally {
       await img.close();

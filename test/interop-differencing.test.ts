@@ -22,14 +22,15 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } fro
 import { open as openFh } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { corpusFile, corpusManifest, corpusDir, hasTool } from './helpers/env.js';
-import { PYVHDI_PYTHON, must, needPyvhdi, shmScratch, vhdx, vhdxInProcess } from './helpers/tools.js';
+import { PYVHDI_PYTHON, must, needPyvhdi, shmScratch, vhdx, vhdxInProcess, type MapEntry } from './helpers/tools.js';
+import type { ImageInfo } from '../src/index.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 const qemuSkip = hasTool('qemu-img') && hasTool('qemu-io') ? false : 'qemu-img / qemu-io not installed';
 const vhdiSkip = await needPyvhdi();
-const sha = (b) => createHash('sha256').update(b).digest('hex');
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 // ---- running things ----
 
@@ -37,35 +38,42 @@ const sha = (b) => createHash('sha256').update(b).digest('hex');
  * The CLI must succeed; resolves to its stdout. Run in this process (no Node start-up per call:
  * this file makes ~150 calls); the failures below run the real `bin/vhdx.cjs`.
  */
-async function ok(args) {
+async function ok(args: string[]): Promise<string> {
   const r = await vhdxInProcess(args);
   assert.equal(r.code, 0, `vhdx ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
   return r.stdout;
 }
 
 /** The CLI must fail with exit status 1 and one line `vhdx: …` on stderr; resolves to that line. */
-async function fails(args) {
+async function fails(args: string[]): Promise<string> {
   const r = await vhdx(args);
   assert.equal(r.code, 1, `vhdx ${args.join(' ')} should fail with status 1, got ${r.code}: ${r.stdout}${r.stderr}`);
   // One line, or a short first line with details indented on the lines after it (the paths tried).
   const lines = r.stderr.trimEnd().split('\n');
-  assert.match(lines[0], /^vhdx: \S/);
+  assert.match(lines[0]!, /^vhdx: \S/);
   for (const l of lines.slice(1)) assert.match(l, /^vhdx: {3}\S/, `details are indented, got:\n${r.stderr}`);
   return lines.join('\n');
 }
 
-const hexByte = (p) => `0x${p.toString(16).padStart(2, '0')}`;
-function ioText(o) {
+/** One write, write-zeroes or discard, as `vhdx io` and qemu-io take it. */
+type Op = { op: 'write'; p: number; off: number; len: number } | { op: 'zero' | 'discard'; off: number; len: number };
+/** What one image of a chain holds at a sector: 'data', 'zero', or null for its parent's. */
+type Own = (sector: number) => 'data' | 'zero' | null;
+/** `vhdx info --output=json` of a VHDX image (with the reason its chain did not open, if so). */
+type InfoJson = ImageInfo & { chainError?: string };
+
+const hexByte = (p: number): string => `0x${p.toString(16).padStart(2, '0')}`;
+function ioText(o: Op): string {
   if (o.op === 'write') return `write -P ${hexByte(o.p)} ${o.off} ${o.len}`;
   if (o.op === 'zero') return `write -z ${o.off} ${o.len}`;
   return `discard ${o.off} ${o.len}`;
 }
-const W = (p, off, len) => ({ op: 'write', p, off, len });
-const Z = (off, len) => ({ op: 'zero', off, len });
-const D = (off, len) => ({ op: 'discard', off, len });
+const W = (p: number, off: number, len: number): Op => ({ op: 'write', p, off, len });
+const Z = (off: number, len: number): Op => ({ op: 'zero', off, len });
+const D = (off: number, len: number): Op => ({ op: 'discard', off, len });
 
 /** Apply ops to a byte model (write-zeroes and discard both read as zeros through us). */
-function applyOps(model, ops) {
+function applyOps(model: Uint8Array, ops: readonly Op[]): void {
   for (const o of ops) model.fill(o.op === 'write' ? o.p : 0, o.off, o.off + o.len);
 }
 
@@ -74,8 +82,8 @@ function applyOps(model, ops) {
  * 'full' (FULLY_PRESENT), 'zero' (ZERO/UNMAPPED), or a set of own sectors (PARTIALLY_PRESENT;
  * empty: NOT_PRESENT). Returns own(sector) -> 'data' | 'zero' | null (null: the parent's).
  */
-function ownership(size, lss, bs, ops, { differencing = true } = {}) {
-  const blocks = new Map();
+function ownership(size: number, lss: number, bs: number, ops: readonly Op[], { differencing = true } = {}): Own {
+  const blocks = new Map<number, 'full' | 'zero' | Set<number>>();
   const perBlock = bs / lss;
   for (const o of ops) {
     for (let pos = o.off; pos < o.off + o.len; ) {
@@ -84,7 +92,7 @@ function ownership(size, lss, bs, ops, { differencing = true } = {}) {
       const blockEnd = Math.min(blockStart + bs, size);
       const end = Math.min(o.off + o.len, blockEnd);
       const whole = pos === blockStart && end === blockEnd;
-      const cur = blocks.get(b) ?? new Set();
+      const cur = blocks.get(b) ?? new Set<number>();
       if (!differencing) blocks.set(b, o.op === 'write' || !whole ? 'full' : 'zero');
       else if (o.op === 'write' && (whole || cur === 'zero' || cur === 'full')) blocks.set(b, 'full');
       else if (o.op !== 'write' && whole) blocks.set(b, 'zero');
@@ -96,7 +104,7 @@ function ownership(size, lss, bs, ops, { differencing = true } = {}) {
       pos = end;
     }
   }
-  return (sector) => {
+  return (sector: number) => {
     const st = blocks.get(Math.floor(sector / perBlock));
     if (st === undefined) return null;
     if (st === 'full') return 'data';
@@ -110,8 +118,8 @@ function ownership(size, lss, bs, ops, { differencing = true } = {}) {
  * data/zero flag is the one expected (`levels`: own() of each image, child first), and every data
  * extent's `offset` in the file of its depth holds the bytes the chain reads there.
  */
-async function checkMap(chainFiles, levels, lss, expected) {
-  const extents = JSON.parse(await ok(['map', '--output=json', chainFiles[0]]));
+async function checkMap(chainFiles: readonly string[], levels: readonly Own[], lss: number, expected: Uint8Array): Promise<MapEntry[]> {
+  const extents: MapEntry[] = JSON.parse(await ok(['map', '--output=json', chainFiles[0]!]));
   let pos = 0;
   const fhs = await Promise.all(chainFiles.map((f) => openFh(f, 'r')));
   try {
@@ -121,9 +129,9 @@ async function checkMap(chainFiles, levels, lss, expected) {
       assert.ok(e.start % lss === 0 && e.length % lss === 0, `extent ${e.start}+${e.length} is sector-aligned`);
       for (let s = e.start / lss; s < (e.start + e.length) / lss; s++) {
         let depth = levels.length - 1;
-        let kind = 'zero';
+        let kind: 'data' | 'zero' = 'zero';
         for (let d = 0; d < levels.length; d++) {
-          const k = levels[d](s);
+          const k = levels[d]!(s);
           if (k !== null) {
             depth = d;
             kind = k;
@@ -135,13 +143,14 @@ async function checkMap(chainFiles, levels, lss, expected) {
         }
       }
       if (e.data) {
+        assert.ok(e.offset !== undefined, `data extent ${e.start}+${e.length} has a file offset`);
         const n = Math.min(e.length, 4096);
         for (const at of [0, e.length - n]) {
           const got = new Uint8Array(n);
-          await fhs[e.depth].read(got, 0, n, e.offset + at);
+          await fhs[e.depth]!.read(got, 0, n, e.offset + at);
           assert.ok(
             Buffer.from(got).equals(Buffer.from(expected.subarray(e.start + at, e.start + at + n))),
-            `map: ${basename(chainFiles[e.depth])} at offset ${e.offset + at} holds the chain's bytes at ${e.start + at}`,
+            `map: ${basename(chainFiles[e.depth]!)} at offset ${e.offset + at} holds the chain's bytes at ${e.start + at}`,
           );
         }
       } else assert.equal(e.offset, undefined, 'no file offset for a zero extent');
@@ -181,13 +190,13 @@ print(size, h.hexdigest())
 `;
 
 /** The chain (child first) as libvhdi reads it: { size, sha256, bytes }. */
-async function libvhdiRead(chain, outPath) {
+async function libvhdiRead(chain: readonly string[], outPath: string): Promise<{ size: number; sha256: string | undefined; bytes: Uint8Array }> {
   const [size, digest] = (await must(PYVHDI_PYTHON, ['-c', PY_READ, outPath, ...chain])).trim().split(' ');
   return { size: Number(size), sha256: digest, bytes: new Uint8Array(readFileSync(outPath)) };
 }
 
 /** `vhdx convert -O raw` of a chain: the bytes and their SHA-256. */
-async function flatten(path, rawPath, extra = []) {
+async function flatten(path: string, rawPath: string, extra: string[] = []): Promise<{ bytes: Uint8Array; sha256: string }> {
   await ok(['convert', ...extra, '-O', 'raw', path, rawPath]);
   const bytes = new Uint8Array(readFileSync(rawPath));
   return { bytes, sha256: sha(bytes) };
@@ -223,23 +232,23 @@ print(h.hexdigest())
  * SHA-256 of a sparse file in another process, reading only its data (SEEK_DATA/SEEK_HOLE) and
  * hashing the holes from memory: an 8 GiB raw that is mostly holes costs the hash alone.
  */
-async function sparseSha256(path) {
+async function sparseSha256(path: string): Promise<string> {
   if (hasTool('python3')) return (await must('python3', ['-c', SPARSE_SHA, path])).trim();
   const script = `const h=require('crypto').createHash('sha256');require('fs').createReadStream(process.argv[1],{highWaterMark:8<<20}).on('data',d=>h.update(d)).on('end',()=>console.log(h.digest('hex')))`;
   return (await must(process.execPath, ['-e', script, path])).trim();
 }
 
-function firstDiff(a, b) {
+function firstDiff(a: Uint8Array, b: Uint8Array): number {
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
   return a.length === b.length ? -1 : n;
 }
-function assertSameBytes(got, want, what) {
+function assertSameBytes(got: Uint8Array, want: Uint8Array, what: string): void {
   const i = firstDiff(got, want);
   assert.equal(i, -1, `${what}: first difference at byte ${i} (read ${got[i]}, expected ${want[i]})`);
 }
 
-async function infoJson(path, extra = []) {
+async function infoJson(path: string, extra: string[] = []): Promise<InfoJson> {
   return JSON.parse(await ok(['info', '--output=json', ...extra, path]));
 }
 
@@ -256,7 +265,7 @@ const PARENTS = [
 const PARENT_OPS = [W(0x11, 0, 10 * MiB), W(0x12, 12 * MiB, 8 * MiB), W(0x13, 20 * MiB + 1536, 5000)];
 
 /** Child writes libvhdi reads as we do. `cbs` is the child's block size. */
-function childOpsA(cbs) {
+function childOpsA(cbs: number): Op[] {
   return [
     W(0x51, 777, 1000), // partial sectors (inside one 4 KiB sector: read-modify-write from the parent)
     W(0x52, cbs - 300, 600), // across a block boundary, cutting a sector on each side
@@ -272,7 +281,7 @@ function childOpsA(cbs) {
   ];
 }
 /** Whole blocks zeroed and discarded over parent data: zeros through us, the parent's data through libvhdi 20210425. */
-const childOpsB = (cbs) => [Z(8 * cbs, cbs), D(9 * cbs, cbs)];
+const childOpsB = (cbs: number): Op[] => [Z(8 * cbs, cbs), D(9 * cbs, cbs)];
 
 describe('differencing interop', { concurrency: 3 }, () => {
   for (const k of PARENTS) {
@@ -300,7 +309,7 @@ describe('differencing interop', { concurrency: 3 }, () => {
       assert.equal(ci.virtualSize, SIZE);
       assert.equal(ci.blockSize, k.cbs);
       assert.equal(ci.logicalSectorSize, k.lss);
-      const loc = Object.fromEntries(ci.parentLocator.entries.map((e) => [e.key, e.value]));
+      const loc = Object.fromEntries(ci.parentLocator!.entries.map((e) => [e.key, e.value]));
       assert.equal(loc.parent_linkage, `{${parentBefore.header.dataWriteGuid}}`);
       assert.equal(loc.relative_path, '.\\parent.vhdx');
       assert.equal(loc.absolute_win32_path, parent);
@@ -328,8 +337,8 @@ describe('differencing interop', { concurrency: 3 }, () => {
       const flat = await flatten(child, join(dir, 'flat.raw'));
       assertSameBytes(flat.bytes, model, 'vhdx convert after whole-block zero and discard');
       const vhdiB = await libvhdiRead([child, parent], join(dir, 'vhdi-b.raw'));
-      const apart = opsB.map((o) => [o.off, o.off + o.len]);
-      const inside = (i) => apart.some(([a, b]) => i >= a && i < b);
+      const apart = opsB.map((o): [number, number] => [o.off, o.off + o.len]);
+      const inside = (i: number) => apart.some(([a, b]) => i >= a && i < b);
       for (let i = 0; i < SIZE; i += 4096) {
         if (inside(i)) continue;
         const j = firstDiff(vhdiB.bytes.subarray(i, i + 4096), model.subarray(i, i + 4096));
@@ -365,10 +374,10 @@ describe('differencing interop', { concurrency: 3 }, () => {
       const pAfter = await infoJson(parent);
       assert.notEqual(pAfter.header.dataWriteGuid, parentBefore.header.dataWriteGuid, 'the parent has a new DataWriteGuid');
       const cAfter = await infoJson(child);
-      assert.equal(cAfter.allocation.bytesByState.notPresent, SIZE, 'the child is empty');
-      assert.equal(cAfter.parents[0].dataWriteGuid, pAfter.header.dataWriteGuid);
-      assert.equal(cAfter.parents[0].linkedBy, 'parent_linkage');
-      assert.ok(!cAfter.parentLocator.entries.some((e) => e.key === 'parent_linkage2'), 'parent_linkage2 is gone');
+      assert.equal(cAfter.allocation!.bytesByState.notPresent, SIZE, 'the child is empty');
+      assert.equal(cAfter.parents[0]!.dataWriteGuid, pAfter.header.dataWriteGuid);
+      assert.equal(cAfter.parents[0]!.linkedBy, 'parent_linkage');
+      assert.ok(!cAfter.parentLocator!.entries.some((e) => e.key === 'parent_linkage2'), 'parent_linkage2 is gone');
       assert.ok(statSync(child).size <= 4 * MiB, `the child file is cut back (${statSync(child).size} bytes)`);
       assert.equal((await flatten(child, join(dir, 'child-after.raw'))).sha256, flat.sha256, 'the emptied child reads the same');
       assert.equal((await vhdxInProcess(['check', child])).code, 0, 'vhdx check of the emptied child');
@@ -393,11 +402,11 @@ describe('differencing interop', { concurrency: 3 }, () => {
     assertSameBytes((await flatten(child, flatPath)).bytes, model, 'the chain before commit');
     const kept = await ok(['commit', '-d', child]);
     assert.match(kept, /the child keeps its data/);
-    const keptMap = JSON.parse(await ok(['map', '--output=json', child]));
+    const keptMap: MapEntry[] = JSON.parse(await ok(['map', '--output=json', child]));
     assert.ok(keptMap.some((e) => e.depth === 0 && e.data), 'commit -d left the child its data');
     assertSameBytes((await flatten(child, join(dir, 'kept.raw'))).bytes, model, 'the kept child reads as the chain did');
     assert.equal((await vhdxInProcess(['check', child])).code, 0);
-    assert.ok((await infoJson(child)).parentLocator.entries.some((e) => e.key === 'parent_linkage2'), 'the kept child names the merged parent');
+    assert.ok((await infoJson(child)).parentLocator!.entries.some((e) => e.key === 'parent_linkage2'), 'the kept child names the merged parent');
     const out = await ok(['commit', '--remove', child]);
     assert.match(out, /the child was removed/);
     assert.equal(existsSync(child), false, 'commit --remove removed the child');
@@ -432,7 +441,7 @@ describe('differencing interop', { concurrency: 3 }, () => {
     const vhdi = await libvhdiRead([top, mid, base], join(dir, 'vhdi.raw'));
     assert.equal(vhdi.sha256, flat.sha256, 'libvhdi reads the three-level chain as vhdx convert does');
 
-    const levels = [
+    const levels: Own[] = [
       ownership(size, 512, MiB, topOps),
       ownership(size, 512, MiB, midOps),
       (s) => ownership(size, 512, MiB, baseOps, { differencing: false })(s) ?? 'zero',
@@ -513,11 +522,11 @@ describe('differencing interop', { concurrency: 3 }, () => {
     const line = await fails(['rebase', '-u', '-b', stranger, child]);
     assert.match(line, /stranger\.vhdx is not the parent .*c\.vhdx was made from: its DataWriteGuid \{[0-9a-f-]+\} is not the child's parent_linkage/);
     assert.match(await fails(['rebase', '-b', newParent, child]), /only -u is supported/);
-    assert.match((await infoJson(child)).parentLocator.entries.find((e) => e.key === 'relative_path').value, /^\.\\old\\p\.vhdx$/, 'a refused rebase changes nothing');
+    assert.match((await infoJson(child)).parentLocator!.entries.find((e) => e.key === 'relative_path')!.value, /^\.\\old\\p\.vhdx$/, 'a refused rebase changes nothing');
 
     await ok(['rebase', '-u', '-b', newParent, child]);
     const info = await infoJson(child);
-    const loc = Object.fromEntries(info.parentLocator.entries.map((e) => [e.key, e.value]));
+    const loc = Object.fromEntries(info.parentLocator!.entries.map((e) => [e.key, e.value]));
     assert.equal(loc.relative_path, '.\\new\\renamed.vhdx');
     assert.equal(loc.absolute_win32_path, newParent);
     assert.deepEqual(info.parents.map((p) => [p.depth, p.name, p.linkedBy]), [[1, newParent, 'parent_linkage']]);
@@ -552,7 +561,7 @@ describe('differencing interop', { concurrency: 3 }, () => {
     assert.match(info, new RegExp(`is not the parent .*c\\.vhdx was made from: its DataWriteGuid \\{${pGuid}\\} is not the child's parent_linkage`));
     const j = await infoJson(child);
     assert.deepEqual(j.parents, []);
-    assert.match(j.chainError, /is not the parent/);
+    assert.match(j.chainError!, /is not the parent/);
     const line = await fails(['convert', child, join(dir, 'out.raw')]);
     assert.match(line, new RegExp(`DataWriteGuid \\{${pGuid}\\} is not the child's parent_linkage \\{[0-9a-f-]+\\}`));
     assert.match(line, /written to after the child was made/);
@@ -573,22 +582,24 @@ describe('differencing interop', { concurrency: 3 }, () => {
   const manifest = corpusManifest();
   const entry = manifest?.find((e) => e.file === 'differencing.avhdx.gz');
   test('corpus: differencing.avhdx through its parent: convert -O raw gives rawSha256, info shows the backing file', { skip: entry ? false : `corpus not present at ${corpusDir}` }, async () => {
-    const child = await corpusFile(entry.file);
-    const parent = await corpusFile(entry.parentFile);
+    // (Skipped without the entry; a differencing entry names its parent's file.)
+    const item = entry!;
+    const child = await corpusFile(item.file);
+    const parent = await corpusFile(item.parentFile!);
     const dir = shmScratch('diff-interop-');
     const raw = join(dir, 'corpus.raw');
     await ok(['convert', '-O', 'raw', child, raw]);
-    assert.equal(statSync(raw).size, entry.virtualSize);
+    assert.equal(statSync(raw).size, item.virtualSize);
     const digest = await sparseSha256(raw);
     rmSync(raw);
-    assert.equal(digest, entry.rawSha256, 'vhdx convert of the corpus chain');
+    assert.equal(digest, item.rawSha256, 'vhdx convert of the corpus chain');
     const info = await ok(['info', child]);
     assert.match(info, /^type: differencing$/m);
     assert.match(info, new RegExp(`^backing file \\(depth 1\\): ${parent.replace(/[.]/g, '\\.')}, dynamic, data write guid ff34003b-11ed-4cf8-a166-b2be05e20b80 \\(matches parent_linkage\\)$`, 'm'));
     const j = await infoJson(child);
     assert.equal(j.parents.length, 1);
-    assert.equal(basename(j.parents[0].name), entry.parentFile.replace(/\.gz$/, ''));
-    assert.equal(j.parentLocator.entries.find((e) => e.key === 'relative_path').value, entry.parent);
+    assert.equal(basename(j.parents[0]!.name!), item.parentFile!.replace(/\.gz$/, ''));
+    assert.equal(j.parentLocator!.entries.find((e) => e.key === 'relative_path')!.value, item.parent);
   });
 });
 

@@ -5,14 +5,18 @@
 // properties (check agrees with the readers, replay is idempotent, written content reads back,
 // the NBD server keeps serving its other client, ...). Each target runs in a worker thread with
 // a bounded heap, watched for hangs.
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { Worker, isMainThread, parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 
 const WATCHDOG_MS = 30000;
 
+/** What a replay worker tells the test: the input it starts, a rule an input broke, the end. */
+type Done = { type: 'done'; inputs: number; seeds: number };
+type Message = { type: 'input'; name: string } | { type: 'broken'; name: string; rule: string; message: string | undefined } | Done;
+
 if (isMainThread) {
   const { test } = await import('node:test');
-  const assert = (await import('node:assert/strict')).default;
+  const assert: typeof import('node:assert/strict') = (await import('node:assert/strict')).default;
   const { TARGETS } = await import('../fuzz/targets/index.js');
   const { inputNames, defaultCorpus, defaultCrashes } = await import('../fuzz/store.js');
   for (const target of Object.keys(TARGETS)) {
@@ -22,20 +26,22 @@ if (isMainThread) {
       const r = await replay(target);
       assert.deepEqual(r.broken, []);
       assert.equal(r.done?.inputs, r.done ? corpus + crashes + r.done.seeds : -1, 'the replay stopped early');
-      assert.ok(r.done.seeds >= 1, 'the target has no seeds');
+      // (r.done is there: the assertion above fails without it.)
+      assert.ok(r.done!.seeds >= 1, 'the target has no seeds');
     });
   }
 } else {
-  await worker(workerData.target);
+  // A worker always has its parent's port.
+  await worker((workerData as { target: string }).target, parentPort!);
 }
 
-function replay(target) {
+function replay(target: string): Promise<{ broken: string[]; done: Done | null }> {
   return new Promise((resolve) => {
-    const broken = [];
-    let done = null;
+    const broken: string[] = [];
+    let done: Done | null = null;
     let last = '';
     const w = new Worker(fileURLToPath(import.meta.url), { workerData: { target }, resourceLimits: { maxOldGenerationSizeMb: 1024 } });
-    let timer;
+    let timer: NodeJS.Timeout | undefined;
     const arm = () => {
       clearTimeout(timer);
       timer = setTimeout(() => {
@@ -44,14 +50,14 @@ function replay(target) {
       }, WATCHDOG_MS);
     };
     arm();
-    w.on('message', (m) => {
+    w.on('message', (m: Message) => {
       if (m.type === 'input') {
         last = m.name;
         arm();
       } else if (m.type === 'broken') broken.push(`${m.name}: ${m.rule}: ${m.message}`);
       else if (m.type === 'done') done = m;
     });
-    w.on('error', (e) => broken.push(`worker died after ${last}: ${e?.stack ?? e}`));
+    w.on('error', (e: Error) => broken.push(`worker died after ${last}: ${e?.stack ?? e}`));
     w.on('exit', () => {
       clearTimeout(timer);
       resolve({ broken, done });
@@ -59,7 +65,7 @@ function replay(target) {
   });
 }
 
-async function worker(name) {
+async function worker(name: string, port: MessagePort): Promise<void> {
   const { loadTarget } = await import('../fuzz/targets/index.js');
   const { execute } = await import('../fuzz/rules.js');
   const { inputNames, readInput, defaultCorpus, defaultCrashes } = await import('../fuzz/store.js');
@@ -69,17 +75,17 @@ async function worker(name) {
   ctx.timeScale = 6;
   const seeds = await target.seeds(ctx);
   // Read one at a time: the images are megabytes each.
-  const inDir = (dir, kind) => inputNames(dir).map((n) => ({ name: `${kind}/${name}/${n}`, read: () => readInput(dir, n) }));
+  const inDir = (dir: string, kind: string) => inputNames(dir).map((n) => ({ name: `${kind}/${name}/${n}`, read: () => readInput(dir, n) }));
   const all = [
-    ...seeds.map((s) => ({ name: `seed ${s.name}`, read: () => s.bytes })),
+    ...seeds.map((s: { name: string; bytes: Uint8Array }) => ({ name: `seed ${s.name}`, read: () => s.bytes })),
     ...inDir(defaultCorpus(name), 'corpus'),
     ...inDir(defaultCrashes(name), 'crashes'),
   ];
   for (const input of all) {
-    parentPort.postMessage({ type: 'input', name: input.name });
+    port.postMessage({ type: 'input', name: input.name } satisfies Message);
     const r = await execute(target, ctx, input.read());
-    if (r.rule) parentPort.postMessage({ type: 'broken', name: input.name, rule: r.rule, message: r.message });
+    if (r.rule) port.postMessage({ type: 'broken', name: input.name, rule: r.rule, message: r.message } satisfies Message);
   }
   await target.teardown?.(ctx);
-  parentPort.postMessage({ type: 'done', inputs: all.length, seeds: seeds.length });
+  port.postMessage({ type: 'done', inputs: all.length, seeds: seeds.length } satisfies Message);
 }

@@ -7,15 +7,15 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { NodeFileSource, VhdxImage, openFile } from '../dist/node.js';
-import { planLayout, writeNewImage } from '../dist/driver/layout.js';
+import { NodeFileSource, VhdxImage, openFile } from '../src/node.js';
+import { planLayout, writeNewImage, type LayoutOptions } from '../src/driver/layout.js';
 import { needTool, run, scratch } from './helpers/env.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const skip = needTool('qemu-img', 'qemu-io');
 
-function qemuIo(path, commands, { readOnly = false } = {}) {
+function qemuIo(path: string, commands: readonly string[], { readOnly = false } = {}): void {
   const args = ['-f', 'vhdx', ...(readOnly ? ['-r'] : []), ...commands.flatMap((c) => ['-c', c]), path];
   const r = spawnSync('qemu-io', args, { encoding: 'utf8' });
   // qemu-io reports a failed pattern check with exit status 1 (and says so on stdout).
@@ -23,38 +23,38 @@ function qemuIo(path, commands, { readOnly = false } = {}) {
   assert.doesNotMatch(r.stdout, /failed|error/i, r.stdout);
 }
 
-function qemuCheck(path) {
+function qemuCheck(path: string): void {
   const r = spawnSync('qemu-img', ['check', '-f', 'vhdx', path], { encoding: 'utf8' });
   assert.equal(r.status, 0, `qemu-img check ${path}: ${r.stdout}${r.stderr}`);
 }
 
-function qemuCompare(path, rawPath) {
+function qemuCompare(path: string, rawPath: string): void {
   const r = spawnSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'raw', path, rawPath], { encoding: 'utf8' });
   assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
 }
 
-async function readAll(img) {
+async function readAll(img: VhdxImage): Promise<Uint8Array> {
   const b = new Uint8Array(img.size);
   await img.read(0, b);
   return b;
 }
 
-function firstDifference(a, b) {
+function firstDifference(a: Uint8Array, b: Uint8Array): number {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
   return -1;
 }
 
 /** Apply a qemu-io style command list to a raw model (write -P, write -z). */
-function applyQemuCommands(model, commands) {
+function applyQemuCommands(model: Uint8Array, commands: readonly string[]): void {
   for (const c of commands) {
-    let m;
+    let m: RegExpExecArray | null;
     if ((m = /^write -P (0x[0-9a-f]+) (\d+) (\d+)$/.exec(c))) model.fill(Number(m[1]), Number(m[2]), Number(m[2]) + Number(m[3]));
     else if ((m = /^write -z (\d+) (\d+)$/.exec(c))) model.fill(0, Number(m[1]), Number(m[1]) + Number(m[2]));
     else throw new Error(`unknown command ${c}`);
   }
 }
 
-const OUR_LAYOUTS = [
+const OUR_LAYOUTS: { name: string; layout: LayoutOptions & { blockSize: number } }[] = [
   { name: 'dynamic, 1 MiB blocks', layout: { virtualSize: 64 * MiB, blockSize: MiB } },
   // (QEMU opens only 512-byte logical sectors.)
   { name: 'dynamic, 4 MiB blocks, 2 MiB log', layout: { virtualSize: 48 * MiB, blockSize: 4 * MiB, logSize: 2 * MiB } },

@@ -4,7 +4,7 @@
 // proves that opening never writes: the source is read-only and its bytes are compared after.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxImage, VhdxError, describe } from '../dist/index.js';
+import { MemorySource, VhdxImage, VhdxError, describe, type RandomAccessSource, type ErrorReason } from '../src/index.js';
 import {
   buildImage,
   batEntryAt,
@@ -26,13 +26,12 @@ import {
   REGION_TABLE_AT,
   regionEntryAt,
   resealHeaders,
-  resealRegionTables,
   setU16,
   setU32,
   setU64,
   PayloadState,
 } from './helpers/build.js';
-import { encodeGuid } from '../dist/codec/guid.js';
+import { encodeGuid } from '../src/codec/guid.js';
 
 // A 64 MiB dynamic disk with 1 MiB blocks: log at 1 MiB, metadata at 2 MiB, BAT at 3 MiB,
 // blocks 0 and 5 allocated at 4 MiB and 5 MiB; 6 MiB in all.
@@ -46,8 +45,15 @@ const OTHER_GUID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 
 const fresh = () => base.bytes.slice();
 
-function checkError(err, reason, where = {}) {
-  assert.ok(err instanceof VhdxError, `expected a VhdxError, got: ${err && err.stack ? err.stack : err}`);
+/** Where an error must point: the structure it names, its file offset, words its message holds. */
+interface Where {
+  structure?: string;
+  offset?: number;
+  mentions?: string;
+}
+
+function checkError(err: unknown, reason: ErrorReason, where: Where = {}): true {
+  assert.ok(err instanceof VhdxError, `expected a VhdxError, got: ${err instanceof Error ? err.stack : String(err)}`);
   assert.equal(err.reason, reason, `wrong reason for: ${err.message}`);
   if (where.structure !== undefined) {
     assert.ok(err.message.includes(where.structure), `message should name "${where.structure}": ${err.message}`);
@@ -62,7 +68,7 @@ function checkError(err, reason, where = {}) {
 }
 
 /** A read-only source over a copy of `bytes`, and a check that it still holds exactly `bytes`. */
-function sourceOf(bytes) {
+function sourceOf(bytes: Uint8Array): { src: MemorySource; assertUnchanged(): void } {
   const src = new MemorySource(bytes.slice(), { readOnly: true });
   return {
     src,
@@ -74,7 +80,7 @@ function sourceOf(bytes) {
 }
 
 /** Opening `bytes` must fail with `reason`, naming `where`. */
-async function openFails(bytes, reason, where) {
+async function openFails(bytes: Uint8Array, reason: ErrorReason, where?: Where): Promise<void> {
   const { src, assertUnchanged } = sourceOf(bytes);
   await assert.rejects(VhdxImage.open(src), (err) => checkError(err, reason, where));
   assertUnchanged();
@@ -84,7 +90,7 @@ async function openFails(bytes, reason, where) {
  * `bytes` opens (BAT entries are validated lazily) but reading, block status and the allocation
  * scan must each fail with `reason`, naming `where`.
  */
-async function useFails(bytes, reason, where) {
+async function useFails(bytes: Uint8Array, reason: ErrorReason, where?: Where): Promise<void> {
   for (const op of ['read', 'blockStatus', 'allocationStats']) {
     const { src, assertUnchanged } = sourceOf(bytes);
     const img = await VhdxImage.open(src);
@@ -97,14 +103,14 @@ async function useFails(bytes, reason, where) {
 }
 
 /** Set a u32 field of both region table copies, then reseal them. */
-function regionField32(bytes, i, field, value) {
+function regionField32(bytes: Uint8Array, i: number, field: number, value: number): void {
   editRegionTables(bytes, (rt) => setU32(bytes, rt + 16 + i * 32 + field, value));
 }
-function regionField64(bytes, i, field, value) {
+function regionField64(bytes: Uint8Array, i: number, field: number, value: number | bigint): void {
   editRegionTables(bytes, (rt) => setU64(bytes, rt + 16 + i * 32 + field, value));
 }
-const regionWhere = (i) => ({ structure: `region table 1 entry ${i}`, offset: regionEntryAt(0, i) });
-const metaWhere = (i) => ({ structure: `metadata table entry ${i}`, offset: metadataEntryAt(plan, i) });
+const regionWhere = (i: number): Where => ({ structure: `region table 1 entry ${i}`, offset: regionEntryAt(0, i) });
+const metaWhere = (i: number): Where => ({ structure: `metadata table entry ${i}`, offset: metadataEntryAt(plan, i) });
 
 // ---- controls: the unmutated image and tolerated oddities open -------------------------------
 
@@ -166,21 +172,21 @@ test('TRUNCATED_FILE: the file ends inside the 1 MiB header section', async () =
 
 test('BAD_CHECKSUM: both headers fail their checksum', async () => {
   const bytes = fresh();
-  bytes[HEADER_AT[0] + 200] ^= 1;
-  bytes[HEADER_AT[1] + 200] ^= 1;
+  bytes[HEADER_AT[0] + 200]! ^= 1;
+  bytes[HEADER_AT[1] + 200]! ^= 1;
   await openFails(bytes, 'BAD_CHECKSUM', { structure: 'header 1', offset: HEADER_AT[0] });
 });
 
 test('BAD_CHECKSUM: header 1 without signature, header 2 with a bad checksum names header 2', async () => {
   const bytes = fresh();
   bytes[HEADER_AT[0]] = 0x48; // "Head"
-  bytes[HEADER_AT[1] + 200] ^= 1;
+  bytes[HEADER_AT[1] + 200]! ^= 1;
   await openFails(bytes, 'BAD_CHECKSUM', { structure: 'header 2', offset: HEADER_AT[1] });
 });
 
 test('control: one damaged header falls back to the other', async () => {
   const bytes = fresh();
-  bytes[HEADER_AT[1] + 200] ^= 1; // header 2 (sequence 1) is the current one
+  bytes[HEADER_AT[1] + 200]! ^= 1; // header 2 (sequence 1) is the current one
   const { src } = sourceOf(bytes);
   const img = await VhdxImage.open(src);
   assert.equal(img.layout.current.slot, 1);
@@ -199,7 +205,7 @@ test('NO_VALID_HEADER: equal sequence numbers, different content', async () => {
   const bytes = fresh();
   setU64(bytes, HEADER_AT[0] + 8, 7);
   setU64(bytes, HEADER_AT[1] + 8, 7);
-  bytes[HEADER_AT[1] + 16] ^= 0xff; // another FileWriteGuid
+  bytes[HEADER_AT[1] + 16]! ^= 0xff; // another FileWriteGuid
   resealHeaders(bytes);
   await openFails(bytes, 'NO_VALID_HEADER', { structure: 'header 1', offset: HEADER_AT[0] });
 });
@@ -307,21 +313,21 @@ test('LOG_FILE_TRUNCATED: file shorter than the log head\'s FlushedFileOffset', 
 
 test('BAD_CHECKSUM: both region table copies fail their checksum', async () => {
   const bytes = fresh();
-  bytes[REGION_TABLE_AT[0] + 4000] ^= 1;
-  bytes[REGION_TABLE_AT[1] + 4000] ^= 1;
+  bytes[REGION_TABLE_AT[0] + 4000]! ^= 1;
+  bytes[REGION_TABLE_AT[1] + 4000]! ^= 1;
   await openFails(bytes, 'BAD_CHECKSUM', { structure: 'region table 1', offset: REGION_TABLE_AT[0] });
 });
 
 test('BAD_CHECKSUM: region table 1 without signature, copy 2 with a bad checksum names region table 2', async () => {
   const bytes = fresh();
   bytes[REGION_TABLE_AT[0]] = 0x52; // "Regi"
-  bytes[REGION_TABLE_AT[1] + 4000] ^= 1;
+  bytes[REGION_TABLE_AT[1] + 4000]! ^= 1;
   await openFails(bytes, 'BAD_CHECKSUM', { structure: 'region table 2', offset: REGION_TABLE_AT[1] });
 });
 
 test('control: region table copy 2 damaged -> copy 1 is used and copy 2 reported invalid', async () => {
   const bytes = fresh();
-  bytes[REGION_TABLE_AT[1] + 4000] ^= 1;
+  bytes[REGION_TABLE_AT[1] + 4000]! ^= 1;
   const { src } = sourceOf(bytes);
   const img = await VhdxImage.open(src);
   assert.equal(img.layout.regionTableCopy, 1);
@@ -339,7 +345,7 @@ test('NO_VALID_REGION_TABLE: neither copy has its signature', async () => {
 
 test('region table fallback: copy 1 damaged, copy 2 good -> opens, info reports regionTableCopy 2', async () => {
   const bytes = fresh();
-  bytes[REGION_TABLE_AT[0] + 4000] ^= 1;
+  bytes[REGION_TABLE_AT[0] + 4000]! ^= 1;
   const { src, assertUnchanged } = sourceOf(bytes);
   const img = await VhdxImage.open(src);
   assert.equal(img.layout.regionTableCopy, 2);
@@ -416,7 +422,7 @@ test('SHORT_READ: the file shrinks mid-BAT after its size was taken', async () =
   // A source that still reports its old size but whose data stops half way through the BAT.
   const bytes = fresh();
   const inner = new MemorySource(bytes.slice(0, BAT + 4 * KiB), { readOnly: true });
-  const src = { size: bytes.length, readOnly: true, read: (o, into) => inner.read(o, into), close: async () => {} };
+  const src: RandomAccessSource = { size: bytes.length, readOnly: true, read: (o, into) => inner.read(o, into), close: async () => {} };
   const img = await VhdxImage.open(src);
   await assert.rejects(img.allocationStats(), (err) => checkError(err, 'SHORT_READ', { structure: 'BAT', offset: BAT }));
   await assert.rejects(img.read(0, new Uint8Array(512)), (err) => checkError(err, 'SHORT_READ', { structure: 'BAT', offset: BAT }));
@@ -505,7 +511,7 @@ test('MISSING_REQUIRED_ITEM: HasParent set without a parent locator', async () =
 test('METADATA_DUPLICATE_ITEM: the same system item twice', async () => {
   const bytes = fresh();
   const i = itemIndex(plan, 'physicalSectorSize');
-  encodeGuid(plan.items[itemIndex(plan, 'logicalSectorSize')].itemId, bytes, metadataEntryAt(plan, i));
+  encodeGuid(plan.items[itemIndex(plan, 'logicalSectorSize')]!.itemId, bytes, metadataEntryAt(plan, i));
   await openFails(bytes, 'METADATA_DUPLICATE_ITEM', metaWhere(i));
 });
 
@@ -533,7 +539,7 @@ test('METADATA_ITEM_BOUNDS: item longer than 1 MiB', async () => {
 test('METADATA_ITEM_OVERLAP: two items share bytes', async () => {
   const bytes = fresh();
   const i = itemIndex(plan, 'virtualDiskSize');
-  setU32(bytes, metadataEntryAt(plan, i, 16), plan.items[itemIndex(plan, 'fileParameters')].offset + 4);
+  setU32(bytes, metadataEntryAt(plan, i, 16), plan.items[itemIndex(plan, 'fileParameters')]!.offset + 4);
   await openFails(bytes, 'METADATA_ITEM_OVERLAP', { structure: 'metadata table', offset: MD });
 });
 

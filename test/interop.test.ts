@@ -4,13 +4,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { open as openFh, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { openFile } from '../dist/node.js';
-import { cliPath, needTool, scratch } from './helpers/env.js';
+import { openFile, type Extent } from '../src/node.js';
+import { cliPath, needTool } from './helpers/env.js';
+import { must, shmScratch, vhdx, type MapEntry } from './helpers/tools.js';
 
 const K = 1024;
 const M = K * K;
@@ -20,38 +19,22 @@ const IN_FLIGHT = 4;
 
 const qemuMissing = needTool('qemu-img', 'qemu-io');
 
-/** Scratch folder in RAM when /dev/shm exists (sparse multi-GiB raw files cost nothing there). */
-function scratchDir() {
-  if (existsSync('/dev/shm')) {
-    try {
-      const d = mkdtempSync('/dev/shm/vhdx-interop-');
-      process.on('exit', () => rmSync(d, { recursive: true, force: true }));
-      return d;
-    } catch {
-      // not writable: fall back to the ordinary temporary folder
-    }
-  }
-  return scratch('vhdx-interop-');
-}
-
-const execFileP = promisify(execFile);
-/** Run a peer tool without blocking the event loop; rejects with its stderr on failure. */
-async function tool(cmd, args) {
-  try {
-    const { stdout } = await execFileP(cmd, args, { encoding: 'utf8', maxBuffer: 64 * M });
-    return stdout;
-  } catch (e) {
-    throw new Error(`${cmd} ${args.join(' ')} failed: ${e.stderr || e.message}`);
-  }
-}
-
 // ---- operations and the model of what the disk must hold after them ----
 
-const W = (pattern, offset, length) => ({ op: 'write', pattern, offset, length });
-const Z = (offset, length) => ({ op: 'zero', offset, length });
-const D = (offset, length) => ({ op: 'discard', offset, length });
+/** One operation qemu-io applies to the disk. */
+type Op = { op: 'write'; pattern: number; offset: number; length: number } | { op: 'zero' | 'discard'; offset: number; length: number };
+/** A byte range of the expected content: `value` every byte must hold, -1 for either zeros or the earlier contents. */
+type Segment = { start: number; end: number; value: number };
+/** A range [start, end) of the virtual disk. */
+type Range = { start: number; end: number };
+/** Reads a disk's bytes: an image or a raw file. */
+type Reader = { read(offset: number, into: Uint8Array): Promise<unknown> };
 
-function qemuIoCommand(o) {
+const W = (pattern: number, offset: number, length: number): Op => ({ op: 'write', pattern, offset, length });
+const Z = (offset: number, length: number): Op => ({ op: 'zero', offset, length });
+const D = (offset: number, length: number): Op => ({ op: 'discard', offset, length });
+
+function qemuIoCommand(o: Op): string {
   if (o.op === 'write') return `write -P 0x${o.pattern.toString(16).padStart(2, '0')} ${o.offset} ${o.length}`;
   if (o.op === 'zero') return `write -z ${o.offset} ${o.length}`;
   return `discard ${o.offset} ${o.length}`;
@@ -61,13 +44,13 @@ function qemuIoCommand(o) {
  * The expected content as segments tiling [0, size): value 0..255 for a byte every byte must hold,
  * or -1 after a discard (the format allows zeros or the earlier contents there).
  */
-function model(size, ops) {
-  let segs = [{ start: 0, end: size, value: 0 }];
+function model(size: number, ops: readonly Op[]): Segment[] {
+  let segs: Segment[] = [{ start: 0, end: size, value: 0 }];
   for (const o of ops) {
     const a = o.offset;
     const b = o.offset + o.length;
     const value = o.op === 'write' ? o.pattern : o.op === 'zero' ? 0 : -1;
-    const out = [];
+    const out: Segment[] = [];
     for (const s of segs) {
       if (s.end <= a || s.start >= b) out.push(s);
       else {
@@ -88,7 +71,7 @@ function model(size, ops) {
 }
 
 /** The usual mix: unaligned writes, a write straddling blocks, zeroes, a discard, the disk's end. */
-function standardOps(size, bs) {
+function standardOps(size: number, bs: number): Op[] {
   const ops = [
     W(0x11, 0, 4096), // first sector(s)
     W(0x22, bs - 1000, 3000), // unaligned, straddles the first block boundary
@@ -107,7 +90,15 @@ function standardOps(size, bs) {
 }
 
 const GiB4 = 4 * G;
-const CASES = [
+/** One image qemu makes and writes: its subformat, geometry and operations (standardOps when absent). */
+interface Case {
+  subformat: 'dynamic' | 'fixed';
+  blockSize: number;
+  size: number;
+  blockStateZero?: false;
+  ops?: Op[];
+}
+const CASES: Case[] = [
   { subformat: 'dynamic', blockSize: 1 * M, size: 12 * M },
   { subformat: 'fixed', blockSize: 1 * M, size: 12 * M },
   { subformat: 'dynamic', blockSize: 2 * M, size: 5 * M + 512 },
@@ -145,43 +136,44 @@ const CASES = [
   },
 ];
 
-function caseName(c) {
-  const mib = (n) => (n % M === 0 ? `${n / M}M` : `${Math.floor(n / M)}M+${n % M}`);
+function caseName(c: Case): string {
+  const mib = (n: number): string => (n % M === 0 ? `${n / M}M` : `${Math.floor(n / M)}M+${n % M}`);
   return `${c.subformat} block_size=${mib(c.blockSize)} size=${mib(c.size)}${c.blockStateZero === false ? ' block_state_zero=off' : ''}`;
 }
 
 // ---- reading and comparing whole disks, sparse-aware ----
 
 const ZERO = new Uint8Array(CHUNK);
-const patternBufs = new Map();
-function filled(value) {
+const patternBufs = new Map<number, Uint8Array>();
+function filled(value: number): Uint8Array {
   if (value === 0) return ZERO;
-  if (!patternBufs.has(value)) patternBufs.set(value, new Uint8Array(CHUNK).fill(value));
-  return patternBufs.get(value);
+  let b = patternBufs.get(value);
+  if (!b) patternBufs.set(value, (b = new Uint8Array(CHUNK).fill(value)));
+  return b;
 }
-function allEqual(bytes, value) {
+function allEqual(bytes: Uint8Array, value: number): boolean {
   return Buffer.compare(bytes, filled(value).subarray(0, bytes.length)) === 0;
 }
-function firstDiff(bytes, value) {
+function firstDiff(bytes: Uint8Array, value: number): number {
   let i = 0;
   while (i < bytes.length && bytes[i] === value) i++;
   return i;
 }
 
 /** One chunk's digest: "0" for an all-zero chunk (cheap on sparse disks), else its SHA-256. */
-function chunkDigest(bytes) {
+function chunkDigest(bytes: Uint8Array): string {
   return allEqual(bytes, 0) ? '0' : createHash('sha256').update(bytes).digest('hex');
 }
 /** A SHA-256 over the chunk digests: equal exactly when the byte streams are equal. */
-function combine(digests) {
+function combine(digests: readonly string[]): string {
   return createHash('sha256').update(digests.join('\n')).digest('hex');
 }
 
 /** Readers of [offset, offset + into.length) of a raw file. */
-async function rawReader(path) {
+async function rawReader(path: string): Promise<Reader & { close(): Promise<void> }> {
   const fh = await openFh(path, 'r');
   return {
-    async read(offset, into) {
+    async read(offset: number, into: Uint8Array) {
       let got = 0;
       while (got < into.length) {
         const { bytesRead } = await fh.read(into, got, into.length - got, offset + got);
@@ -197,32 +189,32 @@ async function rawReader(path) {
  * Read every source chunk by chunk (IN_FLIGHT chunks at a time, buffers reused), giving each
  * chunk to `check(offset, buffers)`, and return the per-source chunk digests.
  */
-async function scan(size, sources, check) {
-  const digests = sources.map(() => []);
+async function scan(size: number, sources: readonly Reader[], check: (offset: number, buffers: Uint8Array[]) => void): Promise<string[][]> {
+  const digests = sources.map((): string[] => []);
   const chunks = Math.ceil(size / CHUNK);
   const pool = Array.from({ length: IN_FLIGHT }, () => sources.map(() => new Uint8Array(CHUNK)));
-  const readChunk = async (i) => {
+  const readChunk = async (i: number) => {
     const o = i * CHUNK;
     const len = Math.min(CHUNK, size - o);
-    const bufs = pool[i % IN_FLIGHT].map((b) => b.subarray(0, len));
-    await Promise.all(sources.map((s, k) => s.read(o, bufs[k])));
+    const bufs = pool[i % IN_FLIGHT]!.map((b) => b.subarray(0, len));
+    await Promise.all(sources.map((s, k) => s.read(o, bufs[k]!)));
     return { i, o, bufs };
   };
-  const pending = [];
+  const pending: ReturnType<typeof readChunk>[] = [];
   let next = 0;
   while (next < chunks && pending.length < IN_FLIGHT) pending.push(readChunk(next++));
   while (pending.length) {
-    const { i, o, bufs } = await pending.shift();
+    const { i, o, bufs } = await pending.shift()!;
     check(o, bufs);
-    bufs.forEach((b, k) => (digests[k][i] = chunkDigest(b)));
+    bufs.forEach((b, k) => (digests[k]![i] = chunkDigest(b)));
     if (next < chunks) pending.push(readChunk(next++));
   }
   return digests;
 }
 
 /** Parts of [a, b) not covered by the sorted, disjoint ranges. */
-function uncovered(a, b, ranges) {
-  const out = [];
+function uncovered(a: number, b: number, ranges: readonly Range[]): [number, number][] {
+  const out: [number, number][] = [];
   let pos = a;
   for (const r of ranges) {
     if (r.end <= pos) continue;
@@ -237,7 +229,8 @@ function uncovered(a, b, ranges) {
 
 // ---- the matrix ----
 
-const dir = qemuMissing ? null : scratchDir();
+// In RAM when /dev/shm exists: sparse multi-GiB raw files cost nothing there.
+const dir = qemuMissing ? '' : shmScratch('vhdx-interop-');
 const haveCli = existsSync(cliPath);
 
 test('interop: 4096-byte logical sectors', { skip: 'qemu-img cannot create VHDX images with 4096-byte logical sectors (it has no such option)' }, () => {});
@@ -252,18 +245,18 @@ for (const [n, c] of CASES.entries()) {
 
     const o = [`subformat=${c.subformat}`, `block_size=${c.blockSize}`];
     if (c.blockStateZero === false) o.push('block_state_zero=off');
-    await tool('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', o.join(','), img, String(c.size)]);
-    await tool('qemu-io', ['-f', 'vhdx', ...ops.flatMap((op) => ['-c', qemuIoCommand(op)]), img]);
-    await tool('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', img, qemuRaw]);
+    await must('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', o.join(','), img, String(c.size)]);
+    await must('qemu-io', ['-f', 'vhdx', ...ops.flatMap((op) => ['-c', qemuIoCommand(op)]), img]);
+    await must('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', img, qemuRaw]);
     assert.equal((await stat(qemuRaw)).size, c.size, 'qemu-img convert output has the virtual size');
 
     const image = await openFile(img);
     const qemu = await rawReader(qemuRaw);
     // Per-chunk digests of qemu's raw copy, from the openFile pass, for the CLI comparison.
-    let qemuDigests = null;
+    let qemuDigests: string[] | null = null;
     try {
-      let extents;
-      let dataRanges;
+      let extents: Extent[] | undefined;
+      let dataRanges: Range[] | undefined;
       const expected = model(c.size, ops);
 
       await t.test('geometry, block status and allocation', async () => {
@@ -279,7 +272,7 @@ for (const [n, c] of CASES.entries()) {
         for (const x of extents) {
           assert.equal(x.offset, pos, `extent at ${x.offset} should start at ${pos}`);
           assert.ok(x.length > 0 && ['data', 'zero', 'unallocated'].includes(x.type), JSON.stringify(x));
-          if (x.type === 'data') assert.ok(x.fileOffset >= M && x.fileOffset % 512 === 0, `data extent file offset ${x.fileOffset}`);
+          if (x.type === 'data') assert.ok(x.fileOffset !== undefined && x.fileOffset >= M && x.fileOffset % 512 === 0, `data extent file offset ${x.fileOffset}`);
           pos += x.length;
         }
         assert.equal(pos, image.size, 'extents end at the virtual size');
@@ -296,38 +289,42 @@ for (const [n, c] of CASES.entries()) {
 
       await t.test('openFile reads what qemu-img convert reads', { skip: !extents && 'no block status' }, async () => {
         // One pass: digests of both, the model's expected bytes, and zero/unallocated extents.
-        const holes = extents.filter((x) => x.type !== 'data').map((x) => ({ start: x.offset, end: x.offset + x.length }));
+        // (The skip above leaves extents set here.)
+        const holes = extents!.filter((x) => x.type !== 'data').map((x) => ({ start: x.offset, end: x.offset + x.length }));
         let segIndex = 0;
         let holeIndex = 0;
-        const [ourDigests, theirDigests] = await scan(c.size, [image, qemu], (off, [ours, theirs]) => {
+        const [ourDigests, theirDigests] = await scan(c.size, [image, qemu], (off, bufs) => {
+          const [ours, theirs] = [bufs[0]!, bufs[1]!];
           const end = off + ours.length;
-          while (expected[segIndex].end <= off) segIndex++;
-          for (let k = segIndex; k < expected.length && expected[k].start < end; k++) {
-            const s = expected[k];
+          while (expected[segIndex]!.end <= off) segIndex++;
+          for (let k = segIndex; k < expected.length && expected[k]!.start < end; k++) {
+            const s = expected[k]!;
             if (s.value < 0) continue;
             const a = Math.max(s.start, off) - off;
             const b = Math.min(s.end, end) - off;
             for (const [who, buf] of [
               ['we', ours],
               ['qemu', theirs],
-            ]) {
+            ] as const) {
               const part = buf.subarray(a, b);
               if (!allEqual(part, s.value)) {
                 const i = firstDiff(part, s.value);
-                assert.fail(`${who} read 0x${part[i].toString(16)} at ${off + a + i}, expected 0x${s.value.toString(16)}`);
+                assert.fail(`${who} read 0x${part[i]!.toString(16)} at ${off + a + i}, expected 0x${s.value.toString(16)}`);
               }
             }
           }
-          while (holeIndex < holes.length && holes[holeIndex].end <= off) holeIndex++;
-          for (let k = holeIndex; k < holes.length && holes[k].start < end; k++) {
-            const a = Math.max(holes[k].start, off) - off;
-            const b = Math.min(holes[k].end, end) - off;
+          while (holeIndex < holes.length && holes[holeIndex]!.end <= off) holeIndex++;
+          for (let k = holeIndex; k < holes.length && holes[k]!.start < end; k++) {
+            const hole = holes[k]!;
+            const a = Math.max(hole.start, off) - off;
+            const b = Math.min(hole.end, end) - off;
             assert.ok(allEqual(ours.subarray(a, b), 0), `we read non-zero bytes in a zero/unallocated extent at ${off + a}..${off + b}`);
             assert.ok(allEqual(theirs.subarray(a, b), 0), `qemu reads non-zero bytes where we report no data, at ${off + a}..${off + b}`);
           }
         });
-        qemuDigests = theirDigests;
-        await assertSameDigests(ourDigests, theirDigests, 'openFile', 'qemu-img convert', image, qemu, c.size);
+        // (scan gives one digest list per source.)
+        qemuDigests = theirDigests!;
+        await assertSameDigests(ourDigests!, theirDigests!, 'openFile', 'qemu-img convert', image, qemu, c.size);
       });
 
       await t.test('block status agrees with qemu-img map', { skip: !extents && 'no block status' }, async () => {
@@ -335,7 +332,7 @@ for (const [n, c] of CASES.entries()) {
         // whole disk data; it must at least cover exactly our virtual size. Its map of the raw copy
         // it converted to (sparse where it found zeros) says where qemu found data: any part of
         // that which we report as zero or unallocated must hold only zeros in qemu's copy.
-        const vmap = JSON.parse(await tool('qemu-img', ['map', '--output=json', '-f', 'vhdx', img]));
+        const vmap: MapEntry[] = JSON.parse(await must('qemu-img', ['map', '--output=json', '-f', 'vhdx', img]));
         let at = 0;
         for (const r of vmap) {
           assert.equal(r.start, at, 'qemu map ranges are contiguous');
@@ -346,25 +343,26 @@ for (const [n, c] of CASES.entries()) {
           }
         }
         assert.equal(at, c.size, 'qemu map of the image covers the virtual size');
-        const rmap = JSON.parse(await tool('qemu-img', ['map', '--output=json', '-f', 'raw', qemuRaw]));
+        const rmap: MapEntry[] = JSON.parse(await must('qemu-img', ['map', '--output=json', '-f', 'raw', qemuRaw]));
         const qemuData = rmap.filter((x) => x.data);
         assert.ok(qemuData.length > 0, 'qemu found the written data');
         for (const r of qemuData) {
-          for (const [a, b] of uncovered(r.start, r.start + r.length, dataRanges)) {
-            const type = extents.find((x) => x.offset <= a && x.offset + x.length > a).type;
+          for (const [a, b] of uncovered(r.start, r.start + r.length, dataRanges!)) {
+            // (The extents tile the disk: one holds a.)
+            const type = extents!.find((x) => x.offset <= a && x.offset + x.length > a)!.type;
             assert.ok(await rangeIsZero(qemu, a, b), `qemu found data at ${a}..${b}, which we report as ${type}`);
           }
         }
       });
 
       await t.test('vhdx convert -O raw equals qemu-img convert', { skip: haveCli ? false : 'bin/vhdx.cjs not present yet' }, async () => {
-        const r = await execFileP(process.execPath, [cliPath, 'convert', '-O', 'raw', img, oursRaw], { encoding: 'utf8' }).catch((e) => e);
-        assert.equal(r.code ?? 0, 0, `vhdx convert failed: ${r.stderr}`);
+        const r = await vhdx(['convert', '-O', 'raw', img, oursRaw]);
+        assert.equal(r.code, 0, `vhdx convert failed: ${r.stderr}`);
         assert.equal((await stat(oursRaw)).size, c.size, 'vhdx convert output has the virtual size');
         const cli = await rawReader(oursRaw);
         try {
           const [cliDigests, theirDigests] = qemuDigests ? [(await scan(c.size, [cli], () => {}))[0], qemuDigests] : await scan(c.size, [cli, qemu], () => {});
-          await assertSameDigests(cliDigests, theirDigests, 'vhdx convert', 'qemu-img convert', cli, qemu, c.size);
+          await assertSameDigests(cliDigests!, theirDigests!, 'vhdx convert', 'qemu-img convert', cli, qemu, c.size);
         } finally {
           await cli.close();
         }
@@ -377,7 +375,7 @@ for (const [n, c] of CASES.entries()) {
 }
 
 /** Equal digest lists, or a failure naming the first differing byte (read again from `ra`, `rb`). */
-async function assertSameDigests(a, b, nameA, nameB, ra, rb, size) {
+async function assertSameDigests(a: readonly string[], b: readonly string[], nameA: string, nameB: string, ra: Reader, rb: Reader, size: number): Promise<void> {
   assert.equal(a.length, b.length);
   if (combine(a) === combine(b)) return;
   const i = a.findIndex((x, j) => x !== b[j]);
@@ -393,7 +391,7 @@ async function assertSameDigests(a, b, nameA, nameB, ra, rb, size) {
 }
 
 /** True when [a, b) of the reader holds only zeros; read in chunks. */
-async function rangeIsZero(reader, a, b) {
+async function rangeIsZero(reader: Reader, a: number, b: number): Promise<boolean> {
   const buf = new Uint8Array(CHUNK);
   for (let o = a; o < b; o += CHUNK) {
     const part = buf.subarray(0, Math.min(CHUNK, b - o));

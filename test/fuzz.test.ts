@@ -14,17 +14,16 @@
 // Reproduce one case: the failure message names the seed and case; cases are independent (each
 // has its own PRNG derived from both), so rerunning the same test reproduces it. Longer hunts:
 // VHDX_FUZZ_SCALE=20 multiplies every case count (the first cases stay the same).
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { Worker, isMainThread, parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeRng } from '../fuzz/rng.js';
-import { MemorySource, VhdxImage, VhdxError, describe } from '../dist/index.js';
-import { checkImage } from '../dist/driver/check.js';
-import { LOCATOR_TYPE_VHDX } from '../dist/format/constants.js';
-import { crc32cWithZeroField } from '../dist/codec/crc32c.js';
-import { LOG_ENTRY_HEADER } from '../dist/format/log.js';
-import { encodeGuid } from '../dist/codec/guid.js';
+import { MemorySource, VhdxImage, VhdxError, describe, checkImage, type ParentResolver, type RandomAccessSource } from '../src/index.js';
+import { LOCATOR_TYPE_VHDX } from '../src/format/constants.js';
+import { crc32cWithZeroField } from '../src/codec/crc32c.js';
+import { LOG_ENTRY_HEADER } from '../src/format/log.js';
+import { encodeGuid } from '../src/codec/guid.js';
 import {
   buildImage,
   editHeaders,
@@ -51,8 +50,28 @@ const CASE_MS = 5000;
 const WATCHDOG_MS = 30000;
 const SCALE = Number(process.env.VHDX_FUZZ_SCALE ?? 1);
 
+/**
+ * A job for a worker: a fuzz run (seed image, seed, case count), the agreement property over its
+ * first cases (`agree`), or one crafted input (`crafted`, with the outcome it must give).
+ */
+interface Job {
+  name: string;
+  seed: number;
+  cases: number;
+  image: string;
+  agree?: boolean;
+  crafted?: boolean;
+  expect?: string;
+}
+/** A case that broke a rule: what happened, and the mutations that led there. */
+type Failure = { case: number; what: string; mutations?: string[] };
+/** The end of a job: cases run (-1 after a failure), time, cases that opened, outcomes by name. */
+type Done = { type: 'done'; cases: number; ms: number; opened: number; reasons: Record<string, number> };
+/** What a worker tells the test: the case it starts, a failure, the end. */
+type Message = { type: 'case'; case: number } | ({ type: 'fail' } & Failure) | Done;
+
 /** The fuzz runs: seed image, seed, case count. */
-const RUNS = [
+const RUNS: Job[] = [
   { name: 'dynamic image with allocated and zero blocks', seed: 0x5eed0001, cases: 1000, image: 'dynamic' },
   { name: 'dynamic image with a dirty log', seed: 0x5eed0002, cases: 900, image: 'dirty' },
   { name: 'fixed image, virtual size not a block multiple', seed: 0x5eed0003, cases: 500, image: 'fixed' },
@@ -84,22 +103,24 @@ const CRAFTED = [
 // ---- deterministic PRNG ------------------------------------------------------------------------
 
 /** The fuzz harness's PRNG (fuzz/rng.js), seeded from (seed, case): every case is independent and replayable. */
-function caseRng(seed, caseIndex) {
+function caseRng(seed: number, caseIndex: number) {
   const rng = makeRng(seed ^ Math.imul(caseIndex + 1, 0x9e3779b9));
-  rng.weighted = (table) => {
+  /** One value of a non-empty table of [weight, value], picked by weight. */
+  const weighted = <T>(table: readonly (readonly [number, T])[]): T => {
     const total = table.reduce((s, [w]) => s + w, 0);
     let r = rng() * total;
     for (const [w, v] of table) if ((r -= w) < 0) return v;
-    return table[table.length - 1][1];
+    return table[table.length - 1]![1];
   };
-  return rng;
+  return Object.assign(rng, { weighted });
 }
+type Rng = ReturnType<typeof caseRng>;
 
 // ---- main thread: one test per run, each in a watched worker -----------------------------------
 
 async function mainThread() {
   const { test } = await import('node:test');
-  const assert = (await import('node:assert/strict')).default;
+  const assert: typeof import('node:assert/strict') = (await import('node:assert/strict')).default;
   const corpusPresent = existsSync(join(corpusDir, 'vhdx-log-replay.vhdx.gz'));
   const totals = { cases: 0, ms: 0 };
 
@@ -137,12 +158,13 @@ async function mainThread() {
       assert.deepEqual(result.failures, [], formatFailures(spec, result.failures));
       assert.equal(result.done?.cases, cases, `the worker stopped after ${result.done?.cases ?? result.lastCase} of ${cases} cases`);
       // The fuzzer must reach past the first checks: some cases open and run, and the
-      // failures it provokes are of several kinds.
-      const { opened, reasons } = result.done;
+      // failures it provokes are of several kinds. (result.done is there: the assertion above
+      // fails without it.)
+      const { opened, reasons } = result.done!;
       assert.ok(opened >= cases * 0.15, `only ${opened} of ${cases} cases opened: mutations are too destructive to test anything`);
       assert.ok(Object.keys(reasons).length >= 5, `only these reasons were provoked: ${JSON.stringify(reasons)}`);
       totals.cases += cases;
-      totals.ms += result.done.ms;
+      totals.ms += result.done!.ms;
     });
   }
 
@@ -154,15 +176,16 @@ async function mainThread() {
       assert.deepEqual(result.failures, [], formatFailures(spec, result.failures));
       assert.equal(result.done?.cases, cases, `the worker stopped after ${result.done?.cases ?? result.lastCase} of ${cases} cases`);
       // Both verdicts occur often: the property is tested on images the readers accept and refuse.
-      const { bothAccept, bothRefuse, checkOnly } = result.done.reasons;
-      assert.ok(bothAccept >= cases * 0.1 && bothRefuse >= cases * 0.1, `verdicts: ${JSON.stringify(result.done.reasons)}`);
+      const { bothAccept, bothRefuse, checkOnly } = result.done!.reasons;
+      assert.ok(bothAccept !== undefined && bothRefuse !== undefined && checkOnly !== undefined, `verdicts: ${JSON.stringify(result.done!.reasons)}`);
+      assert.ok(bothAccept >= cases * 0.1 && bothRefuse >= cases * 0.1, `verdicts: ${JSON.stringify(result.done!.reasons)}`);
       assert.equal(bothAccept + bothRefuse + checkOnly, cases);
     });
   }
 
   for (const spec of CRAFTED) {
     test(`adversarial input finishes within ${CASE_MS} ms: ${spec.name}`, { timeout: 10 * 60 * 1000 }, async () => {
-      const job = { ...spec, crafted: true, seed: 1, cases: 1 };
+      const job: Job = { ...spec, crafted: true, seed: 1, cases: 1 };
       const result = await runWorker(job);
       assert.deepEqual(result.failures, [], formatFailures(job, result.failures));
       assert.deepEqual(result.done?.reasons, { [spec.expect]: 1 });
@@ -174,18 +197,18 @@ async function mainThread() {
   });
 }
 
-function runWorker(run) {
+function runWorker(run: Job): Promise<{ failures: Failure[]; done: Done | null; lastCase: number }> {
   return new Promise((resolve) => {
-    const failures = [];
+    const failures: Failure[] = [];
     let lastCase = -1;
-    let done = null;
+    let done: Done | null = null;
     const worker = new Worker(fileURLToPath(import.meta.url), {
       workerData: run,
       resourceLimits: { maxOldGenerationSizeMb: 512 },
       stdout: true,
       stderr: true,
     });
-    let timer;
+    let timer: NodeJS.Timeout | undefined;
     const arm = () => {
       clearTimeout(timer);
       timer = setTimeout(() => {
@@ -194,14 +217,14 @@ function runWorker(run) {
       }, WATCHDOG_MS);
     };
     arm();
-    worker.on('message', (m) => {
+    worker.on('message', (m: Message) => {
       if (m.type === 'case') {
         lastCase = m.case;
         arm();
       } else if (m.type === 'fail') failures.push(m);
       else if (m.type === 'done') done = m;
     });
-    worker.on('error', (e) => failures.push({ case: lastCase, what: `worker died in case ${lastCase}: ${e && e.stack ? e.stack : e}` }));
+    worker.on('error', (e: Error) => failures.push({ case: lastCase, what: `worker died in case ${lastCase}: ${e && e.stack ? e.stack : e}` }));
     worker.on('exit', () => {
       clearTimeout(timer);
       resolve({ failures, done, lastCase });
@@ -209,7 +232,7 @@ function runWorker(run) {
   });
 }
 
-function formatFailures(run, failures) {
+function formatFailures(run: Job, failures: readonly Failure[]): string {
   return failures
     .slice(0, 5)
     .map((f) => `${run.crafted ? run.name : `seed 0x${run.seed.toString(16)}`} case ${f.case}: ${f.what}${f.mutations ? `\n  mutations: ${f.mutations.join('; ')}` : ''}`)
@@ -219,7 +242,7 @@ function formatFailures(run, failures) {
 // ---- worker: build the seed image, mutate, exercise ---------------------------------------------
 
 class GuardViolation extends Error {
-  name = 'GuardViolation';
+  override name = 'GuardViolation';
 }
 
 /**
@@ -227,19 +250,19 @@ class GuardViolation extends Error {
  * rest of the base image, of `size` bytes. Refuses oversized reads and any write, and remembers
  * the violation even if the library were to catch the error.
  */
-class GuardedSource {
-  constructor(head, base, size) {
-    this.head = head;
-    this.base = base;
-    this.size = size;
-    this.readOnly = true;
-    this.violation = null;
-  }
-  fail(what) {
+class GuardedSource implements RandomAccessSource {
+  readonly readOnly = true;
+  violation: string | null = null;
+  constructor(
+    readonly head: Uint8Array,
+    readonly base: Uint8Array,
+    readonly size: number,
+  ) {}
+  fail(what: string): never {
     this.violation ??= what;
     throw new GuardViolation(what);
   }
-  async read(offset, into) {
+  async read(offset: number, into: Uint8Array): Promise<number> {
     if (into.length > MAX_READ) this.fail(`read of ${into.length} bytes at ${offset}`);
     if (!Number.isSafeInteger(offset) || offset < 0) this.fail(`read at offset ${offset}`);
     if (offset >= this.size) return 0;
@@ -252,16 +275,16 @@ class GuardedSource {
     if (done < n) into.set(this.base.subarray(offset + done, offset + n), done);
     return n;
   }
-  async write(offset, data) {
+  async write(offset: number, data: Uint8Array): Promise<void> {
     this.fail(`write of ${data.length} bytes at ${offset}`);
   }
-  async truncate(size) {
+  async truncate(size: number): Promise<void> {
     this.fail(`truncate to ${size}`);
   }
   async close() {}
 }
 
-async function seedImage(kind) {
+async function seedImage(kind: string): Promise<Uint8Array> {
   switch (kind) {
     case 'dynamic':
       return (await buildImage({ virtualSize: 64 * MiB, blockSize: MiB, allocate: [0, 5, 63], states: { 7: 2, 8: 3, 9: 1, 10: 5 } })).bytes;
@@ -299,7 +322,7 @@ async function seedImage(kind) {
   throw new Error(`unknown seed image ${kind}`);
 }
 
-async function craftedImage(kind) {
+async function craftedImage(kind: string): Promise<Uint8Array> {
   const logGuid = '11111111-2222-3333-4444-555555555555';
   switch (kind) {
     case 'logEverySector': {
@@ -329,7 +352,7 @@ async function craftedImage(kind) {
       // the image's four allocated blocks, in descending order, over and over.
       const { bytes, plan } = await buildImage({ logSize: 8 * MiB, allocate: [0, 1, 2, 3] });
       const n = 200000;
-      const at = (i) => plan.payloadOffset + (511 - (i % 512)) * 8 * KiB;
+      const at = (i: number) => plan.payloadOffset + (511 - (i % 512)) * 8 * KiB;
       writeLog(bytes, plan, logGuid, [Array.from({ length: n }, (_, i) => ({ kind: 'zero', fileOffset: at(i), length: 4 * KiB }))]);
       editHeaders(bytes, (h) => encodeGuid(logGuid, bytes, h + 48));
       return bytes;
@@ -339,9 +362,10 @@ async function craftedImage(kind) {
 }
 
 /** Where the structures of the (valid) seed image are, from its own layout. */
-async function structuresOf(bytes) {
+async function structuresOf(bytes: Uint8Array) {
   const img = await VhdxImage.open(new MemorySource(bytes, { readOnly: true }));
   const l = img.layout;
+  const presentEntries: number[] = [];
   const ctx = {
     fileSize: bytes.length,
     dirty: l.log.dirty,
@@ -353,7 +377,7 @@ async function structuresOf(bytes) {
     chunkRatio: l.geometry.chunkRatio,
     virtualSize: l.virtualSize,
     blockSize: l.blockSize,
-    presentEntries: [],
+    presentEntries,
   };
   // BAT entries that hold something (allocated blocks, bitmaps, non-zero states), read raw.
   const raw = bytes.subarray(ctx.bat, ctx.bat + Math.min(ctx.batEntries, 65536) * 8);
@@ -367,33 +391,37 @@ async function structuresOf(bytes) {
  * Fields worth setting to extremes, [file offset, width in bytes], in groups picked by weight so
  * that the few fields of each structure are hit often enough.
  */
-function fieldsOf(ctx, dirty) {
-  const header = [[0, 8]];
-  for (const h of HEADER_AT) for (const [at, w] of [[0, 4], [4, 4], [8, 8], [16, 4], [48, 4], [60, 4], [64, 2], [66, 2], [68, 4], [72, 8]]) header.push([h + at, w]);
-  const region = [];
+type Structures = Awaited<ReturnType<typeof structuresOf>>;
+/** A field: [file offset, width in bytes]. */
+type Field = [number, number];
+
+function fieldsOf(ctx: Structures, dirty: boolean) {
+  const header: Field[] = [[0, 8]];
+  for (const h of HEADER_AT) for (const [at, w] of [[0, 4], [4, 4], [8, 8], [16, 4], [48, 4], [60, 4], [64, 2], [66, 2], [68, 4], [72, 8]] satisfies Field[]) header.push([h + at, w]);
+  const region: Field[] = [];
   for (const rt of REGION_TABLE_AT) {
     region.push([rt, 4], [rt + 4, 4], [rt + 8, 4]);
-    for (let i = 0; i < 4; i++) for (const [at, w] of [[0, 4], [16, 8], [16, 4], [24, 4], [28, 4]]) region.push([rt + 16 + i * 32 + at, w]);
+    for (let i = 0; i < 4; i++) for (const [at, w] of [[0, 4], [16, 8], [16, 4], [24, 4], [28, 4]] satisfies Field[]) region.push([rt + 16 + i * 32 + at, w]);
   }
-  const mdTable = [[ctx.md, 8], [ctx.md + 10, 2]];
-  for (let i = 0; i < ctx.items.length + 2; i++) for (const [at, w] of [[0, 4], [16, 4], [20, 4], [24, 4]]) mdTable.push([ctx.md + 32 + i * 32 + at, w]);
-  const items = [];
+  const mdTable: Field[] = [[ctx.md, 8], [ctx.md + 10, 2]];
+  for (let i = 0; i < ctx.items.length + 2; i++) for (const [at, w] of [[0, 4], [16, 4], [20, 4], [24, 4]] satisfies Field[]) mdTable.push([ctx.md + 32 + i * 32 + at, w]);
+  const items: Field[] = [];
   for (const it of ctx.items) {
     items.push([ctx.md + it.offset, 4], [ctx.md + it.offset + 4, 4], [ctx.md + it.offset, 8]);
     if (it.length > 16) for (let at = 16; at < Math.min(it.length, 64); at += 2) items.push([ctx.md + it.offset + at, 2]); // locator entries
   }
-  const bat = [];
+  const bat: Field[] = [];
   const batIdx = new Set([0, 1, 2, ctx.chunkRatio, ctx.chunkRatio - 1, ctx.batEntries - 1, ...ctx.presentEntries]);
   for (const i of batIdx) if (i >= 0 && i < ctx.batEntries) bat.push([ctx.bat + i * 8, 8], [ctx.bat + i * 8, 4], [ctx.bat + i * 8 + 4, 4]);
-  const log = [];
+  const log: Field[] = [];
   for (const e of [0, 4096, 8192]) {
     const b = ctx.log.offset + e;
-    for (const [at, w] of [[0, 4], [4, 4], [8, 4], [12, 4], [16, 8], [24, 4], [32, 4], [48, 8], [56, 8]]) log.push([b + at, w]);
-    for (let d = 0; d < 2; d++) for (const [at, w] of [[0, 4], [4, 4], [8, 8], [16, 8], [24, 8]]) log.push([b + 64 + d * 32 + at, w]);
+    for (const [at, w] of [[0, 4], [4, 4], [8, 4], [12, 4], [16, 8], [24, 4], [32, 4], [48, 8], [56, 8]] satisfies Field[]) log.push([b + at, w]);
+    for (let d = 0; d < 2; d++) for (const [at, w] of [[0, 4], [4, 4], [8, 8], [16, 8], [24, 8]] satisfies Field[]) log.push([b + 64 + d * 32 + at, w]);
     log.push([b + 4, 4], [b + 4092, 4]);
   }
   // Fields that size a buffer or a loop: entry counts, lengths, offsets into tables.
-  const sizes = [];
+  const sizes: Field[] = [];
   for (const h of HEADER_AT) sizes.push([h + 68, 4], [h + 72, 8]);
   for (const rt of REGION_TABLE_AT) {
     sizes.push([rt + 8, 4]);
@@ -412,39 +440,40 @@ function fieldsOf(ctx, dirty) {
     }
   });
   for (const e of [0, 4096]) sizes.push([ctx.log.offset + e + 8, 4], [ctx.log.offset + e + 24, 4], [ctx.log.offset + e + 64 + 8, 8], [ctx.log.offset + e + 12, 4]);
-  const inside = (list) => list.filter(([at, w]) => at + w <= Math.min(ctx.fileSize, FOCUS));
-  const groups = [
+  const inside = (list: Field[]) => list.filter(([at, w]) => at + w <= Math.min(ctx.fileSize, FOCUS));
+  const everyGroup: [number, Field[]][] = [
     [15, inside(header)],
     [20, inside(region)],
     [20, inside(mdTable)],
     [15, inside(items)],
     [12, inside(bat)],
     [dirty ? 25 : 8, inside(log)],
-  ].filter(([, list]) => list.length > 0);
+  ];
+  const groups = everyGroup.filter(([, list]) => list.length > 0);
   const sizeFields = inside(sizes);
-  return { pick: (rng) => rng.pick(rng.weighted(groups)), pickSize: (rng) => rng.pick(sizeFields) };
+  return { pick: (rng: Rng): Field => rng.pick(rng.weighted(groups)), pickSize: (rng: Rng): Field => rng.pick(sizeFields) };
 }
 
-function extremes(width, ctx) {
+function extremes(width: number, ctx: Structures): (number | bigint)[] {
   const common = [0, 1, 2, 7, 512, 4096, KiB * 64, MiB - 1, MiB, 2 * MiB, 3 * MiB, 4 * MiB, 256 * MiB, ctx.fileSize, ctx.fileSize - MiB];
   if (width === 2) return [0, 1, 0x7fff, 0x8000, 0xffff, 2047, 2048, 126, 127, 128];
   if (width === 4) return [...common, 0x7fffffff, 0x80000000, 0xffffffff, 0xfffff000, 2047, 2048, 0x100000 | 6, 0x400006, 0x600007];
   return [...common.map(BigInt), 2n ** 32n - 1n, 2n ** 32n, 2n ** 46n, 2n ** 46n + 512n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 63n, 2n ** 64n - 1n];
 }
 
-function writeField(bytes, at, width, value) {
+function writeField(bytes: Uint8Array, at: number, width: number, value: number | bigint): void {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (width === 2) dv.setUint16(at, Number(value) & 0xffff, true);
   else if (width === 4) dv.setUint32(at, Number(BigInt.asUintN(32, BigInt(value))), true);
   else dv.setBigUint64(at, BigInt.asUintN(64, BigInt(value)), true);
 }
-function readField(bytes, at, width) {
+function readField(bytes: Uint8Array, at: number, width: number): bigint {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return width === 2 ? BigInt(dv.getUint16(at, true)) : width === 4 ? BigInt(dv.getUint32(at, true)) : dv.getBigUint64(at, true);
 }
 
 /** Recompute the checksum of every log entry in the log (unwrapped ones), whatever their content. */
-function resealLog(bytes, ctx) {
+function resealLog(bytes: Uint8Array, ctx: Structures): void {
   const { offset, length } = ctx.log;
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let at = offset; at + 64 <= Math.min(offset + length, bytes.length); at += 4 * KiB) {
@@ -456,8 +485,8 @@ function resealLog(bytes, ctx) {
 }
 
 /** Apply 1-4 random mutations to `head` (and maybe cut the file); returns their descriptions. */
-function mutate(head, ctx, fields, rng, state) {
-  const out = [];
+function mutate(head: Uint8Array, ctx: Structures, fields: ReturnType<typeof fieldsOf>, rng: Rng, state: { size: number }): string[] {
+  const out: string[] = [];
   const focus = head.length;
   const n = 1 + rng.weighted([[50, 0], [30, 1], [15, 2], [5, 3]]);
   for (let k = 0; k < n; k++) {
@@ -478,7 +507,7 @@ function mutate(head, ctx, fields, rng, state) {
         // Half the flips land in a known field, half anywhere in the focus area.
         const at = rng() < 0.5 ? fields.pick(rng)[0] + rng.int(4) : rng.int(focus);
         const bit = rng.int(8);
-        head[at] ^= 1 << bit;
+        head[at]! ^= 1 << bit;
         out.push(`flip bit ${bit} at ${at}`);
         break;
       }
@@ -570,13 +599,13 @@ function mutate(head, ctx, fields, rng, state) {
 }
 
 /** Open, read a few ranges, block status, allocation scan, close. Returns 'opened' or a reason. */
-async function exercise(src, rng) {
+async function exercise(src: GuardedSource, rng: Rng): Promise<string> {
   const img = await VhdxImage.open(src);
   try {
     const size = img.size;
     const bs = img.blockSize;
-    const errors = [];
-    const attempt = async (fn) => {
+    const errors: string[] = [];
+    const attempt = async (fn: () => Promise<unknown>) => {
       try {
         await fn();
       } catch (e) {
@@ -595,7 +624,7 @@ async function exercise(src, rng) {
       if (!Array.isArray(extents)) throw new TypeError('blockStatus did not return an array');
     });
     await attempt(() => (rng() < 0.3 ? describe(img) : img.allocationStats()));
-    return errors.length ? errors[0] : 'opened';
+    return errors[0] ?? 'opened';
   } finally {
     await img.close();
   }
@@ -605,7 +634,7 @@ async function exercise(src, rng) {
  * A parent for the differencing seed image (16 MiB, DataWriteGuid SEED_PARENT_LINKAGE) and a
  * resolver that opens it as openFile's does: it needs a path in the locator to follow.
  */
-async function seedParentResolver() {
+async function seedParentResolver(): Promise<ParentResolver> {
   const { bytes } = await buildImage({ virtualSize: 16 * MiB, blockSize: MiB, allocate: [0, 4] });
   const src = new MemorySource(bytes);
   const img = await VhdxImage.open(src, { readOnly: false });
@@ -625,7 +654,7 @@ async function seedParentResolver() {
  * Everything the readers do with an image (info, map, convert, reads): open, describe, the
  * allocation scan, block status of the whole disk, and a read of every extent holding data.
  */
-async function readEverything(src, parent) {
+async function readEverything(src: RandomAccessSource, parent?: ParentResolver): Promise<void> {
   const img = await VhdxImage.open(src, parent ? { parent } : {});
   try {
     await describe(img);
@@ -643,10 +672,10 @@ async function readEverything(src, parent) {
 }
 
 /** One case of the agreement property: the verdict pair, or a failure message. */
-async function agreement(src, parent) {
+async function agreement(src: RandomAccessSource, parent?: ParentResolver): Promise<{ fail: string } | { outcome: 'bothRefuse' | 'bothAccept' | 'checkOnly' }> {
   const r = await checkImage(src, parent ? { parent } : {});
   const checkAccepts = r.supported && r.canComplete && r.corruptions === 0;
-  let refused = null;
+  let refused: VhdxError | null = null;
   try {
     await readEverything(src, parent);
   } catch (e) {
@@ -660,19 +689,19 @@ async function agreement(src, parent) {
   return { outcome: refused ? 'bothRefuse' : checkAccepts ? 'bothAccept' : 'checkOnly' };
 }
 
-async function workerMain(run) {
-  const post = (m) => parentPort.postMessage(m);
+async function workerMain(run: Job, port: MessagePort): Promise<void> {
+  const post = (m: Message) => port.postMessage(m);
   if (run.crafted) {
     post({ type: 'case', case: 0 });
     const bytes = await craftedImage(run.image);
     const src = new GuardedSource(bytes, bytes, bytes.length);
     const start = performance.now();
-    let outcome;
+    let outcome: string;
     try {
       outcome = await exercise(src, caseRng(run.seed, 0));
     } catch (e) {
       if (!(e instanceof VhdxError)) {
-        post({ type: 'fail', case: 0, what: `threw ${e && e.stack ? e.stack : String(e)}` });
+        post({ type: 'fail', case: 0, what: `threw ${(e instanceof Error && e.stack) || String(e)}` });
         return;
       }
       outcome = e.reason;
@@ -688,7 +717,7 @@ async function workerMain(run) {
   const parent = run.agree && run.image === 'differencing' ? await seedParentResolver() : undefined;
   const fields = fieldsOf(ctx, ctx.dirty);
   const headLength = Math.min(base.length, FOCUS);
-  const reasons = {};
+  const reasons: Record<string, number> = {};
   let opened = 0;
   let failures = 0;
   const t0 = performance.now();
@@ -700,11 +729,11 @@ async function workerMain(run) {
     const mutations = mutate(head, ctx, fields, rng, state);
     const src = new GuardedSource(head, base, state.size);
     const start = performance.now();
-    let outcome;
+    let outcome: string;
     try {
       if (run.agree) {
         const v = await agreement(src, parent);
-        if (v.fail) {
+        if ('fail' in v) {
           failures++;
           post({ type: 'fail', case: c, what: v.fail, mutations });
           continue;
@@ -716,7 +745,7 @@ async function workerMain(run) {
       if (e instanceof VhdxError) outcome = e.reason;
       else {
         failures++;
-        post({ type: 'fail', case: c, what: `threw ${e && e.stack ? e.stack : String(e)}`, mutations });
+        post({ type: 'fail', case: c, what: `threw ${(e instanceof Error && e.stack) || String(e)}`, mutations });
         continue;
       }
     }
@@ -735,4 +764,5 @@ async function workerMain(run) {
 
 // Last, once every declaration above is initialised: the same file is the test and the worker.
 if (isMainThread) await mainThread();
-else await workerMain(workerData);
+// A worker always has its parent's port.
+else await workerMain(workerData as Job, parentPort!);
