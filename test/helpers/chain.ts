@@ -16,20 +16,32 @@ export const LOCATOR_TYPE_VHDX = 'b04aefb7-d19e-4a81-b789-25b8e9445913';
 /** Write payloads: slices of one seeded random buffer (never all zeros over a sector). */
 export const payload = noisePayloads(0x2545f491);
 
-/** The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries. */
+interface LocatorEntries {
+  relative?: string | null;
+  absolute?: string | null;
+  linkage?: string;
+  extra?: ParentLocator['entries'];
+}
+
+/**
+ * The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries;
+ * without a parent, the linkage must be given.
+ */
+export function locatorOf(parent: VhdxImage, entries?: LocatorEntries): ParentLocator;
+export function locatorOf(parent: null, entries: LocatorEntries & { linkage: string }): ParentLocator;
 export function locatorOf(
-  parent: VhdxImage,
+  parent: VhdxImage | null,
   {
     relative = '.\\parent.vhdx',
     absolute = '/nowhere/parent.vhdx',
     linkage,
     extra = [],
-  }: { relative?: string | null; absolute?: string | null; linkage?: string; extra?: ParentLocator['entries'] } = {},
+  }: LocatorEntries = {},
 ): ParentLocator {
   return {
     locatorType: LOCATOR_TYPE_VHDX,
     entries: [
-      { key: 'parent_linkage', value: `{${linkage ?? parent.header.dataWriteGuid}}` },
+      { key: 'parent_linkage', value: `{${linkage ?? parent?.header.dataWriteGuid}}` },
       ...extra,
       ...(relative ? [{ key: 'relative_path', value: relative }] : []),
       ...(absolute ? [{ key: 'absolute_win32_path', value: absolute }] : []),
