@@ -96,20 +96,27 @@ export interface ChildOptions {
   blockSize?: number;
   locator?: ParentLocator;
 }
-export async function makeChild(parent: VhdxImage, opts?: ChildOptions): Promise<FaultySource>;
-export async function makeChild<S extends RandomAccessSource>(parent: VhdxImage, opts: ChildOptions & { src: S }): Promise<S>;
+/** What makeChild needs of the parent: an open image, or its geometry alone when `locator` is given. */
+export type ChildParent = Pick<VhdxImage, 'size' | 'logicalSectorSize'> & { header?: Pick<VhdxImage['header'], 'dataWriteGuid'> };
+export async function makeChild(parent: ChildParent, opts?: ChildOptions): Promise<FaultySource>;
+export async function makeChild<S extends RandomAccessSource>(parent: ChildParent, opts: ChildOptions & { src: S }): Promise<S>;
 export async function makeChild(
-  parent: VhdxImage,
+  parent: ChildParent,
   { blockSize = 2 * MiB, src, locator }: ChildOptions & { src?: RandomAccessSource } = {},
 ): Promise<RandomAccessSource> {
   const child = src ?? new FaultySource(new Uint8Array(0), { writeCache: false });
   const sector = parent.logicalSectorSize;
   if (sector !== 512 && sector !== 4096) throw new Error(`parent has ${sector}-byte sectors`);
+  let parentLocator = locator;
+  if (!parentLocator) {
+    if (!parent.header) throw new Error('makeChild: a parent that is not an open image needs the locator given');
+    parentLocator = locatorOf(null, { linkage: parent.header.dataWriteGuid });
+  }
   await createImage(child, {
     size: parent.size,
     logicalSectorSize: sector,
     blockSize,
-    parentLocator: locator ?? locatorOf(parent),
+    parentLocator,
   });
   return child;
 }
