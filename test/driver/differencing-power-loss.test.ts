@@ -3,7 +3,7 @@
 // 1. A child's writes (partial sectors completed from the parent, sector bitmap blocks allocated
 //    on demand, bits set after the data, PARTIALLY_PRESENT blocks turning FULLY_PRESENT, zeros,
 //    discards, concurrent writes sharing sectors) lose power at every write and flush, as in
-//    power-loss.test.js. Each post-crash child (several survivor sets, torn writes) must open
+//    power-loss.test.ts. Each post-crash child (several survivor sets, torn writes) must open
 //    over its parent read-only and writable, read the same both ways, hold at least everything
 //    up to the last completed flush (and nothing but later writes beyond it), and pass the
 //    structural checks. The parent is never written.

@@ -1,7 +1,7 @@
 // NodeFileSource cache modes (qemu's names): O_DIRECT files (none, directsync) are read and written
 // through aligned bounce buffers, so unaligned and concurrent requests, and a file whose size is not
 // a multiple of the block size, must give exactly what the page-cache path gives. And `unsafe`
-// makes flush a no-op, the others do not (counted with strace on the CLI, in test/cli/cache.test.js).
+// makes flush a no-op, the others do not (counted with strace on the CLI, in test/cli/cache.test.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';

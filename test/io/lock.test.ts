@@ -1,5 +1,5 @@
 // The image lock (src/io/lock.ts) in one process: who is refused, what is stale, what the errors
-// say. test/cli/lock.test.js runs the same contests between real processes.
+// say. test/cli/lock.test.ts runs the same contests between real processes.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, linkSync, mkdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
