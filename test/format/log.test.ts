@@ -1,5 +1,5 @@
 // src/format/log.ts: log entry header, zero and data descriptors, data sector (MS-VHDX §2.3).
-// Finding and validating whole entries in a ring is src/format/log-entry.ts: test/format/log-entry.test.js.
+// Finding and validating whole entries in a ring is src/format/log-entry.ts: test/format/log-entry.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {

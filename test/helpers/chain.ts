@@ -16,20 +16,32 @@ export const LOCATOR_TYPE_VHDX = 'b04aefb7-d19e-4a81-b789-25b8e9445913';
 /** Write payloads: slices of one seeded random buffer (never all zeros over a sector). */
 export const payload = noisePayloads(0x2545f491);
 
-/** The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries. */
+interface LocatorEntries {
+  relative?: string | null;
+  absolute?: string | null;
+  linkage?: string;
+  extra?: ParentLocator['entries'];
+}
+
+/**
+ * The locator a child needs to find `parent` (as locatorFor builds it), with `extra` entries;
+ * without a parent, the linkage must be given.
+ */
+export function locatorOf(parent: VhdxImage, entries?: LocatorEntries): ParentLocator;
+export function locatorOf(parent: null, entries: LocatorEntries & { linkage: string }): ParentLocator;
 export function locatorOf(
-  parent: VhdxImage,
+  parent: VhdxImage | null,
   {
     relative = '.\\parent.vhdx',
     absolute = '/nowhere/parent.vhdx',
     linkage,
     extra = [],
-  }: { relative?: string | null; absolute?: string | null; linkage?: string; extra?: ParentLocator['entries'] } = {},
+  }: LocatorEntries = {},
 ): ParentLocator {
   return {
     locatorType: LOCATOR_TYPE_VHDX,
     entries: [
-      { key: 'parent_linkage', value: `{${linkage ?? parent.header.dataWriteGuid}}` },
+      { key: 'parent_linkage', value: `{${linkage ?? parent?.header.dataWriteGuid}}` },
       ...extra,
       ...(relative ? [{ key: 'relative_path', value: relative }] : []),
       ...(absolute ? [{ key: 'absolute_win32_path', value: absolute }] : []),
@@ -84,20 +96,27 @@ export interface ChildOptions {
   blockSize?: number;
   locator?: ParentLocator;
 }
-export async function makeChild(parent: VhdxImage, opts?: ChildOptions): Promise<FaultySource>;
-export async function makeChild<S extends RandomAccessSource>(parent: VhdxImage, opts: ChildOptions & { src: S }): Promise<S>;
+/** What makeChild needs of the parent: an open image, or its geometry alone when `locator` is given. */
+export type ChildParent = Pick<VhdxImage, 'size' | 'logicalSectorSize'> & { header?: Pick<VhdxImage['header'], 'dataWriteGuid'> };
+export async function makeChild(parent: ChildParent, opts?: ChildOptions): Promise<FaultySource>;
+export async function makeChild<S extends RandomAccessSource>(parent: ChildParent, opts: ChildOptions & { src: S }): Promise<S>;
 export async function makeChild(
-  parent: VhdxImage,
+  parent: ChildParent,
   { blockSize = 2 * MiB, src, locator }: ChildOptions & { src?: RandomAccessSource } = {},
 ): Promise<RandomAccessSource> {
   const child = src ?? new FaultySource(new Uint8Array(0), { writeCache: false });
   const sector = parent.logicalSectorSize;
   if (sector !== 512 && sector !== 4096) throw new Error(`parent has ${sector}-byte sectors`);
+  let parentLocator = locator;
+  if (!parentLocator) {
+    if (!parent.header) throw new Error('makeChild: a parent that is not an open image needs the locator given');
+    parentLocator = locatorOf(null, { linkage: parent.header.dataWriteGuid });
+  }
   await createImage(child, {
     size: parent.size,
     logicalSectorSize: sector,
     blockSize,
-    parentLocator: locator ?? locatorOf(parent),
+    parentLocator,
   });
   return child;
 }

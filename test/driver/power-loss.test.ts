@@ -12,35 +12,53 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { MemorySource, VhdxImage } from '../../dist/index.js';
-import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
+import { MemorySource, VhdxImage, type VhdxError } from '../../src/index.js';
+import type { CrashImageOptions, FaultySource } from '../../src/testing.js';
+import { planLayout, writeNewImage, type LayoutOptions } from '../../src/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
-import { bytesEqual, crashCheck, pattern } from '../helpers/model.js';
-import { readRanges, runWorkload, writeSparseFile } from '../helpers/workload.js';
+import { bytesEqual, crashCheck, pattern, type CrashOp, type SparseModel } from '../helpers/model.js';
+import { readRanges, runWorkload, writeSparseFile, type Op } from '../helpers/workload.js';
 import { hasTool, scratch } from '../helpers/env.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const B = (n) => n * MiB;
+const B = (n: number): number => n * MiB;
 
-async function baseImage(layout) {
+async function baseImage(layout: LayoutOptions): Promise<Uint8Array> {
   const mem = new MemorySource();
   await writeNewImage(mem, planLayout(layout));
   return mem.bytes().slice();
 }
 
 /** A workload builder: writes get distinct patterns. */
-function ops(build) {
+interface OpMakers {
+  w(offset: number, length: number, fua?: boolean): Op;
+  zero(offset: number, length: number): Op;
+  discard(offset: number, length: number): Op;
+  flush: Op;
+  close: Op;
+  parallel(...list: Op[]): Op;
+}
+
+function ops(build: (makers: OpMakers) => Op[]): Op[] {
   let seed = 0;
-  const w = (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
-  const zero = (offset, length) => ({ kind: 'zero', offset, length });
-  const discard = (offset, length) => ({ kind: 'discard', offset, length });
+  const w = (offset: number, length: number, fua = false): Op => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
+  const zero = (offset: number, length: number): Op => ({ kind: 'zero', offset, length });
+  const discard = (offset: number, length: number): Op => ({ kind: 'discard', offset, length });
   return build({ w, zero, discard, flush: { kind: 'flush' }, close: { kind: 'close' }, parallel: (...list) => ({ kind: 'parallel', ops: list }) });
 }
 
+/** A workload: the image it starts from and the operations it runs. */
+interface Workload {
+  layout: LayoutOptions & { blockSize: number };
+  ops: Op[];
+}
+
+type Range = [offset: number, length: number];
+
 // A dynamic disk of three BAT sectors' worth of blocks (512 entries per 4 KiB sector), so that
 // commits carry several sectors and a crash can fall between their in-place writes.
-const DYNAMIC = {
+const DYNAMIC: Workload = {
   layout: { virtualSize: B(1536), blockSize: MiB, logicalSectorSize: 512 },
   ops: ops(({ w, zero, discard, flush, close, parallel }) => [
     w(0, 4 * KiB), // allocate block 0
@@ -75,7 +93,7 @@ const DYNAMIC = {
 // discarded block's claim, linked in one log entry with its new owner; a zeroed block's place,
 // once the zeroing is committed), found again by the scan after a reopen, given back zeroed at
 // close, and cut off the end. A reused place must never show what was there before.
-const REUSE = {
+const REUSE: Workload = {
   layout: { virtualSize: B(16), blockSize: MiB, logicalSectorSize: 512 },
   ops: ops(({ w, zero, discard, flush, close, parallel }) => [
     w(0, 3 * MiB), // blocks 0, 1, 2
@@ -107,7 +125,7 @@ const REUSE = {
 };
 
 // A fixed disk with 4 KiB sectors: every block stays allocated, zeroing writes zeros.
-const FIXED = {
+const FIXED: Workload = {
   layout: { virtualSize: B(10), blockSize: MiB, logicalSectorSize: 4096, fixed: true },
   ops: ops(({ w, zero, discard, flush, close }) => [
     w(0, 4 * KiB),
@@ -124,12 +142,12 @@ const FIXED = {
   ]),
 };
 
-function touchedBlocks(list, bs) {
-  const out = new Set();
-  const visit = (op) => {
+function touchedBlocks(list: readonly Op[], bs: number): number[] {
+  const out = new Set<number>();
+  const visit = (op: Op): void => {
     if (op.kind === 'parallel') return op.ops.forEach(visit);
+    if (op.kind !== 'write' && op.kind !== 'zero' && op.kind !== 'discard') return;
     const len = op.kind === 'write' ? op.data.length : op.length;
-    if (len === undefined) return;
     for (let b = Math.floor(op.offset / bs); b * bs < op.offset + len; b++) out.add(b);
   };
   list.forEach(visit);
@@ -137,15 +155,15 @@ function touchedBlocks(list, bs) {
 }
 
 /** Whole blocks as ranges. */
-const blockRanges = (blocks, bs, size) => blocks.map((b) => [b * bs, Math.min(bs, size - b * bs)]);
+const blockRanges = (blocks: readonly number[], bs: number, size: number): Range[] => blocks.map((b): Range => [b * bs, Math.min(bs, size - b * bs)]);
 
 /** Post-crash disks per crash point: nothing unflushed lands, all of it lands, random subsets with a torn write. */
-const CRASH_VARIANTS = (n) => [
+const CRASH_VARIANTS = (n: number): CrashImageOptions[] => [
   { keep: 'none' },
   { keep: 'all' },
   { keep: 'random', seed: n * 7 + 1, tear: true },
   // On even points, a disk with 512-byte physical sectors: even a header or a BAT sector may tear.
-  ...(n % 2 === 0 ? [{ keep: 'random', seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
+  ...(n % 2 === 0 ? [{ keep: 'random' as const, seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
 ];
 
 let replayCrashImages = 0;
@@ -154,9 +172,21 @@ let replayCrashImages = 0;
  * Check one post-crash disk. Returns failure messages (empty when it passes). `qemuDir`: when
  * set, the image after a writable open and close is written there and checked by qemu-img.
  */
-async function checkCrashImage(crashed, { ranges, blocks, durable, since, label, qemuPath, bufs, reopen, replayCrashes }) {
-  const failures = [];
-  const fail = (m) => failures.push(`${label}: ${m}`);
+interface CrashImageCheck {
+  ranges: Range[];
+  blocks: number[];
+  durable: SparseModel;
+  since: CrashOp[];
+  label: string;
+  qemuPath?: string | null;
+  bufs: { ro: Uint8Array[]; rw: Uint8Array[] };
+  reopen?: boolean;
+  replayCrashes?: boolean;
+}
+
+async function checkCrashImage(crashed: FaultySource, { ranges, blocks, durable, since, label, qemuPath, bufs, reopen, replayCrashes }: CrashImageCheck): Promise<string[]> {
+  const failures: string[] = [];
+  const fail = (m: string): number => failures.push(`${label}: ${m}`);
   if (replayCrashes) {
     // Power lost again, during the writable open's in-place replay: at each of its writes and
     // flushes. The image must still satisfy everything below.
@@ -183,7 +213,7 @@ async function checkCrashImage(crashed, { ranges, blocks, durable, since, label,
   }
   const roSrc = crashed.clone();
   // Read-only: opens, replays in memory, writes nothing.
-  let roData;
+  let roData: Uint8Array[];
   try {
     const ro = await VhdxImage.open(roSrc);
     roData = await readRanges(ro, ranges, bufs.ro);
@@ -197,12 +227,12 @@ async function checkCrashImage(crashed, { ranges, blocks, durable, since, label,
     }
     await ro.close();
   } catch (e) {
-    fail(`read-only open failed: ${e.reason ?? ''} ${e.message}`);
+    fail(`read-only open failed: ${(e as VhdxError).reason ?? ''} ${(e as Error).message}`);
     return failures;
   }
   if (roSrc.counts.writes + roSrc.counts.flushes + roSrc.counts.truncates !== 0) fail('a read-only open changed the file');
   ranges.forEach(([offset], i) => {
-    const m = crashCheck(roData[i], offset, durable, since);
+    const m = crashCheck(roData[i]!, offset, durable, since);
     if (m) fail(`read-only: ${m}`);
   });
   // Writable: replays in place; reads the same; closes clean.
@@ -210,11 +240,11 @@ async function checkCrashImage(crashed, { ranges, blocks, durable, since, label,
     const rw = await VhdxImage.open(crashed, { readOnly: false });
     const rwData = await readRanges(rw, ranges, bufs.rw);
     ranges.forEach(([offset], i) => {
-      if (!bytesEqual(rwData[i], roData[i])) fail(`range at ${offset} reads differently after in-place replay`);
+      if (!bytesEqual(rwData[i]!, roData[i]!)) fail(`range at ${offset} reads differently after in-place replay`);
     });
     await rw.close();
   } catch (e) {
-    fail(`writable open failed: ${e.reason ?? ''} ${e.message}`);
+    fail(`writable open failed: ${(e as VhdxError).reason ?? ''} ${(e as Error).message}`);
     return failures;
   }
   for (const f of await checkInvariants(crashed, { clean: true })) fail(f);
@@ -222,7 +252,7 @@ async function checkCrashImage(crashed, { ranges, blocks, durable, since, label,
     const again = await VhdxImage.open(crashed);
     const againData = await readRanges(again, ranges, bufs.rw);
     ranges.forEach(([offset], i) => {
-      if (!bytesEqual(againData[i], roData[i])) fail(`range at ${offset} reads differently after close and reopen`);
+      if (!bytesEqual(againData[i]!, roData[i]!)) fail(`range at ${offset} reads differently after close and reopen`);
     });
     await again.close();
   }
@@ -239,7 +269,10 @@ async function checkCrashImage(crashed, { ranges, blocks, durable, since, label,
  * before it, and check every post-crash variant. `ranges`: what to read back (default: every
  * touched block, whole).
  */
-async function crashEverywhere(w, { qemu, ranges, from = 1, before = 0, qemuEvery = 7, replayEvery = 0 }) {
+async function crashEverywhere(
+  w: Workload,
+  { qemu, ranges, from = 1, before = 0, qemuEvery = 7, replayEvery = 0 }: { qemu: boolean; ranges?: Range[]; from?: number; before?: number; qemuEvery?: number; replayEvery?: number },
+) {
   const base = await baseImage(w.layout);
   const bs = w.layout.blockSize;
   // Every block of a fixed disk is allocated: read them all.
@@ -253,24 +286,24 @@ async function crashEverywhere(w, { qemu, ranges, from = 1, before = 0, qemuEver
   {
     const img = await VhdxImage.open(dry.disk.clone());
     const got = await readRanges(img, ranges);
-    ranges.forEach(([offset], i) => assert.equal(crashCheck(got[i], offset, dry.model, []), null, `dry run, range at ${offset}`));
+    ranges.forEach(([offset], i) => assert.equal(crashCheck(got[i]!, offset, dry.model, []), null, `dry run, range at ${offset}`));
     await img.close();
     assert.deepEqual(await checkInvariants(dry.disk), []);
   }
 
   const dir = qemu ? scratch('vhdx-power-loss-') : null;
-  const failures = [];
+  const failures: string[] = [];
   const bufs = { ro: ranges.map(([, len]) => new Uint8Array(len)), rw: ranges.map(([, len]) => new Uint8Array(len)) };
   let images = 0;
   let qemuChecks = 0;
-  const points = [];
+  const points: number[] = [];
   for (let n = 1; n <= total; n++) if (n >= from || (before > 0 && n % before === 0)) points.push(n);
   for (const n of points) {
     const run = await runWorkload(base, w.ops, n);
     assert.ok(run.disk.isCrashed, `crash point ${n} was not reached`);
     const variants = CRASH_VARIANTS(n);
     for (let v = 0; v < variants.length; v++) {
-      const opts = variants[v];
+      const opts = variants[v]!;
       const withQemu = dir !== null && v === 2 && n % qemuEvery === 0;
       const label = `crash at operation ${n}/${total} (${run.disk.trace?.[n - 1]?.kind ?? ''}), ${JSON.stringify(opts)}`;
       const res = await checkCrashImage(run.disk.crashImage(opts), {
@@ -330,7 +363,7 @@ test('power loss during the commit after a log-filling commit', async (t) => {
   if (!qemu) t.diagnostic('qemu-img not installed: skipping the qemu-img check of a sampled crash image');
   const bs = MiB;
   const spread = 512; // blocks per BAT sector (512-byte sectors, 1 MiB blocks)
-  const w = {
+  const w: Workload = {
     layout: { virtualSize: B(128 * 1024), blockSize: bs, logicalSectorSize: 512 },
     ops: ops(({ w, flush, close }) => [
       ...Array.from({ length: 254 }, (_, k) => w(B(k * spread) + 512, 512)),
@@ -344,7 +377,7 @@ test('power loss during the commit after a log-filling commit', async (t) => {
   // Count the operations up to the first flush: the crash points of interest come after.
   const prefix = { layout: w.layout, ops: w.ops.slice(0, 255) };
   const dry = await runWorkload(await baseImage(w.layout), prefix.ops, undefined);
-  const ranges = w.ops.filter((op) => op.kind === 'write').map((op) => [op.offset, op.data.length]);
+  const ranges = w.ops.filter((op) => op.kind === 'write').map((op): Range => [op.offset, op.data.length]);
   // Before it (background commits of half a log each, with allocations going on): a sample.
   await crashEverywhere(w, { qemu, ranges, from: dry.disk.mutations - 2, before: 64, qemuEvery: 5 });
 });

@@ -8,13 +8,17 @@ import assert from 'node:assert/strict';
 import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { MemorySource, VhdxImage, checkImage, repairImage } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
-import { openFile, NodeFileSource } from '../../dist/node.js';
-import { MAX_OVERLAY_RANGES } from '../../dist/driver/open.js';
-import { batEntryBytes } from '../../dist/driver/layout.js';
-import { payloadBatIndex, PayloadState } from '../../dist/format/bat.js';
-import { buildImage, writeLog, setLogGuid, fillByte, MiB, KiB } from '../helpers/build.js';
+import { MemorySource, VhdxImage, checkImage, repairImage, type VhdxError } from '../../src/index.js';
+import { FaultySource } from '../../src/testing.js';
+import { openFile, NodeFileSource } from '../../src/node.js';
+import { MAX_OVERLAY_RANGES } from '../../src/driver/open.js';
+import { OverlaySource } from '../../src/driver/overlay.js';
+import type { ImagePlan } from '../../src/driver/layout.js';
+import type { LogWrite } from '../../src/format/log-entry.js';
+import type { CrashImageOptions } from '../../src/testing.js';
+import { batEntryBytes } from '../../src/driver/layout.js';
+import { payloadBatIndex, PayloadState } from '../../src/format/bat.js';
+import { buildImage, writeLog, setLogGuid, fillByte, MiB, KiB, type BuildOptions } from '../helpers/build.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { scratch } from '../helpers/env.js';
 
@@ -22,7 +26,15 @@ const LOG_GUID = '6a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9';
 const dir = scratch('vhdx-log-bounds-');
 
 /** A dirty image: `writes(plan, bytes)` gives the log's entries (arrays of writes). */
-async function dirtyImage({ writes, lastFileOffset, logSize = MiB, ...layout }) {
+/** Something computed from the image's plan and bytes. */
+type FromImage<T> = (plan: ImagePlan, bytes: Uint8Array) => T;
+
+async function dirtyImage({
+  writes,
+  lastFileOffset,
+  logSize = MiB,
+  ...layout
+}: BuildOptions & { writes: FromImage<LogWrite[][]>; lastFileOffset?: number | FromImage<number> }) {
   const { bytes, plan } = await buildImage({ logSize, ...layout });
   const entries = writes(plan, bytes);
   writeLog(bytes, plan, LOG_GUID, entries, { lastFileOffset: typeof lastFileOffset === 'function' ? lastFileOffset(plan, bytes) : lastFileOffset });
@@ -31,7 +43,7 @@ async function dirtyImage({ writes, lastFileOffset, logSize = MiB, ...layout }) 
 }
 
 /** The first 4 KiB of the BAT with `entries` ({ block: fileOffset }) set FULLY_PRESENT. */
-function batSector(bytes, plan, entries) {
+function batSector(bytes: Uint8Array, plan: ImagePlan, entries: Record<number, number>): Uint8Array {
   const sector = bytes.slice(plan.bat.offset, plan.bat.offset + 4 * KiB);
   for (const [block, fileOffset] of Object.entries(entries)) {
     sector.set(batEntryBytes({ state: PayloadState.FULLY_PRESENT, fileOffsetMB: fileOffset / MiB }), payloadBatIndex(plan.geometry, Number(block)) * 8);
@@ -39,13 +51,15 @@ function batSector(bytes, plan, entries) {
   return sector;
 }
 
-const sha = (b) => createHash('sha256').update(b).digest('hex');
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-async function rejectsWith(promise, reason, code) {
-  let err = null;
-  await promise.then(
-    (img) => img.close(),
-    (e) => (err = e),
+async function rejectsWith(promise: Promise<VhdxImage>, reason: string, code?: string): Promise<VhdxError> {
+  const err = await promise.then(
+    async (img) => {
+      await img.close();
+      return null;
+    },
+    (e: VhdxError) => e,
   );
   assert.ok(err, `expected ${reason}, the open succeeded`);
   assert.equal(err.reason, reason, err.message);
@@ -54,7 +68,7 @@ async function rejectsWith(promise, reason, code) {
 }
 
 /** Whether the file system under `dir` keeps a file extended by truncate sparse. */
-function sparseFiles() {
+function sparseFiles(): boolean {
   const p = join(dir, 'sparse-probe');
   writeFileSync(p, new Uint8Array(0));
   truncateSync(p, 64 * MiB);
@@ -200,9 +214,10 @@ test('a log rewriting the same few sectors two hundred thousand times replays in
   });
   const ro = await VhdxImage.open(new MemorySource(bytes, { readOnly: true }));
   const overlay = ro.layout.source;
+  assert.ok(overlay instanceof OverlaySource, 'the replay is held in an overlay');
   assert.equal(overlay.segmentCount, sectors, 'one range per sector zeroed');
   assert.ok(overlay.rangesHeld <= MAX_OVERLAY_RANGES / 2, `${overlay.rangesHeld} ranges held`);
-  const expect = async (img) => {
+  const expect = async (img: VhdxImage): Promise<void> => {
     const b = new Uint8Array(2 * MiB);
     await img.read(0, b);
     for (let s = 0; s < 2 * sectors; s++) {
@@ -234,7 +249,7 @@ test('a replay that grows the file: power lost at any of its writes, truncates a
   await (await VhdxImage.open(probe, { readOnly: false })).close();
   const steps = probe.mutations;
   assert.ok(steps >= 5, `${steps} operations`);
-  const failures = [];
+  const failures: string[] = [];
   for (let k = 1; k <= steps; k++) {
     const dying = new FaultySource(bytes, { crashAt: k });
     try {
@@ -242,7 +257,7 @@ test('a replay that grows the file: power lost at any of its writes, truncates a
     } catch (e) {
       if (!dying.isCrashed) throw e;
     }
-    for (const keep of ['none', 'all', 'random']) {
+    for (const keep of ['none', 'all', 'random'] as const satisfies readonly CrashImageOptions['keep'][]) {
       const crashed = dying.crashImage({ keep, seed: k, tear: keep === 'random' });
       for (const readOnly of [true, false]) {
         const img = await VhdxImage.open(crashed, { readOnly });
@@ -271,7 +286,7 @@ test('a log a read-only open refuses to hold in memory: check describes it and r
     logSize: 16 * MiB,
     writes: (p, b) => {
       const blocks = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [i, b.length + i * bs]));
-      const zeros = Array.from({ length: n }, (_, i) => ({ kind: 'zero', fileOffset: b.length + i * 8 * KiB, length: 4 * KiB }));
+      const zeros = Array.from({ length: n }, (_, i): LogWrite => ({ kind: 'zero', fileOffset: b.length + i * 8 * KiB, length: 4 * KiB }));
       return [[{ kind: 'data', fileOffset: p.bat.offset, data: batSector(b, p, blocks) }, ...zeros]];
     },
     lastFileOffset: (p, b) => b.length + 16 * bs,

@@ -2,18 +2,22 @@
 // unallocated; reads and writes overlap; capacity and cancellation are checked.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, RawDevice, VhdxImage, VhdxError, copyDevice, createImage, deviceSink, fileSink } from '../../dist/index.js';
+import { MemorySource, RawDevice, VhdxImage, VhdxError, copyDevice, createImage, deviceSink, fileSink } from '../../src/index.js';
+import type { BlockDevice, CopySink, CreateOptions, Extent } from '../../src/index.js';
+import type { CopyHint } from '../../src/io/source.js';
 
 const K = 1024;
 const M = K * K;
 
-function pattern(size, fills) {
+type Fill = readonly [at: number, length: number, value: number];
+
+function pattern(size: number, fills: readonly Fill[]): Uint8Array {
   const bytes = new Uint8Array(size);
   for (const [at, len, v] of fills) bytes.fill(v, at, at + len);
   return bytes;
 }
 
-async function newImage(opts) {
+async function newImage(opts: CreateOptions): Promise<VhdxImage> {
   const src = new MemorySource();
   await createImage(src, opts);
   return VhdxImage.open(src, { readOnly: false });
@@ -21,13 +25,13 @@ async function newImage(opts) {
 
 test('raw -> VHDX image: data lands, zero ranges stay unallocated', async () => {
   const size = 24 * M;
-  const fills = [[100, 5, 1], [5 * M - 10, 20, 2], [12 * M, 3 * M, 3], [size - 1, 1, 4]];
+  const fills: Fill[] = [[100, 5, 1], [5 * M - 10, 20, 2], [12 * M, 3 * M, 3], [size - 1, 1, 4]];
   const raw = new RawDevice(new MemorySource(pattern(size, fills)));
   const img = await newImage({ size, blockSize: M });
   const r = await copyDevice(raw, deviceSink(img), { chunkSize: 3 * M + 512 * K, parallel: 3 });
   assert.equal(r.bytesRead, size, 'a raw source is read once, whole');
   const data = (await img.blockStatus(0, size)).filter((e) => e.type === 'data');
-  const blocks = new Set();
+  const blocks = new Set<number>();
   for (const e of data) for (let b = e.offset / M; b < (e.offset + e.length) / M; b++) blocks.add(b);
   assert.deepEqual([...blocks].sort((a, b) => a - b), [0, 4, 5, 12, 13, 14, 23]);
   const back = new Uint8Array(size);
@@ -63,13 +67,13 @@ test('reads and writes overlap: several chunks in flight', async () => {
   let writing = 0;
   let overlapped = 0;
   let maxReads = 0;
-  const delay = () => new Promise((r) => setTimeout(r, 2));
-  const src = {
+  const delay = (): Promise<void> => new Promise((r) => setTimeout(r, 2));
+  const src: BlockDevice = {
     size,
     logicalSectorSize: 512,
     readOnly: true,
     can: { zero: false, fastZero: false, discard: false, extents: true, fua: false },
-    async read(offset, into) {
+    async read(_offset: number, into: Uint8Array) {
       reading++;
       maxReads = Math.max(maxReads, reading);
       if (writing > 0) overlapped++;
@@ -77,15 +81,16 @@ test('reads and writes overlap: several chunks in flight', async () => {
       into.fill(1);
       reading--;
     },
-    async blockStatus(offset, length) {
+    async blockStatus(offset: number, length: number): Promise<Extent[]> {
       return [{ offset, length, type: 'data' }];
     },
+    async checkRequest() {},
     async flush() {},
     async close() {},
   };
   let written = 0;
-  const sink = {
-    async write(offset, data) {
+  const sink: CopySink = {
+    async write(_offset: number, data: Uint8Array) {
       writing++;
       if (reading > 0) overlapped++;
       await delay();
@@ -128,17 +133,17 @@ test("a source's copy hint sets the piece size and raises the reads in flight (o
   const mem = new MemorySource(bytes);
   // A source that asks for 8 MiB pieces, 5 at once (as an HTTP source does with its own figures),
   // and records the reads that reach it.
-  const reads = [];
+  const reads: number[] = [];
   let inFlight = 0;
   let most = 0;
-  const hinted = {
+  const hinted: { size: number; readOnly: true; copyHint?: CopyHint; read(offset: number, into: Uint8Array): Promise<number>; close(): Promise<void> } = {
     size,
     readOnly: true,
     copyHint: { chunkSize: 8 * M, parallel: 5 },
-    async read(offset, into) {
+    async read(offset: number, into: Uint8Array) {
       reads.push(into.length);
       most = Math.max(most, ++inFlight);
-      await new Promise((r) => setTimeout(r, 5));
+      await new Promise<void>((r) => setTimeout(r, 5));
       inFlight--;
       return mem.read(offset, into);
     },

@@ -3,7 +3,7 @@
 // 1. A child's writes (partial sectors completed from the parent, sector bitmap blocks allocated
 //    on demand, bits set after the data, PARTIALLY_PRESENT blocks turning FULLY_PRESENT, zeros,
 //    discards, concurrent writes sharing sectors) lose power at every write and flush, as in
-//    power-loss.test.js. Each post-crash child (several survivor sets, torn writes) must open
+//    power-loss.test.ts. Each post-crash child (several survivor sets, torn writes) must open
 //    over its parent read-only and writable, read the same both ways, hold at least everything
 //    up to the last completed flush (and nothing but later writes beyond it), and pass the
 //    structural checks. The parent is never written.
@@ -11,22 +11,28 @@
 //    the operations of the commit: after the crash the chain (child through parent) reads exactly
 //    what it read before the commit, and running the commit again ends with the parent holding
 //    that content and the child empty.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxImage, commitChild, resize } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
+import { MemorySource, VhdxImage, commitChild, resize, type RandomAccessSource, type VhdxError, type WritableSource } from '../../src/index.js';
+import { FaultySource, type CrashImageOptions } from '../../src/testing.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { bytesEqual, crashCheck, pattern } from '../helpers/model.js';
-import { runWorkload } from '../helpers/workload.js';
+import { runWorkload, type Op } from '../helpers/workload.js';
 import { compareWith, makeBase, makeChild } from '../helpers/chain.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const B = (n) => n * MiB;
+const B = (n: number): number => n * MiB;
 const BUFS = { got: new Uint8Array(MiB), want: new Uint8Array(MiB) };
 
 /** A parent with data, zeros and holes, and the bytes of a fresh child over it. */
-async function parentAndChild({ size, sector, childBlockSize }) {
+interface ChainShape {
+  size: number;
+  sector: 512 | 4096;
+  childBlockSize: number;
+}
+
+async function parentAndChild({ size, sector, childBlockSize }: ChainShape) {
   const { src: psrc, model } = await makeBase({
     size,
     sector,
@@ -44,16 +50,26 @@ async function parentAndChild({ size, sector, childBlockSize }) {
   return { psrc, pmodel: model, childBase: mem.bytes().slice() };
 }
 
-function ops(build) {
+interface OpMakers {
+  w(offset: number, length: number, fua?: boolean): Op;
+  zero(offset: number, length: number): Op;
+  discard(offset: number, length: number): Op;
+  flush: Op;
+  close: Op;
+  reopen: Op;
+  parallel(...list: Op[]): Op;
+}
+
+function ops(build: (makers: OpMakers) => Op[]): Op[] {
   let seed = 0;
-  const w = (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
-  const zero = (offset, length) => ({ kind: 'zero', offset, length });
-  const discard = (offset, length) => ({ kind: 'discard', offset, length });
+  const w = (offset: number, length: number, fua = false): Op => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
+  const zero = (offset: number, length: number): Op => ({ kind: 'zero', offset, length });
+  const discard = (offset: number, length: number): Op => ({ kind: 'discard', offset, length });
   return build({ w, zero, discard, flush: { kind: 'flush' }, close: { kind: 'close' }, reopen: { kind: 'reopen' }, parallel: (...list) => ({ kind: 'parallel', ops: list }) });
 }
 
 /** A workload for a child of `size` bytes whose blocks are `bs` bytes and sectors `lss`. */
-const childWorkload = (bs, lss) =>
+const childWorkload = (bs: number, lss: number): Op[] =>
   ops(({ w, zero, discard, flush, close, reopen, parallel }) => [
     w(100, 50), // inside one sector over parent data: bitmap block allocated, block PARTIALLY_PRESENT
     w(lss - 10, 20), // across a sector boundary
@@ -89,23 +105,23 @@ const childWorkload = (bs, lss) =>
     close,
   ]);
 
-const CRASH_VARIANTS = (n) => [
+const CRASH_VARIANTS = (n: number): CrashImageOptions[] => [
   { keep: 'none' },
   { keep: 'all' },
   { keep: 'random', seed: n * 7 + 1, tear: true },
-  ...(n % 2 === 0 ? [{ keep: 'random', seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
+  ...(n % 2 === 0 ? [{ keep: 'random' as const, seed: n * 7 + 2, tear: true, tearUnit: 512 }] : []),
 ];
 
-async function readAll(img, buf) {
+async function readAll(img: VhdxImage, buf: Uint8Array): Promise<Uint8Array> {
   await img.read(0, buf);
   return buf;
 }
 
-async function crashChildEverywhere({ size, sector, childBlockSize }) {
+async function crashChildEverywhere({ size, sector, childBlockSize }: ChainShape) {
   const { psrc, pmodel, childBase } = await parentAndChild({ size, sector, childBlockSize });
   const parentMutations = psrc.mutations;
   const openParent = () => VhdxImage.open(psrc, { name: 'parent' });
-  const runOpts = { open: (disk) => VhdxImage.open(disk, { readOnly: false, parent: openParent }), model: pmodel };
+  const runOpts = { open: (disk: FaultySource) => VhdxImage.open(disk, { readOnly: false, parent: openParent }), model: pmodel };
   const list = childWorkload(childBlockSize, sector);
 
   const dry = await runWorkload(childBase, list, undefined, runOpts);
@@ -122,7 +138,7 @@ async function crashChildEverywhere({ size, sector, childBlockSize }) {
 
   const ro = new Uint8Array(size);
   const rw = new Uint8Array(size);
-  const failures = [];
+  const failures: string[] = [];
   let images = 0;
   for (let n = 1; n <= total && failures.length < 10; n++) {
     const run = await runWorkload(childBase, list, n, runOpts);
@@ -150,7 +166,7 @@ async function crashChildEverywhere({ size, sector, childBlockSize }) {
         await c.close();
         for (const f of await checkInvariants(crashed)) failures.push(`${label}, then written: ${f}`);
       } catch (e) {
-        failures.push(`${label}: ${e.reason ?? ''} ${e.stack}`);
+        failures.push(`${label}: ${(e as VhdxError).reason ?? ''} ${(e as Error).stack}`);
       }
     }
   }
@@ -176,10 +192,10 @@ test('power loss at every write and flush of a child: 4096-byte sectors, 2 MiB b
  * mutating operation counted over both. The operation in flight lands or not as the crash image
  * decides (a write or truncate joins the pending set; a flush does not happen).
  */
-function machine(files, crashAt) {
+function machine(files: FaultySource[], crashAt: number | undefined) {
   let n = 0;
-  const wrap = (src) => {
-    const mutate = async (fn, isFlush) => {
+  const wrap = (src: FaultySource): WritableSource => {
+    const mutate = async (fn: () => Promise<void>, isFlush: boolean): Promise<void> => {
       n++;
       if (n === crashAt) {
         if (!isFlush) await fn().catch(() => undefined);
@@ -193,9 +209,9 @@ function machine(files, crashAt) {
         return src.size;
       },
       readOnly: false,
-      read: (o, b) => src.read(o, b),
-      write: (o, d) => mutate(() => src.write(o, d), false),
-      truncate: (s) => mutate(() => src.truncate(s), false),
+      read: (o: number, b: Uint8Array) => src.read(o, b),
+      write: (o: number, d: Uint8Array) => mutate(() => src.write(o, d), false),
+      truncate: (s: number) => mutate(() => src.truncate(s), false),
       flush: () => mutate(() => src.flush(), true),
       close: () => src.close(),
     };
@@ -207,7 +223,7 @@ function machine(files, crashAt) {
  * A chain with content, as durable bytes: [child, parent]; and its content. `grow`: the child is
  * first grown by that many bytes past its parent (resize) and written past the parent's end.
  */
-async function committableChain({ size, sector, grow = 0 }) {
+async function committableChain({ size, sector, grow = 0 }: { size: number; sector: 512 | 4096; grow?: number }) {
   const { psrc, pmodel, childBase } = await parentAndChild({ size, sector, childBlockSize: MiB });
   const csrc = new FaultySource(childBase, { writeCache: false });
   const open = () => VhdxImage.open(csrc, { readOnly: false, parent: () => VhdxImage.open(psrc) });
@@ -220,7 +236,7 @@ async function committableChain({ size, sector, grow = 0 }) {
     model.write(size + 4096 + 100, past);
   }
   const list = childWorkload(MiB, sector).filter((op) => op.kind !== 'reopen' && op.kind !== 'close');
-  const apply = async (op) => {
+  const apply = async (op: Op): Promise<unknown> => {
     if (op.kind === 'parallel') return Promise.all(op.ops.map(apply));
     if (op.kind === 'write') {
       await c.write(op.offset, op.data);
@@ -236,7 +252,7 @@ async function committableChain({ size, sector, grow = 0 }) {
 }
 
 /** Open child → parent on two sources, both writable (for commit) or read-only. */
-function openPair(child, parent, writable) {
+function openPair(child: RandomAccessSource, parent: RandomAccessSource, writable: boolean): Promise<VhdxImage> {
   return VhdxImage.open(child, { readOnly: !writable, name: 'child', parent: () => VhdxImage.open(parent, { readOnly: !writable, name: 'parent' }) });
 }
 
@@ -245,15 +261,15 @@ function openPair(child, parent, writable) {
  * the merge. `grow`: the child was grown past its parent by that many bytes (commit grows the
  * parent first).
  */
-async function commitSweep(t, { grow = 0 } = {}) {
+async function commitSweep(t: TestContext, { grow = 0 } = {}) {
   const { child, parent, model } = await committableChain({ size: B(10), sector: 512, grow });
   const size = B(10) + grow;
 
-  const runCommit = async (crashAt) => {
-    const files = [new FaultySource(child, { trace: true }), new FaultySource(parent, { trace: true })];
+  const runCommit = async (crashAt: number | undefined) => {
+    const files: [FaultySource, FaultySource] = [new FaultySource(child, { trace: true }), new FaultySource(parent, { trace: true })];
     const m = machine(files, crashAt);
     try {
-      const img = await openPair(m.sources[0], m.sources[1], true);
+      const img = await openPair(m.sources[0]!, m.sources[1]!, true);
       let cur = img;
       try {
         cur = (await commitChild(img)).image;
@@ -280,16 +296,16 @@ async function commitSweep(t, { grow = 0 } = {}) {
   // Every point near the parent's identity change and the child's emptying is interesting; take
   // all of them when there are few, else a spread.
   const step = Math.max(1, Math.ceil(total / 90));
-  const points = [];
+  const points: number[] = [];
   for (let k = 1; k <= total; k += step) points.push(k);
   if (points[points.length - 1] !== total) points.push(total);
   t.diagnostic(`${total} operations in the commit; crashing at ${points.length} of them`);
 
-  const failures = [];
+  const failures: string[] = [];
   for (const k of points) {
     const run = await runCommit(k);
     assert.ok(run.files.every((f) => f.isCrashed), `crash point ${k} was not reached`);
-    const variants = [{ keep: 'none' }, { keep: 'all' }, { keep: 'random', seed: k * 3 + 1, tear: true }];
+    const variants: CrashImageOptions[] = [{ keep: 'none' }, { keep: 'all' }, { keep: 'random', seed: k * 3 + 1, tear: true }];
     for (const [v, opts] of variants.entries()) {
       const label = `crash at operation ${k}/${total}, ${JSON.stringify(opts)}`;
       try {
@@ -316,20 +332,21 @@ async function commitSweep(t, { grow = 0 } = {}) {
         await pp.close();
         if (m3) failures.push(`${label}: the parent after the second commit: ${m3}`);
         const cc = await openPair(c, p, false);
-        if (cc.linkedBy !== 'parent_linkage' || cc.layout.parentLocator.entries.some((e) => e.key === 'parent_linkage2')) failures.push(`${label}: the child is not relinked`);
-        if (cc.layout.parentLocator.entries.find((e) => e.key === 'parent_linkage').value !== `{${dwg}}`) failures.push(`${label}: parent_linkage is not the parent's`);
+        const locator = cc.layout.parentLocator;
+        if (cc.linkedBy !== 'parent_linkage' || !locator || locator.entries.some((e) => e.key === 'parent_linkage2')) failures.push(`${label}: the child is not relinked`);
+        if (locator?.entries.find((e) => e.key === 'parent_linkage')?.value !== `{${dwg}}`) failures.push(`${label}: parent_linkage is not the parent's`);
         if ((await cc.allocationStats()).allocatedBlocks !== 0) failures.push(`${label}: the child is not empty`);
         const m4 = await compareWith(cc, model, 0, size, BUFS);
         await cc.close();
         if (m4) failures.push(`${label}: the emptied child: ${m4}`);
-        for (const [name, s] of [
+        for (const [name, s] of <[string, FaultySource][]>[
           ['child', c],
           ['parent', p],
         ]) {
           for (const f of await checkInvariants(s)) failures.push(`${label}: ${name}: ${f}`);
         }
       } catch (e) {
-        failures.push(`${label}: ${e.reason ?? ''} ${e.stack}`);
+        failures.push(`${label}: ${(e as VhdxError).reason ?? ''} ${(e as Error).stack}`);
       }
     }
     if (failures.length > 10) break;

@@ -11,16 +11,15 @@
 //    completed flush (and nothing but later writes beyond it), and pass the structural checks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
-import { MemorySource, VhdxImage } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
-import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
+import { MemorySource, VhdxImage, type VhdxError } from '../../src/index.js';
+import { FaultySource } from '../../src/testing.js';
+import { planLayout, writeNewImage } from '../../src/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { SparseModel, bytesEqual, crashCheck, noisePayloads } from '../helpers/model.js';
-import { runWorkload } from '../helpers/workload.js';
+import { runWorkload, writeSparseFile, type Op } from '../helpers/workload.js';
 import { hasTool, scratch } from '../helpers/env.js';
 
 const KiB = 1024;
@@ -50,7 +49,7 @@ const rangeArb = fc.record({
 });
 
 const opArb = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ kind: fc.constant('write'), r: rangeArb, fua: fc.boolean({ weight: 1 }).map((b) => b) }) },
+  { weight: 6, arbitrary: fc.record({ kind: fc.constant('write'), r: rangeArb, fua: fc.boolean().map((b) => b) }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('zero'), r: rangeArb }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('fastZero'), r: rangeArb }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('discard'), r: rangeArb }) },
@@ -73,24 +72,14 @@ const opArb = fc.oneof(
 );
 
 /** A range of the disk, clamped into it; null when empty. */
-function place(r, size) {
+function place(r: { block: number; within: number; len: number }, size: number): { offset: number; length: number } | null {
   let offset = r.block * MiB + r.within;
   if (offset >= size) offset %= size;
   const length = Math.min(r.len, size - offset);
   return length > 0 ? { offset, length } : null;
 }
 
-function writeSparseFile(path, disk) {
-  const fd = openSync(path, 'w');
-  try {
-    ftruncateSync(fd, disk.size);
-    for (const { offset, data } of disk.extents()) writeSync(fd, data, 0, data.length, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-async function readAt(img, offset, length) {
+async function readAt(img: VhdxImage, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   await img.read(offset, b);
   return b;
@@ -102,7 +91,7 @@ const GOT = new Uint8Array(MiB);
 const WANT = new Uint8Array(MiB);
 
 /** Compare the image with the model over [offset, offset + length), 1 MiB at a time; a message or null. */
-async function compare(img, model, offset, length) {
+async function compare(img: VhdxImage, model: SparseModel, offset: number, length: number): Promise<string | null> {
   for (let at = offset; at < offset + length; at += MiB) {
     const n = Math.min(MiB, offset + length - at);
     const got = GOT.subarray(0, n);
@@ -118,8 +107,8 @@ async function compare(img, model, offset, length) {
 }
 
 /** Blocks of `img` holding data now (as the writer sees them, committed or not). */
-async function liveBlocks(img) {
-  const blocks = new Set();
+async function liveBlocks(img: VhdxImage): Promise<number> {
+  const blocks = new Set<number>();
   for (const x of await img.blockStatus(0, img.size)) {
     if (x.type !== 'data') continue;
     for (let b = Math.floor(x.offset / img.blockSize); b * img.blockSize < x.offset + x.length; b++) blocks.add(b);
@@ -128,9 +117,9 @@ async function liveBlocks(img) {
 }
 
 const ZEROS = new Uint8Array(MiB);
-const isZero = (b) => bytesEqual(b, ZEROS.subarray(0, b.length));
+const isZero = (b: Uint8Array): boolean => bytesEqual(b, ZEROS.subarray(0, b.length));
 
-function firstDifference(a, b) {
+function firstDifference(a: Uint8Array, b: Uint8Array): number {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
   return -1;
 }
@@ -154,49 +143,50 @@ test('writer property: random write / write-zeroes / discard / flush / reopen se
       let n = 0;
       // Blocks allocated at most at once: the file must never need more places than that.
       let peakBlocks = 0;
-      const check = async (offset, length, what) => {
+      const check = async (offset: number, length: number, what: string): Promise<void> => {
         const m = await compare(img, model, offset, length);
         if (m) assert.fail(`${what}: ${m}`);
       };
       try {
         for (const op of ops) {
           n++;
-          const at = op.r ? place(op.r, size) : null;
-          if (op.r && !at) continue;
+          // Operations on a range are skipped when it clamps to nothing: below, `at!` is that range.
+          const at = 'r' in op ? place(op.r, size) : null;
+          if ('r' in op && !at) continue;
           switch (op.kind) {
             case 'write': {
-              const data = payload(n, at.length);
-              await img.write(at.offset, data, { fua: op.fua });
-              model.write(at.offset, data);
+              const data = payload(n, at!.length);
+              await img.write(at!.offset, data, { fua: op.fua });
+              model.write(at!.offset, data);
               break;
             }
             case 'zero':
-              await img.writeZeroes(at.offset, at.length);
-              model.zero(at.offset, at.length);
+              await img.writeZeroes(at!.offset, at!.length);
+              model.zero(at!.offset, at!.length);
               break;
             case 'fastZero':
               try {
-                await img.writeZeroes(at.offset, at.length, { fast: true });
-                model.zero(at.offset, at.length);
+                await img.writeZeroes(at!.offset, at!.length, { fast: true });
+                model.zero(at!.offset, at!.length);
               } catch (e) {
-                if (e.code !== 'ENOTSUP') throw e;
+                if ((e as VhdxError).code !== 'ENOTSUP') throw e;
                 assert.ok(!cfg.fixed || img.can.fastZero === false);
                 // Refused part-way: every byte is either as it was or zero.
-                const got = await readAt(img, at.offset, at.length);
-                const before = new Uint8Array(at.length);
-                model.read(at.offset, before);
+                const got = await readAt(img, at!.offset, at!.length);
+                const before = new Uint8Array(at!.length);
+                model.read(at!.offset, before);
                 for (let i = 0; i < got.length; i++) {
-                  if (got[i] !== 0 && got[i] !== before[i]) assert.fail(`refused fast zero changed byte ${at.offset + i}`);
+                  if (got[i] !== 0 && got[i] !== before[i]) assert.fail(`refused fast zero changed byte ${at!.offset + i}`);
                 }
-                model.write(at.offset, got);
+                model.write(at!.offset, got);
               }
               break;
             case 'discard':
-              await img.discard(at.offset, at.length);
-              model.zero(at.offset, at.length);
+              await img.discard(at!.offset, at!.length);
+              model.zero(at!.offset, at!.length);
               break;
             case 'read':
-              await check(at.offset, at.length, `read #${n}`);
+              await check(at!.offset, at!.length, `read #${n}`);
               break;
             case 'flush':
               await img.flush();
@@ -228,14 +218,14 @@ test('writer property: random write / write-zeroes / discard / flush / reopen se
               break;
             case 'concurrent': {
               // Non-overlapping writes in flight together (overlaps would have no defined result).
-              const ranges = [];
+              const ranges: { offset: number; length: number }[] = [];
               for (const r of op.writes) {
                 const p = place(r, size);
                 if (p && ranges.every((q) => p.offset + p.length <= q.offset || q.offset + q.length <= p.offset)) ranges.push(p);
               }
               const datas = ranges.map((p, k) => payload(n * 31 + k, p.length));
-              await Promise.all(ranges.map((p, k) => img.write(p.offset, datas[k])));
-              ranges.forEach((p, k) => model.write(p.offset, datas[k]));
+              await Promise.all(ranges.map((p, k) => img.write(p.offset, datas[k]!)));
+              ranges.forEach((p, k) => model.write(p.offset, datas[k]!));
               break;
             }
           }
@@ -280,7 +270,7 @@ test('writer property: power lost at a random point of a random workload keeps e
   let crashes = 0;
   await fc.assert(
     fc.asyncProperty(
-      fc.record({ sizeMiB: fc.integer({ min: 8, max: 16 }), sector: fc.constantFrom(512, 4096), fixed: fc.boolean({ weight: 1 }) }),
+      fc.record({ sizeMiB: fc.integer({ min: 8, max: 16 }), sector: fc.constantFrom(512, 4096), fixed: fc.boolean() }),
       fc.array(
         fc.oneof(
           { weight: 6, arbitrary: fc.record({ kind: fc.constant('write'), r: rangeArb, fua: fc.boolean() }) },
@@ -299,10 +289,10 @@ test('writer property: power lost at a random point of a random workload keeps e
         await writeNewImage(mem, planLayout({ virtualSize: size, blockSize: MiB, logicalSectorSize: cfg.sector, fixed: cfg.fixed }));
         const base = mem.bytes();
         let n = 0;
-        const list = [];
+        const list: Op[] = [];
         for (const op of ops) {
           n++;
-          if (!op.r) {
+          if (!('r' in op)) {
             list.push({ kind: op.kind });
             continue;
           }

@@ -20,13 +20,15 @@ import { existsSync, renameSync, writeFileSync, mkdirSync, readFileSync } from '
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
-import { MAX_CHAIN_DEPTH, VhdxError, VhdxImage, checkImage, commitChild, createImage, openFile, createFile, commitFile, rebaseFile } from '../../dist/node.js';
-import { FaultySource } from '../../dist/testing.js';
+import { MAX_CHAIN_DEPTH, VhdxError, VhdxImage, checkImage, commitChild, createImage, openFile, createFile, commitFile, rebaseFile } from '../../src/node.js';
+import type { CommitOptions, Extent, ParentResolver, WritableSource } from '../../src/node.js';
+import { FaultySource } from '../../src/testing.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { SparseModel, bytesEqual } from '../helpers/model.js';
 import { writeSparseFile } from '../helpers/workload.js';
 import { hasTool, scratch } from '../helpers/env.js';
 import {
+  type Fill,
   SectorSet,
   compareSparse,
   compareWith,
@@ -45,20 +47,20 @@ const MiB = 1024 * KiB;
 const NIL = '00000000-0000-0000-0000-000000000000';
 const BUFS = { got: new Uint8Array(MiB), want: new Uint8Array(MiB) };
 
-async function readAt(img, offset, length) {
+async function readAt(img: VhdxImage, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   await img.read(offset, b);
   return b;
 }
 
-function isZero(b) {
+function isZero(b: Uint8Array): boolean {
   for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
   return true;
 }
 
 /** Assert that `promise` rejects with a VhdxError of `reason` whose message matches `re`. */
-async function rejectsWith(promise, reason, re) {
-  await assert.rejects(promise, (e) => {
+async function rejectsWith(promise: Promise<unknown>, reason: string, re?: RegExp): Promise<void> {
+  await assert.rejects(promise, (e: VhdxError) => {
     assert.ok(e instanceof VhdxError, `VhdxError expected, got ${e?.stack ?? e}`);
     assert.equal(e.reason, reason, `reason ${e.reason}: ${e.message}`);
     if (re) assert.match(e.message, re);
@@ -72,14 +74,14 @@ async function rejectsWith(promise, reason, re) {
  * last image of the chain is a dynamic disk, whose extents at its depth may be anything).
  * `images[d]`: the image at depth d, opened alone with its own chain.
  */
-async function checkBlockStatus(img, model, own, images, label = '') {
+async function checkBlockStatus(img: VhdxImage, model: SparseModel, own: SectorSet[], images: VhdxImage[], label = ''): Promise<Extent[]> {
   const size = img.size;
   const lss = img.logicalSectorSize;
   const extents = await img.blockStatus(0, size);
   const t = tiles(extents, 0, size);
   if (t) assert.fail(`${label}block status does not tile the disk: ${t}`);
   for (const x of extents) {
-    assert.ok(x.depth >= 0 && x.depth < images.length, `${label}extent at ${x.offset} has depth ${x.depth}`);
+    assert.ok(x.depth !== undefined && x.depth >= 0 && x.depth < images.length, `${label}extent at ${x.offset} has depth ${x.depth}`);
     if (x.type !== 'data') {
       const want = new Uint8Array(x.length);
       model.read(x.offset, want);
@@ -88,9 +90,9 @@ async function checkBlockStatus(img, model, own, images, label = '') {
     if (x.depth > 0) {
       // The range is the deeper image's: it reads there as through the chain.
       const a = await readAt(img, x.offset, x.length);
-      const b = await readAt(images[x.depth], x.offset, x.length);
+      const b = await readAt(images[x.depth]!, x.offset, x.length);
       assert.ok(bytesEqual(a, b), `${label}extent at ${x.offset}+${x.length} (depth ${x.depth}) reads differently in that image`);
-      for (const y of await images[x.depth].blockStatus(x.offset, x.length)) {
+      for (const y of await images[x.depth]!.blockStatus(x.offset, x.length)) {
         assert.equal(y.type, x.type, `${label}extent at ${x.offset} (depth ${x.depth}) is ${x.type}, the image at that depth says ${y.type} at ${y.offset}`);
       }
     }
@@ -99,7 +101,7 @@ async function checkBlockStatus(img, model, own, images, label = '') {
   for (let d = 0; d < own.length; d++) {
     const want = new SectorSet(size, lss);
     for (let s = 0; s < want.bits.length; s++) {
-      if (own[d].bits[s] && !own.slice(0, d).some((o) => o.bits[s])) want.bits[s] = 1;
+      if (own[d]!.bits[s] && !own.slice(0, d).some((o) => o.bits[s])) want.bits[s] = 1;
     }
     const got = sectorsAtDepth(extents, size, lss, d);
     const k = firstDifferentSector(got, want);
@@ -109,15 +111,16 @@ async function checkBlockStatus(img, model, own, images, label = '') {
 }
 
 /** Extents of a sub-range must agree with those of the whole disk, position by position. */
-function agreeWithWhole(sub, whole, offset, length, label) {
-  const t = tiles(sub, offset, length, whole[whole.length - 1].offset + whole[whole.length - 1].length);
+function agreeWithWhole(sub: readonly Extent[], whole: readonly Extent[], offset: number, length: number, label: string): void {
+  const last = whole[whole.length - 1]!;
+  const t = tiles(sub, offset, length, last.offset + last.length);
   if (t) assert.fail(`${label}: block status of ${offset}+${length} does not tile it: ${t}`);
   let k = 0;
   for (const x of sub) {
     const end = x.offset + x.length;
-    while (whole[k].offset + whole[k].length <= x.offset) k++;
-    for (let j = k; j < whole.length && whole[j].offset < end; j++) {
-      const w = whole[j];
+    while (whole[k]!.offset + whole[k]!.length <= x.offset) k++;
+    for (let j = k; j < whole.length && whole[j]!.offset < end; j++) {
+      const w = whole[j]!;
       assert.ok(w.type === x.type && w.depth === x.depth, `${label}: at ${Math.max(x.offset, w.offset)} the sub-range says ${x.type}@${x.depth}, the whole disk ${w.type}@${w.depth}`);
     }
   }
@@ -171,7 +174,7 @@ const opArb = fc.oneof(
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('split'), r: rangeArb, cuts: fc.array(fc.integer({ min: 1, max: 20000 }), { minLength: 1, maxLength: 4 }) }) },
 );
 
-function place(r, size) {
+function place(r: { block: number; within: number; len: number }, size: number): { offset: number; length: number } | null {
   let offset = r.block * MiB + r.within;
   if (offset >= size) offset %= size;
   const length = Math.min(r.len, size - offset);
@@ -185,7 +188,7 @@ test('differencing property: random child workloads over a random parent match a
       runs++;
       const size = cfg.sizeMiB * MiB - cfg.tailSectors * cfg.sector;
       const cbs = cfg.childBlockMiB * MiB;
-      const fill = [];
+      const fill: Fill[] = [];
       for (const f of cfg.parentFill) {
         const blockStart = f.block * MiB;
         if (blockStart >= size) continue;
@@ -209,27 +212,28 @@ test('differencing property: random child workloads over a random parent match a
       let img = await open();
       assert.equal(img.linkedBy, 'parent_linkage');
       assert.equal(img.chain.length, 2);
-      const subRanges = [];
+      const subRanges: { offset: number; length: number }[] = [];
       let n = 0;
       try {
         for (const op of ops) {
           n++;
-          const at = op.r ? place(op.r, size) : null;
-          if (op.r && !at) continue;
+          // Operations on a range are skipped when it clamps to nothing: below, `at!` is that range.
+          const at = 'r' in op ? place(op.r, size) : null;
+          if ('r' in op && !at) continue;
           switch (op.kind) {
             case 'write': {
-              const data = payload(n, at.length);
-              await img.write(at.offset, data, { fua: op.fua });
-              model.write(at.offset, data);
-              own.addRange(at.offset, at.length);
+              const data = payload(n, at!.length);
+              await img.write(at!.offset, data, { fua: op.fua });
+              model.write(at!.offset, data);
+              own.addRange(at!.offset, at!.length);
               break;
             }
             case 'zero':
             case 'discard':
-              if (op.kind === 'zero') await img.writeZeroes(at.offset, at.length);
-              else await img.discard(at.offset, at.length);
-              model.zero(at.offset, at.length);
-              own.addRange(at.offset, at.length);
+              if (op.kind === 'zero') await img.writeZeroes(at!.offset, at!.length);
+              else await img.discard(at!.offset, at!.length);
+              model.zero(at!.offset, at!.length);
+              own.addRange(at!.offset, at!.length);
               break;
             case 'fastZero': {
               // Whole child blocks: no data to write, so it never refuses.
@@ -241,9 +245,9 @@ test('differencing property: random child workloads over a random parent match a
               break;
             }
             case 'read': {
-              const m = await compareWith(img, model, at.offset, at.length, BUFS);
-              if (m) assert.fail(`read #${n} (${at.offset}+${at.length}): ${m}`);
-              subRanges.push(at);
+              const m = await compareWith(img, model, at!.offset, at!.length, BUFS);
+              if (m) assert.fail(`read #${n} (${at!.offset}+${at!.length}): ${m}`);
+              subRanges.push(at!);
               break;
             }
             case 'flush':
@@ -260,24 +264,24 @@ test('differencing property: random child workloads over a random parent match a
             }
             case 'concurrent':
             case 'split': {
-              const ranges = [];
+              const ranges: { offset: number; length: number }[] = [];
               if (op.kind === 'concurrent') {
                 for (const r of op.writes) {
                   const p = place(r, size);
                   if (p && ranges.every((q) => p.offset + p.length <= q.offset || q.offset + q.length <= p.offset)) ranges.push(p);
                 }
               } else {
-                const cuts = [...new Set(op.cuts.filter((c) => c < at.length))].sort((a, b) => a - b);
+                const cuts = [...new Set(op.cuts.filter((c) => c < at!.length))].sort((a, b) => a - b);
                 let from = 0;
-                for (const c of [...cuts, at.length]) {
-                  ranges.push({ offset: at.offset + from, length: c - from });
+                for (const c of [...cuts, at!.length]) {
+                  ranges.push({ offset: at!.offset + from, length: c - from });
                   from = c;
                 }
               }
               const datas = ranges.map((p, k) => payload(n * 31 + k, p.length));
-              await Promise.all(ranges.map((p, k) => img.write(p.offset, datas[k])));
+              await Promise.all(ranges.map((p, k) => img.write(p.offset, datas[k]!)));
               ranges.forEach((p, k) => {
-                model.write(p.offset, datas[k]);
+                model.write(p.offset, datas[k]!);
                 own.addRange(p.offset, p.length);
               });
               break;
@@ -316,7 +320,7 @@ test('differencing property: random child workloads over a random parent match a
 // 2. Chains three deep
 
 test('a chain three deep reads through every level; block status gives depths 0, 1 and 2', async () => {
-  for (const sector of [512, 4096]) {
+  for (const sector of [512, 4096] as const) {
     const size = 12 * MiB;
     const { src: gsrc, model } = await makeBase({
       size,
@@ -335,7 +339,7 @@ test('a chain three deep reads through every level; block status gives depths 0,
     // The middle image: partial sectors, whole blocks, zeros over grandparent data.
     const ownParent = new SectorSet(size, sector);
     let parent = await openChain([psrc, gsrc]);
-    const pw = [
+    const pw: [number, number][] = [
       [100, 50],
       [MiB - 700, 1400],
       [4 * MiB, MiB],
@@ -365,7 +369,7 @@ test('a chain three deep reads through every level; block status gives depths 0,
       child.chain.map((i) => i.depth),
       [0, 1, 2],
     );
-    const cw = [
+    const cw: [number, number][] = [
       [50, 100],
       [MiB - 10, 20],
       [4 * MiB + 512, 512],
@@ -393,7 +397,7 @@ test('a chain three deep reads through every level; block status gives depths 0,
       const depths = new Set(extents.map((x) => x.depth));
       assert.deepEqual([...depths].sort(), [0, 1, 2]);
       // Unaligned sub-ranges agree with the whole-disk status.
-      for (const [off, len] of [
+      for (const [off, len] of <[number, number][]>[
         [99, 3],
         [MiB - 701, 1500],
         [3 * MiB + 5, 6 * MiB],
@@ -423,11 +427,11 @@ test('concurrent writes into more sector bitmap pages than the cache holds keep 
   const p = await VhdxImage.open(psrc);
   const csrc = await makeChild(p, { blockSize: MiB });
   await p.close();
-  const open = (writable) => openChain([csrc, psrc], { bitmapCacheBytes: 16 * KiB, writable: writable ? [0] : [] });
-  const written = [];
+  const open = (writable: boolean): Promise<VhdxImage> => openChain([csrc, psrc], { bitmapCacheBytes: 16 * KiB, writable: writable ? [0] : [] });
+  const written: number[] = [];
   for (let round = 0; round < 3; round++) {
     const img = await open(true);
-    const ws = Array.from({ length: 64 }, (_, k) => [k * 16 * MiB + round * 4096 + 512, payload(k + 64 * round, 1024)]);
+    const ws = Array.from({ length: 64 }, (_, k): [number, Uint8Array] => [k * 16 * MiB + round * 4096 + 512, payload(k + 64 * round, 1024)]);
     await Promise.all(ws.map(([o, d]) => img.write(o, d)));
     for (const [o, d] of ws) model.write(o, d);
     written.push(...ws.map(([o]) => o));
@@ -481,7 +485,7 @@ test('broken chains in memory: PARENT_MISMATCH, CHAIN_TOO_DEEP, NO_PARENT; paren
   // A resolver that keeps finding parents: the chain stops at MAX_CHAIN_DEPTH.
   const selfish = await makeChild({ size, logicalSectorSize: 512 }, { locator: locatorOf(null, { linkage: dwg }) });
   let deepest = 0;
-  const forever = async ({ depth }) => {
+  const forever: ParentResolver = async ({ depth }) => {
     deepest = Math.max(deepest, depth);
     return VhdxImage.open(selfish, { parent: forever, depth });
   };
@@ -602,7 +606,7 @@ test('broken chains on files: mismatch, missing parent, loops, sizes, path polic
   // A depth limit with a resolver of one's own, through openFile.
   {
     let calls = 0;
-    const resolver = async ({ depth }) => {
+    const resolver: ParentResolver = async ({ depth }) => {
       calls++;
       return openFile(C, { parents: resolver, depth });
     };
@@ -611,26 +615,32 @@ test('broken chains on files: mismatch, missing parent, loops, sizes, path polic
   }
 });
 
-const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /**
  * A differencing image file at `path` over the image at `parentPath` (its DataWriteGuid as the
  * linkage; a random one when null), with the locator paths and geometry given.
  */
-async function writeChildFile(path, parentPath, { relative, absolute, lss, size } = {}) {
+async function writeChildFile(
+  path: string,
+  parentPath: string | null,
+  { relative, absolute, lss, size }: { relative?: string | null; absolute?: string | null; lss?: 512 | 4096; size?: number } = {},
+): Promise<void> {
   let linkage = '01234567-89ab-cdef-0123-456789abcdef';
   let psize = size;
-  let plss = lss ?? 512;
+  let plss: 512 | 4096 = lss ?? 512;
   if (parentPath) {
     const p = await openFile(parentPath, { parents: 'none' });
     linkage = p.header.dataWriteGuid;
     psize ??= p.size;
-    plss = lss ?? p.logicalSectorSize;
+    const parentSector = p.logicalSectorSize;
+    assert.ok(parentSector === 512 || parentSector === 4096);
+    plss = lss ?? parentSector;
     await p.close();
   }
   const src = new FaultySource(new Uint8Array(0), { writeCache: false });
   await createImage(src, {
-    size: psize,
+    size: psize ?? assert.fail('a child file needs a size or a parent'),
     logicalSectorSize: plss,
     blockSize: MiB,
     parentLocator: locatorOf(null, { linkage, relative, absolute: absolute ?? null }),
@@ -642,8 +652,14 @@ async function writeChildFile(path, parentPath, { relative, absolute, lss, size 
 // 4. commit and rebase
 
 /** A parent (plain or itself a child) and a child over it, with random-ish content. */
-async function buildChain({ sector = 512, size = 16 * MiB, deep = false, childData = [], childBlockSize = 2 * MiB } = {}) {
-  const fill = [
+async function buildChain({
+  sector = 512,
+  size = 16 * MiB,
+  deep = false,
+  childData = [],
+  childBlockSize = 2 * MiB,
+}: { sector?: 512 | 4096; size?: number; deep?: boolean; childData?: readonly Fill[]; childBlockSize?: number } = {}) {
+  const fill: Fill[] = [
     { kind: 'data', offset: 0, length: 2 * MiB },
     { kind: 'data', offset: 5 * MiB + 3 * 512, length: 40 * KiB },
     { kind: 'zero', offset: 7 * MiB, length: MiB },
@@ -657,7 +673,7 @@ async function buildChain({ sector = 512, size = 16 * MiB, deep = false, childDa
     const mid = await makeChild(g, { blockSize: MiB });
     await g.close();
     const m = await openChain([mid, base.src]);
-    for (const [off, len] of [
+    for (const [off, len] of <[number, number][]>[
       [3 * MiB + 7, 9000],
       [12 * MiB + 512, 512],
     ]) {
@@ -690,7 +706,7 @@ async function buildChain({ sector = 512, size = 16 * MiB, deep = false, childDa
   return { chain, model };
 }
 
-const CHILD_DATA = [
+const CHILD_DATA: Fill[] = [
   { kind: 'data', offset: 100, length: 300 }, // partial sectors over parent data
   { kind: 'data', offset: 2 * MiB - 1000, length: 5000 }, // across a block boundary
   { kind: 'data', offset: 4 * MiB, length: 2 * MiB }, // a whole child block
@@ -701,15 +717,26 @@ const CHILD_DATA = [
 ];
 
 /** After a commit: the parent holds `model`, the child is empty and reads the same through it. */
-async function checkCommitted(chain, model, { qemu, dir, label, sector = 512, compare = (img) => compareWith(img, model, 0, img.size, BUFS) }) {
-  const [csrc, psrc] = chain;
+async function checkCommitted(
+  chain: FaultySource[],
+  model: SparseModel,
+  {
+    qemu,
+    dir,
+    label,
+    sector = 512,
+    compare = (img) => compareWith(img, model, 0, img.size, BUFS),
+  }: { qemu?: boolean; dir?: string; label: string; sector?: number; compare?: (img: VhdxImage) => Promise<string | null> },
+) {
+  const csrc = chain[0]!;
+  const psrc = chain[1]!;
   const parent = await openChain(chain.slice(1), { writable: [] });
   assert.equal(await compare(parent), null, `${label}: the parent reads as the chain did`);
   const dwg = parent.header.dataWriteGuid;
   await parent.close();
   assert.deepEqual(await checkInvariants(psrc), [], `${label}: the parent passes the checks`);
   if (qemu && chain.length === 2 && sector === 512) {
-    const path = join(dir, `${label.replace(/\W+/g, '-')}.vhdx`);
+    const path = join(dir ?? assert.fail('qemu-img checks need a folder'), `${label.replace(/\W+/g, '-')}.vhdx`);
     writeSparseFile(path, psrc);
     const r = spawnSync('qemu-img', ['check', '-f', 'vhdx', path], { encoding: 'utf8' });
     assert.equal(r.status, 0, `qemu-img check: ${r.stdout}${r.stderr}`);
@@ -718,13 +745,15 @@ async function checkCommitted(chain, model, { qemu, dir, label, sector = 512, co
   const child = await openChain(chain, { writable: [] });
   try {
     assert.equal(child.linkedBy, 'parent_linkage');
-    const keys = child.layout.parentLocator.entries.map((e) => e.key);
+    const locator = child.layout.parentLocator;
+    assert.ok(locator, `${label}: the child has a parent locator`);
+    const keys = locator.entries.map((e) => e.key);
     assert.ok(!keys.includes('parent_linkage2'), `${label}: parent_linkage2 is gone`);
-    assert.equal(child.layout.parentLocator.entries.find((e) => e.key === 'parent_linkage').value, `{${dwg}}`);
+    assert.equal(locator.entries.find((e) => e.key === 'parent_linkage')?.value, `{${dwg}}`);
     assert.equal(await compare(child), null, `${label}: the emptied child reads the same`);
     const extents = await child.blockStatus(0, child.size);
     assert.ok(
-      extents.every((x) => x.depth > 0),
+      extents.every((x) => (x.depth ?? 0) > 0),
       `${label}: the child holds nothing itself`,
     );
     const stats = await child.allocationStats();
@@ -740,13 +769,14 @@ test('commitChild merges a child into its parent (plain and differencing parents
   const qemu = hasTool('qemu-img');
   if (!qemu) t.diagnostic('qemu-img not installed: the committed parents are not checked by it');
   const dir = scratch('diff-tests-commit-');
-  for (const sector of [512, 4096]) {
+  for (const sector of [512, 4096] as const) {
     for (const deep of [false, true]) {
       const label = `${sector}${deep ? ', three deep' : ''}`;
       const { chain, model } = await buildChain({ sector, deep, childData: CHILD_DATA });
       const before = await openChain(chain, { writable: [] });
       assert.equal(await compareWith(before, model, 0, before.size, BUFS), null);
-      const oldLinkage = before.layout.parentLocator.entries.find((e) => e.key === 'parent_linkage').value;
+      const oldLinkage = before.layout.parentLocator?.entries.find((e) => e.key === 'parent_linkage')?.value;
+      assert.ok(oldLinkage, 'the child names its parent');
       await before.close();
       const child = await openChain(chain, { writable: [0, 1] });
       let progress = 0;
@@ -767,14 +797,14 @@ test('commitChild merges a child into its parent (plain and differencing parents
         // The middle image into the base, with the (emptied) child still over it: the middle
         // keeps its DataWriteGuid, so the child stays linked and the chain reads the same.
         const top = await openChain(chain, { writable: [] });
-        const before = top.parent.header.dataWriteGuid;
+        const before = top.parent!.header.dataWriteGuid;
         await top.close();
         const mid = await openChain(chain.slice(1), { writable: [0, 1] });
         await commitChild(mid);
         await mid.close();
         await checkCommitted(chain.slice(1), model, { qemu, dir, label: `${label}, the middle`, sector });
         const after = await openChain(chain, { writable: [] });
-        assert.equal(after.parent.header.dataWriteGuid, before, 'the middle image kept its DataWriteGuid');
+        assert.equal(after.parent?.header.dataWriteGuid, before, 'the middle image kept its DataWriteGuid');
         assert.equal(await compareWith(after, model, 0, after.size, BUFS), null, `${label}: the chain after committing the middle`);
         await after.close();
       }
@@ -791,33 +821,34 @@ test('commitChild merges a child into its parent (plain and differencing parents
 });
 
 /** A source that calls `hook(n)` before its n-th write (from 1). */
-function hooked(src, hook) {
+function hooked(src: WritableSource, hook: (n: number) => void): WritableSource {
   let n = 0;
   return {
     get size() {
       return src.size;
     },
     readOnly: false,
-    read: (o, b) => src.read(o, b),
-    write: async (o, d) => {
+    read: (o: number, b: Uint8Array) => src.read(o, b),
+    write: async (o: number, d: Uint8Array) => {
       hook(++n);
       return src.write(o, d);
     },
     flush: () => src.flush(),
-    truncate: (s) => src.truncate(s),
+    truncate: (s: number) => src.truncate(s),
     close: () => src.close(),
   };
 }
 
 test('an interrupted commit (signal) leaves the chain readable; a second commit completes it', async () => {
   // 12 MiB of child data: three copy chunks, so an abort lands between them.
-  const childData = [
+  const childData: Fill[] = [
     { kind: 'data', offset: 100, length: 12 * MiB },
     { kind: 'zero', offset: 14 * MiB, length: 2 * MiB },
   ];
   for (const abortAt of ['copy', 'clear']) {
     const { chain, model } = await buildChain({ childData });
-    const [csrc, psrc] = chain;
+    const csrc = chain[0]!;
+    const psrc = chain[1]!;
     const ac = new AbortController();
     // 'copy': part-way through the copy into the parent (one chunk at a time, aborted at the
     // parent's fourth write: after its header update, inside the first chunk). 'clear': once the
@@ -826,8 +857,8 @@ test('an interrupted commit (signal) leaves the chain readable; a second commit 
       readOnly: false,
       parent: () => VhdxImage.open(abortAt === 'copy' ? hooked(psrc, (n) => n === 4 && ac.abort()) : psrc, { readOnly: false }),
     });
-    const opts = abortAt === 'copy' ? { parallel: 1 } : { onProgress: (d, total) => d === total && ac.abort() };
-    await assert.rejects(commitChild(child, { signal: ac.signal, ...opts }), (e) => {
+    const opts: CommitOptions = abortAt === 'copy' ? { parallel: 1 } : { onProgress: (d, total) => d === total && ac.abort() };
+    await assert.rejects(commitChild(child, { signal: ac.signal, ...opts }), (e: VhdxError) => {
       assert.ok(e instanceof VhdxError, `a VhdxError, not ${e?.name}: ${e?.message}`);
       assert.equal(e.reason, 'ABORTED');
       assert.equal(e.code, 'ECANCELED');
@@ -853,7 +884,7 @@ test('an interrupted commit (signal) leaves the chain readable; a second commit 
 
 // A signal whose `aborted` turns true at its k-th reading: a commit cancelled at each point
 // where it looks, including between the BAT windows of emptying the child (every 4096 entries).
-function abortAtCheck(k) {
+function abortAtCheck(k: number) {
   let n = 0;
   return {
     get aborted() {
@@ -866,22 +897,25 @@ function abortAtCheck(k) {
   };
 }
 
+/** The stand-in as the commit's signal: it has only what the commit reads (`aborted`, `reason`), hence the cast. */
+const asSignal = (s: ReturnType<typeof abortAtCheck>): AbortSignal => s as unknown as AbortSignal;
+
 test('a commit cancelled at each point it checks its signal, then run again, completes', async () => {
   // 4.5 GiB (sparse) with 1 MiB child blocks: more than 4096 BAT entries, so emptying the child
   // checks the signal twice, and an abort can leave it half emptied (committed).
   const size = 4608 * MiB;
-  const childData = [
+  const childData: Fill[] = [
     { kind: 'data', offset: 100, length: 9 * MiB },
     { kind: 'zero', offset: 2048 * MiB, length: 2 * MiB },
     { kind: 'data', offset: 4500 * MiB + 7, length: 5000 },
   ];
-  const compare = (model) => (img) => compareSparse(img, model);
-  let checks;
+  const compare = (model: SparseModel) => (img: VhdxImage) => compareSparse(img, model);
+  let checks = 0;
   {
     const { chain, model } = await buildChain({ size, childData, childBlockSize: MiB });
     const c = await openChain(chain, { writable: [0, 1] });
     const signal = abortAtCheck(Infinity);
-    await commitChild(c, { signal, parallel: 1 });
+    await commitChild(c, { signal: asSignal(signal), parallel: 1 });
     await c.close();
     checks = signal.checks;
     await checkCommitted(chain, model, { label: 'not aborted', compare: compare(model) });
@@ -890,7 +924,7 @@ test('a commit cancelled at each point it checks its signal, then run again, com
   for (let k = 1; k <= checks; k++) {
     const { chain, model } = await buildChain({ size, childData, childBlockSize: MiB });
     const c = await openChain(chain, { writable: [0, 1] });
-    await rejectsWith(commitChild(c, { signal: abortAtCheck(k), parallel: 1 }), 'ABORTED', /cancelled/);
+    await rejectsWith(commitChild(c, { signal: asSignal(abortAtCheck(k)), parallel: 1 }), 'ABORTED', /cancelled/);
     await c.close();
     const mid = await openChain(chain, { writable: [] });
     assert.equal(await compareSparse(mid, model), null, `aborted at check ${k}: the chain reads as before`);
@@ -906,7 +940,7 @@ test('a commit cancelled at each point it checks its signal, then run again, com
 test('commitFile empties, keeps or removes the child as asked; rebaseFile follows a moved parent and refuses another disk', async (t) => {
   const qemu = hasTool('qemu-img');
   const dir = scratch('diff-tests-files-');
-  for (const outcome of ['empty', 'keep', 'remove']) {
+  for (const outcome of ['empty', 'keep', 'remove'] as const) {
     const remove = outcome;
     const P = join(dir, `p-${remove}.vhdx`);
     const C = join(dir, `c-${remove}.vhdx`);
@@ -922,7 +956,7 @@ test('commitFile empties, keeps or removes the child as asked; rebaseFile follow
     await createFile(C, { parent: P });
     {
       const c = await openFile(C, { readOnly: false });
-      for (const [off, len] of [
+      for (const [off, len] of <[number, number][]>[
         [MiB + 3, 10],
         [8 * MiB, 3 * MiB],
       ]) {
@@ -995,8 +1029,8 @@ test('commitFile empties, keeps or removes the child as asked; rebaseFile follow
   await rebaseFile(C, moved);
   const c = await openFile(C);
   try {
-    assert.equal(c.parent.name, join(dir, 'elsewhere', 'base.vhdx'));
-    const kv = new Map(c.layout.parentLocator.entries.map((e) => [e.key, e.value]));
+    assert.equal(c.parent?.name, join(dir, 'elsewhere', 'base.vhdx'));
+    const kv = new Map((c.layout.parentLocator?.entries ?? []).map((e) => [e.key, e.value]));
     assert.equal(kv.get('relative_path'), '.\\elsewhere\\base.vhdx');
     assert.equal(kv.get('absolute_win32_path'), moved);
     assert.ok(bytesEqual(await readAt(c, 0, MiB), payload(9, MiB)));
@@ -1007,7 +1041,7 @@ test('commitFile empties, keeps or removes the child as asked; rebaseFile follow
   assert.deepEqual(await checkInvariants(new FaultySource(readFileSync(C))), []);
 });
 
-function writeRaw(path, model, size) {
+function writeRaw(path: string, model: SparseModel, size: number): string {
   const b = new Uint8Array(size);
   model.read(0, b);
   writeFileSync(path, b);

@@ -7,13 +7,14 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, VhdxImage } from '../../dist/index.js';
+import { MemorySource, VhdxImage } from '../../src/index.js';
 import { buildImage, putBatEntry, PayloadState, MiB, KiB } from '../helpers/build.js';
 import { LOCATOR_TYPE_VHDX, makeBase, makeChild, openChain } from '../helpers/chain.js';
 import { runCli, scratch } from '../helpers/env.js';
+import type { VhdxError } from '../../src/errors.js';
 
 const dir = scratch('vhdx-all-or-nothing-');
-const sha = (p) => createHash('sha256').update(readFileSync(p)).digest('hex');
+const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
 let n = 0;
 const path = () => join(dir, `img-${n++}.vhdx`);
 
@@ -22,7 +23,7 @@ test('io: a write, write-zeroes, discard or read reaching past the end changes n
   assert.equal(runCli(['create', '-f', 'vhdx', p, '64M']).status, 0);
   assert.equal(runCli(['io', '-c', 'write -P 0x11 0 64M', p]).status, 0);
   const before = sha(p);
-  for (const [cmd, kind, offset, length] of [
+  for (const [cmd, kind, offset, length] of <[string, string, number, number][]>[
     ['write -P 0x22 60M 8M', 'write', 60 * MiB, 8 * MiB], // four pieces of 4 MiB: the first fits
     ['write -z 60M 8M', 'write zeroes', 60 * MiB, 8 * MiB],
     ['write -z -u 32M 40M', 'write zeroes', 32 * MiB, 40 * MiB],
@@ -52,7 +53,7 @@ test('io: write 0 11G on a 10 GiB disk writes nothing (it used to write 10 GiB, 
 });
 
 /** Open `bytes` writable in memory, run `fn`, close; returns the file's bytes after. */
-async function afterSession(bytes, fn) {
+async function afterSession(bytes: Uint8Array, fn: (img: VhdxImage) => Promise<void>): Promise<Uint8Array> {
   const src = new MemorySource(bytes.slice());
   const img = await VhdxImage.open(src, { readOnly: false });
   try {
@@ -66,7 +67,7 @@ async function afterSession(bytes, fn) {
 test('library: refused requests leave the file byte-identical, headers included', async () => {
   const { bytes } = await buildImage({ virtualSize: 8 * MiB, allocate: [0, 1] });
   const after = await afterSession(bytes, async (img) => {
-    const refused = async (p, reason) => assert.rejects(p, (e) => e.reason === reason);
+    const refused = async (p: Promise<unknown>, reason: string): Promise<void> => assert.rejects(p, (e: VhdxError) => e.reason === reason);
     await refused(img.write(8 * MiB - 100, new Uint8Array(200)), 'OUT_OF_RANGE');
     await refused(img.write(-1, new Uint8Array(1)), 'OUT_OF_RANGE');
     await refused(img.writeZeroes(0, 9 * MiB), 'OUT_OF_RANGE');
@@ -75,8 +76,8 @@ test('library: refused requests leave the file byte-identical, headers included'
     await refused(img.discard(0.5, 1), 'OUT_OF_RANGE');
     await refused(img.checkRequest('write', 4 * MiB, 5 * MiB), 'OUT_OF_RANGE');
     // A fast zero that would write data into block 1 (covered in part) does not first make block 0 ZERO.
-    await assert.rejects(img.writeZeroes(0, MiB + 4 * KiB, { fast: true }), (e) => e.code === 'ENOTSUP');
-    await assert.rejects(img.writeZeroes(MiB - 512, 512, { fast: true }), (e) => e.code === 'ENOTSUP');
+    await assert.rejects(img.writeZeroes(0, MiB + 4 * KiB, { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP');
+    await assert.rejects(img.writeZeroes(MiB - 512, 512, { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP');
   });
   assert.ok(Buffer.from(after).equals(Buffer.from(bytes)), 'the file is unchanged');
 });
@@ -85,11 +86,11 @@ test('library: requests on a read-only or closed image are refused with the requ
   const { bytes } = await buildImage({ virtualSize: 8 * MiB, allocate: [0] });
   const src = new MemorySource(bytes.slice());
   const img = await VhdxImage.open(src, { readOnly: true });
-  await assert.rejects(img.write(0, new Uint8Array(1)), (e) => e.reason === 'READ_ONLY');
-  await assert.rejects(img.discard(0, MiB), (e) => e.reason === 'READ_ONLY');
+  await assert.rejects(img.write(0, new Uint8Array(1)), (e: VhdxError) => e.reason === 'READ_ONLY');
+  await assert.rejects(img.discard(0, MiB), (e: VhdxError) => e.reason === 'READ_ONLY');
   await img.close();
-  await assert.rejects(img.read(4096, new Uint8Array(512)), (e) => e.reason === 'CLOSED' && /read of 512 bytes at offset 4096/.test(e.message));
-  await assert.rejects(img.blockStatus(0, MiB), (e) => e.reason === 'CLOSED');
+  await assert.rejects(img.read(4096, new Uint8Array(512)), (e: VhdxError) => e.reason === 'CLOSED' && /read of 512 bytes at offset 4096/.test(e.message));
+  await assert.rejects(img.blockStatus(0, MiB), (e: VhdxError) => e.reason === 'CLOSED');
   assert.ok(Buffer.from(src.bytes()).equals(Buffer.from(bytes)));
 });
 
@@ -108,7 +109,7 @@ test('a truncated image: a writable open is refused and the file is untouched (n
   // The same through the library, on the in-memory bytes.
   const cut = readFileSync(p);
   const src = new MemorySource(new Uint8Array(cut));
-  await assert.rejects(VhdxImage.open(src, { readOnly: false }), (e) => e.reason === 'BAT_ENTRY_OUT_OF_BOUNDS');
+  await assert.rejects(VhdxImage.open(src, { readOnly: false }), (e: VhdxError) => e.reason === 'BAT_ENTRY_OUT_OF_BOUNDS');
   assert.ok(Buffer.from(src.bytes()).equals(cut));
 });
 
@@ -118,7 +119,7 @@ test('a dirty log is not replayed into a file whose BAT is damaged', async () =>
   const b = bytes.slice();
   putBatEntry(b, plan, 700, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: b.length / MiB + 10 });
   const src = new MemorySource(b.slice());
-  await assert.rejects(VhdxImage.open(src, { readOnly: false }), (e) => e.reason === 'BAT_ENTRY_OUT_OF_BOUNDS');
+  await assert.rejects(VhdxImage.open(src, { readOnly: false }), (e: VhdxError) => e.reason === 'BAT_ENTRY_OUT_OF_BOUNDS');
   assert.ok(Buffer.from(src.bytes()).equals(Buffer.from(b)), 'not replayed');
   // Undamaged, the same image opens writable and the log is replayed.
   const ok = new MemorySource(bytes.slice());
@@ -143,7 +144,7 @@ test('a dirty log is not replayed into a differencing image whose parent does no
   const src = new MemorySource(bytes.slice());
   await assert.rejects(
     VhdxImage.open(src, { readOnly: false, parent: () => VhdxImage.open(parentSrc) }),
-    (e) => e.reason === 'PARENT_MISMATCH',
+    (e: VhdxError) => e.reason === 'PARENT_MISMATCH',
   );
   assert.ok(Buffer.from(src.bytes()).equals(Buffer.from(bytes)), 'not replayed');
 });
@@ -157,7 +158,7 @@ test("a differencing write that needs its parent's damaged BAT page is refused b
   await parentSrc.truncate(parentSrc.size - MiB);
   const before = childSrc.bytes();
   const img = await openChain([childSrc, parentSrc]);
-  await assert.rejects(img.write(3 * MiB + 100, new Uint8Array(10).fill(7)), (e) => e.reason === 'BAT_ENTRY_OUT_OF_BOUNDS');
+  await assert.rejects(img.write(3 * MiB + 100, new Uint8Array(10).fill(7)), (e: VhdxError) => e.reason === 'BAT_ENTRY_OUT_OF_BOUNDS');
   await img.close();
   assert.ok(Buffer.from(childSrc.bytes()).equals(Buffer.from(before)), 'the child is unchanged');
 });

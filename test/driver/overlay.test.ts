@@ -1,16 +1,17 @@
 // src/driver/overlay.ts: a read-only view of a source with replayed log writes laid over it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { OverlaySource, RANGE_BYTES } from '../../dist/driver/overlay.js';
-import { MemorySource } from '../../dist/io/source.js';
+import { OverlaySource, RANGE_BYTES } from '../../src/driver/overlay.js';
+import { MemorySource, type RandomAccessSource } from '../../src/io/source.js';
+import type { VhdxError } from '../../src/errors.js';
 import { assertBytesEqual, hex, seededRandom } from '../helpers/hex.js';
 
 /** A base of `n` bytes: byte i is (i % 251) + 1, so never zero and easy to predict. */
-function baseBytes(n) {
+function baseBytes(n: number): Uint8Array {
   return Uint8Array.from({ length: n }, (_, i) => (i % 251) + 1);
 }
 
-async function readAll(src, offset, length) {
+async function readAll(src: RandomAccessSource, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length).fill(0xee);
   const n = await src.read(offset, b);
   return b.subarray(0, n);
@@ -18,17 +19,18 @@ async function readAll(src, offset, length) {
 
 /** A model of the overlay: a plain byte array. */
 class Model {
-  constructor(base) {
+  readonly bytes: number[];
+  constructor(base: Uint8Array) {
     this.bytes = Array.from(base);
   }
-  put(start, length, data) {
+  put(start: number, length: number, data: Uint8Array | null): void {
     while (this.bytes.length < start + length) this.bytes.push(0);
-    for (let i = 0; i < length; i++) this.bytes[start + i] = data ? data[i] : 0;
+    for (let i = 0; i < length; i++) this.bytes[start + i] = data ? data[i]! : 0;
   }
-  extendTo(size) {
+  extendTo(size: number): void {
     while (this.bytes.length < size) this.bytes.push(0);
   }
-  read(offset, length) {
+  read(offset: number, length: number): Uint8Array {
     return Uint8Array.from(this.bytes.slice(offset, offset + length));
   }
 }
@@ -41,7 +43,12 @@ test('with no segments it reads the base; size is the base size; it is read-only
   assert.equal(o.segmentCount, 0);
   assertBytesEqual(await readAll(o, 0, 100), base);
   assertBytesEqual(await readAll(o, 37, 10), base.subarray(37, 47));
-  const e = await o.write(0, new Uint8Array(1)).then(() => null, (err) => err);
+  const asSource: RandomAccessSource = o; // a write through the source interface, as a caller would try one
+  assert.ok(asSource.write, 'an overlay has a write that refuses');
+  const e = await asSource.write(0, new Uint8Array(1)).then(
+    () => null,
+    (err: VhdxError) => err,
+  );
   assert.equal(e?.reason, 'READ_ONLY');
   assert.equal(e?.code, 'EROFS');
 });
@@ -166,7 +173,7 @@ test('a base that returns short reads is read until done', async () => {
       return inner.size;
     },
     readOnly: true,
-    read: (offset, into) => inner.read(offset, into.subarray(0, Math.min(3, into.length))),
+    read: (offset: number, into: Uint8Array) => inner.read(offset, into.subarray(0, Math.min(3, into.length))),
     close: async () => {},
   };
   const o = new OverlaySource(dribble);
@@ -185,7 +192,7 @@ test('close closes the base', async () => {
 
 test('random puts, zeros, extensions and reads agree with a byte-array model', async () => {
   const rnd = seededRandom(2024);
-  const int = (n) => Math.floor(rnd() * n);
+  const int = (n: number): number => Math.floor(rnd() * n);
   for (let round = 0; round < 20; round++) {
     const base = baseBytes(200 + int(100));
     const o = new OverlaySource(new MemorySource(base.slice()));
@@ -221,7 +228,7 @@ test('random puts, zeros, extensions and reads agree with a byte-array model', a
 test('more writes than one batch: resolving in batches agrees with the byte-array model', async () => {
   // 150,000 puts over 3,000 bytes: resolved several times on the way, later writes winning.
   const rnd = seededRandom(77);
-  const int = (n) => Math.floor(rnd() * n);
+  const int = (n: number): number => Math.floor(rnd() * n);
   const base = baseBytes(2500);
   const o = new OverlaySource(new MemorySource(base.slice()));
   const model = new Model(base);
@@ -240,12 +247,12 @@ test('more writes than one batch: resolving in batches agrees with the byte-arra
 test('the overlay never holds more ranges than its cap: a put past it is refused', () => {
   const cap = 4096;
   const o = new OverlaySource(new MemorySource(baseBytes(16)), { maxRanges: cap });
-  let err = null;
+  let err: VhdxError | null = null;
   for (let i = 0; i < 100000 && !err; i++) {
     try {
       o.put(2 * i, 1, null); // separate one-byte ranges: none merge
     } catch (e) {
-      err = e;
+      err = e as VhdxError;
     }
     assert.ok(o.rangesHeld <= cap, `${o.rangesHeld} ranges held after put ${i}`);
   }

@@ -1,32 +1,33 @@
 // The image lock (src/io/lock.ts) in one process: who is refused, what is stale, what the errors
-// say. test/cli/lock.test.js runs the same contests between real processes.
+// say. test/cli/lock.test.ts runs the same contests between real processes.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, linkSync, mkdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { NodeFileSource, createFile, openFile } from '../../dist/node.js';
-import { lockPaths, UNREADABLE_STALE_MS } from '../../dist/io/lock.js';
+import { NodeFileSource, createFile, openFile } from '../../src/node.js';
+import type { VhdxError } from '../../src/node.js';
+import { lockPaths, UNREADABLE_STALE_MS } from '../../src/io/lock.js';
 import { scratch } from '../helpers/env.js';
 import { lockRecords } from '../helpers/tools.js';
 
 const dir = scratch('vhdx-lock-');
 let n = 0;
-function file() {
+function file(): string {
   const f = join(dir, `f${n++}.img`);
   writeFileSync(f, new Uint8Array(4096));
   return f;
 }
-const locked = (re) => (e) => e.code === 'EBUSY' && e.reason === 'LOCKED' && re.test(e.message);
+const locked = (re: RegExp) => (e: VhdxError): boolean => e.code === 'EBUSY' && e.reason === 'LOCKED' && re.test(e.message);
 
 /** The pid of a process that has exited. */
-function deadPid() {
+function deadPid(): number {
   return spawnSync('true').pid;
 }
 
 /** Put a record in the file's write lock, as a writer that died would leave it. */
-async function plantWriter(f, content, name = 'planted') {
+async function plantWriter(f: string, content: string | object, name = 'planted'): Promise<string> {
   const { writer } = await lockPaths(f);
   mkdirSync(writer, { recursive: true });
   const p = join(writer, name);
@@ -41,7 +42,7 @@ test('a second writer is refused with EBUSY/LOCKED; a reader too, unless it forc
   await assert.rejects(NodeFileSource.open(f), locked(/open for writing by process .*-U \(forceShare\) to read it anyway \(unsafe/));
   const r = await NodeFileSource.open(f, { forceShare: true });
   await r.close();
-  await assert.rejects(NodeFileSource.open(f, { readOnly: false, forceShare: true }), (e) => e.reason === 'BAD_ARGUMENT');
+  await assert.rejects(NodeFileSource.open(f, { readOnly: false, forceShare: true }), (e: VhdxError) => e.reason === 'BAD_ARGUMENT');
   await w.close();
   assert.deepEqual(await lockRecords(f), [], 'close releases the lock');
   const again = await NodeFileSource.open(f, { readOnly: false });
@@ -103,8 +104,8 @@ test("a writer removes other files' records left by processes that are gone, and
   const f = file();
   const { dir: lockDir } = await lockPaths(f);
   const dead = deadPid();
-  const rec = (pid, host = hostname()) => JSON.stringify({ pid, host, mode: 'read' });
-  const gone = [join(lockDir, `.new.${dead}-0-x`), join(lockDir, `0-1.read.${dead}-1-x`), join(lockDir, `0-2.write`), join(lockDir, `.new.${dead}-3-x`)];
+  const rec = (pid: number, host = hostname()): string => JSON.stringify({ pid, host, mode: 'read' });
+  const gone: [string, string, string, string, ...string[]] = [join(lockDir, `.new.${dead}-0-x`), join(lockDir, `0-1.read.${dead}-1-x`), join(lockDir, `0-2.write`), join(lockDir, `.new.${dead}-3-x`)];
   writeFileSync(gone[0], rec(dead));
   writeFileSync(gone[1], rec(dead));
   mkdirSync(gone[2]);
@@ -117,7 +118,7 @@ test("a writer removes other files' records left by processes that are gone, and
   const old = (Date.now() - UNREADABLE_STALE_MS - 1000) / 1000;
   utimesSync(join(odd, 'not-a-token'), old, old);
   gone.push(odd);
-  const kept = [join(lockDir, `0-4.read.${process.pid}-4-x`), join(lockDir, `0-5.read.${dead}-5-x`)];
+  const kept: [string, string] = [join(lockDir, `0-4.read.${process.pid}-4-x`), join(lockDir, `0-5.read.${dead}-5-x`)];
   writeFileSync(kept[0], rec(process.pid)); // alive
   writeFileSync(kept[1], rec(dead, 'some-other-host')); // cannot be judged here
   await (await NodeFileSource.open(f, { readOnly: false })).close();
@@ -148,10 +149,10 @@ test('a stale reader does not block a writer, and is removed', async () => {
 });
 
 test('a failed open leaves no lock behind', async () => {
-  await assert.rejects(NodeFileSource.open(join(dir, 'missing.img'), { readOnly: false }), (e) => e.reason === 'IO_ERROR');
+  await assert.rejects(NodeFileSource.open(join(dir, 'missing.img'), { readOnly: false }), (e: VhdxError) => e.reason === 'IO_ERROR');
   const f = file(); // not a VHDX: the open fails after the lock was taken
-  await assert.rejects(openFile(f, { readOnly: false }), (e) => e.reason === 'NOT_VHDX');
-  await assert.rejects(openFile(f), (e) => e.reason === 'NOT_VHDX');
+  await assert.rejects(openFile(f, { readOnly: false }), (e: VhdxError) => e.reason === 'NOT_VHDX');
+  await assert.rejects(openFile(f), (e: VhdxError) => e.reason === 'NOT_VHDX');
   assert.deepEqual(await lockRecords(f), []);
 });
 

@@ -5,53 +5,54 @@
 // the file at its last object, and the caps on the in-memory record hold.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxImage, commitChild } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
-import { planLayout, writeNewImage, setBatEntry } from '../../dist/driver/layout.js';
-import { PayloadState, payloadBatIndex } from '../../dist/format/bat.js';
-import { checkImage } from '../../dist/driver/check.js';
+import { MemorySource, VhdxImage, commitChild, type OpenOptions, type RandomAccessSource, type WritableSource } from '../../src/index.js';
+import { FaultySource } from '../../src/testing.js';
+import { planLayout, writeNewImage, setBatEntry, type LayoutOptions } from '../../src/driver/layout.js';
+import { PayloadState, payloadBatIndex } from '../../src/format/bat.js';
+import { checkImage } from '../../src/driver/check.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
 import { readPayloadEntry } from '../helpers/build.js';
 import { makeBase, makeChild } from '../helpers/chain.js';
+import type { VhdxError } from '../../src/errors.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const B = (n) => n * MiB;
+const B = (n: number): number => n * MiB;
 
-async function newDisk(layout) {
+async function newDisk(layout: LayoutOptions) {
   const plan = planLayout({ blockSize: MiB, ...layout });
   const mem = new MemorySource();
   await writeNewImage(mem, plan);
   return { plan, disk: new FaultySource(mem.bytes().slice(), { trace: true }) };
 }
 
-const open = (disk, opts = {}) => VhdxImage.open(disk, { readOnly: false, ...opts });
+const open = (disk: RandomAccessSource, opts: OpenOptions = {}): Promise<VhdxImage> => VhdxImage.open(disk, { readOnly: false, ...opts });
 
 
-async function readBack(img, offset, length) {
+async function readBack(img: VhdxImage, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   await img.read(offset, b);
   return b;
 }
 
-const isZero = (b) => b.every((x) => x === 0);
+const isZero = (b: Uint8Array): boolean => b.every((x) => x === 0);
 
 /** The image is sound, names all its space and ends at its last object. */
-async function assertTidy(disk, what) {
+async function assertTidy(disk: FaultySource, what: string): Promise<void> {
   assert.deepEqual(await checkInvariants(disk, { noLeaks: true }), [], what);
   const r = await checkImage(disk);
   assert.equal(r.imageEndOffset, disk.size, `${what}: the file ends at its last object`);
 }
 
 test('five discard-and-rewrite rounds of an 8 MiB disk do not grow the file (issue 11 saw 44 MiB)', async (t) => {
-  for (const [blockSize, sessions] of [
+  for (const [blockSize, sessions] of <[number, boolean][]>[
     [MiB, true],
     [MiB, false],
     [32 * MiB, true],
   ]) {
     const { plan, disk } = await newDisk({ virtualSize: B(8), blockSize });
-    const sizes = [];
+    const sizes: number[] = [];
     let img = await open(disk);
     for (let round = 0; round < 5; round++) {
       await img.write(0, pattern(round, B(8)));
@@ -228,7 +229,7 @@ test('the record is bounded: past the unowned cap write-zeroes writes zeros and 
   await img.close();
   img = await open(disk, { maxUnownedFreeBytes: B(2), maxFreeBlocks: 3 });
   await img.writeZeroes(B(1), B(3)); // blocks 1 and 2 recorded; block 3 zeroed in place
-  await assert.rejects(img.writeZeroes(B(4), MiB, { fast: true }), (e) => e.code === 'ENOTSUP', 'fast zero would write data');
+  await assert.rejects(img.writeZeroes(B(4), MiB, { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP', 'fast zero would write data');
   assert.equal((await readPayloadEntry(disk, plan, 3)).state, PayloadState.FULLY_PRESENT);
   assert.ok(isZero(await readBack(img, B(3), MiB)));
   await img.discard(B(5), B(2)); // one more record fits; block 6's claim is only on disk
@@ -249,7 +250,7 @@ test('a fast zero over more whole blocks than the record can take fails before i
   img = await open(disk, { maxUnownedFreeBytes: B(2) });
   // Blocks 0-3: four places to give up, room for two. Without the check, blocks 0 and 1 changed
   // state before block 2 failed (ENOTSUP mid-request).
-  await assert.rejects(img.writeZeroes(0, B(4), { fast: true }), (e) => e.code === 'ENOTSUP' && /record of free space is full/.test(e.message));
+  await assert.rejects(img.writeZeroes(0, B(4), { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP' && /record of free space is full/.test(e.message));
   for (let b = 0; b < 4; b++) assert.deepEqual(await readBack(img, B(b), MiB), pattern(b + 1, MiB), `block ${b} untouched`);
   await img.writeZeroes(0, B(2), { fast: true }); // what fits still works
   await img.close();
@@ -272,14 +273,14 @@ test('a failed write into a reused place leaves the entry as it was, and the pla
   const place1 = (await readPayloadEntry(disk, plan, 1)).fileOffsetMB;
   // The same disk, with writes at one offset failing while `failing` is set.
   let failing = true;
-  const flaky = {
+  const flaky: WritableSource = {
     get size() {
       return disk.size;
     },
     readOnly: false,
-    read: (o, b) => disk.read(o, b),
-    write: (o, d) => (failing && o === place1 * MiB + 4096 ? Promise.reject(Object.assign(new Error('injected EIO'), { code: 'EIO' })) : disk.write(o, d)),
-    truncate: (n) => disk.truncate(n),
+    read: (o: number, b: Uint8Array) => disk.read(o, b),
+    write: (o: number, d: Uint8Array) => (failing && o === place1 * MiB + 4096 ? Promise.reject(Object.assign(new Error('injected EIO'), { code: 'EIO' })) : disk.write(o, d)),
+    truncate: (n: number) => disk.truncate(n),
     flush: () => disk.flush(),
     close: () => disk.close(),
   };
@@ -306,7 +307,7 @@ test('a commit split over several log entries keeps a reused claim\'s release an
   const claim = (await readPayloadEntry(disk, plan, 0)).fileOffsetMB;
   assert.notEqual(claim, 0);
   img = await open(disk);
-  const mark = disk.trace.length;
+  const mark = disk.trace!.length;
   // A write far away takes the claim (two BAT sectors linked), then one write-zeroes changes
   // about 200 more sectors (ZERO blocks, no allocation): more than one log entry holds.
   await img.write(B(250 * spread) + 512, pattern(250, 512));
@@ -315,14 +316,14 @@ test('a commit split over several log entries keeps a reused claim\'s release an
   assert.equal((await readPayloadEntry(disk, plan, 250 * spread)).fileOffsetMB, claim, 'the claim was reused');
   assert.deepEqual(await readPayloadEntry(disk, plan, 0), { state: PayloadState.UNMAPPED, fileOffsetMB: 0 });
   // BAT sectors written in place between two flushes came from one log entry.
-  const groups = [];
-  for (const op of disk.trace.slice(mark)) {
+  const groups: number[][] = [];
+  for (const op of disk.trace!.slice(mark)) {
     if (op.kind === 'flush') groups.push([]);
-    else if (op.kind === 'write' && op.offset >= plan.bat.offset && op.offset < plan.bat.offset + plan.bat.length) groups[groups.length - 1].push((op.offset - plan.bat.offset) / 4096);
+    else if (op.kind === 'write' && op.offset >= plan.bat.offset && op.offset < plan.bat.offset + plan.bat.length) groups[groups.length - 1]!.push((op.offset - plan.bat.offset) / 4096);
   }
   const applied = groups.filter((g) => g.length > 0);
   assert.ok(applied.length >= 2, `the commit took ${applied.length} log entries`);
-  const sectorOf = (block) => Math.floor(payloadBatIndex(plan.geometry, block) / 512);
+  const sectorOf = (block: number): number => Math.floor(payloadBatIndex(plan.geometry, block) / 512);
   const withOld = applied.find((g) => g.includes(sectorOf(0)));
   assert.ok(withOld?.includes(sectorOf(250 * spread)), `sectors ${sectorOf(0)} and ${sectorOf(250 * spread)} in one entry: ${JSON.stringify(applied.map((g) => g.length))}`);
   await img.close();
@@ -369,9 +370,9 @@ test('commit frees the parent\'s blocks the child zeroed: the parent closes with
 });
 
 test('FreeBlocks: lowest durable first, own place by block, trailing run, both caps', async () => {
-  const { FreeBlocks } = await import('../../dist/driver/free-space.js');
+  const { FreeBlocks } = await import('../../src/driver/free-space.js');
   const f = new FreeBlocks(MiB, 4, 2 * MiB);
-  const rec = (mb, block, owned, durable = true) => ({ fileOffset: mb * MiB, block, owned, durable });
+  const rec = (mb: number, block: number, owned: boolean, durable = true) => ({ fileOffset: mb * MiB, block, owned, durable });
   assert.equal(f.add(rec(9, 1, true)), true);
   assert.equal(f.add(rec(5, 2, false, false)), true);
   assert.equal(f.add(rec(7, 3, false)), true);
@@ -379,9 +380,9 @@ test('FreeBlocks: lowest durable first, own place by block, trailing run, both c
   assert.equal(f.add(rec(6, 1, true)), false, 'one record per block');
   assert.equal(f.add(rec(8, 5, true)), true);
   assert.equal(f.add(rec(3, 6, true)), false, 'the count cap');
-  assert.equal(f.of(2).fileOffset, 5 * MiB);
+  assert.equal(f.of(2)?.fileOffset, 5 * MiB);
   assert.equal(f.hasPending(), true);
-  assert.equal(f.takeLowest().fileOffset, 7 * MiB, 'the place at 5 MiB waits for its commit');
+  assert.equal(f.takeLowest()?.fileOffset, 7 * MiB, 'the place at 5 MiB waits for its commit');
   f.markDurable();
   assert.equal(f.hasPending(), false);
   // 8 and 9 end the space before 10 MiB; 5 does not touch them.

@@ -6,31 +6,44 @@
 // takes its old place.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxImage, VhdxError, createImage } from '../../dist/index.js';
-import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
+import { MemorySource, VhdxImage, VhdxError, createImage, type BlockMove, type WritableSource } from '../../src/index.js';
+import type { CrashImageOptions, FaultySource } from '../../src/testing.js';
+import { planLayout, writeNewImage } from '../../src/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
-import { bytesEqual, crashCheck, pattern } from '../helpers/model.js';
-import { runWorkload } from '../helpers/workload.js';
+import { bytesEqual, crashCheck, pattern, type SparseModel } from '../helpers/model.js';
+import { runWorkload, type Op } from '../helpers/workload.js';
 import { makeBase, makeChild } from '../helpers/chain.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const B = (n) => n * MiB;
+const B = (n: number): number => n * MiB;
 
-function ops(build) {
+type Moves = Extract<Op, { kind: 'move' }>['moves'];
+
+/** The operations a workload is written with (a write's data is a fresh pattern). */
+interface OpMakers {
+  w(offset: number, length: number): Op;
+  zero(offset: number, length: number): Op;
+  discard(offset: number, length: number): Op;
+  move(moves: Moves): Op;
+  flush: Op;
+  close: Op;
+}
+
+function ops(build: (makers: OpMakers) => Op[]): Op[] {
   let seed = 0;
-  const w = (offset, length) => ({ kind: 'write', offset, data: pattern(++seed, length) });
-  const zero = (offset, length) => ({ kind: 'zero', offset, length });
-  const discard = (offset, length) => ({ kind: 'discard', offset, length });
-  const move = (moves) => ({ kind: 'move', moves });
+  const w = (offset: number, length: number): Op => ({ kind: 'write', offset, data: pattern(++seed, length) });
+  const zero = (offset: number, length: number): Op => ({ kind: 'zero', offset, length });
+  const discard = (offset: number, length: number): Op => ({ kind: 'discard', offset, length });
+  const move = (moves: Moves): Op => ({ kind: 'move', moves });
   return build({ w, zero, discard, move, flush: { kind: 'flush' }, close: { kind: 'close' } });
 }
 
 /** The place block `block` holds now (its data extent's file offset). */
-async function placeOf(img, block) {
+async function placeOf(img: VhdxImage, block: number): Promise<number> {
   const [x] = await img.blockStatus(block * img.blockSize, 1);
-  assert.equal(x.type, 'data', `block ${block} holds data`);
-  return x.fileOffset;
+  assert.equal(x?.type, 'data', `block ${block} holds data`);
+  return x.fileOffset ?? assert.fail(`block ${block}'s data extent has no file offset`);
 }
 
 // A dynamic disk whose last block is short. Moves to the end, several sharing one log entry;
@@ -58,9 +71,11 @@ const PLAIN = ops(({ w, zero, discard, move, flush, close }) => [
   move(async (img) => {
     const free = await img.freePlaces();
     assert.ok(free.includes(claimed), `block 1's claim ${claimed} is free (${free})`);
+    const other = free.find((at) => at !== claimed);
+    assert.ok(other !== undefined, `a free place besides the claim (${free})`);
     return [
       { kind: 'payload', index: 0, to: claimed },
-      { kind: 'payload', index: 12, to: free.find((at) => at !== claimed) },
+      { kind: 'payload', index: 12, to: other },
     ];
   }),
   w(7, 100),
@@ -70,16 +85,17 @@ const PLAIN = ops(({ w, zero, discard, move, flush, close }) => [
   // that close cuts off the places they leave (and nothing stays leaked).
   move(async (img) => {
     const free = await img.freePlaces();
-    const placed = [];
+    const placed: [at: number, block: number][] = [];
     for (let b = 0; b * MiB < img.size; b++) {
       const [x] = await img.blockStatus(b * MiB, 1);
-      if (x.type === 'data') placed.push([x.fileOffset, b]);
+      if (x?.type === 'data') placed.push([x.fileOffset!, b]);
     }
     placed.sort((a, b) => b[0] - a[0]);
-    const moves = [];
+    const moves: BlockMove[] = [];
     for (const [at, b] of placed) {
-      if (moves.length >= free.length || free[moves.length] > at) break;
-      moves.push({ kind: 'payload', index: b, to: free[moves.length] });
+      const to = free[moves.length];
+      if (to === undefined || to > at) break;
+      moves.push({ kind: 'payload', index: b, to });
     }
     assert.ok(moves.length >= 2, `${moves.length} blocks to move down`);
     return moves;
@@ -87,14 +103,16 @@ const PLAIN = ops(({ w, zero, discard, move, flush, close }) => [
   close,
 ]);
 
-const CRASH_VARIANTS = (n) => [{ keep: 'none' }, { keep: 'all' }, { keep: 'random', seed: n * 7 + 1, tear: true }];
+const CRASH_VARIANTS = (n: number): CrashImageOptions[] => [{ keep: 'none' }, { keep: 'all' }, { keep: 'random', seed: n * 7 + 1, tear: true }];
 
 /**
  * Crash `list` at every mutating operation and check each post-crash disk: it opens read-only
  * and writable (log replayed), both read the same, every byte is what the last durable point
  * left or what a later operation put there, and the structure is sound.
  */
-async function crashEverywhere(base, list, size, { open, openRo, model } = {}) {
+type Opener = (disk: FaultySource) => Promise<VhdxImage>;
+
+async function crashEverywhere(base: Uint8Array, list: Op[], size: number, { open, openRo, model }: { open?: Opener; openRo?: Opener; model?: SparseModel } = {}) {
   const runOpts = { ...(open ? { open } : {}), ...(model ? { model } : {}) };
   const dry = await runWorkload(base, list, undefined, runOpts);
   const total = dry.disk.mutations;
@@ -108,7 +126,7 @@ async function crashEverywhere(base, list, size, { open, openRo, model } = {}) {
     assert.equal(crashCheck(ro, 0, dry.model, []), null, 'dry run');
     assert.deepEqual(await checkInvariants(dry.disk), [], 'dry run');
   }
-  const failures = [];
+  const failures: string[] = [];
   let images = 0;
   for (let n = 1; n <= total && failures.length < 10; n++) {
     const run = await runWorkload(base, list, n, runOpts);
@@ -129,7 +147,7 @@ async function crashEverywhere(base, list, size, { open, openRo, model } = {}) {
         if (!bytesEqual(ro, rw)) failures.push(`${label}: the writable open (replayed in place) reads differently`);
         for (const f of await checkInvariants(crashed)) failures.push(`${label}: ${f}`);
       } catch (e) {
-        failures.push(`${label}: ${e.reason ?? ''} ${e.stack}`);
+        failures.push(`${label}: ${(e as VhdxError).reason ?? ''} ${(e as Error).stack}`);
       }
     }
   }
@@ -184,12 +202,12 @@ test('power loss at every write and flush of moves in a differencing disk: paylo
     ]),
     discard(B(2), MiB), // a claim
     flush,
-    move(async (img) => [{ kind: 'payload', index: 0, to: (await img.freePlaces())[0] }]), // a partially present block into a free place
+    move(async (img) => [{ kind: 'payload', index: 0, to: (await img.freePlaces())[0] ?? assert.fail('no free place') }]), // a partially present block into a free place
     w(B(1) + 3, 10),
     close,
   ]);
-  const open = (disk) => VhdxImage.open(disk, { readOnly: false, parent: openParent });
-  const openRo = (disk) => VhdxImage.open(disk, { parent: openParent });
+  const open: Opener = (disk) => VhdxImage.open(disk, { readOnly: false, parent: openParent });
+  const openRo: Opener = (disk) => VhdxImage.open(disk, { parent: openParent });
   const before = psrc.mutations;
   const { total, images } = await crashEverywhere(mem.bytes().slice(), list, size, { open, openRo, model: pmodel });
   assert.equal(psrc.mutations, before, 'the parent was never written');
@@ -201,51 +219,59 @@ test('power loss at every write and flush of moves in a differencing disk: paylo
  * from, to)` holds those that start from then on until `stop()` (later ones pass), and
  * `release()` lets the held ones go; each held operation does its I/O only once released.
  */
-class HoldingSource {
-  constructor(mem) {
-    this.mem = mem;
-    this.readOnly = false;
-    this.gate = null;
-    this.reads = [];
-  }
+interface Gate {
+  kind: 'read' | 'write';
+  from: number;
+  to: number;
+  open: Promise<void>;
+  held: number;
+  armed: boolean;
+  release: () => void;
+}
+
+class HoldingSource implements WritableSource {
+  readonly readOnly = false;
+  gate: Gate | null = null;
+  readonly reads: number[] = [];
+  constructor(readonly mem: MemorySource) {}
   get size() {
     return this.mem.size;
   }
-  hold(kind, from, to) {
-    let release;
-    const open = new Promise((r) => (release = r));
+  hold(kind: Gate['kind'], from: number, to: number): Gate {
+    let release = (): void => undefined;
+    const open = new Promise<void>((r) => (release = r));
     this.gate = { kind, from, to, open, held: 0, armed: true, release: () => release() };
     return this.gate;
   }
-  async pass(kind, offset, length) {
+  async pass(kind: Gate['kind'], offset: number, length: number): Promise<void> {
     const g = this.gate;
     if (g && g.armed && g.kind === kind && offset < g.to && offset + length > g.from) {
       g.held++;
       await g.open;
     }
   }
-  async read(offset, into) {
+  async read(offset: number, into: Uint8Array): Promise<number> {
     this.reads.push(offset);
     await this.pass('read', offset, into.length);
     return this.mem.read(offset, into);
   }
-  async write(offset, data) {
+  async write(offset: number, data: Uint8Array): Promise<void> {
     await this.pass('write', offset, data.length);
     return this.mem.write(offset, data);
   }
-  flush() {
+  flush(): Promise<void> {
     return this.mem.flush();
   }
-  truncate(size) {
+  truncate(size: number): Promise<void> {
     return this.mem.truncate(size);
   }
-  close() {
+  close(): Promise<void> {
     return this.mem.close();
   }
 }
 
 const settle = async () => {
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  for (let i = 0; i < 20; i++) await new Promise<void>((r) => setImmediate(r));
 };
 
 async function holdingImage() {
@@ -271,8 +297,8 @@ test('a read that looked a block up before it moved reads the block, not what la
   assert.equal(gate.held, 2);
   gate.armed = false;
   const moved = await img.moveBlocks([{ kind: 'payload', index: 0, to: 'end' }]);
-  assert.deepEqual(moved, [{ kind: 'payload', index: 0, from: old, to: moved[0].to }]);
-  assert.notEqual(moved[0].to, old);
+  assert.deepEqual(moved, [{ kind: 'payload', index: 0, from: old, to: moved[0]?.to }]);
+  assert.notEqual(moved[0]?.to, old);
   // The old place is free: the next new block takes it and overwrites it.
   assert.ok((await img.freePlaces()).includes(old));
   await img.write(B(5), pattern(5, MiB));
@@ -338,8 +364,8 @@ test('moveBlocks refuses what it cannot do before it changes anything', async ()
   await img.write(0, pattern(1, 4 * KiB));
   await img.flush();
   const size = src.size;
-  const refuse = async (moves, re) =>
-    assert.rejects(img.moveBlocks(moves), (e) => {
+  const refuse = async (moves: BlockMove[], re: RegExp): Promise<void> =>
+    assert.rejects(img.moveBlocks(moves), (e: VhdxError) => {
       assert.ok(e instanceof VhdxError && e.reason === 'BAD_ARGUMENT', `${e.reason}: ${e.message}`);
       assert.match(e.message, re);
       return true;

@@ -2,17 +2,17 @@
 // shared loads, the bound, pins for changed units, and changes made while other loads evict.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { PageCache } from '../../dist/driver/page-cache.js';
-import { BatCache, BAT_PAGE_BYTES } from '../../dist/driver/bat-cache.js';
-import { MemorySource } from '../../dist/io/source.js';
-import { batGeometry } from '../../dist/format/bat.js';
+import { PageCache } from '../../src/driver/page-cache.js';
+import { BatCache, BAT_PAGE_BYTES } from '../../src/driver/bat-cache.js';
+import { MemorySource } from '../../src/io/source.js';
+import { batGeometry } from '../../src/format/bat.js';
 
 /** A cache of pages that are 4-byte arrays holding their key, counting reads. */
-function counting(maxPages, unitsPerPage = 1) {
-  const reads = [];
+function counting(maxPages: number, unitsPerPage = 1) {
+  const reads: number[] = [];
   const cache = new PageCache(
     maxPages,
-    async (key) => {
+    async (key: number) => {
       reads.push(key);
       return Uint8Array.of(key, 0, 0, 0);
     },
@@ -58,7 +58,7 @@ test('dirty units pin their page until released after a commit', async () => {
 
   const batch = cache.takeDirty(Infinity, (unit, page) => ({ fileOffset: unit, data: page.slice() }));
   assert.deepEqual(batch.ids, [1, 2]);
-  assert.equal(batch.sectors[0].data[1], 0xaa);
+  assert.equal(batch.sectors[0]?.data[1], 0xaa);
   assert.equal(cache.dirtyCount, 0);
   for (const k of [9, 10]) await cache.get(k);
   assert.equal(cache.cached(0), p, 'taken but not yet released: still pinned');

@@ -4,8 +4,9 @@
 // the cases found by hand.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxError, VhdxImage, describe } from '../../dist/index.js';
-import { checkImage } from '../../dist/driver/check.js';
+import { MemorySource, VhdxError, VhdxImage, describe } from '../../src/index.js';
+import type { OpenOptions, ParentLocator, ParentResolver } from '../../src/index.js';
+import { checkImage } from '../../src/driver/check.js';
 import { buildImage, putBatEntry, batEntryAt, setU32, fillByte, PayloadState, MiB } from '../helpers/build.js';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,14 +14,14 @@ import { needTool, run, runCli, scratch } from '../helpers/env.js';
 
 const dir = scratch('vhdx-check-agrees-');
 let n = 0;
-function file(bytes) {
+function file(bytes: Uint8Array): string {
   const p = join(dir, `img-${n++}.vhdx`);
   writeFileSync(p, bytes);
   return p;
 }
 
 /** Everything a reader does with an image: open, describe, allocation scan, block status, read it all. */
-async function readAll(bytes, opts = {}) {
+async function readAll(bytes: Uint8Array, opts: OpenOptions = {}) {
   const img = await VhdxImage.open(new MemorySource(bytes.slice(), { readOnly: true }), opts);
   try {
     await describe(img);
@@ -80,7 +81,7 @@ const LOCATOR_TYPE_VHDX = 'b04aefb7-d19e-4a81-b789-25b8e9445913';
 const LINKAGE = '{83ef5fc2-4f4f-4a3c-9a58-8d5e4c36d0a1}';
 
 /** A parent of `size` bytes whose DataWriteGuid is LINKAGE, and a resolver that opens it. */
-async function parentWith(size, sector = 512) {
+async function parentWith(size: number, sector: 512 | 4096 = 512): Promise<ParentResolver> {
   const { bytes } = await buildImage({ virtualSize: size, logicalSectorSize: sector, allocate: [0] });
   const src = new MemorySource(bytes.slice());
   const img = await VhdxImage.open(src, { readOnly: false });
@@ -94,18 +95,18 @@ async function parentWith(size, sector = 512) {
   };
 }
 
-async function childWith(entries, { locatorType = LOCATOR_TYPE_VHDX, size = 8 * MiB } = {}) {
+async function childWith(entries: ParentLocator['entries'], { locatorType = LOCATOR_TYPE_VHDX, size = 8 * MiB } = {}): Promise<Uint8Array> {
   return (await buildImage({ virtualSize: size, parentLocator: { locatorType, entries } })).bytes;
 }
 
-const good = [
+const good: [ParentLocator['entries'][number], ParentLocator['entries'][number]] = [
   { key: 'parent_linkage', value: LINKAGE },
   { key: 'relative_path', value: '.\\parent.vhdx' },
 ];
 
 test('parent locator problems are check corruptions, and the readers refuse the same chains', async () => {
   const parent = await parentWith(8 * MiB);
-  const cases = [
+  const cases: [what: string, bytes: Uint8Array, reason: string, message: RegExp][] = [
     ['an unknown locator type', await childWith(good, { locatorType: '11111111-2222-3333-4444-555555555555' }), 'BAD_PARENT_LOCATOR', /not the VHDX locator type/],
     ['no parent_linkage', await childWith([good[1]]), 'BAD_PARENT_LOCATOR', /parent_linkage is missing/],
     ['a parent_linkage that is not a GUID', await childWith([{ key: 'parent_linkage', value: 'yes' }, good[1]]), 'BAD_PARENT_LOCATOR', /not a GUID/],
@@ -117,15 +118,15 @@ test('parent locator problems are check corruptions, and the readers refuse the 
     const r = await checkImage(new MemorySource(bytes.slice()), { parent });
     const c = r.findings.filter((f) => f.severity === 'corruption');
     assert.deepEqual(c.map((f) => [f.reason, f.structure]), [[reason, 'parent locator']], `${what}: ${JSON.stringify(r.findings)}`);
-    assert.match(c[0].message, message, what);
-    assert.equal(c[0].repairableBy, null);
+    assert.match(c[0]!.message, message, what);
+    assert.equal(c[0]!.repairableBy, null);
     // A finding lists its structure apart: the message does not repeat it.
-    assert.doesNotMatch(c[0].message, /\(parent locator/);
-    await assert.rejects(readAll(bytes, { parent }), (e) => ['BAD_PARENT_LOCATOR', 'PARENT_MISMATCH', 'PARENT_NOT_FOUND'].includes(e.reason), what);
+    assert.doesNotMatch(c[0]!.message, /\(parent locator/);
+    await assert.rejects(readAll(bytes, { parent }), (e: VhdxError) => ['BAD_PARENT_LOCATOR', 'PARENT_MISMATCH', 'PARENT_NOT_FOUND'].includes(e.reason), what);
   }
   // The locator's own faults are found without the chain too; the parent's, only with it.
-  assert.equal((await checkImage(new MemorySource(cases[0][1].slice()))).corruptions, 1);
-  assert.equal((await checkImage(new MemorySource(cases[4][1].slice()))).corruptions, 0);
+  assert.equal((await checkImage(new MemorySource(cases[0]![1].slice()))).corruptions, 1);
+  assert.equal((await checkImage(new MemorySource(cases[4]![1].slice()))).corruptions, 0);
   // A good locator and its parent: clean, and the chain reads.
   const ok = await childWith(good);
   const r = await checkImage(new MemorySource(ok.slice()), { parent });
@@ -144,7 +145,7 @@ test('vhdx check follows the chain as the readers do (--parents), and says why a
   assert.equal(runCli(['io', '-c', 'write 0 4K', parentPath]).status, 0);
   const mismatch = runCli(['check', '--output=json', childPath]);
   assert.equal(mismatch.status, 2);
-  assert.deepEqual(JSON.parse(mismatch.stdout).findings.map((f) => f.reason), ['PARENT_MISMATCH']);
+  assert.deepEqual(JSON.parse(mismatch.stdout).findings.map((f: { reason: string }) => f.reason), ['PARENT_MISMATCH']);
   assert.notEqual(runCli(['map', childPath]).status, 0, 'the readers refuse it too');
   assert.equal(runCli(['check', '--parents=none', childPath]).status, 0, 'the image alone is fine');
   const gone = runCli(['check', '--parents=relative', join(dir, 'missing-child.vhdx')]);

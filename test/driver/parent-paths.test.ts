@@ -5,8 +5,9 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createFile, createImage, openFile } from '../../dist/node.js';
-import { FaultySource } from '../../dist/testing.js';
+import { createFile, createImage, openFile } from '../../src/node.js';
+import type { VhdxError } from '../../src/node.js';
+import { FaultySource } from '../../src/testing.js';
 import { locatorOf } from '../helpers/chain.js';
 import { writeSparseFile } from '../helpers/workload.js';
 import { scratch } from '../helpers/env.js';
@@ -16,7 +17,7 @@ const MiB = 1024 * 1024;
 const dir = scratch('vhdx-parent-paths-');
 
 /** A child file whose locator holds only `relative` (and a linkage nothing matches). */
-async function childWith(path, relative) {
+async function childWith(path: string, relative: string): Promise<void> {
   const src = new FaultySource(new Uint8Array(0), { writeCache: false });
   await createImage(src, { size: 8 * MiB, blockSize: MiB, parentLocator: locatorOf(null, { linkage: '01234567-89ab-cdef-0123-456789abcdef', relative, absolute: null }) });
   writeSparseFile(path, src);
@@ -28,7 +29,7 @@ test("a relative_path that leaves the child's folder is followed only with paren
   const child = join(dir, 'sub', 'child.vhdx');
   await createFile(base, { size: 8 * MiB });
   await createFile(child, { parent: base }); // relative_path ..\base.vhdx
-  await assert.rejects(openFile(child), (e) => {
+  await assert.rejects(openFile(child), (e: VhdxError) => {
     assert.equal(e.reason, 'PARENT_NOT_FOUND');
     assert.match(e.message, /relative_path \.\.\\base\.vhdx: not followed: it leaves the child's folder; such paths are followed only with parents 'any' \/ --parents=any/);
     return true;
@@ -47,19 +48,19 @@ test('the error for a relative_path outside the folder does not tell whether tha
   mkdirSync(join(dir, 'otherdir'));
   const outside = join(dir, 'secret.bin');
   writeFileSync(outside, 'not a disk');
-  const messages = [];
+  const messages: string[] = [];
   for (const target of ['secret.bin', 'missing.bin', 'otherdir']) {
     const c = join(dir, 'deep', `to-${target}.vhdx`);
     await childWith(c, `..\\${target}`);
-    await assert.rejects(openFile(c), (e) => {
+    await assert.rejects(openFile(c), (e: VhdxError) => {
       assert.equal(e.reason, 'PARENT_NOT_FOUND');
       messages.push(e.message.replaceAll(target, 'X'));
       return true;
     });
   }
   assert.equal(new Set(messages).size, 1, `messages differ:\n${messages.join('\n')}`);
-  assert.match(messages[0], /not followed/);
-  assert.doesNotMatch(messages[0], /not found|not a regular file|NOT_VHDX|not a VHDX/);
+  assert.match(messages[0]!, /not followed/);
+  assert.doesNotMatch(messages[0]!, /not found|not a regular file|NOT_VHDX|not a VHDX/);
 });
 
 test('a relative_path inside the folder is followed as before, however it is spelled', async () => {
@@ -68,5 +69,5 @@ test('a relative_path inside the folder is followed as before, however it is spe
   const child = join(dir, 'inner-child.vhdx');
   await childWith(child, '.\\sub\\..\\inner-base.vhdx');
   // Followed (the linkage then refuses it: this child was not made from that base).
-  await assert.rejects(openFile(child), (e) => e.reason === 'PARENT_MISMATCH');
+  await assert.rejects(openFile(child), (e: VhdxError) => e.reason === 'PARENT_MISMATCH');
 });

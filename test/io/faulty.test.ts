@@ -2,16 +2,18 @@
 // must be right, or a crash test could pass by accident.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultySource } from '../../dist/testing.js';
+import { FaultySource } from '../../src/testing.js';
+import type { RandomAccessSource } from '../../src/testing.js';
+import type { VhdxError } from '../../src/errors.js';
 
 const KiB = 1024;
 
-async function readAll(src) {
+async function readAll(src: RandomAccessSource): Promise<Uint8Array> {
   const b = new Uint8Array(src.size);
   await src.read(0, b);
   return b;
 }
-const filled = (n, v) => new Uint8Array(n).fill(v);
+const filled = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
 
 test('reads see every write; a crash keeps what was flushed and loses the rest (keep: none)', async () => {
   const d = new FaultySource(filled(16 * KiB, 1));
@@ -38,7 +40,7 @@ test('surviving writes land in issue order; random subsets depend on the seed on
   await d.write(0, filled(4 * KiB, 1));
   await d.write(0, filled(4 * KiB, 2));
   assert.deepEqual((await readAll(d.crashImage({ keep: 'all' }))).subarray(0, 4 * KiB), filled(4 * KiB, 2));
-  const seen = new Set();
+  const seen = new Set<number | undefined>();
   for (let seed = 1; seed <= 40; seed++) {
     const a = await readAll(d.crashImage({ seed }));
     const b = await readAll(d.crashImage({ seed }));
@@ -76,13 +78,13 @@ test('crashAt: the Nth write, flush or truncate throws, is in flight, and every 
   const d = new FaultySource(filled(8 * KiB, 0), { crashAt: 3, trace: true });
   await d.write(0, filled(4 * KiB, 1)); // 1
   await d.flush(); // 2
-  await assert.rejects(d.write(4 * KiB, filled(4 * KiB, 2)), (e) => e.reason === 'IO_ERROR'); // 3: crash
+  await assert.rejects(d.write(4 * KiB, filled(4 * KiB, 2)), (e: VhdxError) => e.reason === 'IO_ERROR'); // 3: crash
   assert.equal(d.isCrashed, true);
-  await assert.rejects(d.read(0, new Uint8Array(1)), (e) => e.reason === 'IO_ERROR');
-  await assert.rejects(d.flush(), (e) => e.reason === 'IO_ERROR');
-  await assert.rejects(d.truncate(0), (e) => e.reason === 'IO_ERROR');
+  await assert.rejects(d.read(0, new Uint8Array(1)), (e: VhdxError) => e.reason === 'IO_ERROR');
+  await assert.rejects(d.flush(), (e: VhdxError) => e.reason === 'IO_ERROR');
+  await assert.rejects(d.truncate(0), (e: VhdxError) => e.reason === 'IO_ERROR');
   await d.close();
-  assert.deepEqual(d.trace.map((op) => [op.kind, op.index]), [
+  assert.deepEqual(d.trace!.map((op) => [op.kind, op.index]), [
     ['write', 1],
     ['flush', 2],
     ['write', 3],

@@ -7,26 +7,27 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, VhdxImage } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
-import { planLayout, writeNewImage } from '../../dist/driver/layout.js';
-import { HEADER } from '../../dist/format/header.js';
-import { PayloadState } from '../../dist/format/bat.js';
-import { parseLogEntry } from '../../dist/format/log-entry.js';
+import { MemorySource, VhdxImage, type RandomAccessSource, type WritableSource } from '../../src/index.js';
+import { FaultySource, type FaultyOp } from '../../src/testing.js';
+import { planLayout, writeNewImage, type ImagePlan, type LayoutOptions } from '../../src/driver/layout.js';
+import { HEADER } from '../../src/format/header.js';
+import { PayloadState } from '../../src/format/bat.js';
+import { parseLogEntry } from '../../src/format/log-entry.js';
 import { corpusFile, corpusManifest, corpusDir } from '../helpers/env.js';
 import { needCorpus } from '../helpers/corpus-prefix.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { pattern } from '../helpers/model.js';
 import { buildImage, putBatEntry, readPayloadEntry } from '../helpers/build.js';
+import type { VhdxError } from '../../src/errors.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const B = (n) => n * MiB;
+const B = (n: number): number => n * MiB;
 const NIL = '00000000-0000-0000-0000-000000000000';
 const HEADER_SLOTS = [64 * KiB, 128 * KiB];
 
 /** A new image on a tracing FaultySource. */
-async function newImage(layout) {
+async function newImage(layout: LayoutOptions) {
   const plan = planLayout({ blockSize: MiB, ...layout });
   const mem = new MemorySource();
   await writeNewImage(mem, plan);
@@ -35,8 +36,20 @@ async function newImage(layout) {
   return { plan, disk, base };
 }
 
+/** The operations `disk` recorded (it was made with `trace`). */
+function traced(disk: FaultySource): FaultyOp[] {
+  assert.ok(disk.trace, 'the disk records its operations');
+  return disk.trace;
+}
+
+/** The bytes of a traced write. */
+function dataOf(op: FaultyOp | undefined): Uint8Array {
+  assert.ok(op?.data, 'a traced write carries its bytes');
+  return op.data;
+}
+
 /** Where a traced write went. */
-function region(plan, op) {
+function region(plan: ImagePlan, op: FaultyOp): string {
   if (op.kind !== 'write') return op.kind;
   if (HEADER_SLOTS.includes(op.offset)) return 'header';
   if (op.offset >= plan.log.offset && op.offset < plan.log.offset + plan.log.length) return 'log';
@@ -46,24 +59,25 @@ function region(plan, op) {
 }
 
 /** The header a traced header write carries, with its slot. */
-function headerOf(op) {
-  return { ...HEADER.decode(op.data), slot: HEADER_SLOTS.indexOf(op.offset) + 1 };
+type Header = ReturnType<typeof HEADER.decode>;
+
+function headerOf(op: FaultyOp) {
+  return { ...HEADER.decode(dataOf(op)), slot: HEADER_SLOTS.indexOf(op.offset) + 1 };
 }
 
 /** Headers as they are in the file now: [slot 1, slot 2]. */
-async function fileHeaders(src) {
-  return Promise.all(
-    HEADER_SLOTS.map(async (at) => {
-      const b = new Uint8Array(4096);
-      await src.read(at, b);
-      return HEADER.decode(b);
-    }),
-  );
+async function fileHeaders(src: RandomAccessSource): Promise<[Header, Header]> {
+  const headerAt = async (at: number): Promise<Header> => {
+    const b = new Uint8Array(4096);
+    await src.read(at, b);
+    return HEADER.decode(b);
+  };
+  return Promise.all([headerAt(HEADER_SLOTS[0]!), headerAt(HEADER_SLOTS[1]!)]);
 }
-const currentOf = ([a, b]) => (a.sequenceNumber > b.sequenceNumber ? a : b);
+const currentOf = ([a, b]: readonly [Header, Header]): Header => (a.sequenceNumber > b.sequenceNumber ? a : b);
 
 
-async function readBack(img, offset, length) {
+async function readBack(img: VhdxImage, offset: number, length: number): Promise<Uint8Array> {
   const b = new Uint8Array(length);
   await img.read(offset, b);
   return b;
@@ -73,7 +87,7 @@ test('header protocol: both slots updated in turn, sequence +1 per write, flushe
   const { plan, disk } = await newImage({ virtualSize: B(64) });
   const before = await fileHeaders(disk);
   const img = await VhdxImage.open(disk, { readOnly: false });
-  assert.equal(disk.trace.length, 0, 'a writable open writes nothing until the first change');
+  assert.equal(traced(disk).length, 0, 'a writable open writes nothing until the first change');
   await img.write(0, pattern(1, 4096));
   await img.write(B(5), pattern(2, 4096));
   await img.flush();
@@ -82,7 +96,7 @@ test('header protocol: both slots updated in turn, sequence +1 per write, flushe
   await img.flush();
   await img.close();
 
-  const trace = disk.trace;
+  const trace = traced(disk);
   const headerWrites = trace.map((op, i) => ({ op, i })).filter(({ op }) => region(plan, op) === 'header');
   // Session start (2), LogGuid set at the first commit (2), LogGuid cleared at close (2).
   assert.equal(headerWrites.length, 6);
@@ -97,12 +111,12 @@ test('header protocol: both slots updated in turn, sequence +1 per write, flushe
     slot = h.slot;
   }
   // Nothing but headers before the session's first two header writes.
-  assert.equal(headerWrites[0].i, 0);
-  assert.equal(headerWrites[1].i, 2);
+  assert.equal(headerWrites[0]?.i, 0);
+  assert.equal(headerWrites[1]?.i, 2);
 
   // FileWriteGuid and DataWriteGuid: new values once, at the session's start.
   const hs = headerWrites.map(({ op }) => headerOf(op));
-  const first = hs[0];
+  const first = hs[0]!;
   assert.notEqual(first.fileWriteGuid, currentOf(before).fileWriteGuid);
   assert.notEqual(first.dataWriteGuid, currentOf(before).dataWriteGuid);
   for (const h of hs) {
@@ -114,23 +128,25 @@ test('header protocol: both slots updated in turn, sequence +1 per write, flushe
     hs.map((h) => (h.logGuid === NIL ? 'clear' : 'set')),
     ['clear', 'clear', 'set', 'set', 'clear', 'clear'],
   );
-  const setAt = headerWrites[2].i;
+  const setAt = headerWrites[2]!.i;
   const logBefore = trace.slice(0, setAt).map((op, i) => ({ op, i })).filter(({ op }) => region(plan, op) === 'log');
   assert.equal(logBefore.length, 1, 'one log entry written before LogGuid is set');
-  assert.ok(trace.slice(logBefore[0].i + 1, setAt).some((op) => op.kind === 'flush'), 'and flushed');
+  const [logged] = logBefore;
+  assert.ok(logged);
+  assert.ok(trace.slice(logged.i + 1, setAt).some((op) => op.kind === 'flush'), 'and flushed');
   const entry = parseLogEntry(
     (() => {
       const ring = new Uint8Array(plan.log.length);
-      ring.set(logBefore[0].op.data, logBefore[0].op.offset - plan.log.offset);
+      ring.set(dataOf(logged.op), logged.op.offset - plan.log.offset);
       return ring;
     })(),
-    logBefore[0].op.offset - plan.log.offset,
-    hs[2].logGuid,
+    logged.op.offset - plan.log.offset,
+    hs[2]!.logGuid,
   );
   assert.ok(entry, 'the entry is valid for the LogGuid the header gets');
   // BAT sectors reach their place only after LogGuid is set.
   const firstBat = trace.findIndex((op) => region(plan, op) === 'bat');
-  assert.ok(firstBat > headerWrites[3].i, 'BAT written in place only after LogGuid is in both headers');
+  assert.ok(firstBat > headerWrites[3]!.i, 'BAT written in place only after LogGuid is in both headers');
 
   const after = await fileHeaders(disk);
   assert.equal(currentOf(after).logGuid, NIL, 'LogGuid clear after close');
@@ -163,15 +179,15 @@ test('group commit: 512 allocations then one flush make one log entry', async ()
   const img = await VhdxImage.open(disk, { readOnly: false });
   await img.write(0, pattern(0, 512)); // session start out of the way
   await img.flush();
-  const mark = disk.trace.length;
+  const mark = traced(disk).length;
   const flushes = disk.counts.flushes;
   for (let b = 1; b < 513; b++) await img.write(B(b) + 1024, pattern(b, 1024));
-  const mid = disk.trace.slice(mark);
+  const mid = traced(disk).slice(mark);
   assert.equal(mid.filter((op) => op.kind === 'flush').length, 0, 'no flush before the caller asks');
   assert.equal(mid.filter((op) => region(plan, op) === 'log').length, 0, 'no log entry before the flush');
   assert.equal(mid.filter((op) => op.kind === 'truncate').length, 512, 'one file extension per block');
   await img.flush();
-  const ops = disk.trace.slice(mark);
+  const ops = traced(disk).slice(mark);
   const log = ops.filter((op) => region(plan, op) === 'log');
   assert.equal(log.length, 1, 'one log entry');
   assert.equal(ops.filter((op) => region(plan, op) === 'bat').length, 2, 'two BAT sectors applied (blocks 0..511 and 512)');
@@ -189,10 +205,10 @@ test('log ring: many commits wrap a 1 MiB log, and an entry split by the ring en
   const spread = 512;
   const { plan, disk, base } = await newImage({ virtualSize: B(300 * spread) });
   let n = 0;
-  const writeBlocks = async (img, count) => {
+  const writeBlocks = async (img: VhdxImage, count: number): Promise<void> => {
     for (let k = 0; k < count; k++, n++) await img.write(B(n * spread) + 4096, pattern(n, 4096));
   };
-  const scenario = async (src) => {
+  const scenario = async (src: RandomAccessSource): Promise<VhdxImage> => {
     n = 0;
     const img = await VhdxImage.open(src, { readOnly: false });
     await writeBlocks(img, 126);
@@ -206,10 +222,10 @@ test('log ring: many commits wrap a 1 MiB log, and an entry split by the ring en
   const img = await scenario(disk);
   const logGuid = img.header.logGuid;
   assert.notEqual(logGuid, NIL);
-  const logWrites = disk.trace.filter((op) => region(plan, op) === 'log');
+  const logWrites = traced(disk).filter((op) => region(plan, op) === 'log');
   // Entries of 127 sectors at 0 and 127 of the 256-sector ring, then one of 6 that wraps: written in two pieces.
   const ringEnd = plan.log.offset + plan.log.length;
-  const split = logWrites.findIndex((op) => op.offset + op.data.length === ringEnd && op.offset !== plan.log.offset);
+  const split = logWrites.findIndex((op) => op.offset + dataOf(op).length === ringEnd && op.offset !== plan.log.offset);
   assert.ok(split >= 0, 'an entry reaches the end of the ring');
   assert.equal(logWrites[split + 1]?.offset, plan.log.offset, 'and continues at its start');
   const total = n;
@@ -217,9 +233,10 @@ test('log ring: many commits wrap a 1 MiB log, and an entry split by the ring en
 
   // Power lost right after the wrapped entry was flushed, before its BAT sectors were applied:
   // the replay must come from the wrapped entry.
-  const firstApply = disk.trace.find((op) => op.index > logWrites[split + 1].index && region(plan, op) === 'bat');
+  const firstApply = traced(disk).find((op) => op.index > logWrites[split + 1]!.index && region(plan, op) === 'bat');
+  assert.ok(firstApply, 'BAT sectors applied after the wrapped entry');
   const dying = new FaultySource(base, { crashAt: firstApply.index });
-  await assert.rejects(scenario(dying), (e) => e.reason === 'IO_ERROR');
+  await assert.rejects(scenario(dying), (e: VhdxError) => e.reason === 'IO_ERROR');
   const crashed = dying.crashImage({ keep: 'none' });
   const ro = await VhdxImage.open(crashed.clone());
   assert.equal(ro.layout.log.dirty, true);
@@ -238,7 +255,7 @@ test('log ring: many commits wrap a 1 MiB log, and an entry split by the ring en
     await img.write(B(last + k), pattern(2000 + k, 512));
     await img.flush();
   }
-  const starts = disk.trace.filter((op) => region(plan, op) === 'log' && op.data[0] === 0x6c && op.data[3] === 0x65);
+  const starts = traced(disk).filter((op) => region(plan, op) === 'log' && dataOf(op)[0] === 0x6c && dataOf(op)[3] === 0x65);
   assert.ok(starts.length >= 150, `${starts.length} log entries`);
   assert.ok(new Set(starts.map((op) => op.offset)).size < starts.length, 'entries reuse ring positions: the ring wrapped');
   await img.close();
@@ -251,7 +268,7 @@ test('log ring: many commits wrap a 1 MiB log, and an entry split by the ring en
 test('concurrent writes to one unallocated block allocate it once', async () => {
   const { plan, disk } = await newImage({ virtualSize: B(32) });
   const img = await VhdxImage.open(disk, { readOnly: false });
-  const parts = Array.from({ length: 16 }, (_, k) => [B(3) + k * 64 * KiB + 100, pattern(k, 3000)]);
+  const parts = Array.from({ length: 16 }, (_, k): [number, Uint8Array] => [B(3) + k * 64 * KiB + 100, pattern(k, 3000)]);
   // Also one write spanning blocks 3 and 4, and a flush in the middle of it all.
   await Promise.all([...parts.map(([at, d]) => img.write(at, d)), img.write(B(4) - 512, pattern(99, 1024)), img.flush()]);
   assert.equal(disk.counts.truncates, 2, 'blocks 3 and 4 each allocated once');
@@ -280,17 +297,17 @@ test('write-zeroes of a whole block makes it ZERO without writing data; discard 
   const img = await VhdxImage.open(disk, { readOnly: false });
   for (const b of [2, 3, 16]) await img.write(B(b), pattern(b, 4096));
   await img.flush();
-  const mark = disk.trace.length;
+  const mark = traced(disk).length;
   await img.writeZeroes(B(2), MiB);
   await img.discard(B(3), MiB);
   await img.writeZeroes(B(16), 4096); // the whole (short) last block
   await img.writeZeroes(B(5), 3 * MiB); // unallocated blocks become ZERO too
-  assert.equal(disk.trace.length, mark, 'nothing written until the flush');
+  assert.equal(traced(disk).length, mark, 'nothing written until the flush');
   for (const b of [2, 3, 16]) assert.deepEqual(await readBack(img, B(b), 4096), new Uint8Array(4096));
   const st = await img.blockStatus(B(2), B(2));
   assert.deepEqual(st.map((x) => x.type), ['zero']);
   await img.flush();
-  const after = disk.trace.slice(mark);
+  const after = traced(disk).slice(mark);
   assert.equal(after.filter((op) => region(plan, op) === 'payload').length, 0, 'no payload written');
   assert.equal((await readPayloadEntry(disk, plan, 2)).state, PayloadState.ZERO);
   assert.equal((await readPayloadEntry(disk, plan, 3)).state, PayloadState.UNMAPPED);
@@ -333,13 +350,13 @@ test('fixed disks keep every block FULLY_PRESENT: zeroing and discard write zero
   await img.close();
   assert.equal(disk.counts.truncates, 0, 'a fixed disk never grows');
   for (const b of [0, 1, 2, 3]) assert.deepEqual(await readPayloadEntry(disk, plan, b), before[b]);
-  assert.equal(before[1].state, PayloadState.FULLY_PRESENT);
+  assert.equal(before[1]?.state, PayloadState.FULLY_PRESENT);
   const ro = await VhdxImage.open(disk);
   assert.deepEqual(await readBack(ro, B(1), 2 * MiB), new Uint8Array(2 * MiB));
   assert.deepEqual((await ro.blockStatus(0, ro.size)).map((x) => x.type), ['data']);
   // Fast zeroing cannot be honoured on a fixed disk.
   const rw = await VhdxImage.open(disk, { readOnly: false });
-  await assert.rejects(rw.writeZeroes(B(3), MiB, { fast: true }), (e) => e.code === 'ENOTSUP');
+  await assert.rejects(rw.writeZeroes(B(3), MiB, { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP');
   await rw.close();
   assert.deepEqual(await checkInvariants(disk), []);
 });
@@ -353,7 +370,7 @@ test('fast write-zeroes: whole blocks and unallocated ranges succeed, part of an
   await img.writeZeroes(B(1), MiB, { fast: true });
   await img.writeZeroes(B(6) + 512, 4096, { fast: true }); // unallocated: nothing to write
   const writes = disk.counts.writes;
-  await assert.rejects(img.writeZeroes(B(4) + 4096, 4096, { fast: true }), (e) => e.code === 'ENOTSUP');
+  await assert.rejects(img.writeZeroes(B(4) + 4096, 4096, { fast: true }), (e: VhdxError) => e.code === 'ENOTSUP');
   assert.equal(disk.counts.writes, writes, 'nothing written by the refused request');
   assert.deepEqual(await readBack(img, B(4), MiB), pattern(4, MiB), 'the refused range is unchanged');
   assert.deepEqual(await readBack(img, B(1), MiB), new Uint8Array(MiB));
@@ -366,25 +383,25 @@ test('a read-only image refuses writes with EROFS; a read-only source cannot be 
   const img = await VhdxImage.open(disk);
   assert.equal(img.readOnly, true);
   assert.deepEqual(img.can, { zero: false, fastZero: false, discard: false, extents: true, fua: false });
-  await assert.rejects(img.write(0, new Uint8Array(512)), (e) => e.code === 'EROFS' && e.reason === 'READ_ONLY');
-  await assert.rejects(img.writeZeroes(0, MiB), (e) => e.code === 'EROFS');
-  await assert.rejects(img.discard(0, MiB), (e) => e.code === 'EROFS');
+  await assert.rejects(img.write(0, new Uint8Array(512)), (e: VhdxError) => e.code === 'EROFS' && e.reason === 'READ_ONLY');
+  await assert.rejects(img.writeZeroes(0, MiB), (e: VhdxError) => e.code === 'EROFS');
+  await assert.rejects(img.discard(0, MiB), (e: VhdxError) => e.code === 'EROFS');
   await img.flush();
   await img.close();
   assert.equal(disk.counts.writes + disk.counts.truncates + disk.counts.flushes, 0);
   const mem = new MemorySource(disk.bytes(), { readOnly: true });
-  await assert.rejects(VhdxImage.open(mem, { readOnly: false }), (e) => e.code === 'EROFS');
+  await assert.rejects(VhdxImage.open(mem, { readOnly: false }), (e: VhdxError) => e.code === 'EROFS');
 });
 
 test('writes are checked against the disk size', async () => {
   const { disk } = await newImage({ virtualSize: B(8) });
   const img = await VhdxImage.open(disk, { readOnly: false });
-  await assert.rejects(img.write(B(8) - 100, new Uint8Array(200)), (e) => e.reason === 'OUT_OF_RANGE');
-  await assert.rejects(img.writeZeroes(-1, 10), (e) => e.reason === 'OUT_OF_RANGE');
-  await assert.rejects(img.discard(0, B(9)), (e) => e.reason === 'OUT_OF_RANGE');
+  await assert.rejects(img.write(B(8) - 100, new Uint8Array(200)), (e: VhdxError) => e.reason === 'OUT_OF_RANGE');
+  await assert.rejects(img.writeZeroes(-1, 10), (e: VhdxError) => e.reason === 'OUT_OF_RANGE');
+  await assert.rejects(img.discard(0, B(9)), (e: VhdxError) => e.reason === 'OUT_OF_RANGE');
   await img.close();
   assert.equal(disk.counts.writes, 0);
-  await assert.rejects(img.write(0, new Uint8Array(1)), (e) => e.reason === 'CLOSED');
+  await assert.rejects(img.write(0, new Uint8Array(1)), (e: VhdxError) => e.reason === 'CLOSED');
 });
 
 const REPLAY = 'vhdx-log-replay.vhdx.gz';
@@ -411,7 +428,7 @@ test('a dirty image opened writable is replayed in place (corpus vhdx-log-replay
   assert.deepEqual(await checkInvariants(src), []);
 });
 
-async function hashDisk(img) {
+async function hashDisk(img: VhdxImage): Promise<string> {
   const h = createHash('sha256');
   const buf = new Uint8Array(16 * MiB);
   for (let at = 0; at < img.size; at += buf.length) {
@@ -423,28 +440,28 @@ async function hashDisk(img) {
 }
 
 /** A source whose writes matching `hold` wait until `release()` (delegating everything to `inner`). */
-function gated(inner, hold) {
-  let release;
-  const gate = new Promise((r) => (release = r));
-  const src = {
+function gated(inner: FaultySource, hold: (offset: number, data: Uint8Array) => boolean) {
+  let release = (): void => undefined;
+  const gate = new Promise<void>((r) => (release = r));
+  const src: WritableSource = {
     get size() {
       return inner.size;
     },
     readOnly: false,
-    read: (o, b) => inner.read(o, b),
-    write: async (o, d) => {
+    read: (o: number, b: Uint8Array) => inner.read(o, b),
+    write: async (o: number, d: Uint8Array) => {
       if (hold(o, d)) await gate;
       return inner.write(o, d);
     },
     flush: () => inner.flush(),
-    truncate: (n) => inner.truncate(n),
+    truncate: (n: number) => inner.truncate(n),
     close: () => inner.close(),
   };
-  return { src, release };
+  return { src, release: () => release() };
 }
 
-const turns = async (n) => {
-  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+const turns = async (n: number): Promise<void> => {
+  for (let i = 0; i < n; i++) await new Promise<void>((r) => setImmediate(r));
 };
 
 test('a write into a new block that has resolved is made durable by the next flush, even while another write into the block is in flight', async () => {
@@ -481,13 +498,13 @@ test('two blocks sharing file space: the first change is refused (BLOCK_OVERLAP)
   // Found by the write fuzz target: blocks 5 and 9 named one place, so zeroing block 9 wiped
   // block 5's data. check calls it BLOCK_OVERLAP; a writer must refuse the image alike.
   const { bytes, plan, blockFileOffset } = await buildImage({ allocate: [0, 5] });
-  putBatEntry(bytes, plan, 9, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[5] / MiB });
+  putBatEntry(bytes, plan, 9, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[5]! / MiB });
   const before = bytes.slice();
   const disk = new FaultySource(bytes.slice(), { trace: true });
   const img = await VhdxImage.open(disk, { readOnly: false });
-  await assert.rejects(img.writeZeroes(B(9), 4096), (e) => e.reason === 'BLOCK_OVERLAP' && e.structure === 'BAT entry 9');
-  await assert.rejects(img.write(0, new Uint8Array(512)), (e) => e.reason === 'BLOCK_OVERLAP', 'every later change too');
+  await assert.rejects(img.writeZeroes(B(9), 4096), (e: VhdxError) => e.reason === 'BLOCK_OVERLAP' && e.structure === 'BAT entry 9');
+  await assert.rejects(img.write(0, new Uint8Array(512)), (e: VhdxError) => e.reason === 'BLOCK_OVERLAP', 'every later change too');
   await img.close();
-  assert.deepEqual(disk.trace.filter((op) => op.kind === 'write' || op.kind === 'truncate'), [], 'nothing written');
+  assert.deepEqual(traced(disk).filter((op) => op.kind === 'write' || op.kind === 'truncate'), [], 'nothing written');
   assert.ok(Buffer.from(disk.bytes()).equals(Buffer.from(before)));
 });

@@ -5,10 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, VhdxImage, VhdxError, createImage } from '../../dist/index.js';
-import { planCreate } from '../../dist/driver/create.js';
-import { createFile, createOpenFile, openFile } from '../../dist/node.js';
-import { packageVersion } from '../../dist/package-version.js';
+import { MemorySource, VhdxImage, VhdxError, createImage, type CreateOptions } from '../../src/index.js';
+import { planCreate } from '../../src/driver/create.js';
+import { createFile, createOpenFile, openFile } from '../../src/node.js';
+import { packageVersion } from '../../src/package-version.js';
 import { repoRoot } from '../helpers/env.js';
 import { lockRecords, lockRecordsNaming, shmScratch } from '../helpers/tools.js';
 
@@ -17,13 +17,13 @@ const M = K * K;
 const G = K * M;
 const T = K * G;
 
-async function created(opts) {
+async function created(opts: CreateOptions) {
   const src = new MemorySource();
   const result = await createImage(src, opts);
   return { src, result, img: await VhdxImage.open(src) };
 }
 
-const GOOD = [
+const GOOD: CreateOptions[] = [
   { size: 64 * M },
   { size: 100 * M + 3 * 512, blockSize: M, logSize: 2 * M, subformat: 'fixed' },
   { size: 40 * M, blockSize: 8 * M, subformat: 'fixed', physicalSectorSize: 512, logicalSectorSize: 512 },
@@ -75,16 +75,17 @@ test('planCreate defaults: dynamic, 32 MiB blocks, 1 MiB log, 512/4096 sectors',
   assert.equal(p.fileSize, p.payloadOffset);
 });
 
-const BAD = [
+// Sizes and a subformat the types do not allow are cast: these are the deliberately invalid inputs.
+const BAD: [CreateOptions, RegExp][] = [
   [{ size: G, blockSize: 3 * M }, /block size 3 MiB is not a power of two/],
   [{ size: G, blockSize: 512 * K }, /block size/],
   [{ size: G, blockSize: 512 * M }, /block size 512 MiB/],
   [{ size: G, logSize: 0 }, /log size/],
   [{ size: G, logSize: M + 512 * K }, /log size/],
-  [{ size: G, logicalSectorSize: 1024 }, /logical sector size 1024/],
-  [{ size: G, physicalSectorSize: 2048 }, /physical sector size 2048/],
+  [{ size: G, logicalSectorSize: 1024 as 512 }, /logical sector size 1024/],
+  [{ size: G, physicalSectorSize: 2048 as 512 }, /physical sector size 2048/],
   [{ size: G, logicalSectorSize: 4096, physicalSectorSize: 512 }, /smaller than the logical/],
-  [{ size: G, subformat: 'sparse' }, /subformat sparse/],
+  [{ size: G, subformat: 'sparse' as 'fixed' }, /subformat sparse/],
   [{ size: 0 }, /size 0 is not a positive/],
   [{ size: 1000 }, /not a multiple of the 512-byte/],
   [{ size: 8 * M + 512, logicalSectorSize: 4096 }, /not a multiple of the 4096-byte/],
@@ -96,7 +97,7 @@ const BAD = [
 for (const [opts, message] of BAD) {
   test(`createImage refuses ${JSON.stringify(opts).slice(0, 80)} before writing`, async () => {
     const src = new MemorySource();
-    await assert.rejects(createImage(src, opts), (e) => {
+    await assert.rejects(createImage(src, opts), (e: VhdxError) => {
       assert.ok(e instanceof VhdxError, String(e));
       assert.equal(e.reason, 'BAD_ARGUMENT');
       assert.equal(e.code, 'EINVAL');
@@ -108,11 +109,11 @@ for (const [opts, message] of BAD) {
 }
 
 test('a fixed image is written whole with progress, and creation can be aborted', async () => {
-  const seen = [];
+  const seen: [number, number][] = [];
   const src = new MemorySource();
   const { plan } = await createImage(src, { size: 40 * M, blockSize: M, subformat: 'fixed', onProgress: (d, t) => seen.push([d, t]) });
   assert.ok(seen.length >= 3, 'progress reported along the way');
-  for (let i = 1; i < seen.length; i++) assert.ok(seen[i][0] >= seen[i - 1][0], 'progress never goes back');
+  for (let i = 1; i < seen.length; i++) assert.ok(seen[i]![0] >= seen[i - 1]![0], 'progress never goes back');
   assert.deepEqual(seen.at(-1), [plan.fileSize, plan.fileSize]);
 
   const ac = new AbortController();
@@ -136,7 +137,7 @@ test('identity given is written', async () => {
   };
   const { img } = await created({ size: 8 * M, identity });
   const untouched = new MemorySource(new Uint8Array([1, 2, 3]));
-  await assert.rejects(createImage(untouched, { size: 8 * M, identity: { diskId: 'nope' } }), (e) => e.reason === 'BAD_ARGUMENT' && /identity.diskId/.test(e.message));
+  await assert.rejects(createImage(untouched, { size: 8 * M, identity: { diskId: 'nope' } }), (e: VhdxError) => e.reason === 'BAD_ARGUMENT' && /identity.diskId/.test(e.message));
   assert.equal(untouched.size, 3, 'a bad identity fails before the source is touched');
   assert.equal(img.layout.diskId, identity.diskId);
   assert.equal(img.header.dataWriteGuid, identity.dataWriteGuid);
@@ -230,8 +231,8 @@ test('createFile: a 64 TiB dynamic image is small and opens', async () => {
 
 test('a fixed BAT skips the sector bitmap entry between chunks (4 GiB + at 1 MiB blocks)', async () => {
   // Laid out with the layout code directly and left sparse: allocating 4 GiB would be slow.
-  const { planLayout, writeNewImage } = await import('../../dist/driver/layout.js');
-  const { NodeFileSource } = await import('../../dist/node.js');
+  const { planLayout, writeNewImage } = await import('../../src/driver/layout.js');
+  const { NodeFileSource } = await import('../../src/node.js');
   const path = join(dir, 'fixed-chunks.vhdx');
   const plan = planLayout({ virtualSize: 4 * G + 3 * M, blockSize: M, fixed: true });
   const src = await NodeFileSource.open(path, { readOnly: false, create: true });

@@ -6,12 +6,12 @@
 // image's reads and block status are checked against the same model.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VhdxImage } from '../../dist/index.js';
-import { FaultySource } from '../../dist/testing.js';
-import { planLayout, writeNewImage, setBatEntry } from '../../dist/driver/layout.js';
-import { openLayout } from '../../dist/driver/open.js';
-import { BlockMap, LOOKUP_MISS, LOOKUP_PARENT, LOOKUP_ZERO } from '../../dist/driver/mapping.js';
-import { BitmapState, PayloadState, bitmapBatIndex, payloadBatIndex } from '../../dist/format/bat.js';
+import { VhdxImage } from '../../src/index.js';
+import { FaultySource } from '../../src/testing.js';
+import { planLayout, writeNewImage, setBatEntry } from '../../src/driver/layout.js';
+import { openLayout } from '../../src/driver/open.js';
+import { BlockMap, LOOKUP_MISS, LOOKUP_PARENT, LOOKUP_ZERO, type Run } from '../../src/driver/mapping.js';
+import { BitmapState, PayloadState, bitmapBatIndex, payloadBatIndex } from '../../src/format/bat.js';
 import { LOCATOR_TYPE_VHDX } from '../helpers/chain.js';
 import { bytesEqual, pattern } from '../helpers/model.js';
 
@@ -20,10 +20,10 @@ const SECTORS_PER_CHUNK = 2 ** 23;
 const P = PayloadState;
 
 /** Block states by name; CLAIM is UNMAPPED keeping a place (free space, not the block's content). */
-const STATE = { NP: P.NOT_PRESENT, UNDEF: P.UNDEFINED, ZERO: P.ZERO, UNMAPPED: P.UNMAPPED, DRAFT: P.UNMAPPED_DRAFT, CLAIM: P.UNMAPPED, FULL: P.FULLY_PRESENT, PARTIAL: P.PARTIALLY_PRESENT };
+const STATE: Record<'NP' | 'UNDEF' | 'ZERO' | 'UNMAPPED' | 'DRAFT' | 'CLAIM' | 'FULL' | 'PARTIAL', number> = { NP: P.NOT_PRESENT, UNDEF: P.UNDEFINED, ZERO: P.ZERO, UNMAPPED: P.UNMAPPED, DRAFT: P.UNMAPPED_DRAFT, CLAIM: P.UNMAPPED, FULL: P.FULLY_PRESENT, PARTIAL: P.PARTIALLY_PRESENT };
 
 /** xorshift, for sector runs and ranges. */
-function rng(seed) {
+function rng(seed: number): (n: number) => number {
   let x = seed;
   return (n) => {
     x ^= x << 13;
@@ -38,7 +38,20 @@ function rng(seed) {
  * with states set around its start and around the chunk boundary. Returns the source, the
  * layout, and `at(offset)`: the model's { kind, fileOffset, stored } of the byte at `offset`.
  */
-async function build({ lss, type }) {
+type StateName = keyof typeof STATE;
+type DiskType = 'dynamic' | 'fixed' | 'differencing';
+
+/** A block as the disk is built: its state, its place in the file, a partial block's sector bits. */
+interface BlockSpec {
+  state: number;
+  place: number;
+  bits: Uint8Array | null;
+}
+
+/** What the model says of one byte. */
+type ModelByte = { kind: 'data'; fileOffset: number; stored: boolean } | { kind: 'zero' | 'parent' | 'unallocated'; stored: boolean };
+
+async function build({ lss, type }: { lss: 512 | 4096; type: DiskType }) {
   const C = (SECTORS_PER_CHUNK * lss) / MiB;
   const size = (C + 2) * MiB + 3 * lss;
   const diff = type === 'differencing';
@@ -56,18 +69,18 @@ async function build({ lss, type }) {
     return at;
   };
   const last = C + 2;
-  const specs = new Map([
+  const specs = new Map<number, StateName>([
     [0, 'NP'], [1, 'UNDEF'], [2, 'ZERO'], [3, 'UNMAPPED'], [4, 'DRAFT'], [5, 'CLAIM'], [6, 'FULL'], [7, 'FULL'], [8, diff ? 'PARTIAL' : 'FULL'],
     [10, diff ? 'PARTIAL' : 'ZERO'],
     [9, 'FULL'], // placed after a gap: not contiguous in the file with block 8
     [C - 3, diff ? 'PARTIAL' : 'UNDEF'], [C - 2, 'ZERO'], [C - 1, 'FULL'], [C, 'FULL'], [C + 1, diff ? 'PARTIAL' : 'NP'], [last, 'FULL'],
   ]);
-  const blocks = new Map(); // block → { state, place, bits }
+  const blocks = new Map<number, BlockSpec>();
   const random = rng(lss + (diff ? 7 : fixed ? 3 : 1));
-  const bitmapOf = new Map(); // chunk → bytes of its sector bitmap block
+  const bitmapOf = new Map<number, Uint8Array>(); // chunk → bytes of its sector bitmap block
   for (const [b, name] of specs) {
     const extent = Math.min(MiB, size - b * MiB);
-    const spec = { state: STATE[name], place: 0, bits: null };
+    const spec: BlockSpec = { state: STATE[name], place: 0, bits: null };
     if (b === 9 && !fixed) await newPlace();
     if (name === 'FULL' || name === 'PARTIAL') {
       spec.place = fixed ? plan.payloadOffset + b * MiB : await newPlace();
@@ -79,20 +92,21 @@ async function build({ lss, type }) {
     if (name === 'PARTIAL') {
       // Runs of set and clear bits; the first run clear in one block, set in the next.
       const sectors = extent / lss;
-      spec.bits = new Uint8Array(sectors);
+      const bits = new Uint8Array(sectors);
+      spec.bits = bits;
       let v = b % 2;
       for (let s = 0; s < sectors; ) {
         const n = 1 + random(40);
-        spec.bits.fill(v, s, Math.min(sectors, s + n));
+        bits.fill(v, s, Math.min(sectors, s + n));
         s += n;
         v ^= 1;
       }
       const chunk = Math.floor(b / C);
-      let bm = bitmapOf.get(chunk);
-      if (!bm) bitmapOf.set(chunk, (bm = new Uint8Array(MiB)));
+      const bm = bitmapOf.get(chunk) ?? new Uint8Array(MiB);
+      bitmapOf.set(chunk, bm);
       const first = (b * MiB) / lss - chunk * SECTORS_PER_CHUNK;
-      spec.bits.forEach((bit, i) => {
-        if (bit) bm[(first + i) >>> 3] |= 1 << ((first + i) & 7);
+      bits.forEach((bit, i) => {
+        if (bit) bm[(first + i) >>> 3]! |= 1 << ((first + i) & 7);
       });
     }
     blocks.set(b, spec);
@@ -103,12 +117,12 @@ async function build({ lss, type }) {
     await src.write(at, bm);
     await setBatEntry(src, plan, bitmapBatIndex(g, chunk), { state: BitmapState.PRESENT, fileOffsetMB: at / MiB });
   }
-  const at = (o) => {
+  const at = (o: number): ModelByte => {
     const b = Math.floor(o / MiB);
-    const spec = blocks.get(b) ?? (fixed ? { state: P.FULLY_PRESENT, place: plan.payloadOffset + b * MiB } : { state: P.NOT_PRESENT });
-    const data = { kind: 'data', fileOffset: spec.place + (o - b * MiB), stored: true };
+    const spec = blocks.get(b) ?? (fixed ? { state: P.FULLY_PRESENT, place: plan.payloadOffset + b * MiB, bits: null } : { state: P.NOT_PRESENT, place: 0, bits: null });
+    const data: ModelByte = { kind: 'data', fileOffset: spec.place + (o - b * MiB), stored: true };
     if (spec.state === P.FULLY_PRESENT) return data;
-    if (spec.state === P.PARTIALLY_PRESENT) return spec.bits[Math.floor((o - b * MiB) / lss)] ? data : { kind: 'parent', stored: false };
+    if (spec.state === P.PARTIALLY_PRESENT) return spec.bits![Math.floor((o - b * MiB) / lss)] ? data : { kind: 'parent', stored: false };
     if (spec.state === P.NOT_PRESENT) return diff ? { kind: 'parent', stored: false } : { kind: 'unallocated', stored: fixed };
     return { kind: 'zero', stored: fixed };
   };
@@ -117,8 +131,11 @@ async function build({ lss, type }) {
 }
 
 /** Ranges crossing block, sector and chunk boundaries, at the disk's start, the chunk boundary and its end. */
-function ranges({ size, C, lss }, seed) {
-  const out = [];
+type Disk = Awaited<ReturnType<typeof build>>;
+type Range = [offset: number, length: number];
+
+function ranges({ size, C, lss }: Pick<Disk, 'size' | 'C' | 'lss'>, seed: number): Range[] {
+  const out: Range[] = [];
   const random = rng(seed);
   for (const base of [0, (C - 4) * MiB, C * MiB - 2 * MiB, size - 3 * MiB]) {
     for (let k = 0; k < 24; k++) {
@@ -132,19 +149,19 @@ function ranges({ size, C, lss }, seed) {
   return out;
 }
 
-function mergeable(a, b) {
+function mergeable(a: Run, b: Run): boolean {
   return a.kind === b.kind && a.stored === b.stored && a.offset + a.length === b.offset && (a.kind !== 'data' || a.fileOffset + a.length === b.fileOffset);
 }
 
 /** Check `runs` of [offset, offset + length) against the model; a message or null. */
-function checkRuns(d, runs, offset, length) {
+function checkRuns(d: Pick<Disk, 'size' | 'lss' | 'at'>, runs: readonly Run[], offset: number, length: number): string | null {
   const end = offset + length;
   let pos = offset;
   for (let i = 0; i < runs.length; i++) {
-    const r = runs[i];
+    const r = runs[i]!;
     const rEnd = r.offset + r.length;
     if (r.offset !== pos || !(r.length > 0)) return `run ${i} at ${r.offset}+${r.length} where ${pos} was expected`;
-    if (i > 0 && mergeable(runs[i - 1], r)) return `runs ${i - 1} and ${i} are not merged`;
+    if (i > 0 && mergeable(runs[i - 1]!, r)) return `runs ${i - 1} and ${i} are not merged`;
     if (rEnd > end) {
       if (i !== runs.length - 1) return `run ${i} ends past the range but is not the last`;
       if (r.kind === 'parent') return 'a parent run ends past the range';
@@ -164,7 +181,7 @@ function checkRuns(d, runs, offset, length) {
 }
 
 /** What fastLookup must say of a range inside one block, its BAT page cached. */
-function wantLookup(d, offset, length) {
+function wantLookup(d: Pick<Disk, 'blocks' | 'at'>, offset: number, length: number): number {
   const b = Math.floor(offset / MiB);
   if (Math.floor((offset + length - 1) / MiB) !== b) return LOOKUP_MISS;
   const spec = d.blocks.get(b);
@@ -173,8 +190,8 @@ function wantLookup(d, offset, length) {
   return m.kind === 'data' ? m.fileOffset : m.kind === 'parent' ? LOOKUP_PARENT : LOOKUP_ZERO;
 }
 
-for (const type of ['dynamic', 'fixed', 'differencing']) {
-  for (const lss of [512, 4096]) {
+for (const type of ['dynamic', 'fixed', 'differencing'] as const) {
+  for (const lss of [512, 4096] as const) {
     test(`the mapping of a ${type} disk with ${lss}-byte sectors agrees with the model in every block state, across blocks, sectors and chunks`, async () => {
       const d = await build({ lss, type });
       const map = new BlockMap(d.layout);
@@ -216,14 +233,14 @@ for (const type of ['dynamic', 'fixed', 'differencing']) {
 // A differencing disk grown past its parent (resize): what would show the parent past the
 // parent's end is a zero run (not stored). The parent ends inside a partially present block (8),
 // so the cut falls between a block's sectors, and inside the chunk's run of NOT_PRESENT blocks.
-for (const lss of [512, 4096]) {
+for (const lss of [512, 4096] as const) {
   test(`the mapping of a differencing disk with ${lss}-byte sectors larger than its parent shows zeros past the parent's end`, async () => {
     const d = await build({ lss, type: 'differencing' });
     for (const parentEnd of [8 * MiB + 5 * lss, 20 * MiB]) {
       const map = new BlockMap(d.layout, {}, parentEnd);
       assert.equal(map.parentEnd, parentEnd);
-      const model = { ...d, at: (o) => (o >= parentEnd && d.at(o).kind === 'parent' ? { kind: 'zero', stored: false } : d.at(o)) };
-      const list = [...ranges(d, lss * 7), [parentEnd - lss, 2 * lss], [parentEnd - 100, 200], [Math.floor(parentEnd / MiB) * MiB, MiB]];
+      const model = { ...d, at: (o: number): ModelByte => (o >= parentEnd && d.at(o).kind === 'parent' ? { kind: 'zero', stored: false } : d.at(o)) };
+      const list: Range[] = [...ranges(d, lss * 7), [parentEnd - lss, 2 * lss], [parentEnd - 100, 200], [Math.floor(parentEnd / MiB) * MiB, MiB]];
       for (const [offset, length] of list) {
         const runs = await map.runs(offset, length);
         const m = checkRuns(model, runs, offset, length);

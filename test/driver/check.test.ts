@@ -3,11 +3,11 @@
 // refuse (changing nothing) what they cannot.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, VhdxImage, VhdxError } from '../../dist/index.js';
-import { checkImage, repairImage, MAX_FINDINGS } from '../../dist/driver/check.js';
-import { HEADER } from '../../dist/format/header.js';
-import { REGION_TABLE_HEADER } from '../../dist/format/region-table.js';
-import { LOCATOR_TYPE_VHDX } from '../../dist/format/constants.js';
+import { MemorySource, VhdxImage, VhdxError } from '../../src/index.js';
+import { checkImage, repairImage, MAX_FINDINGS, type CheckOptions, type CheckResult, type Finding, type FindingSeverity, type RepairMode, type RepairResult } from '../../src/driver/check.js';
+import { HEADER } from '../../src/format/header.js';
+import { REGION_TABLE_HEADER } from '../../src/format/region-table.js';
+import { LOCATOR_TYPE_VHDX } from '../../src/format/constants.js';
 import {
   buildImage,
   fillByte,
@@ -24,21 +24,22 @@ import {
   PayloadState,
   MiB,
   KiB,
+  type BuildOptions,
 } from '../helpers/build.js';
 
 const SB_PRESENT = 6;
 /** Chunk ratio of the builder's default geometry (1 MiB blocks, 512-byte sectors). */
 const C = 4096;
 
-async function check(bytes, opts) {
+async function check(bytes: Uint8Array, opts?: CheckOptions): Promise<CheckResult> {
   return checkImage(new MemorySource(bytes.slice()), opts);
 }
 
-function only(result, severity) {
+function only(result: CheckResult, severity: FindingSeverity): Finding[] {
   return result.findings.filter((f) => f.severity === severity);
 }
 
-function assertClean(r, what = 'image') {
+function assertClean(r: CheckResult, what = 'image'): void {
   assert.equal(r.supported, true, `${what}: supported`);
   assert.equal(r.canComplete, true, `${what}: check completes`);
   assert.deepEqual(
@@ -53,16 +54,18 @@ function assertClean(r, what = 'image') {
 }
 
 /** The one corruption of `r`, asserted to have `reason` (and `structure` when given). */
-function theCorruption(r, reason, structure) {
+function theCorruption(r: CheckResult, reason: string, structure?: string): Finding {
   const c = only(r, 'corruption');
   assert.equal(c.length, 1, `one corruption, got ${JSON.stringify(r.findings, null, 1)}`);
-  assert.equal(c[0].reason, reason);
-  if (structure !== undefined) assert.equal(c[0].structure, structure);
+  const [found] = c;
+  assert.ok(found);
+  assert.equal(found.reason, reason);
+  if (structure !== undefined) assert.equal(found.structure, structure);
   assert.equal(r.corruptions, 1);
-  return c[0];
+  return found;
 }
 
-async function assertRepairRefused(bytes, mode = 'all') {
+async function assertRepairRefused(bytes: Uint8Array, mode: RepairMode = 'all'): Promise<RepairResult> {
   const src = new MemorySource(bytes.slice());
   const res = await repairImage(src, { mode });
   assert.deepEqual(res.actions, [], 'nothing repaired');
@@ -73,8 +76,9 @@ async function assertRepairRefused(bytes, mode = 'all') {
   return res;
 }
 
-function headerSeq(bytes, slot) {
-  return HEADER.decode(bytes.subarray(HEADER_AT[slot - 1], HEADER_AT[slot - 1] + 4096)).sequenceNumber;
+function headerSeq(bytes: Uint8Array, slot: 1 | 2): bigint {
+  const at = HEADER_AT[slot - 1]!;
+  return HEADER.decode(bytes.subarray(at, at + 4096)).sequenceNumber;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ test('clean dynamic image with blocks: no findings, allocation figures', async (
 });
 
 test('clean fixed image, clean fresh dynamic image, 4 KiB sectors, a partial last block', async () => {
-  for (const opts of [
+  for (const opts of <BuildOptions[]>[
     { fixed: true, virtualSize: 8 * MiB },
     {},
     { logicalSectorSize: 4096, allocate: [1] },
@@ -134,7 +138,7 @@ test('a damaged non-current header: corruption that repair all rewrites from the
   const { bytes } = await buildImage({ allocate: [1] });
   // The builder's header 2 (sequence 1) is current; damage header 1.
   const bad = bytes.slice();
-  bad[HEADER_AT[0] + 200] ^= 0xff;
+  bad[HEADER_AT[0] + 200]! ^= 0xff;
   const r = await check(bad);
   const f = theCorruption(r, 'BAD_CHECKSUM', 'header 1');
   assert.equal(f.offset, HEADER_AT[0]);
@@ -184,8 +188,8 @@ test('header copies: bad signature, bad version on the older one, damaged curren
 test('both headers damaged: corruption, the check goes no further, repair refuses', async () => {
   const { bytes } = await buildImage({ allocate: [0] });
   const bad = bytes.slice();
-  bad[HEADER_AT[0] + 100] ^= 1;
-  bad[HEADER_AT[1] + 100] ^= 1;
+  bad[HEADER_AT[0] + 100]! ^= 1;
+  bad[HEADER_AT[1] + 100]! ^= 1;
   const r = await check(bad);
   assert.equal(r.canComplete, true, 'damage, not a read failure');
   assert.ok(r.corruptions >= 2);
@@ -200,12 +204,12 @@ test('equal sequence numbers with identical headers (Disk2VHD) are info; with di
   twins.set(twins.subarray(HEADER_AT[1], HEADER_AT[1] + 4096), HEADER_AT[0]);
   const r = await check(twins);
   assertClean(r);
-  assert.equal(r.findings[0].reason, 'EQUAL_SEQUENCE_NUMBERS');
-  assert.equal(r.findings[0].severity, 'info');
+  assert.equal(r.findings[0]?.reason, 'EQUAL_SEQUENCE_NUMBERS');
+  assert.equal(r.findings[0]?.severity, 'info');
 
   const differ = bytes.slice();
   view(differ).setBigUint64(HEADER_AT[0] + 8, 1n, true);
-  differ[HEADER_AT[0] + 32] ^= 1; // a different DataWriteGuid
+  differ[HEADER_AT[0] + 32]! ^= 1; // a different DataWriteGuid
   HEADER.seal(differ.subarray(HEADER_AT[0]));
   const d = await check(differ);
   theCorruption(d, 'NO_VALID_HEADER');
@@ -220,8 +224,8 @@ test('non-zero reserved bytes in a header are a warning', async () => {
   const r = await check(b);
   assert.equal(r.corruptions, 0);
   assert.equal(r.warnings, 1);
-  assert.equal(only(r, 'warning')[0].reason, 'RESERVED_NONZERO');
-  assert.equal(only(r, 'warning')[0].structure, 'header 2');
+  assert.equal(only(r, 'warning')[0]?.reason, 'RESERVED_NONZERO');
+  assert.equal(only(r, 'warning')[0]?.structure, 'header 2');
 });
 
 // ------------------------------------------------------------------------------------------
@@ -229,9 +233,9 @@ test('non-zero reserved bytes in a header are a warning', async () => {
 
 test('a damaged region table copy (either one) is found and repair all rewrites it from the other', async () => {
   const { bytes } = await buildImage({ allocate: [2] });
-  for (const copy of [0, 1]) {
+  for (const copy of [0, 1] as const) {
     const bad = bytes.slice();
-    bad[REGION_TABLE_AT[copy] + 5000] ^= 0x40;
+    bad[REGION_TABLE_AT[copy] + 5000]! ^= 0x40;
     const r = await check(bad);
     const f = theCorruption(r, 'BAD_CHECKSUM', `region table ${copy + 1}`);
     assert.equal(f.offset, REGION_TABLE_AT[copy]);
@@ -263,8 +267,8 @@ test('two valid region table copies that differ: REGION_TABLE_MISMATCH, copy 2 r
 test('both region tables damaged: corruption, repair refuses', async () => {
   const { bytes } = await buildImage();
   const bad = bytes.slice();
-  bad[REGION_TABLE_AT[0] + 100] ^= 1;
-  bad[REGION_TABLE_AT[1] + 100] ^= 1;
+  bad[REGION_TABLE_AT[0] + 100]! ^= 1;
+  bad[REGION_TABLE_AT[1] + 100]! ^= 1;
   const r = await check(bad);
   assert.ok(r.corruptions >= 2);
   assert.ok(r.findings.some((f) => f.structure === 'region table 1'));
@@ -275,7 +279,7 @@ test('both region tables damaged: corruption, repair refuses', async () => {
 test('reserved region entry flags are a warning', async () => {
   const { bytes } = await buildImage();
   const b = bytes.slice();
-  for (const copy of [0, 1]) setU32(b, regionEntryAt(copy, REGION_INDEX.bat, 28), 1 | 0x100);
+  for (const copy of [0, 1] as const) setU32(b, regionEntryAt(copy, REGION_INDEX.bat, 28), 1 | 0x100);
   resealRegionTables(b);
   const r = await check(b);
   assert.equal(r.corruptions, 0);
@@ -289,7 +293,7 @@ test('a failed open becomes a corruption finding with its reason', async () => {
   const { bytes, plan } = await buildImage();
   const b = bytes.slice();
   // Virtual size 0 in the metadata item.
-  const vs = plan.metadata.offset + plan.items[1].offset;
+  const vs = plan.metadata.offset + plan.items[1]!.offset;
   view(b).setBigUint64(vs, 0n, true);
   const r = await check(b);
   const f = theCorruption(r, 'BAD_VIRTUAL_SIZE');
@@ -298,21 +302,21 @@ test('a failed open becomes a corruption finding with its reason', async () => {
   await assertRepairRefused(b);
 
   const small = bytes.slice();
-  for (const copy of [0, 1]) setU32(small, regionEntryAt(copy, REGION_INDEX.bat, 24), 0);
+  for (const copy of [0, 1] as const) setU32(small, regionEntryAt(copy, REGION_INDEX.bat, 24), 0);
   resealRegionTables(small);
-  assert.equal(only(await check(small), 'corruption')[0].reason, 'REGION_MISALIGNED');
+  assert.equal(only(await check(small), 'corruption')[0]?.reason, 'REGION_MISALIGNED');
 });
 
 test('not a VHDX: unsupported; a read error: the check cannot complete', async () => {
   const r = await check(new Uint8Array(2 * MiB).fill(7));
   assert.equal(r.supported, false);
-  assert.equal(r.error.reason, 'NOT_VHDX');
+  assert.equal(r.error?.reason, 'NOT_VHDX');
   assert.deepEqual(r.findings, []);
 
   const { bytes, plan } = await buildImage({ allocate: [0] });
   const failing = new MemorySource(bytes.slice());
   const read = failing.read.bind(failing);
-  failing.read = async (offset, into) => {
+  failing.read = async (offset: number, into: Uint8Array) => {
     if (offset >= plan.bat.offset && offset < plan.bat.offset + plan.bat.length) throw new VhdxError('EIO', 'IO_ERROR', 'injected read error');
     return read(offset, into);
   };
@@ -320,7 +324,7 @@ test('not a VHDX: unsupported; a read error: the check cannot complete', async (
   assert.equal(e.supported, true);
   assert.equal(e.canComplete, false);
   assert.equal(e.checkErrors, 1);
-  assert.equal(e.error.reason, 'IO_ERROR');
+  assert.equal(e.error?.reason, 'IO_ERROR');
 });
 
 // ------------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ test('not a VHDX: unsupported; a read error: the check cannot complete', async (
 
 test('BAT entries: reserved bits, undefined and disallowed states, each a corruption naming the entry', async () => {
   const { bytes, plan } = await buildImage({ allocate: [0] });
-  const cases = [
+  const cases: [what: string, mutate: (b: Uint8Array) => void, reason: string, index: number][] = [
     ['reserved bits', (b) => setU32(b, batEntryAt(plan, 0), getU32(b, batEntryAt(plan, 0)) | 0x10), 'BAD_BAT_ENTRY', 0],
     ['state 4', (b) => putBatEntry(b, plan, 5, { state: 4, fileOffsetMB: 0 }), 'BAD_BLOCK_STATE', 5],
     ['PARTIALLY_PRESENT without a parent', (b) => putBatEntry(b, plan, 0, { state: PayloadState.PARTIALLY_PRESENT, fileOffsetMB: plan.fileSize / MiB }), 'BAD_BLOCK_STATE', 0],
@@ -347,8 +351,8 @@ test('BAT entries: reserved bits, undefined and disallowed states, each a corrup
 
 test('blocks in the header section, beyond the end of the file, or overlapping a region, the log or another block', async () => {
   const { bytes, plan, blockFileOffset } = await buildImage({ allocate: [0, 1] });
-  const at0 = blockFileOffset[0] / MiB;
-  const cases = [
+  const at0 = blockFileOffset[0]! / MiB;
+  const cases: [what: string, block: number, mb: number, reason: string | null, re: RegExp | null][] = [
     ['in the header section', 3, 0, 'BAT_ENTRY_IN_HEADER', /inside the 1 MiB header section/],
     ['past the end', 3, bytes.length / MiB, 'BAT_ENTRY_OUT_OF_BOUNDS', /ends beyond the end of the file/],
     ['straddling the end', 3, bytes.length / MiB - 1 + 0, null, null],
@@ -363,18 +367,18 @@ test('blocks in the header section, beyond the end of the file, or overlapping a
     const r = await check(b);
     if (reason === null) {
       // The last MiB of the file belongs to block 1 already: the same MiB twice is an overlap.
-      assert.equal(only(r, 'corruption')[0].reason, 'BLOCK_OVERLAP', what);
+      assert.equal(only(r, 'corruption')[0]?.reason, 'BLOCK_OVERLAP', what);
       continue;
     }
     const f = theCorruption(r, reason, `BAT entry ${block}`);
-    assert.match(f.message, re, what);
+    assert.match(f.message, re!, what);
   }
 });
 
 test('a block overlapping a block with a larger BAT index names the earlier entry', async () => {
   const { bytes, plan, blockFileOffset } = await buildImage({ allocate: [5] });
   const b = bytes.slice();
-  putBatEntry(b, plan, 60, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[5] / MiB });
+  putBatEntry(b, plan, 60, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: blockFileOffset[5]! / MiB });
   const f = theCorruption(await check(b), 'BLOCK_OVERLAP', 'BAT entry 60');
   assert.match(f.message, /payload block 60 .* overlaps payload block 5 \(BAT entry 5\)/);
 });
@@ -389,8 +393,8 @@ test('a fixed disk with blocks not FULLY_PRESENT: a warning, not a corruption, a
   assert.equal(r.leaks, 0, 'the preallocated space of those blocks is not leaked');
   const w = only(r, 'warning');
   assert.equal(w.length, 1);
-  assert.equal(w[0].reason, 'FIXED_BLOCK_NOT_ALLOCATED');
-  assert.match(w[0].message, /^2 payload blocks .* first is block 3/);
+  assert.equal(w[0]?.reason, 'FIXED_BLOCK_NOT_ALLOCATED');
+  assert.match(w[0]?.message, /^2 payload blocks .* first is block 3/);
 });
 
 test('non-zero BAT entries past the disk end are a warning', async () => {
@@ -425,12 +429,12 @@ test('a 1 TiB image: the BAT is streamed and a late overlap is still found', asy
   const lastIndex = last + Math.floor(last / C);
   putBatEntry(grown, plan, 0, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: bytes.length / MiB });
   putBatEntry(grown, plan, lastIndex, { state: PayloadState.FULLY_PRESENT, fileOffsetMB: bytes.length / MiB });
-  const progress = [];
+  const progress: [number, number][] = [];
   const r = await check(grown, { onProgress: (done, total) => progress.push([done, total]) });
   const f = theCorruption(r, 'BLOCK_OVERLAP', `BAT entry ${lastIndex}`);
   assert.match(f.message, /overlaps payload block 0 \(BAT entry 0\)/);
   assert.ok(progress.length > 2, 'progress reported window by window');
-  const [done, total] = progress[progress.length - 1];
+  const [done, total] = progress[progress.length - 1]!;
   assert.equal(done, total);
 });
 
@@ -459,6 +463,7 @@ test('leaked MiB at the end: leaks counted in 1 MiB clusters; repair leaks trunc
   assert.equal(r.leakedBytes, 3 * MiB);
   assert.equal(r.imageEndOffset, bytes.length);
   const [f] = only(r, 'leak');
+  assert.ok(f);
   assert.equal(f.reason, 'LEAKED_SPACE');
   assert.equal(f.repairableBy, 'leaks');
 
@@ -519,7 +524,7 @@ test('space inside the file that nothing names is leaked; repair leaks cuts only
   assert.equal(r.leaks, 3, 'one MiB inside, two at the end');
   assert.equal(r.leakedBytes, 3 * MiB);
   const leaks = only(r, 'leak');
-  const inside = leaks.find((f) => f.offset === blockFileOffset[1]);
+  const inside = leaks.find((f) => f.offset === blockFileOffset[1]!);
   assert.ok(inside, `a finding at the freed place: ${JSON.stringify(leaks)}`);
   assert.equal(inside.reason, 'LEAKED_SPACE');
   assert.equal(inside.repairableBy, null, 'reclaiming it would move blocks');
@@ -531,7 +536,7 @@ test('space inside the file that nothing names is leaked; repair leaks cuts only
   assert.equal(res.leaksFixed, 2);
   assert.equal(src.size, bytes.length);
   assert.equal(res.after.leaks, 1, 'the MiB inside stays reported');
-  assert.equal(only(res.after, 'leak')[0].offset, blockFileOffset[1]);
+  assert.equal(only(res.after, 'leak')[0]?.offset, blockFileOffset[1]!);
   const img = await VhdxImage.open(new MemorySource(src.bytes().slice()));
   const buf = new Uint8Array(MiB);
   await img.read(2 * MiB, buf);
@@ -544,7 +549,7 @@ test('a place an UNMAPPED entry kept and the rest of a short last block\'s place
   assertClean(await check(bytes), 'short last block first in the file');
   // Block 0 discarded, keeping its place (UNMAPPED with FileOffsetMB): the place is named.
   const b = bytes.slice();
-  putBatEntry(b, plan, 0, { state: PayloadState.UNMAPPED, fileOffsetMB: blockFileOffset[0] / MiB });
+  putBatEntry(b, plan, 0, { state: PayloadState.UNMAPPED, fileOffsetMB: blockFileOffset[0]! / MiB });
   assertClean(await check(b), 'UNMAPPED keeping its place');
 });
 // ------------------------------------------------------------------------------------------
@@ -557,7 +562,7 @@ test('a dirty log: a warning; the check sees the replayed image; repair all repl
   assert.deepEqual(r.log, { state: 'dirty', entries: 2 });
   assert.deepEqual(r.findings.map((f) => [f.severity, f.reason, f.repairableBy]), [['warning', 'LOG_DIRTY', 'all']]);
   assert.equal(r.allocatedBlocks, 2, 'the block only the log points at is counted');
-  assert.ok(blockFileOffset[2] + MiB <= bytes.length);
+  assert.ok(blockFileOffset[2]! + MiB <= bytes.length);
 
   const srcLeaks = new MemorySource(bytes.slice());
   const rl = await repairImage(srcLeaks, { mode: 'leaks' });
@@ -583,11 +588,11 @@ test('a dirty log with leaks: leaks mode refuses to truncate; all replays, then 
   b.set(bytes);
   const r = await check(b);
   assert.equal(r.leaks, 2);
-  assert.equal(only(r, 'leak')[0].repairableBy, 'all');
+  assert.equal(only(r, 'leak')[0]?.repairableBy, 'all');
   const src = new MemorySource(b.slice());
   const rl = await repairImage(src, { mode: 'leaks' });
   assert.deepEqual(rl.actions, []);
-  assert.match(rl.refusal, /log is dirty/);
+  assert.match(rl.refusal ?? '', /log is dirty/);
   assert.equal(Buffer.compare(src.bytes(), b), 0);
   const ra = await repairImage(src, { mode: 'all' });
   assert.deepEqual(ra.actions.map((a) => a.action), ['replayLog', 'truncateLeaks']);
@@ -598,16 +603,16 @@ test('a dirty log with leaks: leaks mode refuses to truncate; all replays, then 
 test('a dirty log without a valid sequence: corruption, repair refuses', async () => {
   const { bytes, plan } = await buildImage({ logAllocate: [1] });
   const b = bytes.slice();
-  b[plan.log.offset + 100] ^= 0xff; // breaks the first entry's checksum, and the chain
+  b[plan.log.offset + 100]! ^= 0xff; // breaks the first entry's checksum, and the chain
   const r = await check(b);
   const c = only(r, 'corruption');
   assert.ok(c.length >= 1);
-  assert.equal(c[0].reason, 'LOG_NO_VALID_SEQUENCE');
+  assert.equal(c[0]?.reason, 'LOG_NO_VALID_SEQUENCE');
   await assertRepairRefused(b);
 });
 
 test('repair needs a writable source and a valid mode', async () => {
   const { bytes } = await buildImage();
-  await assert.rejects(repairImage(new MemorySource(bytes, { readOnly: true }), { mode: 'all' }), (e) => e.reason === 'READ_ONLY');
-  await assert.rejects(repairImage(new MemorySource(bytes), { mode: 'everything' }), (e) => e.reason === 'BAD_ARGUMENT');
+  await assert.rejects(repairImage(new MemorySource(bytes, { readOnly: true }), { mode: 'all' }), (e: VhdxError) => e.reason === 'READ_ONLY');
+  await assert.rejects(repairImage(new MemorySource(bytes), { mode: 'everything' as 'all' /* not a mode: deliberately invalid */ }), (e: VhdxError) => e.reason === 'BAD_ARGUMENT');
 });
