@@ -108,7 +108,7 @@ test('zeros past the end of the file are made by extending it, not by writing th
   // What Hyper-V's logs do: a 32 MiB block appended past the flushed end, its BAT entry and a
   // zero descriptor for it in the log, LastFileOffset covering it.
   const bs = 32 * MiB;
-  const { bytes, plan } = await dirtyImage({
+  const { bytes } = await dirtyImage({
     blockSize: bs,
     allocate: [1],
     writes: (p, b) => [[{ kind: 'data', fileOffset: p.bat.offset, data: batSector(b, p, { 0: b.length }) }, { kind: 'zero', fileOffset: b.length, length: bs }]],

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { MemorySource, VhdImage, type CreateVhdOptions } from '../../src/index.js';
 import { chsForSectors, chsRoundUp, sizesByReader } from '../../src/vhd/geometry.js';
 import { needTool } from '../helpers/env.js';
-import { exec, must, needPyvhdi, pyvhdiDigest, shmScratch } from '../helpers/tools.js';
+import { must, needPyvhdi, pyvhdiDigest, shmScratch } from '../helpers/tools.js';
 import { pattern } from '../helpers/model.js';
 import { KiB, MiB, copyOf, newVhd, patchFooter } from '../helpers/vhd.js';
 
