@@ -5,8 +5,11 @@
 //                                            info does with that --allocation (default auto)
 //   node bench/http-client.js describe URL   open and describe only: the VHDX structures
 //   node bench/http-client.js convert URL OUT   copy the disk into a new sparse raw file, as convert does
+//   node bench/http-client.js read URL [node|fetch]   the same copy into a sink that discards the
+//                                            data, through that transport (default node): what
+//                                            fetching costs, without writing the output
 import { availableParallelism } from 'node:os';
-import { openUrl } from '../dist/index.js';
+import { openUrl, fetchTransport } from '../dist/node.js';
 import { describe } from '../dist/driver/info.js';
 import { describeContents } from '../dist/inspect/contents.js';
 import { AUTO_ZERO_SCAN_BYTES } from '../dist/cli/info.js';
@@ -15,7 +18,8 @@ import { NodeFileSource } from '../dist/io/node-file.js';
 
 const [mode, url, arg] = process.argv.slice(2);
 const stats = { requests: 0, bytesReceived: 0, retries: 0 };
-const img = await openUrl(url, { http: { stats } });
+if (mode === 'read' && arg !== undefined && arg !== 'node' && arg !== 'fetch') throw new Error(`transport ${arg}?`);
+const img = await openUrl(url, { http: { stats, ...(mode === 'read' && arg === 'fetch' ? { transport: fetchTransport() } : {}) } });
 try {
   if (mode === 'info') {
     // infoCommand: describe(), then contentsOf() (src/cli/info.ts), for --allocation=auto or never.
@@ -36,6 +40,8 @@ try {
     const dst = await NodeFileSource.open(arg, { readOnly: false, create: true, truncate: true, cache: 'unsafe' });
     await copyDevice(img, fileSink(dst), { parallel: Math.max(2, availableParallelism()) });
     await dst.close();
+  } else if (mode === 'read') {
+    await copyDevice(img, { write: async () => {}, finish: async () => {} }, { parallel: Math.max(2, availableParallelism()) });
   } else {
     throw new Error(`unknown mode ${mode}`);
   }

@@ -139,7 +139,10 @@ function commands(url) {
       };
 }
 
-/** Run [cmd, args] `n` times, the server's counts reset before each: { wall (summary), requests, bytes } of the last run. */
+/**
+ * Run [cmd, args] `n` times, the server's counts reset before each: { wall (summary), cpu (median
+ * user + system seconds: what the load distorts least), requests, bytes } of the last run.
+ */
 async function measured(server, n, [cmd, args], after = () => {}) {
   const runs = [];
   let counts = null;
@@ -150,7 +153,13 @@ async function measured(server, n, [cmd, args], after = () => {}) {
     counts = await server.stats();
     after();
   }
-  return { wall: summarise(runs), requests: counts.requests, bytes: counts.bytes };
+  const cpu = runs.map((r) => r.cpu).sort((x, y) => x - y)[Math.floor(runs.length / 2)];
+  return { wall: summarise(runs), cpu, requests: counts.requests, bytes: counts.bytes };
+}
+
+/** CPU seconds and their rate per GiB of `bytes`. */
+function cpuText(cpu, bytes) {
+  return `${cpu.toFixed(2)} CPU-s (${(cpu / (bytes / GiB)).toFixed(2)}/GiB)`;
 }
 
 function mib(bytes) {
@@ -202,20 +211,35 @@ export const convert = {
     try {
       const lines = [];
       let result = null;
+      let curlRate = 0;
+      let written = 0;
       for (const [name, file, curlRuns] of [[TRIMMED, images.trimmed, 1], [COMPACT, images.compact, runs]]) {
         const url = `${server.base}/${name}`;
         const cmds = commands(url);
         const size = Number(sh('stat', ['-c', '%s', file]).trim());
         const curl = await measured(server, curlRuns, ['curl', ['-sf', '-o', '/dev/null', url]]);
-        const conv = await measured(server, runs, cmds.convert(url, out), clean);
+        // What the output holds (its allocated blocks: the data the convert wrote), then away with it.
+        const conv = await measured(server, runs, cmds.convert(url, out), () => {
+          const [blocks, unit] = sh('stat', ['-c', '%b %B', out]).trim().split(' ').map(Number);
+          written = blocks * unit;
+          clean();
+        });
         const speedup = curl.wall.median / conv.wall.median;
         lines.push(
-          `${name} (file ${(size / GiB).toFixed(2)} GiB): curl ${fmt(curl.wall.median)} for ${mib(curl.bytes)}; ` +
-            `convert ${fmt(conv.wall.median)} (${fmt(conv.wall.best)}-, median of ${runs}), ${conv.requests} requests, ${mib(conv.bytes)} = ${(conv.bytes / allocated).toFixed(3)}x allocated; ` +
+          `${name} (file ${(size / GiB).toFixed(2)} GiB): curl ${fmt(curl.wall.median)}, ${cpuText(curl.cpu, curl.bytes)}, for ${mib(curl.bytes)}; ` +
+            `convert ${fmt(conv.wall.median)} (${fmt(conv.wall.best)}-, median of ${runs}), ${cpuText(conv.cpu, conv.bytes)}, ${conv.requests} requests, ${mib(conv.bytes)} = ${(conv.bytes / allocated).toFixed(3)}x allocated; ` +
             `${speedup.toFixed(1)}x faster than the download`,
         );
+        if (name === COMPACT) curlRate = curl.bytes / curl.wall.median;
         result ??= { conv, curl, speedup, by: cmds.by };
       }
+      // The floor: the convert must fetch the allocated bytes (at best at curl's rate) and write
+      // the raw output's data, here measured alone as dd writing that many bytes into the folder.
+      const dd = timeCmd('dd', ['if=/dev/zero', `of=${out}`, 'bs=16M', `count=${Math.ceil(written / (16 * MiB))}`, 'status=none']);
+      clean();
+      lines.push(
+        `floor: fetching ${mib(allocated)} at curl's rate on the compact file ${fmt(allocated / curlRate)}; writing the ${mib(written)} of data the output holds, alone (dd) ${fmt(dd.wall)}, ${cpuText(dd.cpu, written)}`,
+      );
       const bytesRatio = result.conv.bytes / allocated;
       return {
         name: `vhdx convert -O raw over HTTP (loopback) of a 64 GiB dynamic VHDX holding ${mib(allocated)} of allocated blocks`,

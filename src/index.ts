@@ -11,7 +11,7 @@ export { VhdxError, isVhdxError, type ErrorCode, type ErrorReason, type VhdxErro
 
 // Sources: the random-access bytes an image is read from (and written to).
 export { MemorySource, BlobSource, type CopyHint, type RandomAccessSource, type WritableSource } from './io/source.js';
-export { HttpSource, type HttpSourceOptions, type HttpStats, type HttpValidator } from './io/http.js';
+export { HttpSource, fetchTransport, type HttpSourceOptions, type HttpStats, type HttpValidator, type HttpTransport, type HttpAnswer, type HttpAnswerHead } from './io/http.js';
 
 // Devices: the block-device interface every image implements, and opening any format.
 export type { BlockDevice, WritableBlockDevice, DeviceCapabilities, Extent, ExtentType, ProgressOptions } from './device/block-device.js';

@@ -86,6 +86,8 @@ export interface RangeServer {
   ports: number[];
   objects: Map<string, ServedObject>;
   counts(path: string): RequestCounts;
+  /** Connections accepted so far, both ports. */
+  connections(): number;
   close(): Promise<void>;
 }
 
@@ -97,6 +99,7 @@ export async function startRangeServer(): Promise<RangeServer> {
   const objects = new Map<string, ServedObject>();
   const counts = new Map<string, RequestCounts>();
   const sockets = new Set<Socket>();
+  let accepted = 0;
   const count = (key: string, what: string): RequestCounts => {
     const c = counts.get(key) ?? { GET: 0, HEAD: 0, OPTIONS: 0, ifMatch: 0 };
     c[what] = (c[what] ?? 0) + 1;
@@ -256,6 +259,7 @@ export async function startRangeServer(): Promise<RangeServer> {
     });
     server.on('connection', (s) => {
       sockets.add(s);
+      accepted++;
       s.on('close', () => sockets.delete(s));
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -269,6 +273,7 @@ export async function startRangeServer(): Promise<RangeServer> {
     objects,
     /** Request counts of an object path (/o/...). */
     counts: (path: string): RequestCounts => counts.get(path) ?? { GET: 0, HEAD: 0, OPTIONS: 0, ifMatch: 0 },
+    connections: () => accepted,
     async close(): Promise<void> {
       for (const s of sockets) s.destroy();
       await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
