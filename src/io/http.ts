@@ -82,10 +82,13 @@ export interface HttpSourceOptions {
 
 /** The head of an answer, as HttpSource reads it (a fetch Response is one). */
 export interface HttpAnswerHead {
+  /** The HTTP status code (206 for a range, 200, 416, ...). */
   readonly status: number;
+  /** The status line's text ('' where the protocol has none, as HTTP/2). */
   readonly statusText: string;
   /** The URL that answered, after redirects ('' when not known). */
   readonly url: string;
+  /** The answer's headers by name, case-insensitive (null when absent). */
   readonly headers: { get(name: string): string | null };
 }
 
@@ -107,6 +110,7 @@ export interface HttpAnswer extends HttpAnswerHead {
  * head is in. The signal aborts the request and its body.
  */
 export interface HttpTransport {
+  /** Send one GET or HEAD with these headers; resolves when the answer's head has arrived, rejects on a network error or an abort of `signal`. */
   request(url: string, init: { method: 'GET' | 'HEAD'; headers: Headers; signal: AbortSignal }): Promise<HttpAnswer>;
 }
 

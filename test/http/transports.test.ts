@@ -12,7 +12,7 @@ import * as lib from '../../src/node.js';
 import type { HttpSourceOptions, HttpTransport, OpenUrlOptions } from '../../src/node.js';
 import { startRangeServer, type RangeServer } from '../helpers/http-server.js';
 import { makeMatrixImages } from '../helpers/http-images.js';
-import { cases, matrixObjects, pattern, SMALL_SIZE } from './matrix.js';
+import { cases, matrixObjects, pattern, SMALL_SIZE, type Ctx } from './matrix.js';
 
 let server: RangeServer;
 let dir: string;
@@ -48,7 +48,7 @@ const fetchLib = libWith(
     return fetch(input, init);
   }),
 );
-const ctx = () => ({ lib: fetchLib, base: server.origin, other: server.origin2, env: 'node', counts: async (p: string) => server.counts(p) });
+const ctx = (): Ctx => ({ lib: fetchLib, base: server.origin, other: server.origin2, env: 'node', counts: async (p: string) => server.counts(p) });
 for (const c of cases) {
   test(`fetch transport: ${c.name}`, async () => {
     const before = fetched;
