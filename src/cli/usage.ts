@@ -1,6 +1,6 @@
 /**
  * Each subcommand's usage line and help, apart from its code so that --help loads no command.
- * The README's command-line synopsis is checked against these lines (test/cli/help.test.js).
+ * The README's command-line synopsis is checked against these lines (test/cli/help.test.ts).
  */
 export const CHECK_USAGE = 'vhdx check [-p] [-U] [-v] [-f vhdx|vpc|raw] [--output=human|json] [-r leaks|all] [--parents=relative|any|none] [--azure] FILE';
 export const CONVERT_USAGE =

@@ -155,7 +155,7 @@ for (const e of dirty) {
       assert.equal(sparseSha256(raw), e.rawSha256, 'qemu-img reads the replayed image to the recorded SHA-256');
     } else {
       // Hashing 10 GiB takes ~8 s (VHDX_FULL_HASH=1 does it). Instead: qemu's read of the
-      // repaired file equals our in-memory replay of the untouched image, which corpus.test.js
+      // repaired file equals our in-memory replay of the untouched image, which corpus.test.ts
       // reads to the recorded SHA-256 (qemu-img compare skips the holes on both sides).
       const ours = `${p}.ours.raw`;
       await ourRaw(cached, ours);

@@ -1,6 +1,6 @@
 // `check` and the readers agree: what check calls clean (or warnings only), open, read,
 // blockStatus, allocationStats and describe accept; what the readers refuse, check reports as a
-// corruption. The property over thousands of mutated images is in test/fuzz.test.js; these are
+// corruption. The property over thousands of mutated images is in test/fuzz.test.ts; these are
 // the cases found by hand.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

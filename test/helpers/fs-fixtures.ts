@@ -1,4 +1,4 @@
-// Helpers for the filesystem-driver tests (test/inspect/{ext,ntfs,fat,exfat}.test.js): which mkfs
+// Helpers for the filesystem-driver tests (test/inspect/{ext,ntfs,fat,exfat}.test.ts): which mkfs
 // tools exist, a device over fixture bytes, the used map collected and checked against the
 // driver contract, free spans to compare with the tools' own lists, and a seeded mutation loop.
 import assert from 'node:assert/strict';

@@ -1,4 +1,4 @@
-// The HTTP source's two transports in Node. source.test.js runs the conformance matrix with the
+// The HTTP source's two transports in Node. source.test.ts runs the conformance matrix with the
 // default one, node:http(s) (src/io/http-node.ts, installed by the Node entry); this file runs the
 // same matrix through fetch (fetchTransport: the browser's, and Node's fallback), and checks what
 // the node transport does by itself: redirects as fetch follows them (credentials dropped on the

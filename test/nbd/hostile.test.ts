@@ -2,7 +2,7 @@
 // stalled handshake, out-of-range and oversized requests, a huge WRITE header followed by a
 // disconnect, a flood of requests whose replies are never read, too many connections and too
 // many handshakes. After each, the server is still up and a well-behaved client (already
-// connected, or new) is served. (Budgets and timeouts: limits.test.js.)
+// connected, or new) is served. (Budgets and timeouts: limits.test.ts.)
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';

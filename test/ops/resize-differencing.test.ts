@@ -74,7 +74,7 @@ test('a child grown past its parent reads its parent below the parent\'s end and
   const report = await checkImage(csrc, { parent: () => VhdxImage.open(psrc) });
   assert.equal(report.corruptions + report.warnings, 0, JSON.stringify(report.findings));
   // Shrinking below the parent stays refused, with force too (a child smaller than its parent
-  // is refused at open: differencing.test.js).
+  // is refused at open: differencing.test.ts).
   const rw = await openChain([csrc, psrc]);
   await assert.rejects(resize(rw, PARENT - MiB, { shrink: true, force: true }), (e: VhdxError) => e.reason === 'SHRINK_CUTS_DATA');
   await rw.close();
