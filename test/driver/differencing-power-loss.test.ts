@@ -17,7 +17,7 @@ import { MemorySource, VhdxImage, commitChild, resize, type RandomAccessSource, 
 import { FaultySource, type CrashImageOptions } from '../../src/testing.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { bytesEqual, crashCheck, pattern } from '../helpers/model.js';
-import { runWorkload, type Op } from '../helpers/workload.js';
+import { ops, runWorkload, type Op } from '../helpers/workload.js';
 import { compareWith, makeBase, makeChild } from '../helpers/chain.js';
 
 const KiB = 1024;
@@ -48,24 +48,6 @@ async function parentAndChild({ size, sector, childBlockSize }: ChainShape) {
   await makeChild(p, { blockSize: childBlockSize, src: mem });
   await p.close();
   return { psrc, pmodel: model, childBase: mem.bytes().slice() };
-}
-
-interface OpMakers {
-  w(offset: number, length: number, fua?: boolean): Op;
-  zero(offset: number, length: number): Op;
-  discard(offset: number, length: number): Op;
-  flush: Op;
-  close: Op;
-  reopen: Op;
-  parallel(...list: Op[]): Op;
-}
-
-function ops(build: (makers: OpMakers) => Op[]): Op[] {
-  let seed = 0;
-  const w = (offset: number, length: number, fua = false): Op => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
-  const zero = (offset: number, length: number): Op => ({ kind: 'zero', offset, length });
-  const discard = (offset: number, length: number): Op => ({ kind: 'discard', offset, length });
-  return build({ w, zero, discard, flush: { kind: 'flush' }, close: { kind: 'close' }, reopen: { kind: 'reopen' }, parallel: (...list) => ({ kind: 'parallel', ops: list }) });
 }
 
 /** A workload for a child of `size` bytes whose blocks are `bs` bytes and sectors `lss`. */

@@ -11,33 +11,12 @@ import type { CrashImageOptions, FaultySource } from '../../src/testing.js';
 import { planLayout, writeNewImage } from '../../src/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
 import { bytesEqual, crashCheck, pattern, type SparseModel } from '../helpers/model.js';
-import { runWorkload, type Op } from '../helpers/workload.js';
+import { ops, runWorkload, type Op } from '../helpers/workload.js';
 import { makeBase, makeChild } from '../helpers/chain.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const B = (n: number): number => n * MiB;
-
-type Moves = Extract<Op, { kind: 'move' }>['moves'];
-
-/** The operations a workload is written with (a write's data is a fresh pattern). */
-interface OpMakers {
-  w(offset: number, length: number): Op;
-  zero(offset: number, length: number): Op;
-  discard(offset: number, length: number): Op;
-  move(moves: Moves): Op;
-  flush: Op;
-  close: Op;
-}
-
-function ops(build: (makers: OpMakers) => Op[]): Op[] {
-  let seed = 0;
-  const w = (offset: number, length: number): Op => ({ kind: 'write', offset, data: pattern(++seed, length) });
-  const zero = (offset: number, length: number): Op => ({ kind: 'zero', offset, length });
-  const discard = (offset: number, length: number): Op => ({ kind: 'discard', offset, length });
-  const move = (moves: Moves): Op => ({ kind: 'move', moves });
-  return build({ w, zero, discard, move, flush: { kind: 'flush' }, close: { kind: 'close' } });
-}
 
 /** The place block `block` holds now (its data extent's file offset). */
 async function placeOf(img: VhdxImage, block: number): Promise<number> {

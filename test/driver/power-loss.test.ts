@@ -16,8 +16,8 @@ import { MemorySource, VhdxImage, type VhdxError } from '../../src/index.js';
 import type { CrashImageOptions, FaultySource } from '../../src/testing.js';
 import { planLayout, writeNewImage, type LayoutOptions } from '../../src/driver/layout.js';
 import { checkInvariants } from '../helpers/invariants.js';
-import { bytesEqual, crashCheck, pattern, type CrashOp, type SparseModel } from '../helpers/model.js';
-import { readRanges, runWorkload, writeSparseFile, type Op } from '../helpers/workload.js';
+import { bytesEqual, crashCheck, type CrashOp, type SparseModel } from '../helpers/model.js';
+import { ops, readRanges, runWorkload, writeSparseFile, type Op } from '../helpers/workload.js';
 import { hasTool, scratch } from '../helpers/env.js';
 
 const KiB = 1024;
@@ -28,24 +28,6 @@ async function baseImage(layout: LayoutOptions): Promise<Uint8Array> {
   const mem = new MemorySource();
   await writeNewImage(mem, planLayout(layout));
   return mem.bytes().slice();
-}
-
-/** A workload builder: writes get distinct patterns. */
-interface OpMakers {
-  w(offset: number, length: number, fua?: boolean): Op;
-  zero(offset: number, length: number): Op;
-  discard(offset: number, length: number): Op;
-  flush: Op;
-  close: Op;
-  parallel(...list: Op[]): Op;
-}
-
-function ops(build: (makers: OpMakers) => Op[]): Op[] {
-  let seed = 0;
-  const w = (offset: number, length: number, fua = false): Op => ({ kind: 'write', offset, data: pattern(++seed, length), fua });
-  const zero = (offset: number, length: number): Op => ({ kind: 'zero', offset, length });
-  const discard = (offset: number, length: number): Op => ({ kind: 'discard', offset, length });
-  return build({ w, zero, discard, flush: { kind: 'flush' }, close: { kind: 'close' }, parallel: (...list) => ({ kind: 'parallel', ops: list }) });
 }
 
 /** A workload: the image it starts from and the operations it runs. */

@@ -12,7 +12,7 @@ import { FaultySource } from '../../src/io/faulty.js';
 import { VhdxImage } from '../../src/driver/image.js';
 import type { BlockMove } from '../../src/driver/writer.js';
 import type { WritableBlockDevice } from '../../src/device/block-device.js';
-import { SparseModel, type CrashOp } from './model.js';
+import { SparseModel, pattern, type CrashOp } from './model.js';
 
 /** What a workload drives: the methods a writable VhdxImage and a VhdImage both offer. */
 export type WorkloadDevice = Pick<WritableBlockDevice, 'size' | 'read' | 'write' | 'writeZeroes' | 'discard' | 'flush' | 'close' | 'blockStatus'>;
@@ -24,6 +24,33 @@ export type Op =
   | { kind: 'flush' | 'close' | 'reopen' }
   | { kind: 'parallel'; ops: readonly Op[] }
   | { kind: 'move'; moves: readonly BlockMove[] | ((img: VhdxImage) => readonly BlockMove[] | Promise<readonly BlockMove[]>) };
+
+/** Builders of a workload's operations; each write carries a pattern of its own (model.ts' `pattern`, by its number). */
+export interface OpMakers {
+  w(offset: number, length: number, fua?: boolean): Op;
+  zero(offset: number, length: number): Op;
+  discard(offset: number, length: number): Op;
+  move(moves: Extract<Op, { kind: 'move' }>['moves']): Op;
+  flush: Op;
+  close: Op;
+  reopen: Op;
+  parallel(...list: Op[]): Op;
+}
+
+/** A workload's operations as `build` lists them with the makers (writes numbered from 1 per call). */
+export function ops(build: (m: OpMakers) => Op[]): Op[] {
+  let seed = 0;
+  return build({
+    w: (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua }),
+    zero: (offset, length) => ({ kind: 'zero', offset, length }),
+    discard: (offset, length) => ({ kind: 'discard', offset, length }),
+    move: (moves) => ({ kind: 'move', moves }),
+    flush: { kind: 'flush' },
+    close: { kind: 'close' },
+    reopen: { kind: 'reopen' },
+    parallel: (...list) => ({ kind: 'parallel', ops: list }),
+  });
+}
 
 /** Apply a completed operation to the model. */
 export function applyToModel(model: SparseModel, op: Op): void {

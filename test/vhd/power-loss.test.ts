@@ -12,32 +12,10 @@ import { VhdImage, checkVhd, isVhdxError, repairVhd, type VhdParentResolver } fr
 import type { FaultySource, CrashImageOptions } from '../../src/io/faulty.js';
 import type { RandomAccessSource } from '../../src/io/source.js';
 import { crashCheck, pattern, bytesEqual, SparseModel, type CrashOp } from '../helpers/model.js';
-import { readRanges, runWorkload, type Op } from '../helpers/workload.js';
+import { ops, readRanges, runWorkload, type Op } from '../helpers/workload.js';
 import { KiB, copyOf, newVhd } from '../helpers/vhd.js';
 
 const BS = 512 * KiB;
-
-/** The operation makers a workload is built from. */
-interface OpMakers {
-  w(offset: number, length: number, fua?: boolean): Op;
-  zero(offset: number, length: number): Op;
-  discard(offset: number, length: number): Op;
-  flush: Op;
-  close: Op;
-  parallel(...list: Op[]): Op;
-}
-
-function ops(build: (m: OpMakers) => Op[]): Op[] {
-  let seed = 0;
-  return build({
-    w: (offset, length, fua = false) => ({ kind: 'write', offset, data: pattern(++seed, length), fua }),
-    zero: (offset, length) => ({ kind: 'zero', offset, length }),
-    discard: (offset, length) => ({ kind: 'discard', offset, length }),
-    flush: { kind: 'flush' },
-    close: { kind: 'close' },
-    parallel: (...list) => ({ kind: 'parallel', ops: list }),
-  });
-}
 
 // Allocations one by one and together, in-place writes, writes into the clear sectors of an
 // allocated block, writes across blocks, FUA, zeroes over data and over holes, a reopen (a new session appends after the last one's footer).
