@@ -9,7 +9,7 @@ import { open as openFh, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openFile, type Extent } from '../src/node.js';
 import { cliPath, needTool } from './helpers/env.js';
-import { must, shmScratch, vhdx, type MapEntry } from './helpers/tools.js';
+import { contentModel, must, shmScratch, vhdx, type ByteOp, type MapEntry } from './helpers/tools.js';
 
 const K = 1024;
 const M = K * K;
@@ -22,9 +22,7 @@ const qemuMissing = needTool('qemu-img', 'qemu-io');
 // ---- operations and the model of what the disk must hold after them ----
 
 /** One operation qemu-io applies to the disk. */
-type Op = { op: 'write'; pattern: number; offset: number; length: number } | { op: 'zero' | 'discard'; offset: number; length: number };
-/** A byte range of the expected content: `value` every byte must hold, -1 for either zeros or the earlier contents. */
-type Segment = { start: number; end: number; value: number };
+type Op = ByteOp;
 /** A range [start, end) of the virtual disk. */
 type Range = { start: number; end: number };
 /** Reads a disk's bytes: an image or a raw file. */
@@ -38,36 +36,6 @@ function qemuIoCommand(o: Op): string {
   if (o.op === 'write') return `write -P 0x${o.pattern.toString(16).padStart(2, '0')} ${o.offset} ${o.length}`;
   if (o.op === 'zero') return `write -z ${o.offset} ${o.length}`;
   return `discard ${o.offset} ${o.length}`;
-}
-
-/**
- * The expected content as segments tiling [0, size): value 0..255 for a byte every byte must hold,
- * or -1 after a discard (the format allows zeros or the earlier contents there).
- */
-function model(size: number, ops: readonly Op[]): Segment[] {
-  let segs: Segment[] = [{ start: 0, end: size, value: 0 }];
-  for (const o of ops) {
-    const a = o.offset;
-    const b = o.offset + o.length;
-    const value = o.op === 'write' ? o.pattern : o.op === 'zero' ? 0 : -1;
-    const out: Segment[] = [];
-    for (const s of segs) {
-      if (s.end <= a || s.start >= b) out.push(s);
-      else {
-        if (s.start < a) out.push({ start: s.start, end: a, value: s.value });
-        if (s.end > b) out.push({ start: b, end: s.end, value: s.value });
-      }
-    }
-    out.push({ start: a, end: b, value });
-    out.sort((x, y) => x.start - y.start);
-    segs = [];
-    for (const s of out) {
-      const last = segs[segs.length - 1];
-      if (last && last.value === s.value && last.end === s.start) last.end = s.end;
-      else segs.push({ ...s });
-    }
-  }
-  return segs;
 }
 
 /** The usual mix: unaligned writes, a write straddling blocks, zeroes, a discard, the disk's end. */
@@ -257,7 +225,7 @@ for (const [n, c] of CASES.entries()) {
     try {
       let extents: Extent[] | undefined;
       let dataRanges: Range[] | undefined;
-      const expected = model(c.size, ops);
+      const expected = contentModel(c.size, ops, -1);
 
       await t.test('geometry, block status and allocation', async () => {
         assert.equal(image.size, c.size, 'virtual size');

@@ -183,3 +183,38 @@ export function sparseRaw(dir: string, name: string, size: number, places: Reado
   }
   return path;
 }
+
+/** A request of a workload the peer tools replay (qemu-io's `write -P`, `write -z`, `discard`). */
+export type ByteOp = { op: 'write'; pattern: number; offset: number; length: number } | { op: 'zero' | 'discard'; offset: number; length: number };
+/** A range [start, end) of the expected content: `value` every byte must hold, -1 for either zeros or the earlier contents. */
+export type Segment = { start: number; end: number; value: number };
+
+/**
+ * The expected content of a `size`-byte disk after `ops` (from all zeros), as segments tiling
+ * [0, size); a discarded range holds `discardReads` (-1: zeros or the earlier contents).
+ */
+export function contentModel(size: number, ops: readonly ByteOp[], discardReads: number): Segment[] {
+  let segs: Segment[] = [{ start: 0, end: size, value: 0 }];
+  for (const o of ops) {
+    const a = o.offset;
+    const b = o.offset + o.length;
+    const value = o.op === 'write' ? o.pattern : o.op === 'zero' ? 0 : discardReads;
+    const out: Segment[] = [];
+    for (const s of segs) {
+      if (s.end <= a || s.start >= b) out.push(s);
+      else {
+        if (s.start < a) out.push({ start: s.start, end: a, value: s.value });
+        if (s.end > b) out.push({ start: b, end: s.end, value: s.value });
+      }
+    }
+    out.push({ start: a, end: b, value });
+    out.sort((x, y) => x.start - y.start);
+    segs = [];
+    for (const s of out) {
+      const last = segs.at(-1);
+      if (last && last.value === s.value && last.end === s.start) last.end = s.end;
+      else segs.push({ ...s });
+    }
+  }
+  return segs;
+}
