@@ -9,7 +9,7 @@ export * from './index.js';
 // Files: a source over a file, and opening, creating, committing and rebasing images by path.
 export { NodeFileSource, CACHE_MODES, type CacheMode } from './io/node-file.js';
 // HTTP: the node:http(s) transport, the HTTP source's default in Node.
-export { nodeHttpTransport } from './io/http-node.js';
+export { nodeHttpTransport, type NodeHttpTransportOptions } from './io/http-node.js';
 export { openFile, openDevice, parentResolver, type OpenFileOptions, type OpenDeviceOptions, type FileOptions } from './device/open-node.js';
 export { createFile, createOpenFile, type CreateFileOptions } from './device/create-file.js';
 export { commitFile, rebaseFile, type CommitFileOptions, type CommitChildOutcome } from './device/commit-file.js';

@@ -100,6 +100,12 @@ export interface HttpAnswer extends HttpAnswerHead {
    * connection is then dropped).
    */
   body(each: (chunk: Uint8Array) => void): Promise<void>;
+  /**
+   * Where the transport can (Node's does): read the body straight into `into`, calling
+   * `progress` with the bytes of each read. Resolves with the body's length at its end; rejects
+   * as body() does, and with BAD_RESPONSE when the body is longer than `into`.
+   */
+  bodyInto?(into: Uint8Array, progress: (bytes: number) => void): Promise<number>;
   /** Drop the answer without reading its body (or the rest of it). */
   cancel(): void;
 }
@@ -801,13 +807,16 @@ export class HttpSource implements RandomAccessSource {
    */
   private async readBody(res: Exchange, into: Uint8Array, expected: number | null): Promise<Uint8Array> {
     let got = 0;
-    await res.chunks((chunk) => {
-      if (got + chunk.length > into.length) {
-        throw new VhdxError('EIO', 'BAD_RESPONSE', `${redactUrl(this.url)} sent more than the ${into.length} bytes asked for`);
-      }
-      into.set(chunk, got);
-      got += chunk.length;
-    });
+    if (res.into) got = await res.into(into);
+    else {
+      await res.chunks((chunk) => {
+        if (got + chunk.length > into.length) {
+          throw new VhdxError('EIO', 'BAD_RESPONSE', `${redactUrl(this.url)} sent more than the ${into.length} bytes asked for`);
+        }
+        into.set(chunk, got);
+        got += chunk.length;
+      });
+    }
     if (expected !== null && got !== expected) {
       throw new Retryable(`${redactUrl(this.url)}: the answer ended after ${got} of ${expected} bytes`, { code: 'EIO', reason: 'IO_ERROR' });
     }
@@ -912,6 +921,19 @@ export class HttpSource implements RandomAccessSource {
           throw failure(e);
         }
       },
+      into: answer.bodyInto
+        ? async (into: Uint8Array): Promise<number> => {
+            consumed = true;
+            try {
+              return await answer.bodyInto!(into, (bytes) => {
+                arm();
+                stats.bytesReceived += bytes;
+              });
+            } catch (e) {
+              throw failure(e);
+            }
+          }
+        : null,
       done(): void {
         done();
         if (!consumed) answer.cancel();
@@ -943,5 +965,7 @@ export class HttpSource implements RandomAccessSource {
 interface Exchange {
   response: HttpAnswerHead;
   chunks(each: (chunk: Uint8Array) => void): Promise<void>;
+  /** The body read straight into a buffer (its length; more than the buffer holds is BAD_RESPONSE), where the transport can. */
+  into: ((into: Uint8Array) => Promise<number>) | null;
   done(): void;
 }
