@@ -16,8 +16,7 @@
 //          <= 1.1x) and wall time against `curl` downloading the whole file to /dev/null (target:
 //          10x faster), for both files.
 //
-// When the CLI takes URLs (`vhdx info URL` succeeds), the CLI itself is measured; otherwise
-// bench/http-client.js does through the library what the commands do, and the output says so.
+// The CLI is measured; bench/http-client.js gives the VHDX structures' share of info alone.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -123,38 +122,32 @@ async function startServer() {
   };
 }
 
-/**
- * The commands that do `vhdx info` and `vhdx convert -O raw` on a URL: the CLI's when it takes
- * URLs, else bench/http-client.js's, which do the same through the library.
- */
-function commands(url) {
-  const byCli = spawnSync(process.execPath, [cli, 'info', '--output=json', url], { encoding: 'utf8' }).status === 0;
-  const client = join(repoRoot, 'bench', 'http-client.js');
-  return byCli
-    ? { by: 'the CLI', info: (u, allocation) => [process.execPath, [cli, 'info', `--allocation=${allocation}`, u]], convert: (u, out) => [process.execPath, [cli, 'convert', '-O', 'raw', u, out]] }
-    : {
-        by: 'bench/http-client.js (this CLI does not take URLs yet: the library doing what the command does)',
-        info: (u, allocation) => [process.execPath, [client, 'info', u, allocation]],
-        convert: (u, out) => [process.execPath, [client, 'convert', u, out]],
-      };
+/** The CLI commands measured: `vhdx info` and `vhdx convert -O raw` of a URL. */
+function commands() {
+  return {
+    by: 'the CLI',
+    info: (u, allocation) => [process.execPath, [cli, 'info', `--allocation=${allocation}`, u]],
+    convert: (u, out, extra = []) => [process.execPath, [cli, 'convert', ...extra, '-O', 'raw', u, out]],
+  };
 }
 
 /**
- * Run [cmd, args] `n` times, the server's counts reset before each: { wall (summary), cpu (median
- * user + system seconds: what the load distorts least), requests, bytes } of the last run.
+ * Run [cmd, args] `n` times, the server's counts reset before each (and `before()`, untimed):
+ * { wall (summary), cpu (median user + system seconds: what the load distorts least), sys
+ * (median system seconds), requests, bytes } of the last run.
  */
-async function measured(server, n, [cmd, args], after = () => {}) {
+async function measured(server, n, [cmd, args], after = () => {}, before = () => {}) {
   const runs = [];
   let counts = null;
   for (let i = 0; i < n; i++) {
     await server.reset();
     // spawnSync is fine: the server is another process.
-    runs.push(timeCmd(cmd, args));
+    runs.push(timeCmd(cmd, args, { before }));
     counts = await server.stats();
     after();
   }
-  const cpu = runs.map((r) => r.cpu).sort((x, y) => x - y)[Math.floor(runs.length / 2)];
-  return { wall: summarise(runs), cpu, requests: counts.requests, bytes: counts.bytes };
+  const median = (k) => runs.map((r) => r[k]).sort((x, y) => x - y)[Math.floor(runs.length / 2)];
+  return { wall: summarise(runs), cpu: median('cpu'), sys: median('sys'), requests: counts.requests, bytes: counts.bytes };
 }
 
 /** CPU seconds and their rate per GiB of `bytes`. */
@@ -174,7 +167,7 @@ export const info = {
     const server = await startServer();
     try {
       const url = `${server.base}/${COMPACT}`;
-      const cmds = commands(url);
+      const cmds = commands();
       const all = await measured(server, runs, cmds.info(url, 'auto'));
       const never = await measured(server, 1, cmds.info(url, 'never'));
       const always = await measured(server, 1, cmds.info(url, 'always'));
@@ -199,6 +192,21 @@ export const info = {
   },
 };
 
+/** Write `bytes` into a new file at `path` with dd and delete it: timed, { wall, sys }. */
+function ddWrite(path, bytes) {
+  const r = timeCmd('dd', ['if=/dev/zero', `of=${path}`, 'bs=16M', `count=${Math.max(1, Math.ceil(bytes / (16 * MiB)))}`, 'status=none']);
+  rmSync(path, { force: true });
+  return r;
+}
+
+/**
+ * Wait until the machine has had time to take back freed memory. On a virtual machine that
+ * hands freed memory to its host (virtio-balloon free page reporting), page cache for new data
+ * costs many times more when the memory has gone back than when it was freed moments ago; the
+ * runs after this show that cost, which is the machine's, not the program's.
+ */
+const idle = () => new Promise((r) => setTimeout(r, 15_000));
+
 export const convert = {
   async run({ runs = 3 } = {}) {
     const missing = missingTools();
@@ -211,34 +219,45 @@ export const convert = {
     try {
       const lines = [];
       let result = null;
-      let curlRate = 0;
       let written = 0;
       for (const [name, file, curlRuns] of [[TRIMMED, images.trimmed, 1], [COMPACT, images.compact, runs]]) {
         const url = `${server.base}/${name}`;
-        const cmds = commands(url);
+        const cmds = commands();
         const size = Number(sh('stat', ['-c', '%s', file]).trim());
         const curl = await measured(server, curlRuns, ['curl', ['-sf', '-o', '/dev/null', url]]);
         // What the output holds (its allocated blocks: the data the convert wrote), then away with it.
-        const conv = await measured(server, runs, cmds.convert(url, out), () => {
+        const afterConvert = () => {
           const [blocks, unit] = sh('stat', ['-c', '%b %B', out]).trim().split(' ').map(Number);
           written = blocks * unit;
           clean();
-        });
+        };
+        const conv = await measured(server, runs, cmds.convert(url, out), afterConvert);
         const speedup = curl.wall.median / conv.wall.median;
+        await idle();
+        const cold = await measured(server, 1, cmds.convert(url, out), afterConvert);
+        // -t none: the output written around the page cache (O_DIRECT), as after qemu-img's -t none.
+        const direct = await measured(server, runs, cmds.convert(url, out, ['-t', 'none']), afterConvert);
+        await idle();
+        const directCold = await measured(server, 1, cmds.convert(url, out, ['-t', 'none']), afterConvert);
+        const times = (m, c) =>
+          `${fmt(m.wall.median)} (${fmt(m.wall.best)}-, median of ${runs}), ${cpuText(m.cpu, m.bytes)} of which system ${m.sys.toFixed(2)} s, ${(curl.wall.median / m.wall.median).toFixed(1)}x faster than the download; ` +
+          `after 15 s idle ${fmt(c.wall.median)} (system ${c.sys.toFixed(2)} s), ${(curl.wall.median / c.wall.median).toFixed(1)}x`;
         lines.push(
           `${name} (file ${(size / GiB).toFixed(2)} GiB): curl ${fmt(curl.wall.median)}, ${cpuText(curl.cpu, curl.bytes)}, for ${mib(curl.bytes)}; ` +
-            `convert ${fmt(conv.wall.median)} (${fmt(conv.wall.best)}-, median of ${runs}), ${cpuText(conv.cpu, conv.bytes)}, ${conv.requests} requests, ${mib(conv.bytes)} = ${(conv.bytes / allocated).toFixed(3)}x allocated; ` +
-            `${speedup.toFixed(1)}x faster than the download`,
+            `convert: ${conv.requests} requests, ${mib(conv.bytes)} = ${(conv.bytes / allocated).toFixed(3)}x allocated\n` +
+            `    default (-t unsafe): ${times(conv, cold)}\n` +
+            `    -t none: ${times(direct, directCold)}`,
         );
-        if (name === COMPACT) curlRate = curl.bytes / curl.wall.median;
         result ??= { conv, curl, speedup, by: cmds.by };
       }
-      // The floor: the convert must fetch the allocated bytes (at best at curl's rate) and write
-      // the raw output's data, here measured alone as dd writing that many bytes into the folder.
-      const dd = timeCmd('dd', ['if=/dev/zero', `of=${out}`, 'bs=16M', `count=${Math.ceil(written / (16 * MiB))}`, 'status=none']);
-      clean();
+      // The machine's part: writing the output's data alone (dd), after the machine sat idle and
+      // again at once, while the memory just freed is still the guest's.
+      await idle();
+      const ddCold = ddWrite(out, written);
+      const ddHot = ddWrite(out, written);
       lines.push(
-        `floor: fetching ${mib(allocated)} at curl's rate on the compact file ${fmt(allocated / curlRate)}; writing the ${mib(written)} of data the output holds, alone (dd) ${fmt(dd.wall)}, ${cpuText(dd.cpu, written)}`,
+        `the machine's part: dd writing the ${mib(written)} the output holds, alone: ${fmt(ddCold.wall)} (system ${ddCold.sys.toFixed(2)} s) after 15 s idle, ` +
+          `${fmt(ddHot.wall)} (system ${ddHot.sys.toFixed(2)} s) just after as much was freed`,
       );
       const bytesRatio = result.conv.bytes / allocated;
       return {

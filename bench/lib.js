@@ -46,7 +46,7 @@ export function timeCmd(cmd, args, { before } = {}) {
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
   const [rss, user, sys] = useTime ? r.stderr.trim().split('\n').pop().split(' ').map(Number) : [NaN, NaN, NaN];
-  return { wall, rssMB: rss / 1024, cpu: user + sys, stdout: r.stdout };
+  return { wall, rssMB: rss / 1024, cpu: user + sys, sys, stdout: r.stdout };
 }
 
 /**

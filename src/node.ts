@@ -8,7 +8,7 @@ export * from './index.js';
 
 // Files: a source over a file, and opening, creating, committing and rebasing images by path.
 export { NodeFileSource, CACHE_MODES, type CacheMode } from './io/node-file.js';
-// HTTP: the node:http(s) transport, the HTTP source's default in Node.
+// HTTP: the Node transport (HTTP/1.1 on node:net and node:tls), the HTTP source's default in Node.
 export { nodeHttpTransport, type NodeHttpTransportOptions } from './io/http-node.js';
 export { openFile, openDevice, parentResolver, type OpenFileOptions, type OpenDeviceOptions, type FileOptions } from './device/open-node.js';
 export { createFile, createOpenFile, type CreateFileOptions } from './device/create-file.js';

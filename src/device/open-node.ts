@@ -6,7 +6,7 @@ import { VhdxError } from '../errors.js';
 import type { RandomAccessSource } from '../io/source.js';
 import { NodeFileSource, type CacheMode } from '../io/node-file.js';
 import { redactUrl } from '../io/http.js';
-// Makes the node:http(s) transport the HTTP source's default in Node (CLI and Node entry alike).
+// Makes the Node HTTP transport (src/io/http-node.ts) the HTTP source's default in Node (CLI and Node entry alike).
 import '../io/http-node.js';
 import { VhdxImage, type OpenOptions, type ParentResolver } from '../driver/image.js';
 import type { VhdParentResolver } from '../vhd/image.js';

@@ -1,6 +1,6 @@
 /**
  * A read-only source over an HTTP(S) URL, read with single-range GET requests through a transport:
- * the global `fetch` (browsers, workers, Node >= 20), or in Node the one on node:http(s) that the
+ * the global `fetch` (browsers, workers, Node >= 20), or in Node the one on node:net/node:tls that the
  * Node entry installs as the default (./http-node.ts: no web streams, a fraction of the CPU per
  * byte). Browser-safe: no Node API.
  *
@@ -72,7 +72,7 @@ export interface HttpSourceOptions {
   /** Counters to add to (share one object between the images of a chain); default a new one. */
   stats?: HttpStats;
   /**
-   * How requests are sent (default: in Node, the node:http(s) transport the Node entry installs;
+   * How requests are sent (default: in Node, the node:net/node:tls transport the Node entry installs;
    * elsewhere, or when `fetch` is given, `fetchTransport`).
    */
   transport?: HttpTransport;
@@ -162,7 +162,7 @@ let defaultTransport: HttpTransport | null = null;
 
 /**
  * Make `t` the transport of sources given neither `transport` nor `fetch`: the Node entry
- * installs its node:http(s) one (./http-node.ts). Not part of the public API.
+ * installs its node:net/node:tls one (./http-node.ts). Not part of the public API.
  * @internal
  */
 export function setDefaultTransport(t: HttpTransport): void {
