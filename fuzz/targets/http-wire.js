@@ -31,7 +31,7 @@ const GUARD_BYTE = 0xa5;
  * answer that never ends costs little; not widened by ctx.timeScale (a timeout is an outcome,
  * never a broken rule, whenever it strikes).
  */
-const DIRECT_MS = 100;
+const DIRECT_MS = 25;
 
 const latin1 = (s) => new Uint8Array(Buffer.from(s, 'latin1'));
 const pattern = (n, from) => {
