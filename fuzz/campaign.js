@@ -32,7 +32,7 @@ const { values, positionals } = parseArgs({
 
 if (values.list || positionals.length !== 1 || !TARGETS[positionals[0]]) {
   process.stdout.write(`usage: npm run fuzz -- TARGET [--time SECONDS] [--corpus DIR] [--crashes DIR] [--seed N] [--runs N] [--distil]\ntargets:\n`);
-  for (const [name, about] of Object.entries(TARGETS)) process.stdout.write(`  ${name.padEnd(7)} ${about}\n`);
+  for (const [name, about] of Object.entries(TARGETS)) process.stdout.write(`  ${name.padEnd(9)} ${about}\n`);
   process.exit(values.list ? 0 : 2);
 }
 

@@ -10,6 +10,7 @@ export const TARGETS = {
   write: 'VHDX write path: open writable, zeros and a pattern across the disk, flush, reopen, verify, check',
   nbd: 'NBD server: handshake and transmission byte streams on a loopback socket, beside a normal client',
   http: 'HTTP range source: malformed statuses, Content-Range, lengths and bodies from the server',
+  'http-wire': 'Node HTTP/1.1 transport: raw answer bytes from a loopback server, cut into writes, ended or reset; HttpSource and the transport alone',
 };
 
 export async function loadTarget(name) {

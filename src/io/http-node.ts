@@ -378,8 +378,12 @@ class Connection {
       if (this.e - this.s >= SCRATCH) throw new Error(`the answer's head is larger than ${SCRATCH} bytes`);
       return false;
     }
-    const lines = this.scratch.toString('latin1', this.s, end).split('\r\n');
+    const text = this.scratch.toString('latin1', this.s, end);
     this.s = end + 4;
+    // RFC 9110 §5.5: a field value holding NUL is invalid (fetch refuses such an answer too); one
+    // taken as it is would go back in a request's If-Match, where Headers throws.
+    if (text.includes('\0')) throw new Error('a NUL byte in the answer\'s head');
+    const lines = text.split('\r\n');
     const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? '');
     if (!m) throw new Error(`not an HTTP/1 answer: ${JSON.stringify((lines[0] ?? '').slice(0, 80))}`);
     const status = Number(m[2]);

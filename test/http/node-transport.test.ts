@@ -273,3 +273,29 @@ test('https: a private certificate authority through the tls option; an untruste
   await src.close();
   await assert.rejects(GET(lib.nodeHttpTransport(), `${secureOrigin}/s`), /self-signed|certificate/);
 });
+
+test('a NUL in an answer\'s head is refused, as fetch refuses it: an ETag holding one never reaches the If-Match of the next request', async () => {
+  // Found by the http-wire fuzz target (fuzz/crashes/http-wire/untyped-TypeError-b2e04d60.gz):
+  // the source sent the validator back in If-Match, where Headers threw a TypeError.
+  const t = lib.nodeHttpTransport();
+  for (const [path, line] of [['/etag', 'ETag: "a\0b"'], ['/fold', 'X-A: a\r\n \0'], ['/status', 'X-B: b']] as const) {
+    const status = path === '/status' ? '206 Part\0ial' : '206 Partial Content';
+    script = () => ({ pieces: [`HTTP/1.1 ${status}\r\nContent-Range: bytes 0-9/10\r\nContent-Length: 10\r\n${line}\r\n\r\n0123456789`] });
+    await assert.rejects(GET(t, origin + path), /NUL/, path);
+  }
+  // Through the source: the first range's ETag would go back in the If-Match of the second.
+  const block = bytes(4096, 6);
+  script = (_path, _method, headers) => {
+    const from = Number(/bytes=(\d+)-/.exec(headers.get('range') ?? '')?.[1] ?? 0);
+    return { pieces: [`HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${from}-${from + 4095}/65536\r\nContent-Length: 4096\r\nETag: "a\0b"\r\n\r\n`, block] };
+  };
+  const reading = (async () => {
+    const src = await lib.HttpSource.open(`${origin}/src`, { transport: t, retries: 0, blockSize: 4096, firstRequestBytes: 4096 });
+    try {
+      await src.read(8192, new Uint8Array(100));
+    } finally {
+      await src.close();
+    }
+  })();
+  await assert.rejects(reading, { name: 'VhdxError' });
+});
