@@ -178,6 +178,8 @@ class Connection {
   private framing: Framing = { kind: 'none' };
   private chunkState: ChunkState = 'size';
   private chunkLeft = 0;
+  /** How much of the head being received (from `s`) was searched for its end already. */
+  private headScanned = 0;
   /** Where the body goes: each received piece (a view of scratch, to be copied at once). */
   private sink: ((piece: Uint8Array) => void) | null = null;
   /** The caller's buffer a body of known length is read into, and how much of it is filled. */
@@ -220,6 +222,7 @@ class Connection {
     this.phase = 'head';
     this.nothingReceived = true;
     this.eof = false;
+    this.headScanned = 0;
     this.socket.ref();
     const onAbort = (): void => this.fail(signal.reason);
     signal.addEventListener('abort', onAbort, { once: true });
@@ -373,11 +376,14 @@ class Connection {
 
   /** Parse an answer's head if scratch holds all of it; true when the phase moved on. */
   private takeHead(): boolean {
-    const end = this.scratch.subarray(0, this.e).indexOf('\r\n\r\n', this.s, 'latin1');
+    // Search only what earlier reads did not (a head trickling in is not scanned again and again).
+    const end = this.scratch.subarray(0, this.e).indexOf('\r\n\r\n', this.s + Math.max(0, this.headScanned - 3), 'latin1');
     if (end < 0) {
       if (this.e - this.s >= SCRATCH) throw new Error(`the answer's head is larger than ${SCRATCH} bytes`);
+      this.headScanned = this.e - this.s;
       return false;
     }
+    this.headScanned = 0;
     const text = this.scratch.toString('latin1', this.s, end);
     this.s = end + 4;
     // RFC 9110 §5.5: a field value holding NUL is invalid (fetch refuses such an answer too); one
@@ -419,7 +425,11 @@ class Connection {
   /** How the body ends (RFC 9112 §6.3). */
   private framingOf(status: number, headers: Map<string, string>, tokens: (name: string) => string[]): Framing {
     if (this.method === 'HEAD' || status === 204 || status === 304) return { kind: 'none' };
-    if (headers.has('transfer-encoding')) return tokens('transfer-encoding').at(-1) === 'chunked' ? { kind: 'chunked' } : { kind: 'close' };
+    if (headers.has('transfer-encoding')) {
+      // Both framings named: the connection is not to be trusted with another request (RFC 9112 §6.1).
+      if (headers.has('content-length')) this.keepAlive = false;
+      return tokens('transfer-encoding').at(-1) === 'chunked' ? { kind: 'chunked' } : { kind: 'close' };
+    }
     const cl = headers.get('content-length');
     if (cl === undefined) return { kind: 'close' };
     const values = new Set(cl.split(',').map((v) => v.trim()));

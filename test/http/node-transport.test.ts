@@ -299,3 +299,20 @@ test('a NUL in an answer\'s head is refused, as fetch refuses it: an ETag holdin
   })();
   await assert.rejects(reading, { name: 'VhdxError' });
 });
+
+test('a head trickling in a few bytes at a time is read; an answer naming both framings does not keep its connection', async () => {
+  const t = lib.nodeHttpTransport();
+  const body = bytes(3000, 6);
+  const h = head('200 OK', { 'Content-Length': body.length, 'X-Pad': 'p'.repeat(200) });
+  const pieces: (string | number)[] = [];
+  for (let at = 0; at < h.length; at += 7) pieces.push(h.slice(at, at + 7), 0);
+  script = () => ({ pieces: [...pieces, Buffer.from(body) as Uint8Array] });
+  assert.deepEqual(await chunks(await GET(t, `${origin}/trickle`)), body);
+  const chunked = `${body.length.toString(16)}\r\n`;
+  script = () => ({ pieces: [head('200 OK', { 'Transfer-Encoding': 'chunked', 'Content-Length': 5 }), chunked, body, '\r\n0\r\n\r\n'] });
+  const before = connections;
+  assert.deepEqual(await chunks(await GET(t, `${origin}/both`)), body);
+  assert.deepEqual(await chunks(await GET(t, `${origin}/both`)), body);
+  // The first goes on the kept-alive connection of the trickled answer, which it then closes.
+  assert.equal(connections - before, 1, 'the chunked framing read, the connection not reused');
+});
