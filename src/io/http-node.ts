@@ -15,7 +15,7 @@
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { VhdxError } from '../errors.js';
-import { redactUrl, setDefaultTransport, type HttpAnswer, type HttpTransport } from './http.js';
+import { bodyTooLong, setDefaultTransport, type HttpAnswer, type HttpTransport } from './http.js';
 
 /** Redirects followed before giving up, as fetch does. */
 const MAX_REDIRECTS = 20;
@@ -243,7 +243,7 @@ class Connection {
 
   /** The body read into `into` (straight from the socket when its length is known); more than `into` holds is BAD_RESPONSE. */
   bodyInto(into: Uint8Array, progress: (bytes: number) => void, url: string): Promise<number> {
-    const tooLong = (): VhdxError => new VhdxError('EIO', 'BAD_RESPONSE', `${redactUrl(url)} sent more than the ${into.length} bytes asked for`);
+    const tooLong = (): VhdxError => bodyTooLong(url, into.length);
     if (this.phase === 'held' && this.framing.kind === 'length' && this.framing.left > into.length) {
       const e = tooLong();
       this.fail(e);

@@ -172,6 +172,15 @@ export function setDefaultTransport(t: HttpTransport): void {
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
+/**
+ * The error of a body longer than the buffer it is read into (BAD_RESPONSE), for HttpSource and
+ * the transports that read into a buffer. Not part of the public API.
+ * @internal
+ */
+export function bodyTooLong(url: string, room: number): VhdxError {
+  return new VhdxError('EIO', 'BAD_RESPONSE', `${redactUrl(url)} sent more than the ${room} bytes asked for`);
+}
+
 /** What pins the object: the strong ETag, else Last-Modified, else nothing (a change goes unseen). */
 export type HttpValidator = { etag: string } | { lastModified: string } | null;
 
@@ -806,17 +815,7 @@ export class HttpSource implements RandomAccessSource {
    * most `into.length`). More bytes than that is BAD_RESPONSE; a body cut short is retried.
    */
   private async readBody(res: Exchange, into: Uint8Array, expected: number | null): Promise<Uint8Array> {
-    let got = 0;
-    if (res.into) got = await res.into(into);
-    else {
-      await res.chunks((chunk) => {
-        if (got + chunk.length > into.length) {
-          throw new VhdxError('EIO', 'BAD_RESPONSE', `${redactUrl(this.url)} sent more than the ${into.length} bytes asked for`);
-        }
-        into.set(chunk, got);
-        got += chunk.length;
-      });
-    }
+    const got = await res.into(into);
     if (expected !== null && got !== expected) {
       throw new Retryable(`${redactUrl(this.url)}: the answer ended after ${got} of ${expected} bytes`, { code: 'EIO', reason: 'IO_ERROR' });
     }
@@ -906,6 +905,7 @@ export class HttpSource implements RandomAccessSource {
     }
     arm();
     const stats = this.stats;
+    const url = this.url;
     let consumed = false;
     return {
       response: answer,
@@ -921,19 +921,29 @@ export class HttpSource implements RandomAccessSource {
           throw failure(e);
         }
       },
-      into: answer.bodyInto
-        ? async (into: Uint8Array): Promise<number> => {
-            consumed = true;
-            try {
-              return await answer.bodyInto!(into, (bytes) => {
-                arm();
-                stats.bytesReceived += bytes;
-              });
-            } catch (e) {
-              throw failure(e);
-            }
+      async into(into: Uint8Array): Promise<number> {
+        consumed = true;
+        try {
+          if (answer.bodyInto) {
+            return await answer.bodyInto(into, (bytes) => {
+              arm();
+              stats.bytesReceived += bytes;
+            });
           }
-        : null,
+          // A transport without bodyInto (fetch): its chunks copied in, bounded by `into`.
+          let got = 0;
+          await answer.body((chunk) => {
+            arm();
+            stats.bytesReceived += chunk.length;
+            if (got + chunk.length > into.length) throw bodyTooLong(url, into.length);
+            into.set(chunk, got);
+            got += chunk.length;
+          });
+          return got;
+        } catch (e) {
+          throw failure(e);
+        }
+      },
       done(): void {
         done();
         if (!consumed) answer.cancel();
@@ -965,7 +975,7 @@ export class HttpSource implements RandomAccessSource {
 interface Exchange {
   response: HttpAnswerHead;
   chunks(each: (chunk: Uint8Array) => void): Promise<void>;
-  /** The body read straight into a buffer (its length; more than the buffer holds is BAD_RESPONSE), where the transport can. */
-  into: ((into: Uint8Array) => Promise<number>) | null;
+  /** The body read into a buffer (straight from the socket where the transport can): its length; more than the buffer holds is BAD_RESPONSE. */
+  into(into: Uint8Array): Promise<number>;
   done(): void;
 }
